@@ -1,0 +1,288 @@
+-- Migration 0001: the initial tokenledger schema (user_version 1).
+-- Forward-only. Applied in one transaction by src/lib/migrate.c, which sets
+-- user_version itself; see schema/tokenledger.sql for the commented layout.
+
+PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
+
+-- A token endpoint configuration. Credentials copy the endpoint they were
+-- issued by, so changing a provider never redirects an existing grant.
+CREATE TABLE provider (
+  name        TEXT PRIMARY KEY NOT NULL       -- Hermes provider id: 'nous', 'openai-codex', 'custom:x'
+              CHECK (length(name) BETWEEN 1 AND 128),
+  token_url   TEXT NOT NULL                   -- refresh/token endpoint; https, or http on loopback
+              CHECK (token_url LIKE 'https://%' OR token_url LIKE 'http://%'),
+  device_url  TEXT,                           -- RFC 8628 device authorization endpoint, if any
+  client_id   TEXT NOT NULL,                  -- OAuth client id sent with every grant
+  rt_header   TEXT,                           -- header that carries the RT (Nous: x-nous-refresh-token);
+                                              -- NULL: the form field refresh_token
+  skew_s      INTEGER NOT NULL DEFAULT 120    -- refresh when the access token expires within this many seconds
+              CHECK (skew_s >= 0),
+  grace_s     INTEGER NOT NULL DEFAULT 0      -- server's reuse grace window; 0 = none (never retry an unknown RT)
+              CHECK (grace_s >= 0),
+  scope       TEXT,                           -- scope requested at login
+  updated_at  INTEGER NOT NULL                -- last change of this row
+) STRICT;
+
+-- Built-in provider defaults (data, not schema). Nous Portal carries the RT in
+-- the x-nous-refresh-token header and declares no reuse grace window.
+INSERT INTO provider (name, token_url, device_url, client_id, rt_header, skew_s, grace_s, scope, updated_at)
+VALUES ('nous', 'https://portal.nousresearch.com/api/oauth/token',
+        'https://portal.nousresearch.com/api/oauth/device/code', 'hermes-cli', 'x-nous-refresh-token',
+        120, 0, 'inference:invoke', 0);
+
+-- A Hermes profile: 'default' is the Hermes root, others are profiles/<name>.
+CREATE TABLE profile (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL UNIQUE            -- Hermes rule: ^[a-z0-9][a-z0-9_-]{0,63}$ (checked in C too)
+              CHECK (length(name) BETWEEN 1 AND 64 AND name NOT GLOB '*[^a-z0-9_-]*'
+                     AND substr(name, 1, 1) GLOB '[a-z0-9]'),
+  home        TEXT,                           -- absolute path of the Hermes home, if known
+  created_at  INTEGER NOT NULL
+) STRICT;
+
+-- One OAuth grant at one provider. Shared by every profile whose pool holds it.
+CREATE TABLE credential (
+  id            INTEGER PRIMARY KEY,
+  provider      TEXT NOT NULL REFERENCES provider(name),
+  client_id     TEXT NOT NULL,                -- client id the grant was issued to
+  token_url     TEXT NOT NULL,                -- endpoint this grant refreshes at
+  label         TEXT,                         -- account label (e-mail or user name), never a secret
+  access_token  TEXT,                         -- SECRET: the current access token
+  expires_at    INTEGER,                      -- access-token expiry; NULL = unknown (treated as expired)
+  obtained_at   INTEGER,                      -- when the access token was issued to us
+  scope         TEXT,
+  status        TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'uncertain', 'needs_reauth')),
+  status_reason TEXT,                         -- why the status is not 'active' (no secret)
+  extra         TEXT NOT NULL DEFAULT '{}'    -- provider-specific fields as a JSON object (no secret)
+                CHECK (json_valid(extra) AND json_type(extra) = 'object'),
+  created_at    INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+) STRICT;
+
+-- A credential's place in one profile's pool for one provider. API-key and
+-- borrowed entries have no credential and so no lineage.
+CREATE TABLE pool_entry (
+  id                 INTEGER PRIMARY KEY,
+  profile_id         INTEGER NOT NULL REFERENCES profile(id) ON DELETE CASCADE,
+  provider           TEXT NOT NULL REFERENCES provider(name),
+  credential_id      INTEGER REFERENCES credential(id),
+  entry_id           TEXT NOT NULL,           -- Hermes pool id (6 hex chars), stable across exports
+  priority           INTEGER NOT NULL DEFAULT 0,
+  source             TEXT NOT NULL,           -- Hermes source: device_code, manual:..., env:VAR, ...
+  auth_type          TEXT NOT NULL DEFAULT 'oauth' CHECK (auth_type IN ('oauth', 'api_key')),
+  label              TEXT,
+  last_status        TEXT CHECK (last_status IN ('ok', 'exhausted', 'dead')),
+  last_status_at     INTEGER,
+  last_error_code    INTEGER,                 -- HTTP status that caused last_status
+  last_error_reason  TEXT,
+  last_error_message TEXT,
+  cooldown_until     INTEGER,                 -- skipped by selection until then
+  request_count      INTEGER NOT NULL DEFAULT 0 CHECK (request_count >= 0),
+  original_json      TEXT                     -- the entry as imported, for round-trip export (secrets stripped)
+                     CHECK (original_json IS NULL OR json_valid(original_json)),
+  UNIQUE (profile_id, provider, entry_id)
+) STRICT;
+CREATE INDEX pool_entry_select ON pool_entry(profile_id, provider, priority);
+CREATE INDEX pool_entry_credential ON pool_entry(credential_id);
+
+-- How a profile picks among its pool entries for a provider (default fill_first).
+CREATE TABLE pool_strategy (
+  profile_id  INTEGER NOT NULL REFERENCES profile(id) ON DELETE CASCADE,
+  provider    TEXT NOT NULL REFERENCES provider(name),
+  strategy    TEXT NOT NULL CHECK (strategy IN ('fill_first', 'round_robin', 'least_used', 'random')),
+  PRIMARY KEY (profile_id, provider)
+) STRICT;
+
+-- The lineage: every refresh token ever held. Rows are never deleted.
+CREATE TABLE refresh_token (
+  id            INTEGER PRIMARY KEY,
+  credential_id INTEGER NOT NULL REFERENCES credential(id),
+  parent_id     INTEGER REFERENCES refresh_token(id), -- the RT whose presentation produced this one
+  family_id     INTEGER REFERENCES refresh_token(id), -- root of the rotation chain; NULL on the root itself
+  generation    INTEGER NOT NULL CHECK (generation >= 0), -- 0 at the root, parent + 1 below
+  fingerprint   TEXT NOT NULL UNIQUE               -- lowercase hex SHA-256 of the RT (invariant 1)
+                CHECK (length(fingerprint) = 64 AND fingerprint NOT GLOB '*[^0-9a-f]*'),
+  state         TEXT NOT NULL
+                CHECK (state IN ('current', 'presented', 'rotated', 'rejected', 'unknown', 'retired')),
+  origin        TEXT NOT NULL CHECK (origin IN ('login', 'import', 'refresh', 'external')),
+  secret        TEXT,                              -- SECRET: plaintext while usable, NULL once spent
+  issued_at     INTEGER NOT NULL,                  -- when the ledger first saw it
+  retired_at    INTEGER,                           -- when it left current/presented
+  CHECK (state IN ('current', 'presented', 'unknown') OR secret IS NULL),
+  CHECK ((state IN ('current', 'presented')) = (retired_at IS NULL))
+) STRICT;
+CREATE UNIQUE INDEX refresh_token_one_live ON refresh_token(credential_id)
+  WHERE state IN ('current', 'presented'); -- invariant 2
+CREATE INDEX refresh_token_credential ON refresh_token(credential_id, generation);
+
+-- Invariant 4, and the shape of a lineage: a root has no parent, no family and
+-- generation 0; a child sits under a parent of the same credential, in the
+-- parent's family, one generation deeper.
+CREATE TRIGGER refresh_token_lineage_insert BEFORE INSERT ON refresh_token
+BEGIN
+  SELECT RAISE(ABORT, 'refresh_token: a root has generation 0 and no family')
+   WHERE NEW.parent_id IS NULL AND (NEW.generation <> 0 OR NEW.family_id IS NOT NULL);
+  SELECT RAISE(ABORT, 'refresh_token: parent belongs to another credential')
+   WHERE NEW.parent_id IS NOT NULL
+     AND (SELECT credential_id FROM refresh_token WHERE id = NEW.parent_id) IS NOT NEW.credential_id;
+  SELECT RAISE(ABORT, 'refresh_token: generation must be parent generation + 1')
+   WHERE NEW.parent_id IS NOT NULL
+     AND (SELECT generation + 1 FROM refresh_token WHERE id = NEW.parent_id) IS NOT NEW.generation;
+  SELECT RAISE(ABORT, 'refresh_token: family must be the parent''s family')
+   WHERE NEW.parent_id IS NOT NULL
+     AND (SELECT coalesce(family_id, id) FROM refresh_token WHERE id = NEW.parent_id) IS NOT NEW.family_id;
+END;
+
+-- Identity columns never change, and a spent RT never comes back.
+CREATE TRIGGER refresh_token_immutable BEFORE UPDATE ON refresh_token
+BEGIN
+  SELECT RAISE(ABORT, 'refresh_token: identity columns are immutable')
+   WHERE NEW.id IS NOT OLD.id OR NEW.credential_id IS NOT OLD.credential_id
+      OR NEW.parent_id IS NOT OLD.parent_id OR NEW.family_id IS NOT OLD.family_id
+      OR NEW.generation IS NOT OLD.generation OR NEW.fingerprint IS NOT OLD.fingerprint
+      OR NEW.origin IS NOT OLD.origin OR NEW.issued_at IS NOT OLD.issued_at;
+  SELECT RAISE(ABORT, 'refresh_token: a spent token cannot change state')
+   WHERE OLD.state IN ('rotated', 'rejected', 'retired') AND NEW.state IS NOT OLD.state;
+  SELECT RAISE(ABORT, 'refresh_token: a secret cannot be restored')
+   WHERE OLD.secret IS NULL AND NEW.secret IS NOT NULL;
+END;
+
+CREATE TRIGGER refresh_token_no_delete BEFORE DELETE ON refresh_token
+BEGIN
+  SELECT RAISE(ABORT, 'refresh_token: lineage rows are never deleted');
+END;
+
+-- One presentation of an RT to a server.
+CREATE TABLE refresh_attempt (
+  id                INTEGER PRIMARY KEY,
+  credential_id     INTEGER NOT NULL REFERENCES credential(id),
+  rt_id             INTEGER NOT NULL REFERENCES refresh_token(id), -- the RT presented
+  owner_host        TEXT NOT NULL,             -- gethostname() of the presenting process
+  owner_boot        TEXT NOT NULL,             -- kernel boot id of that host
+  owner_pid         INTEGER NOT NULL,
+  owner_start       INTEGER NOT NULL,          -- process start time (clock ticks since boot): pid reuse guard
+  owner_profile     TEXT,                      -- profile the process acted for
+  owner_command     TEXT,                      -- tokenledger command (or library caller) that presented it
+  started_at        INTEGER NOT NULL,
+  lease_until       INTEGER NOT NULL,          -- after this, others may treat the attempt as dead
+  finished_at       INTEGER,
+  outcome           TEXT NOT NULL DEFAULT 'in_flight'
+                    CHECK (outcome IN ('in_flight', 'rotated', 'rejected', 'not_sent', 'transient', 'unknown')),
+  http_status       INTEGER,
+  oauth_error       TEXT,                      -- the server's `error`
+  error_description TEXT,                      -- the server's `error_description`, or the local failure
+  child_rt_id       INTEGER REFERENCES refresh_token(id), -- the RT this presentation produced
+  CHECK ((outcome = 'in_flight') = (finished_at IS NULL))
+) STRICT;
+CREATE UNIQUE INDEX refresh_attempt_one_in_flight ON refresh_attempt(credential_id)
+  WHERE outcome = 'in_flight'; -- invariant 3
+CREATE INDEX refresh_attempt_rt ON refresh_attempt(rt_id);
+
+-- Append-only log. No secret ever: tokens appear as fingerprint prefixes only.
+-- References are plain integers (no foreign keys) so that history outlives
+-- the rows it speaks of.
+CREATE TABLE audit_event (
+  id             INTEGER PRIMARY KEY,
+  at             INTEGER NOT NULL,
+  actor_host     TEXT NOT NULL,
+  actor_pid      INTEGER NOT NULL,
+  actor_profile  TEXT,
+  actor_command  TEXT,
+  event          TEXT NOT NULL,                -- e.g. rt_stored, rt_presented, rt_rotated, reuse_blocked
+  profile_id     INTEGER,
+  credential_id  INTEGER,
+  rt_id          INTEGER,
+  detail         TEXT NOT NULL DEFAULT '{}'    -- JSON object with event-specific facts
+                 CHECK (json_valid(detail))
+) STRICT;
+CREATE INDEX audit_event_credential ON audit_event(credential_id, id);
+CREATE INDEX audit_event_event ON audit_event(event, id);
+
+CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event
+BEGIN
+  SELECT RAISE(ABORT, 'audit_event is append-only');
+END;
+CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
+BEGIN
+  SELECT RAISE(ABORT, 'audit_event is append-only');
+END;
+
+-- Forensic views. None selects access_token or secret.
+
+-- Every RT of every credential, oldest first, with who presented it.
+CREATE VIEW v_lineage AS
+SELECT t.credential_id                                   AS credential,
+       c.provider                                        AS provider,
+       c.label                                           AS label,
+       coalesce(t.family_id, t.id)                       AS family,
+       t.generation                                      AS generation,
+       t.state                                           AS state,
+       t.origin                                          AS origin,
+       substr(t.fingerprint, 1, 12)                      AS fingerprint,
+       strftime('%Y-%m-%dT%H:%M:%fZ', t.issued_at / 1000.0, 'unixepoch') AS issued,
+       CAST((CAST(strftime('%s', 'now') AS INTEGER) * 1000 - t.issued_at) / 1000 AS INTEGER) AS age_s,
+       strftime('%Y-%m-%dT%H:%M:%fZ', t.retired_at / 1000.0, 'unixepoch') AS retired,
+       (SELECT a.owner_host || ':' || a.owner_pid || coalesce(' ' || a.owner_profile, '')
+                || coalesce(' ' || a.owner_command, '')
+          FROM refresh_attempt a WHERE a.rt_id = t.id ORDER BY a.id DESC LIMIT 1) AS presented_by,
+       t.id                                              AS rt_id
+  FROM refresh_token t JOIN credential c ON c.id = t.credential_id;
+
+-- Spent tokens that something tried to use again, caught locally or by the server.
+CREATE VIEW v_reuse_events AS
+SELECT e.id                                                       AS event_id,
+       strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 'unixepoch')  AS at,
+       e.event                                                    AS event,
+       e.credential_id                                            AS credential,
+       e.rt_id                                                    AS rt_id,
+       e.actor_host || ':' || e.actor_pid                          AS actor,
+       e.actor_command                                            AS command,
+       e.detail                                                   AS detail
+  FROM audit_event e
+ WHERE e.event IN ('reuse_blocked', 'reuse_detected_by_server');
+
+-- Attempts whose outcome is not settled: running now, or lost.
+CREATE VIEW v_open_attempts AS
+SELECT a.id AS attempt, a.credential_id AS credential, t.generation AS generation,
+       substr(t.fingerprint, 1, 12) AS fingerprint, a.outcome AS outcome,
+       a.owner_host || ':' || a.owner_pid AS owner, a.owner_profile AS profile,
+       a.owner_command AS command,
+       strftime('%Y-%m-%dT%H:%M:%fZ', a.started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%dT%H:%M:%fZ', a.lease_until / 1000.0, 'unixepoch') AS lease_until,
+       a.error_description AS detail
+  FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id
+ WHERE a.outcome IN ('in_flight', 'unknown');
+
+-- What each profile would get for each provider, entry by entry.
+CREATE VIEW v_profile_status AS
+SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priority AS priority,
+       e.source AS source, e.auth_type AS auth_type, coalesce(e.label, c.label) AS label,
+       e.credential_id AS credential, c.status AS credential_status,
+       strftime('%Y-%m-%dT%H:%M:%SZ', c.expires_at / 1000.0, 'unixepoch') AS access_expires,
+       CASE WHEN c.id IS NULL THEN NULL
+            WHEN c.expires_at IS NULL THEN 'unknown'
+            WHEN c.expires_at > CAST(strftime('%s', 'now') AS INTEGER) * 1000 THEN 'valid'
+            ELSE 'expired' END AS access_token,
+       t.generation AS rt_generation, t.state AS rt_state, substr(t.fingerprint, 1, 12) AS rt_fingerprint,
+       e.last_status AS last_status,
+       strftime('%Y-%m-%dT%H:%M:%SZ', e.cooldown_until / 1000.0, 'unixepoch') AS cooldown_until,
+       e.request_count AS request_count
+  FROM pool_entry e
+  JOIN profile p ON p.id = e.profile_id
+  LEFT JOIN credential c ON c.id = e.credential_id
+  LEFT JOIN refresh_token t ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown')
+   AND t.id = (SELECT max(id) FROM refresh_token WHERE credential_id = c.id);
+
+-- Every presentation, newest first, with its actor and what it produced.
+CREATE VIEW v_refresh_history AS
+SELECT a.id AS attempt, a.credential_id AS credential,
+       strftime('%Y-%m-%dT%H:%M:%fZ', a.started_at / 1000.0, 'unixepoch') AS started,
+       a.finished_at - a.started_at AS duration_ms,
+       t.generation AS generation, substr(t.fingerprint, 1, 12) AS fingerprint,
+       a.outcome AS outcome, a.http_status AS http_status, a.oauth_error AS oauth_error,
+       a.error_description AS error_description,
+       (SELECT generation FROM refresh_token WHERE id = a.child_rt_id) AS child_generation,
+       a.owner_host || ':' || a.owner_pid AS actor, a.owner_profile AS profile, a.owner_command AS command
+  FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id
+ ORDER BY a.id DESC;

@@ -1,0 +1,383 @@
+/*
+ * tokenledger.h - the public interface of libtokenledger.
+ *
+ * tokenledger keeps OAuth 2 credentials for many Hermes Agent profiles in one
+ * SQLite database, refreshes them under refresh-token rotation, and keeps a
+ * ledger of every refresh token (RT) ever held so that reuse is caught before
+ * a server sees it. Its promise: an RT leaves the machine at most once, every
+ * presentation is recorded durably before it happens, and every rotation is on
+ * record.
+ *
+ * Conventions (after libgit2):
+ *   - Handles are opaque. Output parameters come first and are named `out`.
+ *   - Every fallible function returns a tl_status: TL_OK (0) or a negative
+ *     code. Codes are append-only and never renumbered.
+ *   - Every fallible function takes an optional `tl_error *`; on failure the
+ *     first error is kept there: code, one impersonal line, and the
+ *     underlying SQLite/curl/errno value. Messages never contain a secret.
+ *   - Objects returned as "new" are freed by the caller with the type's own
+ *     _free function, which accepts NULL. "Borrowed" pointers live as long as
+ *     the object they came from.
+ *   - The library never prints, exits or aborts.
+ */
+#ifndef TOKENLEDGER_H
+#define TOKENLEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(TL_BUILDING_SHARED) && defined(__GNUC__)
+#define TL_EXTERN __attribute__((visibility("default")))
+#else
+#define TL_EXTERN
+#endif
+
+#define TL_VERSION "0.1.0"
+
+/** Status codes. Append-only; the CLI maps each to one exit code. */
+typedef enum tl_status {
+  TL_OK = 0,
+  TL_ERROR = -1,      /**< failure with no more specific code */
+  TL_EINVAL = -2,     /**< invalid argument or input */
+  TL_ENOTFOUND = -3,  /**< no such profile, provider, credential, file */
+  TL_EEXISTS = -4,    /**< the object already exists */
+  TL_EREUSE = -5,     /**< the RT is already spent: use blocked locally */
+  TL_EINSECURE = -6,  /**< file permissions/ownership/filesystem unsafe */
+  TL_ETOONEW = -7,    /**< database schema newer than this binary */
+  TL_EBUSY = -8,      /**< database or lock busy past the deadline */
+  TL_ENOMEM = -9,     /**< out of memory */
+  TL_EIO = -10,       /**< I/O error (disk full, unreadable file, ...) */
+  TL_ECORRUPT = -11,  /**< not a tokenledger database, or damaged */
+  TL_EREAUTH = -12,   /**< credential needs a new login */
+  TL_EUNKNOWN = -13,  /**< outcome of a presentation unknown; operator must recover */
+  TL_ETRANSIENT = -14 /**< server busy/unreachable; try later */
+} tl_status;
+
+/** Error details, filled on failure when the caller passes one. */
+typedef struct tl_error {
+  tl_status code;    /**< same value the function returned */
+  int sys;           /**< underlying SQLite, curl or errno code, 0 if none */
+  char message[512]; /**< one line, no secret, no trailing newline */
+} tl_error;
+
+/** Resets an error struct to "no error". */
+TL_EXTERN void tl_error_clear(tl_error *err);
+
+/** A short constant name for a status ("reuse blocked", ...). */
+TL_EXTERN const char *tl_status_name(tl_status code);
+
+/* ------------------------------------------------------------------------ */
+/* Secrets                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/** Overwrites n bytes at p in a way the compiler may not elide. */
+TL_EXTERN void tl_burn(void *p, size_t n);
+
+/** Burns a NUL-terminated secret string and frees it. Accepts NULL. */
+TL_EXTERN void tl_secret_free(char *s);
+
+/**
+ * Reads a secret (one token) from a file path, or from standard input when
+ * path is "-". Surrounding white space is removed. The result is new and must
+ * be released with tl_secret_free. Refuses empty input, NUL bytes, inner
+ * white space, and more than 16 KiB.
+ */
+TL_EXTERN tl_status tl_secret_read(char **out, const char *path, tl_error *err);
+
+/**
+ * Parses a time as Hermes writes them: ISO 8601 with or without fraction and
+ * with Z, +hh:mm or no zone (naive = UTC), epoch seconds (integer or float),
+ * or epoch milliseconds (any value above 1e12). out is ms since the epoch.
+ */
+TL_EXTERN tl_status tl_time_parse(int64_t *out, const char *text, tl_error *err);
+
+/** Writes the lowercase hex SHA-256 of data (65 bytes with NUL) to out. */
+TL_EXTERN void tl_fingerprint(char out[65], const char *data, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Store                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tl_store tl_store;
+
+/** Flags for tl_store_open. */
+enum {
+  TL_OPEN_CREATE = 1 << 0,  /**< create the database (and directory) if missing */
+  TL_OPEN_READONLY = 1 << 1 /**< open read-only; never migrates */
+};
+
+/** Schema version this library reads and writes. */
+#define TL_SCHEMA_VERSION 1
+
+/**
+ * Opens (or creates) the ledger at path.
+ *
+ * A new directory is created 0700 and a new file 0600, without following
+ * symlinks. An existing file must be a regular file owned by the caller and not
+ * accessible to group or others (TL_EINSECURE), must not sit on a network
+ * filesystem (TL_EINSECURE), must be a tokenledger database (TL_ECORRUPT) no
+ * newer than TL_SCHEMA_VERSION (TL_ETOONEW). Older schemas are migrated.
+ * Missing without TL_OPEN_CREATE: TL_ENOTFOUND, and nothing is created.
+ *
+ * @param out   new store, free with tl_store_free
+ * @param path  database file path
+ * @param flags TL_OPEN_* flags
+ */
+TL_EXTERN tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_error *err);
+
+/** Closes the store and burns cached secrets. Accepts NULL. */
+TL_EXTERN void tl_store_free(tl_store *store);
+
+/** Who acts, for attempts and audit rows: profile (may be NULL) and command. */
+TL_EXTERN void tl_store_set_actor(tl_store *store, const char *profile, const char *command);
+
+/** Busy deadline in milliseconds for locks (default 10000). */
+TL_EXTERN void tl_store_set_busy_timeout(tl_store *store, int ms);
+
+/** The schema version found when the file was opened (before migrating). */
+TL_EXTERN int tl_store_schema_version_found(const tl_store *store);
+
+/* ------------------------------------------------------------------------ */
+/* Reports: the rows of a read command, for tables and --json                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tl_report tl_report;
+
+TL_EXTERN void tl_report_free(tl_report *r);
+TL_EXTERN size_t tl_report_columns(const tl_report *r);
+TL_EXTERN size_t tl_report_rows(const tl_report *r);
+/** Borrowed column name. */
+TL_EXTERN const char *tl_report_column(const tl_report *r, size_t col);
+/** Borrowed cell text, NULL for SQL NULL. */
+TL_EXTERN const char *tl_report_cell(const tl_report *r, size_t row, size_t col);
+/** Cell looked up by column name; NULL if absent or NULL. */
+TL_EXTERN const char *tl_report_get(const tl_report *r, size_t row, const char *column);
+
+enum {
+  TL_JSON_OBJECT = 1 << 0 /**< render the first row as one object, not an array */
+};
+/** Renders the report as JSON (numbers stay numbers). out is new; free(). */
+TL_EXTERN tl_status tl_report_json(char **out, const tl_report *r, unsigned flags, tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Profiles, providers, credentials                                          */
+/* ------------------------------------------------------------------------ */
+
+/** True if name follows Hermes' profile rule ^[a-z0-9][a-z0-9_-]{0,63}$. */
+TL_EXTERN int tl_profile_name_valid(const char *name);
+
+/** Adds a profile; home may be NULL. TL_EEXISTS if the name is taken. */
+TL_EXTERN tl_status tl_profile_add(tl_store *store, const char *name, const char *home, tl_error *err);
+
+/**
+ * Removes a profile and its pool entries. Credentials and their lineage stay:
+ * fingerprints are never forgotten.
+ */
+TL_EXTERN tl_status tl_profile_remove(tl_store *store, const char *name, tl_error *err);
+
+/** Lists profiles: name, home, entries, created. */
+TL_EXTERN tl_status tl_profile_list(tl_report **out, tl_store *store, tl_error *err);
+
+/** A provider's token endpoint configuration. */
+typedef struct tl_provider {
+  const char *name;       /**< 'nous', 'openai-codex', ... */
+  const char *token_url;  /**< https, or http to a loopback address */
+  const char *device_url; /**< may be NULL */
+  const char *client_id;
+  const char *rt_header; /**< NULL: RT in the form field refresh_token */
+  const char *scope;     /**< may be NULL */
+  int skew_s;            /**< refresh this long before expiry; < 0: keep/default */
+  int grace_s;           /**< server reuse grace window; < 0: keep/default */
+} tl_provider;
+
+/**
+ * Creates or updates a provider. On update, NULL fields keep their value and
+ * negative numbers keep theirs. URLs must be https, or http to 127.0.0.1,
+ * ::1 or localhost.
+ */
+TL_EXTERN tl_status tl_provider_set(tl_store *store, const tl_provider *p, tl_error *err);
+
+/** Lists providers. */
+TL_EXTERN tl_status tl_provider_list(tl_report **out, tl_store *store, tl_error *err);
+
+/** Checks that url is https, or http to a loopback host. */
+TL_EXTERN tl_status tl_url_check(const char *url, tl_error *err);
+
+/** What to store as a new credential. */
+typedef struct tl_credential_spec {
+  const char *provider;      /**< must exist (nous is built in) */
+  const char *profile;       /**< must exist */
+  const char *refresh_token; /**< SECRET, required */
+  const char *access_token;  /**< SECRET, may be NULL */
+  int64_t expires_at_ms;     /**< access-token expiry, 0 if unknown */
+  const char *label;         /**< may be NULL */
+  const char *token_url;     /**< NULL: the provider's */
+  const char *origin;        /**< 'login' or 'import'; NULL = 'import' */
+  const char *entry_id;      /**< Hermes pool id; NULL = generated */
+  const char *source;        /**< Hermes pool source; NULL = 'manual' */
+} tl_credential_spec;
+
+/**
+ * Stores a credential with its RT as the root of a new lineage and puts it in
+ * the profile's pool. If the RT is already the live RT of a credential, the
+ * profile is attached to that credential instead (one grant, one credential).
+ * If the RT is spent, nothing is stored, a reuse_blocked audit event is
+ * written, and TL_EREUSE is returned with a message naming when, by whom and
+ * in which generation it was spent.
+ *
+ * @param out_id optional: the credential id
+ */
+TL_EXTERN tl_status tl_credential_add(int64_t *out_id, tl_store *store, const tl_credential_spec *spec, tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Read commands                                                             */
+/* ------------------------------------------------------------------------ */
+
+/** Per-profile token status (view v_profile_status); profile may be NULL. */
+TL_EXTERN tl_status tl_status_report(tl_report **out, tl_store *store, const char *profile, tl_error *err);
+
+/** Lineage (view v_lineage); credential 0 = all. */
+TL_EXTERN tl_status tl_lineage_report(tl_report **out, tl_store *store, int64_t credential, tl_error *err);
+
+/** Audit events, newest last; limit 0 = all; credential 0 = all. */
+TL_EXTERN tl_status tl_audit_report(tl_report **out, tl_store *store, int64_t credential, int64_t limit, tl_error *err);
+
+/** Refresh attempts (view v_refresh_history); credential 0 = all. */
+TL_EXTERN tl_status tl_history_report(tl_report **out, tl_store *store, int64_t credential, int64_t limit,
+                                      tl_error *err);
+
+/**
+ * What is this RT? One row: verdict (current | presented | spent | unknown_to_ledger | unknown_outcome),
+ * and when known: credential, provider, label, generation, state, issued, retired,
+ * presented_by, presented_at, profiles. Never writes.
+ */
+TL_EXTERN tl_status tl_rt_check(tl_report **out, tl_store *store, const char *rt, tl_error *err);
+
+/**
+ * Health checks: integrity, permissions, stale in-flight attempts, invariants.
+ * One row per check: check, ok (1/0), detail. With fix set, repairs what is
+ * safe to repair (file modes; dead in-flight attempts become unknown).
+ * *out_problems counts failed checks after fixing.
+ */
+TL_EXTERN tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *store, int fix, tl_error *err);
+
+/**
+ * Repairs the modes of an existing ledger before it can be opened: the file
+ * (and its -wal/-shm companions) to 0600. Only regular files owned by the
+ * caller are touched; symlinks are refused.
+ */
+TL_EXTERN tl_status tl_store_fix_permissions(const char *path, tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Tokens and refresh                                                       */
+/* ------------------------------------------------------------------------ */
+
+/** Pool strategies. */
+typedef enum tl_strategy { TL_FILL_FIRST = 0, TL_ROUND_ROBIN = 1, TL_LEAST_USED = 2, TL_RANDOM = 3 } tl_strategy;
+
+/** Parses "fill_first" etc. */
+TL_EXTERN tl_status tl_strategy_parse(tl_strategy *out, const char *name, tl_error *err);
+
+/** Sets a profile's strategy for a provider. */
+TL_EXTERN tl_status tl_strategy_set(tl_store *store, const char *profile, const char *provider, tl_strategy s,
+                                    tl_error *err);
+
+/** A valid access token and where it came from. */
+typedef struct tl_token {
+  char *access_token;    /**< SECRET */
+  int64_t expires_at_ms; /**< 0 if unknown */
+  int64_t credential;
+  char *entry_id;
+  char *base_url; /**< inference base URL if known, else NULL */
+  int refreshed;  /**< 1 if this call refreshed */
+} tl_token;
+
+/**
+ * Renders a token as JSON: access_token, expires_at (ISO 8601), entry_id,
+ * base_url, credential, refreshed. The result holds the secret: out is new
+ * and must be released with tl_secret_free.
+ */
+TL_EXTERN tl_status tl_token_json(char **out, const tl_token *t, tl_error *err);
+
+/** Burns and frees a token. Accepts NULL. */
+TL_EXTERN void tl_token_free(tl_token *t);
+
+/** Flags for tl_token_get / tl_refresh. */
+enum {
+  TL_REFRESH_FORCE = 1 << 0 /**< refresh even if the access token is fresh */
+};
+
+/**
+ * Returns a valid access token for (profile, provider), refreshing only when
+ * it expires within the provider's skew. Single-flight across processes.
+ * Errors: TL_ENOTFOUND, TL_EREAUTH, TL_EUNKNOWN, TL_ETRANSIENT, TL_EREUSE,
+ * TL_EBUSY.
+ */
+TL_EXTERN tl_status tl_token_get(tl_token **out, tl_store *store, const char *profile, const char *provider,
+                                 unsigned flags, tl_error *err);
+
+/** Refreshes one credential (SPEC section 3). out may be NULL. */
+TL_EXTERN tl_status tl_refresh(tl_token **out, tl_store *store, int64_t credential, unsigned flags, tl_error *err);
+
+/** Marks a pool entry exhausted after an API error (401, 402, 429 ...). */
+TL_EXTERN tl_status tl_entry_report(tl_store *store, const char *profile, const char *provider, const char *entry_id,
+                                    int http_status, int64_t reset_at_ms, tl_error *err);
+
+/** Operator decisions for an RT whose presentation outcome is unknown. */
+typedef enum tl_recover_action {
+  TL_RECOVER_RETRY = 1,    /**< assume it was not sent; present it once more */
+  TL_RECOVER_MARK_DEAD = 2 /**< give it up; the credential needs a new login */
+} tl_recover_action;
+
+/** Resolves an unknown outcome on a credential. */
+TL_EXTERN tl_status tl_recover(tl_token **out, tl_store *store, int64_t credential, tl_recover_action action,
+                               tl_error *err);
+
+/** Resolves (profile, provider) to the credential its strategy picks first. */
+TL_EXTERN tl_status tl_credential_find(int64_t *out, tl_store *store, const char *profile, const char *provider,
+                                       tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* HTTP seam (tests and benchmarks)                                         */
+/* ------------------------------------------------------------------------ */
+
+/** What the transport must send. All strings borrowed for the call. */
+typedef struct tl_http_request {
+  const char *url;
+  const char *body;        /**< application/x-www-form-urlencoded; may hold a secret */
+  const char *rt_header;   /**< header name for the RT, or NULL */
+  const char *rt_value;    /**< SECRET, or NULL */
+  long connect_timeout_ms; /**< suggested */
+  long timeout_ms;         /**< suggested */
+} tl_http_request;
+
+/** How far a failed request got. */
+typedef enum tl_http_failure {
+  TL_HTTP_DONE = 0,     /**< a response arrived: see status/body */
+  TL_HTTP_NOT_SENT = 1, /**< failed before any byte could reach the server */
+  TL_HTTP_LOST = 2      /**< may have reached the server; response lost */
+} tl_http_failure;
+
+typedef struct tl_http_response {
+  tl_http_failure failure;
+  long status; /**< HTTP status when failure == TL_HTTP_DONE */
+  char *body;  /**< new (malloc), may be NULL */
+  size_t body_len;
+  long retry_after; /**< seconds from Retry-After, -1 if absent */
+  char detail[256]; /**< local failure description (no secret) */
+} tl_http_response;
+
+/** A transport: performs one POST. Returns 0; failures go in resp. */
+typedef int (*tl_http_fn)(void *ud, const tl_http_request *req, tl_http_response *resp);
+
+/** Replaces the libcurl transport (NULL restores it). */
+TL_EXTERN void tl_store_set_transport(tl_store *store, tl_http_fn fn, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TOKENLEDGER_H */

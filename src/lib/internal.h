@@ -1,0 +1,107 @@
+/*
+ * internal.h - declarations shared by the library's modules (tl__ prefix).
+ *
+ * The store owns one SQLite connection, a cache of prepared statements keyed by
+ * the address of their SQL text (each statement is a static string, prepared
+ * once), the identity of the acting process, and the HTTP transport. Nothing
+ * here is visible outside src/lib/.
+ */
+#ifndef TL_INTERNAL_H
+#define TL_INTERNAL_H
+
+#include "tokenledger.h"
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdbool.h>
+
+#define TL_STMT_CACHE 96
+
+/* Identity of the process acting on the ledger. */
+typedef struct tl__actor {
+  char host[256];
+  char boot[64];
+  long pid;
+  long long start; /* clock ticks since boot, /proc/self/stat field 22 */
+  char *profile;
+  char *command;
+} tl__actor;
+
+struct tl_store {
+  sqlite3 *db;
+  char *path;
+  int busy_ms;
+  int found_version;
+  struct {
+    const char *sql;
+    sqlite3_stmt *st;
+  } cache[TL_STMT_CACHE];
+  size_t ncache;
+  const char *tx_where; /* where the open write transaction began, or NULL */
+  tl__actor actor;
+  tl_http_fn http;
+  void *http_ud;
+};
+
+/* error.c */
+tl_status tl__err(tl_error *err, tl_status code, int sys, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+tl_status tl__err_db(tl_error *err, tl_store *s, const char *what);
+tl_status tl__oom(tl_error *err);
+
+/* time and actor (actor.c) */
+int64_t tl__now_ms(void);
+void tl__actor_init(tl__actor *a);
+void tl__actor_clear(tl__actor *a);
+/* 1 if the owner is certainly alive, 0 if certainly dead, -1 if unknowable here. */
+int tl__owner_alive(const tl__actor *self, const char *host, const char *boot, long pid, long long start);
+
+/* db.c: statements and transactions */
+sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err);
+int tl__bind_text(sqlite3_stmt *st, const char *name, const char *v);
+int tl__bind_secret(sqlite3_stmt *st, const char *name, const char *v);
+int tl__bind_int(sqlite3_stmt *st, const char *name, int64_t v);
+int tl__bind_null(sqlite3_stmt *st, const char *name);
+tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
+tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);
+tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
+tl_status tl__tx_commit(tl_store *s, tl_error *err);
+void tl__tx_rollback(tl_store *s);
+tl_status tl__map_sqlite(int rc);
+char *tl__strdup(const char *s);
+char *tl__col_dup(sqlite3_stmt *st, int col);
+
+/* migrate.c */
+tl_status tl__migrate(tl_store *s, tl_error *err);
+extern const char *const tl__migrations[];
+extern const size_t tl__migration_count;
+
+/* report.c */
+tl_status tl__report_from_stmt(tl_report **out, tl_store *s, sqlite3_stmt *st, tl_error *err);
+tl_status tl__report_kv(tl_report **out, const char *const *cols, size_t ncols, tl_error *err);
+tl_status tl__report_add_row(tl_report *r, const char *const *cells, const int *is_num, tl_error *err);
+
+/* ledger.c */
+typedef struct tl__ids {
+  int64_t profile, credential, rt;
+} tl__ids;
+/* Appends an audit row as the store's actor. Steals detail (may be NULL). */
+tl_status tl__audit(tl_store *s, const char *event, const tl__ids *ids, json_t *detail, tl_error *err);
+tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *err);
+/*
+ * Checks an RT about to be stored. TL_OK with *out_rt = 0 if new to the ledger,
+ * TL_OK with *out_rt = id (and *out_cred) if it is live; TL_EREUSE with a
+ * message if spent. Does not write: the caller writes the audit event with
+ * tl__reuse_blocked after rolling back its own work.
+ */
+tl_status tl__rt_lookup(int64_t *out_rt, int64_t *out_cred, tl_store *s, const char *fp, tl_error *err);
+tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_error *err);
+
+/* refresh.c: marks in-flight attempts whose owner is gone as unknown (with fix). */
+tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_error *err);
+
+/* http.c */
+int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp);
+void tl__http_response_clear(tl_http_response *resp);
+
+#endif

@@ -1,0 +1,574 @@
+/*
+ * ledger.c - profiles, providers, credentials, the RT ledger and the audit log.
+ *
+ * Invariants kept here (the schema enforces them too):
+ *   - Every RT is fingerprinted before it is stored; a fingerprint already in
+ *     the ledger as spent (rotated, rejected, unknown, retired) is refused with
+ *     TL_EREUSE, nothing of the refused operation is written, and a
+ *     reuse_blocked audit event is committed on its own naming when, by whom
+ *     and in which generation the token was spent.
+ *   - The same live RT seen again is the same grant: the profile is attached
+ *     to the existing credential instead of creating a second one.
+ *   - Every change writes its audit event in the same transaction as the
+ *     change itself. Audit details never hold a secret: RTs appear as
+ *     12-character fingerprint prefixes.
+ */
+#include "internal.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <limits.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- audit -------------------------------------------------------------- */
+
+tl_status tl__audit(tl_store *s, const char *event, const tl__ids *ids, json_t *detail, tl_error *err)
+{
+  static const char sql[] = "INSERT INTO audit_event (at, actor_host, actor_pid, actor_profile, actor_command, "
+                            "event, profile_id, credential_id, rt_id, detail) VALUES (:at, :host, :pid, :profile, "
+                            ":command, :event, :pid_, :cred, :rt, coalesce(:detail, '{}'))";
+  char *text = detail ? json_dumps(detail, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(detail);
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    free(text);
+    return TL_ERROR;
+  }
+  tl__bind_int(st, ":at", tl__now_ms());
+  tl__bind_text(st, ":host", s->actor.host);
+  tl__bind_int(st, ":pid", s->actor.pid);
+  tl__bind_text(st, ":profile", s->actor.profile);
+  tl__bind_text(st, ":command", s->actor.command);
+  tl__bind_text(st, ":event", event);
+  if (ids && ids->profile)
+    tl__bind_int(st, ":pid_", ids->profile);
+  if (ids && ids->credential)
+    tl__bind_int(st, ":cred", ids->credential);
+  if (ids && ids->rt)
+    tl__bind_int(st, ":rt", ids->rt);
+  tl__bind_text(st, ":detail", text);
+  tl_status rc = tl__step_done(s, st, "audit", err);
+  free(text);
+  return rc;
+}
+
+/* ---- profiles ----------------------------------------------------------- */
+
+int tl_profile_name_valid(const char *name)
+{
+  static const char *const reserved[] = {"hermes", "test", "tmp", "root", "sudo"};
+  if (!name || !*name)
+    return 0;
+  size_t n = strlen(name);
+  if (n > 64)
+    return 0;
+  if (!((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')))
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+      return 0;
+  }
+  for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
+    if (strcmp(name, reserved[i]) == 0)
+      return 0;
+  return 1;
+}
+
+tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *err)
+{
+  static const char sql[] = "SELECT id FROM profile WHERE name = :name";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":name", name);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *out = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return TL_OK;
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE)
+    return tl__err_db(err, s, "profile");
+  return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist; add it with 'tokenledger profile add %s'", name,
+                 name);
+}
+
+tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_error *err)
+{
+  static const char sql[] = "INSERT INTO profile (name, home, created_at) VALUES (:name, :home, :now)";
+  tl_status rc;
+  char abs[PATH_MAX];
+  if (!s || !name)
+    return tl__err(err, TL_EINVAL, 0, "profile add: no name");
+  if (!tl_profile_name_valid(name))
+    return tl__err(err, TL_EINVAL, 0,
+                   "profile name '%.64s' is invalid: use 1-64 of a-z 0-9 _ -, starting with a letter or digit "
+                   "(hermes, test, tmp, root, sudo are reserved)",
+                   name);
+  if (home) {
+    if (!realpath(home, abs))
+      return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: %s", home, strerror(errno));
+    home = abs;
+  }
+  if ((rc = tl__tx_begin(s, "profile add", err)) != TL_OK)
+    return rc;
+  int64_t id = 0;
+  tl_error probe = {0};
+  if (tl__profile_id(&id, s, name, &probe) == TL_OK) {
+    tl__tx_rollback(s);
+    return tl__err(err, TL_EEXISTS, 0, "profile '%s' already exists", name);
+  }
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    tl__tx_rollback(s);
+    return TL_ERROR;
+  }
+  tl__bind_text(st, ":name", name);
+  tl__bind_text(st, ":home", home);
+  tl__bind_int(st, ":now", tl__now_ms());
+  if ((rc = tl__step_done(s, st, "profile add", err)) != TL_OK)
+    goto fail;
+  tl__ids ids = {.profile = sqlite3_last_insert_rowid(s->db)};
+  if ((rc = tl__audit(s, "profile_added", &ids, json_pack("{s:s, s:s?}", "profile", name, "home", home), err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+tl_status tl_profile_remove(tl_store *s, const char *name, tl_error *err)
+{
+  static const char sql[] = "DELETE FROM profile WHERE id = :id";
+  tl_status rc;
+  int64_t id = 0;
+  if (!s || !name)
+    return tl__err(err, TL_EINVAL, 0, "profile rm: no name");
+  if ((rc = tl__tx_begin(s, "profile rm", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
+    goto fail;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":id", id);
+  if ((rc = tl__step_done(s, st, "profile rm", err)) != TL_OK)
+    goto fail;
+  tl__ids ids = {.profile = id};
+  if ((rc = tl__audit(s, "profile_removed", &ids, json_pack("{s:s}", "profile", name), err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+tl_status tl_profile_list(tl_report **out, tl_store *s, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT p.name AS name, p.home AS home, "
+      "(SELECT count(*) FROM pool_entry e WHERE e.profile_id = p.id) AS entries, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', p.created_at / 1000.0, 'unixepoch') AS created FROM profile p ORDER BY p.name";
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "profile list: bad arguments");
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  return st ? tl__report_from_stmt(out, s, st, err) : TL_ERROR;
+}
+
+/* ---- providers ---------------------------------------------------------- */
+
+tl_status tl_url_check(const char *url, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char *scheme = NULL, *host = NULL;
+  CURLU *u = curl_url();
+  if (!u)
+    return tl__oom(err);
+  if (!url || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+    rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' is not a valid absolute URL", url ? url : "");
+    goto done;
+  }
+  if (strcmp(scheme, "https") == 0)
+    goto done;
+  if (strcmp(scheme, "http") == 0 &&
+      (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 || strncmp(host, "127.", 4) == 0))
+    goto done;
+  rc =
+      tl__err(err, TL_EINVAL, 0, "URL '%.200s' must use https (plain http is allowed only to a loopback address)", url);
+done:
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
+{
+  static const char sql[] =
+      "INSERT INTO provider (name, token_url, device_url, client_id, rt_header, skew_s, grace_s, scope, updated_at) "
+      "VALUES (:name, :token_url, :device_url, :client_id, :rt_header, coalesce(:skew, 120), coalesce(:grace, 0), "
+      ":scope, :now) ON CONFLICT (name) DO UPDATE SET token_url = coalesce(:token_url, token_url), "
+      "device_url = coalesce(:device_url, device_url), client_id = coalesce(:client_id, client_id), "
+      "rt_header = CASE WHEN :rt_header = '' THEN NULL ELSE coalesce(:rt_header, rt_header) END, "
+      "skew_s = coalesce(:skew, skew_s), grace_s = coalesce(:grace, grace_s), scope = coalesce(:scope, scope), "
+      "updated_at = :now";
+  static const char exists_sql[] = "SELECT 1 FROM provider WHERE name = :name";
+  tl_status rc;
+  if (!s || !p || !p->name || !*p->name)
+    return tl__err(err, TL_EINVAL, 0, "provider set: no provider name");
+  if (strlen(p->name) > 128 || strpbrk(p->name, " \t\r\n/"))
+    return tl__err(err, TL_EINVAL, 0, "provider name '%.64s' is invalid (no spaces or slashes, at most 128 bytes)",
+                   p->name);
+  if (p->token_url && (rc = tl_url_check(p->token_url, err)) != TL_OK)
+    return rc;
+  if (p->device_url && (rc = tl_url_check(p->device_url, err)) != TL_OK)
+    return rc;
+  if (p->rt_header && *p->rt_header && strpbrk(p->rt_header, " \t\r\n:"))
+    return tl__err(err, TL_EINVAL, 0, "header name '%.64s' is invalid", p->rt_header);
+  if ((rc = tl__tx_begin(s, "provider set", err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, exists_sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_text(st, ":name", p->name);
+  int exists = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_reset(st);
+  if (!exists && (!p->token_url || !p->client_id)) {
+    rc = tl__err(err, TL_EINVAL, 0, "provider '%s' is new: --token-url and --client-id are required", p->name);
+    goto fail;
+  }
+  if (!(st = tl__stmt(s, sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_text(st, ":name", p->name);
+  tl__bind_text(st, ":token_url", p->token_url);
+  tl__bind_text(st, ":device_url", p->device_url);
+  tl__bind_text(st, ":client_id", p->client_id);
+  tl__bind_text(st, ":rt_header", p->rt_header);
+  tl__bind_text(st, ":scope", p->scope);
+  if (p->skew_s >= 0)
+    tl__bind_int(st, ":skew", p->skew_s);
+  if (p->grace_s >= 0)
+    tl__bind_int(st, ":grace", p->grace_s);
+  tl__bind_int(st, ":now", tl__now_ms());
+  if ((rc = tl__step_done(s, st, "provider set", err)) != TL_OK)
+    goto fail;
+  if ((rc = tl__audit(s, exists ? "provider_updated" : "provider_added", NULL,
+                      json_pack("{s:s, s:s?, s:s?, s:s?}", "provider", p->name, "token_url", p->token_url, "rt_header",
+                                p->rt_header, "client_id", p->client_id),
+                      err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+tl_status tl_provider_list(tl_report **out, tl_store *s, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT name, token_url, device_url, client_id, coalesce(rt_header, 'body:refresh_token') AS rt_in, "
+      "skew_s, grace_s, scope FROM provider ORDER BY name";
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "provider list: bad arguments");
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  return st ? tl__report_from_stmt(out, s, st, err) : TL_ERROR;
+}
+
+/* ---- the RT ledger ------------------------------------------------------ */
+
+tl_status tl__rt_lookup(int64_t *out_rt, int64_t *out_cred, tl_store *s, const char *fp, tl_error *err)
+{
+  static const char sql[] = "SELECT id, credential_id, state FROM refresh_token WHERE fingerprint = :fp";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":fp", fp);
+  *out_rt = 0;
+  *out_cred = 0;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    sqlite3_reset(st);
+    return TL_OK;
+  }
+  if (rc != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return tl__err_db(err, s, "ledger lookup");
+  }
+  *out_rt = sqlite3_column_int64(st, 0);
+  *out_cred = sqlite3_column_int64(st, 1);
+  const char *state = (const char *)sqlite3_column_text(st, 2);
+  int live = state && (strcmp(state, "current") == 0 || strcmp(state, "presented") == 0);
+  sqlite3_reset(st);
+  return live ? TL_OK : TL_EREUSE;
+}
+
+tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT t.id, t.credential_id, c.provider, c.label, t.generation, t.state, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', coalesce(t.retired_at, t.issued_at) / 1000.0, 'unixepoch'), "
+      "a.owner_host || ':' || a.owner_pid, a.owner_profile, a.owner_command, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') "
+      "FROM refresh_token t JOIN credential c ON c.id = t.credential_id "
+      "LEFT JOIN refresh_attempt a ON a.id = (SELECT max(id) FROM refresh_attempt WHERE rt_id = t.id) "
+      "WHERE t.fingerprint = :fp";
+  tl_status rc;
+  if ((rc = tl__tx_begin(s, "reuse blocked", err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    tl__tx_rollback(s);
+    return TL_ERROR;
+  }
+  tl__bind_text(st, ":fp", fp);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    tl__tx_rollback(s);
+    return tl__err(err, TL_ERROR, 0, "reuse check: token vanished from the ledger");
+  }
+  tl__ids ids = {.credential = sqlite3_column_int64(st, 1), .rt = sqlite3_column_int64(st, 0)};
+  char provider[129] = "", label[129] = "", state[16] = "", when[32] = "", by[300] = "", byprof[80] = "",
+       bycmd[80] = "", bywhen[32] = "";
+#define COPY(buf, col)                                                                                                 \
+  snprintf(buf, sizeof buf, "%s", sqlite3_column_text(st, col) ? (const char *)sqlite3_column_text(st, col) : "")
+  COPY(provider, 2);
+  COPY(label, 3);
+  COPY(state, 5);
+  COPY(when, 6);
+  COPY(by, 7);
+  COPY(byprof, 8);
+  COPY(bycmd, 9);
+  COPY(bywhen, 10);
+#undef COPY
+  int64_t gen = sqlite3_column_int64(st, 4);
+  sqlite3_reset(st);
+  json_t *d = json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:s?, s:s?, s:s?, s:s?}", "fingerprint", fp, "where", where,
+                        "state", state, "generation", (json_int_t)gen, "spent_at", when, "provider", provider,
+                        "presented_by", *by ? by : NULL, "presented_profile", *byprof ? byprof : NULL,
+                        "presented_command", *bycmd ? bycmd : NULL, "presented_at", *bywhen ? bywhen : NULL);
+  if (d)
+    json_object_set_new(d, "fingerprint", json_stringn(fp, 12));
+  if ((rc = tl__audit(s, "reuse_blocked", &ids, d, err)) != TL_OK) {
+    tl__tx_rollback(s);
+    return rc;
+  }
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    return rc;
+  char who[512];
+  if (*by)
+    snprintf(who, sizeof who, "; last presented by %s%s%s%s%s at %s", by, *byprof ? " profile " : "", byprof,
+             *bycmd ? " command " : "", bycmd, bywhen);
+  else
+    snprintf(who, sizeof who, "; never presented by tokenledger");
+  return tl__err(err, TL_EREUSE, 0,
+                 "%s: refresh token %.12s... is already spent: generation %lld of credential %lld (%s%s%s), %s "
+                 "since %s%s; refusing to store or present it again (that would make the server revoke the login)",
+                 where, fp, (long long)gen, (long long)ids.credential, provider, *label ? ", " : "", label, state, when,
+                 who);
+}
+
+/* ---- credentials -------------------------------------------------------- */
+
+static void random_entry_id(char out[7])
+{
+  unsigned char b[3] = {0};
+  static const char hex[] = "0123456789abcdef";
+  if (RAND_bytes(b, sizeof b) != 1) {
+    int64_t t = tl__now_ms();
+    memcpy(b, &t, sizeof b);
+  }
+  for (int i = 0; i < 3; i++) {
+    out[2 * i] = hex[b[i] >> 4];
+    out[2 * i + 1] = hex[b[i] & 15];
+  }
+  out[6] = '\0';
+}
+
+static tl_status add_pool_entry(tl_store *s, int64_t profile, const char *provider, int64_t cred, const char *entry_id,
+                                const char *source, const char *label, tl_error *err)
+{
+  static const char sql[] =
+      "INSERT INTO pool_entry (profile_id, provider, credential_id, entry_id, priority, source, label) "
+      "VALUES (:profile, :provider, :cred, :entry, (SELECT coalesce(max(priority) + 1, 0) FROM pool_entry "
+      "WHERE profile_id = :profile AND provider = :provider), :source, :label)";
+  static const char dup_sql[] =
+      "SELECT entry_id FROM pool_entry WHERE profile_id = :profile AND provider = :provider AND credential_id = :cred";
+  char gen[7];
+  sqlite3_stmt *st = tl__stmt(s, dup_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":profile", profile);
+  tl__bind_text(st, ":provider", provider);
+  tl__bind_int(st, ":cred", cred);
+  int have = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_reset(st);
+  if (have)
+    return TL_OK; /* this profile already uses this grant */
+  if (!entry_id) {
+    random_entry_id(gen);
+    entry_id = gen;
+  }
+  if (!(st = tl__stmt(s, sql, err)))
+    return TL_ERROR;
+  tl__bind_int(st, ":profile", profile);
+  tl__bind_text(st, ":provider", provider);
+  tl__bind_int(st, ":cred", cred);
+  tl__bind_text(st, ":entry", entry_id);
+  tl__bind_text(st, ":source", source ? source : "manual");
+  tl__bind_text(st, ":label", label);
+  return tl__step_done(s, st, "pool entry", err);
+}
+
+tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_spec *spec, tl_error *err)
+{
+  static const char prov_sql[] = "SELECT token_url, client_id, scope FROM provider WHERE name = :name";
+  static const char cred_sql[] =
+      "INSERT INTO credential (provider, client_id, token_url, label, access_token, expires_at, obtained_at, scope, "
+      "created_at, updated_at) VALUES (:provider, :client_id, :token_url, :label, :at, :exp, :obtained, :scope, "
+      ":now, :now)";
+  static const char rt_sql[] =
+      "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, secret, issued_at) "
+      "VALUES (:cred, 0, :fp, 'current', :origin, :secret, :now)";
+  static const char prov_of_cred[] = "SELECT provider FROM credential WHERE id = :id";
+  tl_status rc;
+  char fp[65];
+  char *token_url = NULL, *client_id = NULL, *scope = NULL;
+  int64_t profile = 0, rt = 0, cred = 0;
+  sqlite3_stmt *st;
+
+  if (!s || !spec || !spec->provider || !spec->profile)
+    return tl__err(err, TL_EINVAL, 0, "credential add: provider and profile are required");
+  if (!spec->refresh_token || !*spec->refresh_token)
+    return tl__err(err, TL_EINVAL, 0, "credential add: a refresh token is required");
+  const char *origin = spec->origin ? spec->origin : "import";
+  if (strcmp(origin, "login") != 0 && strcmp(origin, "import") != 0)
+    return tl__err(err, TL_EINVAL, 0, "credential add: origin must be login or import");
+  if (spec->token_url && (rc = tl_url_check(spec->token_url, err)) != TL_OK)
+    return rc;
+  if (spec->entry_id && (!*spec->entry_id || strlen(spec->entry_id) > 64))
+    return tl__err(err, TL_EINVAL, 0, "credential add: entry id must be 1-64 bytes");
+  tl_fingerprint(fp, spec->refresh_token, strlen(spec->refresh_token));
+
+  if ((rc = tl__tx_begin(s, "credential add", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__profile_id(&profile, s, spec->profile, err)) != TL_OK)
+    goto fail;
+  if (!(st = tl__stmt(s, prov_sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_text(st, ":name", spec->provider);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    rc = tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured; see 'tokenledger provider set --help'",
+                 spec->provider);
+    goto fail;
+  }
+  token_url = tl__col_dup(st, 0);
+  client_id = tl__col_dup(st, 1);
+  scope = tl__col_dup(st, 2);
+  sqlite3_reset(st);
+
+  rc = tl__rt_lookup(&rt, &cred, s, fp, err);
+  if (rc == TL_EREUSE) {
+    tl__tx_rollback(s);
+    rc = tl__reuse_blocked(s, fp, "credential add", err);
+    goto out;
+  }
+  if (rc != TL_OK)
+    goto fail;
+  tl__ids ids = {.profile = profile};
+  if (rt) {
+    /* The same grant seen again: attach this profile to it. */
+    if (!(st = tl__stmt(s, prov_of_cred, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_int(st, ":id", cred);
+    sqlite3_step(st);
+    int same = sqlite3_column_text(st, 0) && strcmp((const char *)sqlite3_column_text(st, 0), spec->provider) == 0;
+    sqlite3_reset(st);
+    if (!same) {
+      rc = tl__err(err, TL_EEXISTS, 0, "this refresh token already belongs to credential %lld of another provider",
+                   (long long)cred);
+      goto fail;
+    }
+    if ((rc = add_pool_entry(s, profile, spec->provider, cred, spec->entry_id, spec->source, spec->label, err)) !=
+        TL_OK)
+      goto fail;
+    ids.credential = cred;
+    ids.rt = rt;
+    if ((rc = tl__audit(s, "profile_attached", &ids,
+                        json_pack("{s:s, s:s, s:s%}", "profile", spec->profile, "provider", spec->provider,
+                                  "fingerprint", fp, (size_t)12),
+                        err)) != TL_OK)
+      goto fail;
+  } else {
+    int64_t now = tl__now_ms();
+    if (!(st = tl__stmt(s, cred_sql, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_text(st, ":provider", spec->provider);
+    tl__bind_text(st, ":client_id", client_id);
+    tl__bind_text(st, ":token_url", spec->token_url ? spec->token_url : token_url);
+    tl__bind_text(st, ":label", spec->label);
+    tl__bind_secret(st, ":at", spec->access_token);
+    if (spec->access_token && spec->expires_at_ms > 0)
+      tl__bind_int(st, ":exp", spec->expires_at_ms);
+    if (spec->access_token)
+      tl__bind_int(st, ":obtained", now);
+    tl__bind_text(st, ":scope", scope);
+    tl__bind_int(st, ":now", now);
+    if ((rc = tl__step_done(s, st, "credential add", err)) != TL_OK)
+      goto fail;
+    cred = sqlite3_last_insert_rowid(s->db);
+    if (!(st = tl__stmt(s, rt_sql, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_int(st, ":cred", cred);
+    tl__bind_text(st, ":fp", fp);
+    tl__bind_text(st, ":origin", origin);
+    tl__bind_secret(st, ":secret", spec->refresh_token);
+    tl__bind_int(st, ":now", now);
+    if ((rc = tl__step_done(s, st, "store refresh token", err)) != TL_OK)
+      goto fail;
+    rt = sqlite3_last_insert_rowid(s->db);
+    if ((rc = add_pool_entry(s, profile, spec->provider, cred, spec->entry_id, spec->source, spec->label, err)) !=
+        TL_OK)
+      goto fail;
+    ids.credential = cred;
+    ids.rt = rt;
+    if ((rc = tl__audit(s, "rt_stored", &ids,
+                        json_pack("{s:s, s:s, s:s, s:s%, s:i}", "profile", spec->profile, "provider", spec->provider,
+                                  "origin", origin, "fingerprint", fp, (size_t)12, "generation", 0),
+                        err)) != TL_OK)
+      goto fail;
+  }
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    goto out;
+  if (out_id)
+    *out_id = cred;
+  goto out;
+fail:
+  tl__tx_rollback(s);
+out:
+  free(token_url);
+  free(client_id);
+  free(scope);
+  return rc;
+}

@@ -1,0 +1,331 @@
+/*
+ * query.c - the read side: status, lineage, audit, history, check-rt, doctor.
+ *
+ * Invariants: every report here is built from the forensic views or from
+ * columns that hold no secret, so nothing a read command prints can leak a
+ * token; check-rt never writes; doctor writes only with fix set, and then
+ * only what is safe (file modes, and in-flight attempts whose owner is dead,
+ * which become `unknown` exactly as a claiming process would record them).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl_error *err)
+{
+  static const char sql[] = "SELECT * FROM v_profile_status WHERE :profile IS NULL OR profile = :profile "
+                            "ORDER BY profile, provider, priority";
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "status: bad arguments");
+  if (profile) {
+    int64_t id;
+    tl_status rc = tl__profile_id(&id, s, profile, err);
+    if (rc != TL_OK)
+      return rc;
+  }
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":profile", profile);
+  return tl__report_from_stmt(out, s, st, err);
+}
+
+static tl_status credential_exists(tl_store *s, int64_t cred, tl_error *err)
+{
+  static const char sql[] = "SELECT 1 FROM credential WHERE id = :id";
+  if (cred == 0)
+    return TL_OK;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":id", cred);
+  int found = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_reset(st);
+  return found ? TL_OK : tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
+}
+
+tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT credential, provider, label, family, generation, state, origin, fingerprint, issued, age_s, retired, "
+      "presented_by FROM v_lineage WHERE :cred = 0 OR credential = :cred ORDER BY credential, rt_id";
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "lineage: bad arguments");
+  tl_status rc = credential_exists(s, cred, err);
+  if (rc != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":cred", cred);
+  return tl__report_from_stmt(out, s, st, err);
+}
+
+tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT * FROM (SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch') AS at, event, "
+      "actor_host || ':' || actor_pid AS actor, actor_profile AS profile, actor_command AS command, "
+      "credential_id AS credential, rt_id, detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
+      "ORDER BY id DESC LIMIT :limit) ORDER BY id";
+  if (!out || !s || limit < 0)
+    return tl__err(err, TL_EINVAL, 0, "audit: bad arguments");
+  tl_status rc = credential_exists(s, cred, err);
+  if (rc != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":cred", cred);
+  tl__bind_int(st, ":limit", limit ? limit : -1);
+  return tl__report_from_stmt(out, s, st, err);
+}
+
+tl_status tl_history_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
+{
+  static const char sql[] = "SELECT * FROM v_refresh_history WHERE :cred = 0 OR credential = :cred LIMIT :limit";
+  if (!out || !s || limit < 0)
+    return tl__err(err, TL_EINVAL, 0, "history: bad arguments");
+  tl_status rc = credential_exists(s, cred, err);
+  if (rc != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":cred", cred);
+  tl__bind_int(st, ":limit", limit ? limit : -1);
+  return tl__report_from_stmt(out, s, st, err);
+}
+
+tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT CASE WHEN t.id IS NULL THEN 'unknown_to_ledger' WHEN t.state IN ('current', 'presented') THEN t.state "
+      "WHEN t.state = 'unknown' THEN 'unknown_outcome' ELSE 'spent' END AS verdict, "
+      "substr(:fp, 1, 12) AS fingerprint, t.credential_id AS credential, c.provider AS provider, c.label AS label, "
+      "coalesce(t.family_id, t.id) AS family, t.generation AS generation, t.state AS state, t.origin AS origin, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', t.issued_at / 1000.0, 'unixepoch') AS issued, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', t.retired_at / 1000.0, 'unixepoch') AS spent, "
+      "a.owner_host || ':' || a.owner_pid AS presented_by, a.owner_profile AS presented_profile, "
+      "a.owner_command AS presented_command, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') AS presented_at, a.outcome AS outcome, "
+      "(SELECT max(generation) FROM refresh_token WHERE credential_id = t.credential_id) AS latest_generation, "
+      "(SELECT group_concat(p.name, ',') FROM pool_entry e JOIN profile p ON p.id = e.profile_id "
+      "WHERE e.credential_id = t.credential_id) AS profiles "
+      "FROM (SELECT :fp AS fp) q LEFT JOIN refresh_token t ON t.fingerprint = q.fp "
+      "LEFT JOIN credential c ON c.id = t.credential_id "
+      "LEFT JOIN refresh_attempt a ON a.id = (SELECT max(id) FROM refresh_attempt WHERE rt_id = t.id)";
+  char fp[65];
+  if (!out || !s || !rt || !*rt)
+    return tl__err(err, TL_EINVAL, 0, "check-rt: no token given");
+  tl_fingerprint(fp, rt, strlen(rt));
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":fp", fp);
+  return tl__report_from_stmt(out, s, st, err);
+}
+
+/* ---- doctor ------------------------------------------------------------- */
+
+static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_error *err)
+{
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    if (errno == ENOENT && !must_exist)
+      return TL_OK;
+    return tl__err(err,
+                   errno == ENOENT  ? TL_ENOTFOUND
+                   : errno == ELOOP ? TL_EINSECURE
+                                    : TL_EIO,
+                   errno, "%s: cannot open: %s", path, strerror(errno));
+  }
+  struct stat st;
+  tl_status rc = TL_OK;
+  if (fstat(fd, &st) != 0)
+    rc = tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    rc = tl__err(err, TL_EINSECURE, 0, "%s: not a regular file; not touching it", path);
+  else if (st.st_uid != geteuid())
+    rc = tl__err(err, TL_EINSECURE, 0, "%s: owned by uid %ld, not you; not touching it", path, (long)st.st_uid);
+  else if ((st.st_mode & 07777) != mode && fchmod(fd, mode) != 0)
+    rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", path, strerror(errno));
+  close(fd);
+  return rc;
+}
+
+tl_status tl_store_fix_permissions(const char *path, tl_error *err)
+{
+  char side[PATH_MAX];
+  if (!path)
+    return tl__err(err, TL_EINVAL, 0, "doctor: no path");
+  tl_status rc = fix_mode(path, 0600, 1, err);
+  if (rc != TL_OK)
+    return rc;
+  snprintf(side, sizeof side, "%s-wal", path);
+  if ((rc = fix_mode(side, 0600, 0, err)) != TL_OK)
+    return rc;
+  snprintf(side, sizeof side, "%s-shm", path);
+  return fix_mode(side, 0600, 0, err);
+}
+
+static tl_status add_check(tl_report *r, int *problems, const char *check, int ok, const char *detail, tl_error *err)
+{
+  const char *cells[3] = {check, ok ? "1" : "0", detail};
+  const int num[3] = {0, 1, 0};
+  if (!ok)
+    (*problems)++;
+  return tl__report_add_row(r, cells, num, err);
+}
+
+static int64_t count_of(tl_store *s, const char *sql)
+{
+  sqlite3_stmt *st = NULL;
+  int64_t n = -1;
+  if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return n;
+}
+
+tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl_error *err)
+{
+  static const char *const cols[] = {"check", "ok", "detail"};
+  tl_report *r = NULL;
+  tl_status rc;
+  int problems = 0;
+  char detail[512];
+  if (!out || !out_problems || !s)
+    return tl__err(err, TL_EINVAL, 0, "doctor: bad arguments");
+  if ((rc = tl__report_kv(&r, cols, 3, err)) != TL_OK)
+    return rc;
+
+  /* 1. SQLite's own integrity check. */
+  {
+    sqlite3_stmt *st = NULL;
+    detail[0] = '\0';
+    int ok = 0;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      const char *t = (const char *)sqlite3_column_text(st, 0);
+      ok = t && strcmp(t, "ok") == 0;
+      snprintf(detail, sizeof detail, "%s", t ? t : "");
+    } else {
+      snprintf(detail, sizeof detail, "%s", sqlite3_errmsg(s->db));
+    }
+    sqlite3_finalize(st);
+    if ((rc = add_check(r, &problems, "integrity", ok, detail, err)) != TL_OK)
+      goto done;
+    int64_t fk = count_of(s, "SELECT count(*) FROM pragma_foreign_key_check");
+    snprintf(detail, sizeof detail, "%lld dangling reference(s)", (long long)fk);
+    if ((rc = add_check(r, &problems, "foreign_keys", fk == 0, detail, err)) != TL_OK)
+      goto done;
+  }
+
+  /* 2. File and directory modes. */
+  {
+    struct stat st;
+    int ok = stat(s->path, &st) == 0 && (st.st_mode & 077) == 0 && st.st_uid == geteuid();
+    snprintf(detail, sizeof detail, "%s mode %04o", s->path, ok || stat(s->path, &st) == 0 ? st.st_mode & 07777 : 0);
+    if ((rc = add_check(r, &problems, "file_mode", ok, detail, err)) != TL_OK)
+      goto done;
+    char *copy = strdup(s->path);
+    if (!copy) {
+      rc = tl__oom(err);
+      goto done;
+    }
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
+    int dok = stat(dir, &st) == 0 && (st.st_mode & 077) == 0;
+    snprintf(detail, sizeof detail, "%s mode %04o%s", dir, (unsigned)(st.st_mode & 07777),
+             dok ? "" : " (others can list the ledger's directory; 'chmod 700' it if it is yours alone)");
+    free(copy);
+    /* A shared directory is a warning, not a refusal: the file itself is 0600. */
+    if ((rc = add_check(r, &problems, "directory_mode", 1, detail, err)) != TL_OK)
+      goto done;
+  }
+
+  /* 3. Journal mode. */
+  {
+    sqlite3_stmt *st = NULL;
+    int ok = 0;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+      ok = sqlite3_column_text(st, 0) && strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+    sqlite3_finalize(st);
+    if ((rc = add_check(r, &problems, "wal", ok, ok ? "journal_mode=wal" : "journal_mode is not wal", err)) != TL_OK)
+      goto done;
+  }
+
+  /* 4. Lineage invariants, recomputed from the rows. */
+  {
+    static const struct {
+      const char *name, *sql, *what;
+    } inv[] = {
+        {"unique_fingerprint",
+         "SELECT count(*) FROM (SELECT fingerprint FROM refresh_token GROUP BY fingerprint HAVING count(*) > 1)",
+         "fingerprint(s) stored twice"},
+        {"one_live_rt",
+         "SELECT count(*) FROM (SELECT credential_id FROM refresh_token WHERE state IN ('current','presented') "
+         "GROUP BY credential_id HAVING count(*) > 1)",
+         "credential(s) with more than one live RT"},
+        {"one_in_flight",
+         "SELECT count(*) FROM (SELECT credential_id FROM refresh_attempt WHERE outcome = 'in_flight' "
+         "GROUP BY credential_id HAVING count(*) > 1)",
+         "credential(s) with more than one in-flight attempt"},
+        {"lineage_shape",
+         "SELECT count(*) FROM refresh_token c JOIN refresh_token p ON p.id = c.parent_id "
+         "WHERE p.credential_id <> c.credential_id OR c.generation <> p.generation + 1",
+         "RT(s) whose parent is of another credential or generation"},
+        {"spent_secrets_erased",
+         "SELECT count(*) FROM refresh_token WHERE state IN ('rotated','rejected','retired') AND secret IS NOT NULL",
+         "spent RT(s) still holding plaintext"},
+    };
+    for (size_t i = 0; i < sizeof inv / sizeof *inv; i++) {
+      int64_t n = count_of(s, inv[i].sql);
+      snprintf(detail, sizeof detail, "%lld %s", (long long)n, inv[i].what);
+      if ((rc = add_check(r, &problems, inv[i].name, n == 0, detail, err)) != TL_OK)
+        goto done;
+    }
+  }
+
+  /* 5. In-flight attempts whose owner died: they become unknown with fix. */
+  {
+    int64_t stale = 0;
+    if ((rc = tl__reap_dead_attempts(&stale, s, fix, err)) != TL_OK)
+      goto done;
+    snprintf(detail, sizeof detail, "%lld in-flight attempt(s) whose owner is gone%s", (long long)stale,
+             stale && fix ? ": recorded as unknown"
+             : stale      ? "; 'doctor --fix' records them as unknown"
+                          : "");
+    if ((rc = add_check(r, &problems, "stale_in_flight", stale == 0 || fix, detail, err)) != TL_OK)
+      goto done;
+  }
+
+  /* 6. Things an operator must decide. */
+  {
+    int64_t unknown = count_of(s, "SELECT count(*) FROM credential WHERE status = 'uncertain'");
+    snprintf(detail, sizeof detail, "%lld credential(s) with an unknown refresh outcome; see 'tokenledger recover'",
+             (long long)unknown);
+    if ((rc = add_check(r, &problems, "unknown_outcomes", unknown == 0, detail, err)) != TL_OK)
+      goto done;
+    int64_t reauth = count_of(s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'");
+    snprintf(detail, sizeof detail, "%lld credential(s) need a new login", (long long)reauth);
+    if ((rc = add_check(r, &problems, "needs_reauth", reauth == 0, detail, err)) != TL_OK)
+      goto done;
+  }
+done:
+  if (rc != TL_OK) {
+    tl_report_free(r);
+    return rc;
+  }
+  *out = r;
+  *out_problems = problems;
+  return TL_OK;
+}

@@ -1,0 +1,1459 @@
+/*
+ * refresh.c - getting a valid access token, and the refresh protocol.
+ *
+ * The protocol (SPEC section 3) in three steps:
+ *   1. Claim (BEGIN IMMEDIATE ... COMMIT): re-read the credential; return a
+ *      token someone else just obtained (single-flight); wait for a live
+ *      in-flight attempt; turn a dead owner's attempt into `unknown`; check
+ *      the RT; insert an `in_flight` attempt, mark the RT `presented`, audit.
+ *      The commit is durable (synchronous=FULL) before any byte leaves.
+ *   2. Present: the POST, outside any transaction.
+ *   3. Record (BEGIN IMMEDIATE ... COMMIT): the outcome, exactly one of
+ *      rotated / rejected / transient / not_sent / unknown.
+ *
+ * Invariants kept here:
+ *   - An RT is presented only from state `current` (or, by explicit operator
+ *     decision or inside a declared grace window, once from `unknown`).
+ *   - No write lock is held across the network.
+ *   - An outcome that cannot be known (lost response, crash, unreadable 200)
+ *     is recorded as `unknown` and is never presented again automatically.
+ *   - A spent RT's plaintext is erased in the same transaction that spends it.
+ *   - Exactly one process per credential presents at a time (partial unique
+ *     index on in_flight attempts); others wait for its result.
+ */
+#include "internal.h"
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define LEASE_MARGIN_MS      5000
+#define HTTP_TIMEOUT_MS      15000
+#define CONNECT_TIMEOUT_MS   5000
+#define TRANSIENT_COOLDOWN_S 60
+
+void tl_token_free(tl_token *t)
+{
+  if (!t)
+    return;
+  tl_secret_free(t->access_token);
+  free(t->entry_id);
+  free(t->base_url);
+  free(t);
+}
+
+static void sleep_ms(long ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0)
+    ;
+}
+
+/* ---- strategies --------------------------------------------------------- */
+
+static const char *const strategy_names[] = {"fill_first", "round_robin", "least_used", "random"};
+
+tl_status tl_strategy_parse(tl_strategy *out, const char *name, tl_error *err)
+{
+  for (int i = 0; i < 4; i++)
+    if (name && strcmp(name, strategy_names[i]) == 0) {
+      *out = (tl_strategy)i;
+      return TL_OK;
+    }
+  return tl__err(err, TL_EINVAL, 0, "unknown strategy '%.40s': use fill_first, round_robin, least_used or random",
+                 name ? name : "");
+}
+
+tl_status tl_strategy_set(tl_store *s, const char *profile, const char *provider, tl_strategy strat, tl_error *err)
+{
+  static const char sql[] = "INSERT INTO pool_strategy (profile_id, provider, strategy) VALUES (:p, :prov, :s) "
+                            "ON CONFLICT (profile_id, provider) DO UPDATE SET strategy = :s";
+  static const char prov_sql[] = "SELECT 1 FROM provider WHERE name = :name";
+  int64_t pid;
+  tl_status rc;
+  if (!s || !profile || !provider || (unsigned)strat > 3)
+    return tl__err(err, TL_EINVAL, 0, "strategy: bad arguments");
+  if ((rc = tl__tx_begin(s, "strategy set", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)
+    goto fail;
+  sqlite3_stmt *st = tl__stmt(s, prov_sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_text(st, ":name", provider);
+  int found = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_reset(st);
+  if (!found) {
+    rc = tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured", provider);
+    goto fail;
+  }
+  if (!(st = tl__stmt(s, sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":p", pid);
+  tl__bind_text(st, ":prov", provider);
+  tl__bind_text(st, ":s", strategy_names[strat]);
+  if ((rc = tl__step_done(s, st, "strategy set", err)) != TL_OK)
+    goto fail;
+  tl__ids ids = {.profile = pid};
+  if ((rc = tl__audit(
+           s, "strategy_set", &ids,
+           json_pack("{s:s, s:s, s:s}", "profile", profile, "provider", provider, "strategy", strategy_names[strat]),
+           err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+/* ---- selection ---------------------------------------------------------- */
+
+typedef struct candidate {
+  int64_t entry_rowid, credential, expires_at;
+  char *access_token; /* secret */
+  char *entry_id, *base_url, *status;
+  int64_t skew_ms, request_count, priority;
+} candidate;
+
+static void candidate_clear(candidate *c)
+{
+  tl_secret_free(c->access_token);
+  free(c->entry_id);
+  free(c->base_url);
+  free(c->status);
+  memset(c, 0, sizeof *c);
+}
+
+static int fresh(const candidate *c, int64_t now)
+{
+  return c->access_token && c->expires_at > 0 && c->expires_at - c->skew_ms > now;
+}
+
+/*
+ * Loads the selectable entries of (profile, provider) in priority order, at
+ * most max. Entries in cooldown, dead, or whose credential needs a new login
+ * are skipped. Counts what was skipped for the error message.
+ */
+static const char select_sql[] =
+    "SELECT e.id, e.entry_id, e.credential_id, c.access_token, coalesce(c.expires_at, 0), c.status, "
+    "pv.skew_s * 1000, json_extract(c.extra, '$.inference_base_url'), e.request_count, e.priority, "
+    "coalesce(ps.strategy, 'fill_first') "
+    "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
+    "JOIN credential c ON c.id = e.credential_id JOIN provider pv ON pv.name = e.provider "
+    "LEFT JOIN pool_strategy ps ON ps.profile_id = p.id AND ps.provider = e.provider "
+    "WHERE p.name = :profile AND (e.cooldown_until IS NULL OR e.cooldown_until <= :now) "
+    "AND e.last_status IS NOT 'dead' AND c.status <> 'needs_reauth' ORDER BY e.priority, e.id";
+
+static tl_status why_none(tl_store *s, const char *profile, const char *provider, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT count(*), sum(c.status = 'needs_reauth' OR e.last_status IS 'dead'), "
+      "sum(e.cooldown_until > :now), min(CASE WHEN e.cooldown_until > :now THEN e.cooldown_until END), "
+      "sum(e.credential_id IS NULL) "
+      "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
+      "LEFT JOIN credential c ON c.id = e.credential_id WHERE p.name = :profile";
+  int64_t pid;
+  tl_status rc = tl__profile_id(&pid, s, profile, err);
+  if (rc != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  int64_t now = tl__now_ms();
+  tl__bind_text(st, ":profile", profile);
+  tl__bind_text(st, ":provider", provider);
+  tl__bind_int(st, ":now", now);
+  int64_t total = 0, dead = 0, cooling = 0, until = 0, keyless = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    total = sqlite3_column_int64(st, 0);
+    dead = sqlite3_column_int64(st, 1);
+    cooling = sqlite3_column_int64(st, 2);
+    until = sqlite3_column_int64(st, 3);
+    keyless = sqlite3_column_int64(st, 4);
+  }
+  sqlite3_reset(st);
+  if (total == 0)
+    return tl__err(err, TL_ENOTFOUND, 0,
+                   "profile '%s' has no %s credential; add one with 'tokenledger credential "
+                   "add %s --profile %s' or import its auth.json",
+                   profile, provider, provider, profile);
+  if (cooling > 0 && dead + cooling + keyless >= total)
+    return tl__err(err, TL_ETRANSIENT, 0,
+                   "every %s entry of profile '%s' is cooling down; the first is usable in "
+                   "%lld s",
+                   provider, profile, (long long)((until - now + 999) / 1000));
+  if (dead > 0)
+    return tl__err(err, TL_EREAUTH, 0,
+                   "every %s credential of profile '%s' needs a new login; run 'tokenledger "
+                   "login %s --profile %s' (or log in with Hermes and import)",
+                   provider, profile, provider, profile);
+  return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has only API-key or borrowed %s entries; nothing to refresh",
+                 profile, provider);
+}
+
+#define MAX_CANDIDATES 64
+
+static tl_status load_candidates(candidate *out, size_t *n, char strategy[16], tl_store *s, const char *profile,
+                                 const char *provider, tl_error *err)
+{
+  sqlite3_stmt *st = tl__stmt(s, select_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":profile", profile);
+  tl__bind_text(st, ":provider", provider);
+  tl__bind_int(st, ":now", tl__now_ms());
+  *n = 0;
+  strategy[0] = '\0';
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < MAX_CANDIDATES) {
+    candidate *c = &out[*n];
+    memset(c, 0, sizeof *c);
+    c->entry_rowid = sqlite3_column_int64(st, 0);
+    c->entry_id = tl__col_dup(st, 1);
+    c->credential = sqlite3_column_int64(st, 2);
+    c->access_token = tl__col_dup(st, 3);
+    c->expires_at = sqlite3_column_int64(st, 4);
+    c->status = tl__col_dup(st, 5);
+    c->skew_ms = sqlite3_column_int64(st, 6);
+    c->base_url = tl__col_dup(st, 7);
+    c->request_count = sqlite3_column_int64(st, 8);
+    c->priority = sqlite3_column_int64(st, 9);
+    snprintf(strategy, 16, "%s", (const char *)sqlite3_column_text(st, 10));
+    (*n)++;
+    if (!c->entry_id || !c->status) {
+      sqlite3_reset(st);
+      return tl__oom(err);
+    }
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return tl__err_db(err, s, "select entry");
+  return TL_OK;
+}
+
+/* Index of the entry the strategy picks among usable candidates, -1 if none. */
+static int pick(const candidate *c, size_t n, const char *strategy)
+{
+  int usable[MAX_CANDIDATES];
+  size_t k = 0;
+  int64_t now = tl__now_ms();
+  for (size_t i = 0; i < n; i++)
+    if (fresh(&c[i], now) || strcmp(c[i].status, "active") == 0)
+      usable[k++] = (int)i;
+  if (k == 0)
+    return -1;
+  if (strcmp(strategy, "least_used") == 0) {
+    int best = usable[0];
+    for (size_t i = 1; i < k; i++)
+      if (c[usable[i]].request_count < c[best].request_count)
+        best = usable[i];
+    return best;
+  }
+  if (strcmp(strategy, "random") == 0) {
+    unsigned r = 0;
+    if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+      r = (unsigned)now;
+    return usable[r % k];
+  }
+  return usable[0]; /* fill_first, and round_robin's head */
+}
+
+/* Counter-keeping strategies write after selecting (SPEC: they may write). */
+static tl_status note_use(tl_store *s, const candidate *c, const char *strategy, tl_error *err)
+{
+  static const char rr_sql[] =
+      "UPDATE pool_entry SET priority = (SELECT max(priority) + 1 FROM pool_entry WHERE profile_id = "
+      "(SELECT profile_id FROM pool_entry WHERE id = :id) AND provider = (SELECT provider FROM pool_entry WHERE id "
+      "= :id)) WHERE id = :id";
+  static const char lu_sql[] = "UPDATE pool_entry SET request_count = request_count + 1 WHERE id = :id";
+  const char *sql = strcmp(strategy, "round_robin") == 0 ? rr_sql : strcmp(strategy, "least_used") == 0 ? lu_sql : NULL;
+  if (!sql)
+    return TL_OK;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":id", c->entry_rowid);
+  return tl__step_done(s, st, "pool counters", err);
+}
+
+static tl_status token_from(tl_token **out, const candidate *c, tl_error *err)
+{
+  tl_token *t = calloc(1, sizeof *t);
+  if (!t)
+    return tl__oom(err);
+  t->access_token = tl__strdup(c->access_token);
+  t->entry_id = tl__strdup(c->entry_id);
+  t->base_url = tl__strdup(c->base_url);
+  t->expires_at_ms = c->expires_at;
+  t->credential = c->credential;
+  if (!t->access_token || !t->entry_id || (c->base_url && !t->base_url)) {
+    tl_token_free(t);
+    return tl__oom(err);
+  }
+  *out = t;
+  return TL_OK;
+}
+
+tl_status tl_credential_find(int64_t *out, tl_store *s, const char *profile, const char *provider, tl_error *err)
+{
+  candidate c[MAX_CANDIDATES];
+  size_t n = 0;
+  char strategy[16];
+  if (!out || !s || !profile || !provider)
+    return tl__err(err, TL_EINVAL, 0, "credential find: bad arguments");
+  tl_status rc = load_candidates(c, &n, strategy, s, profile, provider, err);
+  int i = rc == TL_OK ? pick(c, n, "fill_first") : -1;
+  if (rc == TL_OK && i < 0)
+    rc = n ? tl__err(err, TL_EUNKNOWN, 0,
+                     "every %s credential of profile '%s' has an unknown refresh outcome; "
+                     "see 'tokenledger recover --help'",
+                     provider, profile)
+           : why_none(s, profile, provider, err);
+  if (rc == TL_OK)
+    *out = c[i].credential;
+  for (size_t k = 0; k < n; k++)
+    candidate_clear(&c[k]);
+  return rc;
+}
+
+tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const char *provider, unsigned flags,
+                       tl_error *err)
+{
+  candidate c[MAX_CANDIDATES];
+  size_t n = 0;
+  char strategy[16];
+  tl_status rc;
+  if (!out || !s || !profile || !provider)
+    return tl__err(err, TL_EINVAL, 0, "token: profile and provider are required");
+  *out = NULL;
+  if ((rc = load_candidates(c, &n, strategy, s, profile, provider, err)) != TL_OK)
+    goto done;
+  int i = pick(c, n, strategy);
+  if (i < 0) {
+    rc = n ? tl__err(err, TL_EUNKNOWN, 0,
+                     "no usable %s token for profile '%s': the last refresh of its credential %lld has an unknown "
+                     "outcome, so its refresh token is not presented again automatically; see 'tokenledger "
+                     "recover --help'",
+                     provider, profile, (long long)c[0].credential)
+           : why_none(s, profile, provider, err);
+    goto done;
+  }
+  if (strcmp(strategy, "round_robin") == 0 || strcmp(strategy, "least_used") == 0) {
+    if ((rc = tl__tx_begin(s, "token select", err)) != TL_OK)
+      goto done;
+    if ((rc = note_use(s, &c[i], strategy, err)) != TL_OK) {
+      tl__tx_rollback(s);
+      goto done;
+    }
+    if ((rc = tl__tx_commit(s, err)) != TL_OK)
+      goto done;
+  }
+  if (!(flags & TL_REFRESH_FORCE) && fresh(&c[i], tl__now_ms())) {
+    rc = token_from(out, &c[i], err);
+    goto done;
+  }
+  rc = tl_refresh(out, s, c[i].credential, flags, err);
+  if (rc == TL_OK && *out) {
+    free((*out)->entry_id);
+    (*out)->entry_id = tl__strdup(c[i].entry_id);
+    if (!(*out)->base_url && c[i].base_url)
+      (*out)->base_url = tl__strdup(c[i].base_url);
+  }
+done:
+  for (size_t k = 0; k < n; k++)
+    candidate_clear(&c[k]);
+  return rc;
+}
+
+/* ---- the protocol ------------------------------------------------------- */
+
+typedef struct claim {
+  int64_t credential, rt, attempt, generation, family, started;
+  char fp[65];
+  char *secret; /* the RT plaintext (secret) */
+  char *token_url, *client_id, *rt_header, *provider, *label;
+  int64_t grace_ms;
+} claim;
+
+static void claim_clear(claim *c)
+{
+  tl_secret_free(c->secret);
+  free(c->token_url);
+  free(c->client_id);
+  free(c->rt_header);
+  free(c->provider);
+  free(c->label);
+  memset(c, 0, sizeof *c);
+}
+
+/* Marks an in-flight or lost attempt unknown: attempt, RT and credential. */
+static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, tl_error *err)
+{
+  static const char att_sql[] =
+      "UPDATE refresh_attempt SET outcome = 'unknown', finished_at = :now, error_description = :why "
+      "WHERE id = :id AND outcome = 'in_flight' RETURNING credential_id, rt_id";
+  static const char rt_sql[] = "UPDATE refresh_token SET state = 'unknown', retired_at = :now "
+                               "WHERE id = :id AND state = 'presented'";
+  static const char cred_sql[] = "UPDATE credential SET status = 'uncertain', status_reason = :why, "
+                                 "updated_at = :now WHERE id = :id AND status = 'active'";
+  int64_t now = tl__now_ms();
+  sqlite3_stmt *st = tl__stmt(s, att_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":now", now);
+  tl__bind_text(st, ":why", why);
+  tl__bind_int(st, ":id", attempt);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return TL_OK; /* already settled */
+  }
+  tl__ids ids = {.credential = sqlite3_column_int64(st, 0), .rt = sqlite3_column_int64(st, 1)};
+  sqlite3_step(st);
+  sqlite3_reset(st);
+  tl_status rc;
+  if (!(st = tl__stmt(s, rt_sql, err)))
+    return TL_ERROR;
+  tl__bind_int(st, ":now", now);
+  tl__bind_int(st, ":id", ids.rt);
+  if ((rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
+    return rc;
+  if (!(st = tl__stmt(s, cred_sql, err)))
+    return TL_ERROR;
+  tl__bind_int(st, ":now", now);
+  tl__bind_text(st, ":why", why);
+  tl__bind_int(st, ":id", ids.credential);
+  if ((rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
+    return rc;
+  return tl__audit(s, "attempt_unknown", &ids, json_pack("{s:I, s:s}", "attempt", (json_int_t)attempt, "why", why),
+                   err);
+}
+
+static const char stale_sql[] =
+    "SELECT id, owner_host, owner_boot, owner_pid, owner_start, lease_until FROM refresh_attempt "
+    "WHERE outcome = 'in_flight' AND (:cred = 0 OR credential_id = :cred)";
+
+/* 1 if the in-flight attempt's owner is gone or its lease is over. */
+static int attempt_dead(tl_store *s, sqlite3_stmt *st, int64_t now)
+{
+  const char *host = (const char *)sqlite3_column_text(st, 1);
+  const char *boot = (const char *)sqlite3_column_text(st, 2);
+  int alive = tl__owner_alive(&s->actor, host, boot, (long)sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4));
+  if (alive == 0)
+    return 1;
+  return sqlite3_column_int64(st, 5) < now;
+}
+
+tl_status tl__reap_dead_attempts(int64_t *out, tl_store *s, int fix, tl_error *err)
+{
+  int64_t ids[256];
+  size_t n = 0;
+  tl_status rc = TL_OK;
+  *out = 0;
+  if (fix && (rc = tl__tx_begin(s, "reap attempts", err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, stale_sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto done;
+  }
+  tl__bind_int(st, ":cred", 0);
+  int64_t now = tl__now_ms();
+  while (sqlite3_step(st) == SQLITE_ROW && n < 256)
+    if (attempt_dead(s, st, now))
+      ids[n++] = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  *out = (int64_t)n;
+  for (size_t i = 0; fix && i < n; i++)
+    if ((rc = mark_unknown(s, ids[i],
+                           "the presenting process died or its lease expired before it recorded an "
+                           "outcome",
+                           err)) != TL_OK)
+      goto done;
+done:
+  if (fix) {
+    if (rc == TL_OK)
+      rc = tl__tx_commit(s, err);
+    else
+      tl__tx_rollback(s);
+  }
+  return rc;
+}
+
+typedef enum claim_result {
+  CLAIMED,   /* an attempt is in flight and ours: present */
+  SATISFIED, /* a fresh token exists now: *out holds it */
+  WAIT,      /* another live process is presenting: wait for attempt */
+} claim_result;
+
+static const char cred_sql[] =
+    "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), pv.skew_s * 1000, c.token_url, c.client_id, "
+    "pv.rt_header, c.provider, c.label, pv.grace_s * 1000, c.status_reason, "
+    "json_extract(c.extra, '$.inference_base_url') "
+    "FROM credential c JOIN provider pv ON pv.name = c.provider WHERE c.id = :id";
+
+/*
+ * One claim transaction. retry_unknown allows presenting an RT in state
+ * `unknown` (operator decision, or the grace-window retry).
+ */
+static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_t *wait_for, tl_store *s, int64_t cred,
+                            unsigned flags, int retry_unknown, int waited, tl_error *err)
+{
+  static const char live_sql[] =
+      "SELECT id, secret, fingerprint, generation, coalesce(family_id, id), state FROM refresh_token "
+      "WHERE credential_id = :cred AND state IN ('current', 'presented', 'unknown') ORDER BY id DESC LIMIT 1";
+  static const char ins_sql[] =
+      "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
+      "owner_profile, owner_command, started_at, lease_until) VALUES (:cred, :rt, :host, :boot, :pid, :start, "
+      ":profile, :command, :now, :lease)";
+  static const char pres_sql[] = "UPDATE refresh_token SET state = 'presented', retired_at = NULL WHERE id = :id";
+  static const char reopen_sql[] = "UPDATE credential SET status = 'active', status_reason = NULL, updated_at = :now "
+                                   "WHERE id = :id AND status = 'uncertain'";
+  tl_status rc;
+  sqlite3_stmt *st;
+  int64_t now;
+
+  if ((rc = tl__tx_begin(s, "refresh claim", err)) != TL_OK)
+    return rc;
+  now = tl__now_ms();
+  if (!(st = tl__stmt(s, cred_sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":id", cred);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    rc = tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
+    goto fail;
+  }
+  char status[16];
+  snprintf(status, sizeof status, "%s", (const char *)sqlite3_column_text(st, 0));
+  int64_t exp = sqlite3_column_int64(st, 2), skew = sqlite3_column_int64(st, 3);
+  int have_at = sqlite3_column_type(st, 1) != SQLITE_NULL;
+  if (have_at && exp - skew > now && (!(flags & TL_REFRESH_FORCE) || waited) && !retry_unknown) {
+    tl_token *t = calloc(1, sizeof *t);
+    if (t) {
+      t->access_token = tl__col_dup(st, 1);
+      t->base_url = tl__col_dup(st, 11);
+      t->expires_at_ms = exp;
+      t->credential = cred;
+    }
+    sqlite3_reset(st);
+    if (!t || !t->access_token) {
+      tl_token_free(t);
+      rc = tl__oom(err);
+      goto fail;
+    }
+    *out = t;
+    *res = SATISFIED;
+    return tl__tx_commit(s, err);
+  }
+  cl->credential = cred;
+  cl->token_url = tl__col_dup(st, 4);
+  cl->client_id = tl__col_dup(st, 5);
+  cl->rt_header = tl__col_dup(st, 6);
+  cl->provider = tl__col_dup(st, 7);
+  cl->label = tl__col_dup(st, 8);
+  cl->grace_ms = sqlite3_column_int64(st, 9);
+  char reason[300];
+  snprintf(reason, sizeof reason, "%s",
+           sqlite3_column_text(st, 10) ? (const char *)sqlite3_column_text(st, 10) : "no reason recorded");
+  sqlite3_reset(st);
+  if (!cl->token_url || !cl->client_id || !cl->provider) {
+    rc = tl__oom(err);
+    goto fail;
+  }
+  if (strcmp(status, "needs_reauth") == 0) {
+    rc = tl__err(err, TL_EREAUTH, 0,
+                 "credential %lld (%s%s%s) needs a new login: %s. Run 'tokenledger login %s --profile PROFILE', or "
+                 "log in with Hermes ('hermes auth add %s') and import the profile again",
+                 (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason, cl->provider,
+                 cl->provider);
+    goto fail;
+  }
+
+  /* Someone presenting right now? */
+  if (!(st = tl__stmt(s, stale_sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":cred", cred);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    int64_t att = sqlite3_column_int64(st, 0);
+    int dead = attempt_dead(s, st, now);
+    sqlite3_reset(st);
+    if (!dead) {
+      *wait_for = att;
+      *res = WAIT;
+      return tl__tx_commit(s, err);
+    }
+    if ((rc = mark_unknown(s, att, "the presenting process died or its lease expired before it recorded an outcome",
+                           err)) != TL_OK)
+      goto fail;
+    snprintf(status, sizeof status, "uncertain");
+    snprintf(reason, sizeof reason, "the process presenting its refresh token died mid-request");
+  } else {
+    sqlite3_reset(st);
+  }
+
+  if (!(st = tl__stmt(s, live_sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":cred", cred);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    rc = tl__err(err, TL_EREAUTH, 0, "credential %lld (%s) holds no usable refresh token; log in again",
+                 (long long)cred, cl->provider);
+    goto fail;
+  }
+  cl->rt = sqlite3_column_int64(st, 0);
+  cl->secret = tl__col_dup(st, 1);
+  snprintf(cl->fp, sizeof cl->fp, "%s", (const char *)sqlite3_column_text(st, 2));
+  cl->generation = sqlite3_column_int64(st, 3);
+  cl->family = sqlite3_column_int64(st, 4);
+  char rtstate[16];
+  snprintf(rtstate, sizeof rtstate, "%s", (const char *)sqlite3_column_text(st, 5));
+  sqlite3_reset(st);
+
+  if (strcmp(rtstate, "unknown") == 0 || strcmp(status, "uncertain") == 0) {
+    if (!retry_unknown) {
+      rc = tl__err(err, TL_EUNKNOWN, 0,
+                   "credential %lld (%s%s%s): %s. Its refresh token (generation %lld, %.12s...) may already have "
+                   "been spent, so it is not presented again automatically: presenting a spent token makes the "
+                   "server revoke the login. Decide with 'tokenledger recover --credential %lld --assume-not-sent' "
+                   "(retry once) or '--mark-dead' (log in again)",
+                   (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
+                   (long long)cl->generation, cl->fp, (long long)cred);
+      goto commit_fail; /* the dead owner's attempt must stay recorded as unknown */
+    }
+  } else if (strcmp(rtstate, "current") != 0) {
+    rc = tl__err(err, TL_ERROR, 0, "credential %lld: refresh token in state %s cannot be presented", (long long)cred,
+                 rtstate);
+    goto fail;
+  }
+  if (!cl->secret) {
+    rc = tl__err(err, TL_EREAUTH, 0, "credential %lld: the refresh token's plaintext is gone; log in again",
+                 (long long)cred);
+    goto fail;
+  }
+  /* The plaintext must be the token the ledger thinks it is. */
+  char check[65];
+  tl_fingerprint(check, cl->secret, strlen(cl->secret));
+  if (CRYPTO_memcmp(check, cl->fp, 64) != 0) {
+    rc = tl__err(err, TL_ECORRUPT, 0,
+                 "credential %lld: stored refresh token does not match its fingerprint; not "
+                 "presenting it",
+                 (long long)cred);
+    goto fail;
+  }
+
+  if (!(st = tl__stmt(s, ins_sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":cred", cred);
+  tl__bind_int(st, ":rt", cl->rt);
+  tl__bind_text(st, ":host", s->actor.host);
+  tl__bind_text(st, ":boot", s->actor.boot);
+  tl__bind_int(st, ":pid", s->actor.pid);
+  tl__bind_int(st, ":start", s->actor.start);
+  tl__bind_text(st, ":profile", s->actor.profile);
+  tl__bind_text(st, ":command", s->actor.command);
+  tl__bind_int(st, ":now", now);
+  tl__bind_int(st, ":lease", now + HTTP_TIMEOUT_MS + LEASE_MARGIN_MS);
+  if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+    goto fail;
+  cl->attempt = sqlite3_last_insert_rowid(s->db);
+  cl->started = now;
+  if (!(st = tl__stmt(s, pres_sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":id", cl->rt);
+  if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+    goto fail;
+  if (retry_unknown) {
+    if (!(st = tl__stmt(s, reopen_sql, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_int(st, ":now", now);
+    tl__bind_int(st, ":id", cred);
+    if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+      goto fail;
+  }
+  tl__ids ids = {.credential = cred, .rt = cl->rt};
+  if ((rc = tl__audit(s, retry_unknown ? "rt_represented" : "rt_presented", &ids,
+                      json_pack("{s:I, s:I, s:s%}", "attempt", (json_int_t)cl->attempt, "generation",
+                                (json_int_t)cl->generation, "fingerprint", cl->fp, (size_t)12),
+                      err)) != TL_OK)
+    goto fail;
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    return rc;
+  *res = CLAIMED;
+  return TL_OK;
+commit_fail : {
+  tl_error ignore = {0};
+  tl__tx_commit(s, &ignore);
+  return rc;
+}
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+/* Waits (read-only polling, growing backoff) until the attempt is settled. */
+static tl_status wait_attempt(tl_store *s, int64_t attempt, tl_error *err)
+{
+  static const char sql[] = "SELECT outcome, lease_until FROM refresh_attempt WHERE id = :id";
+  long delay = 5;
+  for (;;) {
+    sqlite3_stmt *st = tl__stmt(s, sql, err);
+    if (!st)
+      return TL_ERROR;
+    tl__bind_int(st, ":id", attempt);
+    int rc = sqlite3_step(st);
+    int settled = rc != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(st, 0), "in_flight") != 0;
+    int64_t lease = rc == SQLITE_ROW ? sqlite3_column_int64(st, 1) : 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+      return tl__err_db(err, s, "wait for refresh");
+    if (settled || tl__now_ms() > lease)
+      return TL_OK; /* the next claim decides what an expired lease means */
+    sleep_ms(delay);
+    if (delay < 200)
+      delay = delay * 3 / 2 + 1;
+  }
+}
+
+/* ---- outcome classification ---------------------------------------------- */
+
+static int contains_ci(const char *hay, const char *needle)
+{
+  if (!hay)
+    return 0;
+  size_t n = strlen(needle);
+  for (; *hay; hay++)
+    if (strncasecmp(hay, needle, n) == 0)
+      return 1;
+  return 0;
+}
+
+/* Terminal for the lineage: never retry, never re-present (server reference). */
+static int terminal_answer(const char *error, const char *desc)
+{
+  static const char *const codes[] = {"invalid_grant", "invalid_token", "refresh_token_reused", "token_invalidated",
+                                      "token_revoked", "token_expired", "unauthorized_client"};
+  static const char *const words[] = {"reuse",       "already used",          "revoked",
+                                      "stale token", "invalid refresh token", "expired"};
+  for (size_t i = 0; error && i < sizeof codes / sizeof *codes; i++)
+    if (strcmp(error, codes[i]) == 0)
+      return 1;
+  for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+    if (contains_ci(desc, words[i]) || contains_ci(error, words[i]))
+      return 1;
+  return 0;
+}
+
+static int reuse_answer(const char *error, const char *desc)
+{
+  return (error && strcmp(error, "refresh_token_reused") == 0) || contains_ci(desc, "reuse") ||
+         contains_ci(desc, "already used") || contains_ci(desc, "already been used") ||
+         contains_ci(desc, "maximum allowed refresh token reuse");
+}
+
+/* Expiry from a JWT's exp claim, in ms; 0 if the token is not a readable JWT. */
+static int64_t jwt_exp_ms(const char *jwt)
+{
+  const char *a = strchr(jwt, '.');
+  const char *b = a ? strchr(a + 1, '.') : NULL;
+  if (!a || !b || b - a - 1 <= 0 || b - a - 1 > 8192)
+    return 0;
+  size_t n = (size_t)(b - a - 1);
+  char *in = malloc(n + 4);
+  unsigned char *outb = malloc(n + 4);
+  int64_t exp = 0;
+  if (!in || !outb)
+    goto done;
+  for (size_t i = 0; i < n; i++)
+    in[i] = a[1 + i] == '-' ? '+' : a[1 + i] == '_' ? '/' : a[1 + i];
+  while (n % 4)
+    in[n++] = '=';
+  int len = EVP_DecodeBlock(outb, (unsigned char *)in, (int)n);
+  if (len > 0) {
+    while (len > 0 && outb[len - 1] == '\0')
+      len--; /* EVP_DecodeBlock counts padding as zero bytes */
+    json_t *j = json_loadb((const char *)outb, (size_t)len, 0, NULL);
+    json_t *e = j ? json_object_get(j, "exp") : NULL;
+    if (json_is_integer(e))
+      exp = (int64_t)json_integer_value(e) * 1000;
+    else if (json_is_real(e))
+      exp = (int64_t)(json_real_value(e) * 1000);
+    json_decref(j);
+  }
+done:
+  free(in);
+  free(outb);
+  return exp;
+}
+
+/* Everything the record step needs to know about the answer. */
+typedef struct answer {
+  enum { A_ROTATED, A_SAME_RT, A_REJECTED, A_TRANSIENT, A_CONFIG, A_NOT_SENT, A_UNKNOWN } kind;
+  long status;
+  char *error, *desc;
+  char *access_token, *refresh_token; /* secrets */
+  int64_t expires_at;
+  json_t *extra; /* token_type, scope, inference_base_url */
+  long retry_after;
+} answer;
+
+static void answer_clear(answer *a)
+{
+  free(a->error);
+  free(a->desc);
+  tl_secret_free(a->access_token);
+  tl_secret_free(a->refresh_token);
+  json_decref(a->extra);
+  memset(a, 0, sizeof *a);
+}
+
+static char *jstr(json_t *o, const char *k)
+{
+  json_t *v = json_object_get(o, k);
+  return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+}
+
+static void classify(answer *a, const tl_http_response *r, const char *old_rt)
+{
+  memset(a, 0, sizeof *a);
+  a->retry_after = r->retry_after;
+  a->status = r->status;
+  if (r->failure == TL_HTTP_NOT_SENT) {
+    a->kind = A_NOT_SENT;
+    a->desc = strdup(r->detail);
+    return;
+  }
+  if (r->failure == TL_HTTP_LOST) {
+    a->kind = A_UNKNOWN;
+    a->desc = strdup(r->detail);
+    return;
+  }
+  json_error_t je;
+  json_t *j = r->body && r->body_len ? json_loadb(r->body, r->body_len, 0, &je) : NULL;
+  if (j && !json_is_object(j)) {
+    json_decref(j);
+    j = NULL;
+  }
+  if (j) {
+    a->error = jstr(j, "error");
+    a->desc = jstr(j, "error_description");
+    if (!a->desc)
+      a->desc = jstr(j, "message");
+  }
+  if (r->status == 200) {
+    a->access_token = j ? jstr(j, "access_token") : NULL;
+    if (!a->access_token || !*a->access_token) {
+      /* The server may have rotated the RT, but we cannot read the answer. */
+      a->kind = A_UNKNOWN;
+      free(a->desc);
+      a->desc = strdup(j ? "200 answer without access_token" : "200 answer that is not a JSON object");
+      json_decref(j);
+      return;
+    }
+    a->refresh_token = jstr(j, "refresh_token");
+    json_t *ei = json_object_get(j, "expires_in");
+    int64_t now = tl__now_ms();
+    if (json_is_integer(ei) && json_integer_value(ei) > 0)
+      a->expires_at = now + (int64_t)json_integer_value(ei) * 1000;
+    else if (json_is_real(ei) && json_real_value(ei) > 0)
+      a->expires_at = now + (int64_t)(json_real_value(ei) * 1000);
+    else
+      a->expires_at = jwt_exp_ms(a->access_token);
+    a->extra = json_object();
+    static const char *const keep[] = {"token_type", "inference_base_url"};
+    for (size_t i = 0; a->extra && i < 2; i++) {
+      json_t *v = json_object_get(j, keep[i]);
+      if (json_is_string(v))
+        json_object_set(a->extra, keep[i], v);
+    }
+    json_t *sc = json_object_get(j, "scope");
+    if (a->extra && json_is_string(sc))
+      json_object_set(a->extra, "scope", sc);
+    a->kind = a->refresh_token && *a->refresh_token && strcmp(a->refresh_token, old_rt) != 0 ? A_ROTATED : A_SAME_RT;
+    json_decref(j);
+    return;
+  }
+  json_decref(j);
+  if (r->status == 429 || r->status >= 500 || (a->error && strcmp(a->error, "temporarily_unavailable") == 0)) {
+    a->kind = A_TRANSIENT;
+  } else if (r->status >= 400 && r->status < 500 && terminal_answer(a->error, a->desc)) {
+    a->kind = A_REJECTED;
+  } else if (r->status >= 400 && r->status < 500) {
+    a->kind = A_CONFIG; /* invalid_client, invalid_request...: no tokens issued */
+  } else {
+    /* 1xx/3xx/other 2xx: the server did something we cannot interpret. */
+    a->kind = A_UNKNOWN;
+    if (!a->desc) {
+      char d[64];
+      snprintf(d, sizeof d, "unexpected HTTP status %ld", r->status);
+      a->desc = strdup(d);
+    }
+  }
+}
+
+/* ---- record ------------------------------------------------------------- */
+
+static tl_status exec_bound(tl_store *s, const char *sql, const char *what, tl_error *err, int nbind,
+                            const char *const *names, const int64_t *ints, const char *const *texts)
+{
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  for (int i = 0; i < nbind; i++) {
+    if (texts && texts[i])
+      tl__bind_secret(st, names[i], texts[i]);
+    else
+      tl__bind_int(st, names[i], ints[i]);
+  }
+  return tl__step_done(s, st, what, err);
+}
+
+static const char finish_sql[] =
+    "UPDATE refresh_attempt SET outcome = :outcome, finished_at = :now, http_status = :status, oauth_error = :error, "
+    "error_description = :desc, child_rt_id = :child WHERE id = :id AND outcome = 'in_flight'";
+
+static tl_status finish_attempt(tl_store *s, const claim *cl, const char *outcome, const answer *a, int64_t child,
+                                tl_error *err)
+{
+  sqlite3_stmt *st = tl__stmt(s, finish_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":outcome", outcome);
+  tl__bind_int(st, ":now", tl__now_ms());
+  if (a->status)
+    tl__bind_int(st, ":status", a->status);
+  tl__bind_text(st, ":error", a->error);
+  tl__bind_text(st, ":desc", a->desc);
+  if (child)
+    tl__bind_int(st, ":child", child);
+  tl__bind_int(st, ":id", cl->attempt);
+  tl_status rc = tl__step_done(s, st, "record", err);
+  if (rc == TL_OK && sqlite3_changes(s->db) != 1)
+    rc = tl__err(err, TL_ERROR, 0, "record: attempt %lld was settled by another process (lease expired?)",
+                 (long long)cl->attempt);
+  return rc;
+}
+
+/* Message for a terminal answer: what the server said and who presented what. */
+static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_error *err)
+{
+  static const char prev_sql[] =
+      "SELECT t.generation, a.owner_host || ':' || a.owner_pid, coalesce(a.owner_profile, '-'), "
+      "coalesce(a.owner_command, '-'), strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') "
+      "FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id WHERE a.credential_id = :cred AND a.id < :att "
+      "ORDER BY a.id DESC LIMIT 1";
+  static const char count_sql[] = "SELECT count(*) FROM refresh_attempt WHERE rt_id = :rt";
+  char prev[400] = "no earlier presentation is on record";
+  sqlite3_stmt *st = tl__stmt(s, prev_sql, NULL);
+  if (st) {
+    tl__bind_int(st, ":cred", cl->credential);
+    tl__bind_int(st, ":att", cl->attempt);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      snprintf(prev, sizeof prev, "the previous presentation was generation %lld by %s (profile %s, command %s) at %s",
+               (long long)sqlite3_column_int64(st, 0), sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
+               sqlite3_column_text(st, 3), sqlite3_column_text(st, 4));
+    sqlite3_reset(st);
+  }
+  int64_t times = 0;
+  if ((st = tl__stmt(s, count_sql, NULL))) {
+    tl__bind_int(st, ":rt", cl->rt);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      times = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+  }
+  int reuse = reuse_answer(a->error, a->desc);
+  char outside[400] = "";
+  if (reuse && times <= 1)
+    snprintf(outside, sizeof outside,
+             " The ledger shows this was the only presentation of generation %lld, so a process outside tokenledger "
+             "(a script, a second install, a restored backup) presented it first.",
+             (long long)cl->generation);
+  tl__err(err, TL_EREAUTH, 0,
+          "%s rejected refresh token generation %lld (%.12s...) of credential %lld%s%s: HTTP %ld %s%s%s. "
+          "This presentation: %s:%ld at now; %s.%s The credential needs a new login: 'tokenledger login %s "
+          "--profile PROFILE' (or 'hermes auth add %s', then import).",
+          cl->provider, (long long)cl->generation, cl->fp, (long long)cl->credential, cl->label ? " " : "",
+          cl->label ? cl->label : "", a->status, a->error ? a->error : "(no error code)", a->desc ? ": " : "",
+          a->desc ? a->desc : "", s->actor.host, s->actor.pid, prev, outside, cl->provider, cl->provider);
+}
+
+static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a, tl_error *err)
+{
+  static const char rotate_old_sql[] = "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = :now "
+                                       "WHERE id = :id";
+  static const char child_sql[] =
+      "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, secret, "
+      "issued_at) VALUES (:cred, :parent, :family, :gen, :fp, 'current', 'refresh', :secret, :now)";
+  static const char cred_ok_sql[] =
+      "UPDATE credential SET access_token = :at, expires_at = nullif(:exp, 0), obtained_at = :now, "
+      "scope = coalesce(json_extract(:extra, '$.scope'), scope), status = 'active', status_reason = NULL, "
+      "extra = json_patch(extra, :extra), updated_at = :now WHERE id = :id";
+  static const char back_sql[] = "UPDATE refresh_token SET state = 'current', retired_at = NULL WHERE id = :id";
+  static const char reject_sql[] = "UPDATE refresh_token SET state = 'rejected', secret = NULL, retired_at = :now "
+                                   "WHERE id = :id";
+  static const char reauth_sql[] = "UPDATE credential SET status = 'needs_reauth', status_reason = :why, "
+                                   "updated_at = :now WHERE id = :id";
+  static const char entries_ok_sql[] =
+      "UPDATE pool_entry SET last_status = 'ok', last_status_at = :now, last_error_code = NULL, "
+      "last_error_reason = NULL, last_error_message = NULL, cooldown_until = NULL WHERE credential_id = :cred "
+      "AND last_status IS NOT NULL AND last_status <> 'ok'";
+  static const char entries_bad_sql[] =
+      "UPDATE pool_entry SET last_status = :st, last_status_at = :now, last_error_code = :code, "
+      "last_error_reason = :reason, last_error_message = :msg, cooldown_until = :until WHERE credential_id = :cred";
+  tl_status rc;
+  int64_t now = tl__now_ms(), child = 0;
+  char childfp[65] = "";
+  sqlite3_stmt *st;
+  tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
+  tl_status result = TL_OK;
+  tl_error msg = {0};
+
+  /* Never give up on recording: a long busy wait is better than an unknown. */
+  tl_store_set_busy_timeout(s, s->busy_ms > 60000 ? s->busy_ms : 60000);
+  rc = tl__tx_begin(s, "refresh record", err);
+  if (rc != TL_OK)
+    return rc; /* the attempt stays in_flight; our death makes it unknown */
+
+  if (a->kind == A_ROTATED) {
+    tl_fingerprint(childfp, a->refresh_token, strlen(a->refresh_token));
+    int64_t known_rt = 0, known_cred = 0;
+    tl_error probe = {0};
+    if (tl__rt_lookup(&known_rt, &known_cred, s, childfp, &probe) != TL_OK || known_rt) {
+      /* The server handed out a token the ledger already holds: do not store it twice. */
+      a->kind = A_UNKNOWN;
+      free(a->desc);
+      a->desc = strdup("server returned a refresh token that is already in the ledger");
+    }
+  }
+
+  switch (a->kind) {
+  case A_ROTATED:
+  case A_SAME_RT: {
+    if (a->kind == A_ROTATED) {
+      const char *n1[] = {":now", ":id"};
+      int64_t v1[] = {now, cl->rt};
+      if ((rc = exec_bound(s, rotate_old_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
+        goto fail;
+      if (!(st = tl__stmt(s, child_sql, err))) {
+        rc = TL_ERROR;
+        goto fail;
+      }
+      tl__bind_int(st, ":cred", cl->credential);
+      tl__bind_int(st, ":parent", cl->rt);
+      tl__bind_int(st, ":family", cl->family);
+      tl__bind_int(st, ":gen", cl->generation + 1);
+      tl__bind_text(st, ":fp", childfp);
+      tl__bind_secret(st, ":secret", a->refresh_token);
+      tl__bind_int(st, ":now", now);
+      if ((rc = tl__step_done(s, st, "record child", err)) != TL_OK)
+        goto fail;
+      child = sqlite3_last_insert_rowid(s->db);
+    } else {
+      const char *n1[] = {":id"};
+      int64_t v1[] = {cl->rt};
+      if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
+        goto fail;
+    }
+    char *extra = json_dumps(a->extra ? a->extra : json_object(), JSON_COMPACT);
+    if (!(st = tl__stmt(s, cred_ok_sql, err))) {
+      free(extra);
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_secret(st, ":at", a->access_token);
+    tl__bind_int(st, ":exp", a->expires_at);
+    tl__bind_int(st, ":now", now);
+    tl__bind_text(st, ":extra", extra ? extra : "{}");
+    tl__bind_int(st, ":id", cl->credential);
+    rc = tl__step_done(s, st, "record credential", err);
+    free(extra);
+    if (rc != TL_OK)
+      goto fail;
+    {
+      const char *n2[] = {":now", ":cred"};
+      int64_t v2[] = {now, cl->credential};
+      if ((rc = exec_bound(s, entries_ok_sql, "record", err, 2, n2, v2, NULL)) != TL_OK)
+        goto fail;
+    }
+    if ((rc = finish_attempt(s, cl, "rotated", a, child, err)) != TL_OK)
+      goto fail;
+    ids.rt = child ? child : cl->rt;
+    if ((rc = tl__audit(s, child ? "rt_rotated" : "access_refreshed", &ids,
+                        child ? json_pack("{s:I, s:I, s:s%, s:s%}", "attempt", (json_int_t)cl->attempt, "generation",
+                                          (json_int_t)(cl->generation + 1), "parent", cl->fp, (size_t)12, "fingerprint",
+                                          childfp, (size_t)12)
+                              : json_pack("{s:I, s:I}", "attempt", (json_int_t)cl->attempt, "generation",
+                                          (json_int_t)cl->generation),
+                        err)) != TL_OK)
+      goto fail;
+    tl_token *t = calloc(1, sizeof *t);
+    if (!t || !(t->access_token = tl__strdup(a->access_token))) {
+      free(t);
+      rc = tl__oom(err);
+      goto fail;
+    }
+    t->expires_at_ms = a->expires_at;
+    t->credential = cl->credential;
+    t->refreshed = 1;
+    json_t *bu = a->extra ? json_object_get(a->extra, "inference_base_url") : NULL;
+    if (json_is_string(bu))
+      t->base_url = tl__strdup(json_string_value(bu));
+    *out = t;
+    break;
+  }
+  case A_REJECTED: {
+    rejected_message(s, cl, a, &msg);
+    const char *n1[] = {":now", ":id"};
+    int64_t v1[] = {now, cl->rt};
+    if ((rc = exec_bound(s, reject_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
+      goto fail;
+    char why[300];
+    snprintf(why, sizeof why, "server rejected generation %lld: HTTP %ld %s%s%.200s", (long long)cl->generation,
+             a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
+    if (!(st = tl__stmt(s, reauth_sql, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_text(st, ":why", why);
+    tl__bind_int(st, ":now", now);
+    tl__bind_int(st, ":id", cl->credential);
+    if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
+      goto fail;
+    if (!(st = tl__stmt(s, entries_bad_sql, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_text(st, ":st", "dead");
+    tl__bind_int(st, ":now", now);
+    tl__bind_int(st, ":code", a->status);
+    tl__bind_text(st, ":reason", a->error);
+    tl__bind_text(st, ":msg", a->desc);
+    tl__bind_int(st, ":cred", cl->credential);
+    if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
+      goto fail;
+    if ((rc = finish_attempt(s, cl, "rejected", a, 0, err)) != TL_OK)
+      goto fail;
+    int reuse = reuse_answer(a->error, a->desc);
+    if ((rc = tl__audit(s, reuse ? "reuse_detected_by_server" : "rt_rejected", &ids,
+                        json_pack("{s:I, s:I, s:s%, s:i, s:s?, s:s?}", "attempt", (json_int_t)cl->attempt, "generation",
+                                  (json_int_t)cl->generation, "fingerprint", cl->fp, (size_t)12, "http_status",
+                                  (int)a->status, "error", a->error, "error_description", a->desc),
+                        err)) != TL_OK)
+      goto fail;
+    result = TL_EREAUTH;
+    break;
+  }
+  case A_TRANSIENT:
+  case A_CONFIG:
+  case A_NOT_SENT: {
+    const char *n1[] = {":id"};
+    int64_t v1[] = {cl->rt};
+    if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
+      goto fail;
+    long wait_s = a->retry_after >= 0 ? a->retry_after : TRANSIENT_COOLDOWN_S;
+    if (a->kind != A_NOT_SENT) {
+      if (!(st = tl__stmt(s, entries_bad_sql, err))) {
+        rc = TL_ERROR;
+        goto fail;
+      }
+      tl__bind_text(st, ":st", "exhausted");
+      tl__bind_int(st, ":now", now);
+      tl__bind_int(st, ":code", a->status);
+      tl__bind_text(st, ":reason", a->error);
+      tl__bind_text(st, ":msg", a->desc);
+      tl__bind_int(st, ":until", now + (int64_t)wait_s * 1000);
+      tl__bind_int(st, ":cred", cl->credential);
+      if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
+        goto fail;
+    }
+    const char *outcome = a->kind == A_NOT_SENT ? "not_sent" : "transient";
+    if ((rc = finish_attempt(s, cl, outcome, a, 0, err)) != TL_OK)
+      goto fail;
+    if ((rc = tl__audit(s, a->kind == A_NOT_SENT ? "refresh_not_sent" : "refresh_transient", &ids,
+                        json_pack("{s:I, s:I, s:i, s:s?, s:s?, s:i}", "attempt", (json_int_t)cl->attempt, "generation",
+                                  (json_int_t)cl->generation, "http_status", (int)a->status, "error", a->error,
+                                  "error_description", a->desc, "cooldown_s", a->kind == A_NOT_SENT ? 0 : (int)wait_s),
+                        err)) != TL_OK)
+      goto fail;
+    if (a->kind == A_NOT_SENT)
+      tl__err(&msg, TL_ETRANSIENT, 0,
+              "%s token endpoint unreachable (%s); the refresh token was not sent and stays "
+              "current",
+              cl->provider, a->desc ? a->desc : "no detail");
+    else if (a->kind == A_TRANSIENT)
+      tl__err(&msg, TL_ETRANSIENT, 0,
+              "%s answered HTTP %ld%s%s; the refresh token was not spent; entries cool down "
+              "for %ld s",
+              cl->provider, a->status, a->error ? " " : "", a->error ? a->error : "", wait_s);
+    else
+      tl__err(&msg, TL_ERROR, 0,
+              "%s refused the request: HTTP %ld %s%s%s; check the provider configuration "
+              "(client id, endpoint); the refresh token was not spent",
+              cl->provider, a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
+    result = msg.code;
+    break;
+  }
+  case A_UNKNOWN: {
+    char why[300];
+    snprintf(why, sizeof why, "response to generation %lld lost: %.200s", (long long)cl->generation,
+             a->desc ? a->desc : "no detail");
+    if ((rc = mark_unknown(s, cl->attempt, why, err)) != TL_OK)
+      goto fail;
+    tl__err(&msg, TL_EUNKNOWN, 0,
+            "credential %lld (%s): %s. The server may have rotated the refresh token, so it is not presented again "
+            "automatically; decide with 'tokenledger recover --credential %lld --assume-not-sent' or '--mark-dead'",
+            (long long)cl->credential, cl->provider, why, (long long)cl->credential);
+    result = TL_EUNKNOWN;
+    break;
+  }
+  }
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    return rc;
+  if (result != TL_OK && err && err->code == TL_OK)
+    *err = msg;
+  return result;
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+static char *form_body(const claim *cl)
+{
+  char *cid = curl_easy_escape(NULL, cl->client_id, 0);
+  char *rt = cl->rt_header ? NULL : curl_easy_escape(NULL, cl->secret, 0);
+  char *body = NULL;
+  if (cid && (cl->rt_header || rt)) {
+    size_t n = strlen(cid) + (rt ? strlen(rt) : 0) + 64;
+    if ((body = malloc(n)))
+      snprintf(body, n, "grant_type=refresh_token&client_id=%s%s%s", cid, rt ? "&refresh_token=" : "", rt ? rt : "");
+  }
+  curl_free(cid);
+  if (rt) {
+    tl_burn(rt, strlen(rt));
+    curl_free(rt);
+  }
+  return body;
+}
+
+/* Presents the claimed RT and records the outcome. */
+static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, answer *a, tl_error *err)
+{
+  tl_http_response resp;
+  memset(&resp, 0, sizeof resp);
+  resp.retry_after = -1;
+  char *body = form_body(cl);
+  if (!body) {
+    /* Nothing left the process: record not_sent. */
+    memset(a, 0, sizeof *a);
+    a->kind = A_NOT_SENT;
+    a->desc = strdup("out of memory building the request");
+  } else {
+    tl_http_request req = {.url = cl->token_url,
+                           .body = body,
+                           .rt_header = cl->rt_header,
+                           .rt_value = cl->rt_header ? cl->secret : NULL,
+                           .connect_timeout_ms = CONNECT_TIMEOUT_MS,
+                           .timeout_ms = HTTP_TIMEOUT_MS};
+    s->http(s->http_ud, &req, &resp);
+    tl_burn(body, strlen(body));
+    free(body);
+    classify(a, &resp, cl->secret);
+    tl__http_response_clear(&resp);
+  }
+  return record(out, s, cl, a, err);
+}
+
+static tl_status refresh_loop(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                              tl_error *err)
+{
+  tl_status rc;
+  int waited = 0;
+  int64_t deadline = tl__now_ms() + 2 * (HTTP_TIMEOUT_MS + LEASE_MARGIN_MS) + s->busy_ms;
+  for (;;) {
+    claim cl;
+    memset(&cl, 0, sizeof cl);
+    claim_result res = CLAIMED;
+    int64_t wait_for = 0;
+    rc = claim_once(&res, &cl, out, &wait_for, s, cred, flags, retry_unknown, waited, err);
+    if (rc != TL_OK || res == SATISFIED) {
+      claim_clear(&cl);
+      return rc;
+    }
+    if (res == WAIT) {
+      claim_clear(&cl);
+      if (tl__now_ms() > deadline)
+        return tl__err(err, TL_EBUSY, 0, "credential %lld: another process has been refreshing it for too long",
+                       (long long)cred);
+      if ((rc = wait_attempt(s, wait_for, err)) != TL_OK)
+        return rc;
+      waited = 1;
+      continue;
+    }
+    answer a;
+    rc = present_and_record(out, s, &cl, &a, err);
+    /* One automatic re-presentation, only inside a declared grace window. */
+    if (rc == TL_EUNKNOWN && !retry_unknown && cl.grace_ms > 0 && tl__now_ms() - cl.started < cl.grace_ms) {
+      tl_error again = {0};
+      claim_clear(&cl);
+      answer_clear(&a);
+      rc = refresh_loop(out, s, cred, flags, 1, &again);
+      if (err && rc != TL_OK) {
+        tl_error_clear(err);
+        *err = again;
+      }
+      return rc;
+    }
+    claim_clear(&cl);
+    answer_clear(&a);
+    return rc;
+  }
+}
+
+tl_status tl_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, tl_error *err)
+{
+  tl_token *t = NULL;
+  if (!s || cred <= 0)
+    return tl__err(err, TL_EINVAL, 0, "refresh: no credential");
+  tl_status rc = refresh_loop(&t, s, cred, flags, 0, err);
+  if (out)
+    *out = t;
+  else
+    tl_token_free(t);
+  return rc;
+}
+
+tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_action action, tl_error *err)
+{
+  static const char state_sql[] = "SELECT status FROM credential WHERE id = :id";
+  static const char dead_rt_sql[] = "UPDATE refresh_token SET state = 'retired', secret = NULL, retired_at = :now "
+                                    "WHERE credential_id = :cred AND state IN ('unknown', 'current')";
+  static const char dead_cred_sql[] =
+      "UPDATE credential SET status = 'needs_reauth', status_reason = 'operator marked the refresh token dead after "
+      "an unknown outcome', updated_at = :now WHERE id = :cred";
+  tl_status rc;
+  int64_t reaped;
+  if (!s || cred <= 0 || (action != TL_RECOVER_RETRY && action != TL_RECOVER_MARK_DEAD))
+    return tl__err(err, TL_EINVAL, 0, "recover: credential and action are required");
+  if ((rc = tl__reap_dead_attempts(&reaped, s, 1, err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, state_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":id", cred);
+  char status[16] = "";
+  if (sqlite3_step(st) == SQLITE_ROW)
+    snprintf(status, sizeof status, "%s", (const char *)sqlite3_column_text(st, 0));
+  sqlite3_reset(st);
+  if (!*status)
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
+  if (strcmp(status, "uncertain") != 0)
+    return tl__err(err, TL_EINVAL, 0, "credential %lld is %s: there is no unknown outcome to recover from",
+                   (long long)cred, status);
+  if (action == TL_RECOVER_RETRY) {
+    tl_token *t = NULL;
+    rc = refresh_loop(&t, s, cred, TL_REFRESH_FORCE, 1, err);
+    if (out)
+      *out = t;
+    else
+      tl_token_free(t);
+    return rc;
+  }
+  if ((rc = tl__tx_begin(s, "recover", err)) != TL_OK)
+    return rc;
+  const char *n[] = {":now", ":cred"};
+  int64_t v[] = {tl__now_ms(), cred};
+  if ((rc = exec_bound(s, dead_rt_sql, "recover", err, 2, n, v, NULL)) != TL_OK ||
+      (rc = exec_bound(s, dead_cred_sql, "recover", err, 2, n, v, NULL)) != TL_OK)
+    goto fail;
+  tl__ids ids = {.credential = cred};
+  if ((rc = tl__audit(s, "recover_mark_dead", &ids, NULL, err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+/* ---- pool entry reports --------------------------------------------------- */
+
+tl_status tl_entry_report(tl_store *s, const char *profile, const char *provider, const char *entry_id, int http_status,
+                          int64_t reset_at_ms, tl_error *err)
+{
+  static const char sql[] =
+      "UPDATE pool_entry SET last_status = 'exhausted', last_status_at = :now, last_error_code = :code, "
+      "cooldown_until = :until WHERE entry_id = :entry AND provider = :provider "
+      "AND profile_id = (SELECT id FROM profile WHERE name = :profile) RETURNING id, credential_id, profile_id";
+  static const char count_sql[] =
+      "SELECT count(*) FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = :profile AND "
+      "e.provider = :provider AND e.last_status IS NOT 'dead'";
+  tl_status rc;
+  if (!s || !profile || !provider || !entry_id || http_status < 100 || http_status > 599)
+    return tl__err(err, TL_EINVAL, 0, "report: profile, provider, entry and an HTTP status are required");
+  if ((rc = tl__tx_begin(s, "report", err)) != TL_OK)
+    return rc;
+  int64_t now = tl__now_ms(), pid;
+  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)
+    goto fail;
+  sqlite3_stmt *st = tl__stmt(s, count_sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_text(st, ":profile", profile);
+  tl__bind_text(st, ":provider", provider);
+  int64_t live = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  /* Hermes' cooldowns: 401 five minutes, others an hour; a sole entry a minute unless billing (402). */
+  int64_t cool = http_status == 401 ? 300 : 3600;
+  if (live <= 1 && http_status != 402)
+    cool = 60;
+  int64_t until = reset_at_ms > now ? reset_at_ms : now + cool * 1000;
+  if (!(st = tl__stmt(s, sql, err))) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":now", now);
+  tl__bind_int(st, ":code", http_status);
+  tl__bind_int(st, ":until", until);
+  tl__bind_text(st, ":entry", entry_id);
+  tl__bind_text(st, ":provider", provider);
+  tl__bind_text(st, ":profile", profile);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    rc = tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has no %s entry '%s'", profile, provider, entry_id);
+    goto fail;
+  }
+  tl__ids ids = {.credential = sqlite3_column_int64(st, 1), .profile = sqlite3_column_int64(st, 2)};
+  sqlite3_step(st);
+  sqlite3_reset(st);
+  if ((rc = tl__audit(s, "entry_exhausted", &ids,
+                      json_pack("{s:s, s:s, s:i, s:I}", "entry", entry_id, "provider", provider, "http_status",
+                                http_status, "cooldown_s", (json_int_t)((until - now) / 1000)),
+                      err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
