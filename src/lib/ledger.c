@@ -213,14 +213,17 @@ done:
 
 tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
 {
-  static const char sql[] =
+  static const char ins_sql[] =
       "INSERT INTO provider (name, token_url, device_url, client_id, rt_header, skew_s, grace_s, scope, updated_at) "
-      "VALUES (:name, :token_url, :device_url, :client_id, :rt_header, coalesce(:skew, 120), coalesce(:grace, 0), "
-      ":scope, :now) ON CONFLICT (name) DO UPDATE SET token_url = coalesce(:token_url, token_url), "
-      "device_url = coalesce(:device_url, device_url), client_id = coalesce(:client_id, client_id), "
+      "VALUES (:name, :token_url, :device_url, :client_id, nullif(:rt_header, ''), coalesce(:skew, 120), "
+      "coalesce(:grace, 0), :scope, :now)";
+  static const char upd_sql[] =
+      "UPDATE provider SET token_url = coalesce(:token_url, token_url), device_url = coalesce(:device_url, "
+      "device_url), "
+      "client_id = coalesce(:client_id, client_id), "
       "rt_header = CASE WHEN :rt_header = '' THEN NULL ELSE coalesce(:rt_header, rt_header) END, "
       "skew_s = coalesce(:skew, skew_s), grace_s = coalesce(:grace, grace_s), scope = coalesce(:scope, scope), "
-      "updated_at = :now";
+      "updated_at = :now WHERE name = :name";
   static const char exists_sql[] = "SELECT 1 FROM provider WHERE name = :name";
   tl_status rc;
   if (!s || !p || !p->name || !*p->name)
@@ -248,7 +251,7 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
     rc = tl__err(err, TL_EINVAL, 0, "provider '%s' is new: --token-url and --client-id are required", p->name);
     goto fail;
   }
-  if (!(st = tl__stmt(s, sql, err))) {
+  if (!(st = tl__stmt(s, exists ? upd_sql : ins_sql, err))) {
     rc = TL_ERROR;
     goto fail;
   }

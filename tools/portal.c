@@ -1,0 +1,572 @@
+/*
+ * portal.c - tl-portal, a loopback stand-in for Nous Portal's OAuth endpoints.
+ *
+ * A real HTTP server (libmicrohttpd) bound to 127.0.0.1 only, used by the tests,
+ * the demo and the benchmarks. It behaves as a rotating authorization server:
+ *   POST /api/oauth/token        grant_type=refresh_token (RT in the header
+ *                                x-nous-refresh-token or the form field
+ *                                refresh_token): a new RT on every refresh;
+ *                                a spent RT revokes the whole family with
+ *                                Nous' answer "Refresh token reuse detected",
+ *                                later uses get "Refresh session has been revoked".
+ *                                grant_type=urn:ietf:params:oauth:grant-type:device_code
+ *   POST /api/oauth/device/code  RFC 8628 device authorization
+ * Administration (tests only):
+ *   POST /admin/seed             new grant; answers its RT and access token
+ *   POST /admin/fault            kind=lose|429|500|hang|drop_before, count=N, retry_after=S
+ *   POST /admin/config           at_lifetime=S, latency_ms=M, approve_after=N
+ *   POST /admin/approve          user_code=X approves a device code
+ *   GET  /admin/counters         refreshes, reuse_detections, families_revoked, ...
+ *   GET  /admin/issued           every RT issued, as sha256 + state
+ * "lose" rotates and then drops the connection without an answer, like a
+ * response lost on the way back. The server never binds anything but 127.0.0.1.
+ */
+#define _DEFAULT_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_BODY 65536
+
+/* ---- grant state ---------------------------------------------------------- */
+
+typedef struct rt_rec {
+  char *token;
+  int family;
+  int generation;
+  int state; /* 0 current, 1 rotated, 2 revoked-with-family */
+  struct rt_rec *next_hash;
+} rt_rec;
+
+typedef struct family {
+  int revoked;
+  int generation;
+} family;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+#define NBUCKET 65536
+static rt_rec *buckets[NBUCKET];
+static rt_rec **all_rts;
+static size_t n_rts, cap_rts;
+static family *families;
+static size_t n_families, cap_families;
+
+static struct {
+  long requests, refreshes, reuse_detections, families_revoked, unknown_rt, revoked_uses, device_grants, faults;
+} ctr;
+
+static struct {
+  int at_lifetime;
+  int latency_ms;
+  int approve_after;
+} cfg = {3600, 0, 1};
+
+static struct {
+  char kind[16];
+  int count;
+  int retry_after;
+} fault;
+
+typedef struct device {
+  char device_code[40], user_code[12];
+  int approved, polls;
+  struct device *next;
+} device;
+static device *devices;
+
+static unsigned long hash(const char *s)
+{
+  unsigned long h = 5381;
+  while (*s)
+    h = h * 33 + (unsigned char)*s++;
+  return h % NBUCKET;
+}
+
+static rt_rec *find_rt(const char *t)
+{
+  for (rt_rec *r = buckets[hash(t)]; r; r = r->next_hash)
+    if (strcmp(r->token, t) == 0)
+      return r;
+  return NULL;
+}
+
+static void random_hex(char *out, size_t bytes)
+{
+  unsigned char b[32];
+  static const char hex[] = "0123456789abcdef";
+  RAND_bytes(b, (int)bytes);
+  for (size_t i = 0; i < bytes; i++) {
+    out[2 * i] = hex[b[i] >> 4];
+    out[2 * i + 1] = hex[b[i] & 15];
+  }
+  out[2 * bytes] = '\0';
+}
+
+static rt_rec *issue_rt(int fam, int gen)
+{
+  char rnd[33], buf[96];
+  random_hex(rnd, 16);
+  snprintf(buf, sizeof buf, "rt-%d-%d-%s", fam, gen, rnd);
+  rt_rec *r = calloc(1, sizeof *r);
+  r->token = strdup(buf);
+  r->family = fam;
+  r->generation = gen;
+  unsigned long h = hash(r->token);
+  r->next_hash = buckets[h];
+  buckets[h] = r;
+  if (n_rts == cap_rts) {
+    cap_rts = cap_rts ? cap_rts * 2 : 1024;
+    all_rts = realloc(all_rts, cap_rts * sizeof *all_rts);
+  }
+  all_rts[n_rts++] = r;
+  return r;
+}
+
+static int new_family(void)
+{
+  if (n_families == cap_families) {
+    cap_families = cap_families ? cap_families * 2 : 64;
+    families = realloc(families, cap_families * sizeof *families);
+  }
+  families[n_families].revoked = 0;
+  families[n_families].generation = 0;
+  return (int)n_families++;
+}
+
+/* A JWT-shaped access token whose payload carries exp and scope. */
+static char *access_token(int fam, long exp)
+{
+  char payload[256], rnd[17];
+  random_hex(rnd, 8);
+  snprintf(payload, sizeof payload, "{\"sub\":\"family-%d\",\"scope\":\"inference:invoke\",\"exp\":%ld,\"jti\":\"%s\"}",
+           fam, exp, rnd);
+  unsigned char enc[512];
+  int n = EVP_EncodeBlock(enc, (const unsigned char *)payload, (int)strlen(payload));
+  for (int i = 0; i < n; i++)
+    enc[i] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : enc[i];
+  while (n > 0 && enc[n - 1] == '=')
+    n--;
+  enc[n] = '\0';
+  char *out = malloc((size_t)n + 64);
+  snprintf(out, (size_t)n + 64, "eyJhbGciOiJub25lIn0.%s.sig%s", enc, rnd);
+  return out;
+}
+
+static json_t *token_answer(int fam, rt_rec *rt)
+{
+  long exp = (long)time(NULL) + cfg.at_lifetime;
+  char *at = access_token(fam, exp);
+  json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "access_token", at, "refresh_token", rt->token, "token_type",
+                        "Bearer", "expires_in", cfg.at_lifetime, "scope", "inference:invoke", "inference_base_url",
+                        "https://inference-api.nousresearch.com/v1");
+  free(at);
+  return o;
+}
+
+static volatile sig_atomic_t stop;
+
+/* ---- HTTP plumbing ---------------------------------------------------------- */
+
+typedef struct req {
+  char *body;
+  size_t len;
+  int too_big;
+} req;
+
+static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, json_t *j, int retry_after)
+{
+  char *text = json_dumps(j, JSON_COMPACT);
+  json_decref(j);
+  struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header(r, "Content-Type", "application/json");
+  if (retry_after >= 0) {
+    char ra[16];
+    snprintf(ra, sizeof ra, "%d", retry_after);
+    MHD_add_response_header(r, "Retry-After", ra);
+  }
+  enum MHD_Result rc = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return rc;
+}
+
+static enum MHD_Result oauth_error(struct MHD_Connection *c, unsigned status, const char *code, const char *desc)
+{
+  return reply_json(c, status, json_pack("{s:s, s:s}", "error", code, "error_description", desc), -1);
+}
+
+/* Form field from the urlencoded body; result new (MHD's decoder). */
+static char *form_field(const char *body, const char *name)
+{
+  size_t nl = strlen(name);
+  for (const char *p = body; p && *p;) {
+    const char *amp = strchr(p, '&');
+    size_t seg = amp ? (size_t)(amp - p) : strlen(p);
+    if (seg > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+      char *v = strndup(p + nl + 1, seg - nl - 1);
+      for (char *q = v; *q; q++)
+        if (*q == '+')
+          *q = ' ';
+      size_t n = MHD_http_unescape(v);
+      v[n] = '\0';
+      return v;
+    }
+    p = amp ? amp + 1 : NULL;
+  }
+  return NULL;
+}
+
+static int take_fault(char kind[16], int *retry_after)
+{
+  if (fault.count <= 0)
+    return 0;
+  fault.count--;
+  ctr.faults++;
+  memcpy(kind, fault.kind, 16);
+  *retry_after = fault.retry_after;
+  return 1;
+}
+
+static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body)
+{
+  const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-nous-refresh-token");
+  char *rt = hdr ? strdup(hdr) : form_field(body, "refresh_token");
+  char kind[16] = "";
+  int retry_after = -1;
+  enum MHD_Result result;
+  if (!rt || !*rt) {
+    free(rt);
+    return oauth_error(c, 400, "invalid_request", "Missing refresh token");
+  }
+  pthread_mutex_lock(&mu);
+  int faulted = take_fault(kind, &retry_after);
+  if (faulted && strcmp(kind, "429") == 0) {
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return reply_json(c, 429,
+                      json_pack("{s:s, s:s}", "error", "rate_limited", "error_description", "Too many requests"),
+                      retry_after >= 0 ? retry_after : 2);
+  }
+  if (faulted && strcmp(kind, "500") == 0) {
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return reply_json(c, 500, json_pack("{s:s}", "error", "server_error"), -1);
+  }
+  if (faulted && strcmp(kind, "drop_before") == 0) {
+    /* Close without looking at the token: as if it never arrived. Still a LOST for the client. */
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return MHD_NO;
+  }
+  rt_rec *r = find_rt(rt);
+  free(rt);
+  if (!r) {
+    ctr.unknown_rt++;
+    pthread_mutex_unlock(&mu);
+    return oauth_error(c, 400, "invalid_grant", "Unknown or invalid refresh token.");
+  }
+  family *f = &families[r->family];
+  if (f->revoked) {
+    ctr.revoked_uses++;
+    pthread_mutex_unlock(&mu);
+    return oauth_error(c, 400, "invalid_grant", "Refresh session has been revoked");
+  }
+  if (r->state != 0) {
+    /* A spent RT: theft as far as the server can tell. Revoke the family. */
+    ctr.reuse_detections++;
+    ctr.families_revoked++;
+    f->revoked = 1;
+    for (size_t i = 0; i < n_rts; i++)
+      if (all_rts[i]->family == r->family)
+        all_rts[i]->state = 2;
+    pthread_mutex_unlock(&mu);
+    return oauth_error(c, 400, "invalid_grant", "Refresh token reuse detected");
+  }
+  r->state = 1;
+  f->generation++;
+  rt_rec *child = issue_rt(r->family, f->generation);
+  ctr.refreshes++;
+  json_t *answer = token_answer(r->family, child);
+  int hang = faulted && strcmp(kind, "hang") == 0;
+  int lose = faulted && strcmp(kind, "lose") == 0;
+  pthread_mutex_unlock(&mu);
+  for (int i = 0; hang && i < 600 && !stop; i++)
+    usleep(100000); /* the client's timeout fires first */
+  if (lose) {
+    json_decref(answer);
+    return MHD_NO; /* rotated, but the answer never leaves */
+  }
+  result = reply_json(c, 200, answer, -1);
+  return result;
+}
+
+static enum MHD_Result handle_device_poll(struct MHD_Connection *c, const char *body)
+{
+  char *code = form_field(body, "device_code");
+  pthread_mutex_lock(&mu);
+  device *d = devices;
+  while (d && (!code || strcmp(d->device_code, code) != 0))
+    d = d->next;
+  free(code);
+  if (!d) {
+    pthread_mutex_unlock(&mu);
+    return oauth_error(c, 400, "invalid_grant", "Unknown device code");
+  }
+  d->polls++;
+  if (!d->approved && cfg.approve_after > 0 && d->polls >= cfg.approve_after)
+    d->approved = 1;
+  if (d->approved == 2) {
+    pthread_mutex_unlock(&mu);
+    return oauth_error(c, 400, "expired_token", "Device code already used");
+  }
+  if (!d->approved) {
+    pthread_mutex_unlock(&mu);
+    return oauth_error(c, 400, "authorization_pending", "Waiting for the user");
+  }
+  d->approved = 2;
+  int fam = new_family();
+  rt_rec *r = issue_rt(fam, 0);
+  ctr.device_grants++;
+  json_t *a = token_answer(fam, r);
+  pthread_mutex_unlock(&mu);
+  return reply_json(c, 200, a, -1);
+}
+
+static enum MHD_Result handle_device_code(struct MHD_Connection *c)
+{
+  device *d = calloc(1, sizeof *d);
+  random_hex(d->device_code, 16);
+  random_hex(d->user_code, 4);
+  pthread_mutex_lock(&mu);
+  d->next = devices;
+  devices = d;
+  pthread_mutex_unlock(&mu);
+  char uri[128];
+  snprintf(uri, sizeof uri, "http://127.0.0.1/device?user_code=%s", d->user_code);
+  return reply_json(c, 200,
+                    json_pack("{s:s, s:s, s:s, s:s, s:i, s:i}", "device_code", d->device_code, "user_code",
+                              d->user_code, "verification_uri", "http://127.0.0.1/device", "verification_uri_complete",
+                              uri, "expires_in", 600, "interval", 1),
+                    -1);
+}
+
+static enum MHD_Result handle_admin(struct MHD_Connection *c, const char *url, const char *body)
+{
+  if (strcmp(url, "/admin/counters") == 0) {
+    pthread_mutex_lock(&mu);
+    json_t *j =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "requests", (json_int_t)ctr.requests,
+                  "refreshes", (json_int_t)ctr.refreshes, "reuse_detections", (json_int_t)ctr.reuse_detections,
+                  "families_revoked", (json_int_t)ctr.families_revoked, "unknown_rt", (json_int_t)ctr.unknown_rt,
+                  "revoked_uses", (json_int_t)ctr.revoked_uses, "device_grants", (json_int_t)ctr.device_grants,
+                  "faults", (json_int_t)ctr.faults, "families", (json_int_t)n_families, "issued", (json_int_t)n_rts);
+    pthread_mutex_unlock(&mu);
+    return reply_json(c, 200, j, -1);
+  }
+  if (strcmp(url, "/admin/issued") == 0) {
+    json_t *arr = json_array();
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_rts; i++) {
+      unsigned char md[32];
+      char hex[65];
+      static const char hx[] = "0123456789abcdef";
+      EVP_Digest(all_rts[i]->token, strlen(all_rts[i]->token), md, NULL, EVP_sha256(), NULL);
+      for (int k = 0; k < 32; k++) {
+        hex[2 * k] = hx[md[k] >> 4];
+        hex[2 * k + 1] = hx[md[k] & 15];
+      }
+      hex[64] = '\0';
+      static const char *const st[] = {"current", "rotated", "revoked"};
+      json_array_append_new(arr, json_pack("{s:s, s:i, s:i, s:s}", "fingerprint", hex, "family", all_rts[i]->family,
+                                           "generation", all_rts[i]->generation, "state", st[all_rts[i]->state]));
+    }
+    pthread_mutex_unlock(&mu);
+    return reply_json(c, 200, arr, -1);
+  }
+  if (strcmp(url, "/admin/seed") == 0) {
+    pthread_mutex_lock(&mu);
+    int fam = new_family();
+    rt_rec *r = issue_rt(fam, 0);
+    json_t *a = token_answer(fam, r);
+    json_object_set_new(a, "family", json_integer(fam));
+    pthread_mutex_unlock(&mu);
+    return reply_json(c, 200, a, -1);
+  }
+  if (strcmp(url, "/admin/fault") == 0) {
+    char *kind = form_field(body, "kind"), *count = form_field(body, "count"), *ra = form_field(body, "retry_after");
+    pthread_mutex_lock(&mu);
+    snprintf(fault.kind, sizeof fault.kind, "%s", kind ? kind : "");
+    fault.count = count ? atoi(count) : 1;
+    fault.retry_after = ra ? atoi(ra) : -1;
+    pthread_mutex_unlock(&mu);
+    free(kind);
+    free(count);
+    free(ra);
+    return reply_json(c, 200, json_pack("{s:b}", "ok", 1), -1);
+  }
+  if (strcmp(url, "/admin/config") == 0) {
+    char *a = form_field(body, "at_lifetime"), *l = form_field(body, "latency_ms"),
+         *p = form_field(body, "approve_after");
+    pthread_mutex_lock(&mu);
+    if (a)
+      cfg.at_lifetime = atoi(a);
+    if (l)
+      cfg.latency_ms = atoi(l);
+    if (p)
+      cfg.approve_after = atoi(p);
+    pthread_mutex_unlock(&mu);
+    free(a);
+    free(l);
+    free(p);
+    return reply_json(c, 200, json_pack("{s:b}", "ok", 1), -1);
+  }
+  if (strcmp(url, "/admin/approve") == 0) {
+    char *code = form_field(body, "user_code");
+    int found = 0;
+    pthread_mutex_lock(&mu);
+    for (device *d = devices; d; d = d->next)
+      if (code && strcmp(d->user_code, code) == 0 && !d->approved)
+        d->approved = found = 1;
+    pthread_mutex_unlock(&mu);
+    free(code);
+    return reply_json(c, found ? 200 : 404, json_pack("{s:b}", "ok", found), -1);
+  }
+  return oauth_error(c, 404, "not_found", "No such endpoint");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *data, size_t *size, void **con_cls)
+{
+  (void)cls;
+  (void)version;
+  req *r = *con_cls;
+  if (!r) {
+    r = calloc(1, sizeof *r);
+    *con_cls = r;
+    return MHD_YES;
+  }
+  if (*size) {
+    if (r->len + *size > MAX_BODY)
+      r->too_big = 1;
+    else {
+      r->body = realloc(r->body, r->len + *size + 1);
+      memcpy(r->body + r->len, data, *size);
+      r->len += *size;
+      r->body[r->len] = '\0';
+    }
+    *size = 0;
+    return MHD_YES;
+  }
+  const char *body = r->body ? r->body : "";
+  pthread_mutex_lock(&mu);
+  ctr.requests++;
+  int latency = cfg.latency_ms;
+  pthread_mutex_unlock(&mu);
+  if (latency > 0)
+    usleep((useconds_t)latency * 1000);
+  if (r->too_big)
+    return oauth_error(c, 413, "invalid_request", "Body too large");
+  if (strncmp(url, "/admin/", 7) == 0)
+    return handle_admin(c, url, body);
+  if (strcmp(method, "POST") != 0)
+    return oauth_error(c, 405, "invalid_request", "POST only");
+  if (strcmp(url, "/api/oauth/device/code") == 0)
+    return handle_device_code(c);
+  if (strcmp(url, "/api/oauth/token") == 0) {
+    char *grant = form_field(body, "grant_type");
+    enum MHD_Result rc;
+    if (grant && strcmp(grant, "refresh_token") == 0)
+      rc = handle_refresh(c, body);
+    else if (grant && strcmp(grant, "urn:ietf:params:oauth:grant-type:device_code") == 0)
+      rc = handle_device_poll(c, body);
+    else
+      rc = oauth_error(c, 400, "unsupported_grant_type", "Unsupported grant type");
+    free(grant);
+    return rc;
+  }
+  return oauth_error(c, 404, "not_found", "No such endpoint");
+}
+
+static void on_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+  (void)cls;
+  (void)c;
+  (void)toe;
+  req *r = *con_cls;
+  if (r) {
+    free(r->body);
+    free(r);
+  }
+  *con_cls = NULL;
+}
+
+static void on_signal(int sig)
+{
+  (void)sig;
+  stop = 1;
+}
+
+int main(int argc, char **argv)
+{
+  int port = 0;
+  const char *port_file = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--port") == 0 && i + 1 < argc)
+      port = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--port-file") == 0 && i + 1 < argc)
+      port_file = argv[++i];
+    else if (strcmp(argv[i], "--at-lifetime") == 0 && i + 1 < argc)
+      cfg.at_lifetime = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--latency-ms") == 0 && i + 1 < argc)
+      cfg.latency_ms = atoi(argv[++i]);
+    else {
+      fprintf(stderr, "usage: tl-portal [--port N] [--port-file FILE] [--at-lifetime SECONDS] [--latency-ms MS]\n"
+                      "A loopback stand-in for Nous Portal's OAuth endpoints (binds 127.0.0.1 only).\n");
+      return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+    }
+  }
+  struct sockaddr_in addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons((uint16_t)port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct MHD_Daemon *d =
+      MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0, NULL,
+                       NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL,
+                       MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+  if (!d) {
+    fprintf(stderr, "tl-portal: cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
+    return 1;
+  }
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+  int bound = info ? info->port : port;
+  if (port_file) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", port_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%d\n", bound) < 0 || fclose(f) != 0 || rename(tmp, port_file) != 0) {
+      fprintf(stderr, "tl-portal: cannot write %s\n", port_file);
+      MHD_stop_daemon(d);
+      return 1;
+    }
+  }
+  printf("tl-portal listening on http://127.0.0.1:%d\n", bound);
+  fflush(stdout);
+  signal(SIGTERM, on_signal);
+  signal(SIGINT, on_signal);
+  signal(SIGPIPE, SIG_IGN);
+  while (!stop)
+    pause();
+  MHD_stop_daemon(d);
+  return 0;
+}
