@@ -243,8 +243,8 @@ static tl_status open_file(const char *path, unsigned flags, int *created, tl_er
       return tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here; create one with 'tokenledger init'", path);
     if (e == ELOOP)
       return tl__err(err, TL_EINSECURE, e, "%s: is a symbolic link; refusing to follow it", path);
-    if (e == EACCES || e == EPERM || e == EROFS)
-      return tl__err(err, TL_EIO, e, "%s: cannot open: %s", path, strerror(e));
+    if (e == ENOTDIR)
+      return tl__err(err, TL_EIO, e, "%s: a component of the path is not a directory", path);
     return tl__err(err, TL_EIO, e, "%s: cannot open: %s", path, strerror(e));
   }
   tl_status rc = check_file(fd, path, err);

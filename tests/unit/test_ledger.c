@@ -1,0 +1,274 @@
+/*
+ * test_ledger.c - profiles, providers, credentials, reuse blocking, check-rt,
+ * secrets, time parsing, reports and doctor.
+ */
+#include "fixture.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_ledger__profile_names_follow_hermes_rule(void **state)
+{
+  (void)state;
+  assert_true(tl_profile_name_valid("default"));
+  assert_true(tl_profile_name_valid("work-2_x"));
+  assert_true(tl_profile_name_valid("0abc"));
+  assert_false(tl_profile_name_valid(""));
+  assert_false(tl_profile_name_valid("Work"));
+  assert_false(tl_profile_name_valid("-x"));
+  assert_false(tl_profile_name_valid("a/b"));
+  assert_false(tl_profile_name_valid("hermes"));
+  assert_false(tl_profile_name_valid("root"));
+  char longname[70];
+  memset(longname, 'a', 65);
+  longname[65] = '\0';
+  assert_false(tl_profile_name_valid(longname));
+}
+
+static void test_ledger__profile_add_twice_and_remove_missing_are_errors(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  assert_int_equal(tl_profile_add(f->s, "a", NULL, &err), TL_OK);
+  assert_int_equal(tl_profile_add(f->s, "a", NULL, &err), TL_EEXISTS);
+  tl_error_clear(&err);
+  assert_int_equal(tl_profile_add(f->s, "Bad Name", NULL, &err), TL_EINVAL);
+  assert_non_null(strstr(err.message, "invalid"));
+  tl_error_clear(&err);
+  assert_int_equal(tl_profile_add(f->s, "b", "/nonexistent/home", &err), TL_ENOTFOUND);
+  tl_error_clear(&err);
+  assert_int_equal(tl_profile_remove(f->s, "zzz", &err), TL_ENOTFOUND);
+}
+
+static void test_ledger__removing_a_profile_keeps_the_lineage(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  fx_credential(f->s, "a", "rt-keep");
+  assert_int_equal(tl_profile_remove(f->s, "a", &err), TL_OK);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 0);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 1);
+  /* the fingerprint still catches the token */
+  tl_report *r = NULL;
+  assert_int_equal(tl_rt_check(&r, f->s, "rt-keep", &err), TL_OK);
+  assert_string_equal(tl_report_get(r, 0, "verdict"), "current");
+  tl_report_free(r);
+}
+
+static void test_ledger__provider_urls_must_be_https_or_loopback(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  tl_provider p = {.name = "x", .token_url = "http://example.com/t", .client_id = "c", .skew_s = -1, .grace_s = -1};
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_EINVAL);
+  assert_non_null(strstr(err.message, "https"));
+  tl_error_clear(&err);
+  p.token_url = "not a url";
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_EINVAL);
+  tl_error_clear(&err);
+  p.token_url = "http://127.0.0.1:9/t";
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_OK);
+  p.token_url = "https://auth.example.com/oauth/token";
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_OK);
+  tl_provider q = {.name = "y", .skew_s = -1, .grace_s = -1};
+  assert_int_equal(tl_provider_set(f->s, &q, &err), TL_EINVAL); /* new provider needs url and client id */
+  /* an update keeps what it does not name */
+  tl_provider u = {.name = "nous", .grace_s = 30, .skew_s = -1};
+  assert_int_equal(tl_provider_set(f->s, &u, &err), TL_OK);
+  assert_int_equal(fx_int(f->s, "SELECT grace_s FROM provider WHERE name = 'nous'"), 30);
+  assert_int_equal(fx_int(f->s, "SELECT skew_s FROM provider WHERE name = 'nous'"), 120);
+  assert_int_equal(fx_int(f->s, "SELECT rt_header = 'x-nous-refresh-token' FROM provider WHERE name = 'nous'"), 1);
+}
+
+static void test_ledger__spent_rt_is_refused_audited_and_nothing_else_written(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  int64_t cred = fx_credential(f->s, "a", "rt-spent");
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = 1000"),
+                   SQLITE_OK);
+  int64_t creds = fx_int(f->s, "SELECT count(*) FROM credential");
+  int64_t rts = fx_int(f->s, "SELECT count(*) FROM refresh_token");
+  int64_t entries = fx_int(f->s, "SELECT count(*) FROM pool_entry");
+  assert_int_equal(tl_profile_add(f->s, "b", NULL, &err), TL_OK);
+  tl_credential_spec spec = {.provider = "nous", .profile = "b", .refresh_token = "rt-spent"};
+  int64_t id = 0;
+  assert_int_equal(tl_credential_add(&id, f->s, &spec, &err), TL_EREUSE);
+  assert_int_equal(err.code, TL_EREUSE);
+  assert_non_null(strstr(err.message, "already spent"));
+  assert_non_null(strstr(err.message, "generation 0"));
+  assert_null(strstr(err.message, "rt-spent"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential"), creds);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), rts);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), entries);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'reuse_blocked'"), 1);
+  char sql[200];
+  snprintf(
+      sql, sizeof sql,
+      "SELECT count(*) FROM v_reuse_events WHERE credential = %lld AND json_extract(detail, '$.state') = 'rotated'",
+      (long long)cred);
+  assert_int_equal(fx_int(f->s, sql), 1);
+}
+
+static void test_ledger__same_live_rt_attaches_profile_to_one_credential(void **state)
+{
+  fx *f = *state;
+  int64_t a = fx_credential(f->s, "a", "rt-shared");
+  int64_t b = fx_credential(f->s, "b", "rt-shared");
+  assert_int_equal(a, b);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry WHERE credential_id = 1"), 2);
+  /* a third time for the same profile does not duplicate the entry */
+  fx_credential(f->s, "b", "rt-shared");
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 2);
+}
+
+static void test_ledger__check_rt_names_current_spent_and_unknown(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  tl_report *r = NULL;
+  fx_credential(f->s, "a", "rt-check");
+  assert_int_equal(tl_rt_check(&r, f->s, "rt-check", &err), TL_OK);
+  assert_string_equal(tl_report_get(r, 0, "verdict"), "current");
+  assert_string_equal(tl_report_get(r, 0, "profiles"), "a");
+  tl_report_free(r);
+  assert_int_equal(tl_rt_check(&r, f->s, "never-seen", &err), TL_OK);
+  assert_string_equal(tl_report_get(r, 0, "verdict"), "unknown_to_ledger");
+  assert_null(tl_report_get(r, 0, "credential"));
+  tl_report_free(r);
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'rejected', secret = NULL, retired_at = 1"),
+                   SQLITE_OK);
+  assert_int_equal(tl_rt_check(&r, f->s, "rt-check", &err), TL_OK);
+  assert_string_equal(tl_report_get(r, 0, "verdict"), "spent");
+  assert_string_equal(tl_report_get(r, 0, "state"), "rejected");
+  char *json = NULL;
+  assert_int_equal(tl_report_json(&json, r, TL_JSON_OBJECT, &err), TL_OK);
+  assert_non_null(strstr(json, "\"generation\": 0")); /* numbers stay numbers */
+  assert_null(strstr(json, "rt-check"));
+  free(json);
+  tl_report_free(r);
+}
+
+static void test_ledger__secret_read_trims_and_refuses_bad_input(void **state)
+{
+  fx *f = *state;
+  char path[400];
+  char *s = NULL;
+  tl_error err = {0};
+  snprintf(path, sizeof path, "%s/rt", f->dir);
+  fx_write(path, "  tok-123\n", 10, 0600);
+  assert_int_equal(tl_secret_read(&s, path, &err), TL_OK);
+  assert_string_equal(s, "tok-123");
+  tl_secret_free(s);
+  fx_write(path, "\n \n", 3, 0600);
+  assert_int_equal(tl_secret_read(&s, path, &err), TL_EINVAL);
+  assert_non_null(strstr(err.message, "empty"));
+  tl_error_clear(&err);
+  fx_write(path, "a b", 3, 0600);
+  assert_int_equal(tl_secret_read(&s, path, &err), TL_EINVAL);
+  tl_error_clear(&err);
+  fx_write(path, "a\0b", 3, 0600);
+  assert_int_equal(tl_secret_read(&s, path, &err), TL_EINVAL);
+  assert_non_null(strstr(err.message, "NUL"));
+  tl_error_clear(&err);
+  char *big = malloc(20000);
+  memset(big, 'x', 20000);
+  fx_write(path, big, 20000, 0600);
+  free(big);
+  assert_int_equal(tl_secret_read(&s, path, &err), TL_EINVAL);
+  tl_error_clear(&err);
+  snprintf(path, sizeof path, "%s/missing", f->dir);
+  assert_int_equal(tl_secret_read(&s, path, &err), TL_ENOTFOUND);
+}
+
+static void test_ledger__time_parse_reads_every_hermes_form(void **state)
+{
+  (void)state;
+  int64_t t = 0;
+  tl_error err = {0};
+  assert_int_equal(tl_time_parse(&t, "2026-09-20T10:00:00.123456+00:00", &err), TL_OK);
+  assert_int_equal(t, 1789898400123LL);
+  assert_int_equal(tl_time_parse(&t, "2026-09-20T10:00:00Z", &err), TL_OK);
+  assert_int_equal(t, 1789898400000LL);
+  assert_int_equal(tl_time_parse(&t, "2026-09-20T10:00:00", &err), TL_OK); /* naive = UTC */
+  assert_int_equal(t, 1789898400000LL);
+  assert_int_equal(tl_time_parse(&t, "2026-09-20T12:00:00+02:00", &err), TL_OK);
+  assert_int_equal(t, 1789898400000LL);
+  assert_int_equal(tl_time_parse(&t, "1789898400.5", &err), TL_OK);
+  assert_int_equal(t, 1789898400500LL);
+  assert_int_equal(tl_time_parse(&t, "1789898400123", &err), TL_OK); /* epoch ms */
+  assert_int_equal(t, 1789898400123LL);
+  assert_int_equal(tl_time_parse(&t, "yesterday", &err), TL_EINVAL);
+  tl_error_clear(&err);
+  assert_int_equal(tl_time_parse(&t, "2026-09-20T10:00:00Zjunk", &err), TL_EINVAL);
+}
+
+static void test_ledger__doctor_turns_a_dead_owners_attempt_into_unknown(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  fx_credential(f->s, "a", "rt-doc");
+  tl_report *r = NULL;
+  int problems = -1;
+  assert_int_equal(tl_doctor(&r, &problems, f->s, 0, &err), TL_OK);
+  assert_int_equal(problems, 0);
+  tl_report_free(r);
+  /* an attempt owned by a process that does not exist on this host */
+  char sql[600];
+  snprintf(sql, sizeof sql,
+           "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
+           "started_at, lease_until) VALUES (1, 1, '%s', '%s', 999999999, 1, 0, 9999999999999); "
+           "UPDATE refresh_token SET state = 'presented'",
+           f->s->actor.host, f->s->actor.boot);
+  assert_int_equal(fx_sql(f->s, sql), SQLITE_OK);
+  assert_int_equal(tl_doctor(&r, &problems, f->s, 0, &err), TL_OK);
+  assert_true(problems >= 1);
+  tl_report_free(r);
+  assert_int_equal(tl_doctor(&r, &problems, f->s, 1, &err), TL_OK);
+  tl_report_free(r);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'unknown'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'unknown'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'uncertain'"), 1);
+}
+
+static void test_ledger__a_live_owners_attempt_is_not_reaped(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  fx_credential(f->s, "a", "rt-live");
+  char sql[600];
+  snprintf(sql, sizeof sql,
+           "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
+           "started_at, lease_until) VALUES (1, 1, '%s', '%s', %ld, %lld, 0, 9999999999999)",
+           f->s->actor.host, f->s->actor.boot, f->s->actor.pid, f->s->actor.start);
+  assert_int_equal(fx_sql(f->s, sql), SQLITE_OK);
+  int64_t n = -1;
+  assert_int_equal(tl__reap_dead_attempts(&n, f->s, 1, &err), TL_OK);
+  assert_int_equal(n, 0);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'in_flight'"), 1);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_ledger__profile_names_follow_hermes_rule),
+      cmocka_unit_test_setup_teardown(test_ledger__profile_add_twice_and_remove_missing_are_errors, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__removing_a_profile_keeps_the_lineage, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__provider_urls_must_be_https_or_loopback, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__spent_rt_is_refused_audited_and_nothing_else_written, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__same_live_rt_attaches_profile_to_one_credential, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__check_rt_names_current_spent_and_unknown, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__secret_read_trims_and_refuses_bad_input, fx_setup, fx_teardown),
+      cmocka_unit_test(test_ledger__time_parse_reads_every_hermes_form),
+      cmocka_unit_test_setup_teardown(test_ledger__doctor_turns_a_dead_owners_attempt_into_unknown, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__a_live_owners_attempt_is_not_reaped, fx_setup, fx_teardown),
+  };
+  return cmocka_run_group_tests_name("ledger", tests, NULL, NULL);
+}

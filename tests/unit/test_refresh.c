@@ -1,0 +1,421 @@
+/*
+ * test_refresh.c - the refresh protocol through the HTTP seam with canned
+ * answers. Every behaviour here is also exercised end to end against the
+ * real loopback portal in tests/e2e/.
+ */
+#include "fixture.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct canned {
+  struct {
+    tl_http_failure failure;
+    long status;
+    const char *body;
+    long retry_after;
+  } r[8];
+  int n, calls;
+  char body[1024], hdr_name[64], hdr_value[256];
+} canned;
+
+static int fake(void *ud, const tl_http_request *req, tl_http_response *resp)
+{
+  canned *c = ud;
+  assert_true(c->calls < c->n);
+  snprintf(c->body, sizeof c->body, "%s", req->body);
+  snprintf(c->hdr_name, sizeof c->hdr_name, "%s", req->rt_header ? req->rt_header : "");
+  snprintf(c->hdr_value, sizeof c->hdr_value, "%s", req->rt_value ? req->rt_value : "");
+  resp->failure = c->r[c->calls].failure;
+  resp->status = c->r[c->calls].status;
+  resp->retry_after = c->r[c->calls].retry_after ? c->r[c->calls].retry_after : -1;
+  if (c->r[c->calls].body) {
+    resp->body = strdup(c->r[c->calls].body);
+    resp->body_len = strlen(resp->body);
+  }
+  snprintf(resp->detail, sizeof resp->detail, "canned failure");
+  c->calls++;
+  return 0;
+}
+
+#define OK_ROTATE(rt) "{\"access_token\":\"at-" rt "\",\"refresh_token\":\"" rt "\",\"expires_in\":3600}"
+
+static void add(canned *c, tl_http_failure fl, long status, const char *body, long retry_after)
+{
+  c->r[c->n].failure = fl;
+  c->r[c->n].status = status;
+  c->r[c->n].body = body;
+  c->r[c->n].retry_after = retry_after;
+  c->n++;
+}
+
+static tl_status get(fx *f, tl_token **t, tl_error *err)
+{
+  tl_error_clear(err);
+  *t = NULL;
+  return tl_token_get(t, f->s, "p", "nous", 0, err);
+}
+
+static void test_refresh__rotation_records_child_and_erases_parent(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-1"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-0");
+  tl_token *t = NULL;
+  tl_error err = {0};
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  assert_string_equal(t->access_token, "at-rt-1");
+  assert_true(t->refreshed);
+  assert_true(t->expires_at_ms > tl__now_ms() + 3500000);
+  tl_token_free(t);
+  /* Nous: the RT travels in the header, not the body */
+  assert_string_equal(c.hdr_name, "x-nous-refresh-token");
+  assert_string_equal(c.hdr_value, "rt-0");
+  assert_null(strstr(c.body, "rt-0"));
+  assert_non_null(strstr(c.body, "grant_type=refresh_token"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE generation = 0 AND state = 'rotated' "
+                                "AND secret IS NULL"),
+                   1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE generation = 1 AND state = 'current' "
+                                "AND parent_id = 1 AND family_id = 1 AND origin = 'refresh'"),
+                   1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated' AND child_rt_id = 2 "
+                                "AND http_status = 200"),
+                   1);
+  /* a fresh token is served without the network */
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  assert_false(t->refreshed);
+  tl_token_free(t);
+  assert_int_equal(c.calls, 1);
+}
+
+static void test_refresh__rt_in_body_when_provider_says_so(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-b1"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  tl_error err = {0};
+  tl_provider p = {.name = "nous", .rt_header = "", .skew_s = -1, .grace_s = -1};
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_OK);
+  fx_credential(f->s, "p", "rt b+0");
+  tl_token *t = NULL;
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  tl_token_free(t);
+  assert_string_equal(c.hdr_name, "");
+  assert_non_null(strstr(c.body, "refresh_token=rt%20b%2B0")); /* form-encoded by libcurl */
+}
+
+static void test_refresh__answer_without_rt_keeps_the_current_one(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, "{\"access_token\":\"at-x\",\"expires_in\":60}", 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-keep");
+  tl_token *t = NULL;
+  tl_error err = {0};
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_OK);
+  tl_token_free(t);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current' AND secret IS NOT NULL"),
+                   1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 1);
+}
+
+static void test_refresh__reuse_answer_needs_reauth_and_names_outside_process(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 400, "{\"error\":\"invalid_grant\",\"error_description\":\"Refresh token reuse detected\"}", 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-stolen");
+  tl_token *t = NULL;
+  tl_error err = {0};
+  assert_int_equal(get(f, &t, &err), TL_EREAUTH);
+  assert_non_null(strstr(err.message, "Refresh token reuse detected"));
+  assert_non_null(strstr(err.message, "outside tokenledger"));
+  assert_non_null(strstr(err.message, "tokenledger login"));
+  assert_null(strstr(err.message, "rt-stolen"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'rejected' AND secret IS NULL"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM v_reuse_events WHERE event = 'reuse_detected_by_server'"), 1);
+  /* the next call fails fast, without the network */
+  assert_int_equal(get(f, &t, &err), TL_EREAUTH);
+  assert_int_equal(c.calls, 1);
+}
+
+static void test_refresh__429_cools_down_and_does_not_spend_the_rt(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 429, "{\"error\":\"rate_limited\"}", 30);
+  add(&c, TL_HTTP_DONE, 500, "oops", 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-busy");
+  tl_token *t = NULL;
+  tl_error err = {0};
+  assert_int_equal(get(f, &t, &err), TL_ETRANSIENT);
+  assert_non_null(strstr(err.message, "429"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current'"), 1);
+  int64_t cool = fx_int(f->s, "SELECT cooldown_until FROM pool_entry");
+  assert_true(cool > tl__now_ms() + 25000 && cool < tl__now_ms() + 35000);
+  /* during the cooldown nothing is sent */
+  assert_int_equal(get(f, &t, &err), TL_ETRANSIENT);
+  assert_non_null(strstr(err.message, "cooling down"));
+  assert_int_equal(c.calls, 1);
+  /* a forced refresh after the cooldown: 500 is transient too */
+  assert_int_equal(fx_sql(f->s, "UPDATE pool_entry SET cooldown_until = NULL"), SQLITE_OK);
+  assert_int_equal(tl_refresh(&t, f->s, 1, 0, &err), TL_ETRANSIENT);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'transient'"), 2);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current'"), 1);
+}
+
+static void test_refresh__not_sent_keeps_rt_and_may_retry(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_NOT_SENT, 0, NULL, 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-ns1"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-ns0");
+  tl_token *t = NULL;
+  tl_error err = {0};
+  assert_int_equal(get(f, &t, &err), TL_ETRANSIENT);
+  assert_non_null(strstr(err.message, "not sent"));
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  tl_token_free(t);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'not_sent'"), 1);
+}
+
+static void test_refresh__lost_answer_is_unknown_and_never_replayed(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_LOST, 0, NULL, 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-lost");
+  tl_token *t = NULL;
+  tl_error err = {0};
+  assert_int_equal(get(f, &t, &err), TL_EUNKNOWN);
+  assert_non_null(strstr(err.message, "recover"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'unknown'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'uncertain'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM v_open_attempts WHERE outcome = 'unknown'"), 1);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(get(f, &t, &err), TL_EUNKNOWN);
+    assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  }
+  assert_int_equal(c.calls, 1);
+}
+
+static void test_refresh__unknown_outcome_still_serves_a_valid_access_token(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_LOST, 0, NULL, 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-u");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET access_token = 'at-still', expires_at = 9999999999999"),
+                   SQLITE_OK);
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  assert_string_equal(t->access_token, "at-still");
+  tl_token_free(t);
+}
+
+static void test_refresh__recover_retry_presents_once_more(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_LOST, 0, NULL, 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-r1"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-r0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RETRY, &err), TL_OK);
+  assert_string_equal(t->access_token, "at-rt-r1");
+  tl_token_free(t);
+  assert_string_equal(c.hdr_value, "rt-r0");
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'active'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'rt_represented'"), 1);
+  /* nothing left to recover */
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RETRY, &err), TL_EINVAL);
+}
+
+static void test_refresh__recover_mark_dead_requires_login(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_LOST, 0, NULL, 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-d0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_int_equal(tl_recover(NULL, f->s, 1, TL_RECOVER_MARK_DEAD, &err), TL_OK);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'retired' AND secret IS NULL"), 1);
+  assert_int_equal(get(f, &t, &err), TL_EREAUTH);
+  assert_int_equal(c.calls, 1);
+}
+
+static void test_refresh__grace_window_allows_one_automatic_retry(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_LOST, 0, NULL, 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-g1"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  tl_error err = {0};
+  tl_provider p = {.name = "nous", .grace_s = 30, .skew_s = -1};
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_OK);
+  fx_credential(f->s, "p", "rt-g0");
+  tl_token *t = NULL;
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  tl_token_free(t);
+  assert_int_equal(c.calls, 2);
+  /* and only one: a second loss stays unknown */
+  canned d = {0};
+  add(&d, TL_HTTP_LOST, 0, NULL, 0);
+  add(&d, TL_HTTP_LOST, 0, NULL, 0);
+  tl_store_set_transport(f->s, fake, &d);
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_int_equal(d.calls, 2);
+}
+
+static void test_refresh__unreadable_200_is_unknown(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, "<html>proxy says hi</html>", 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-h");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'unknown'"), 1);
+}
+
+static void test_refresh__client_error_is_not_terminal(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 401, "{\"error\":\"invalid_client\",\"error_description\":\"no such client\"}", 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-c");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_ERROR);
+  assert_non_null(strstr(err.message, "invalid_client"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'active'"), 1);
+}
+
+static void test_refresh__terminal_words_of_other_servers_are_terminal(void **state)
+{
+  fx *f = *state;
+  static const char *const bodies[] = {
+      "{\"error\":\"refresh_token_reused\",\"message\":\"Your refresh token has already been used\"}",
+      "{\"error\":\"invalid_request\",\"error_description\":\"Refresh session has been revoked\"}",
+      "{\"error\":\"invalid_grant\",\"error_description\":\"Stale token\"}",
+  };
+  for (int i = 0; i < 3; i++) {
+    canned c = {0};
+    add(&c, TL_HTTP_DONE, 400, bodies[i], 0);
+    tl_store_set_transport(f->s, fake, &c);
+    char prof[8], rt[16];
+    snprintf(prof, sizeof prof, "q%d", i);
+    snprintf(rt, sizeof rt, "rt-term-%d", i);
+    int64_t id = fx_credential(f->s, prof, rt);
+    tl_error err = {0};
+    tl_token *t = NULL;
+    assert_int_equal(tl_refresh(&t, f->s, id, TL_REFRESH_FORCE, &err), TL_EREAUTH);
+  }
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'"), 3);
+}
+
+static void test_refresh__strategies_pick_and_skip(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  fx_credential(f->s, "p", "rt-s1");
+  fx_credential(f->s, "p", "rt-s2");
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET access_token = 'at-' || id, expires_at = 9999999999999"),
+                   SQLITE_OK);
+  tl_token *t = NULL;
+  assert_int_equal(get(f, &t, &err), TL_OK); /* fill_first: always the first */
+  assert_string_equal(t->access_token, "at-1");
+  tl_token_free(t);
+  assert_int_equal(tl_strategy_set(f->s, "p", "nous", TL_ROUND_ROBIN, &err), TL_OK);
+  const char *seen[4];
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(get(f, &t, &err), TL_OK);
+    seen[i] = t->access_token[3] == '1' ? "1" : "2";
+    tl_token_free(t);
+  }
+  assert_string_not_equal(seen[0], seen[1]);
+  assert_string_equal(seen[0], seen[2]);
+  assert_int_equal(tl_strategy_set(f->s, "p", "nous", TL_LEAST_USED, &err), TL_OK);
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(get(f, &t, &err), TL_OK);
+    tl_token_free(t);
+  }
+  assert_int_equal(fx_int(f->s, "SELECT max(request_count) - min(request_count) FROM pool_entry"), 0);
+  /* an entry in cooldown is skipped */
+  assert_int_equal(tl_strategy_set(f->s, "p", "nous", TL_FILL_FIRST, &err), TL_OK);
+  char entry[16];
+  sqlite3_stmt *st;
+  sqlite3_prepare_v2(f->s->db, "SELECT entry_id FROM pool_entry WHERE credential_id = 1", -1, &st, NULL);
+  sqlite3_step(st);
+  snprintf(entry, sizeof entry, "%s", sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  assert_int_equal(tl_entry_report(f->s, "p", "nous", entry, 429, 0, &err), TL_OK);
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  assert_string_equal(t->access_token, "at-2");
+  tl_token_free(t);
+  assert_int_equal(tl_entry_report(f->s, "p", "nous", "nope", 429, 0, &err), TL_ENOTFOUND);
+  tl_strategy s;
+  assert_int_equal(tl_strategy_parse(&s, "quota_aware", &err), TL_EINVAL);
+}
+
+static void test_refresh__no_credential_is_not_found(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  assert_int_equal(tl_profile_add(f->s, "p", NULL, &err), TL_OK);
+  tl_token *t = NULL;
+  assert_int_equal(get(f, &t, &err), TL_ENOTFOUND);
+  assert_non_null(strstr(err.message, "no nous credential"));
+  assert_int_equal(tl_token_get(&t, f->s, "ghost", "nous", 0, &err), TL_ENOTFOUND);
+}
+
+int main(void)
+{
+#define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
+  const struct CMUnitTest tests[] = {
+      T(test_refresh__rotation_records_child_and_erases_parent),
+      T(test_refresh__rt_in_body_when_provider_says_so),
+      T(test_refresh__answer_without_rt_keeps_the_current_one),
+      T(test_refresh__reuse_answer_needs_reauth_and_names_outside_process),
+      T(test_refresh__429_cools_down_and_does_not_spend_the_rt),
+      T(test_refresh__not_sent_keeps_rt_and_may_retry),
+      T(test_refresh__lost_answer_is_unknown_and_never_replayed),
+      T(test_refresh__unknown_outcome_still_serves_a_valid_access_token),
+      T(test_refresh__recover_retry_presents_once_more),
+      T(test_refresh__recover_mark_dead_requires_login),
+      T(test_refresh__grace_window_allows_one_automatic_retry),
+      T(test_refresh__unreadable_200_is_unknown),
+      T(test_refresh__client_error_is_not_terminal),
+      T(test_refresh__terminal_words_of_other_servers_are_terminal),
+      T(test_refresh__strategies_pick_and_skip),
+      T(test_refresh__no_credential_is_not_found),
+  };
+  return cmocka_run_group_tests_name("refresh", tests, NULL, NULL);
+}

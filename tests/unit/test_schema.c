@@ -1,0 +1,254 @@
+/*
+ * test_schema.c - the schema: migrations replay to the canonical schema, and
+ * the five invariants hold against raw SQL, not only through the C API.
+ */
+#include "fixture.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Strips -- comments and folds white space, so comment-only differences vanish. */
+static char *normalize(const char *sql)
+{
+  size_t n = strlen(sql);
+  char *out = malloc(n + 1), *o = out;
+  int space = 0;
+  for (const char *p = sql; *p;) {
+    if (p[0] == '-' && p[1] == '-') {
+      while (*p && *p != '\n')
+        p++;
+      continue;
+    }
+    if (isspace((unsigned char)*p)) {
+      space = 1;
+      p++;
+      continue;
+    }
+    if (space && o != out)
+      *o++ = ' ';
+    space = 0;
+    *o++ = *p++;
+  }
+  *o = '\0';
+  return out;
+}
+
+static char *schema_dump(sqlite3 *db)
+{
+  sqlite3_stmt *st = NULL;
+  size_t cap = 1 << 16, len = 0;
+  char *out = calloc(1, cap);
+  assert_int_equal(sqlite3_prepare_v2(db,
+                                      "SELECT type, name, tbl_name, sql FROM sqlite_schema "
+                                      "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    char *norm = normalize(sqlite3_column_text(st, 3) ? (const char *)sqlite3_column_text(st, 3) : "");
+    size_t need = strlen(norm) + 512;
+    if (len + need > cap) {
+      cap = (len + need) * 2;
+      out = realloc(out, cap);
+    }
+    len += (size_t)snprintf(out + len, cap - len, "%s|%s|%s|%s\n", sqlite3_column_text(st, 0),
+                            sqlite3_column_text(st, 1), sqlite3_column_text(st, 2), norm);
+    free(norm);
+  }
+  sqlite3_finalize(st);
+  return out;
+}
+
+static void test_schema__migrations_replay_equals_canonical_schema(void **state)
+{
+  fx *f = *state;
+  size_t len = 0;
+  char *text = fx_slurp(TL_SOURCE_DIR "/schema/tokenledger.sql", &len);
+  assert_non_null(text);
+  text = realloc(text, len + 1);
+  text[len] = '\0';
+  sqlite3 *canon = NULL;
+  assert_int_equal(sqlite3_open(":memory:", &canon), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(canon, text, NULL, NULL, NULL), SQLITE_OK);
+  char *a = schema_dump(canon), *b = schema_dump(f->s->db);
+  if (strcmp(a, b) != 0) {
+    fprintf(stderr, "canonical:\n%s\nmigrated:\n%s\n", a, b);
+    fail_msg("replaying migrations/ does not produce schema/tokenledger.sql");
+  }
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(canon, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), TL_SCHEMA_VERSION);
+  sqlite3_finalize(st);
+  assert_int_equal(fx_int(f->s, "PRAGMA user_version"), TL_SCHEMA_VERSION);
+  assert_int_equal(fx_int(f->s, "PRAGMA application_id"), 1414284359);
+  assert_int_equal(tl__migration_count, TL_SCHEMA_VERSION);
+  free(a);
+  free(b);
+  free(text);
+  sqlite3_close(canon);
+}
+
+static void test_schema__connection_is_wal_fk_full_secure_delete(void **state)
+{
+  fx *f = *state;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(f->s->db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+  sqlite3_finalize(st);
+  assert_int_equal(fx_int(f->s, "PRAGMA foreign_keys"), 1);
+  assert_int_equal(fx_int(f->s, "PRAGMA synchronous"), 2);
+  assert_int_equal(fx_int(f->s, "PRAGMA secure_delete"), 1);
+}
+
+#define FP(c)                                                                                                          \
+  "'" c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c  \
+      c c c c c c c c "'"
+
+static void seed(fx *f)
+{
+  fx_credential(f->s, "p", "rt-root");
+  assert_int_equal(fx_sql(f->s, "INSERT INTO credential (provider, client_id, token_url, created_at, updated_at) "
+                                "VALUES ('nous', 'x', 'https://e/t', 0, 0)"),
+                   SQLITE_OK); /* credential 2 */
+}
+
+static void test_schema__inv1_fingerprint_is_unique_across_credentials(void **state)
+{
+  fx *f = *state;
+  seed(f);
+  assert_int_equal(fx_sql(f->s, "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                                "issued_at) VALUES (2, 0, " FP("a") ", 'current', 'import', 0)"),
+                   SQLITE_OK);
+  int rc = fx_sql(f->s, "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, issued_at, "
+                        "retired_at) VALUES (1, 0, " FP("a") ", 'rotated', 'import', 0, 0)");
+  assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+}
+
+static void test_schema__inv2_one_live_rt_per_credential(void **state)
+{
+  fx *f = *state;
+  seed(f);
+  /* credential 1 already has a current RT */
+  int rc = fx_sql(f->s, "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                        "issued_at) VALUES (1, 0, " FP("b") ", 'current', 'import', 0)");
+  assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+  rc = fx_sql(f->s, "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                    "issued_at) VALUES (1, 0, " FP("b") ", 'presented', 'import', 0)");
+  assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+}
+
+static void test_schema__inv3_one_in_flight_attempt_per_credential(void **state)
+{
+  fx *f = *state;
+  seed(f);
+  const char *ins = "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, "
+                    "owner_start, started_at, lease_until) VALUES (1, 1, 'h', 'b', 1, 1, 0, 0)";
+  assert_int_equal(fx_sql(f->s, ins), SQLITE_OK);
+  assert_int_equal(fx_sql(f->s, ins) & 0xff, SQLITE_CONSTRAINT);
+}
+
+static void test_schema__inv4_parent_same_credential_and_next_generation(void **state)
+{
+  fx *f = *state;
+  seed(f);
+  /* parent (id 1) belongs to credential 1: a child for credential 2 is refused */
+  int rc = fx_sql(f->s, "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, "
+                        "state, origin, issued_at) VALUES (2, 1, 1, 1, " FP("c") ", 'current', 'refresh', 0)");
+  assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+  assert_int_equal(
+      fx_sql(f->s, "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = 1 WHERE id = 1"),
+      SQLITE_OK);
+  /* a generation that skips one is refused */
+  rc = fx_sql(f->s, "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, "
+                    "state, origin, issued_at) VALUES (1, 1, 1, 2, " FP("c") ", 'current', 'refresh', 0)");
+  assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+  /* a root with a generation is refused */
+  rc = fx_sql(f->s, "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, issued_at) "
+                    "VALUES (2, 3, " FP("d") ", 'current', 'import', 0)");
+  assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+  /* the right child is accepted */
+  assert_int_equal(fx_sql(f->s, "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, "
+                                "fingerprint, state, origin, issued_at) VALUES (1, 1, 1, 1, " FP("c") ", 'current', "
+                                                                                                      "'refresh', 0)"),
+                   SQLITE_OK);
+}
+
+static void test_schema__inv5_audit_rows_cannot_be_updated_or_deleted(void **state)
+{
+  fx *f = *state;
+  seed(f);
+  int64_t n = fx_int(f->s, "SELECT count(*) FROM audit_event");
+  assert_true(n > 0);
+  assert_int_equal(fx_sql(f->s, "UPDATE audit_event SET event = 'x'") & 0xff, SQLITE_CONSTRAINT);
+  assert_int_equal(fx_sql(f->s, "DELETE FROM audit_event") & 0xff, SQLITE_CONSTRAINT);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event"), n);
+}
+
+static void test_schema__spent_rt_never_comes_back(void **state)
+{
+  fx *f = *state;
+  seed(f);
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = 1"),
+                   SQLITE_OK);
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'current', retired_at = NULL") & 0xff,
+                   SQLITE_CONSTRAINT);
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET secret = 'again'") & 0xff, SQLITE_CONSTRAINT);
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET fingerprint = " FP("e")) & 0xff, SQLITE_CONSTRAINT);
+  assert_int_equal(fx_sql(f->s, "DELETE FROM refresh_token") & 0xff, SQLITE_CONSTRAINT);
+  /* a spent state with plaintext is refused by CHECK */
+  assert_int_equal(fx_sql(f->s, "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                                "secret, issued_at, retired_at) VALUES (2, 0, " FP("f") ", 'rejected', 'import', "
+                                                                                        "'plain', 0, 0)") &
+                       0xff,
+                   SQLITE_CONSTRAINT);
+}
+
+static void test_schema__views_never_show_a_secret(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  assert_int_equal(tl_profile_add(f->s, "p", NULL, &err), TL_OK);
+  tl_credential_spec spec = {.provider = "nous",
+                             .profile = "p",
+                             .refresh_token = "SECRETRT-0123456789",
+                             .access_token = "SECRETAT-0123456789",
+                             .expires_at_ms = 4102444800000};
+  assert_int_equal(tl_credential_add(NULL, f->s, &spec, &err), TL_OK);
+  static const char *const views[] = {"v_lineage", "v_reuse_events", "v_open_attempts", "v_profile_status",
+                                      "v_refresh_history"};
+  for (size_t v = 0; v < sizeof views / sizeof *views; v++) {
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT * FROM %s", views[v]);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(f->s->db, sql, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW)
+      for (int c = 0; c < sqlite3_column_count(st); c++) {
+        const char *t = (const char *)sqlite3_column_text(st, c);
+        assert_null(t ? strstr(t, "SECRET") : NULL);
+      }
+    sqlite3_finalize(st);
+  }
+  /* and the audit log neither */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE detail LIKE '%SECRET%'"), 0);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_schema__migrations_replay_equals_canonical_schema, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__connection_is_wal_fk_full_secure_delete, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__inv1_fingerprint_is_unique_across_credentials, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__inv2_one_live_rt_per_credential, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__inv3_one_in_flight_attempt_per_credential, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__inv4_parent_same_credential_and_next_generation, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__inv5_audit_rows_cannot_be_updated_or_deleted, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__spent_rt_never_comes_back, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__views_never_show_a_secret, fx_setup, fx_teardown),
+  };
+  return cmocka_run_group_tests_name("schema", tests, NULL, NULL);
+}
