@@ -74,6 +74,7 @@ CREATE TABLE credential (
   status        TEXT NOT NULL DEFAULT 'active'
                 CHECK (status IN ('active', 'uncertain', 'needs_reauth')),
   status_reason TEXT,                         -- why the status is not 'active' (no secret)
+  refresh_not_before INTEGER,                 -- token endpoint asked us to back off (429/5xx) until then
   extra         TEXT NOT NULL DEFAULT '{}'    -- provider-specific fields as a JSON object (no secret)
                 CHECK (json_valid(extra) AND json_type(extra) = 'object'),
   created_at    INTEGER NOT NULL,

@@ -469,7 +469,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   }
   const char *body = r->body ? r->body : "";
   pthread_mutex_lock(&mu);
-  ctr.requests++;
+  if (strncmp(url, "/admin/", 7) != 0)
+    ctr.requests++; /* the counters count the OAuth endpoints only */
   int latency = cfg.latency_ms;
   pthread_mutex_unlock(&mu);
   if (latency > 0)

@@ -320,6 +320,10 @@ tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_err
     goto done;
   }
   s->busy_ms = 10000;
+  s->http_timeout_ms = 15000;
+  const char *to = getenv("TOKENLEDGER_HTTP_TIMEOUT_MS");
+  if (to && atoi(to) >= 100 && atoi(to) <= 600000)
+    s->http_timeout_ms = atoi(to);
   s->http = tl__curl_post;
   tl__actor_init(&s->actor);
   int oflags = ((flags & TL_OPEN_READONLY) ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOFOLLOW |

@@ -32,6 +32,7 @@ struct tl_store {
   sqlite3 *db;
   char *path;
   int busy_ms;
+  int http_timeout_ms; /* total HTTP timeout; the attempt lease follows it */
   int found_version;
   struct {
     const char *sql;

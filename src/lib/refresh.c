@@ -34,7 +34,6 @@
 #include <time.h>
 
 #define LEASE_MARGIN_MS      5000
-#define HTTP_TIMEOUT_MS      15000
 #define CONNECT_TIMEOUT_MS   5000
 #define TRANSIENT_COOLDOWN_S 60
 
@@ -122,7 +121,7 @@ typedef struct candidate {
   int64_t entry_rowid, credential, expires_at;
   char *access_token; /* secret */
   char *entry_id, *base_url, *status;
-  int64_t skew_ms, request_count, priority;
+  int64_t skew_ms, request_count, priority, not_before;
 } candidate;
 
 static void candidate_clear(candidate *c)
@@ -147,7 +146,7 @@ static int fresh(const candidate *c, int64_t now)
 static const char select_sql[] =
     "SELECT e.id, e.entry_id, e.credential_id, c.access_token, coalesce(c.expires_at, 0), c.status, "
     "pv.skew_s * 1000, json_extract(c.extra, '$.inference_base_url'), e.request_count, e.priority, "
-    "coalesce(ps.strategy, 'fill_first') "
+    "coalesce(ps.strategy, 'fill_first'), coalesce(c.refresh_not_before, 0) "
     "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
     "JOIN credential c ON c.id = e.credential_id JOIN provider pv ON pv.name = e.provider "
     "LEFT JOIN pool_strategy ps ON ps.profile_id = p.id AND ps.provider = e.provider "
@@ -229,6 +228,7 @@ static tl_status load_candidates(candidate *out, size_t *n, char strategy[16], t
     c->request_count = sqlite3_column_int64(st, 8);
     c->priority = sqlite3_column_int64(st, 9);
     snprintf(strategy, 16, "%s", (const char *)sqlite3_column_text(st, 10));
+    c->not_before = sqlite3_column_int64(st, 11);
     (*n)++;
     if (!c->entry_id || !c->status) {
       sqlite3_reset(st);
@@ -247,8 +247,14 @@ static int pick(const candidate *c, size_t n, const char *strategy)
   int usable[MAX_CANDIDATES];
   size_t k = 0;
   int64_t now = tl__now_ms();
+  /* Usable: a fresh access token, or a refresh that may be attempted now. */
   for (size_t i = 0; i < n; i++)
-    if (fresh(&c[i], now) || strcmp(c[i].status, "active") == 0)
+    if (fresh(&c[i], now) || (strcmp(c[i].status, "active") == 0 && c[i].not_before <= now))
+      usable[k++] = (int)i;
+  /* Nothing usable now: fall back to an entry whose refresh is only backing off, so the
+   * caller hears "try later" rather than "unknown". */
+  for (size_t i = 0; k == 0 && i < n; i++)
+    if (strcmp(c[i].status, "active") == 0)
       usable[k++] = (int)i;
   if (k == 0)
     return -1;
@@ -498,7 +504,7 @@ typedef enum claim_result {
 static const char cred_sql[] =
     "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), pv.skew_s * 1000, c.token_url, c.client_id, "
     "pv.rt_header, c.provider, c.label, pv.grace_s * 1000, c.status_reason, "
-    "json_extract(c.extra, '$.inference_base_url') "
+    "json_extract(c.extra, '$.inference_base_url'), coalesce(c.refresh_not_before, 0) "
     "FROM credential c JOIN provider pv ON pv.name = c.provider WHERE c.id = :id";
 
 /*
@@ -567,6 +573,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   char reason[300];
   snprintf(reason, sizeof reason, "%s",
            sqlite3_column_text(st, 10) ? (const char *)sqlite3_column_text(st, 10) : "no reason recorded");
+  int64_t not_before = sqlite3_column_int64(st, 12);
   sqlite3_reset(st);
   if (!cl->token_url || !cl->client_id || !cl->provider) {
     rc = tl__oom(err);
@@ -578,6 +585,14 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
                  "log in with Hermes ('hermes auth add %s') and import the profile again",
                  (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason, cl->provider,
                  cl->provider);
+    goto fail;
+  }
+
+  if (not_before > now && !retry_unknown && strcmp(status, "active") == 0) {
+    rc = tl__err(err, TL_ETRANSIENT, 0,
+                 "credential %lld (%s): the token endpoint asked to back off; the next refresh may be attempted "
+                 "in %lld s",
+                 (long long)cred, cl->provider, (long long)((not_before - now + 999) / 1000));
     goto fail;
   }
 
@@ -670,7 +685,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   tl__bind_text(st, ":profile", s->actor.profile);
   tl__bind_text(st, ":command", s->actor.command);
   tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":lease", now + HTTP_TIMEOUT_MS + LEASE_MARGIN_MS);
+  tl__bind_int(st, ":lease", now + s->http_timeout_ms + LEASE_MARGIN_MS);
   if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
     goto fail;
   cl->attempt = sqlite3_last_insert_rowid(s->db);
@@ -702,11 +717,9 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
     return rc;
   *res = CLAIMED;
   return TL_OK;
-commit_fail : {
-  tl_error ignore = {0};
-  tl__tx_commit(s, &ignore);
+commit_fail:
+  tl__tx_commit(s, NULL); /* keep what the claim recorded (a dead owner's attempt) */
   return rc;
-}
 fail:
   tl__tx_rollback(s);
   return rc;
@@ -1008,6 +1021,7 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
   static const char cred_ok_sql[] =
       "UPDATE credential SET access_token = :at, expires_at = nullif(:exp, 0), obtained_at = :now, "
       "scope = coalesce(json_extract(:extra, '$.scope'), scope), status = 'active', status_reason = NULL, "
+      "refresh_not_before = NULL, "
       "extra = json_patch(extra, :extra), updated_at = :now WHERE id = :id";
   static const char back_sql[] = "UPDATE refresh_token SET state = 'current', retired_at = NULL WHERE id = :id";
   static const char reject_sql[] = "UPDATE refresh_token SET state = 'rejected', secret = NULL, retired_at = :now "
@@ -1020,7 +1034,8 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
       "AND last_status IS NOT NULL AND last_status <> 'ok'";
   static const char entries_bad_sql[] =
       "UPDATE pool_entry SET last_status = :st, last_status_at = :now, last_error_code = :code, "
-      "last_error_reason = :reason, last_error_message = :msg, cooldown_until = :until WHERE credential_id = :cred";
+      "last_error_reason = :reason, last_error_message = :msg WHERE credential_id = :cred";
+  static const char backoff_sql[] = "UPDATE credential SET refresh_not_before = :until WHERE id = :id";
   tl_status rc;
   int64_t now = tl__now_ms(), child = 0;
   char childfp[65] = "";
@@ -1172,7 +1187,14 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
     if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
       goto fail;
     long wait_s = a->retry_after >= 0 ? a->retry_after : TRANSIENT_COOLDOWN_S;
+    if (wait_s > 86400)
+      wait_s = 86400;
     if (a->kind != A_NOT_SENT) {
+      /* Back off the refresh (the credential), not the entries: their access tokens stay usable. */
+      const char *nb[] = {":until", ":id"};
+      int64_t vb[] = {now + (int64_t)wait_s * 1000, cl->credential};
+      if ((rc = exec_bound(s, backoff_sql, "record", err, 2, nb, vb, NULL)) != TL_OK)
+        goto fail;
       if (!(st = tl__stmt(s, entries_bad_sql, err))) {
         rc = TL_ERROR;
         goto fail;
@@ -1182,7 +1204,6 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
       tl__bind_int(st, ":code", a->status);
       tl__bind_text(st, ":reason", a->error);
       tl__bind_text(st, ":msg", a->desc);
-      tl__bind_int(st, ":until", now + (int64_t)wait_s * 1000);
       tl__bind_int(st, ":cred", cl->credential);
       if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
         goto fail;
@@ -1203,7 +1224,7 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
               cl->provider, a->desc ? a->desc : "no detail");
     else if (a->kind == A_TRANSIENT)
       tl__err(&msg, TL_ETRANSIENT, 0,
-              "%s answered HTTP %ld%s%s; the refresh token was not spent; entries cool down "
+              "%s answered HTTP %ld%s%s; the refresh token was not spent; the next refresh waits "
               "for %ld s",
               cl->provider, a->status, a->error ? " " : "", a->error ? a->error : "", wait_s);
     else
@@ -1274,7 +1295,7 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, answ
                            .rt_header = cl->rt_header,
                            .rt_value = cl->rt_header ? cl->secret : NULL,
                            .connect_timeout_ms = CONNECT_TIMEOUT_MS,
-                           .timeout_ms = HTTP_TIMEOUT_MS};
+                           .timeout_ms = s->http_timeout_ms};
     s->http(s->http_ud, &req, &resp);
     tl_burn(body, strlen(body));
     free(body);
@@ -1289,7 +1310,7 @@ static tl_status refresh_loop(tl_token **out, tl_store *s, int64_t cred, unsigne
 {
   tl_status rc;
   int waited = 0;
-  int64_t deadline = tl__now_ms() + 2 * (HTTP_TIMEOUT_MS + LEASE_MARGIN_MS) + s->busy_ms;
+  int64_t deadline = tl__now_ms() + 2 * (s->http_timeout_ms + LEASE_MARGIN_MS) + s->busy_ms;
   for (;;) {
     claim cl;
     memset(&cl, 0, sizeof cl);

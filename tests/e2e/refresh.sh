@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# refresh.sh - the refresh protocol end to end against the real loopback
+# portal: rotation, 429/500 cooldowns, lost answers and recover, a hanging
+# server, an unreachable endpoint, and the incident behind this project (an
+# outside script spends a profile's RT and throws the answer away).
+. "$(dirname "$0")/lib.sh"
+set -e
+: "${TL_PORTAL:?}"
+start_portal --at-lifetime 3600
+export TOKENLEDGER_HTTP_TIMEOUT_MS=1500
+DB="$WORK/ledger.db"
+D="--db $DB"
+tl $D init
+tl $D provider set nous --token-url "$URL/api/oauth/token"; expect 0 "point nous at the loopback portal"
+for p in alice bob; do tl $D profile add $p; done
+
+# --- rotation
+seed_rt "$WORK/rt-a"
+tl $D credential add nous --profile alice --refresh-token-file "$WORK/rt-a"; expect 0 "store alice's grant"
+tl $D token nous --profile alice; expect 0 "token refreshes a credential without an access token"
+check '[ "$(counter refreshes)" = 1 ]' "exactly one refresh reached the portal"
+tl $D token nous --profile alice; expect 0 "second token"
+check '[ "$(counter refreshes)" = 1 ]' "a fresh token needs no refresh"
+tl $D refresh nous --profile alice; expect 0 "refresh when not due"; contains "already fresh" "says nothing was due"
+tl $D refresh nous --profile alice --force; expect 0 "forced refresh"; contains "refreshed" "says it refreshed"
+check '[ "$(counter refreshes)" = 2 ]' "forced refresh reached the portal"
+check '[ "$(q "SELECT max(generation) FROM refresh_token")" = 2 ]' "lineage has generation 2"
+check '[ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome=\"rotated\"")" = "$(counter refreshes)" ]' "ledger rotations equal the portal's"
+tlin "$WORK/rt-a" $D check-rt; expect 4 "the seed RT is spent now"
+tl $D refresh nous --profile alice --json; expect 0 "refresh --json"; lacks "access_token" "refresh prints no token"
+
+# --- 429 with Retry-After, then 500
+admin fault "kind=429&count=1&retry_after=40" >/dev/null
+tl $D refresh nous --profile alice --force; expect 7 "429 is transient"; contains "429" "names the status"
+check '[ "$(q "SELECT count(*) FROM refresh_token WHERE state=\"current\"")" = 1 ]' "RT still current after 429"
+tl $D status --json
+check 'jq -e ".[0].last_status == \"exhausted\"" "$OUT" >/dev/null' "entry shows the 429"
+check '[ "$(q "SELECT refresh_not_before > strftime(\"%s\",\"now\")*1000 + 30000 FROM credential WHERE id=1")" = 1 ]' "refresh backs off for Retry-After"
+tl $D token nous --profile alice; expect 0 "the access token is still served during the backoff"
+r=$(counter requests)
+tl $D refresh nous --profile alice --force; expect 7 "no presentation while backing off"
+check '[ "$(counter requests)" = "$r" ]' "the backoff kept the request off the wire"
+sqlite3 "$DB" "UPDATE credential SET refresh_not_before=NULL"
+admin fault "kind=500&count=1" >/dev/null
+tl $D refresh nous --profile alice --force; expect 7 "500 is transient"
+tl $D refresh nous --profile alice --force; expect 7 "500 still cooling"
+sqlite3 "$DB" "UPDATE credential SET refresh_not_before=NULL"
+tl $D refresh nous --profile alice --force; expect 0 "after the cooldown the same RT rotates"
+check '[ "$(counter reuse_detections)" = 0 ]' "no reuse after transient failures"
+
+# --- a lost answer: unknown, never replayed, recover
+admin fault "kind=lose&count=1" >/dev/null
+tl $D refresh nous --profile alice --force; expect 6 "lost answer is an unknown outcome"
+contains "recover" "points at recover"
+r=$(counter requests)
+tl $D refresh nous --profile alice --force; expect 6 "unknown is not replayed"
+tl $D token nous --profile alice; expect 0 "a still-valid access token is served"
+check '[ "$(counter requests)" = "$r" ]' "nothing was presented after the loss"
+tl $D doctor; expect 1 "doctor reports the unknown outcome"
+tl $D recover --credential 1 --mark-dead; expect 0 "recover --mark-dead"
+tl $D refresh nous --profile alice --force; expect 5 "a dead credential needs a login"
+check '[ "$(counter reuse_detections)" = 0 ]' "no reuse after a lost answer"
+
+# --- dropped before processing, operator retries once
+seed_rt "$WORK/rt-b"
+tl $D credential add nous --profile bob --refresh-token-file "$WORK/rt-b"
+admin fault "kind=drop_before&count=1" >/dev/null
+tl $D token nous --profile bob; expect 6 "dropped connection is unknown"
+tl $D recover --credential 2 --assume-not-sent; expect 0 "assume-not-sent retries once and rotates"
+check '[ "$(counter reuse_detections)" = 0 ]' "the retry was safe because the server never saw the RT"
+
+# --- a hanging server: timeout -> unknown
+admin fault "kind=hang&count=1" >/dev/null
+tl $D refresh nous --profile bob --force; expect 6 "hang times out as unknown"
+check '[ "$(q "SELECT outcome FROM refresh_attempt ORDER BY id DESC LIMIT 1")" = unknown ]' "attempt recorded unknown"
+tl $D recover --credential 2 --mark-dead; expect 0 "give the hung RT up"
+
+# --- unreachable endpoint: not sent
+tl $D profile add carol
+seed_rt "$WORK/rt-c"
+tl $D credential add nous --profile carol --refresh-token-file "$WORK/rt-c" --token-url http://127.0.0.1:9/api/oauth/token
+tl $D token nous --profile carol; expect 7 "connection refused is transient"; contains "not sent" "says the RT was not sent"
+check '[ "$(q "SELECT outcome FROM refresh_attempt ORDER BY id DESC LIMIT 1")" = not_sent ]' "attempt not_sent"
+tlin "$WORK/rt-c" $D check-rt; expect 0 "the RT is still live"
+
+# --- the incident: an outside script spends the RT and drops the answer
+tl $D profile add dora
+seed_rt "$WORK/rt-d"
+tl $D credential add nous --profile dora --refresh-token-file "$WORK/rt-d"
+tl $D token nous --profile dora; expect 0 "dora's first refresh"
+sqlite3 "$DB" "SELECT secret FROM refresh_token WHERE state='current' AND credential_id=(SELECT credential_id FROM pool_entry e JOIN profile p ON p.id=e.profile_id WHERE p.name='dora')" > "$WORK/rt-d1"
+curl -sf -o /dev/null -X POST "$URL/api/oauth/token" -H "x-nous-refresh-token: $(cat "$WORK/rt-d1")" -d grant_type=refresh_token -d client_id=hermes-cli
+check '[ "$(counter reuse_detections)" = 0 ]' "the outside refresh itself is no reuse"
+tl $D refresh nous --profile dora --force; expect 5 "the portal answers reuse: needs re-auth"
+contains "Refresh token reuse detected" "quotes the server"
+contains "outside tokenledger" "points at an outside process"
+contains "tokenledger login" "says how to log in again"
+check '[ "$(q "SELECT count(*) FROM v_reuse_events WHERE event=\"reuse_detected_by_server\"")" = 1 ]' "audit shows the server-side reuse"
+check '[ "$(counter reuse_detections)" = 1 ]' "the only reuse the portal saw is the outside script's fault"
+tl $D token nous --profile dora; expect 5 "later calls fail fast"
+tl $D history --json --limit 1; check 'jq -e ".[0].outcome == \"rejected\"" "$OUT" >/dev/null' "history shows the rejection"
+
+no_secret_leak "$WORK/rt-a" "$WORK/rt-b" "$WORK/rt-c" "$WORK/rt-d" "$WORK/rt-d1"
+finish

@@ -160,15 +160,22 @@ static void test_refresh__429_cools_down_and_does_not_spend_the_rt(void **state)
   assert_int_equal(get(f, &t, &err), TL_ETRANSIENT);
   assert_non_null(strstr(err.message, "429"));
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current'"), 1);
-  int64_t cool = fx_int(f->s, "SELECT cooldown_until FROM pool_entry");
+  int64_t cool = fx_int(f->s, "SELECT refresh_not_before FROM credential");
   assert_true(cool > tl__now_ms() + 25000 && cool < tl__now_ms() + 35000);
-  /* during the cooldown nothing is sent */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry WHERE last_status = 'exhausted' AND "
+                                "last_error_code = 429"),
+                   1);
+  /* during the backoff nothing is sent */
   assert_int_equal(get(f, &t, &err), TL_ETRANSIENT);
-  assert_non_null(strstr(err.message, "cooling down"));
+  assert_non_null(strstr(err.message, "back off"));
   assert_int_equal(c.calls, 1);
-  /* a forced refresh after the cooldown: 500 is transient too */
-  assert_int_equal(fx_sql(f->s, "UPDATE pool_entry SET cooldown_until = NULL"), SQLITE_OK);
-  assert_int_equal(tl_refresh(&t, f->s, 1, 0, &err), TL_ETRANSIENT);
+  /* but a valid access token is still served */
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET access_token = 'at-ok', expires_at = 9999999999999"), SQLITE_OK);
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  tl_token_free(t);
+  /* a forced refresh after the backoff: 500 is transient too */
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET refresh_not_before = NULL"), SQLITE_OK);
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_ETRANSIENT);
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'transient'"), 2);
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current'"), 1);
 }
