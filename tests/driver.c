@@ -1,1 +1,354 @@
-int main(void) { return 0; }
+/*
+ * driver.c - tl-driver, real processes for the concurrency and crash tests.
+ *
+ *   tl-driver hammer DB NPROC NPROF CALLS   NPROC processes x CALLS token/refresh
+ *                                            calls over profiles p0..p{NPROF-1}
+ *   tl-driver crowd DB NPROC PROFILE        NPROC processes released at once on
+ *                                            one expired credential
+ *   tl-driver crash DB URL ITER NPROF       ITER rounds: two refreshing processes,
+ *                                            each killed with SIGKILL at a random
+ *                                            moment; unknown outcomes are marked
+ *                                            dead and replaced by a fresh grant
+ *   tl-driver verify DB URL                  every RT the portal issued is in the
+ *                                            ledger, or is the answer to an
+ *                                            attempt recorded `unknown`; no reuse;
+ *                                            integrity ok
+ * Each prints one summary line and exits non-zero if an expectation fails.
+ */
+#include "internal.h"
+
+#include <curl/curl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static tl_store *open_or_die(const char *db, const char *cmd)
+{
+  tl_store *s = NULL;
+  tl_error err = {0};
+  if (tl_store_open(&s, db, 0, &err) != TL_OK) {
+    fprintf(stderr, "driver: %s\n", err.message);
+    exit(2);
+  }
+  tl_store_set_actor(s, NULL, cmd);
+  return s;
+}
+
+typedef struct buf {
+  char *p;
+  size_t n;
+} buf;
+
+static size_t on_data(char *d, size_t sz, size_t n, void *ud)
+{
+  buf *b = ud;
+  b->p = realloc(b->p, b->n + sz * n + 1);
+  memcpy(b->p + b->n, d, sz * n);
+  b->n += sz * n;
+  b->p[b->n] = '\0';
+  return sz * n;
+}
+
+/* GET or POST an admin endpoint of the portal; returns parsed JSON or NULL. */
+static json_t *admin(const char *url, const char *path, int post)
+{
+  char full[512];
+  snprintf(full, sizeof full, "%s%s", url, path);
+  CURL *h = curl_easy_init();
+  buf b = {0};
+  curl_easy_setopt(h, CURLOPT_URL, full);
+  if (post)
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+  CURLcode rc = curl_easy_perform(h);
+  curl_easy_cleanup(h);
+  json_t *j = rc == CURLE_OK && b.p ? json_loads(b.p, 0, NULL) : NULL;
+  free(b.p);
+  return j;
+}
+
+static int64_t credential_of(tl_store *s, const char *profile)
+{
+  int64_t id = 0;
+  tl_error err = {0};
+  if (tl_credential_find(&id, s, profile, "nous", &err) != TL_OK)
+    return 0;
+  return id;
+}
+
+static int hammer(const char *db, int nproc, int nprof, int calls)
+{
+  for (int c = 0; c < nproc; c++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      tl_store *s = open_or_die(db, "hammer");
+      int failures = 0;
+      for (int i = 0; i < calls; i++) {
+        char prof[16];
+        snprintf(prof, sizeof prof, "p%d", (c + i) % nprof);
+        tl_error err = {0};
+        tl_token *t = NULL;
+        tl_status rc;
+        if (i % 3 == 2)
+          rc = tl_refresh(&t, s, credential_of(s, prof), TL_REFRESH_FORCE, &err);
+        else
+          rc = tl_token_get(&t, s, prof, "nous", 0, &err);
+        tl_token_free(t);
+        if (rc != TL_OK) {
+          fprintf(stderr, "hammer[%d] call %d on %s: %s: %s\n", c, i, prof, tl_status_name(rc), err.message);
+          failures++;
+        }
+      }
+      tl_store_free(s);
+      _exit(failures > 100 ? 100 : failures);
+    }
+  }
+  int bad = 0, status;
+  while (wait(&status) > 0)
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      bad++;
+  printf("hammer: %d processes x %d calls, %d process(es) with failures\n", nproc, calls, bad);
+  return bad ? 1 : 0;
+}
+
+static int crowd(const char *db, int nproc, const char *profile)
+{
+  int gate[2];
+  if (pipe(gate) != 0)
+    return 2;
+  for (int c = 0; c < nproc; c++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(gate[1]);
+      tl_store *s = open_or_die(db, "crowd");
+      char x;
+      if (read(gate[0], &x, 1) < 0)
+        _exit(3);
+      tl_error err = {0};
+      tl_token *t = NULL;
+      tl_status rc = tl_token_get(&t, s, profile, "nous", 0, &err);
+      int refreshed = t ? t->refreshed : 0;
+      tl_token_free(t);
+      tl_store_free(s);
+      if (rc != TL_OK)
+        fprintf(stderr, "crowd[%d]: %s\n", c, err.message);
+      _exit(rc != TL_OK ? 1 : refreshed ? 10 : 0);
+    }
+  }
+  close(gate[0]);
+  usleep(300000); /* every child is open and blocked on the gate */
+  close(gate[1]);
+  int failed = 0, refreshers = 0, status;
+  while (wait(&status) > 0) {
+    if (!WIFEXITED(status) || (WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 10))
+      failed++;
+    else if (WEXITSTATUS(status) == 10)
+      refreshers++;
+  }
+  printf("crowd: %d processes, %d refreshed, %d failed\n", nproc, refreshers, failed);
+  return failed || refreshers != 1 ? 1 : 0;
+}
+
+/* Replaces every uncertain credential by marking it dead and adding a fresh grant. */
+static int replace_uncertain(tl_store *s, const char *url, int nprof, int *unknowns)
+{
+  tl_error err = {0};
+  int64_t reaped = 0;
+  if (tl__reap_dead_attempts(&reaped, s, 1, &err) != TL_OK) {
+    fprintf(stderr, "crash: reap: %s\n", err.message);
+    return -1;
+  }
+  for (int p = 0; p < nprof; p++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "p%d", p);
+    static const char sql[] = "SELECT c.id, c.status FROM credential c JOIN pool_entry e ON e.credential_id = c.id "
+                              "JOIN profile f ON f.id = e.profile_id WHERE f.name = :p ORDER BY c.id DESC LIMIT 1";
+    sqlite3_stmt *st = tl__stmt(s, sql, &err);
+    tl__bind_text(st, ":p", prof);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+      sqlite3_reset(st);
+      continue;
+    }
+    int64_t cred = sqlite3_column_int64(st, 0);
+    int uncertain = strcmp((const char *)sqlite3_column_text(st, 1), "uncertain") == 0;
+    int dead = strcmp((const char *)sqlite3_column_text(st, 1), "needs_reauth") == 0;
+    sqlite3_reset(st);
+    if (!uncertain && !dead)
+      continue;
+    if (uncertain) {
+      (*unknowns)++;
+      if (tl_recover(NULL, s, cred, TL_RECOVER_MARK_DEAD, &err) != TL_OK) {
+        fprintf(stderr, "crash: mark dead: %s\n", err.message);
+        return -1;
+      }
+    }
+    json_t *seed = admin(url, "/admin/seed", 1);
+    const char *rt = json_string_value(json_object_get(seed, "refresh_token"));
+    if (!rt) {
+      fprintf(stderr, "crash: portal did not seed a grant\n");
+      json_decref(seed);
+      return -1;
+    }
+    tl_credential_spec spec = {.provider = "nous", .profile = prof, .refresh_token = rt, .origin = "login"};
+    tl_status rc = tl_credential_add(NULL, s, &spec, &err);
+    json_decref(seed);
+    if (rc != TL_OK) {
+      fprintf(stderr, "crash: add: %s\n", err.message);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static void refresher(const char *db, int nprof, unsigned seed)
+{
+  tl_store *s = open_or_die(db, "crash");
+  srand(seed);
+  for (;;) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "p%d", rand() % nprof);
+    tl_error err = {0};
+    int64_t cred = credential_of(s, prof);
+    if (cred)
+      tl_refresh(NULL, s, cred, TL_REFRESH_FORCE, &err);
+  }
+}
+
+static int crash(const char *db, const char *url, int iters, int nprof)
+{
+  tl_store *s = open_or_die(db, "crash-supervisor");
+  int unknowns = 0;
+  srand((unsigned)time(NULL) ^ (unsigned)getpid());
+  for (int i = 0; i < iters; i++) {
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+      unsigned seed = (unsigned)rand();
+      kids[k] = fork();
+      if (kids[k] == 0)
+        refresher(db, nprof, seed);
+    }
+    usleep((useconds_t)(rand() % 40000));
+    kill(kids[0], SIGKILL);
+    usleep((useconds_t)(rand() % 10000));
+    kill(kids[1], SIGKILL);
+    waitpid(kids[0], NULL, 0);
+    waitpid(kids[1], NULL, 0);
+    if (replace_uncertain(s, url, nprof, &unknowns) != 0) {
+      tl_store_free(s);
+      return 1;
+    }
+  }
+  tl_store_free(s);
+  printf("crash: %d kill rounds (%d kills), %d unknown outcome(s) marked dead and replaced\n", iters, 2 * iters,
+         unknowns);
+  return 0;
+}
+
+static int verify(const char *db, const char *url)
+{
+  tl_store *s = open_or_die(db, "verify");
+  json_t *ctr = admin(url, "/admin/counters", 0);
+  json_t *issued = admin(url, "/admin/issued", 0);
+  int bad = 0, in_ledger = 0, lost_ok = 0;
+  if (!ctr || !issued) {
+    fprintf(stderr, "verify: portal did not answer\n");
+    return 2;
+  }
+  json_int_t reuse = json_integer_value(json_object_get(ctr, "reuse_detections"));
+  json_int_t refreshes = json_integer_value(json_object_get(ctr, "refreshes"));
+  if (reuse != 0) {
+    fprintf(stderr, "verify: the portal saw %lld reused refresh token(s)\n", (long long)reuse);
+    bad++;
+  }
+  static const char find_sql[] = "SELECT id FROM refresh_token WHERE fingerprint = :fp";
+  static const char lost_sql[] = "SELECT count(*) FROM refresh_token t JOIN refresh_attempt a ON a.rt_id = t.id "
+                                 "WHERE t.fingerprint = :fp AND a.outcome = 'unknown'";
+  tl_error err = {0};
+  size_t i;
+  json_t *row;
+  json_array_foreach(issued, i, row)
+  {
+    const char *fp = json_string_value(json_object_get(row, "fingerprint"));
+    json_int_t fam = json_integer_value(json_object_get(row, "family"));
+    json_int_t gen = json_integer_value(json_object_get(row, "generation"));
+    sqlite3_stmt *st = tl__stmt(s, find_sql, &err);
+    tl__bind_text(st, ":fp", fp);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    if (found) {
+      in_ledger++;
+      continue;
+    }
+    /* Not in the ledger: the answer to generation gen-1 of this family must have been lost. */
+    const char *parent = NULL;
+    size_t k;
+    json_t *other;
+    json_array_foreach(issued, k, other)
+    {
+      if (json_integer_value(json_object_get(other, "family")) == fam &&
+          json_integer_value(json_object_get(other, "generation")) == gen - 1)
+        parent = json_string_value(json_object_get(other, "fingerprint"));
+    }
+    int64_t lost = 0;
+    if (parent) {
+      st = tl__stmt(s, lost_sql, &err);
+      tl__bind_text(st, ":fp", parent);
+      if (sqlite3_step(st) == SQLITE_ROW)
+        lost = sqlite3_column_int64(st, 0);
+      sqlite3_reset(st);
+    }
+    if (lost > 0) {
+      lost_ok++;
+    } else {
+      fprintf(stderr,
+              "verify: RT %.12s (family %lld, generation %lld) was issued but is neither in the ledger nor "
+              "the answer to an unknown attempt\n",
+              fp, (long long)fam, (long long)gen);
+      bad++;
+    }
+  }
+  int64_t ok = 0;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    ok = strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
+  sqlite3_finalize(st);
+  if (!ok) {
+    fprintf(stderr, "verify: integrity_check failed\n");
+    bad++;
+  }
+  int64_t rotated = 0;
+  if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'", -1, &st, NULL) ==
+          SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    rotated = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  printf("verify: portal refreshes %lld, ledger rotations %lld, reuse %lld, issued RTs %zu (%d in the ledger, %d "
+         "answers to unknown attempts), integrity %s\n",
+         (long long)refreshes, (long long)rotated, (long long)reuse, json_array_size(issued), in_ledger, lost_ok,
+         ok ? "ok" : "FAILED");
+  json_decref(ctr);
+  json_decref(issued);
+  tl_store_free(s);
+  return bad ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+  signal(SIGPIPE, SIG_IGN);
+  if (argc == 6 && strcmp(argv[1], "hammer") == 0)
+    return hammer(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+  if (argc == 5 && strcmp(argv[1], "crowd") == 0)
+    return crowd(argv[2], atoi(argv[3]), argv[4]);
+  if (argc == 6 && strcmp(argv[1], "crash") == 0)
+    return crash(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+  if (argc == 4 && strcmp(argv[1], "verify") == 0)
+    return verify(argv[2], argv[3]);
+  fprintf(stderr, "usage: tl-driver hammer DB NPROC NPROF CALLS | crowd DB NPROC PROFILE | crash DB URL ITER NPROF | "
+                  "verify DB URL\n");
+  return 2;
+}
