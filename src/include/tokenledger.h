@@ -59,9 +59,9 @@ typedef enum tl_status {
 
 /** Error details, filled on failure when the caller passes one. */
 typedef struct tl_error {
-  tl_status code;    /**< same value the function returned */
-  int sys;           /**< underlying SQLite, curl or errno code, 0 if none */
-  char message[512]; /**< one line, no secret, no trailing newline */
+  tl_status code;     /**< same value the function returned */
+  int sys;            /**< underlying SQLite, curl or errno code, 0 if none */
+  char message[1024]; /**< one line, no secret, no trailing newline */
 } tl_error;
 
 /** Resets an error struct to "no error". */

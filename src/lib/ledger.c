@@ -370,7 +370,7 @@ tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_e
   }
   if ((rc = tl__tx_commit(s, err)) != TL_OK)
     return rc;
-  char who[512];
+  char who[768];
   if (*by)
     snprintf(who, sizeof who, "; last presented by %s%s%s%s%s at %s", by, *byprof ? " profile " : "", byprof,
              *bycmd ? " command " : "", bycmd, bywhen);

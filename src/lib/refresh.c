@@ -977,13 +977,13 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
       "FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id WHERE a.credential_id = :cred AND a.id < :att "
       "ORDER BY a.id DESC LIMIT 1";
   static const char count_sql[] = "SELECT count(*) FROM refresh_attempt WHERE rt_id = :rt";
-  char prev[400] = "no earlier presentation is on record";
+  char prev[400] = "no presentation of this credential is on record";
   sqlite3_stmt *st = tl__stmt(s, prev_sql, NULL);
   if (st) {
     tl__bind_int(st, ":cred", cl->credential);
     tl__bind_int(st, ":att", cl->attempt);
     if (sqlite3_step(st) == SQLITE_ROW)
-      snprintf(prev, sizeof prev, "the previous presentation was generation %lld by %s (profile %s, command %s) at %s",
+      snprintf(prev, sizeof prev, "the last one on record was generation %lld by %s (profile %s, command %s) at %s",
                (long long)sqlite3_column_int64(st, 0), sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
                sqlite3_column_text(st, 3), sqlite3_column_text(st, 4));
     sqlite3_reset(st);
@@ -996,19 +996,20 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
     sqlite3_reset(st);
   }
   int reuse = reuse_answer(a->error, a->desc);
-  char outside[400] = "";
+  char outside[300] = "";
   if (reuse && times <= 1)
     snprintf(outside, sizeof outside,
-             " The ledger shows this was the only presentation of generation %lld, so a process outside tokenledger "
-             "(a script, a second install, a restored backup) presented it first.",
+             " tokenledger never presented generation %lld before, so a process outside tokenledger (a script, a "
+             "second install, a restored backup) presented it first.",
              (long long)cl->generation);
   tl__err(err, TL_EREAUTH, 0,
-          "%s rejected refresh token generation %lld (%.12s...) of credential %lld%s%s: HTTP %ld %s%s%s. "
-          "This presentation: %s:%ld at now; %s.%s The credential needs a new login: 'tokenledger login %s "
+          "%s rejected refresh token generation %lld (%.12s...) of credential %lld%s%s%s: HTTP %ld %s%s%s. "
+          "Before this presentation (by %s:%ld), %s.%s The credential needs a new login: 'tokenledger login %s "
           "--profile PROFILE' (or 'hermes auth add %s', then import).",
-          cl->provider, (long long)cl->generation, cl->fp, (long long)cl->credential, cl->label ? " " : "",
-          cl->label ? cl->label : "", a->status, a->error ? a->error : "(no error code)", a->desc ? ": " : "",
-          a->desc ? a->desc : "", s->actor.host, s->actor.pid, prev, outside, cl->provider, cl->provider);
+          cl->provider, (long long)cl->generation, cl->fp, (long long)cl->credential, cl->label ? " (" : "",
+          cl->label ? cl->label : "", cl->label ? ")" : "", a->status, a->error ? a->error : "(no error code)",
+          a->desc ? ": " : "", a->desc ? a->desc : "", s->actor.host, s->actor.pid, prev, outside, cl->provider,
+          cl->provider);
 }
 
 static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a, tl_error *err)
