@@ -9,10 +9,10 @@ PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
 CREATE TABLE provider (
   name        TEXT PRIMARY KEY NOT NULL       -- Hermes provider id: 'nous', 'openai-codex', 'custom:x'
               CHECK (length(name) BETWEEN 1 AND 128),
-  token_url   TEXT NOT NULL                   -- refresh/token endpoint; https, or http on loopback
-              CHECK (token_url LIKE 'https://%' OR token_url LIKE 'http://%'),
+  token_url   TEXT                            -- refresh/token endpoint; https, or http on loopback;
+              CHECK (token_url LIKE 'https://%' OR token_url LIKE 'http://%'), -- NULL: not configured yet
   device_url  TEXT,                           -- RFC 8628 device authorization endpoint, if any
-  client_id   TEXT NOT NULL,                  -- OAuth client id sent with every grant
+  client_id   TEXT,                           -- OAuth client id sent with every grant (NULL: not configured)
   rt_header   TEXT,                           -- header that carries the RT (Nous: x-nous-refresh-token);
                                               -- NULL: the form field refresh_token
   skew_s      INTEGER NOT NULL DEFAULT 120    -- refresh when the access token expires within this many seconds
@@ -44,8 +44,8 @@ CREATE TABLE profile (
 CREATE TABLE credential (
   id            INTEGER PRIMARY KEY,
   provider      TEXT NOT NULL REFERENCES provider(name),
-  client_id     TEXT NOT NULL,                -- client id the grant was issued to
-  token_url     TEXT NOT NULL,                -- endpoint this grant refreshes at
+  client_id     TEXT,                         -- client id the grant was issued to (NULL: the provider's, once set)
+  token_url     TEXT,                         -- endpoint this grant refreshes at (NULL: the provider's, once set)
   label         TEXT,                         -- account label (e-mail or user name), never a secret
   access_token  TEXT,                         -- SECRET: the current access token
   expires_at    INTEGER,                      -- access-token expiry; NULL = unknown (treated as expired)

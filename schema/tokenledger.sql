@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 1).
+-- tokenledger canonical schema (user_version 2).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -22,17 +22,17 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 
 -- A token endpoint configuration. Credentials copy the endpoint they were
 -- issued by, so changing a provider never redirects an existing grant.
 CREATE TABLE provider (
   name        TEXT PRIMARY KEY NOT NULL       -- Hermes provider id: 'nous', 'openai-codex', 'custom:x'
               CHECK (length(name) BETWEEN 1 AND 128),
-  token_url   TEXT NOT NULL                   -- refresh/token endpoint; https, or http on loopback
-              CHECK (token_url LIKE 'https://%' OR token_url LIKE 'http://%'),
+  token_url   TEXT                            -- refresh/token endpoint; https, or http on loopback;
+              CHECK (token_url LIKE 'https://%' OR token_url LIKE 'http://%'), -- NULL: not configured yet
   device_url  TEXT,                           -- RFC 8628 device authorization endpoint, if any
-  client_id   TEXT NOT NULL,                  -- OAuth client id sent with every grant
+  client_id   TEXT,                           -- OAuth client id sent with every grant (NULL: not configured)
   rt_header   TEXT,                           -- header that carries the RT (Nous: x-nous-refresh-token);
                                               -- NULL: the form field refresh_token
   skew_s      INTEGER NOT NULL DEFAULT 120    -- refresh when the access token expires within this many seconds
@@ -64,8 +64,8 @@ CREATE TABLE profile (
 CREATE TABLE credential (
   id            INTEGER PRIMARY KEY,
   provider      TEXT NOT NULL REFERENCES provider(name),
-  client_id     TEXT NOT NULL,                -- client id the grant was issued to
-  token_url     TEXT NOT NULL,                -- endpoint this grant refreshes at
+  client_id     TEXT,                         -- client id the grant was issued to (NULL: the provider's, once set)
+  token_url     TEXT,                         -- endpoint this grant refreshes at (NULL: the provider's, once set)
   label         TEXT,                         -- account label (e-mail or user name), never a secret
   access_token  TEXT,                         -- SECRET: the current access token
   expires_at    INTEGER,                      -- access-token expiry; NULL = unknown (treated as expired)
@@ -228,6 +228,24 @@ CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
 BEGIN
   SELECT RAISE(ABORT, 'audit_event is append-only');
 END;
+
+-- A Hermes file tokenledger imports from and exports to: a profile's auth.json,
+-- or the shared Nous store (shared/nous_auth.json). The template is the file as
+-- last read, with every refresh/access token that belongs to a credential
+-- replaced by a reference {"$tl": "rt"|"at", "credential": N}; export fills the
+-- references from the ledger and keeps every other key as Hermes wrote it.
+CREATE TABLE hermes_file (
+  id          INTEGER PRIMARY KEY,
+  profile_id  INTEGER REFERENCES profile(id) ON DELETE CASCADE, -- NULL for the shared Nous store
+  kind        TEXT NOT NULL CHECK (kind IN ('auth', 'shared_nous')),
+  path        TEXT NOT NULL UNIQUE,            -- absolute path of the file
+  template    TEXT NOT NULL                    -- SECRET (may hold API keys): the document with token references
+              CHECK (json_valid(template)),
+  sha256      TEXT,                            -- hex SHA-256 of the bytes last read or written: "did Hermes change it?"
+  imported_at INTEGER NOT NULL,
+  synced_at   INTEGER NOT NULL                 -- last import, export or sync of this file
+) STRICT;
+CREATE INDEX hermes_file_profile ON hermes_file(profile_id);
 
 -- Forensic views. None selects access_token or secret.
 

@@ -637,6 +637,67 @@ static int cmd_pool(const cmd *c, int argc, char **argv)
   return EXIT_OK;
 }
 
+static int cmd_import(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1] = {0}, *profile = NULL;
+  int json = 0, all = 0, dry = 0;
+  opt opts[] = {{"profile", 1, &profile, NULL},
+                {"all-profiles", 0, NULL, &all},
+                {"dry-run", 0, NULL, &dry},
+                {"json", 0, NULL, &json},
+                {0}};
+  PARSE_OR_RETURN(opts, pos, 1);
+  if (npos != 1)
+    return usage_error("%s", "expected 'import PATH' (an auth.json, a Hermes home, or a root with --all-profiles)");
+  if (all && profile)
+    return usage_error("%s", "--profile and --all-profiles exclude each other");
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, profile);
+  tl_import_opts o = {.profile = profile, .all_profiles = all, .dry_run = dry};
+  tl_report *r = NULL;
+  tl_error err = {0};
+  tl_status rc = tl_import(&r, s, pos[0], &o, &err);
+  if (rc == TL_OK && dry && !json)
+    printf("dry run: nothing was written\n");
+  return finish_report(s, rc, r, &err, json, 0);
+}
+
+static int cmd_export(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1], *profile = NULL, *output = NULL, *shared = NULL;
+  int json = 0;
+  opt opts[] = {{"profile", 1, &profile, NULL},
+                {"output", 1, &output, NULL},
+                {"shared-nous", 1, &shared, NULL},
+                {"json", 0, NULL, &json},
+                {0}};
+  PARSE_OR_RETURN(opts, pos, 0);
+  if (!profile)
+    return usage_error("%s", "--profile is required");
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, profile);
+  tl_report *r = NULL;
+  tl_error err = {0};
+  tl_status rc = tl_export(&r, s, profile, output, shared, &err);
+  return finish_report(s, rc, r, &err, json, 0);
+}
+
+static int cmd_sync(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1], *profile = NULL;
+  int json = 0, all = 0;
+  opt opts[] = {{"profile", 1, &profile, NULL}, {"all", 0, NULL, &all}, {"json", 0, NULL, &json}, {0}};
+  PARSE_OR_RETURN(opts, pos, 0);
+  if (!!profile == !!all)
+    return usage_error("%s", "give --profile NAME or --all");
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, profile);
+  tl_report *r = NULL;
+  tl_error err = {0};
+  tl_status rc = tl_sync(&r, s, profile, &err);
+  return finish_report(s, rc, r, &err, json, 0);
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const cmd commands[] = {
@@ -658,6 +719,21 @@ static const cmd commands[] = {
      "Secrets are read from files or standard input, never from the command line. An RT the ledger\n"
      "already knows as spent is refused (exit 4) and the refusal is audited. An RT that is already live\n"
      "attaches the profile to the existing credential.\n"},
+    {"import", cmd_import, "import PATH [--profile NAME | --all-profiles] [--dry-run] [--json]",
+     "Imports Hermes credentials in one transaction: PATH is an auth.json, a Hermes home, or with\n"
+     "--all-profiles a Hermes root (the root is profile 'default', each profiles/<name> its own profile,\n"
+     "and shared/nous_auth.json is read too). The same grant anywhere becomes one credential; unknown keys\n"
+     "are kept for export. A refresh token the ledger knows as spent refuses the whole import (exit 4).\n"
+     "Bad input names the file, the JSON path and the reason (exit 2) and changes nothing. Never contacts\n"
+     "a server. --dry-run reports what would happen and writes nothing.\n"},
+    {"export", cmd_export, "export --profile NAME [--output FILE] [--shared-nous DIR] [--json]",
+     "Writes the ledger's tokens into the profile's auth.json (or FILE) under Hermes' own lock (flock on\n"
+     "the sibling auth.lock), changing only the fields tokenledger owns; temp file, fsync, rename, 0600.\n"
+     "--shared-nous DIR also writes DIR/nous_auth.json under nous_auth.lock.\n"},
+    {"sync", cmd_sync, "sync (--profile NAME | --all) [--json]",
+     "Under auth.lock, adopts what Hermes changed (a new refresh token that replaced the ledger's is an\n"
+     "external rotation; a spent one is refused and overwritten), then exports the ledger's state.\n"
+     "A file that did not change is not rewritten.\n"},
     {"status", cmd_status, "status [--profile NAME] [--json]",
      "Per-profile token status: entries, credentials, access-token validity, RT generation and state.\n"},
     {"lineage", cmd_lineage, "lineage [--credential ID] [--json]",

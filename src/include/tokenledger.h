@@ -111,7 +111,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 1
+#define TL_SCHEMA_VERSION 2
 
 /**
  * Opens (or creates) the ledger at path.
@@ -340,6 +340,45 @@ TL_EXTERN tl_status tl_recover(tl_token **out, tl_store *store, int64_t credenti
 /** Resolves (profile, provider) to the credential its strategy picks first. */
 TL_EXTERN tl_status tl_credential_find(int64_t *out, tl_store *store, const char *profile, const char *provider,
                                        tl_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Hermes interoperability                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tl_import_opts {
+  const char *profile; /**< profile for a single file or home (default "default") */
+  int all_profiles;    /**< PATH is a Hermes root: root = default, profiles/<name>, shared store */
+  int dry_run;         /**< report what would happen; write nothing */
+} tl_import_opts;
+
+/**
+ * Imports an auth.json, a Hermes home or (all_profiles) a Hermes root in one
+ * transaction. The same grant anywhere becomes one credential; unknown keys
+ * are kept for export. A refresh token the ledger knows as spent refuses the
+ * whole import (TL_EREUSE, audited). Bad input: TL_EINVAL naming the file,
+ * the JSON path and the reason; the ledger is untouched. Never contacts a
+ * server. The report has one row per grant place: profile, file, path,
+ * provider, credential, action (new, attached, unchanged, external_rotation,
+ * api_key, borrowed, no_refresh_token, ...), note.
+ */
+TL_EXTERN tl_status tl_import(tl_report **out, tl_store *store, const char *path, const tl_import_opts *opts,
+                              tl_error *err);
+
+/**
+ * Writes the ledger's tokens into the profile's auth.json (or output), under
+ * an exclusive flock on the sibling auth.lock, patching only the fields
+ * tokenledger owns; atomic replace at 0600. With shared_dir, also writes
+ * shared_dir/nous_auth.json under nous_auth.lock.
+ */
+TL_EXTERN tl_status tl_export(tl_report **out, tl_store *store, const char *profile, const char *output,
+                              const char *shared_dir, tl_error *err);
+
+/**
+ * For one profile (or every profile with a home when profile is NULL): under
+ * auth.lock, adopts what Hermes changed (a new RT replacing the ledger's is an
+ * external rotation; a spent one is refused and overwritten), then exports.
+ */
+TL_EXTERN tl_status tl_sync(tl_report **out, tl_store *store, const char *profile, tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* HTTP seam (tests and benchmarks)                                         */

@@ -101,6 +101,9 @@ tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_e
 /* refresh.c: marks in-flight attempts whose owner is gone as unknown (with fix). */
 tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_error *err);
 
+/* refresh.c: expiry (ms) from a JWT access token's exp claim; 0 if unreadable. */
+int64_t tl__jwt_exp_ms(const char *jwt);
+
 /* http.c */
 int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp);
 void tl__http_response_clear(tl_http_response *resp);

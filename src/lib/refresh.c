@@ -575,8 +575,15 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
            sqlite3_column_text(st, 10) ? (const char *)sqlite3_column_text(st, 10) : "no reason recorded");
   int64_t not_before = sqlite3_column_int64(st, 12);
   sqlite3_reset(st);
-  if (!cl->token_url || !cl->client_id || !cl->provider) {
+  if (!cl->provider) {
     rc = tl__oom(err);
+    goto fail;
+  }
+  if (!cl->token_url || !cl->client_id) {
+    rc = tl__err(err, TL_ENOTFOUND, 0,
+                 "credential %lld: provider '%s' has no token endpoint or client id configured; run 'tokenledger "
+                 "provider set %s --token-url URL --client-id ID'",
+                 (long long)cred, cl->provider, cl->provider);
     goto fail;
   }
   if (strcmp(status, "needs_reauth") == 0) {
@@ -786,7 +793,7 @@ static int reuse_answer(const char *error, const char *desc)
 }
 
 /* Expiry from a JWT's exp claim, in ms; 0 if the token is not a readable JWT. */
-static int64_t jwt_exp_ms(const char *jwt)
+int64_t tl__jwt_exp_ms(const char *jwt)
 {
   const char *a = strchr(jwt, '.');
   const char *b = a ? strchr(a + 1, '.') : NULL;
@@ -892,7 +899,7 @@ static void classify(answer *a, const tl_http_response *r, const char *old_rt)
     else if (json_is_real(ei) && json_real_value(ei) > 0)
       a->expires_at = now + (int64_t)(json_real_value(ei) * 1000);
     else
-      a->expires_at = jwt_exp_ms(a->access_token);
+      a->expires_at = tl__jwt_exp_ms(a->access_token);
     a->extra = json_object();
     static const char *const keep[] = {"token_type", "inference_base_url"};
     for (size_t i = 0; a->extra && i < 2; i++) {

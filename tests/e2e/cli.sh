@@ -17,13 +17,13 @@ check '[ -f "$DB" ]' "TOKENLEDGER_DB is honoured"
 D="--db $DB"
 
 # --- help everywhere
-for c in init profile provider credential status lineage audit history check-rt doctor token refresh recover report pool; do
+for c in init profile provider credential import export sync status lineage audit history check-rt doctor token refresh recover report pool; do
   tl $D $c --help
   expect 0 "$c --help"
   contains "usage: tokenledger" "$c --help prints usage"
 done
 tl --help; expect 0 "--help"; contains "Exit codes" "--help documents exit codes"
-tl --version; expect 0 "--version"; contains "schema 1" "--version names the schema"
+tl --version; expect 0 "--version"; contains "schema 2" "--version names the schema"
 
 # --- usage errors: exit 2, nothing changes
 before=$(snapshot "$DB")
