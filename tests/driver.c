@@ -9,6 +9,11 @@
  *                                            each killed with SIGKILL at a random
  *                                            moment; unknown outcomes are marked
  *                                            dead and replaced by a fresh grant
+ *   tl-driver hermes-writer AUTH URL DB N    behaves like Hermes: 2N rounds of flock(auth.lock),
+ *                                            read, bump writer_seq, and every other round refresh
+ *                                            at the portal with the file's RT and write the new
+ *                                            pair atomically; after a rotation it waits until
+ *                                            the ledger has adopted the new RT (a sync ran)
  *   tl-driver verify DB URL                  every RT the portal issued is in the
  *                                            ledger, or is the answer to an
  *                                            attempt recorded `unknown`; no reuse;
@@ -18,10 +23,12 @@
 #include "internal.h"
 
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -337,6 +344,111 @@ static int verify(const char *db, const char *url)
   return bad ? 1 : 0;
 }
 
+static int hermes_round(const char *auth, const char *url, int seq, int rotate, char fp[65])
+{
+  char lock[4096], tmp[4200];
+  snprintf(lock, sizeof lock, "%s", auth);
+  char *dot = strrchr(lock, '.');
+  if (dot)
+    *dot = '\0';
+  strcat(lock, ".lock");
+  int fd = open(lock, O_RDWR | O_CREAT, 0600);
+  if (fd < 0 || flock(fd, LOCK_EX) != 0)
+    return 1;
+  json_error_t je;
+  json_t *doc = json_load_file(auth, JSON_REJECT_DUPLICATES, &je);
+  int rc = 1;
+  if (!doc) {
+    fprintf(stderr, "hermes-writer: torn or unreadable auth.json: %s\n", je.text);
+    goto done;
+  }
+  json_object_set_new(doc, "writer_seq", json_integer(seq));
+  if (rotate) {
+    json_t *nous = json_object_get(json_object_get(doc, "providers"), "nous");
+    const char *rt = json_string_value(json_object_get(nous, "refresh_token"));
+    char hdr[600], full[512];
+    snprintf(hdr, sizeof hdr, "x-nous-refresh-token: %s", rt ? rt : "");
+    snprintf(full, sizeof full, "%s/api/oauth/token", url);
+    CURL *h = curl_easy_init();
+    struct curl_slist *hl = curl_slist_append(NULL, hdr);
+    buf b = {0};
+    curl_easy_setopt(h, CURLOPT_URL, full);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "grant_type=refresh_token&client_id=hermes-cli");
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    long status = 0;
+    if (curl_easy_perform(h) == CURLE_OK)
+      curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(h);
+    json_t *ans = status == 200 && b.p ? json_loads(b.p, 0, NULL) : NULL;
+    free(b.p);
+    const char *nrt = json_string_value(json_object_get(ans, "refresh_token"));
+    if (!nrt) {
+      fprintf(stderr, "hermes-writer: refresh failed with HTTP %ld\n", status);
+      json_decref(ans);
+      goto done;
+    }
+    tl_fingerprint(fp, nrt, strlen(nrt));
+    json_object_set(nous, "refresh_token", json_object_get(ans, "refresh_token"));
+    json_object_set(nous, "access_token", json_object_get(ans, "access_token"));
+    json_decref(ans);
+  }
+  snprintf(tmp, sizeof tmp, "%s.writer.tmp", auth);
+  if (json_dump_file(doc, tmp, JSON_INDENT(2)) != 0 || rename(tmp, auth) != 0)
+    goto done;
+  rc = 0;
+done:
+  json_decref(doc);
+  flock(fd, LOCK_UN);
+  close(fd);
+  return rc;
+}
+
+static int hermes_writer(const char *auth, const char *url, const char *db, int rotations)
+{
+  tl_store *s = NULL;
+  tl_error err = {0};
+  if (tl_store_open(&s, db, TL_OPEN_READONLY, &err) != TL_OK) {
+    fprintf(stderr, "hermes-writer: %s\n", err.message);
+    return 2;
+  }
+  int adopted = 0;
+  for (int i = 0; i < 2 * rotations; i++) {
+    char fp[65] = "";
+    int rotate = i % 2 == 1;
+    if (hermes_round(auth, url, i, rotate, fp) != 0) {
+      tl_store_free(s);
+      return 1;
+    }
+    if (!rotate)
+      continue;
+    /* Wait for a sync to adopt this rotation before the next one. */
+    int64_t deadline = tl__now_ms() + 20000;
+    for (;;) {
+      static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp";
+      sqlite3_stmt *st = tl__stmt(s, sql, &err);
+      tl__bind_text(st, ":fp", fp);
+      int known = sqlite3_step(st) == SQLITE_ROW;
+      sqlite3_reset(st);
+      if (known) {
+        adopted++;
+        break;
+      }
+      if (tl__now_ms() > deadline) {
+        fprintf(stderr, "hermes-writer: rotation %d was never adopted by a sync\n", i / 2);
+        tl_store_free(s);
+        return 1;
+      }
+      usleep(5000);
+    }
+  }
+  tl_store_free(s);
+  printf("hermes-writer: %d writes, %d rotations, all adopted into the lineage\n", 2 * rotations, adopted);
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
   signal(SIGPIPE, SIG_IGN);
@@ -346,9 +458,11 @@ int main(int argc, char **argv)
     return crowd(argv[2], atoi(argv[3]), argv[4]);
   if (argc == 6 && strcmp(argv[1], "crash") == 0)
     return crash(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+  if (argc == 6 && strcmp(argv[1], "hermes-writer") == 0)
+    return hermes_writer(argv[2], argv[3], argv[4], atoi(argv[5]));
   if (argc == 4 && strcmp(argv[1], "verify") == 0)
     return verify(argv[2], argv[3]);
   fprintf(stderr, "usage: tl-driver hammer DB NPROC NPROF CALLS | crowd DB NPROC PROFILE | crash DB URL ITER NPROF | "
-                  "verify DB URL\n");
+                  "hermes-writer AUTH URL DB N | verify DB URL\n");
   return 2;
 }

@@ -725,6 +725,8 @@ static tl_status ingest_slot(ingest *in, slot *sl, tl_error *err)
   tl_status look = tl__rt_lookup(&known_rt, &known_cred, in->s, fp, &probe);
   int64_t mapped = template_cred(in->old_template, sl->key, in->shared);
   if (look == TL_EREUSE) {
+    if (in->adopt && !mapped)
+      mapped = known_cred; /* the spent token itself says which grant this place holds */
     if (in->adopt && mapped) {
       /* Hermes still holds a token the ledger knows is spent; export overwrites it. */
       snprintf(in->blocked_fp, sizeof in->blocked_fp, "%s", fp);

@@ -268,6 +268,21 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
   tl__bind_int(st, ":now", tl__now_ms());
   if ((rc = tl__step_done(s, st, "provider set", err)) != TL_OK)
     goto fail;
+  if (p->token_url || p->client_id) {
+    /* Credentials imported before the provider was configured take its endpoint now. */
+    static const char fill_sql[] = "UPDATE credential SET token_url = coalesce(token_url, :url), client_id = "
+                                   "coalesce(client_id, :client) WHERE provider = :name AND (token_url IS NULL OR "
+                                   "client_id IS NULL)";
+    if (!(st = tl__stmt(s, fill_sql, err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_text(st, ":url", p->token_url);
+    tl__bind_text(st, ":client", p->client_id);
+    tl__bind_text(st, ":name", p->name);
+    if ((rc = tl__step_done(s, st, "provider set", err)) != TL_OK)
+      goto fail;
+  }
   if ((rc = tl__audit(s, exists ? "provider_updated" : "provider_added", NULL,
                       json_pack("{s:s, s:s?, s:s?, s:s?}", "provider", p->name, "token_url", p->token_url, "rt_header",
                                 p->rt_header, "client_id", p->client_id),
