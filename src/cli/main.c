@@ -698,6 +698,37 @@ static int cmd_sync(const cmd *c, int argc, char **argv)
   return finish_report(s, rc, r, &err, json, 0);
 }
 
+static void show_code(void *ud, const char *uri, const char *complete, const char *code, int expires_in)
+{
+  (void)ud;
+  fprintf(stderr, "To log in, open %s and enter the code %s (valid %d s)\n", complete ? complete : uri, code,
+          expires_in);
+  fprintf(stderr, "Waiting for approval...\n");
+}
+
+static int cmd_login(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1] = {0}, *profile = NULL;
+  int json = 0;
+  opt opts[] = {{"profile", 1, &profile, NULL}, {"json", 0, NULL, &json}, {0}};
+  PARSE_OR_RETURN(opts, pos, 1);
+  if (npos != 1 || !profile)
+    return usage_error("%s", "expected 'login PROVIDER --profile NAME'");
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, profile);
+  tl_error err = {0};
+  int64_t id = 0;
+  tl_status rc = tl_login(&id, s, profile, pos[0], show_code, NULL, &err);
+  tl_store_free(s);
+  if (rc != TL_OK)
+    return tl_cli_fail(&err, rc);
+  if (json)
+    printf("{\"credential\": %lld, \"profile\": \"%s\", \"provider\": \"%s\"}\n", (long long)id, profile, pos[0]);
+  else
+    printf("logged in: credential %lld stored for profile %s (%s)\n", (long long)id, profile, pos[0]);
+  return EXIT_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const cmd commands[] = {
@@ -719,6 +750,9 @@ static const cmd commands[] = {
      "Secrets are read from files or standard input, never from the command line. An RT the ledger\n"
      "already knows as spent is refused (exit 4) and the refusal is audited. An RT that is already live\n"
      "attaches the profile to the existing credential.\n"},
+    {"login", cmd_login, "login PROVIDER --profile NAME [--json]",
+     "Logs in with the device authorization grant (RFC 8628): prints where to approve the login, waits,\n"
+     "and stores the new grant in the profile's pool. Use it after a credential needs re-authentication.\n"},
     {"import", cmd_import, "import PATH [--profile NAME | --all-profiles] [--dry-run] [--json]",
      "Imports Hermes credentials in one transaction: PATH is an auth.json, a Hermes home, or with\n"
      "--all-profiles a Hermes root (the root is profile 'default', each profiles/<name> its own profile,\n"

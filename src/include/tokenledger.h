@@ -341,6 +341,20 @@ TL_EXTERN tl_status tl_recover(tl_token **out, tl_store *store, int64_t credenti
 TL_EXTERN tl_status tl_credential_find(int64_t *out, tl_store *store, const char *profile, const char *provider,
                                        tl_error *err);
 
+/** Shows the user where to approve a device login. Strings borrowed for the call. */
+typedef void (*tl_login_prompt)(void *ud, const char *verification_uri, const char *verification_uri_complete,
+                                const char *user_code, int expires_in);
+
+/**
+ * Logs in with the OAuth 2.0 device authorization grant (RFC 8628) at the
+ * provider's device endpoint, waits for the user's approval, and stores the
+ * new grant as a credential (origin login) in the profile's pool.
+ * Errors: TL_ENOTFOUND (no profile or endpoints), TL_ETRANSIENT (timed out,
+ * unreachable), TL_EREAUTH (denied or expired), TL_EREUSE.
+ */
+TL_EXTERN tl_status tl_login(int64_t *out_credential, tl_store *store, const char *profile, const char *provider,
+                             tl_login_prompt prompt, void *ud, tl_error *err);
+
 /* ------------------------------------------------------------------------ */
 /* Hermes interoperability                                                  */
 /* ------------------------------------------------------------------------ */

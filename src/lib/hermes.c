@@ -381,6 +381,7 @@ typedef struct ingest {
   int adopt; /* sync: spent RTs at mapped slots are left for export to overwrite */
   json_t *old_template;
   int shared;
+  json_t *nous_portal; /* borrowed: the document's providers.nous.portal_base_url, for pool rows */
   char blocked_fp[65]; /* a spent RT found by import: reported after rollback */
   char blocked_where[PATH_MAX + 400];
 } ingest;
@@ -413,9 +414,12 @@ static tl_status ensure_provider(tl_store *s, const char *name, tl_error *err)
 }
 
 /* Where a Nous grant refreshes, from the slot's portal_base_url (Hermes' rules). */
-static tl_status nous_token_url(char *out, size_t n, json_t *obj, const char *file, const char *path, tl_error *err)
+static tl_status nous_token_url(char *out, size_t n, json_t *obj, json_t *fallback, const char *file, const char *path,
+                                tl_error *err)
 {
   json_t *v = json_object_get(obj, "portal_base_url");
+  if (!json_is_string(v))
+    v = fallback; /* Hermes refreshes every Nous row through the singleton's portal */
   out[0] = '\0';
   if (!json_is_string(v))
     return TL_OK; /* the provider's default */
@@ -609,7 +613,7 @@ static tl_status new_credential(int64_t *out, ingest *in, const slot *sl, const 
   if ((rc = ensure_provider(in->s, sl->provider, err)) != TL_OK)
     return rc;
   if (strcmp(sl->provider, "nous") == 0 &&
-      (rc = nous_token_url(url, sizeof url, sl->obj, in->file, sl->path, err)) != TL_OK)
+      (rc = nous_token_url(url, sizeof url, sl->obj, in->nous_portal, in->file, sl->path, err)) != TL_OK)
     return rc;
   sqlite3_stmt *st = tl__stmt(in->s, prov_sql, err);
   if (!st)
@@ -826,6 +830,10 @@ static tl_status ingest_doc(ingest *in, const char *path, json_t *doc, const cha
   slots ss = {0};
   tl_status rc = walk(&ss, doc, path, in->shared, err);
   in->old_template = rc == TL_OK ? load_template(in->s, path, NULL) : NULL;
+  in->nous_portal = json_object_get(json_object_get(json_object_get(doc, "providers"), "nous"), "portal_base_url");
+  if (!in->nous_portal)
+    in->nous_portal =
+        json_object_get(json_object_get(json_object_get(doc, "systems"), "nous_portal"), "portal_base_url");
   /* Pool rows first: a singleton whose grant a pool row holds needs no entry of its own. */
   for (int pass = 0; pass < 2; pass++)
     for (size_t i = 0; rc == TL_OK && i < ss.n; i++)

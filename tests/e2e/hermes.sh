@@ -110,6 +110,13 @@ tl $D init
 tl $D import "$H" --profile alpha; expect 0 "import a Hermes home"
 check '[ "$(q "SELECT token_url FROM credential")" = "$URL/api/oauth/token" ]' "the credential refreshes at its own portal_base_url"
 tl $D refresh nous --profile alpha --force; expect 0 "refresh through the portal"
+# a pool row without its own portal_base_url refreshes at the singleton's portal, as in Hermes
+seed2=$(admin seed)
+jq -n --arg rt "$(jq -r .refresh_token <<< "$seed2")" --arg url "$URL" '{version: 1,
+  providers: {nous: {portal_base_url: $url, refresh_token: $rt}},
+  credential_pool: {nous: [{id: "p00001", source: "device_code", refresh_token: $rt}]}}' > "$WORK/pool-first.json"
+tl $D import "$WORK/pool-first.json" --profile delta; expect 0 "import a pool row and its singleton"
+check '[ "$(q "SELECT c.token_url FROM credential c JOIN pool_entry e ON e.credential_id = c.id JOIN profile p ON p.id = e.profile_id WHERE p.name = \"delta\"")" = "$URL/api/oauth/token" ]' "the pool row uses the singleton's portal"
 tl $D export --profile alpha; expect 0 "export to the profile's auth.json"
 check '[ "$(jq -r .providers.nous.refresh_token "$H/auth.json")" != "$(cat "$WORK/rt-a0")" ]' "export wrote the rotated RT"
 check '[ "$(jq -r .providers.nous.agent_key "$H/auth.json")" = "$(jq -r .providers.nous.access_token "$H/auth.json")" ]' "agent_key equals the access token"
@@ -135,7 +142,7 @@ cp "$H/auth.json" "$WORK/real/auth.json"; ln -s "$WORK/real/auth.json" "$H2/auth
 tl $D profile add gamma --home "$H2"
 tl $D refresh nous --profile alpha --force; expect 0 "another rotation"
 tl $D export --profile alpha --output "$H2/auth.json"; expect 0 "export through a symlink"
-check '[ -L "$H2/auth.json" ] && [ "$(jq -r .providers.nous.refresh_token "$WORK/real/auth.json")" = "$(q "SELECT secret FROM refresh_token WHERE state = \"current\"")" ]' "symlink kept, target updated"
+check '[ -L "$H2/auth.json" ] && [ "$(jq -r .providers.nous.refresh_token "$WORK/real/auth.json")" = "$(q "SELECT secret FROM refresh_token WHERE state = \"current\" AND credential_id = 1")" ]' "symlink kept, target updated"
 
 # the lock is Hermes' lock
 flock "$H/auth.lock" sleep 3 & holder=$!
@@ -163,7 +170,7 @@ tl $D sync --profile alpha; expect 0 "sync exports the new rotation"
 jq --arg rt "$(cat "$WORK/rt-a0")" '.providers.nous.refresh_token = $rt' "$H/auth.json" > "$H/auth.json.new" && mv "$H/auth.json.new" "$H/auth.json"
 tl $D sync --profile alpha --json; expect 0 "sync with a spent RT in the file"
 check 'jq -e "any(.[]; .action == \"spent_overwritten\")" "$OUT" >/dev/null' "the spent RT is reported"
-check '[ "$(jq -r .providers.nous.refresh_token "$H/auth.json")" = "$(q "SELECT secret FROM refresh_token WHERE state = \"current\"")" ]' "and overwritten with the current one"
+check '[ "$(jq -r .providers.nous.refresh_token "$H/auth.json")" = "$(q "SELECT secret FROM refresh_token WHERE state = \"current\" AND credential_id = 1")" ]' "and overwritten with the current one"
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = \"reuse_blocked\"")" = 2 ]' "audited as reuse_blocked"
 tl $D sync --all; expect 0 "sync --all"
 tl $D sync; expect 2 "sync needs --profile or --all"

@@ -100,5 +100,17 @@ check '[ "$(counter reuse_detections)" = 1 ]' "the only reuse the portal saw is 
 tl $D token nous --profile dora; expect 5 "later calls fail fast"
 tl $D history --json --limit 1; check 'jq -e ".[0].outcome == \"rejected\"" "$OUT" >/dev/null' "history shows the rejection"
 
+# --- log in again with the device flow, as the message says
+tl $D provider set nous --device-url "$URL/api/oauth/device/code"
+tl $D login nous --profile dora; expect 0 "device-flow login"
+contains "enter the code" "shows the user code"
+check '[ "$(counter device_grants)" = 1 ]' "the portal issued one device grant"
+tl $D token nous --profile dora; expect 0 "the profile works again after login"
+check '[ "$(q "SELECT origin FROM refresh_token ORDER BY id DESC LIMIT 1")" = login ]' "the new lineage starts with origin login"
+admin config "approve_after=0" >/dev/null
+tl $D provider set nous --device-url "http://127.0.0.1:9/device"
+tl $D login nous --profile dora; expect 7 "an unreachable device endpoint is transient"
+tl $D login nous --profile ghost; expect 3 "login for an unknown profile"
+
 no_secret_leak "$WORK/rt-a" "$WORK/rt-b" "$WORK/rt-c" "$WORK/rt-d" "$WORK/rt-d1"
 finish
