@@ -729,6 +729,35 @@ static int cmd_login(const cmd *c, int argc, char **argv)
   return EXIT_OK;
 }
 
+static int cmd_compact(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1], *keep = NULL;
+  int json = 0;
+  opt opts[] = {{"keep-days", 1, &keep, NULL}, {"json", 0, NULL, &json}, {0}};
+  PARSE_OR_RETURN(opts, pos, 0);
+  int64_t days = 90;
+  int prc;
+  if (keep && (prc = parse_int64(&days, keep, "--keep-days")) >= 0)
+    return prc;
+  if (days > 36500)
+    return usage_error("%s", "--keep-days is at most 36500");
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, NULL);
+  tl_error err = {0};
+  int64_t deleted = 0, before = 0, after = 0;
+  tl_status rc = tl_compact(&deleted, &before, &after, s, days * 86400000LL, &err);
+  tl_store_free(s);
+  if (rc != TL_OK)
+    return tl_cli_fail(&err, rc);
+  if (json)
+    printf("{\"attempts_deleted\": %lld, \"bytes_before\": %lld, \"bytes_after\": %lld}\n", (long long)deleted,
+           (long long)before, (long long)after);
+  else
+    printf("removed %lld settled attempt(s) older than %lld day(s); %lld -> %lld bytes (fingerprints and audit kept)\n",
+           (long long)deleted, (long long)days, (long long)before, (long long)after);
+  return EXIT_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const cmd commands[] = {
@@ -768,6 +797,9 @@ static const cmd commands[] = {
      "Under auth.lock, adopts what Hermes changed (a new refresh token that replaced the ledger's is an\n"
      "external rotation; a spent one is refused and overwritten), then exports the ledger's state.\n"
      "A file that did not change is not rewritten.\n"},
+    {"compact", cmd_compact, "compact [--keep-days N] [--json]",
+     "Retention: removes settled refresh attempts of spent tokens older than N days (default 90) and\n"
+     "vacuums. Refresh-token rows (fingerprints) and audit rows are never removed.\n"},
     {"status", cmd_status, "status [--profile NAME] [--json]",
      "Per-profile token status: entries, credentials, access-token validity, RT generation and state.\n"},
     {"lineage", cmd_lineage, "lineage [--credential ID] [--json]",

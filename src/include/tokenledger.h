@@ -266,6 +266,15 @@ TL_EXTERN tl_status tl_rt_check(tl_report **out, tl_store *store, const char *rt
 TL_EXTERN tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *store, int fix, tl_error *err);
 
 /**
+ * Retention: deletes settled refresh attempts older than keep_ms whose RT is
+ * spent (rotated, rejected, retired), then VACUUMs. Never deletes a refresh
+ * token row (fingerprints are what catches reuse) nor an audit row.
+ * *out_deleted: attempts removed; *out_bytes_before/after: file size.
+ */
+TL_EXTERN tl_status tl_compact(int64_t *out_deleted, int64_t *out_bytes_before, int64_t *out_bytes_after,
+                               tl_store *store, int64_t keep_ms, tl_error *err);
+
+/**
  * Repairs the modes of an existing ledger before it can be opened: the file
  * (and its -wal/-shm companions) to 0600. Only regular files owned by the
  * caller are touched; symlinks are refused.

@@ -329,3 +329,58 @@ done:
   *out_problems = problems;
   return TL_OK;
 }
+
+static int64_t file_bytes(tl_store *s)
+{
+  sqlite3_stmt *st = NULL;
+  int64_t n = 0;
+  if (sqlite3_prepare_v2(s->db, "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size", -1, &st,
+                         NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return n;
+}
+
+tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_after, tl_store *s, int64_t keep_ms,
+                     tl_error *err)
+{
+  static const char sql[] =
+      "DELETE FROM refresh_attempt WHERE outcome NOT IN ('in_flight', 'unknown') AND finished_at < :cutoff AND rt_id "
+      "IN (SELECT id FROM refresh_token WHERE state IN ('rotated', 'rejected', 'retired'))";
+  tl_status rc;
+  if (!s || keep_ms < 0)
+    return tl__err(err, TL_EINVAL, 0, "compact: bad arguments");
+  int64_t before = file_bytes(s);
+  if ((rc = tl__tx_begin(s, "compact", err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    tl__tx_rollback(s);
+    return TL_ERROR;
+  }
+  tl__bind_int(st, ":cutoff", tl__now_ms() - keep_ms);
+  if ((rc = tl__step_done(s, st, "compact", err)) != TL_OK) {
+    tl__tx_rollback(s);
+    return rc;
+  }
+  int64_t deleted = sqlite3_changes64(s->db);
+  tl__ids ids = {0};
+  if ((rc = tl__audit(s, "compact", &ids,
+                      json_pack("{s:I, s:I}", "attempts_deleted", (json_int_t)deleted, "keep_ms", (json_int_t)keep_ms),
+                      err)) != TL_OK) {
+    tl__tx_rollback(s);
+    return rc;
+  }
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    return rc;
+  if ((rc = tl__exec(s, "VACUUM; PRAGMA wal_checkpoint(TRUNCATE);", err)) != TL_OK)
+    return rc;
+  if (out_deleted)
+    *out_deleted = deleted;
+  if (out_before)
+    *out_before = before;
+  if (out_after)
+    *out_after = file_bytes(s);
+  return TL_OK;
+}

@@ -17,7 +17,7 @@ check '[ -f "$DB" ]' "TOKENLEDGER_DB is honoured"
 D="--db $DB"
 
 # --- help everywhere
-for c in init profile provider credential login import export sync status lineage audit history check-rt doctor token refresh recover report pool; do
+for c in init profile provider credential login import export sync compact status lineage audit history check-rt doctor token refresh recover report pool; do
   tl $D $c --help
   expect 0 "$c --help"
   contains "usage: tokenledger" "$c --help prints usage"
@@ -100,6 +100,13 @@ tl $D credential add nous --profile dave --refresh-token-file "$WORK/rt1"; expec
 contains "already spent" "names the reuse"
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE event=\"reuse_blocked\"")" = $((n + 1)) ]' "reuse_blocked audited"
 check '[ "$(q "SELECT count(*) FROM pool_entry p JOIN profile f ON f.id=p.profile_id WHERE f.name=\"dave\"")" = 0 ]' "nothing stored for dave"
+
+# --- compact keeps fingerprints and audit
+fps=$(q "SELECT count(*) FROM refresh_token"); au=$(q "SELECT count(*) FROM audit_event")
+tl $D compact --keep-days 0 --json; expect 0 "compact"
+check 'jq -e ".attempts_deleted >= 0 and .bytes_after > 0" "$OUT" >/dev/null' "compact reports what it did"
+check '[ "$(q "SELECT count(*) FROM refresh_token")" = "$fps" ] && [ "$(q "SELECT count(*) FROM audit_event")" -gt "$au" ]' "fingerprints and audit rows kept"
+tl $D compact --keep-days x; expect 2 "compact with a bad --keep-days"
 
 # --- doctor
 tl $D doctor; expect 0 "doctor on a healthy ledger"

@@ -392,6 +392,32 @@ static void test_refresh__strategies_pick_and_skip(void **state)
   assert_int_equal(tl_strategy_parse(&s, "quota_aware", &err), TL_EINVAL);
 }
 
+static void test_refresh__compact_keeps_every_fingerprint(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-k1"), 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-k2"), 0);
+  add(&c, TL_HTTP_LOST, 0, NULL, 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-k0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  for (int i = 0; i < 3; i++) {
+    tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err);
+    tl_token_free(t);
+    t = NULL;
+    tl_error_clear(&err);
+  }
+  int64_t deleted = -1, before = 0, after = 0, audit = fx_int(f->s, "SELECT count(*) FROM audit_event");
+  assert_int_equal(tl_compact(&deleted, &before, &after, f->s, 0, &err), TL_OK);
+  assert_int_equal(deleted, 2); /* the two settled presentations of spent tokens */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 3);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'unknown'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event"), audit + 1);
+  assert_true(after > 0);
+}
+
 static void test_refresh__no_credential_is_not_found(void **state)
 {
   fx *f = *state;
@@ -422,6 +448,7 @@ int main(void)
       T(test_refresh__client_error_is_not_terminal),
       T(test_refresh__terminal_words_of_other_servers_are_terminal),
       T(test_refresh__strategies_pick_and_skip),
+      T(test_refresh__compact_keeps_every_fingerprint),
       T(test_refresh__no_credential_is_not_found),
   };
   return cmocka_run_group_tests_name("refresh", tests, NULL, NULL);
