@@ -16,6 +16,12 @@
  *     is prepared once per connection.
  *   - Write transactions start with BEGIN IMMEDIATE through tl__tx_begin, which
  *     remembers where they were opened, so a write lock is never taken lazily.
+ *   - Writers queue on a write gate before BEGIN IMMEDIATE: a process-shared,
+ *     robust mutex in <db>-wlock (0600). Waiters sleep in the kernel and wake
+ *     when it is released, instead of polling SQLite's lock; a holder killed
+ *     with SIGKILL passes it on (EOWNERDEAD). SQLite's locking stays the
+ *     correctness mechanism; the gate only orders writers, and without it
+ *     (another filesystem, another binary layout) everything still works.
  */
 #include "internal.h"
 
@@ -23,11 +29,15 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TL_APPLICATION_ID 1414284359
@@ -125,12 +135,124 @@ tl_status tl__exec(tl_store *s, const char *sql, tl_error *err)
   return TL_OK;
 }
 
+/* ---- the write gate ------------------------------------------------------- */
+
+#define TL_GATE_MAGIC 0x544C5747u /* 'TLWG' */
+
+struct tl__wgate {
+  _Atomic unsigned magic; /* TL_GATE_MAGIC once initialised, 1 while initialising */
+  unsigned size;          /* sizeof(struct tl__wgate): a layout check across builds */
+  pthread_mutex_t mutex;
+};
+
+static void gate_open(tl_store *s)
+{
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s-wlock", s->path) >= (int)sizeof path)
+    return;
+  int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd < 0)
+    return;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) ||
+      (st.st_size < (off_t)sizeof(struct tl__wgate) && ftruncate(fd, sizeof(struct tl__wgate)) != 0)) {
+    close(fd);
+    return;
+  }
+  struct tl__wgate *g = mmap(NULL, sizeof *g, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (g == MAP_FAILED)
+    return;
+  unsigned expect = 0;
+  if (atomic_compare_exchange_strong(&g->magic, &expect, 1u)) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&g->mutex, &a);
+    pthread_mutexattr_destroy(&a);
+    g->size = sizeof *g;
+    atomic_store(&g->magic, TL_GATE_MAGIC);
+  }
+  for (int i = 0; i < 1000 && atomic_load(&g->magic) == 1u; i++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL); /* another process is initialising it */
+  }
+  if (atomic_load(&g->magic) != TL_GATE_MAGIC || g->size != sizeof *g) {
+    munmap(g, sizeof *g); /* unknown layout: do without the gate */
+    return;
+  }
+  s->gate = g;
+}
+
+/* 0 when held; TL_EBUSY past the deadline. */
+static tl_status gate_enter(tl_store *s)
+{
+  if (!s->gate)
+    return TL_OK;
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += s->busy_ms / 1000;
+  dl.tv_nsec += (long)(s->busy_ms % 1000) * 1000000L;
+  if (dl.tv_nsec >= 1000000000L) {
+    dl.tv_sec++;
+    dl.tv_nsec -= 1000000000L;
+  }
+  int rc = pthread_mutex_timedlock(&s->gate->mutex, &dl);
+  if (rc == EOWNERDEAD) {
+    pthread_mutex_consistent(&s->gate->mutex); /* its holder died; SQLite rolled its transaction back */
+    rc = 0;
+  }
+  if (rc == ETIMEDOUT)
+    return TL_EBUSY;
+  if (rc != 0)
+    return TL_OK; /* the gate is an optimisation: fall back to SQLite's lock alone */
+  s->gate_held = 1;
+  return TL_OK;
+}
+
+static void gate_leave(tl_store *s)
+{
+  if (s->gate && s->gate_held) {
+    s->gate_held = 0;
+    pthread_mutex_unlock(&s->gate->mutex);
+  }
+}
+
+/*
+ * Checkpoints happen after a commit, outside the write gate: SQLite's
+ * automatic checkpoint would run inside the committing transaction and make
+ * every queued writer wait for it.
+ */
+#define TL_CHECKPOINT_PAGES 8000
+static int on_wal(void *ud, sqlite3 *db, const char *name, int pages)
+{
+  (void)db;
+  (void)name;
+  ((tl_store *)ud)->wal_pages = pages;
+  return SQLITE_OK;
+}
+
+static void checkpoint_if_due(tl_store *s)
+{
+  if (s->wal_pages < TL_CHECKPOINT_PAGES)
+    return;
+  s->wal_pages = 0;
+  sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+}
+
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err)
 {
   if (s->tx_where)
     return tl__err(err, TL_ERROR, 0, "%s: transaction already open (from %s)", where, s->tx_where);
-  if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-    return tl__err_db(err, s, where);
+  if (gate_enter(s) != TL_OK)
+    return tl__err(err, TL_EBUSY, 0, "%s: another process has held the ledger's write lock for %d ms; try again", where,
+                   s->busy_ms);
+  if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    tl_status rc = tl__err_db(err, s, where);
+    gate_leave(s);
+    return rc;
+  }
   s->tx_where = where;
   return TL_OK;
 }
@@ -144,6 +266,8 @@ tl_status tl__tx_commit(tl_store *s, tl_error *err)
     return rc;
   }
   s->tx_where = NULL;
+  gate_leave(s);
+  checkpoint_if_due(s);
   return TL_OK;
 }
 
@@ -152,6 +276,7 @@ void tl__tx_rollback(tl_store *s)
   if (!sqlite3_get_autocommit(s->db))
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
   s->tx_where = NULL;
+  gate_leave(s);
 }
 
 /* Filesystems on which SQLite's locking cannot be trusted. */
@@ -303,6 +428,25 @@ static tl_status identify(tl_store *s, int created, tl_error *err)
   return TL_OK;
 }
 
+/*
+ * Busy handler: waits in short, jittered steps (50 us growing to 2 ms) until
+ * the deadline. SQLite's default sleeps up to 25 ms per step, which leaves
+ * the write lock idle while refreshing processes queue for it.
+ */
+static int on_busy(void *ud, int count)
+{
+  tl_store *s = ud;
+  if (count == 0)
+    s->busy_since = tl__now_ms();
+  if (tl__now_ms() - s->busy_since >= s->busy_ms)
+    return 0;
+  long us = count < 6 ? 50L << count : 2000;
+  us += (long)((unsigned)(count * 7919 + s->actor.pid) % 50);
+  struct timespec ts = {0, us * 1000};
+  nanosleep(&ts, NULL);
+  return 1;
+}
+
 tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_error *err)
 {
   tl_status rc = TL_OK;
@@ -332,17 +476,20 @@ tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_err
     rc = tl__err_db(err, s, path);
     goto done;
   }
-  sqlite3_busy_timeout(s->db, s->busy_ms);
+  sqlite3_busy_handler(s->db, on_busy, s);
   sqlite3_extended_result_codes(s->db, 1);
   if ((rc = identify(s, created, err)) != TL_OK)
     goto done;
   if ((rc = tl__exec(s, "PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON; PRAGMA synchronous=FULL;", err)) != TL_OK)
     goto done;
   if (!(flags & TL_OPEN_READONLY)) {
+    gate_open(s);
+    sqlite3_wal_autocheckpoint(s->db, 0);
+    sqlite3_wal_hook(s->db, on_wal, s);
     if ((rc = tl__exec(s, "PRAGMA journal_mode=WAL", err)) != TL_OK)
       goto done;
-    if ((rc = tl__migrate(s, err)) != TL_OK)
-      goto done;
+    if (s->found_version < TL_SCHEMA_VERSION && (rc = tl__migrate(s, err)) != TL_OK)
+      goto done; /* only an old schema takes the write lock at open */
   } else if (s->found_version < TL_SCHEMA_VERSION) {
     rc = tl__err(err, TL_ECORRUPT, 0, "%s: schema version %d needs migrating; open it read-write once", path,
                  s->found_version);
@@ -361,6 +508,8 @@ done:
       unlink(side);
       snprintf(side, sizeof side, "%s-shm", path);
       unlink(side);
+      snprintf(side, sizeof side, "%s-wlock", path);
+      unlink(side);
     }
   }
   return rc;
@@ -375,6 +524,9 @@ void tl_store_free(tl_store *s)
   for (size_t i = 0; i < s->ncache; i++)
     sqlite3_finalize(s->cache[i].st);
   sqlite3_close(s->db);
+  gate_leave(s);
+  if (s->gate)
+    munmap(s->gate, sizeof *s->gate);
   tl__actor_clear(&s->actor);
   free(s->path);
   free(s);
@@ -395,7 +547,6 @@ void tl_store_set_busy_timeout(tl_store *s, int ms)
   if (!s || ms < 0)
     return;
   s->busy_ms = ms;
-  sqlite3_busy_timeout(s->db, ms);
 }
 
 int tl_store_schema_version_found(const tl_store *s)

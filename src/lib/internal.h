@@ -32,6 +32,7 @@ struct tl_store {
   sqlite3 *db;
   char *path;
   int busy_ms;
+  int64_t busy_since;  /* when the current wait for a lock began (busy handler) */
   int http_timeout_ms; /* total HTTP timeout; the attempt lease follows it */
   int found_version;
   struct {
@@ -39,7 +40,10 @@ struct tl_store {
     sqlite3_stmt *st;
   } cache[TL_STMT_CACHE];
   size_t ncache;
-  const char *tx_where; /* where the open write transaction began, or NULL */
+  const char *tx_where;   /* where the open write transaction began, or NULL */
+  struct tl__wgate *gate; /* shared write gate (db.c), NULL if unavailable */
+  int gate_held;
+  int wal_pages; /* WAL size after our last commit (wal hook), for checkpoints outside the gate */
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;

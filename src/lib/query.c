@@ -173,6 +173,9 @@ tl_status tl_store_fix_permissions(const char *path, tl_error *err)
   if ((rc = fix_mode(side, 0600, 0, err)) != TL_OK)
     return rc;
   snprintf(side, sizeof side, "%s-shm", path);
+  if ((rc = fix_mode(side, 0600, 0, err)) != TL_OK)
+    return rc;
+  snprintf(side, sizeof side, "%s-wlock", path);
   return fix_mode(side, 0600, 0, err);
 }
 

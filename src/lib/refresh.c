@@ -332,6 +332,62 @@ tl_status tl_credential_find(int64_t *out, tl_store *s, const char *profile, con
   return rc;
 }
 
+/*
+ * The hot path: with fill_first (no strategy row), the first selectable entry
+ * by priority, if its access token is fresh. One indexed query, one row, no
+ * write. Anything else (not fresh, another strategy) takes the full path,
+ * which picks exactly the same entry when this one is fresh.
+ */
+static const char fast_sql[] =
+    "SELECT e.entry_id, c.id, c.access_token, c.expires_at, json_extract(c.extra, '$.inference_base_url') "
+    "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
+    "JOIN credential c ON c.id = e.credential_id "
+    "WHERE p.name = :profile AND (e.cooldown_until IS NULL OR e.cooldown_until <= :now) "
+    "AND e.last_status IS NOT 'dead' AND c.status <> 'needs_reauth' "
+    "AND NOT EXISTS (SELECT 1 FROM pool_strategy ps WHERE ps.profile_id = p.id AND ps.provider = :provider) "
+    "ORDER BY e.priority, e.id LIMIT 1";
+
+static int fast_token(tl_token **out, tl_store *s, const char *profile, const char *provider)
+{
+  static const char skew_sql[] = "SELECT skew_s * 1000 FROM provider WHERE name = :provider";
+  sqlite3_stmt *st = tl__stmt(s, fast_sql, NULL);
+  if (!st)
+    return 0;
+  int64_t now = tl__now_ms();
+  tl__bind_text(st, ":profile", profile);
+  tl__bind_text(st, ":provider", provider);
+  tl__bind_int(st, ":now", now);
+  int found = 0;
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 2) != SQLITE_NULL) {
+    int64_t exp = sqlite3_column_int64(st, 3), skew = 120000;
+    sqlite3_stmt *sk = tl__stmt(s, skew_sql, NULL);
+    if (sk) {
+      tl__bind_text(sk, ":provider", provider);
+      if (sqlite3_step(sk) == SQLITE_ROW)
+        skew = sqlite3_column_int64(sk, 0);
+      sqlite3_reset(sk);
+    }
+    if (exp > 0 && exp - skew > now) {
+      tl_token *t = calloc(1, sizeof *t);
+      if (t) {
+        t->entry_id = tl__col_dup(st, 0);
+        t->credential = sqlite3_column_int64(st, 1);
+        t->access_token = tl__col_dup(st, 2);
+        t->expires_at_ms = exp;
+        t->base_url = tl__col_dup(st, 4);
+        if (t->entry_id && t->access_token) {
+          *out = t;
+          found = 1;
+        } else {
+          tl_token_free(t);
+        }
+      }
+    }
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
 tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const char *provider, unsigned flags,
                        tl_error *err)
 {
@@ -342,6 +398,8 @@ tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const c
   if (!out || !s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "token: profile and provider are required");
   *out = NULL;
+  if (!(flags & TL_REFRESH_FORCE) && fast_token(out, s, profile, provider))
+    return TL_OK;
   if ((rc = load_candidates(c, &n, strategy, s, profile, provider, err)) != TL_OK)
     goto done;
   int i = pick(c, n, strategy);
@@ -736,7 +794,7 @@ fail:
 static tl_status wait_attempt(tl_store *s, int64_t attempt, tl_error *err)
 {
   static const char sql[] = "SELECT outcome, lease_until FROM refresh_attempt WHERE id = :id";
-  long delay = 5;
+  long delay = 1; /* a peer's refresh takes about a round trip; poll cheaply, then back off */
   for (;;) {
     sqlite3_stmt *st = tl__stmt(s, sql, err);
     if (!st)
@@ -751,7 +809,7 @@ static tl_status wait_attempt(tl_store *s, int64_t attempt, tl_error *err)
     if (settled || tl__now_ms() > lease)
       return TL_OK; /* the next claim decides what an expired lease means */
     sleep_ms(delay);
-    if (delay < 200)
+    if (delay < 50)
       delay = delay * 3 / 2 + 1;
   }
 }
@@ -1052,9 +1110,11 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
   tl_status result = TL_OK;
   tl_error msg = {0};
 
-  /* Never give up on recording: a long busy wait is better than an unknown. */
-  tl_store_set_busy_timeout(s, s->busy_ms > 60000 ? s->busy_ms : 60000);
+  /* Never give up on recording early: a long busy wait is better than an unknown. */
+  int busy = s->busy_ms;
+  s->busy_ms = busy > 60000 ? busy : 60000;
   rc = tl__tx_begin(s, "refresh record", err);
+  s->busy_ms = busy;
   if (rc != TL_OK)
     return rc; /* the attempt stays in_flight; our death makes it unknown */
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Names in a directory, sorted, as one string. */
@@ -228,6 +229,30 @@ static void test_store__busy_write_lock_reports_busy(void **state)
   tl_store_free(other);
 }
 
+static void test_store__write_gate_survives_a_holder_that_died(void **state)
+{
+  fx *f = *state;
+  char gate[400];
+  snprintf(gate, sizeof gate, "%s-wlock", f->path);
+  struct stat st;
+  assert_int_equal(stat(gate, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0600);
+  pid_t child = fork();
+  if (child == 0) {
+    tl_store *s = NULL;
+    tl_error e = {0};
+    if (tl_store_open(&s, f->path, 0, &e) != TL_OK || tl__tx_begin(s, "dying", &e) != TL_OK)
+      _exit(1);
+    _exit(0); /* dies holding the gate and SQLite's write lock */
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  tl_error err = {0};
+  /* An unrecovered gate would make this fail with TL_EBUSY at the deadline. */
+  assert_int_equal(tl_profile_add(f->s, "after", NULL, &err), TL_OK);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -249,6 +274,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_store__ledger_from_a_newer_version_is_refused_untouched, fx_setup,
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_store__busy_write_lock_reports_busy, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_store__write_gate_survives_a_holder_that_died, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
