@@ -906,6 +906,7 @@ int main(int argc, char **argv)
   if (!mkdtemp(dir))
     die("mkdtemp", NULL);
   signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows as each section ends, even into a file */
   curl_global_init(CURL_GLOBAL_DEFAULT);
   results = json_object();
   struct utsname u;

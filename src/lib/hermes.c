@@ -875,11 +875,14 @@ static tl_status add_target(import_target **v, size_t *n, const char *profile, c
   if (!nv)
     return tl__oom(err);
   *v = nv;
+  size_t lf = strlen(file), lh = home ? strlen(home) : 0;
+  if (lf >= sizeof nv->file || lh >= sizeof nv->home)
+    return tl__err(err, TL_EINVAL, 0, "%.200s...: path longer than %d bytes", file, PATH_MAX - 1);
   import_target *t = &nv[(*n)++];
   memset(t, 0, sizeof *t);
   snprintf(t->profile, sizeof t->profile, "%s", profile ? profile : "");
-  snprintf(t->home, sizeof t->home, "%s", home ? home : "");
-  snprintf(t->file, sizeof t->file, "%s", file);
+  memcpy(t->home, home ? home : "", lh + 1);
+  memcpy(t->file, file, lf + 1);
   t->shared = shared;
   return TL_OK;
 }

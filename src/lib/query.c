@@ -51,13 +51,12 @@ static tl_status credential_exists(tl_store *s, int64_t cred, tl_error *err)
   return found ? TL_OK : tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
 }
 
-tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error *err)
+/* A report over one statement with :cred (0 = all) and :limit (0 = all, if the SQL has it). */
+static tl_status credential_report(tl_report **out, tl_store *s, const char *sql, int64_t cred, int64_t limit,
+                                   const char *what, tl_error *err)
 {
-  static const char sql[] =
-      "SELECT credential, provider, label, family, generation, state, origin, fingerprint, issued, age_s, retired, "
-      "presented_by FROM v_lineage WHERE :cred = 0 OR credential = :cred ORDER BY credential, rt_id";
-  if (!out || !s)
-    return tl__err(err, TL_EINVAL, 0, "lineage: bad arguments");
+  if (!out || !s || limit < 0)
+    return tl__err(err, TL_EINVAL, 0, "%s: bad arguments", what);
   tl_status rc = credential_exists(s, cred, err);
   if (rc != TL_OK)
     return rc;
@@ -65,7 +64,16 @@ tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error
   if (!st)
     return TL_ERROR;
   tl__bind_int(st, ":cred", cred);
+  tl__bind_int(st, ":limit", limit ? limit : -1);
   return tl__report_from_stmt(out, s, st, err);
+}
+
+tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT credential, provider, label, family, generation, state, origin, fingerprint, issued, age_s, retired, "
+      "presented_by FROM v_lineage WHERE :cred = 0 OR credential = :cred ORDER BY credential, rt_id";
+  return credential_report(out, s, sql, cred, 0, "lineage", err);
 }
 
 tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
@@ -75,33 +83,13 @@ tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t li
       "actor_host || ':' || actor_pid AS actor, actor_profile AS profile, actor_command AS command, "
       "credential_id AS credential, rt_id, detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
       "ORDER BY id DESC LIMIT :limit) ORDER BY id";
-  if (!out || !s || limit < 0)
-    return tl__err(err, TL_EINVAL, 0, "audit: bad arguments");
-  tl_status rc = credential_exists(s, cred, err);
-  if (rc != TL_OK)
-    return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":cred", cred);
-  tl__bind_int(st, ":limit", limit ? limit : -1);
-  return tl__report_from_stmt(out, s, st, err);
+  return credential_report(out, s, sql, cred, limit, "audit", err);
 }
 
 tl_status tl_history_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
 {
   static const char sql[] = "SELECT * FROM v_refresh_history WHERE :cred = 0 OR credential = :cred LIMIT :limit";
-  if (!out || !s || limit < 0)
-    return tl__err(err, TL_EINVAL, 0, "history: bad arguments");
-  tl_status rc = credential_exists(s, cred, err);
-  if (rc != TL_OK)
-    return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":cred", cred);
-  tl__bind_int(st, ":limit", limit ? limit : -1);
-  return tl__report_from_stmt(out, s, st, err);
+  return credential_report(out, s, sql, cred, limit, "history", err);
 }
 
 tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *err)

@@ -1077,6 +1077,24 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
           cl->provider);
 }
 
+/* Shows a failed refresh on every pool entry of the credential (what Hermes' export carries). */
+static tl_status mark_entries(tl_store *s, int64_t cred, const char *status, const answer *a, int64_t now,
+                              tl_error *err)
+{
+  static const char sql[] = "UPDATE pool_entry SET last_status = :st, last_status_at = :now, last_error_code = :code, "
+                            "last_error_reason = :reason, last_error_message = :msg WHERE credential_id = :cred";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":st", status);
+  tl__bind_int(st, ":now", now);
+  tl__bind_int(st, ":code", a->status);
+  tl__bind_text(st, ":reason", a->error);
+  tl__bind_text(st, ":msg", a->desc);
+  tl__bind_int(st, ":cred", cred);
+  return tl__step_done(s, st, "record", err);
+}
+
 static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a, tl_error *err)
 {
   static const char rotate_old_sql[] = "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = :now "
@@ -1098,9 +1116,6 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
       "UPDATE pool_entry SET last_status = 'ok', last_status_at = :now, last_error_code = NULL, "
       "last_error_reason = NULL, last_error_message = NULL, cooldown_until = NULL WHERE credential_id = :cred "
       "AND last_status IS NOT NULL AND last_status <> 'ok'";
-  static const char entries_bad_sql[] =
-      "UPDATE pool_entry SET last_status = :st, last_status_at = :now, last_error_code = :code, "
-      "last_error_reason = :reason, last_error_message = :msg WHERE credential_id = :cred";
   static const char backoff_sql[] = "UPDATE credential SET refresh_not_before = :until WHERE id = :id";
   tl_status rc;
   int64_t now = tl__now_ms(), child = 0;
@@ -1223,17 +1238,7 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
     tl__bind_int(st, ":id", cl->credential);
     if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
       goto fail;
-    if (!(st = tl__stmt(s, entries_bad_sql, err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_text(st, ":st", "dead");
-    tl__bind_int(st, ":now", now);
-    tl__bind_int(st, ":code", a->status);
-    tl__bind_text(st, ":reason", a->error);
-    tl__bind_text(st, ":msg", a->desc);
-    tl__bind_int(st, ":cred", cl->credential);
-    if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
+    if ((rc = mark_entries(s, cl->credential, "dead", a, now, err)) != TL_OK)
       goto fail;
     if ((rc = finish_attempt(s, cl, "rejected", a, 0, err)) != TL_OK)
       goto fail;
@@ -1263,17 +1268,7 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
       int64_t vb[] = {now + (int64_t)wait_s * 1000, cl->credential};
       if ((rc = exec_bound(s, backoff_sql, "record", err, 2, nb, vb, NULL)) != TL_OK)
         goto fail;
-      if (!(st = tl__stmt(s, entries_bad_sql, err))) {
-        rc = TL_ERROR;
-        goto fail;
-      }
-      tl__bind_text(st, ":st", "exhausted");
-      tl__bind_int(st, ":now", now);
-      tl__bind_int(st, ":code", a->status);
-      tl__bind_text(st, ":reason", a->error);
-      tl__bind_text(st, ":msg", a->desc);
-      tl__bind_int(st, ":cred", cl->credential);
-      if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
+      if ((rc = mark_entries(s, cl->credential, "exhausted", a, now, err)) != TL_OK)
         goto fail;
     }
     const char *outcome = a->kind == A_NOT_SENT ? "not_sent" : "transient";
