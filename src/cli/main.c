@@ -11,6 +11,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -758,6 +759,67 @@ static int cmd_compact(const cmd *c, int argc, char **argv)
   return EXIT_OK;
 }
 
+static volatile sig_atomic_t stop_requested;
+static void on_stop(int sig)
+{
+  (void)sig;
+  stop_requested = 1;
+}
+
+static int cmd_keep_fresh(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1], *interval = NULL, *ahead = NULL, *count = NULL;
+  int json = 0, once = 0, nosync = 0;
+  opt opts[] = {{"interval", 1, &interval, NULL},
+                {"ahead", 1, &ahead, NULL},
+                {"count", 1, &count, NULL},
+                {"once", 0, NULL, &once},
+                {"no-sync", 0, NULL, &nosync},
+                {"json", 0, NULL, &json},
+                {0}};
+  PARSE_OR_RETURN(opts, pos, 0);
+  int64_t every = 60, before = 600, rounds = 0;
+  int prc;
+  if (interval && (prc = parse_int64(&every, interval, "--interval")) >= 0)
+    return prc;
+  if (ahead && (prc = parse_int64(&before, ahead, "--ahead")) >= 0)
+    return prc;
+  if (count && (prc = parse_int64(&rounds, count, "--count")) >= 0)
+    return prc;
+  if (every < 1 || every > 86400 || before > 86400)
+    return usage_error("%s", "--interval is 1-86400 seconds and --ahead at most 86400");
+  if (once)
+    rounds = 1;
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, NULL);
+  signal(SIGTERM, on_stop);
+  signal(SIGINT, on_stop);
+  int code = EXIT_OK;
+  for (int64_t round = 0; !stop_requested && (rounds == 0 || round < rounds); round++) {
+    if (round)
+      for (int64_t w = 0; w < every * 10 && !stop_requested; w++)
+        usleep(100000);
+    if (stop_requested)
+      break;
+    tl_report *r = NULL;
+    tl_error err = {0};
+    int failures = 0;
+    tl_status rc = tl_keep_fresh(&r, &failures, s, before * 1000, !nosync, &err);
+    if (rc != TL_OK) {
+      code = tl_cli_fail(&err, rc);
+      if (rc != TL_EBUSY && rc != TL_ETRANSIENT)
+        break;
+      continue;
+    }
+    tl_cli_print_report(r, json, 0);
+    fflush(stdout);
+    tl_report_free(r);
+    code = failures ? EXIT_TRANSIENT : EXIT_OK;
+  }
+  tl_store_free(s);
+  return code;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const cmd commands[] = {
@@ -797,6 +859,12 @@ static const cmd commands[] = {
      "Under auth.lock, adopts what Hermes changed (a new refresh token that replaced the ledger's is an\n"
      "external rotation; a spent one is refused and overwritten), then exports the ledger's state.\n"
      "A file that did not change is not rewritten.\n"},
+    {"keep-fresh", cmd_keep_fresh,
+     "keep-fresh [--interval SECONDS] [--ahead SECONDS] [--once | --count N] [--no-sync] [--json]",
+     "Refreshes every credential whose access token expires within --ahead (default 600 s) and then syncs\n"
+     "every profile's auth.json, every --interval (default 60 s) until SIGTERM/SIGINT; --once does one\n"
+     "round (for cron). Credentials with an unknown outcome or needing a login are reported, never\n"
+     "presented. Exit 7 if the last round had a failure. See docs/tokenledger-keep-fresh.service.\n"},
     {"compact", cmd_compact, "compact [--keep-days N] [--json]",
      "Retention: removes settled refresh attempts of spent tokens older than N days (default 90) and\n"
      "vacuums. Refresh-token rows (fingerprints) and audit rows are never removed.\n"},

@@ -403,6 +403,17 @@ TL_EXTERN tl_status tl_export(tl_report **out, tl_store *store, const char *prof
  */
 TL_EXTERN tl_status tl_sync(tl_report **out, tl_store *store, const char *profile, tl_error *err);
 
+/**
+ * One round of keep-fresh: refreshes every active credential that a pool
+ * holds and whose access token expires within ahead_ms (or is unknown), then
+ * (with sync) syncs every profile that has a Hermes home. Credentials with an
+ * unknown outcome or needing a login are reported, never presented. The
+ * report: credential, provider, action (refreshed, fresh, failed, skipped),
+ * expires, detail. *out_failures counts failed refreshes and syncs.
+ */
+TL_EXTERN tl_status tl_keep_fresh(tl_report **out, int *out_failures, tl_store *store, int64_t ahead_ms, int sync,
+                                  tl_error *err);
+
 /* ------------------------------------------------------------------------ */
 /* HTTP seam (tests and benchmarks)                                         */
 /* ------------------------------------------------------------------------ */

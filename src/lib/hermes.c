@@ -1745,3 +1745,104 @@ done:
     tl_report_free(r);
   return rc;
 }
+
+/* ---- keep-fresh ------------------------------------------------------------------------- */
+
+tl_status tl_keep_fresh(tl_report **out, int *out_failures, tl_store *s, int64_t ahead_ms, int sync, tl_error *err)
+{
+  static const char *const cols[] = {"credential", "provider", "action", "expires", "detail"};
+  static const char sql[] =
+      "SELECT c.id, c.provider, c.status, coalesce(c.expires_at, 0) FROM credential c WHERE EXISTS (SELECT 1 FROM "
+      "pool_entry e WHERE e.credential_id = c.id) ORDER BY c.id";
+  tl_report *r = NULL;
+  tl_status rc;
+  int failures = 0;
+  int64_t *ids = NULL;
+  size_t n = 0, cap = 0;
+  if (!out || !out_failures || !s || ahead_ms < 0)
+    return tl__err(err, TL_EINVAL, 0, "keep-fresh: bad arguments");
+  if ((rc = tl__report_kv(&r, cols, 5, err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto done;
+  }
+  int64_t now = tl__now_ms();
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    int64_t id = sqlite3_column_int64(st, 0), exp = sqlite3_column_int64(st, 3);
+    const char *status = (const char *)sqlite3_column_text(st, 2);
+    char idt[32], when[40] = "";
+    snprintf(idt, sizeof idt, "%lld", (long long)id);
+    if (exp)
+      iso(when, sizeof when, exp, 0, 1);
+    const char *action = NULL, *detail = NULL;
+    if (strcmp(status, "active") != 0) {
+      action = "skipped";
+      detail = strcmp(status, "uncertain") == 0 ? "unknown outcome: see 'tokenledger recover'"
+                                                : "needs a new login: see 'tokenledger login'";
+    } else if (exp && exp - ahead_ms > now) {
+      action = "fresh";
+    } else {
+      if (n == cap) {
+        cap = cap ? cap * 2 : 16;
+        int64_t *nv = realloc(ids, cap * sizeof *nv);
+        if (!nv) {
+          sqlite3_reset(st);
+          rc = tl__oom(err);
+          goto done;
+        }
+        ids = nv;
+      }
+      ids[n++] = id;
+      continue;
+    }
+    const char *cells[5] = {idt, (const char *)sqlite3_column_text(st, 1), action, *when ? when : NULL, detail};
+    const int num[5] = {1, 0, 0, 0, 0};
+    if ((rc = tl__report_add_row(r, cells, num, err)) != TL_OK) {
+      sqlite3_reset(st);
+      goto done;
+    }
+  }
+  sqlite3_reset(st);
+  for (size_t i = 0; i < n; i++) {
+    tl_token *t = NULL;
+    tl_error one = {0};
+    tl_status frc = tl_refresh(&t, s, ids[i], TL_REFRESH_FORCE, &one);
+    char idt[32], when[40] = "";
+    snprintf(idt, sizeof idt, "%lld", (long long)ids[i]);
+    if (t && t->expires_at_ms)
+      iso(when, sizeof when, t->expires_at_ms, 0, 1);
+    const char *cells[5] = {idt, NULL, frc == TL_OK ? "refreshed" : "failed", *when ? when : NULL,
+                            frc == TL_OK ? NULL : one.message};
+    const int num[5] = {1, 0, 0, 0, 0};
+    tl_token_free(t);
+    if (frc != TL_OK)
+      failures++;
+    if ((rc = tl__report_add_row(r, cells, num, err)) != TL_OK)
+      goto done;
+  }
+  if (sync) {
+    tl_report *sr = NULL;
+    tl_error serr = {0};
+    if (tl_sync(&sr, s, NULL, &serr) != TL_OK) {
+      failures++;
+      const char *cells[5] = {NULL, NULL, "failed", NULL, serr.message};
+      const int num[5] = {0};
+      if ((rc = tl__report_add_row(r, cells, num, err)) != TL_OK) {
+        tl_report_free(sr);
+        goto done;
+      }
+    }
+    tl_report_free(sr);
+  }
+done:
+  free(ids);
+  if (rc == TL_OK) {
+    *out = r;
+    *out_failures = failures;
+  } else {
+    tl_report_free(r);
+  }
+  return rc;
+}

@@ -17,7 +17,7 @@ check '[ -f "$DB" ]' "TOKENLEDGER_DB is honoured"
 D="--db $DB"
 
 # --- help everywhere
-for c in init profile provider credential login import export sync compact status lineage audit history check-rt doctor token refresh recover report pool; do
+for c in init profile provider credential login import export sync keep-fresh compact status lineage audit history check-rt doctor token refresh recover report pool; do
   tl $D $c --help
   expect 0 "$c --help"
   contains "usage: tokenledger" "$c --help prints usage"

@@ -201,5 +201,25 @@ tl $D sync --profile race; expect 0 "a final sync"
 check '[ "$(q "SELECT count(*) FROM refresh_token WHERE origin = \"external\"")" -ge "$ROTATIONS" ]' "every rotation by the writer is in the lineage"
 check '[ "$(counter reuse_detections)" = 0 ]' "the portal saw no reuse"
 
+# --- 7. keep-fresh: refresh what is due, skip what must not be presented, sync the files
+tl $D keep-fresh --once --ahead 86400 --json; expect 0 "keep-fresh refreshing everything due within a day"
+check 'jq -e "any(.[]; .action == \"refreshed\")" "$OUT" >/dev/null' "due credentials refreshed"
+check '[ "$(jq -r .providers.nous.refresh_token "$H/auth.json")" = "$(q "SELECT secret FROM refresh_token WHERE state = \"current\" AND credential_id = 1")" ]' "and the profile's auth.json synced"
+check '[ "$(counter reuse_detections)" = 0 ]' "keep-fresh presented no spent token"
+before=$(counter refreshes)
+tl $D keep-fresh --once --ahead 600 --json; expect 0 "a second round right after"
+check 'jq -e "all(.[]; .action != \"refreshed\")" "$OUT" >/dev/null' "nothing refreshed when nothing is due"
+check '[ "$(counter refreshes)" = "$before" ]' "and nothing was presented"
+sqlite3 "$DB" "UPDATE credential SET status = 'uncertain' WHERE id = 1"
+tl $D keep-fresh --once --ahead 86400 --json --no-sync
+check 'jq -e "any(.[]; .credential == 1 and .action == \"skipped\")" "$OUT" >/dev/null' "an unknown outcome is skipped, not presented"
+sqlite3 "$DB" "UPDATE credential SET status = 'active' WHERE id = 1"
+"$TL_BIN" $D keep-fresh --interval 1 > /dev/null 2>&1 & kf=$!
+sleep 1.5
+kill -TERM $kf
+set +e; wait $kf; RC=$?; set -e
+expect 0 "keep-fresh stops cleanly on SIGTERM"
+tl $D keep-fresh --interval 0; expect 2 "keep-fresh with a bad interval"
+
 no_secret_leak "$WORK/rt-a0" "$WORK/rt-ext"
 finish
