@@ -115,6 +115,10 @@ static tl_status load_file(json_t **out, char sha[65], const char *path, tl_erro
   json_error_t je;
   json_t *doc = json_loadb(text, tlen, JSON_REJECT_DUPLICATES, &je);
   if (!doc) {
+    /* Jansson ends some messages with "near '<lexeme>'", and the lexeme can be a token: drop it. */
+    char *near = strstr(je.text, " near '");
+    if (near)
+      *near = '\0';
     rc = tl__err(err, TL_EINVAL, 0, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
     goto done;
   }
@@ -237,6 +241,8 @@ static tl_status walk(slots *ss, json_t *doc, const char *file, int shared, tl_e
   json_object_foreach(providers, p, v)
   {
     snprintf(path, sizeof path, "$.providers.%.200s", p);
+    if (!tl__provider_name_valid(p))
+      return tl__err(err, TL_EINVAL, 0, "%s: %s: not a provider id (1-128 of A-Z a-z 0-9 . _ : - + @)", file, path);
     if (!json_is_object(v))
       return tl__err(err, TL_EINVAL, 0, "%s: %s: expected an object", file, path);
     if ((rc = check_token_fields(file, path, v, err)) != TL_OK)
@@ -276,6 +282,8 @@ static tl_status walk(slots *ss, json_t *doc, const char *file, int shared, tl_e
   json_object_foreach(pool, p, v)
   {
     snprintf(path, sizeof path, "$.credential_pool.%.200s", p);
+    if (!tl__provider_name_valid(p))
+      return tl__err(err, TL_EINVAL, 0, "%s: %s: not a provider id (1-128 of A-Z a-z 0-9 . _ : - + @)", file, path);
     if (!json_is_array(v))
       return tl__err(err, TL_EINVAL, 0, "%s: %s: expected an array", file, path);
     size_t i;

@@ -93,6 +93,8 @@ typedef struct tl__ids {
 /* Appends an audit row as the store's actor. Steals detail (may be NULL). */
 tl_status tl__audit(tl_store *s, const char *event, const tl__ids *ids, json_t *detail, tl_error *err);
 tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *err);
+/* Provider ids: 1-128 of A-Z a-z 0-9 . _ : - + @ (safe in messages and JSON). */
+int tl__provider_name_valid(const char *name);
 /*
  * Checks an RT about to be stored. TL_OK with *out_rt = 0 if new to the ledger,
  * TL_OK with *out_rt = id (and *out_cred) if it is live; TL_EREUSE with a

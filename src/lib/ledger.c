@@ -184,6 +184,19 @@ tl_status tl_profile_list(tl_report **out, tl_store *s, tl_error *err)
 
 /* ---- providers ---------------------------------------------------------- */
 
+int tl__provider_name_valid(const char *name)
+{
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n > 128)
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("._:-+@", c)))
+      return 0;
+  }
+  return 1;
+}
+
 tl_status tl_url_check(const char *url, tl_error *err)
 {
   tl_status rc = TL_OK;
@@ -228,8 +241,10 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
   tl_status rc;
   if (!s || !p || !p->name || !*p->name)
     return tl__err(err, TL_EINVAL, 0, "provider set: no provider name");
-  if (strlen(p->name) > 128 || strpbrk(p->name, " \t\r\n/"))
-    return tl__err(err, TL_EINVAL, 0, "provider name '%.64s' is invalid (no spaces or slashes, at most 128 bytes)",
+  if (!tl__provider_name_valid(p->name))
+    return tl__err(err, TL_EINVAL, 0,
+                   "provider name '%.64s' is invalid: 1-128 of A-Z a-z 0-9 and . _ : - + @ (Hermes ids such as nous, "
+                   "openai-codex, custom:name)",
                    p->name);
   if (p->token_url && (rc = tl_url_check(p->token_url, err)) != TL_OK)
     return rc;

@@ -912,7 +912,30 @@ static char *jstr(json_t *o, const char *k)
   return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
 }
 
+/* A server that echoes the token back must not get it into our records or messages. */
+static void redact(char *text, const char *secret)
+{
+  size_t n = secret ? strlen(secret) : 0;
+  if (!text || n < 4)
+    return;
+  for (char *p = strstr(text, secret); p; p = strstr(p, secret)) {
+    memset(p, '*', n);
+    p += n;
+  }
+}
+
+static void classify_body(answer *a, const tl_http_response *r, const char *old_rt);
+
 static void classify(answer *a, const tl_http_response *r, const char *old_rt)
+{
+  classify_body(a, r, old_rt);
+  redact(a->error, old_rt);
+  redact(a->desc, old_rt);
+  redact(a->error, a->refresh_token);
+  redact(a->desc, a->refresh_token);
+}
+
+static void classify_body(answer *a, const tl_http_response *r, const char *old_rt)
 {
   memset(a, 0, sizeof *a);
   a->retry_after = r->retry_after;

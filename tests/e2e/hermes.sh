@@ -83,6 +83,12 @@ for case in truncated:2:"line 1" garbage:2:"end of file expected" array:2:"expec
   contains "$msg" "bad input '$name' names the reason"
   check 'grep -q "$(basename "$file")\|loop" "$ERR"' "bad input '$name' names the file"
 done
+printf '{"providers": {"nous": {"refresh_token" "SECRET-IN-BROKEN-JSON-42"}}}' > "$BAD/leak.json"
+printf '{"providers": {"bad \\"id": {"refresh_token": "x"}}}' > "$BAD/provider-id.json"
+tl $D import "$BAD/provider-id.json" --profile bad; expect 2 "a provider id with a quote"
+contains "not a provider id" "names the bad provider id"
+tl $D import "$BAD/leak.json" --profile bad; expect 2 "a malformed file around a token"
+lacks "SECRET-IN-BROKEN" "the parse error does not quote the token"
 if [ "$(id -u)" != 0 ]; then
   printf '{}' > "$BAD/unreadable.json"; chmod 000 "$BAD/unreadable.json"
   tl $D import "$BAD/unreadable.json" --profile bad; expect 13 "an unreadable file is an I/O error, never an empty store"

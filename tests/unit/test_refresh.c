@@ -310,6 +310,22 @@ static void test_refresh__unreadable_200_is_unknown(void **state)
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'unknown'"), 1);
 }
 
+static void test_refresh__a_server_echoing_the_token_is_redacted(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 400, "{\"error\":\"invalid_grant\",\"error_description\":\"token rt-echo-SECRET was revoked\"}",
+      0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-echo-SECRET");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EREAUTH);
+  assert_null(strstr(err.message, "rt-echo-SECRET"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE error_description LIKE '%SECRET%'"), 0);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE detail LIKE '%SECRET%'"), 0);
+}
+
 static void test_refresh__client_error_is_not_terminal(void **state)
 {
   fx *f = *state;
@@ -445,6 +461,7 @@ int main(void)
       T(test_refresh__recover_mark_dead_requires_login),
       T(test_refresh__grace_window_allows_one_automatic_retry),
       T(test_refresh__unreadable_200_is_unknown),
+      T(test_refresh__a_server_echoing_the_token_is_redacted),
       T(test_refresh__client_error_is_not_terminal),
       T(test_refresh__terminal_words_of_other_servers_are_terminal),
       T(test_refresh__strategies_pick_and_skip),
