@@ -115,6 +115,10 @@ CREATE TABLE refresh_token (
 ) STRICT;
 CREATE UNIQUE INDEX refresh_token_one_live ON refresh_token(credential_id)
   WHERE state IN ('current', 'presented'); -- invariant 2
+-- Stronger, and the index every refresh looks up: at most one RT per credential that is still
+-- open (usable, being presented, or with an unknown outcome).
+CREATE UNIQUE INDEX refresh_token_one_open ON refresh_token(credential_id)
+  WHERE state IN ('current', 'presented', 'unknown');
 CREATE INDEX refresh_token_credential ON refresh_token(credential_id, generation);
 
 -- Invariant 4, and the shape of a lineage: a root has no parent, no family and
@@ -179,6 +183,7 @@ CREATE TABLE refresh_attempt (
 CREATE UNIQUE INDEX refresh_attempt_one_in_flight ON refresh_attempt(credential_id)
   WHERE outcome = 'in_flight'; -- invariant 3
 CREATE INDEX refresh_attempt_rt ON refresh_attempt(rt_id);
+CREATE INDEX refresh_attempt_credential ON refresh_attempt(credential_id, id);
 
 -- Append-only log. No secret ever: tokens appear as fingerprint prefixes only.
 -- References are plain integers (no foreign keys) so that history outlives
@@ -272,8 +277,7 @@ SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priorit
   FROM pool_entry e
   JOIN profile p ON p.id = e.profile_id
   LEFT JOIN credential c ON c.id = e.credential_id
-  LEFT JOIN refresh_token t ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown')
-   AND t.id = (SELECT max(id) FROM refresh_token WHERE credential_id = c.id);
+  LEFT JOIN refresh_token t ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown');
 
 -- Every presentation, newest first, with its actor and what it produced.
 CREATE VIEW v_refresh_history AS

@@ -527,8 +527,7 @@ static tl_status upsert_entry(ingest *in, const slot *sl, int64_t cred, tl_error
 static int64_t live_rt(tl_store *s, int64_t cred, char state[16], int64_t *gen, int64_t *family)
 {
   static const char sql[] = "SELECT id, state, generation, coalesce(family_id, id) FROM refresh_token WHERE "
-                            "credential_id = :c AND state IN ('current', 'presented', 'unknown') ORDER BY id DESC "
-                            "LIMIT 1";
+                            "credential_id = :c AND state IN ('current', 'presented', 'unknown')";
   sqlite3_stmt *st = tl__stmt(s, sql, NULL);
   int64_t id = 0;
   if (!st)
@@ -1249,7 +1248,7 @@ static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
   static const char sql[] =
       "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), coalesce(c.obtained_at, 0), c.extra, t.secret, "
       "t.state FROM credential c LEFT JOIN refresh_token t ON t.credential_id = c.id AND t.state IN ('current', "
-      "'presented', 'unknown') WHERE c.id = :id ORDER BY t.id DESC LIMIT 1";
+      "'presented', 'unknown') WHERE c.id = :id";
   memset(c, 0, sizeof *c);
   sqlite3_stmt *st = tl__stmt(s, sql, err);
   if (!st)

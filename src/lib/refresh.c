@@ -502,9 +502,13 @@ static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, tl_
                    err);
 }
 
+/* Both use the partial index on in-flight attempts: never a scan of the history. */
 static const char stale_sql[] =
     "SELECT id, owner_host, owner_boot, owner_pid, owner_start, lease_until FROM refresh_attempt "
-    "WHERE outcome = 'in_flight' AND (:cred = 0 OR credential_id = :cred)";
+    "WHERE outcome = 'in_flight' AND credential_id = :cred";
+static const char stale_all_sql[] =
+    "SELECT id, owner_host, owner_boot, owner_pid, owner_start, lease_until FROM refresh_attempt "
+    "WHERE outcome = 'in_flight'";
 
 /* 1 if the in-flight attempt's owner is gone or its lease is over. */
 static int attempt_dead(tl_store *s, sqlite3_stmt *st, int64_t now)
@@ -525,12 +529,11 @@ tl_status tl__reap_dead_attempts(int64_t *out, tl_store *s, int fix, tl_error *e
   *out = 0;
   if (fix && (rc = tl__tx_begin(s, "reap attempts", err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, stale_sql, err);
+  sqlite3_stmt *st = tl__stmt(s, stale_all_sql, err);
   if (!st) {
     rc = TL_ERROR;
     goto done;
   }
-  tl__bind_int(st, ":cred", 0);
   int64_t now = tl__now_ms();
   while (sqlite3_step(st) == SQLITE_ROW && n < 256)
     if (attempt_dead(s, st, now))
@@ -574,7 +577,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
 {
   static const char live_sql[] =
       "SELECT id, secret, fingerprint, generation, coalesce(family_id, id), state FROM refresh_token "
-      "WHERE credential_id = :cred AND state IN ('current', 'presented', 'unknown') ORDER BY id DESC LIMIT 1";
+      "WHERE credential_id = :cred AND state IN ('current', 'presented', 'unknown')"; /* unique: one open RT */
   static const char ins_sql[] =
       "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
       "owner_profile, owner_command, started_at, lease_until) VALUES (:cred, :rt, :host, :boot, :pid, :start, "

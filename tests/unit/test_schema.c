@@ -235,6 +235,45 @@ static void test_schema__views_never_show_a_secret(void **state)
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE detail LIKE '%SECRET%'"), 0);
 }
 
+/*
+ * The lookups every refresh makes stay single-row index searches, however long
+ * a lineage grows: each must use the index named here (a search by credential
+ * through every generation would make rotation quadratic in the history).
+ */
+static void test_schema__refresh_lookups_never_scan_the_history(void **state)
+{
+  fx *f = *state;
+  static const struct {
+    const char *sql, *index;
+  } q[] = {
+      {"SELECT id FROM refresh_token WHERE credential_id = 1 AND state IN ('current', 'presented', 'unknown')",
+       "refresh_token_one_open"},
+      {"SELECT id FROM refresh_attempt WHERE outcome = 'in_flight' AND credential_id = 1",
+       "refresh_attempt_one_in_flight"},
+      {"SELECT id FROM refresh_token WHERE fingerprint = 'x'", "sqlite_autoindex_refresh_token_1"},
+      {"SELECT count(*) FROM refresh_attempt WHERE rt_id = 1", "refresh_attempt_rt"},
+      {"SELECT id FROM refresh_attempt WHERE credential_id = 1 AND id < 9 ORDER BY id DESC LIMIT 1",
+       "refresh_attempt_credential"},
+      {"SELECT rt_generation FROM v_profile_status WHERE profile = 'p'", "refresh_token_one_open"},
+  };
+  for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
+    char sql[512], plan[2048] = "";
+    snprintf(sql, sizeof sql, "EXPLAIN QUERY PLAN %s", q[i].sql);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(f->s->db, sql, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      const char *detail = (const char *)sqlite3_column_text(st, 3);
+      strncat(plan, detail, sizeof plan - strlen(plan) - 2);
+      strcat(plan, ";");
+      if (strncmp(detail, "SCAN", 4) == 0)
+        fail_msg("'%s' scans: %s", q[i].sql, detail);
+    }
+    sqlite3_finalize(st);
+    if (!strstr(plan, q[i].index))
+      fail_msg("'%s' does not use %s: %s", q[i].sql, q[i].index, plan);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -249,6 +288,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_schema__inv5_audit_rows_cannot_be_updated_or_deleted, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_schema__spent_rt_never_comes_back, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_schema__views_never_show_a_secret, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__refresh_lookups_never_scan_the_history, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests_name("schema", tests, NULL, NULL);
 }
