@@ -57,6 +57,8 @@ CREATE TABLE credential (
   refresh_not_before INTEGER,                 -- token endpoint asked us to back off (429/5xx) until then
   extra         TEXT NOT NULL DEFAULT '{}'    -- provider-specific fields as a JSON object (no secret)
                 CHECK (json_valid(extra) AND json_type(extra) = 'object'),
+  base_url      TEXT GENERATED ALWAYS AS      -- inference base URL, computed once per write for the hot path
+                (json_extract(extra, '$.inference_base_url')) STORED,
   created_at    INTEGER NOT NULL,
   updated_at    INTEGER NOT NULL
 ) STRICT;

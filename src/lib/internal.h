@@ -44,6 +44,10 @@ struct tl_store {
   struct tl__wgate *gate; /* shared write gate (db.c), NULL if unavailable */
   int gate_held;
   int wal_pages; /* WAL size after our last commit (wal hook), for checkpoints outside the gate */
+  struct {
+    char provider[130];
+    int64_t skew_ms, loaded_at; /* the hot path's provider skew, re-read after a second */
+  } skew;
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;

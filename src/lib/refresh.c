@@ -145,7 +145,7 @@ static int fresh(const candidate *c, int64_t now)
  */
 static const char select_sql[] =
     "SELECT e.id, e.entry_id, e.credential_id, c.access_token, coalesce(c.expires_at, 0), c.status, "
-    "pv.skew_s * 1000, json_extract(c.extra, '$.inference_base_url'), e.request_count, e.priority, "
+    "pv.skew_s * 1000, c.base_url, e.request_count, e.priority, "
     "coalesce(ps.strategy, 'fill_first'), coalesce(c.refresh_not_before, 0) "
     "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
     "JOIN credential c ON c.id = e.credential_id JOIN provider pv ON pv.name = e.provider "
@@ -339,7 +339,7 @@ tl_status tl_credential_find(int64_t *out, tl_store *s, const char *profile, con
  * which picks exactly the same entry when this one is fresh.
  */
 static const char fast_sql[] =
-    "SELECT e.entry_id, c.id, c.access_token, c.expires_at, json_extract(c.extra, '$.inference_base_url') "
+    "SELECT e.entry_id, c.id, c.access_token, c.expires_at, c.base_url "
     "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
     "JOIN credential c ON c.id = e.credential_id "
     "WHERE p.name = :profile AND (e.cooldown_until IS NULL OR e.cooldown_until <= :now) "
@@ -359,15 +359,21 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
   tl__bind_int(st, ":now", now);
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 2) != SQLITE_NULL) {
-    int64_t exp = sqlite3_column_int64(st, 3), skew = 120000;
-    sqlite3_stmt *sk = tl__stmt(s, skew_sql, NULL);
-    if (sk) {
-      tl__bind_text(sk, ":provider", provider);
-      if (sqlite3_step(sk) == SQLITE_ROW)
-        skew = sqlite3_column_int64(sk, 0);
-      sqlite3_reset(sk);
+    int64_t exp = sqlite3_column_int64(st, 3);
+    /* The provider's skew changes rarely: a long-lived store re-reads it once a second. */
+    if (strcmp(s->skew.provider, provider) != 0 || now - s->skew.loaded_at > 1000) {
+      sqlite3_stmt *sk = tl__stmt(s, skew_sql, NULL);
+      s->skew.skew_ms = 120000;
+      if (sk) {
+        tl__bind_text(sk, ":provider", provider);
+        if (sqlite3_step(sk) == SQLITE_ROW)
+          s->skew.skew_ms = sqlite3_column_int64(sk, 0);
+        sqlite3_reset(sk);
+      }
+      snprintf(s->skew.provider, sizeof s->skew.provider, "%s", provider);
+      s->skew.loaded_at = now;
     }
-    if (exp > 0 && exp - skew > now) {
+    if (exp > 0 && exp - s->skew.skew_ms > now) {
       tl_token *t = calloc(1, sizeof *t);
       if (t) {
         t->entry_id = tl__col_dup(st, 0);
@@ -565,7 +571,7 @@ typedef enum claim_result {
 static const char cred_sql[] =
     "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), pv.skew_s * 1000, c.token_url, c.client_id, "
     "pv.rt_header, c.provider, c.label, pv.grace_s * 1000, c.status_reason, "
-    "json_extract(c.extra, '$.inference_base_url'), coalesce(c.refresh_not_before, 0) "
+    "c.base_url, coalesce(c.refresh_not_before, 0) "
     "FROM credential c JOIN provider pv ON pv.name = c.provider WHERE c.id = :id";
 
 /*
