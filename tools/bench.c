@@ -811,8 +811,8 @@ static void bench_process(void)
     printf("   sqlite3 shell, same query     %6.2f ms\n\n", b50 / 1e6);
   else
     printf("   sqlite3 shell not available\n\n");
-  record("whole_process", json_pack("{s:i, s:f, s:f?}", "runs", n, "tokenledger_token_ms", a50 / 1e6,
-                                    "sqlite3_shell_ms", have_sqlite ? json_real(b50 / 1e6) : NULL));
+  record("whole_process", json_pack("{s:i, s:f, s:o}", "runs", n, "tokenledger_token_ms", a50 / 1e6, "sqlite3_shell_ms",
+                                    have_sqlite ? json_real(b50 / 1e6) : json_null()));
   free(a);
   free(b);
 }
