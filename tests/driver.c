@@ -21,6 +21,7 @@
  * Each prints one summary line and exits non-zero if an expectation fails.
  */
 #include "internal.h"
+#include "portal_client.h"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -45,38 +46,9 @@ static tl_store *open_or_die(const char *db, const char *cmd)
   return s;
 }
 
-typedef struct buf {
-  char *p;
-  size_t n;
-} buf;
-
-static size_t on_data(char *d, size_t sz, size_t n, void *ud)
-{
-  buf *b = ud;
-  b->p = realloc(b->p, b->n + sz * n + 1);
-  memcpy(b->p + b->n, d, sz * n);
-  b->n += sz * n;
-  b->p[b->n] = '\0';
-  return sz * n;
-}
-
-/* GET or POST an admin endpoint of the portal; returns parsed JSON or NULL. */
 static json_t *admin(const char *url, const char *path, int post)
 {
-  char full[512];
-  snprintf(full, sizeof full, "%s%s", url, path);
-  CURL *h = curl_easy_init();
-  buf b = {0};
-  curl_easy_setopt(h, CURLOPT_URL, full);
-  if (post)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  CURLcode rc = curl_easy_perform(h);
-  curl_easy_cleanup(h);
-  json_t *j = rc == CURLE_OK && b.p ? json_loads(b.p, 0, NULL) : NULL;
-  free(b.p);
-  return j;
+  return portal_call(url, path, post ? "" : NULL, NULL);
 }
 
 static int64_t credential_of(tl_store *s, const char *profile)
@@ -366,27 +338,10 @@ static int hermes_round(const char *auth, const char *url, int seq, int rotate, 
   if (rotate) {
     json_t *nous = json_object_get(json_object_get(doc, "providers"), "nous");
     const char *rt = json_string_value(json_object_get(nous, "refresh_token"));
-    char hdr[600], full[512];
-    snprintf(hdr, sizeof hdr, "x-nous-refresh-token: %s", rt ? rt : "");
-    snprintf(full, sizeof full, "%s/api/oauth/token", url);
-    CURL *h = curl_easy_init();
-    struct curl_slist *hl = curl_slist_append(NULL, hdr);
-    buf b = {0};
-    curl_easy_setopt(h, CURLOPT_URL, full);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "grant_type=refresh_token&client_id=hermes-cli");
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    long status = 0;
-    if (curl_easy_perform(h) == CURLE_OK)
-      curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(h);
-    json_t *ans = status == 200 && b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
+    json_t *ans = portal_call(url, "/api/oauth/token", "grant_type=refresh_token&client_id=hermes-cli", rt ? rt : "");
     const char *nrt = json_string_value(json_object_get(ans, "refresh_token"));
     if (!nrt) {
-      fprintf(stderr, "hermes-writer: refresh failed with HTTP %ld\n", status);
+      fprintf(stderr, "hermes-writer: the portal did not rotate the refresh token\n");
       json_decref(ans);
       goto done;
     }

@@ -17,6 +17,7 @@
  * Timings live here only; the test suite runs --quick to prove this works.
  */
 #include "internal.h"
+#include "portal_client.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -94,47 +95,9 @@ static void record(const char *section, json_t *obj)
 
 /* ---- portal and HTTP helpers ---------------------------------------------------- */
 
-typedef struct buf {
-  char *p;
-  size_t n;
-} buf;
-
-static size_t on_data(char *d, size_t sz, size_t n, void *ud)
-{
-  buf *b = ud;
-  char *np = realloc(b->p, b->n + sz * n + 1);
-  if (!np)
-    return 0;
-  b->p = np;
-  memcpy(b->p + b->n, d, sz * n);
-  b->n += sz * n;
-  b->p[b->n] = '\0';
-  return sz * n;
-}
-
 static json_t *http(const char *path, const char *body, const char *rt)
 {
-  char url[256], hdr[512];
-  snprintf(url, sizeof url, "%s%s", portal_url, path);
-  CURL *h = curl_easy_init();
-  struct curl_slist *hl = NULL;
-  if (rt) {
-    snprintf(hdr, sizeof hdr, "x-nous-refresh-token: %s", rt);
-    hl = curl_slist_append(hl, hdr);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-  }
-  buf b = {0};
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  if (body)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  CURLcode rc = curl_easy_perform(h);
-  curl_slist_free_all(hl);
-  curl_easy_cleanup(h);
-  json_t *j = rc == CURLE_OK && b.p ? json_loads(b.p, 0, NULL) : NULL;
-  free(b.p);
-  return j;
+  return portal_call(portal_url, path, body, rt);
 }
 
 static int64_t counter(const char *name)
