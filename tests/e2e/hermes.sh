@@ -151,11 +151,12 @@ tl $D export --profile alpha --output "$H2/auth.json"; expect 0 "export through 
 check '[ -L "$H2/auth.json" ] && [ "$(jq -r .providers.nous.refresh_token "$WORK/real/auth.json")" = "$(q "SELECT secret FROM refresh_token WHERE state = \"current\" AND credential_id = 1")" ]' "symlink kept, target updated"
 
 # the lock is Hermes' lock
-flock "$H/auth.lock" sleep 3 & holder=$!
-sleep 0.3
+exec 9> "$H/auth.lock"
+flock 9  # this shell holds Hermes' lock, as Hermes would during its own refresh
 TOKENLEDGER_LOCK_TIMEOUT_MS=300 tl $D export --profile alpha; expect 8 "export waits for auth.lock, then says busy"
 contains "auth.lock" "names the lock"
-wait $holder
+flock -u 9
+exec 9>&-
 
 # --- 5. sync: Hermes rotated by itself, then a spent token appears
 rt=$(jq -r .providers.nous.refresh_token "$H/auth.json")
@@ -220,8 +221,8 @@ sqlite3 "$DB" "UPDATE credential SET status = 'uncertain' WHERE id = 1"
 tl $D keep-fresh --once --ahead 86400 --json --no-sync
 check 'jq -e "any(.[]; .credential == 1 and .action == \"skipped\")" "$OUT" >/dev/null' "an unknown outcome is skipped, not presented"
 sqlite3 "$DB" "UPDATE credential SET status = 'active' WHERE id = 1"
-"$TL_BIN" $D keep-fresh --interval 1 > /dev/null 2>&1 & kf=$!
-sleep 1.5
+"$TL_BIN" $D keep-fresh --interval 1 > "$WORK/kf.out" 2>&1 & kf=$!
+for _ in $(seq 200); do [ -s "$WORK/kf.out" ] && break; sleep 0.05; done  # its first round has run
 kill -TERM $kf
 set +e; wait $kf; RC=$?; set -e
 expect 0 "keep-fresh stops cleanly on SIGTERM"
