@@ -61,6 +61,16 @@ static int secret_option(const char *name)
   return 0;
 }
 
+/* An argument we did not expect may be a token typed on the command line: never echo a long one. */
+static int unexpected(int index, const char *a)
+{
+  if (strlen(a) <= 24)
+    return usage_error("unexpected argument '%s'", a);
+  return usage_error("unexpected argument %d (%zu characters, not shown: if it is a token, it is now in your shell "
+                     "history; tokens are read from a file or standard input)",
+                     index, strlen(a));
+}
+
 /*
  * Parses argv (argv[0] is the command name) against opts. Positional
  * arguments are collected into pos (at most maxpos). Returns -1 on success,
@@ -74,7 +84,7 @@ static int parse(int argc, char **argv, const opt *opts, const char **pos, int m
     if (strcmp(a, "--") == 0) {
       for (i++; i < argc; i++) {
         if (*npos >= maxpos)
-          return usage_error("unexpected argument '%s'", argv[i]);
+          return unexpected(i, argv[i]);
         pos[(*npos)++] = argv[i];
       }
       break;
@@ -85,7 +95,7 @@ static int parse(int argc, char **argv, const opt *opts, const char **pos, int m
     }
     if (a[0] != '-' || a[1] == '\0') {
       if (*npos >= maxpos)
-        return usage_error("unexpected argument '%s'", a);
+        return unexpected(i, a);
       pos[(*npos)++] = a;
       continue;
     }
@@ -238,7 +248,7 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
   }
   if (strcmp(pos[0], "list") == 0) {
     if (npos != 1)
-      return usage_error("unexpected argument '%s'", pos[1]);
+      return unexpected(2, pos[1]);
     tl_report *r = NULL;
     OPEN_OR_RETURN(s, 0, NULL);
     rc = tl_profile_list(&r, s, &err);

@@ -110,12 +110,6 @@ int tl__bind_int(sqlite3_stmt *st, const char *name, int64_t v)
   return i ? sqlite3_bind_int64(st, i, v) : SQLITE_RANGE;
 }
 
-int tl__bind_null(sqlite3_stmt *st, const char *name)
-{
-  int i = param(st, name);
-  return i ? sqlite3_bind_null(st, i) : SQLITE_RANGE;
-}
-
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err)
 {
   int rc = sqlite3_step(st);
@@ -403,7 +397,7 @@ static tl_status pragma_int(tl_store *s, const char *sql, int *out, tl_error *er
 }
 
 /* Read-only identification: ours, empty, or something else. */
-static tl_status identify(tl_store *s, int created, tl_error *err)
+static tl_status identify(tl_store *s, tl_error *err)
 {
   int app = 0, ver = 0, objects = 0;
   tl_status rc;
@@ -424,7 +418,6 @@ static tl_status identify(tl_store *s, int created, tl_error *err)
                    "%s: schema version %d is newer than this tokenledger understands (%d); upgrade tokenledger, "
                    "the file was left untouched",
                    s->path, ver, TL_SCHEMA_VERSION);
-  (void)created;
   return TL_OK;
 }
 
@@ -478,7 +471,7 @@ tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_err
   }
   sqlite3_busy_handler(s->db, on_busy, s);
   sqlite3_extended_result_codes(s->db, 1);
-  if ((rc = identify(s, created, err)) != TL_OK)
+  if ((rc = identify(s, err)) != TL_OK)
     goto done;
   if ((rc = tl__exec(s, "PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON; PRAGMA synchronous=FULL;", err)) != TL_OK)
     goto done;

@@ -1483,10 +1483,11 @@ static tl_status sync_file(fileop *op, const char *target, tl_error *err)
 {
   tl_status rc;
   int lock = -1;
-  json_t *doc = NULL, *before = NULL, *tmpl = NULL;
+  json_t *doc = NULL, *tmpl = NULL;
   char sha[65] = "", *text = NULL;
   const char *action = "unchanged";
   int64_t synced = 0;
+  int in_step = 0; /* the file is byte for byte what the ledger last read or wrote */
   slots ss = {0};
   const char *known = op->home ? op->home : target;
   int record = strcmp(known, target) == 0; /* an export elsewhere is a copy, not the profile's file */
@@ -1508,50 +1509,48 @@ static tl_status sync_file(fileop *op, const char *target, tl_error *err)
     rc = TL_OK;
   } else if (rc != TL_OK) {
     goto done; /* a file we cannot read is never treated as empty */
-  } else if (op->adopt) {
-    /* Adopt what Hermes changed since the last sync. */
+  } else {
     static const char sha_sql[] = "SELECT sha256 FROM hermes_file WHERE path = :p";
     sqlite3_stmt *st = tl__stmt(op->s, sha_sql, err);
-    int same = 0;
     if (st) {
       tl__bind_text(st, ":p", target);
-      same = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
-             strcmp((const char *)sqlite3_column_text(st, 0), sha) == 0;
+      in_step = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
+                strcmp((const char *)sqlite3_column_text(st, 0), sha) == 0;
       sqlite3_reset(st);
     }
-    if (!same) {
-      ingest in;
-      memset(&in, 0, sizeof in);
-      in.s = op->s;
-      in.report = op->report;
-      in.profile = op->profile;
-      in.profile_name = op->profile_name;
-      in.file = target;
-      in.adopt = 1;
-      in.shared = op->shared;
-      json_t *copy = json_deep_copy(doc);
-      if ((rc = tl__tx_begin(op->s, "sync adopt", err)) != TL_OK) {
-        json_decref(copy);
-        goto done;
-      }
-      rc = ingest_doc(&in, target, copy, sha, err);
-      json_decref(copy);
-      if (rc == TL_OK)
-        rc = tl__tx_commit(op->s, err);
-      else
-        tl__tx_rollback(op->s);
-      if (rc == TL_OK && in.blocked_fp[0]) {
-        tl_error ignore = {0};
-        tl__reuse_blocked(op->s, in.blocked_fp, in.blocked_where, &ignore);
-      }
-      if (rc != TL_OK)
-        goto done;
-      json_decref(tmpl);
-      tmpl = load_template(op->s, target, &synced);
-      synced = 0; /* compare file values, not times */
-    }
   }
-  before = json_deep_copy(doc);
+  if (op->adopt && !in_step && strcmp(action, "created") != 0) {
+    /* Adopt what Hermes changed since the last sync. */
+    ingest in;
+    memset(&in, 0, sizeof in);
+    in.s = op->s;
+    in.report = op->report;
+    in.profile = op->profile;
+    in.profile_name = op->profile_name;
+    in.file = target;
+    in.adopt = 1;
+    in.shared = op->shared;
+    json_t *copy = json_deep_copy(doc);
+    if ((rc = tl__tx_begin(op->s, "sync adopt", err)) != TL_OK) {
+      json_decref(copy);
+      goto done;
+    }
+    rc = ingest_doc(&in, target, copy, sha, err);
+    json_decref(copy);
+    if (rc == TL_OK)
+      rc = tl__tx_commit(op->s, err);
+    else
+      tl__tx_rollback(op->s);
+    if (rc == TL_OK && in.blocked_fp[0]) {
+      tl_error ignore = {0};
+      tl__reuse_blocked(op->s, in.blocked_fp, in.blocked_where, &ignore);
+    }
+    if (rc != TL_OK)
+      goto done;
+    json_decref(tmpl);
+    tmpl = load_template(op->s, target, &synced);
+    synced = 0; /* compare file values, not times */
+  }
   if ((rc = walk(&ss, doc, target, op->shared, err)) != TL_OK)
     goto done;
   int changed = 0;
@@ -1580,7 +1579,8 @@ static tl_status sync_file(fileop *op, const char *target, tl_error *err)
     if (strcmp(action, "created") != 0)
       action = "written";
   }
-  if (!record) {
+  if (!record || (in_step && strcmp(action, "unchanged") == 0)) {
+    /* A copy elsewhere is not remembered; a file already in step needs no write transaction. */
     const char *cells[7] = {op->profile_name ? op->profile_name : "(shared)", target, "$", "", NULL, action, NULL};
     const int num[7] = {0};
     rc = tl__report_add_row(op->report, cells, num, err);
@@ -1611,7 +1611,6 @@ static tl_status sync_file(fileop *op, const char *target, tl_error *err)
   }
 done:
   free(ss.v);
-  json_decref(before);
   if (doc) {
     json_decref(doc);
   }

@@ -70,7 +70,6 @@ sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err);
 int tl__bind_text(sqlite3_stmt *st, const char *name, const char *v);
 int tl__bind_secret(sqlite3_stmt *st, const char *name, const char *v);
 int tl__bind_int(sqlite3_stmt *st, const char *name, int64_t v);
-int tl__bind_null(sqlite3_stmt *st, const char *name);
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);

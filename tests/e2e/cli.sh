@@ -101,6 +101,18 @@ contains "already spent" "names the reuse"
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE event=\"reuse_blocked\"")" = $((n + 1)) ]' "reuse_blocked audited"
 check '[ "$(q "SELECT count(*) FROM pool_entry p JOIN profile f ON f.id=p.profile_id WHERE f.name=\"dave\"")" = 0 ]' "nothing stored for dave"
 
+# --- more usage errors, each a specific message and exit code
+tl $D pool strategy nous bogus --profile alice; expect 2 "unknown strategy"; contains "fill_first" "lists the strategies"
+tl $D pool strategy nous round_robin --profile ghost; expect 3 "strategy for an unknown profile"
+tl $D report nous --profile alice --entry nope --status 429; expect 3 "report on an unknown entry"
+tl $D recover --credential 1; expect 2 "recover without a decision"; contains "exactly one of" "names the choices"
+tl $D recover --credential 1 --mark-dead; expect 2 "recover with no unknown outcome"
+tl $D keep-fresh --once --ahead soon; expect 2 "keep-fresh with a bad --ahead"
+tl $D import; expect 2 "import without a path"
+tl $D check-rt rt-typed-on-the-command-line-0123456789; expect 2 "a token as an argument"
+lacks "rt-typed-on-the-command-line" "the error does not echo it"
+tl $D sync --profile alice --all; expect 2 "sync with both --profile and --all"
+
 # --- compact keeps fingerprints and audit
 fps=$(q "SELECT count(*) FROM refresh_token"); au=$(q "SELECT count(*) FROM audit_event")
 tl $D compact --keep-days 0 --json; expect 0 "compact"

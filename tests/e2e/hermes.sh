@@ -161,6 +161,10 @@ exec 9>&-
 # --- 5. sync: Hermes rotated by itself, then a spent token appears
 rt=$(jq -r .providers.nous.refresh_token "$H/auth.json")
 tl $D sync --profile alpha; expect 0 "sync when in step"
+stamp=$(q "SELECT synced_at FROM hermes_file WHERE path = '$(realpath "$H/auth.json")'")
+tl $D sync --profile alpha --json; expect 0 "sync again, nothing changed"
+check 'jq -e ".[0].action == \"unchanged\"" "$OUT" >/dev/null' "reported unchanged"
+check '[ "$(q "SELECT synced_at FROM hermes_file WHERE path = '"'"'$(realpath "$H/auth.json")'"'"'")" = "$stamp" ]' "a file in step costs no write"
 ans=$(curl -sf -X POST "$URL/api/oauth/token" -H "x-nous-refresh-token: $(jq -r .providers.nous.refresh_token "$H/auth.json")" -d grant_type=refresh_token -d client_id=hermes-cli)
 jq --arg rt "$(jq -r .refresh_token <<< "$ans")" --arg at "$(jq -r .access_token <<< "$ans")" \
   '.providers.nous.refresh_token = $rt | .providers.nous.access_token = $at | .providers.nous.label = "set by hermes"' \
