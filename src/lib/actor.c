@@ -5,9 +5,16 @@
  * start time (field 22 of /proc/PID/stat) guards against pid reuse; the boot
  * id against reboots. Liveness is only decided for owners on this host and
  * boot; for any other owner the attempt's lease deadline decides.
+ *
+ * Also the one place that defers the signals a user sends to stop a process
+ * (SIGINT, SIGTERM, SIGHUP, SIGQUIT) across a critical section: between a
+ * claim and its record, and while a temporary file holds tokens. A deferred
+ * signal is delivered when the section ends, so the process still stops.
  */
-#define _XOPEN_SOURCE 700 /* strptime */
 #include "internal.h"
+
+#include <pthread.h>
+#include <signal.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,54 +90,23 @@ int tl__owner_alive(const tl__actor *self, const char *host, const char *boot, l
   return now == start ? 1 : 0;
 }
 
-tl_status tl_time_parse(int64_t *out, const char *text, tl_error *err)
+static void stop_signals(sigset_t *set)
 {
-  if (!out || !text || !*text)
-    return tl__err(err, TL_EINVAL, 0, "time: empty");
-  char *end = NULL;
-  double num = strtod(text, &end);
-  if (end && end != text && *end == '\0') {
-    if (num < 0 || num > 1e16)
-      return tl__err(err, TL_EINVAL, 0, "time '%.40s' is out of range", text);
-    *out = num > 1e12 ? (int64_t)num : (int64_t)(num * 1000.0);
-    return TL_OK;
-  }
-  struct tm tm;
-  memset(&tm, 0, sizeof tm);
-  const char *p = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!p)
-    p = strptime(text, "%Y-%m-%d %H:%M:%S", &tm);
-  if (!p)
-    return tl__err(err, TL_EINVAL, 0, "time '%.40s' is neither ISO 8601 nor epoch seconds/milliseconds", text);
-  int64_t ms = 0;
-  if (*p == '.') {
-    int digits = 0;
-    int64_t frac = 0;
-    for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-      if (digits < 3)
-        frac = frac * 10 + (*p - '0');
-    if (digits == 0)
-      return tl__err(err, TL_EINVAL, 0, "time '%.40s': empty fraction", text);
-    for (int d = digits; d < 3; d++)
-      frac *= 10;
-    ms = frac;
-  }
-  long offset = 0;
-  if (*p == 'Z' || *p == 'z') {
-    p++;
-  } else if (*p == '+' || *p == '-') {
-    int sign = *p == '-' ? -1 : 1;
-    int hh = 0, mm = 0, n = 0;
-    if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &n) != 2 && sscanf(p + 1, "%2d%2d%n", &hh, &mm, &n) != 2)
-      return tl__err(err, TL_EINVAL, 0, "time '%.40s': bad zone offset", text);
-    offset = sign * (hh * 3600L + mm * 60L);
-    p += 1 + n;
-  }
-  if (*p)
-    return tl__err(err, TL_EINVAL, 0, "time '%.40s': unexpected text after the time", text);
-  time_t secs = timegm(&tm);
-  if (secs == (time_t)-1)
-    return tl__err(err, TL_EINVAL, 0, "time '%.40s' is out of range", text);
-  *out = ((int64_t)secs - offset) * 1000 + ms;
-  return TL_OK;
+  sigemptyset(set);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGHUP);
+  sigaddset(set, SIGQUIT);
+}
+
+void tl__signals_defer(sigset_t *old)
+{
+  sigset_t set;
+  stop_signals(&set);
+  pthread_sigmask(SIG_BLOCK, &set, old);
+}
+
+void tl__signals_restore(const sigset_t *old)
+{
+  pthread_sigmask(SIG_SETMASK, old, NULL);
 }

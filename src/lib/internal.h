@@ -12,6 +12,7 @@
 #include "tokenledger.h"
 
 #include <jansson.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -60,10 +61,27 @@ tl_status tl__oom(tl_error *err);
 
 /* time and actor (actor.c) */
 int64_t tl__now_ms(void);
+/* Defers SIGINT/SIGTERM/SIGHUP/SIGQUIT across a critical section; restore delivers them. */
+void tl__signals_defer(sigset_t *old);
+void tl__signals_restore(const sigset_t *old);
 void tl__actor_init(tl__actor *a);
 void tl__actor_clear(tl__actor *a);
 /* 1 if the owner is certainly alive, 0 if certainly dead, -1 if unknowable here. */
 int tl__owner_alive(const tl__actor *self, const char *host, const char *boot, long pid, long long start);
+
+/* num.c: checked conversions of numbers and times from outside. Each returns NULL on
+ * success, else a constant reason ("out of range", ...) for the caller's message. */
+#define TL_MS_MAX 253402300799999LL /* 9999-12-31T23:59:59.999Z */
+const char *tl__num_f2i(int64_t *out, double d, int64_t min, int64_t max);
+const char *tl__num_i64(int64_t *out, const json_t *v, int64_t min, int64_t max);
+/* A time in every form Hermes writes (ISO 8601, epoch s or ms, number or text) -> ms. */
+const char *tl__num_time(int64_t *out, const json_t *v);
+const char *tl__num_time_text(int64_t *out, const char *text);
+
+/* secret.c: a token is 1-16384 bytes of RFC 6749 VSCHAR (0x20-0x7E) with no
+ * leading or trailing space, wherever it comes from (file, server, stdin). */
+#define TL_TOKEN_MAX 16384
+int tl__token_valid(const char *s, size_t len);
 
 /* db.c: statements and transactions */
 sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err);

@@ -34,6 +34,16 @@ void tl_secret_free(char *s)
   free(s);
 }
 
+int tl__token_valid(const char *s, size_t len)
+{
+  if (!s || len == 0 || len > TL_TOKEN_MAX || s[0] == ' ' || s[len - 1] == ' ')
+    return 0;
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+      return 0;
+  return 1;
+}
+
 void tl_fingerprint(char out[65], const char *data, size_t len)
 {
   unsigned char md[32];

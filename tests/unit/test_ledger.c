@@ -4,6 +4,8 @@
  */
 #include "fixture.h"
 
+#include <math.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +208,49 @@ static void test_ledger__time_parse_reads_every_hermes_form(void **state)
   assert_int_equal(tl_time_parse(&t, "2026-09-20T10:00:00Zjunk", &err), TL_EINVAL);
 }
 
+static void test_ledger__numbers_from_outside_are_range_checked(void **state)
+{
+  (void)state;
+  int64_t v = 0;
+  json_t *j = json_real(1e300);
+  assert_non_null(tl__num_time(&v, j)); /* once undefined behaviour: a float epoch far out of range */
+  json_decref(j);
+  j = json_real(1790000000.5);
+  assert_null(tl__num_time(&v, j));
+  assert_int_equal(v, 1790000000500LL);
+  json_decref(j);
+  j = json_integer(-1);
+  assert_non_null(tl__num_time(&v, j));
+  json_decref(j);
+  j = json_string("99999-01-01T00:00:00Z");
+  assert_non_null(tl__num_time(&v, j));
+  json_decref(j);
+  assert_non_null(tl__num_f2i(&v, 9.3e18, 0, INT64_MAX));
+  assert_non_null(tl__num_f2i(&v, NAN, 0, 10));
+  assert_null(tl__num_f2i(&v, 9.9, 0, 10));
+  assert_int_equal(v, 9);
+  j = json_integer(1000000);
+  assert_non_null(tl__num_i64(&v, j, 0, 86400));
+  assert_null(tl__num_i64(&v, j, 0, 10000000));
+  json_decref(j);
+  int64_t t = 0;
+  tl_error err = {0};
+  assert_int_equal(tl_time_parse(&t, "1e300", &err), TL_EINVAL);
+}
+
+static void test_ledger__tokens_are_printable_ascii_without_surrounding_space(void **state)
+{
+  (void)state;
+  assert_true(tl__token_valid("rt-abc.DEF_123~+/=", 18));
+  assert_false(tl__token_valid("rt-live ", 8));
+  assert_false(tl__token_valid(" rt", 3));
+  assert_false(tl__token_valid("rt\r\nHost: evil", 15));
+  assert_false(tl__token_valid("rt\x1b[31m", 9));
+  assert_false(tl__token_valid("", 0));
+  assert_false(tl__token_valid("caf\xc3\xa9", 5));
+  assert_true(tl__token_valid("a b", 3)); /* inner space is VSCHAR */
+}
+
 static void test_ledger__doctor_turns_a_dead_owners_attempt_into_unknown(void **state)
 {
   fx *f = *state;
@@ -266,6 +311,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_ledger__check_rt_names_current_spent_and_unknown, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__secret_read_trims_and_refuses_bad_input, fx_setup, fx_teardown),
       cmocka_unit_test(test_ledger__time_parse_reads_every_hermes_form),
+      cmocka_unit_test(test_ledger__numbers_from_outside_are_range_checked),
+      cmocka_unit_test(test_ledger__tokens_are_printable_ascii_without_surrounding_space),
       cmocka_unit_test_setup_teardown(test_ledger__doctor_turns_a_dead_owners_attempt_into_unknown, fx_setup,
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__a_live_owners_attempt_is_not_reaped, fx_setup, fx_teardown),
