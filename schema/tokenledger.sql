@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 2).
+-- tokenledger canonical schema (user_version 3).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -7,7 +7,7 @@
 --
 -- Conventions
 --   * Every time is INTEGER milliseconds since the Unix epoch, UTC.
---   * Secrets (access tokens, refresh-token plaintext) live only in the columns
+--   * Secrets (access tokens, refresh-token plaintext, other secrets of Hermes files) live only in the columns
 --     named `access_token` and `secret`. No view selects either of them.
 --   * A refresh token (RT) is identified forever by its fingerprint: the
 --     lowercase hex SHA-256 of its exact bytes.
@@ -22,7 +22,7 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 
 -- A token endpoint configuration. Credentials copy the endpoint they were
 -- issued by, so changing a provider never redirects an existing grant.
@@ -102,7 +102,7 @@ CREATE TABLE pool_entry (
   last_error_message TEXT,
   cooldown_until     INTEGER,                 -- skipped by selection until then
   request_count      INTEGER NOT NULL DEFAULT 0 CHECK (request_count >= 0),
-  original_json      TEXT                     -- the entry as imported, for round-trip export (secrets stripped)
+  original_json      TEXT                     -- the entry as imported, without its tokens or key (no secret)
                      CHECK (original_json IS NULL OR json_valid(original_json)),
   UNIQUE (profile_id, provider, entry_id)
 ) STRICT;
@@ -246,13 +246,40 @@ CREATE TABLE hermes_file (
   profile_id  INTEGER REFERENCES profile(id) ON DELETE CASCADE, -- NULL for the shared Nous store
   kind        TEXT NOT NULL CHECK (kind IN ('auth', 'shared_nous')),
   path        TEXT NOT NULL UNIQUE,            -- absolute path of the file
-  template    TEXT NOT NULL                    -- SECRET (may hold API keys): the document with token references
+  template    TEXT NOT NULL                    -- the document with token and key references (no secret)
               CHECK (json_valid(template)),
   sha256      TEXT,                            -- hex SHA-256 of the bytes last read or written: "did Hermes change it?"
   imported_at INTEGER NOT NULL,
   synced_at   INTEGER NOT NULL                 -- last import, export or sync of this file
 ) STRICT;
 CREATE INDEX hermes_file_profile ON hermes_file(profile_id);
+
+-- A place in Hermes' files that holds a grant and is not a pool row (pool rows
+-- are pool_entry rows): a profile's provider singleton (providers.<p>), or a
+-- shared Nous store. The same profile, provider and place with a new refresh
+-- token is the same grant rotated (an external rotation), wherever the file
+-- was read from; a file is only ever patched with the grant its places name.
+CREATE TABLE grant_place (
+  id            INTEGER PRIMARY KEY,
+  profile_id    INTEGER REFERENCES profile(id) ON DELETE CASCADE, -- NULL for a shared Nous store
+  place         TEXT NOT NULL                  -- 'singleton:<provider>', or 'shared:<absolute path>'
+                CHECK (length(place) BETWEEN 1 AND 4200),
+  credential_id INTEGER NOT NULL REFERENCES credential(id),
+  updated_at    INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX grant_place_key ON grant_place(coalesce(profile_id, 0), place);
+CREATE INDEX grant_place_credential ON grant_place(credential_id);
+
+-- A secret in a Hermes file that is not a grant the ledger keeps (an API key,
+-- a guest token, an id_token): kept here, and only here, so that templates and
+-- pool_entry.original_json hold no secret. The template names it as
+-- {"$tl": "secret", "n": N}.
+CREATE TABLE hermes_secret (
+  file_id INTEGER NOT NULL REFERENCES hermes_file(id) ON DELETE CASCADE,
+  n       INTEGER NOT NULL,                    -- the reference number within the file's template
+  secret  TEXT NOT NULL,                       -- SECRET: the value as Hermes stored it
+  PRIMARY KEY (file_id, n)
+) STRICT;
 
 -- Forensic views. None selects access_token or secret.
 

@@ -34,5 +34,7 @@ int tl_cli_exit_code(tl_status rc);
 int tl_cli_fail(const tl_error *err, tl_status rc);
 /* Prints a report as an aligned table, or as JSON when json is set. */
 int tl_cli_print_report(const tl_report *r, int json, unsigned json_flags);
+/* Prints the rows of a sync report that changed something, one line each. */
+int tl_cli_print_changes(const tl_report *r, int json);
 
 #endif

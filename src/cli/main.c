@@ -226,24 +226,56 @@ static int cmd_init(const cmd *c, int argc, char **argv)
 
 static int cmd_profile(const cmd *c, int argc, char **argv)
 {
-  const char *pos[2] = {0}, *home = NULL;
-  int json = 0;
-  opt opts[] = {{"home", 1, &home, NULL}, {"json", 0, NULL, &json}, {0}};
-  PARSE_OR_RETURN(opts, pos, 2);
+  const char *pos[3] = {0}, *home = NULL;
+  int json = 0, create = 0, clear = 0;
+  opt opts[] = {{"home", 1, &home, NULL},
+                {"create", 0, NULL, &create},
+                {"clear", 0, NULL, &clear},
+                {"json", 0, NULL, &json},
+                {0}};
+  PARSE_OR_RETURN(opts, pos, 3);
   if (npos == 0)
-    return usage_error("%s", "missing subcommand (add, list or rm)");
+    return usage_error("%s", "missing subcommand (add, set-home, list or rm)");
   tl_store *s = NULL;
   tl_error err = {0};
   tl_status rc;
   if (strcmp(pos[0], "add") == 0 || strcmp(pos[0], "rm") == 0) {
-    if (npos != 2)
+    if (npos < 2)
       return usage_error("%s", "missing profile name");
+    if (npos > 2)
+      return unexpected(3, pos[2]);
+    if (create && !home)
+      return usage_error("%s", "--create needs --home DIR");
     OPEN_OR_RETURN(s, 0, pos[1]);
-    rc = pos[0][0] == 'a' ? tl_profile_add(s, pos[1], home, &err) : tl_profile_remove(s, pos[1], &err);
+    if (pos[0][0] == 'a') {
+      rc = tl_profile_add(s, pos[1], create ? NULL : home, &err);
+      if (rc == TL_OK && create && (rc = tl_profile_set_home(s, pos[1], home, 1, &err)) != TL_OK) {
+        tl_error ignore = {0};
+        tl_profile_remove(s, pos[1], &ignore); /* all or nothing */
+      }
+    } else {
+      rc = tl_profile_remove(s, pos[1], &err);
+    }
     tl_store_free(s);
     if (rc != TL_OK)
       return tl_cli_fail(&err, rc);
     printf("profile %s %s\n", pos[1], pos[0][0] == 'a' ? "added" : "removed");
+    return EXIT_OK;
+  }
+  if (strcmp(pos[0], "set-home") == 0) {
+    if (npos < 2)
+      return usage_error("%s", "missing profile name");
+    if ((npos == 3) == clear)
+      return usage_error("%s", "give the home directory, or --clear");
+    OPEN_OR_RETURN(s, 0, pos[1]);
+    rc = tl_profile_set_home(s, pos[1], clear ? NULL : pos[2], create, &err);
+    tl_store_free(s);
+    if (rc != TL_OK)
+      return tl_cli_fail(&err, rc);
+    if (clear)
+      printf("profile %s has no Hermes home now\n", pos[1]);
+    else
+      printf("profile %s: Hermes home set\n", pos[1]);
     return EXIT_OK;
   }
   if (strcmp(pos[0], "list") == 0) {
@@ -254,7 +286,7 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
     rc = tl_profile_list(&r, s, &err);
     return finish_report(s, rc, r, &err, json, 0);
   }
-  return usage_error("unknown subcommand '%s' (add, list or rm)", pos[0]);
+  return usage_error("unknown subcommand '%s' (add, set-home, list or rm)", pos[0]);
 }
 
 static int cmd_provider(const cmd *c, int argc, char **argv)
@@ -776,17 +808,46 @@ static void on_stop(int sig)
   stop_requested = 1;
 }
 
+/* Sleeps until the next round; with watch, syncs every time Hermes writes a file meanwhile. */
+static void wait_round(tl_store *s, int64_t every, int watch, int json)
+{
+  tl_watch *w = NULL;
+  tl_error err = {0};
+  if (watch && tl_watch_open(&w, s, &err) != TL_OK) {
+    fprintf(stderr, "tokenledger keep-fresh: %s; polling every %lld s instead\n", err.message, (long long)every);
+    w = NULL;
+  }
+  int64_t slices = every * 10;
+  for (int64_t i = 0; i < slices && !stop_requested; i++) {
+    int changed = 0;
+    if (!w) {
+      usleep(100000);
+      continue;
+    }
+    tl_error werr = {0};
+    if (tl_watch_wait(w, 100, &changed, &werr) != TL_OK || !changed)
+      continue;
+    tl_report *r = NULL;
+    tl_error serr = {0};
+    tl_status rc = tl_sync(&r, s, NULL, &serr);
+    if (rc != TL_OK)
+      tl_cli_fail(&serr, rc);
+    else
+      tl_cli_print_changes(r, json);
+    fflush(stdout);
+    tl_report_free(r);
+  }
+  tl_watch_free(w);
+}
+
 static int cmd_keep_fresh(const cmd *c, int argc, char **argv)
 {
   const char *pos[1], *interval = NULL, *ahead = NULL, *count = NULL;
-  int json = 0, once = 0, nosync = 0;
-  opt opts[] = {{"interval", 1, &interval, NULL},
-                {"ahead", 1, &ahead, NULL},
-                {"count", 1, &count, NULL},
-                {"once", 0, NULL, &once},
-                {"no-sync", 0, NULL, &nosync},
-                {"json", 0, NULL, &json},
-                {0}};
+  int json = 0, once = 0, nosync = 0, watch = 0;
+  opt opts[] = {{"interval", 1, &interval, NULL}, {"ahead", 1, &ahead, NULL},
+                {"count", 1, &count, NULL},       {"once", 0, NULL, &once},
+                {"no-sync", 0, NULL, &nosync},    {"watch", 0, NULL, &watch},
+                {"json", 0, NULL, &json},         {0}};
   PARSE_OR_RETURN(opts, pos, 0);
   int64_t every = 60, before = 600, rounds = 0;
   int prc;
@@ -805,10 +866,11 @@ static int cmd_keep_fresh(const cmd *c, int argc, char **argv)
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   int code = EXIT_OK;
+  if (watch && nosync)
+    return usage_error("%s", "--watch syncs files as Hermes writes them; it cannot go with --no-sync");
   for (int64_t round = 0; !stop_requested && (rounds == 0 || round < rounds); round++) {
     if (round)
-      for (int64_t w = 0; w < every * 10 && !stop_requested; w++)
-        usleep(100000);
+      wait_round(s, every, watch, json);
     if (stop_requested)
       break;
     tl_report *r = NULL;
@@ -834,9 +896,13 @@ static int cmd_keep_fresh(const cmd *c, int argc, char **argv)
 
 static const cmd commands[] = {
     {"init", cmd_init, "init", "Creates the ledger (directory 0700, file 0600) or migrates an existing one.\n"},
-    {"profile", cmd_profile, "profile add NAME [--home DIR] | profile list [--json] | profile rm NAME",
+    {"profile", cmd_profile,
+     "profile add NAME [--home DIR [--create]] | profile set-home NAME (DIR [--create] | --clear) | profile list "
+     "[--json] | profile rm NAME",
      "Manages Hermes profiles. NAME follows Hermes' rule ^[a-z0-9][a-z0-9_-]{0,63}$; 'default' is the Hermes\n"
-     "root. Removing a profile drops its pool entries; credentials and their lineage stay.\n"},
+     "root. A profile's home is the Hermes directory whose auth.json sync, export and every refresh keep in\n"
+     "step (--create makes it, 0700); importing a home or a root sets it too, importing any other file never\n"
+     "does. Removing a profile drops its pool entries; credentials and their lineage stay.\n"},
     {"provider", cmd_provider,
      "provider set NAME [--token-url URL] [--device-url URL] [--client-id ID] [--rt-header NAME | --rt-in-body]\n"
      "                    [--scope S] [--skew SECONDS] [--grace SECONDS] | provider list [--json]",
@@ -870,10 +936,13 @@ static const cmd commands[] = {
      "external rotation; a spent one is refused and overwritten), then exports the ledger's state.\n"
      "A file that did not change is not rewritten.\n"},
     {"keep-fresh", cmd_keep_fresh,
-     "keep-fresh [--interval SECONDS] [--ahead SECONDS] [--once | --count N] [--no-sync] [--json]",
+     "keep-fresh [--interval SECONDS] [--ahead SECONDS] [--once | --count N] [--no-sync | --watch] [--json]",
      "Refreshes every credential whose access token expires within --ahead (default 600 s) and then syncs\n"
-     "every profile's auth.json, every --interval (default 60 s) until SIGTERM/SIGINT; --once does one\n"
-     "round (for cron). Credentials with an unknown outcome or needing a login are reported, never\n"
+     "every profile's auth.json and shared store, every --interval (default 60 s) until SIGTERM/SIGINT;\n"
+     "--once does one round (for cron). Every refresh first adopts what Hermes' files hold, under Hermes'\n"
+     "locks. --watch also syncs as soon as Hermes writes an auth.json or nous_auth.json (inotify), so a\n"
+     "rotation in one profile reaches its siblings and the shared store at once. Credentials with an\n"
+     "unknown outcome, needing a login or without an endpoint are reported for attention, never\n"
      "presented. Exit 7 if the last round had a failure. See docs/tokenledger-keep-fresh.service.\n"},
     {"compact", cmd_compact, "compact [--keep-days N] [--json]",
      "Retention: removes settled refresh attempts of spent tokens older than N days (default 90) and\n"

@@ -76,3 +76,20 @@ int tl_cli_print_report(const tl_report *r, int json, unsigned json_flags)
   free(w);
   return EXIT_OK;
 }
+
+int tl_cli_print_changes(const tl_report *r, int json)
+{
+  for (size_t i = 0; i < tl_report_rows(r); i++) {
+    const char *action = tl_report_get(r, i, "action");
+    if (!action || strcmp(action, "unchanged") == 0)
+      continue;
+    const char *profile = tl_report_get(r, i, "profile"), *file = tl_report_get(r, i, "file");
+    const char *path = tl_report_get(r, i, "path");
+    if (json)
+      printf("{\"event\": \"sync\", \"profile\": \"%s\", \"action\": \"%s\"}\n", profile ? profile : "", action);
+    else
+      printf("sync: %s %s%s%s: %s\n", profile ? profile : "-", file ? file : "-", path && strcmp(path, "$") ? " " : "",
+             path && strcmp(path, "$") ? path : "", action);
+  }
+  return EXIT_OK;
+}

@@ -111,7 +111,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 2
+#define TL_SCHEMA_VERSION 3
 
 /**
  * Opens (or creates) the ledger at path.
@@ -178,6 +178,14 @@ TL_EXTERN tl_status tl_profile_add(tl_store *store, const char *name, const char
  * fingerprints are never forgotten.
  */
 TL_EXTERN tl_status tl_profile_remove(tl_store *store, const char *name, tl_error *err);
+
+/**
+ * Sets (or, with home NULL, clears) the profile's Hermes home: the directory
+ * whose auth.json sync, export and every refresh keep in step. With create,
+ * a missing directory is created 0700. The home must be a directory owned by
+ * the caller.
+ */
+TL_EXTERN tl_status tl_profile_set_home(tl_store *store, const char *name, const char *home, int create, tl_error *err);
 
 /** Lists profiles: name, home, entries, created. */
 TL_EXTERN tl_status tl_profile_list(tl_report **out, tl_store *store, tl_error *err);
@@ -376,43 +384,75 @@ typedef struct tl_import_opts {
 
 /**
  * Imports an auth.json, a Hermes home or (all_profiles) a Hermes root in one
- * transaction. The same grant anywhere becomes one credential; unknown keys
- * are kept for export. A refresh token the ledger knows as spent refuses the
- * whole import (TL_EREUSE, audited). Bad input: TL_EINVAL naming the file,
- * the JSON path and the reason; the ledger is untouched. Never contacts a
- * server. The report has one row per grant place: profile, file, path,
+ * transaction. The same grant anywhere becomes one credential; the same
+ * profile, provider and place (singleton or pool entry id) with a new refresh
+ * token is the same grant rotated by Hermes (an external rotation, never a
+ * second credential). Unknown keys are kept for export. A refresh token the
+ * ledger knows as spent refuses the whole import (TL_EREUSE, audited). Bad
+ * input: TL_EINVAL naming the file, the JSON path and the reason; the ledger
+ * is untouched. Never contacts a server. A home or root becomes the profiles'
+ * sync target (their home); any other file only records where the grant came
+ * from. The report has one row per grant place: profile, file, path,
  * provider, credential, action (new, attached, unchanged, external_rotation,
- * api_key, borrowed, no_refresh_token, ...), note.
+ * external_stale, api_key, borrowed, no_refresh_token, ...), note.
  */
 TL_EXTERN tl_status tl_import(tl_report **out, tl_store *store, const char *path, const tl_import_opts *opts,
                               tl_error *err);
 
 /**
- * Writes the ledger's tokens into the profile's auth.json (or output), under
- * an exclusive flock on the sibling auth.lock, patching only the fields
- * tokenledger owns; atomic replace at 0600. With shared_dir, also writes
- * shared_dir/nous_auth.json under nous_auth.lock.
+ * Writes the ledger's tokens into the profile's home auth.json (or output),
+ * under Hermes' locks, patching only the fields tokenledger owns; atomic
+ * replace at 0600. The home file is synced (what Hermes changed is adopted
+ * first, with every other file holding the same grants and the shared store);
+ * a file elsewhere that holds a refresh token the ledger does not know is
+ * refused (TL_EINVAL), never overwritten. With shared_dir, also writes
+ * shared_dir/nous_auth.json under nous_auth.lock and keeps it current from
+ * then on.
  */
 TL_EXTERN tl_status tl_export(tl_report **out, tl_store *store, const char *profile, const char *output,
                               const char *shared_dir, tl_error *err);
 
 /**
- * For one profile (or every profile with a home when profile is NULL): under
- * auth.lock, adopts what Hermes changed (a new RT replacing the ledger's is an
- * external rotation; a spent one is refused and overwritten), then exports.
+ * For one profile (every file holding one of its grants) or, with profile
+ * NULL, every home and shared store: takes Hermes' locks in Hermes' order,
+ * adopts what Hermes changed (new refresh tokens are external rotations,
+ * ordered by when Hermes obtained them; a spent one is refused and
+ * overwritten), then writes the ledger's state back in Hermes' shape. A
+ * profile whose Nous grant died and was replaced by a new login gets the new
+ * grant in place of the quarantined state. TL_EBUSY if the locks are not had
+ * within TOKENLEDGER_LOCK_TIMEOUT_MS (15 s).
  */
 TL_EXTERN tl_status tl_sync(tl_report **out, tl_store *store, const char *profile, tl_error *err);
 
 /**
  * One round of keep-fresh: refreshes every active credential that a pool
- * holds and whose access token expires within ahead_ms (or is unknown), then
- * (with sync) syncs every profile that has a Hermes home. Credentials with an
- * unknown outcome or needing a login are reported, never presented. The
- * report: credential, provider, action (refreshed, fresh, failed, skipped),
- * expires, detail. *out_failures counts failed refreshes and syncs.
+ * holds and whose access token expires within ahead_ms (or is unknown), each
+ * cooperatively (adopting what Hermes' files hold first, under their locks),
+ * then (with sync) syncs every profile that has a Hermes home and every shared
+ * store. Credentials with an unknown outcome, needing a login, or whose
+ * provider has no endpoint are reported ("attention"), never presented and not
+ * counted as failures. The report: credential, provider, action (refreshed,
+ * fresh, waiting, attention, failed, sync:<file action>), expires, detail.
+ * *out_failures counts failed refreshes and syncs.
  */
 TL_EXTERN tl_status tl_keep_fresh(tl_report **out, int *out_failures, tl_store *store, int64_t ahead_ms, int sync,
                                   tl_error *err);
+
+/**
+ * A watch on every Hermes home and shared Nous store the ledger knows
+ * (inotify): keep-fresh --watch syncs as soon as Hermes writes a file, so a
+ * rotation in one profile reaches its siblings and the shared store at once.
+ */
+typedef struct tl_watch tl_watch;
+
+/** Opens a watch on the homes and shared stores known now. out is new; tl_watch_free. */
+TL_EXTERN tl_status tl_watch_open(tl_watch **out, tl_store *store, tl_error *err);
+
+/** Waits up to timeout_ms for a change of an auth.json or nous_auth.json; *changed is 1 if one happened. */
+TL_EXTERN tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err);
+
+/** Closes the watch. Accepts NULL. */
+TL_EXTERN void tl_watch_free(tl_watch *w);
 
 /* ------------------------------------------------------------------------ */
 /* HTTP seam (tests and benchmarks)                                         */

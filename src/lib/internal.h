@@ -49,6 +49,7 @@ struct tl_store {
     char provider[130];
     int64_t skew_ms, loaded_at; /* the hot path's provider skew, re-read after a second */
   } skew;
+  int coop; /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
@@ -124,6 +125,17 @@ int tl__provider_name_valid(const char *name);
  */
 tl_status tl__rt_lookup(int64_t *out_rt, int64_t *out_cred, tl_store *s, const char *fp, tl_error *err);
 tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_error *err);
+
+/* refresh.c: the protocol alone (claim, present, record) for one credential; the
+ * caller has already handled Hermes' files. ahead_ms widens "fresh" (keep-fresh). */
+#define TL_COOP_HTTP_TIMEOUT_MS 8000
+tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                               int64_t ahead_ms, tl_error *err);
+/* hermes_sync.c: the cooperative refresh. For a credential that lives in Hermes
+ * files: their locks in Hermes' order, adopt what they hold, the protocol, the
+ * write-back of every file holding the grant, unlock. Otherwise the protocol alone. */
+tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                           int64_t ahead_ms, tl_error *err);
 
 /* refresh.c: marks in-flight attempts whose owner is gone as unknown (with fix). */
 tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_error *err);

@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- audit -------------------------------------------------------------- */
 
@@ -98,6 +100,24 @@ tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *
                  name);
 }
 
+/* A Hermes home: an existing directory of ours (created 0700 when asked), as an absolute path. */
+static tl_status check_home(char abs[PATH_MAX], const char *home, int create, tl_error *err)
+{
+  struct stat st;
+  if (create && lstat(home, &st) != 0 && errno == ENOENT && mkdir(home, 0700) != 0)
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: cannot create it: %s", home,
+                   strerror(errno));
+  if (!realpath(home, abs))
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: %s%s", home, strerror(errno),
+                   errno == ENOENT && !create ? " (--create makes it)" : "");
+  if (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode))
+    return tl__err(err, TL_EINVAL, 0, "profile home %s: not a directory", home);
+  if (st.st_uid != geteuid())
+    return tl__err(err, TL_EINSECURE, 0, "profile home %s: owned by uid %ld, not by you (uid %ld)", home,
+                   (long)st.st_uid, (long)geteuid());
+  return TL_OK;
+}
+
 tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_error *err)
 {
   static const char sql[] = "INSERT INTO profile (name, home, created_at) VALUES (:name, :home, :now)";
@@ -111,8 +131,8 @@ tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_err
                    "(hermes, test, tmp, root, sudo are reserved)",
                    name);
   if (home) {
-    if (!realpath(home, abs))
-      return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: %s", home, strerror(errno));
+    if ((rc = check_home(abs, home, 0, err)) != TL_OK)
+      return rc;
     home = abs;
   }
   if ((rc = tl__tx_begin(s, "profile add", err)) != TL_OK)
@@ -135,6 +155,39 @@ tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_err
     goto fail;
   tl__ids ids = {.profile = sqlite3_last_insert_rowid(s->db)};
   if ((rc = tl__audit(s, "profile_added", &ids, json_pack("{s:s, s:s?}", "profile", name, "home", home), err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+tl_status tl_profile_set_home(tl_store *s, const char *name, const char *home, int create, tl_error *err)
+{
+  static const char sql[] = "UPDATE profile SET home = :home WHERE id = :id";
+  char abs[PATH_MAX];
+  int64_t id = 0;
+  tl_status rc;
+  if (!s || !name)
+    return tl__err(err, TL_EINVAL, 0, "profile set-home: no name");
+  if (home && (rc = check_home(abs, home, create, err)) != TL_OK)
+    return rc;
+  if ((rc = tl__tx_begin(s, "profile set-home", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
+    goto fail;
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_text(st, ":home", home ? abs : NULL);
+  tl__bind_int(st, ":id", id);
+  if ((rc = tl__step_done(s, st, "profile set-home", err)) != TL_OK)
+    goto fail;
+  tl__ids ids = {.profile = id};
+  if ((rc = tl__audit(s, "profile_home_set", &ids, json_pack("{s:s, s:s?}", "profile", name, "home", home ? abs : NULL),
+                      err)) != TL_OK)
     goto fail;
   return tl__tx_commit(s, err);
 fail:

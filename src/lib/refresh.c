@@ -466,6 +466,12 @@ static void claim_clear(claim *c)
   memset(c, 0, sizeof *c);
 }
 
+/* The HTTP timeout of a presentation; under Hermes' locks it stays well under Hermes' 15 s lock wait. */
+static int http_timeout(const tl_store *s)
+{
+  return s->coop && s->http_timeout_ms > TL_COOP_HTTP_TIMEOUT_MS ? TL_COOP_HTTP_TIMEOUT_MS : s->http_timeout_ms;
+}
+
 /* Marks an in-flight or lost attempt unknown: attempt, RT and credential. */
 static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, tl_error *err)
 {
@@ -579,7 +585,7 @@ static const char cred_sql[] =
  * `unknown` (operator decision, or the grace-window retry).
  */
 static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_t *wait_for, tl_store *s, int64_t cred,
-                            unsigned flags, int retry_unknown, int waited, tl_error *err)
+                            unsigned flags, int retry_unknown, int waited, int64_t ahead_ms, tl_error *err)
 {
   static const char live_sql[] =
       "SELECT id, secret, fingerprint, generation, coalesce(family_id, id), state FROM refresh_token "
@@ -611,6 +617,8 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   char status[16];
   snprintf(status, sizeof status, "%s", (const char *)sqlite3_column_text(st, 0));
   int64_t exp = sqlite3_column_int64(st, 2), skew = sqlite3_column_int64(st, 3);
+  if (ahead_ms > skew)
+    skew = ahead_ms; /* keep-fresh: fresh means fresh for longer than its horizon */
   int have_at = sqlite3_column_type(st, 1) != SQLITE_NULL;
   if (have_at && exp - skew > now && (!(flags & TL_REFRESH_FORCE) || waited) && !retry_unknown) {
     tl_token *t = calloc(1, sizeof *t);
@@ -759,7 +767,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   tl__bind_text(st, ":profile", s->actor.profile);
   tl__bind_text(st, ":command", s->actor.command);
   tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":lease", now + s->http_timeout_ms + LEASE_MARGIN_MS);
+  tl__bind_int(st, ":lease", now + http_timeout(s) + LEASE_MARGIN_MS);
   if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
     goto fail;
   cl->attempt = sqlite3_last_insert_rowid(s->db);
@@ -1073,7 +1081,9 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
       "coalesce(a.owner_command, '-'), strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') "
       "FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id WHERE a.credential_id = :cred AND a.id < :att "
       "ORDER BY a.id DESC LIMIT 1";
-  static const char count_sql[] = "SELECT count(*) FROM refresh_attempt WHERE rt_id = :rt";
+  /* The audit log, not the attempts (compact may have removed old ones), says how often we presented it. */
+  static const char count_sql[] = "SELECT count(*) FROM audit_event WHERE credential_id = :cred AND rt_id = :rt AND "
+                                  "event IN ('rt_presented', 'rt_represented')";
   char prev[400] = "no presentation of this credential is on record";
   sqlite3_stmt *st = tl__stmt(s, prev_sql, NULL);
   if (st) {
@@ -1087,6 +1097,7 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
   }
   int64_t times = 0;
   if ((st = tl__stmt(s, count_sql, NULL))) {
+    tl__bind_int(st, ":cred", cl->credential);
     tl__bind_int(st, ":rt", cl->rt);
     if (sqlite3_step(st) == SQLITE_ROW)
       times = sqlite3_column_int64(st, 0);
@@ -1390,7 +1401,7 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, answ
                            .rt_header = cl->rt_header,
                            .rt_value = cl->rt_header ? cl->secret : NULL,
                            .connect_timeout_ms = CONNECT_TIMEOUT_MS,
-                           .timeout_ms = s->http_timeout_ms};
+                           .timeout_ms = http_timeout(s)};
     s->http(s->http_ud, &req, &resp);
     tl_burn(body, strlen(body));
     free(body);
@@ -1400,18 +1411,18 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, answ
   return record(out, s, cl, a, err);
 }
 
-static tl_status refresh_loop(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
-                              tl_error *err)
+tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                               int64_t ahead_ms, tl_error *err)
 {
   tl_status rc;
   int waited = 0;
-  int64_t deadline = tl__now_ms() + 2 * (s->http_timeout_ms + LEASE_MARGIN_MS) + s->busy_ms;
+  int64_t deadline = tl__now_ms() + 2 * (http_timeout(s) + LEASE_MARGIN_MS) + s->busy_ms;
   for (;;) {
     claim cl;
     memset(&cl, 0, sizeof cl);
     claim_result res = CLAIMED;
     int64_t wait_for = 0;
-    rc = claim_once(&res, &cl, out, &wait_for, s, cred, flags, retry_unknown, waited, err);
+    rc = claim_once(&res, &cl, out, &wait_for, s, cred, flags, retry_unknown, waited, ahead_ms, err);
     if (rc != TL_OK || res == SATISFIED) {
       claim_clear(&cl);
       return rc;
@@ -1433,7 +1444,7 @@ static tl_status refresh_loop(tl_token **out, tl_store *s, int64_t cred, unsigne
       tl_error again = {0};
       claim_clear(&cl);
       answer_clear(&a);
-      rc = refresh_loop(out, s, cred, flags, 1, &again);
+      rc = tl__refresh_protocol(out, s, cred, flags, 1, ahead_ms, &again);
       if (err && rc != TL_OK) {
         tl_error_clear(err);
         *err = again;
@@ -1451,7 +1462,7 @@ tl_status tl_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, 
   tl_token *t = NULL;
   if (!s || cred <= 0)
     return tl__err(err, TL_EINVAL, 0, "refresh: no credential");
-  tl_status rc = refresh_loop(&t, s, cred, flags, 0, err);
+  tl_status rc = tl__coop_refresh(&t, s, cred, flags, 0, 0, err);
   if (out)
     *out = t;
   else
@@ -1488,7 +1499,7 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
                    (long long)cred, status);
   if (action == TL_RECOVER_RETRY) {
     tl_token *t = NULL;
-    rc = refresh_loop(&t, s, cred, TL_REFRESH_FORCE, 1, err);
+    rc = tl__coop_refresh(&t, s, cred, TL_REFRESH_FORCE, 1, 0, err);
     if (out)
       *out = t;
     else

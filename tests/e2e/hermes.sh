@@ -223,7 +223,7 @@ check 'jq -e "all(.[]; .action != \"refreshed\")" "$OUT" >/dev/null' "nothing re
 check '[ "$(counter refreshes)" = "$before" ]' "and nothing was presented"
 sqlite3 "$DB" "UPDATE credential SET status = 'uncertain' WHERE id = 1"
 tl $D keep-fresh --once --ahead 86400 --json --no-sync
-check 'jq -e "any(.[]; .credential == 1 and .action == \"skipped\")" "$OUT" >/dev/null' "an unknown outcome is skipped, not presented"
+check 'jq -e "any(.[]; .credential == 1 and .action == \"attention\")" "$OUT" >/dev/null' "an unknown outcome is reported for attention, not presented"
 sqlite3 "$DB" "UPDATE credential SET status = 'active' WHERE id = 1"
 "$TL_BIN" $D keep-fresh --interval 1 > "$WORK/kf.out" 2>&1 & kf=$!
 for _ in $(seq 200); do [ -s "$WORK/kf.out" ] && break; sleep 0.05; done  # its first round has run

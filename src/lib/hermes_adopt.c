@@ -1,0 +1,1375 @@
+/*
+ * hermes_adopt.c - taking what Hermes' files hold into the ledger: import, and
+ * the adopt step that precedes every sync, export and cooperative refresh.
+ *
+ * Each slot of each file is matched to a grant by its place (the profile's
+ * pool entry for a pool row, grant_place for a singleton or a shared store)
+ * and by its refresh token's fingerprint:
+ *   - a live token: the slot holds that credential (attach, or unchanged);
+ *   - a spent token: import refuses everything (TL_EREUSE, audited after the
+ *     rollback); sync/export/refresh record the refusal and the write-back
+ *     overwrites the file with the ledger's current token;
+ *   - a token new to the ledger at a place that holds credential C: Hermes
+ *     rotated C itself. All such tokens of C found in one operation are
+ *     ordered by when Hermes obtained them (obtained_at / last_refresh; the
+ *     shared store, written last, after the profiles; then file age): the
+ *     newest becomes current, the ones between are recorded spent in order
+ *     (external rotations), and one older than the ledger's own current token
+ *     is recorded retired, never made current;
+ *   - a token new to the ledger at a new place: a new grant (new credential).
+ * A credential with a presentation of ours in flight is never adopted into
+ * (deferred; the file is not marked in step, so the next sync tries again). A
+ * credential whose last presentation had an unknown outcome is resolved by
+ * Hermes' rotation: Hermes could only rotate a token the server had not
+ * already rotated for us.
+ *
+ * Invariants: a spent RT is never stored as live; adoption happens inside the
+ * caller's write transaction, so a failure leaves the ledger as it was; the
+ * stored templates and pool_entry.original_json hold references, never
+ * tokens or API keys (those live in refresh_token.secret, credential.
+ * access_token and pool_secret.secret).
+ */
+#include "hermes.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const report_cols[] = {"profile", "file", "path", "provider", "credential", "action", "note"};
+
+/* ---- file sets -------------------------------------------------------------------- */
+
+void tl__hfset_free(tl__hfset *set)
+{
+  for (size_t i = 0; i < set->n; i++) {
+    json_decref(set->v[i].doc);
+    tl__hf_slots_free(&set->v[i].ss);
+    tl__hf_unlock(set->v[i].lock_fd);
+  }
+  free(set->v);
+  memset(set, 0, sizeof *set);
+}
+
+/* A home is a Hermes root unless it sits in a directory named "profiles". */
+static int is_root_home(const char *file)
+{
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", file);
+  char *slash = strrchr(dir, '/');
+  if (!slash)
+    return 1;
+  *slash = '\0'; /* the home */
+  slash = strrchr(dir, '/');
+  if (!slash)
+    return 1;
+  *slash = '\0'; /* its parent */
+  const char *parent = strrchr(dir, '/');
+  parent = parent ? parent + 1 : dir;
+  return strcmp(parent, "profiles") != 0;
+}
+
+tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
+                        int is_home, tl_error *err)
+{
+  for (size_t i = 0; i < set->n; i++)
+    if (strcmp(set->v[i].path, path) == 0)
+      return TL_OK;
+  if (strlen(path) >= PATH_MAX)
+    return tl__err(err, TL_EINVAL, 0, "%.200s...: path longer than %d bytes", path, PATH_MAX - 1);
+  if (set->n == set->cap) {
+    size_t cap = set->cap ? set->cap * 2 : 8;
+    tl__hf *nv = realloc(set->v, cap * sizeof *nv);
+    if (!nv)
+      return tl__oom(err);
+    set->v = nv;
+    set->cap = cap;
+  }
+  tl__hf *f = &set->v[set->n++];
+  memset(f, 0, sizeof *f);
+  snprintf(f->path, sizeof f->path, "%s", path);
+  tl__hf_lock_path(f->lock, sizeof f->lock, path);
+  f->profile = profile;
+  snprintf(f->profile_name, sizeof f->profile_name, "%s", profile_name ? profile_name : "");
+  f->shared = shared;
+  f->is_home = is_home;
+  f->is_root = !shared && is_root_home(path);
+  f->lock_fd = -1;
+  return TL_OK;
+}
+
+static int file_in_step(tl_store *s, const char *path, const char *sha)
+{
+  static const char sql[] = "SELECT sha256 FROM hermes_file WHERE path = :p";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int same = 0;
+  if (!st)
+    return 0;
+  tl__bind_text(st, ":p", path);
+  same = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
+         strcmp((const char *)sqlite3_column_text(st, 0), sha) == 0;
+  sqlite3_reset(st);
+  return same;
+}
+
+tl_status tl__hfset_read(tl_store *s, tl__hfset *set, tl_error *err)
+{
+  for (size_t i = 0; i < set->n; i++) {
+    tl__hf *f = &set->v[i];
+    json_decref(f->doc);
+    f->doc = NULL;
+    tl__hf_slots_free(&f->ss);
+    tl_status rc = tl__hf_load(&f->doc, f->sha, &f->mtime, f->path, err);
+    if (rc == TL_ENOTFOUND) {
+      if (err)
+        tl_error_clear(err);
+      f->sha[0] = '\0';
+      continue;
+    }
+    if (rc != TL_OK)
+      return rc; /* a file we cannot read is never treated as empty */
+    if ((rc = tl__hf_walk(&f->ss, f->doc, f->path, f->shared ? TL_WALK_SHARED : 0, err)) != TL_OK)
+      return rc;
+    f->in_step = s && file_in_step(s, f->path, f->sha);
+  }
+  return TL_OK;
+}
+
+/* ---- places ------------------------------------------------------------------------- */
+
+static int64_t place_cred(tl_store *s, const tl__hf *f, const tl__slot *sl)
+{
+  static const char pool_sql[] = "SELECT credential_id FROM pool_entry WHERE profile_id = :p AND provider = :prov AND "
+                                 "entry_id = :e";
+  static const char place_sql[] = "SELECT credential_id FROM grant_place WHERE coalesce(profile_id, 0) = :p AND "
+                                  "place = :place";
+  char place[PATH_MAX + 16];
+  sqlite3_stmt *st;
+  int64_t c = 0;
+  if (sl->kind == TL_SLOT_POOL) {
+    if (!f->profile || !(st = tl__stmt(s, pool_sql, NULL)))
+      return 0;
+    tl__bind_int(st, ":p", f->profile);
+    tl__bind_text(st, ":prov", sl->provider);
+    tl__bind_text(st, ":e", sl->entry);
+  } else {
+    if (!(st = tl__stmt(s, place_sql, NULL)))
+      return 0;
+    if (sl->kind == TL_SLOT_SHARED)
+      snprintf(place, sizeof place, "shared:%s", f->path);
+    else
+      snprintf(place, sizeof place, "%s", sl->place);
+    tl__bind_int(st, ":p", sl->kind == TL_SLOT_SHARED ? 0 : f->profile);
+    tl__bind_text(st, ":place", place);
+  }
+  if (sqlite3_step(st) == SQLITE_ROW)
+    c = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return c;
+}
+
+tl_status tl__place_set(tl_store *s, int64_t profile, const char *place, int64_t cred, tl_error *err)
+{
+  static const char del_sql[] = "DELETE FROM grant_place WHERE coalesce(profile_id, 0) = :p AND place = :place";
+  static const char ins_sql[] = "INSERT INTO grant_place (profile_id, place, credential_id, updated_at) VALUES (:p, "
+                                ":place, :c, :now)";
+  sqlite3_stmt *st = tl__stmt(s, del_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":p", profile);
+  tl__bind_text(st, ":place", place);
+  tl_status rc = tl__step_done(s, st, "grant place", err);
+  if (rc != TL_OK || !cred)
+    return rc;
+  if (!(st = tl__stmt(s, ins_sql, err)))
+    return TL_ERROR;
+  if (profile)
+    tl__bind_int(st, ":p", profile);
+  tl__bind_text(st, ":place", place);
+  tl__bind_int(st, ":c", cred);
+  tl__bind_int(st, ":now", tl__now_ms());
+  return tl__step_done(s, st, "grant place", err);
+}
+
+static tl_status set_slot_place(tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
+{
+  char place[PATH_MAX + 16];
+  if (sl->kind == TL_SLOT_POOL)
+    return TL_OK; /* pool places are pool entries */
+  if (sl->kind == TL_SLOT_SHARED) {
+    snprintf(place, sizeof place, "shared:%s", f->path);
+    return tl__place_set(s, 0, place, cred, err);
+  }
+  if (!f->profile)
+    return TL_OK;
+  return tl__place_set(s, f->profile, sl->place, cred, err);
+}
+
+/* 1 if the profile (or, for a shared store, its place) holds the credential. */
+static int holds(tl_store *s, const tl__hf *f, int64_t cred)
+{
+  static const char prof_sql[] =
+      "SELECT 1 FROM pool_entry WHERE profile_id = :p AND credential_id = :c UNION ALL SELECT 1 FROM grant_place WHERE "
+      "profile_id = :p AND credential_id = :c LIMIT 1";
+  static const char shared_sql[] = "SELECT 1 FROM grant_place WHERE profile_id IS NULL AND place = :place AND "
+                                   "credential_id = :c";
+  char place[PATH_MAX + 16];
+  sqlite3_stmt *st = tl__stmt(s, f->shared ? shared_sql : prof_sql, NULL);
+  if (!st)
+    return 0;
+  if (f->shared) {
+    snprintf(place, sizeof place, "shared:%s", f->path);
+    tl__bind_text(st, ":place", place);
+  } else {
+    tl__bind_int(st, ":p", f->profile);
+  }
+  tl__bind_int(st, ":c", cred);
+  int yes = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_reset(st);
+  return yes;
+}
+
+static int64_t cred_of_fp(tl_store *s, const char *fp)
+{
+  static const char sql[] = "SELECT credential_id FROM refresh_token WHERE fingerprint = :fp";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int64_t c = 0;
+  if (!st)
+    return 0;
+  tl__bind_text(st, ":fp", fp);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    c = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return c;
+}
+
+int64_t tl__slot_credential(tl_store *s, const tl__hf *f, const tl__slot *sl)
+{
+  int64_t c = tl__hf_ref_cred(json_object_get(sl->obj, "refresh_token"));
+  if (!c)
+    c = place_cred(s, f, sl);
+  const char *rt = tl__hf_slot_rt(sl);
+  if (!c && rt) {
+    char fp[65];
+    tl_fingerprint(fp, rt, strlen(rt));
+    c = cred_of_fp(s, fp);
+  }
+  return c && holds(s, f, c) ? c : 0;
+}
+
+/* ---- report rows ---------------------------------------------------------------------- */
+
+static tl_status row(tl__adopt *a, const tl__hf *f, const tl__slot *sl, int64_t cred, const char *action,
+                     const char *note, tl_error *err)
+{
+  char c[32] = "";
+  if (!a->report)
+    return TL_OK;
+  if (cred)
+    snprintf(c, sizeof c, "%lld", (long long)cred);
+  const char *cells[7] = {f->shared ? "(shared)" : f->profile_name,
+                          f->path,
+                          sl ? sl->path : "$",
+                          sl ? sl->provider : "",
+                          cred ? c : NULL,
+                          action,
+                          note};
+  const int num[7] = {0, 0, 0, 0, 1, 0, 0};
+  return tl__report_add_row(a->report, cells, num, err);
+}
+
+/* ---- pool entries ------------------------------------------------------------------------ */
+
+static tl_status ensure_provider(tl_store *s, const char *name, tl_error *err)
+{
+  static const char sql[] = "INSERT OR IGNORE INTO provider (name, updated_at) VALUES (:name, :now)";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":name", name);
+  tl__bind_int(st, ":now", tl__now_ms());
+  return tl__step_done(s, st, "provider", err);
+}
+
+static int64_t ms_or_zero(json_t *v)
+{
+  int64_t ms = 0;
+  if (!v || json_is_null(v))
+    return 0;
+  return tl__num_time(&ms, v) ? 0 : ms;
+}
+
+/* The entry as Hermes wrote it, without its tokens or key: for round trips, never a secret. */
+static char *original_json(json_t *o)
+{
+  json_t *copy = json_deep_copy(o);
+  if (!copy)
+    return NULL;
+  for (size_t i = 0; tl__secret_keys[i]; i++)
+    json_object_del(copy, tl__secret_keys[i]);
+  char *text = json_dumps(copy, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_decref(copy);
+  return text;
+}
+
+/* Creates or updates the profile's pool entry for a slot. Singletons get one only if no pool row holds the grant. */
+static tl_status upsert_entry(tl__adopt *a, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
+{
+  static const char sql[] =
+      "INSERT INTO pool_entry (profile_id, provider, credential_id, entry_id, priority, source, auth_type, label, "
+      "last_status, last_status_at, last_error_code, last_error_reason, last_error_message, cooldown_until, "
+      "request_count, original_json) VALUES (:p, :prov, :cred, :entry, :prio, :source, :auth, :label, :ls, :lsat, "
+      ":lec, :ler, :lem, :cool, :rc, :orig) ON CONFLICT (profile_id, provider, entry_id) DO UPDATE SET "
+      "credential_id = :cred, priority = :prio, source = :source, auth_type = :auth, label = :label, "
+      "last_status = :ls, last_status_at = :lsat, last_error_code = :lec, last_error_reason = :ler, "
+      "last_error_message = :lem, cooldown_until = :cool, request_count = :rc, original_json = :orig RETURNING id";
+  static const char has_sql[] = "SELECT 1 FROM pool_entry WHERE profile_id = :p AND provider = :prov AND "
+                                "credential_id = :cred AND entry_id <> :entry";
+  json_t *o = sl->obj, *v;
+  tl_store *s = a->s;
+  if (!f->profile || sl->kind == TL_SLOT_SHARED)
+    return TL_OK; /* the shared store has no pool */
+  tl_status rc = ensure_provider(s, sl->provider, err);
+  if (rc != TL_OK)
+    return rc;
+  sqlite3_stmt *st;
+  char entry[80];
+  if (sl->kind == TL_SLOT_POOL) {
+    snprintf(entry, sizeof entry, "%s", sl->entry);
+  } else {
+    if (!cred)
+      return TL_OK;
+    snprintf(entry, sizeof entry, "providers.%.60s", sl->provider);
+    if (!(st = tl__stmt(s, has_sql, err)))
+      return TL_ERROR;
+    tl__bind_int(st, ":p", f->profile);
+    tl__bind_text(st, ":prov", sl->provider);
+    tl__bind_int(st, ":cred", cred);
+    tl__bind_text(st, ":entry", entry);
+    int has = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    if (has)
+      return TL_OK;
+  }
+  if (!(st = tl__stmt(s, sql, err)))
+    return TL_ERROR;
+  tl__bind_int(st, ":p", f->profile);
+  tl__bind_text(st, ":prov", sl->provider);
+  if (cred)
+    tl__bind_int(st, ":cred", cred);
+  tl__bind_text(st, ":entry", entry);
+  int64_t prio = 0, count = 0, code = 0;
+  if (tl__num_i64(&prio, json_object_get(o, "priority"), -1000000000, 1000000000))
+    prio = 0;
+  tl__bind_int(st, ":prio", prio);
+  tl__bind_text(st, ":source",
+                json_is_string(v = json_object_get(o, "source")) ? json_string_value(v)
+                : sl->kind == TL_SLOT_POOL                       ? "manual"
+                                                                 : "singleton");
+  const char *auth = json_is_string(v = json_object_get(o, "auth_type")) ? json_string_value(v) : "oauth";
+  tl__bind_text(st, ":auth", strcmp(auth, "api_key") == 0 ? "api_key" : "oauth");
+  tl__bind_text(st, ":label", json_is_string(v = json_object_get(o, "label")) ? json_string_value(v) : NULL);
+  const char *ls = json_is_string(v = json_object_get(o, "last_status")) ? json_string_value(v) : NULL;
+  if (ls && strcmp(ls, "ok") && strcmp(ls, "exhausted") && strcmp(ls, "dead"))
+    ls = NULL;
+  tl__bind_text(st, ":ls", ls);
+  int64_t t = ms_or_zero(json_object_get(o, "last_status_at"));
+  if (t)
+    tl__bind_int(st, ":lsat", t);
+  if (!tl__num_i64(&code, json_object_get(o, "last_error_code"), 0, 999))
+    tl__bind_int(st, ":lec", code);
+  tl__bind_text(st, ":ler", json_is_string(v = json_object_get(o, "last_error_reason")) ? json_string_value(v) : NULL);
+  tl__bind_text(st, ":lem", json_is_string(v = json_object_get(o, "last_error_message")) ? json_string_value(v) : NULL);
+  t = ms_or_zero(json_object_get(o, "last_error_reset_at"));
+  if (ls && strcmp(ls, "exhausted") == 0 && t)
+    tl__bind_int(st, ":cool", t);
+  if (tl__num_i64(&count, json_object_get(o, "request_count"), 0, INT64_MAX / 2))
+    count = 0;
+  tl__bind_int(st, ":rc", count);
+  char *orig = original_json(o);
+  tl__bind_text(st, ":orig", orig);
+  int src = sqlite3_step(st);
+  int64_t rowid = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (src == SQLITE_ROW)
+    src = sqlite3_step(st);
+  sqlite3_reset(st);
+  free(orig);
+  (void)rowid;
+  if (src != SQLITE_DONE)
+    return tl__err_db(err, s, "pool entry");
+  return TL_OK;
+}
+
+/* ---- new grants and external rotations ------------------------------------------------------ */
+
+/* Where a Nous grant refreshes, from the slot's portal_base_url (Hermes' rules). */
+static tl_status nous_token_url(char *out, size_t n, json_t *obj, json_t *fallback, const char *file, const char *path,
+                                tl_error *err)
+{
+  json_t *v = json_object_get(obj, "portal_base_url");
+  if (!json_is_string(v))
+    v = fallback; /* Hermes refreshes every Nous row through the singleton's portal */
+  out[0] = '\0';
+  if (!json_is_string(v))
+    return TL_OK; /* the provider's default */
+  const char *base = json_string_value(v);
+  if (strstr(base, "://api.nousresearch.com"))
+    base = "https://portal.nousresearch.com"; /* the dead host Hermes rewrites */
+  size_t len = strlen(base);
+  while (len && base[len - 1] == '/')
+    len--;
+  if (len > 2000)
+    return tl__err(err, TL_EINVAL, 0, "%s: %s.portal_base_url: longer than 2000 characters", file, path);
+  snprintf(out, n, "%.*s/api/oauth/token", (int)len, base);
+  tl_error sub = {0};
+  if (tl_url_check(out, &sub) != TL_OK)
+    return tl__err(err, TL_EINVAL, 0, "%s: %s.portal_base_url: %s", file, path, sub.message);
+  return TL_OK;
+}
+
+static json_t *doc_nous_portal(json_t *doc)
+{
+  json_t *v = json_object_get(json_object_get(json_object_get(doc, "providers"), "nous"), "portal_base_url");
+  if (!v)
+    v = json_object_get(json_object_get(json_object_get(doc, "systems"), "nous_portal"), "portal_base_url");
+  return v;
+}
+
+static tl_status new_credential(int64_t *out, tl__adopt *a, const tl__hf *f, const tl__slot *sl, const char *rt,
+                                const char *fp, tl_error *err)
+{
+  static const char prov_sql[] = "SELECT token_url, client_id FROM provider WHERE name = :name";
+  static const char cred_sql[] =
+      "INSERT INTO credential (provider, client_id, token_url, label, access_token, expires_at, obtained_at, scope, "
+      "extra, created_at, updated_at) VALUES (:prov, :client, :url, :label, :at, nullif(:exp, 0), nullif(:obtained, "
+      "0), :scope, :extra, :now, :now)";
+  static const char rt_sql[] = "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                               "secret, issued_at) VALUES (:c, 0, :fp, 'current', 'import', :secret, :now)";
+  tl_store *s = a->s;
+  tl_status rc;
+  char url[2100] = "";
+  char *purl = NULL, *pclient = NULL, *extra_text = NULL;
+  if ((rc = ensure_provider(s, sl->provider, err)) != TL_OK)
+    return rc;
+  if (strcmp(sl->provider, "nous") == 0 &&
+      (rc = nous_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), f->path, sl->path, err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, prov_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":name", sl->provider);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    purl = tl__col_dup(st, 0);
+    pclient = tl__col_dup(st, 1);
+  }
+  sqlite3_reset(st);
+  json_t *o = sl->obj, *v;
+  json_t *atv = json_object_get(o, "access_token");
+  const char *at = json_is_string(atv) && json_string_length(atv) ? json_string_value(atv) : NULL;
+  int64_t now = tl__now_ms(), obtained = tl__hf_slot_obtained(sl);
+  json_t *extra = json_object();
+  static const char *const keep[] = {"inference_base_url", "token_type", "base_url"};
+  for (size_t i = 0; extra && i < 3; i++)
+    if (json_is_string(v = json_object_get(o, keep[i])))
+      json_object_set(extra, keep[i], v);
+  extra_text = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
+  json_decref(extra);
+  if (!(st = tl__stmt(s, cred_sql, err))) {
+    rc = TL_ERROR;
+    goto done;
+  }
+  tl__bind_text(st, ":prov", sl->provider);
+  tl__bind_text(st, ":client", json_is_string(v = json_object_get(o, "client_id")) ? json_string_value(v) : pclient);
+  tl__bind_text(st, ":url", *url ? url : purl);
+  tl__bind_text(st, ":label", json_is_string(v = json_object_get(o, "label")) ? json_string_value(v) : NULL);
+  tl__bind_secret(st, ":at", at);
+  tl__bind_int(st, ":exp", at ? tl__hf_slot_expiry(sl) : 0);
+  tl__bind_int(st, ":obtained", obtained < now ? obtained : now);
+  tl__bind_text(st, ":scope", json_is_string(v = json_object_get(o, "scope")) ? json_string_value(v) : NULL);
+  tl__bind_text(st, ":extra", extra_text ? extra_text : "{}");
+  tl__bind_int(st, ":now", now);
+  if ((rc = tl__step_done(s, st, "import credential", err)) != TL_OK)
+    goto done;
+  *out = sqlite3_last_insert_rowid(s->db);
+  if (!(st = tl__stmt(s, rt_sql, err))) {
+    rc = TL_ERROR;
+    goto done;
+  }
+  tl__bind_int(st, ":c", *out);
+  tl__bind_text(st, ":fp", fp);
+  tl__bind_secret(st, ":secret", rt);
+  tl__bind_int(st, ":now", now);
+  if ((rc = tl__step_done(s, st, "import refresh token", err)) != TL_OK)
+    goto done;
+  tl__ids ids = {.profile = f->profile, .credential = *out, .rt = sqlite3_last_insert_rowid(s->db)};
+  rc = tl__audit(s, "rt_stored", &ids,
+                 json_pack("{s:s?, s:s, s:s, s:s, s:s, s:s%, s:i}", "profile", f->shared ? NULL : f->profile_name,
+                           "provider", sl->provider, "origin", "import", "file", f->path, "path", sl->path,
+                           "fingerprint", fp, (size_t)12, "generation", 0),
+                 err);
+done:
+  free(purl);
+  free(pclient);
+  free(extra_text);
+  return rc;
+}
+
+/* The credential's open RT (current, presented or unknown). */
+typedef struct open_rt {
+  int64_t id, gen, family, parent;
+  char state[16];
+} open_rt;
+
+static int load_open_rt(tl_store *s, int64_t cred, open_rt *o)
+{
+  static const char sql[] = "SELECT id, state, generation, coalesce(family_id, id), coalesce(parent_id, 0) FROM "
+                            "refresh_token WHERE credential_id = :c AND state IN ('current', 'presented', 'unknown')";
+  memset(o, 0, sizeof *o);
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  if (!st)
+    return 0;
+  tl__bind_int(st, ":c", cred);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    o->id = sqlite3_column_int64(st, 0);
+    snprintf(o->state, sizeof o->state, "%s", (const char *)sqlite3_column_text(st, 1));
+    o->gen = sqlite3_column_int64(st, 2);
+    o->family = sqlite3_column_int64(st, 3);
+    o->parent = sqlite3_column_int64(st, 4);
+  }
+  sqlite3_reset(st);
+  return o->id != 0;
+}
+
+/* One token Hermes obtained that the ledger has not seen, at a place of credential cred. */
+typedef struct pending {
+  tl__hf *f;
+  tl__slot *sl;
+  const char *rt; /* borrowed from the document */
+  char fp[65];
+  int64_t cred;
+  int64_t obtained; /* 0 if the slot does not say */
+  int dup;          /* same token as an earlier pending entry */
+  size_t seq;       /* order of discovery: pool rows of a file before its singletons */
+} pending;
+
+/* Oldest first: explicit obtained times in order; then those without, the shared store last, then by file age. */
+static int by_age(const void *x, const void *y)
+{
+  const pending *a = x, *b = y;
+  if ((a->obtained != 0) != (b->obtained != 0))
+    return a->obtained ? -1 : 1;
+  if (a->obtained != b->obtained)
+    return a->obtained < b->obtained ? -1 : 1;
+  if (a->f->shared != b->f->shared)
+    return a->f->shared ? 1 : -1;
+  if (a->f->mtime != b->f->mtime)
+    return a->f->mtime < b->f->mtime ? -1 : 1;
+  return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+static tl_status retire_open(tl_store *s, const open_rt *o, int64_t now, tl_error *err)
+{
+  static const char sql[] = "UPDATE refresh_token SET state = 'retired', secret = NULL, retired_at = :now WHERE id = "
+                            ":id";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":now", now);
+  tl__bind_int(st, ":id", o->id);
+  return tl__step_done(s, st, "external rotation", err);
+}
+
+/* Hermes rotated the grant: the token becomes the credential's current child. */
+static tl_status chain_external(tl__adopt *a, const pending *p, int64_t *out_rt, tl_error *err)
+{
+  static const char child_sql[] =
+      "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, secret, "
+      "issued_at) VALUES (:c, :parent, :family, :gen, :fp, 'current', 'external', :secret, :now)";
+  static const char root_sql[] = "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                                 "secret, issued_at) VALUES (:c, 0, :fp, 'current', 'external', :secret, :now)";
+  tl_store *s = a->s;
+  open_rt o;
+  int64_t now = tl__now_ms();
+  tl_status rc;
+  int had = load_open_rt(s, p->cred, &o);
+  int resolved = had && strcmp(o.state, "unknown") == 0;
+  if (had && (rc = retire_open(s, &o, now, err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, had ? child_sql : root_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":c", p->cred);
+  if (had) {
+    tl__bind_int(st, ":parent", o.id);
+    tl__bind_int(st, ":family", o.family);
+    tl__bind_int(st, ":gen", o.gen + 1);
+  }
+  tl__bind_text(st, ":fp", p->fp);
+  tl__bind_secret(st, ":secret", p->rt);
+  tl__bind_int(st, ":now", now);
+  if ((rc = tl__step_done(s, st, "external rotation", err)) != TL_OK)
+    return rc;
+  *out_rt = sqlite3_last_insert_rowid(s->db);
+  tl__ids ids = {.profile = p->f->profile, .credential = p->cred, .rt = *out_rt};
+  if (resolved &&
+      (rc = tl__audit(s, "unknown_resolved", &ids,
+                      json_pack("{s:s, s:I, s:s}", "file", p->f->path, "generation", (json_int_t)o.gen, "why",
+                                "Hermes rotated the token whose presentation by tokenledger had an unknown "
+                                "outcome, so that presentation did not rotate it"),
+                      err)) != TL_OK)
+    return rc;
+  return tl__audit(s, "external_rotation", &ids,
+                   json_pack("{s:s, s:s, s:I, s:s%, s:I}", "file", p->f->path, "path", p->sl->path, "generation",
+                             (json_int_t)(had ? o.gen + 1 : 0), "fingerprint", p->fp, (size_t)12, "obtained_at",
+                             (json_int_t)p->obtained),
+                   err);
+}
+
+/* A token Hermes held before the ledger's current one: spent; recorded, never current. */
+static tl_status record_stale(tl__adopt *a, const pending *p, tl_error *err)
+{
+  static const char sibling_sql[] =
+      "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, "
+      "issued_at, retired_at) VALUES (:c, :parent, :family, :gen, :fp, 'retired', 'external', :now, :now)";
+  static const char root_sql[] = "INSERT INTO refresh_token (credential_id, generation, fingerprint, state, origin, "
+                                 "issued_at, retired_at) VALUES (:c, 0, :fp, 'retired', 'external', :now, :now)";
+  tl_store *s = a->s;
+  open_rt o;
+  int64_t now = tl__now_ms();
+  int sibling = load_open_rt(s, p->cred, &o) && o.parent;
+  sqlite3_stmt *st = tl__stmt(s, sibling ? sibling_sql : root_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":c", p->cred);
+  if (sibling) {
+    tl__bind_int(st, ":parent", o.parent);
+    tl__bind_int(st, ":family", o.family);
+    tl__bind_int(st, ":gen", o.gen);
+  }
+  tl__bind_text(st, ":fp", p->fp);
+  tl__bind_int(st, ":now", now);
+  tl_status rc = tl__step_done(s, st, "stale external token", err);
+  if (rc != TL_OK)
+    return rc;
+  tl__ids ids = {.profile = p->f->profile, .credential = p->cred, .rt = sqlite3_last_insert_rowid(s->db)};
+  return tl__audit(s, "external_stale", &ids,
+                   json_pack("{s:s, s:s, s:s%, s:I, s:s}", "file", p->f->path, "path", p->sl->path, "fingerprint",
+                             p->fp, (size_t)12, "obtained_at", (json_int_t)p->obtained, "why",
+                             "obtained before the ledger's current token: recorded as spent, the file is rewritten"),
+                   err);
+}
+
+/* The credential takes the access token of the slot that held its newest token. */
+static tl_status take_access_token(tl__adopt *a, const pending *p, tl_error *err)
+{
+  static const char sql[] =
+      "UPDATE credential SET access_token = coalesce(:at, access_token), expires_at = CASE WHEN :at IS NULL THEN "
+      "expires_at ELSE nullif(:exp, 0) END, obtained_at = :obtained, status = 'active', status_reason = NULL, "
+      "updated_at = :now WHERE id = :c";
+  json_t *atv = json_object_get(p->sl->obj, "access_token");
+  const char *at = json_is_string(atv) && json_string_length(atv) ? json_string_value(atv) : NULL;
+  int64_t now = tl__now_ms();
+  sqlite3_stmt *st = tl__stmt(a->s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_secret(st, ":at", at);
+  tl__bind_int(st, ":exp", at ? tl__hf_slot_expiry(p->sl) : 0);
+  tl__bind_int(st, ":obtained", p->obtained && p->obtained < now ? p->obtained : now);
+  tl__bind_int(st, ":now", now);
+  tl__bind_int(st, ":c", p->cred);
+  return tl__step_done(a->s, st, "external rotation", err);
+}
+
+static int64_t cred_obtained(tl_store *s, int64_t cred)
+{
+  static const char sql[] = "SELECT coalesce(obtained_at, 0) FROM credential WHERE id = :c";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int64_t v = 0;
+  if (!st)
+    return 0;
+  tl__bind_int(st, ":c", cred);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return v;
+}
+
+/* Every new token of one credential, in order: the chain of Hermes' rotations. */
+static tl_status adopt_group(tl__adopt *a, pending *p, size_t n, tl_error *err)
+{
+  tl_status rc;
+  open_rt o;
+  int64_t cred = p[0].cred;
+  if (load_open_rt(a->s, cred, &o) && strcmp(o.state, "presented") == 0) {
+    /* A presentation of ours is in flight: never rewrite history under it. */
+    for (size_t i = 0; i < n; i++) {
+      p[i].f->unadopted = 1;
+      if ((rc = row(a, p[i].f, p[i].sl, cred, "deferred",
+                    "a refresh of this credential is in flight; adopted by the next sync", err)) != TL_OK)
+        return rc;
+    }
+    return TL_OK;
+  }
+  qsort(p, n, sizeof *p, by_age);
+  for (size_t i = 1; i < n; i++)
+    for (size_t k = 0; k < i; k++)
+      if (!p[k].dup && strcmp(p[k].fp, p[i].fp) == 0)
+        p[i].dup = 1;
+  int64_t current = cred_obtained(a->s, cred);
+  const pending *newest = NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i].dup)
+      continue;
+    int64_t rt = 0;
+    if (p[i].obtained && current && p[i].obtained < current) {
+      if ((rc = record_stale(a, &p[i], err)) != TL_OK)
+        return rc;
+      continue;
+    }
+    if ((rc = chain_external(a, &p[i], &rt, err)) != TL_OK)
+      return rc;
+    newest = &p[i];
+    if (p[i].obtained)
+      current = p[i].obtained;
+  }
+  if (newest && (rc = take_access_token(a, newest, err)) != TL_OK)
+    return rc;
+  for (size_t i = 0; i < n; i++) {
+    int is_newest = newest && strcmp(newest->fp, p[i].fp) == 0;
+    if ((rc = set_slot_place(a->s, p[i].f, p[i].sl, cred, err)) != TL_OK ||
+        (rc = upsert_entry(a, p[i].f, p[i].sl, cred, err)) != TL_OK ||
+        (rc = row(a, p[i].f, p[i].sl, cred, is_newest ? "external_rotation" : "external_stale",
+                  is_newest ? "Hermes rotated this grant; adopted"
+                            : "a generation Hermes already spent; the file gets the current one",
+                  err)) != TL_OK)
+      return rc;
+  }
+  return TL_OK;
+}
+
+/* ---- adopting a set of files ---------------------------------------------------------------- */
+
+static const char *no_rt_action(json_t *o)
+{
+  json_t *src = json_object_get(o, "source");
+  json_t *auth = json_object_get(o, "auth_type");
+  if (json_is_string(auth) && strcmp(json_string_value(auth), "api_key") == 0)
+    return "api_key";
+  if (json_object_get(o, "secret_fingerprint") ||
+      (json_is_string(src) && strncmp(json_string_value(src), "env:", 4) == 0))
+    return "borrowed";
+  return "no_refresh_token";
+}
+
+static void other_profiles(tl_store *s, int64_t cred, int64_t profile, char *out, size_t n)
+{
+  static const char sql[] = "SELECT group_concat(DISTINCT p.name) FROM pool_entry e JOIN profile p ON p.id = "
+                            "e.profile_id WHERE e.credential_id = :c AND e.profile_id <> :p";
+  out[0] = '\0';
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  if (!st)
+    return;
+  tl__bind_int(st, ":c", cred);
+  tl__bind_int(st, ":p", profile);
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+    snprintf(out, n, "%.*s", (int)n - 1, (const char *)sqlite3_column_text(st, 0));
+  sqlite3_reset(st);
+}
+
+/* A slot whose token the ledger knows: attach it, or (spent) refuse or overwrite. */
+static tl_status adopt_known(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *fp, int64_t known_cred, int live,
+                             tl_error *err)
+{
+  tl_status rc;
+  int64_t mapped = place_cred(a->s, f, sl);
+  if (!live) {
+    snprintf(a->blocked_fp, sizeof a->blocked_fp, "%s", fp);
+    snprintf(a->blocked_where, sizeof a->blocked_where, "%s %s %s", a->import ? "import" : "sync", f->path, sl->path);
+    if (a->import)
+      return TL_EREUSE;
+    /* Hermes still holds a token the ledger knows is spent: the write-back replaces it. */
+    int64_t cred = mapped ? mapped : known_cred;
+    if ((!mapped && (rc = set_slot_place(a->s, f, sl, cred, err)) != TL_OK) ||
+        (rc = upsert_entry(a, f, sl, cred, err)) != TL_OK)
+      return rc;
+    return row(a, f, sl, cred, "spent_overwritten", "the file held a spent refresh token; it is replaced", err);
+  }
+  char note[300] = "";
+  other_profiles(a->s, known_cred, f->profile, note + 0, 200);
+  if (*note && f->profile) {
+    char others[200];
+    snprintf(others, sizeof others, "%s", note);
+    snprintf(note, sizeof note, "same grant as profile(s) %s: one credential", others);
+  } else {
+    note[0] = '\0';
+  }
+  if ((rc = set_slot_place(a->s, f, sl, known_cred, err)) != TL_OK ||
+      (rc = upsert_entry(a, f, sl, known_cred, err)) != TL_OK)
+    return rc;
+  return row(a, f, sl, known_cred, mapped == known_cred ? "unchanged" : "attached", *note ? note : NULL, err);
+}
+
+static tl_status push_pending(pending **v, size_t *n, size_t *cap, tl__hf *f, tl__slot *sl, const char *rt,
+                              const char *fp, int64_t cred, tl_error *err)
+{
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 16;
+    pending *nv = realloc(*v, c * sizeof *nv);
+    if (!nv)
+      return tl__oom(err);
+    *v = nv;
+    *cap = c;
+  }
+  pending *p = &(*v)[(*n)++];
+  memset(p, 0, sizeof *p);
+  p->f = f;
+  p->sl = sl;
+  p->rt = rt;
+  snprintf(p->fp, sizeof p->fp, "%s", fp);
+  p->cred = cred;
+  p->obtained = tl__hf_slot_obtained(sl);
+  p->seq = *n;
+  return TL_OK;
+}
+
+static int by_cred(const void *x, const void *y)
+{
+  const pending *a = x, *b = y;
+  if (a->cred != b->cred)
+    return a->cred < b->cred ? -1 : 1;
+  return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  pending *pv = NULL;
+  size_t pn = 0, pcap = 0;
+  /* 1. Known tokens and slots without one; collect new tokens. */
+  for (size_t i = 0; i < set->n && rc == TL_OK; i++) {
+    tl__hf *f = &set->v[i];
+    if (!f->doc || f->in_step)
+      continue;
+    for (size_t k = 0; k < f->ss.n && rc == TL_OK; k++) {
+      tl__slot *sl = &f->ss.v[k];
+      const char *rt = tl__hf_slot_rt(sl);
+      if (!rt) {
+        int64_t mapped = place_cred(a->s, f, sl);
+        if (sl->kind == TL_SLOT_POOL)
+          rc = upsert_entry(a, f, sl, mapped, err);
+        if (rc == TL_OK && (sl->kind == TL_SLOT_POOL || json_object_get(sl->obj, "access_token")))
+          rc = row(a, f, sl, mapped, no_rt_action(sl->obj), "kept in the file; no lineage", err);
+        continue;
+      }
+      char fp[65];
+      tl_fingerprint(fp, rt, strlen(rt));
+      int64_t known_rt = 0, known_cred = 0;
+      tl_error probe = {0};
+      tl_status look = tl__rt_lookup(&known_rt, &known_cred, a->s, fp, &probe);
+      if (look == TL_OK && known_rt)
+        rc = adopt_known(a, f, sl, fp, known_cred, 1, err);
+      else if (look == TL_EREUSE)
+        rc = adopt_known(a, f, sl, fp, known_cred, 0, err);
+      else if (look != TL_OK)
+        rc = tl__err(err, look, probe.sys, "%s", probe.message);
+      else
+        rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, place_cred(a->s, f, sl), err);
+    }
+  }
+  if (rc != TL_OK)
+    goto done;
+  /* 2. New tokens at places of known grants: Hermes' rotations, in order, per credential. */
+  qsort(pv, pn, sizeof *pv, by_cred);
+  size_t start = 0;
+  while (start < pn && pv[start].cred == 0)
+    start++;
+  for (size_t i = start; i < pn && rc == TL_OK;) {
+    size_t j = i;
+    while (j < pn && pv[j].cred == pv[i].cred)
+      j++;
+    rc = adopt_group(a, pv + i, j - i, err);
+    i = j;
+  }
+  /* 3. New tokens at new places: new grants (one credential per token, however many places). */
+  for (size_t i = 0; i < start && rc == TL_OK; i++) {
+    pending *p = &pv[i];
+    int64_t known_rt = 0, known_cred = 0, cred = 0;
+    tl_error probe = {0};
+    tl_status look = tl__rt_lookup(&known_rt, &known_cred, a->s, p->fp, &probe);
+    if (look == TL_OK && known_rt) {
+      rc = adopt_known(a, p->f, p->sl, p->fp, known_cred, 1, err);
+      continue;
+    }
+    if (look != TL_OK) {
+      rc = tl__err(err, look, probe.sys, "%s", probe.message);
+      break;
+    }
+    if ((rc = new_credential(&cred, a, p->f, p->sl, p->rt, p->fp, err)) != TL_OK ||
+        (rc = set_slot_place(a->s, p->f, p->sl, cred, err)) != TL_OK ||
+        (rc = upsert_entry(a, p->f, p->sl, cred, err)) != TL_OK)
+      break;
+    rc = row(a, p->f, p->sl, cred, "new", NULL, err);
+  }
+  /* 4. A singleton whose grant a pool row of the same profile holds needs no entry of its own. */
+  for (size_t i = 0; i < set->n && rc == TL_OK; i++) {
+    static const char dedup[] =
+        "DELETE FROM pool_entry WHERE profile_id = :p AND entry_id LIKE 'providers.%' AND credential_id IN "
+        "(SELECT credential_id FROM pool_entry WHERE profile_id = :p AND entry_id NOT LIKE 'providers.%')";
+    if (!set->v[i].profile || set->v[i].in_step || !set->v[i].doc)
+      continue;
+    sqlite3_stmt *st = tl__stmt(a->s, dedup, err);
+    if (!st) {
+      rc = TL_ERROR;
+      break;
+    }
+    tl__bind_int(st, ":p", set->v[i].profile);
+    rc = tl__step_done(a->s, st, "pool entries", err);
+  }
+done:
+  free(pv);
+  return rc;
+}
+
+/* ---- remembering files ---------------------------------------------------------------------- */
+
+/* Secrets of a file the ledger holds no grant for, numbered as the template names them. */
+typedef struct stash {
+  char **v; /* secrets: burned when freed */
+  size_t n, cap;
+} stash;
+
+static void stash_free(stash *st)
+{
+  for (size_t i = 0; i < st->n; i++)
+    tl_secret_free(st->v[i]);
+  free(st->v);
+  memset(st, 0, sizeof *st);
+}
+
+static int is_secret_key(const char *k)
+{
+  for (size_t i = 0; tl__secret_keys[i]; i++)
+    if (strcmp(k, tl__secret_keys[i]) == 0)
+      return 1;
+  return 0;
+}
+
+/* Every remaining secret string (an API key, a guest token, an id_token) becomes {"$tl": "secret", "n": N}. */
+static int stash_secrets(json_t *v, stash *st, int depth)
+{
+  if (depth > 64)
+    return 0;
+  if (json_is_array(v)) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x)
+    {
+      if (stash_secrets(x, st, depth + 1) != 0)
+        return -1;
+    }
+    return 0;
+  }
+  if (!json_is_object(v))
+    return 0;
+  const char *k;
+  json_t *x;
+  void *tmp;
+  json_object_foreach_safe(v, tmp, k, x)
+  {
+    if (is_secret_key(k) && json_is_string(x) && json_string_length(x) > 0) {
+      if (st->n == st->cap) {
+        size_t cap = st->cap ? st->cap * 2 : 8;
+        char **nv = realloc(st->v, cap * sizeof *nv);
+        if (!nv)
+          return -1;
+        st->v = nv;
+        st->cap = cap;
+      }
+      if (!(st->v[st->n] = strdup(json_string_value(x))))
+        return -1;
+      json_object_set_new(v, k, json_pack("{s:s, s:I}", "$tl", "secret", "n", (json_int_t)st->n));
+      st->n++;
+    } else if (stash_secrets(x, st, depth + 1) != 0) {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The document with every token and secret replaced by a reference: what the ledger keeps. */
+static json_t *templatize(tl_store *s, const tl__hf *f, stash *st)
+{
+  json_t *t = json_deep_copy(f->doc);
+  tl__slots ss = {0};
+  tl_error ignore = {0};
+  if (!t || tl__hf_walk(&ss, t, f->path, TL_WALK_TEMPLATE | (f->shared ? TL_WALK_SHARED : 0), &ignore) != TL_OK) {
+    json_decref(t);
+    return NULL;
+  }
+  for (size_t i = 0; i < ss.n; i++) {
+    tl__slot *sl = &ss.v[i];
+    json_t *o = sl->obj;
+    json_t *atv = json_object_get(o, "access_token"), *ak = json_object_get(o, "agent_key");
+    int64_t c = tl__slot_credential(s, f, sl);
+    if (!c) {
+      /* A token the ledger does not hold (a deferred adoption) is not kept at all: the file has it. */
+      if (json_is_string(json_object_get(o, "refresh_token")) && tl__hf_slot_rt(sl))
+        json_object_set_new(o, "refresh_token", json_null());
+      continue;
+    }
+    if (json_is_string(ak) && json_is_string(atv) && json_equal(ak, atv))
+      json_object_set_new(o, "agent_key", tl__hf_ref("at", c));
+    if (json_is_string(atv))
+      json_object_set_new(o, "access_token", tl__hf_ref("at", c));
+    if (json_is_string(json_object_get(o, "refresh_token")))
+      json_object_set_new(o, "refresh_token", tl__hf_ref("rt", c));
+  }
+  tl__hf_slots_free(&ss);
+  if (stash_secrets(t, st, 0) != 0) {
+    json_decref(t);
+    return NULL;
+  }
+  return t;
+}
+
+tl_status tl__hfset_remember(tl_store *s, tl__hfset *set, tl_error *err)
+{
+  static const char sql[] =
+      "INSERT INTO hermes_file (profile_id, kind, path, template, sha256, imported_at, synced_at) VALUES (:p, :kind, "
+      ":path, :t, :sha, :now, :now) ON CONFLICT (path) DO UPDATE SET profile_id = :p, kind = :kind, template = :t, "
+      "sha256 = :sha, synced_at = :now RETURNING id";
+  static const char del_sql[] = "DELETE FROM hermes_secret WHERE file_id = :f";
+  static const char ins_sql[] = "INSERT INTO hermes_secret (file_id, n, secret) VALUES (:f, :n, :s)";
+  tl_status rc = TL_OK;
+  for (size_t i = 0; i < set->n && rc == TL_OK; i++) {
+    tl__hf *f = &set->v[i];
+    if (!f->doc || (f->in_step && !f->unadopted))
+      continue;
+    stash st = {0};
+    json_t *t = templatize(s, f, &st);
+    char *text = t ? json_dumps(t, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(t);
+    sqlite3_stmt *q = text ? tl__stmt(s, sql, err) : NULL;
+    if (!text) {
+      rc = tl__oom(err);
+    } else if (!q) {
+      rc = TL_ERROR;
+    } else {
+      if (f->profile)
+        tl__bind_int(q, ":p", f->profile);
+      tl__bind_text(q, ":kind", f->shared ? "shared_nous" : "auth");
+      tl__bind_text(q, ":path", f->path);
+      tl__bind_text(q, ":t", text);
+      if (!f->unadopted)
+        tl__bind_text(q, ":sha", f->sha); /* a file with a deferred token is read again next time */
+      tl__bind_int(q, ":now", tl__now_ms());
+      int src = sqlite3_step(q);
+      int64_t id = src == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
+      if (src == SQLITE_ROW)
+        src = sqlite3_step(q);
+      sqlite3_reset(q);
+      if (src != SQLITE_DONE)
+        rc = tl__err_db(err, s, "hermes file");
+      if (rc == TL_OK && !(q = tl__stmt(s, del_sql, err)))
+        rc = TL_ERROR;
+      if (rc == TL_OK) {
+        tl__bind_int(q, ":f", id);
+        rc = tl__step_done(s, q, "hermes secrets", err);
+      }
+      for (size_t k = 0; k < st.n && rc == TL_OK; k++) {
+        if (!(q = tl__stmt(s, ins_sql, err))) {
+          rc = TL_ERROR;
+          break;
+        }
+        tl__bind_int(q, ":f", id);
+        tl__bind_int(q, ":n", (int64_t)k);
+        tl__bind_secret(q, ":s", st.v[k]);
+        rc = tl__step_done(s, q, "hermes secrets", err);
+      }
+    }
+    stash_free(&st);
+    free(text);
+  }
+  return rc;
+}
+
+/* ---- import ------------------------------------------------------------------------------------- */
+
+typedef struct plan {
+  char profile[80];
+  char home[PATH_MAX]; /* a Hermes home this import makes the profile's sync target, or "" */
+  char file[PATH_MAX];
+  int shared;
+} plan;
+
+static tl_status add_plan(plan **v, size_t *n, const char *profile, const char *home, const char *file, int shared,
+                          tl_error *err)
+{
+  plan *nv = realloc(*v, (*n + 1) * sizeof *nv);
+  if (!nv)
+    return tl__oom(err);
+  *v = nv;
+  size_t lf = strlen(file), lh = home ? strlen(home) : 0;
+  if (lf >= sizeof nv->file || lh >= sizeof nv->home)
+    return tl__err(err, TL_EINVAL, 0, "%.200s...: path longer than %d bytes", file, PATH_MAX - 1);
+  plan *t = &nv[(*n)++];
+  memset(t, 0, sizeof *t);
+  snprintf(t->profile, sizeof t->profile, "%s", profile ? profile : "");
+  memcpy(t->home, home ? home : "", lh + 1);
+  memcpy(t->file, file, lf + 1);
+  t->shared = shared;
+  return TL_OK;
+}
+
+static int is_dir(const char *p)
+{
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int exists(const char *p)
+{
+  struct stat st;
+  return lstat(p, &st) == 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The profile's recorded home, if any (to tell a home's auth.json from a copy). */
+static int profile_home(tl_store *s, const char *name, char *out, size_t n)
+{
+  static const char sql[] = "SELECT home FROM profile WHERE name = :n";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int found = 0;
+  out[0] = '\0';
+  if (!st)
+    return 0;
+  tl__bind_text(st, ":n", name);
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0)) {
+    snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
+    found = 1;
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
+static tl_status plan_root(plan **v, size_t *n, tl_report *warn, const char *abs, tl_error *err)
+{
+  char file[PATH_MAX + 16], dir[PATH_MAX + 16];
+  tl_status rc;
+  snprintf(file, sizeof file, "%s/auth.json", abs);
+  if (exists(file) && (rc = add_plan(v, n, "default", abs, file, 0, err)) != TL_OK)
+    return rc;
+  snprintf(dir, sizeof dir, "%s/profiles", abs);
+  DIR *d = opendir(dir);
+  if (d) {
+    char **names = NULL;
+    size_t nn = 0;
+    struct dirent *de;
+    int oom = 0;
+    while (!oom && (de = readdir(d))) {
+      if (de->d_name[0] == '.')
+        continue; /* ., .., and Hermes' .deleted tombstones */
+      char **nv = realloc(names, (nn + 1) * sizeof *nv);
+      if (!nv) {
+        oom = 1;
+        break;
+      }
+      names = nv;
+      if (!(names[nn] = strdup(de->d_name)))
+        oom = 1;
+      else
+        nn++;
+    }
+    if (oom) {
+      for (size_t k = 0; k < nn; k++)
+        free(names[k]);
+      free(names);
+      closedir(d);
+      return tl__oom(err);
+    }
+    closedir(d);
+    qsort(names, nn, sizeof *names, by_name);
+    rc = TL_OK;
+    for (size_t i = 0; i < nn; i++) {
+      char home[PATH_MAX + 300], pf[PATH_MAX + 320];
+      snprintf(home, sizeof home, "%s/%s", dir, names[i]);
+      snprintf(pf, sizeof pf, "%s/auth.json", home);
+      if (rc != TL_OK || !is_dir(home) || !exists(pf))
+        continue;
+      if (!tl_profile_name_valid(names[i]) || strcmp(names[i], "default") == 0) {
+        const char *cells[7] = {names[i], pf, "$", "", NULL, "skipped", "not a valid Hermes profile name"};
+        const int num[7] = {0};
+        rc = tl__report_add_row(warn, cells, num, err);
+        continue;
+      }
+      rc = add_plan(v, n, names[i], home, pf, 0, err);
+    }
+    for (size_t i = 0; i < nn; i++)
+      free(names[i]);
+    free(names);
+    if (rc != TL_OK)
+      return rc;
+  }
+  const char *shared_dir = getenv("HERMES_SHARED_AUTH_DIR");
+  char shared[PATH_MAX + 32];
+  if (shared_dir && *shared_dir)
+    snprintf(shared, sizeof shared, "%s/nous_auth.json", shared_dir);
+  else
+    snprintf(shared, sizeof shared, "%s/shared/nous_auth.json", abs);
+  char real[PATH_MAX];
+  if (exists(shared) && (rc = add_plan(v, n, NULL, NULL, realpath(shared, real) ? real : shared, 1, err)) != TL_OK)
+    return rc;
+  return TL_OK;
+}
+
+static tl_status plan_import(plan **v, size_t *n, tl_report *warn, tl_store *s, const char *path,
+                             const tl_import_opts *o, tl_error *err)
+{
+  char abs[PATH_MAX], file[PATH_MAX + 16];
+  if (!realpath(path, abs)) {
+    int e = errno;
+    return tl__err(err,
+                   e == ENOENT  ? TL_ENOTFOUND
+                   : e == ELOOP ? TL_EINVAL
+                                : TL_EIO,
+                   e, "%s: %s", path, e == ELOOP ? "symbolic link loop" : strerror(e));
+  }
+  const char *profile = o && o->profile ? o->profile : "default";
+  if (!is_dir(abs)) {
+    if (o && o->all_profiles)
+      return tl__err(err, TL_EINVAL, 0, "%s: --all-profiles needs a Hermes root directory", path);
+    /* A file is where the grant came from; only a home (or root) makes a sync target. */
+    char home[PATH_MAX], dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", abs);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+      *slash = '\0';
+    int is_home = profile_home(s, profile, home, sizeof home) && strcmp(home, dir) == 0 && slash &&
+                  strcmp(slash + 1, "auth.json") == 0;
+    return add_plan(v, n, profile, is_home ? home : NULL, abs, 0, err);
+  }
+  if (o && o->all_profiles) {
+    tl_status rc = plan_root(v, n, warn, abs, err);
+    if (rc == TL_OK && *n == 0)
+      rc = tl__err(err, TL_ENOTFOUND, 0, "%s: no auth.json in this Hermes root or its profiles", path);
+    return rc;
+  }
+  snprintf(file, sizeof file, "%s/auth.json", abs);
+  if (!exists(file))
+    return tl__err(err, TL_ENOTFOUND, 0, "%s: no auth.json in this Hermes home", path);
+  return add_plan(v, n, profile, abs, file, 0, err);
+}
+
+static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, const char *home, tl_error *err)
+{
+  static const char ins[] = "INSERT INTO profile (name, home, created_at) VALUES (:n, :h, :now)";
+  static const char upd[] = "UPDATE profile SET home = :h WHERE id = :id AND (home IS NULL OR home <> :h)";
+  tl_error probe = {0};
+  if (tl__profile_id(out, s, name, &probe) == TL_OK) {
+    if (!home)
+      return TL_OK;
+    sqlite3_stmt *st = tl__stmt(s, upd, err);
+    if (!st)
+      return TL_ERROR;
+    tl__bind_text(st, ":h", home);
+    tl__bind_int(st, ":id", *out);
+    return tl__step_done(s, st, "profile home", err);
+  }
+  if (!tl_profile_name_valid(name))
+    return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", name);
+  sqlite3_stmt *st = tl__stmt(s, ins, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":n", name);
+  tl__bind_text(st, ":h", home);
+  tl__bind_int(st, ":now", tl__now_ms());
+  tl_status rc = tl__step_done(s, st, "profile", err);
+  *out = sqlite3_last_insert_rowid(s->db);
+  if (rc == TL_OK) {
+    tl__ids ids = {.profile = *out};
+    rc = tl__audit(s, "profile_added", &ids,
+                   json_pack("{s:s, s:s?, s:s}", "profile", name, "home", home, "by", "import"), err);
+  }
+  return rc;
+}
+
+tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_import_opts *o, tl_error *err)
+{
+  tl_status rc;
+  plan *plans = NULL;
+  size_t np = 0;
+  tl_report *r = NULL;
+  tl__hfset set = {0};
+  tl__adopt a;
+  memset(&a, 0, sizeof a);
+  if (!out || !s || !path)
+    return tl__err(err, TL_EINVAL, 0, "import: no path");
+  *out = NULL;
+  if (o && o->profile && !tl_profile_name_valid(o->profile))
+    return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", o->profile);
+  if ((rc = tl__report_kv(&r, report_cols, 7, err)) != TL_OK)
+    return rc;
+  if ((rc = plan_import(&plans, &np, r, s, path, o, err)) != TL_OK)
+    goto done;
+  for (size_t i = 0; i < np; i++)
+    if ((rc = tl__hfset_add(&set, plans[i].file, 0, plans[i].shared ? NULL : plans[i].profile, plans[i].shared,
+                            plans[i].home[0] != '\0', err)) != TL_OK)
+      goto done;
+  /* Read and check every file before touching the ledger: a bad file changes nothing. */
+  if ((rc = tl__hfset_read(NULL, &set, err)) != TL_OK)
+    goto done;
+  for (size_t i = 0; i < set.n; i++)
+    if (!set.v[i].doc) {
+      rc = tl__err(err, TL_ENOTFOUND, 0, "%s: no such file", set.v[i].path);
+      goto done;
+    }
+  if ((rc = tl__tx_begin(s, "import", err)) != TL_OK)
+    goto done;
+  for (size_t i = 0; rc == TL_OK && i < np; i++)
+    if (!plans[i].shared)
+      rc = ensure_profile(&set.v[i].profile, s, plans[i].profile, plans[i].home[0] ? plans[i].home : NULL, err);
+  a.s = s;
+  a.report = r;
+  a.import = 1;
+  if (rc == TL_OK)
+    rc = tl__adopt_set(&a, &set, err);
+  if (rc == TL_OK)
+    rc = tl__hfset_remember(s, &set, err);
+  if (rc == TL_OK && (!o || !o->dry_run)) {
+    tl__ids ids = {0};
+    rc = tl__audit(s, "import", &ids, json_pack("{s:s, s:I}", "path", path, "files", (json_int_t)np), err);
+    if (rc == TL_OK)
+      rc = tl__tx_commit(s, err);
+  } else {
+    tl__tx_rollback(s);
+  }
+  if (rc == TL_EREUSE) {
+    /* Nothing of the import stays; the refusal itself is on record (not in a dry run). */
+    if (o && o->dry_run) {
+      rc = tl__err(err, TL_EREUSE, 0, "%s: holds a refresh token the ledger knows as spent (%.12s...)", a.blocked_where,
+                   a.blocked_fp);
+    } else {
+      rc = tl__reuse_blocked(s, a.blocked_fp, a.blocked_where, err);
+      if (rc == TL_EREUSE && err) {
+        size_t l = strlen(err->message);
+        snprintf(err->message + l, sizeof err->message - l,
+                 ". The file is stale (a backup or a copy); nothing was imported. 'tokenledger sync' rewrites a "
+                 "profile's own auth.json with the ledger's current tokens");
+      }
+    }
+  }
+done:
+  tl__hfset_free(&set);
+  free(plans);
+  if (rc == TL_OK)
+    *out = r;
+  else
+    tl_report_free(r);
+  return rc;
+}

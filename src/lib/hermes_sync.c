@@ -1,0 +1,1093 @@
+/*
+ * hermes_sync.c - Hermes' files kept in step with the ledger under Hermes' own
+ * locks: sync, export, the write-back after every rotation, and the
+ * cooperative refresh.
+ *
+ * An operation works on a set of files: profile homes' auth.json and shared
+ * Nous stores. It takes their locks in Hermes' order (each profile's
+ * auth.lock sorted by path, the root's last, then nous_auth.lock: Hermes
+ * never takes an auth.lock while it holds nous_auth.lock), re-reads every file
+ * under the locks, adopts what Hermes changed (hermes_adopt.c), does its work,
+ * writes the ledger's state back into every file in Hermes' shape, and
+ * releases the locks in reverse order.
+ *
+ * Invariants kept here:
+ *   - Adopt before present: a refresh of a credential that lives in Hermes
+ *     files presents its RT only after adopting, under the locks, what those
+ *     files hold now, and keeps the locks until every file holding the grant
+ *     has the result. Locks not had in time: nothing is presented (TL_EBUSY).
+ *   - No file lock is ever waited for while the ledger's write lock is held.
+ *   - Nothing ever writes over a refresh token the ledger does not know: such
+ *     a slot is adopted first, or left exactly as it is (a deferred adoption),
+ *     and a copy outside the profile's home is refused.
+ *   - A slot is only ever filled with a grant its profile holds (a pool entry
+ *     or a place of that profile) or, for a shared store, the grant its place
+ *     names. The shared store is rewritten with every change of its grant and
+ *     removed when the grant dies, as Hermes does.
+ *   - A file is rewritten only when something other than the derived
+ *     expires_in / agent_key_expires_in fields changes.
+ */
+#include "hermes.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TL_COOP_LOCK_POLL_MS 250
+
+static const char *const report_cols[] = {"profile", "file", "path", "provider", "credential", "action", "note"};
+
+/* ---- locks --------------------------------------------------------------------------- */
+
+/* Hermes' order: profiles by path, the root's auth.lock last, then the shared stores. */
+static int lock_order(const void *x, const void *y)
+{
+  const tl__hf *a = x, *b = y;
+  if (a->shared != b->shared)
+    return a->shared ? 1 : -1;
+  if (a->is_root != b->is_root)
+    return a->is_root ? 1 : -1;
+  return strcmp(a->lock, b->lock);
+}
+
+static void nap_ms(long ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0)
+    ;
+}
+
+void tl__hfset_unlock(tl__hfset *set)
+{
+  for (size_t i = set->n; i-- > 0;) {
+    tl__hf_unlock(set->v[i].lock_fd);
+    set->v[i].lock_fd = -1;
+  }
+}
+
+static void enough_descriptors(size_t n)
+{
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= n + 64)
+    return;
+  rlim_t want = (rlim_t)(n + 64);
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/*
+ * Takes every lock of the set in order. A lock busy for more than a short poll
+ * makes us release everything we hold and start over, so we never keep Hermes
+ * waiting on a lock we hold while we wait for another.
+ */
+tl_status tl__hfset_lock(tl__hfset *set, int64_t deadline, tl_error *err)
+{
+  qsort(set->v, set->n, sizeof *set->v, lock_order);
+  enough_descriptors(set->n);
+  for (unsigned round = 0;; round++) {
+    size_t i;
+    tl_status rc = TL_OK;
+    tl_error sub = {0};
+    for (i = 0; i < set->n; i++) {
+      /* Dedup: two paths can share a lock file (never in Hermes' layout, but cheap to allow). */
+      int dup = 0;
+      for (size_t k = 0; k < i && !dup; k++)
+        dup = strcmp(set->v[k].lock, set->v[i].lock) == 0;
+      if (dup)
+        continue;
+      if ((rc = tl__hf_lock(&set->v[i].lock_fd, set->v[i].lock, deadline, i ? TL_COOP_LOCK_POLL_MS : 0, &sub)) != TL_OK)
+        break;
+    }
+    if (rc == TL_OK)
+      return TL_OK;
+    tl__hfset_unlock(set);
+    if (rc != TL_EBUSY || tl__now_ms() >= deadline) {
+      if (err && err->code == TL_OK)
+        *err = sub;
+      return rc;
+    }
+    nap_ms(10 + (long)((round * 7919u + (unsigned)getpid()) % 40));
+  }
+}
+
+/* ---- which files hold a grant ------------------------------------------------------------ */
+
+static void root_of(char *out, size_t n, const char *home)
+{
+  snprintf(out, n, "%s", home);
+  char *slash = strrchr(out, '/');
+  if (!slash)
+    return;
+  if (strcmp(slash + 1, "") != 0) {
+    char *prev = slash;
+    *prev = '\0';
+    char *pslash = strrchr(out, '/');
+    const char *parent = pslash ? pslash + 1 : out;
+    if (strcmp(parent, "profiles") == 0) {
+      if (pslash == out)
+        out[1] = '\0';
+      else if (pslash)
+        *pslash = '\0';
+      return;
+    }
+    *prev = '/';
+  }
+}
+
+/* The shared Nous store Hermes uses for a home: $HERMES_SHARED_AUTH_DIR, else <root>/shared. */
+static void shared_for_home(char *out, size_t n, const char *home)
+{
+  const char *env = getenv("HERMES_SHARED_AUTH_DIR");
+  if (env && *env) {
+    snprintf(out, n, "%s/nous_auth.json", env);
+    return;
+  }
+  char root[PATH_MAX];
+  root_of(root, sizeof root, home);
+  snprintf(out, n, "%s/shared/nous_auth.json", root);
+}
+
+static int exists(const char *p)
+{
+  struct stat st;
+  return lstat(p, &st) == 0;
+}
+
+/* A shared store: only if it exists, or (a place the ledger keeps) if its directory does. */
+static tl_status add_shared(tl__hfset *set, const char *path, int only_existing, tl_error *err)
+{
+  char real[PATH_MAX], dir[PATH_MAX];
+  if (only_existing && !exists(path))
+    return TL_OK;
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  struct stat st;
+  if (slash)
+    *slash = '\0';
+  if (!slash || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    return TL_OK;
+  return tl__hfset_add(set, realpath(path, real) ? real : path, 0, NULL, 1, 1, err);
+}
+
+static tl_status add_home(tl__hfset *set, const char *home, int64_t profile, const char *name, int only_existing,
+                          tl_error *err)
+{
+  char file[PATH_MAX + 16];
+  if (snprintf(file, sizeof file, "%s/auth.json", home) >= PATH_MAX)
+    return tl__err(err, TL_EINVAL, 0, "%.200s...: path too long", home);
+  if (only_existing && !exists(file))
+    return TL_OK;
+  struct stat st;
+  if (stat(home, &st) != 0 || !S_ISDIR(st.st_mode))
+    return TL_OK; /* a home that is gone holds nothing */
+  return tl__hfset_add(set, file, profile, name, 0, 1, err);
+}
+
+tl_status tl__hfset_for_credential(tl__hfset *set, tl_store *s, int64_t cred, tl_error *err)
+{
+  static const char homes_sql[] =
+      "SELECT p.id, p.name, p.home FROM profile p WHERE p.home IS NOT NULL AND (EXISTS (SELECT 1 FROM pool_entry e "
+      "WHERE e.profile_id = p.id AND e.credential_id = :c) OR EXISTS (SELECT 1 FROM grant_place g WHERE g.profile_id "
+      "= p.id AND g.credential_id = :c)) ORDER BY p.name";
+  static const char shared_sql[] =
+      "SELECT substr(place, 8) FROM grant_place WHERE profile_id IS NULL AND credential_id = :c";
+  static const char nous_sql[] = "SELECT provider = 'nous' FROM credential WHERE id = :c";
+  tl_status rc = TL_OK;
+  sqlite3_stmt *st = tl__stmt(s, nous_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":c", cred);
+  int nous = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  if (!(st = tl__stmt(s, homes_sql, err)))
+    return TL_ERROR;
+  tl__bind_int(st, ":c", cred);
+  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
+    const char *home = (const char *)sqlite3_column_text(st, 2);
+    rc = add_home(set, home, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 1, err);
+    if (rc == TL_OK && nous) {
+      char shared[PATH_MAX + 64];
+      shared_for_home(shared, sizeof shared, home);
+      rc = add_shared(set, shared, 1, err);
+    }
+  }
+  sqlite3_reset(st);
+  if (rc != TL_OK || !(st = tl__stmt(s, shared_sql, err)))
+    return rc != TL_OK ? rc : TL_ERROR;
+  tl__bind_int(st, ":c", cred);
+  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW)
+    rc = add_shared(set, (const char *)sqlite3_column_text(st, 0), 0, err);
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* Every profile's home and every shared store the ledger knows. */
+static tl_status set_for_all(tl__hfset *set, tl_store *s, tl_error *err)
+{
+  static const char homes_sql[] = "SELECT id, name, home FROM profile WHERE home IS NOT NULL ORDER BY name";
+  static const char shared_sql[] = "SELECT substr(place, 8) FROM grant_place WHERE profile_id IS NULL UNION SELECT "
+                                   "path FROM hermes_file WHERE kind = 'shared_nous'";
+  tl_status rc = TL_OK;
+  sqlite3_stmt *st = tl__stmt(s, homes_sql, err);
+  if (!st)
+    return TL_ERROR;
+  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
+    const char *home = (const char *)sqlite3_column_text(st, 2);
+    rc = add_home(set, home, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 0, err);
+    char shared[PATH_MAX + 64];
+    shared_for_home(shared, sizeof shared, home);
+    if (rc == TL_OK)
+      rc = add_shared(set, shared, 1, err);
+  }
+  sqlite3_reset(st);
+  if (rc != TL_OK || !(st = tl__stmt(s, shared_sql, err)))
+    return rc != TL_OK ? rc : TL_ERROR;
+  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW)
+    rc = add_shared(set, (const char *)sqlite3_column_text(st, 0), 0, err);
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* A profile's home file, every file holding one of its grants, and the shared store of its root. */
+static tl_status set_for_profile(tl__hfset *set, tl_store *s, int64_t profile, const char *name, const char *home,
+                                 tl_error *err)
+{
+  static const char creds_sql[] =
+      "SELECT credential_id FROM pool_entry WHERE profile_id = :p AND credential_id IS NOT NULL UNION SELECT "
+      "credential_id FROM grant_place WHERE profile_id = :p";
+  tl_status rc = add_home(set, home, profile, name, 0, err);
+  int64_t *creds = NULL;
+  size_t n = 0;
+  sqlite3_stmt *st = rc == TL_OK ? tl__stmt(s, creds_sql, err) : NULL;
+  if (rc != TL_OK || !st)
+    return rc != TL_OK ? rc : TL_ERROR;
+  tl__bind_int(st, ":p", profile);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    int64_t *nv = realloc(creds, (n + 1) * sizeof *nv);
+    if (!nv) {
+      sqlite3_reset(st);
+      free(creds);
+      return tl__oom(err);
+    }
+    creds = nv;
+    creds[n++] = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_reset(st);
+  for (size_t i = 0; i < n && rc == TL_OK; i++)
+    rc = tl__hfset_for_credential(set, s, creds[i], err);
+  free(creds);
+  char shared[PATH_MAX + 64];
+  shared_for_home(shared, sizeof shared, home);
+  if (rc == TL_OK)
+    rc = add_shared(set, shared, 1, err);
+  return rc;
+}
+
+/* ---- the ledger's side of a grant ------------------------------------------------------------- */
+
+typedef struct credinfo {
+  int64_t id, exp, obtained;
+  char status[16], rtstate[16], provider[130];
+  char *at, *rt; /* secrets */
+  char *scope, *client_id, *token_url, *label;
+  json_t *extra;
+  char portal[2100];
+} credinfo;
+
+static void credinfo_clear(credinfo *c)
+{
+  tl_secret_free(c->at);
+  tl_secret_free(c->rt);
+  free(c->scope);
+  free(c->client_id);
+  free(c->token_url);
+  free(c->label);
+  json_decref(c->extra);
+  memset(c, 0, sizeof *c);
+}
+
+static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), coalesce(c.obtained_at, 0), c.extra, t.secret, "
+      "t.state, c.provider, c.scope, c.client_id, c.token_url, c.label FROM credential c LEFT JOIN refresh_token t "
+      "ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown') WHERE c.id = :id";
+  memset(c, 0, sizeof *c);
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":id", id);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)id);
+  }
+  c->id = id;
+  snprintf(c->status, sizeof c->status, "%s", (const char *)sqlite3_column_text(st, 0));
+  c->at = tl__col_dup(st, 1);
+  c->exp = sqlite3_column_int64(st, 2);
+  c->obtained = sqlite3_column_int64(st, 3);
+  c->extra = json_loads((const char *)sqlite3_column_text(st, 4), 0, NULL);
+  c->rt = tl__col_dup(st, 5);
+  snprintf(c->rtstate, sizeof c->rtstate, "%s",
+           sqlite3_column_text(st, 6) ? (const char *)sqlite3_column_text(st, 6) : "");
+  snprintf(c->provider, sizeof c->provider, "%s", (const char *)sqlite3_column_text(st, 7));
+  c->scope = tl__col_dup(st, 8);
+  c->client_id = tl__col_dup(st, 9);
+  c->token_url = tl__col_dup(st, 10);
+  c->label = tl__col_dup(st, 11);
+  sqlite3_reset(st);
+  const char *u = c->token_url ? strstr(c->token_url, "/api/oauth/token") : NULL;
+  if (u && strcmp(c->provider, "nous") == 0)
+    snprintf(c->portal, sizeof c->portal, "%.*s", (int)(u - c->token_url), c->token_url);
+  return TL_OK;
+}
+
+static int usable(const credinfo *c)
+{
+  return strcmp(c->status, "active") == 0 && c->rt && c->at && strcmp(c->rtstate, "current") == 0;
+}
+
+static tl__grant grant_of(const credinfo *c, int64_t now)
+{
+  tl__grant g = {.provider = c->provider,
+                 .access_token = c->at,
+                 .refresh_token = c->rt,
+                 .expires_ms = c->exp,
+                 .obtained_ms = c->obtained ? c->obtained : now,
+                 .now_ms = now,
+                 .scope = c->scope,
+                 .client_id = c->client_id,
+                 .portal_base_url = c->portal[0] ? c->portal : NULL};
+  json_t *v = json_object_get(c->extra, "token_type");
+  g.token_type = json_is_string(v) ? json_string_value(v) : NULL;
+  v = json_object_get(c->extra, "inference_base_url");
+  g.inference_base_url = json_is_string(v) ? json_string_value(v) : NULL;
+  return g;
+}
+
+/* The profile's first usable grant for a provider (what a new login gives it). */
+static int64_t primary_cred(tl_store *s, int64_t profile, const char *provider, int64_t not )
+{
+  static const char sql[] =
+      "SELECT e.credential_id FROM pool_entry e JOIN credential c ON c.id = e.credential_id WHERE e.profile_id = :p "
+      "AND e.provider = :prov AND c.status = 'active' AND e.last_status IS NOT 'dead' AND c.id <> :not AND EXISTS "
+      "(SELECT 1 FROM refresh_token t WHERE t.credential_id = c.id AND t.state = 'current') ORDER BY e.priority, e.id "
+      "LIMIT 1";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int64_t c = 0;
+  if (!st)
+    return 0;
+  tl__bind_int(st, ":p", profile);
+  tl__bind_text(st, ":prov", provider);
+  tl__bind_int(st, ":not", not );
+  if (sqlite3_step(st) == SQLITE_ROW)
+    c = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return c;
+}
+
+static int known_token(tl_store *s, const char *rt)
+{
+  static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp";
+  char fp[65];
+  tl_fingerprint(fp, rt, strlen(rt));
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  if (!st)
+    return 0;
+  tl__bind_text(st, ":fp", fp);
+  int yes = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_reset(st);
+  return yes;
+}
+
+/* ---- write-back ------------------------------------------------------------------------------ */
+
+typedef struct wb {
+  tl_store *s;
+  tl__hf *f;
+  tl_report *report;
+  int64_t now;
+  int changed, remove_file;
+  int64_t shared_replacement; /* a dead shared grant's successor, from a profile in this set */
+} wb;
+
+/* A recreated document's stashed secrets (hermes_secret), back in place. */
+static void unstash(tl_store *s, json_t *v, int64_t file, int depth)
+{
+  static const char sql[] = "SELECT secret FROM hermes_secret WHERE file_id = :f AND n = :n";
+  if (depth > 64)
+    return;
+  if (json_is_array(v)) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) unstash(s, x, file, depth + 1);
+    return;
+  }
+  const char *k;
+  json_t *x;
+  void *tmp;
+  json_object_foreach_safe(v, tmp, k, x)
+  {
+    json_t *tag = json_object_get(x, "$tl");
+    if (!json_is_string(tag) || strcmp(json_string_value(tag), "secret") != 0) {
+      unstash(s, x, file, depth + 1);
+      continue;
+    }
+    sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+    if (!st)
+      return;
+    tl__bind_int(st, ":f", file);
+    tl__bind_int(st, ":n", json_integer_value(json_object_get(x, "n")));
+    if (sqlite3_step(st) == SQLITE_ROW)
+      json_object_set_new(v, k, json_string((const char *)sqlite3_column_text(st, 0)));
+    else
+      json_object_set_new(v, k, json_null());
+    sqlite3_reset(st);
+  }
+}
+
+/* References left in a recreated document (a grant no longer held) become nulls. */
+static void drop_refs(tl__slot *sl)
+{
+  static const char *const k[] = {"refresh_token", "access_token", "agent_key"};
+  for (size_t i = 0; i < 3; i++)
+    if (json_is_object(json_object_get(sl->obj, k[i])))
+      json_object_set_new(sl->obj, k[i], json_null());
+}
+
+static int nous_device_row(const tl__slot *sl)
+{
+  json_t *src = json_object_get(sl->obj, "source");
+  return sl->kind == TL_SLOT_POOL && strcmp(sl->provider, "nous") == 0 && json_is_string(src) &&
+         (strcmp(json_string_value(src), "device_code") == 0 ||
+          strcmp(json_string_value(src), "manual:device_code") == 0);
+}
+
+static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_error *err)
+{
+  credinfo c;
+  tl_status rc = load_cred(&c, w->s, cred, err);
+  if (rc != TL_OK)
+    return rc;
+  *removed = 0;
+  if (strcmp(c.status, "needs_reauth") == 0) {
+    int64_t next = sl->kind == TL_SLOT_SHARED
+                       ? w->shared_replacement
+                       : (w->f->profile ? primary_cred(w->s, w->f->profile, sl->provider, cred) : 0);
+    if (next && sl->kind != TL_SLOT_POOL) {
+      /* A new login replaces the dead grant at this place. */
+      credinfo n;
+      if ((rc = load_cred(&n, w->s, next, err)) == TL_OK) {
+        tl__grant g = grant_of(&n, w->now);
+        w->changed |= tl__hf_fill(sl, &g);
+        char place[PATH_MAX + 16];
+        snprintf(place, sizeof place, sl->kind == TL_SLOT_SHARED ? "shared:%s" : "%s",
+                 sl->kind == TL_SLOT_SHARED ? w->f->path : sl->place);
+        rc = tl__place_set(w->s, sl->kind == TL_SLOT_SHARED ? 0 : w->f->profile, place, next, err);
+        credinfo_clear(&n);
+      }
+    } else if (sl->kind == TL_SLOT_SHARED) {
+      w->remove_file = 1; /* Hermes deletes the shared store on a terminal failure */
+    } else if (nous_device_row(sl)) {
+      *removed = 1; /* Hermes removes the device_code rows of a dead Nous grant */
+      w->changed = 1;
+    } else {
+      w->changed |= tl__hf_quarantine(sl, w->now);
+    }
+  } else if (usable(&c)) {
+    tl__grant g = grant_of(&c, w->now);
+    w->changed |= tl__hf_fill(sl, &g);
+  }
+  /* uncertain: the outcome of our last presentation is open; Hermes' copy stays as it is. */
+  credinfo_clear(&c);
+  return rc;
+}
+
+/* A singleton place remapped to a new login: the shared store of the same dead grant follows. */
+static int64_t successor(tl_store *s, int64_t dead)
+{
+  static const char sql[] =
+      "SELECT g.credential_id FROM grant_place g JOIN credential c ON c.id = g.credential_id WHERE g.profile_id IS "
+      "NOT NULL AND c.status = 'active' AND g.profile_id IN (SELECT profile_id FROM pool_entry WHERE credential_id = "
+      ":d) AND c.provider = 'nous' ORDER BY c.created_at DESC LIMIT 1";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int64_t c = 0;
+  if (!st)
+    return 0;
+  tl__bind_int(st, ":d", dead);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    c = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return c;
+}
+
+/* A home without any usable Nous grant while its profile has one: Hermes' login state, written in. */
+static tl_status add_missing_nous(wb *w, tl_error *err)
+{
+  static const char entry_sql[] = "SELECT entry_id, label, priority FROM pool_entry WHERE profile_id = :p AND "
+                                  "credential_id = :c AND entry_id NOT LIKE 'providers.%' ORDER BY priority LIMIT 1";
+  tl__hf *f = w->f;
+  for (size_t i = 0; i < f->ss.n; i++) {
+    const tl__slot *sl = &f->ss.v[i];
+    if (strcmp(sl->provider, "nous") == 0 && tl__hf_slot_rt(sl))
+      return TL_OK; /* Hermes has a Nous grant here */
+  }
+  int64_t cred = primary_cred(w->s, f->profile, "nous", 0);
+  if (!cred)
+    return TL_OK;
+  credinfo c;
+  tl_status rc = load_cred(&c, w->s, cred, err);
+  if (rc != TL_OK)
+    return rc;
+  if (!usable(&c)) {
+    credinfo_clear(&c);
+    return TL_OK;
+  }
+  tl__grant g = grant_of(&c, w->now);
+  json_t *providers = json_object_get(f->doc, "providers");
+  if (!json_is_object(providers)) {
+    providers = json_object();
+    json_object_set_new(f->doc, "providers", providers);
+  }
+  json_t *nous = json_object_get(providers, "nous");
+  if (!json_is_object(nous)) {
+    nous = json_object();
+    json_object_set_new(providers, "nous", nous);
+  }
+  if (c.label && !json_object_get(nous, "label"))
+    json_object_set_new(nous, "label", json_string(c.label));
+  tl__slot sl = {.kind = TL_SLOT_SINGLETON, .obj = nous};
+  snprintf(sl.provider, sizeof sl.provider, "nous");
+  snprintf(sl.place, sizeof sl.place, "singleton:nous");
+  tl__hf_fill(&sl, &g);
+  w->changed = 1;
+  if (!json_object_get(f->doc, "active_provider") || json_is_null(json_object_get(f->doc, "active_provider")))
+    json_object_set_new(f->doc, "active_provider", json_string("nous"));
+  rc = tl__place_set(w->s, f->profile, "singleton:nous", cred, err);
+  /* Hermes seeds the device_code pool row from the singleton: write the row it would seed. */
+  sqlite3_stmt *st = rc == TL_OK ? tl__stmt(w->s, entry_sql, err) : NULL;
+  if (st) {
+    tl__bind_int(st, ":p", f->profile);
+    tl__bind_int(st, ":c", cred);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+      json_t *pool = json_object_get(f->doc, "credential_pool");
+      if (!json_is_object(pool)) {
+        pool = json_object();
+        json_object_set_new(f->doc, "credential_pool", pool);
+      }
+      json_t *rows = json_object_get(pool, "nous");
+      if (!json_is_array(rows)) {
+        rows = json_array();
+        json_object_set_new(pool, "nous", rows);
+      }
+      json_t *r = tl__hf_pool_row((const char *)sqlite3_column_text(st, 0),
+                                  sqlite3_column_text(st, 1) ? (const char *)sqlite3_column_text(st, 1) : c.label,
+                                  sqlite3_column_int64(st, 2));
+      tl__slot ps = {.kind = TL_SLOT_POOL, .obj = r};
+      snprintf(ps.provider, sizeof ps.provider, "nous");
+      tl__hf_fill(&ps, &g);
+      json_t *tls = json_object_get(nous, "tls");
+      if (tls)
+        json_object_set(r, "tls", tls);
+      json_array_append_new(rows, r);
+    }
+    sqlite3_reset(st);
+  } else if (rc == TL_OK) {
+    rc = TL_ERROR;
+  }
+  credinfo_clear(&c);
+  return rc;
+}
+
+static json_t *load_template(tl_store *s, const char *path, int64_t *synced)
+{
+  static const char sql[] = "SELECT template, synced_at, id FROM hermes_file WHERE path = :path";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  json_t *t = NULL;
+  int64_t id = 0;
+  if (!st)
+    return NULL;
+  tl__bind_text(st, ":path", path);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    t = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+    if (synced)
+      *synced = sqlite3_column_int64(st, 1);
+    id = sqlite3_column_int64(st, 2);
+  }
+  sqlite3_reset(st);
+  if (t)
+    unstash(s, t, id, 0);
+  return t;
+}
+
+/*
+ * A template's token references, filled with the credential's tokens when it
+ * has not changed since the template was taken: the document comes back
+ * exactly as Hermes wrote it (the round-trip law). A credential that changed
+ * since keeps its references, and the fill writes every owned field anew.
+ */
+static void resolve_refs(tl_store *s, tl__slot *sl, int64_t cred, int64_t synced)
+{
+  credinfo c;
+  if (!synced || load_cred(&c, s, cred, NULL) != TL_OK)
+    return;
+  if (c.obtained <= synced && c.rt && c.at) {
+    static const char *const k[] = {"refresh_token", "access_token", "agent_key"};
+    for (size_t i = 0; i < 3; i++) {
+      json_t *v = json_object_get(sl->obj, k[i]);
+      if (tl__hf_ref_cred(v) == cred)
+        json_object_set_new(sl->obj, k[i], json_string(i == 0 ? c.rt : c.at));
+    }
+  }
+  credinfo_clear(&c);
+}
+
+static tl_status report_file(tl_report *r, const tl__hf *f, const char *action, const char *note, tl_error *err)
+{
+  if (!r)
+    return TL_OK;
+  const char *cells[7] = {f->shared ? "(shared)" : f->profile_name, f->path, "$", "", NULL, action, note};
+  const int num[7] = {0};
+  return tl__report_add_row(r, cells, num, err);
+}
+
+static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *err)
+{
+  wb w = {.s = s, .f = f, .report = report, .now = tl__now_ms()};
+  tl_status rc = TL_OK;
+  int created = f->created;
+  int64_t synced = f->template_synced;
+  char *text = NULL;
+  if (!f->doc) {
+    if (!f->is_home)
+      return TL_OK;
+    if (f->shared)
+      f->doc = json_pack("{s:i}", "_schema", 1); /* created only if its grant (or a successor) fills it */
+    else if (!(f->doc = load_template(s, f->path, &synced)))
+      f->doc = json_pack("{s:i, s:{}}", "version", 1, "providers");
+    if (!f->doc)
+      return tl__oom(err);
+    created = 1;
+  }
+  tl__hf_slots_free(&f->ss);
+  if ((rc = tl__hf_walk(&f->ss, f->doc, f->path, TL_WALK_TEMPLATE | (f->shared ? TL_WALK_SHARED : 0), err)) != TL_OK)
+    return rc;
+  if (f->shared) {
+    char place[PATH_MAX + 16];
+    snprintf(place, sizeof place, "shared:%s", f->path);
+    int64_t c = tl__slot_credential(s, f, &f->ss.v[0]);
+    if (c) {
+      credinfo ci;
+      if ((rc = load_cred(&ci, s, c, err)) != TL_OK)
+        return rc;
+      if (strcmp(ci.status, "needs_reauth") == 0)
+        w.shared_replacement = successor(s, c);
+      credinfo_clear(&ci);
+    }
+  }
+  size_t nremove = 0;
+  tl__slot **remove = calloc(f->ss.n ? f->ss.n : 1, sizeof *remove);
+  if (!remove)
+    return tl__oom(err);
+  for (size_t i = 0; i < f->ss.n && rc == TL_OK; i++) {
+    tl__slot *sl = &f->ss.v[i];
+    int64_t cred = tl__slot_credential(s, f, sl);
+    const char *rt = tl__hf_slot_rt(sl);
+    if (!cred) {
+      drop_refs(sl);
+      continue;
+    }
+    if (rt && !known_token(s, rt))
+      continue; /* never overwrite a token the ledger does not know */
+    resolve_refs(s, sl, cred, synced);
+    int removed = 0;
+    rc = fill_slot(&w, sl, cred, &removed, err);
+    if (removed)
+      remove[nremove++] = sl;
+  }
+  /* Remove rows back to front within their arrays (indices stay valid). */
+  for (size_t i = nremove; rc == TL_OK && i-- > 0;) {
+    size_t idx;
+    json_t *e;
+    json_array_foreach(remove[i]->array, idx, e)
+    {
+      if (e == remove[i]->obj) {
+        json_array_remove(remove[i]->array, idx);
+        break;
+      }
+    }
+  }
+  free(remove);
+  if (rc == TL_OK && !f->shared && f->is_home && f->profile)
+    rc = add_missing_nous(&w, err);
+  if (rc != TL_OK)
+    return rc;
+  if (w.remove_file && created) {
+    json_decref(f->doc);
+    f->doc = NULL;
+    return TL_OK;
+  }
+  if (w.remove_file) {
+    if ((rc = tl__hf_remove(f->path, err)) != TL_OK)
+      return rc;
+    json_decref(f->doc);
+    f->doc = NULL;
+    tl__ids ids = {.profile = f->profile};
+    if ((rc = tl__tx_begin(s, "shared store removed", err)) != TL_OK)
+      return rc;
+    rc =
+        tl__audit(s, "file_removed", &ids,
+                  json_pack("{s:s, s:s}", "file", f->path, "why", "its grant was rejected; Hermes does the same"), err);
+    rc = rc == TL_OK ? tl__tx_commit(s, err) : (tl__tx_rollback(s), rc);
+    return rc == TL_OK ? report_file(report, f, "removed", "the grant is dead; removed as Hermes does", err) : rc;
+  }
+  if (!w.changed && (!created || f->shared)) {
+    if (created) {
+      json_decref(f->doc); /* nothing to put in a shared store that does not exist */
+      f->doc = NULL;
+      return TL_OK;
+    }
+    return report_file(report, f, "unchanged", NULL, err);
+  }
+  char now[64];
+  tl__hf_iso(now, sizeof now, w.now, 1, 0);
+  json_object_set_new(f->doc, "updated_at", json_string(now));
+  if (w.changed && !f->shared && !json_object_get(f->doc, "version"))
+    json_object_set_new(f->doc, "version", json_integer(1)); /* Hermes stamps it on every save */
+  if (!(text = tl__hf_dump(f->doc, f->shared)))
+    return tl__oom(err);
+  rc = tl__hf_write(f->path, text, err);
+  if (rc == TL_OK) {
+    tl_fingerprint(f->sha, text, strlen(text));
+    f->in_step = 0; /* remembered below */
+    rc = report_file(report, f, created ? "created" : "written", NULL, err);
+  }
+  tl_secret_free(text);
+  return rc;
+}
+
+tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  /* Profiles first: a shared store follows the grant its profiles moved to. */
+  for (int shared = 0; shared < 2 && rc == TL_OK; shared++)
+    for (size_t i = 0; i < set->n && rc == TL_OK; i++)
+      if (set->v[i].shared == shared)
+        rc = write_one(s, &set->v[i], report, err);
+  if (rc != TL_OK)
+    return rc;
+  int any = 0;
+  for (size_t i = 0; i < set->n; i++)
+    any |= set->v[i].doc && (!set->v[i].in_step || set->v[i].unadopted);
+  if (!any)
+    return TL_OK;
+  if ((rc = tl__tx_begin(s, "remember files", err)) != TL_OK)
+    return rc;
+  rc = tl__hfset_remember(s, set, err);
+  if (rc == TL_OK)
+    rc = tl__tx_commit(s, err);
+  else
+    tl__tx_rollback(s);
+  return rc;
+}
+
+/* ---- one operation: lock, read, adopt, work, write back, unlock -------------------------------- */
+
+static tl_status adopt_locked(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
+{
+  tl__adopt a;
+  memset(&a, 0, sizeof a);
+  a.s = s;
+  a.report = report;
+  tl_status rc = tl__hfset_read(s, set, err);
+  if (rc != TL_OK)
+    return rc;
+  int any = 0;
+  for (size_t i = 0; i < set->n; i++)
+    any |= set->v[i].doc && !set->v[i].in_step;
+  if (!any)
+    return TL_OK;
+  if ((rc = tl__tx_begin(s, "adopt", err)) != TL_OK)
+    return rc;
+  rc = tl__adopt_set(&a, set, err);
+  if (rc == TL_OK)
+    rc = tl__tx_commit(s, err);
+  else
+    tl__tx_rollback(s);
+  if (rc == TL_OK && a.blocked_fp[0]) {
+    tl_error ignore = {0};
+    tl__reuse_blocked(s, a.blocked_fp, a.blocked_where, &ignore);
+  }
+  return rc;
+}
+
+static tl_status run_sync(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
+{
+  tl_status rc = tl__hfset_lock(set, tl__now_ms() + tl__hf_lock_timeout_ms(), err);
+  if (rc != TL_OK)
+    return rc;
+  rc = adopt_locked(s, set, report, err);
+  if (rc == TL_OK)
+    rc = tl__hfset_write_back(s, set, report, err);
+  tl__hfset_unlock(set);
+  return rc;
+}
+
+tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                           int64_t ahead_ms, tl_error *err)
+{
+  tl__hfset set = {0};
+  tl_status rc = tl__hfset_for_credential(&set, s, cred, err);
+  if (rc != TL_OK || set.n == 0) {
+    tl__hfset_free(&set);
+    return rc != TL_OK ? rc : tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
+  }
+  if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__hf_lock_timeout_ms(), err)) != TL_OK) {
+    tl__hfset_free(&set);
+    if (rc == TL_EBUSY && err) {
+      size_t l = strlen(err->message);
+      snprintf(err->message + l, sizeof err->message - l,
+               " (credential %lld lives in Hermes files; its refresh token is only presented under their locks)",
+               (long long)cred);
+    }
+    return rc;
+  }
+  /* Adopt before present: what the files hold now is what the ledger presents. */
+  if ((rc = adopt_locked(s, &set, NULL, err)) != TL_OK) {
+    tl__hfset_free(&set);
+    return rc;
+  }
+  s->coop = 1;
+  rc = tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
+  s->coop = 0;
+  /* Whatever happened (rotated, rejected, fresh after adoption), every file holding the grant gets it. */
+  tl_error werr = {0};
+  tl_status wrc = tl__hfset_write_back(s, &set, NULL, &werr);
+  tl__hfset_free(&set);
+  if (rc == TL_OK && wrc != TL_OK) {
+    if (err)
+      *err = werr;
+    return wrc;
+  }
+  return rc;
+}
+
+/* ---- export and sync ------------------------------------------------------------------------------ */
+
+typedef struct profinfo {
+  int64_t id;
+  char name[80];
+  char home[PATH_MAX];
+  char source[PATH_MAX + 32]; /* the newest file imported for the profile (template for copies) */
+} profinfo;
+
+static tl_status load_profile(profinfo *p, tl_store *s, const char *name, tl_error *err)
+{
+  static const char sql[] = "SELECT p.id, p.home, (SELECT path FROM hermes_file WHERE profile_id = p.id AND kind = "
+                            "'auth' ORDER BY synced_at DESC LIMIT 1) FROM profile p WHERE p.name = :n";
+  memset(p, 0, sizeof *p);
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":n", name);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist", name);
+  }
+  p->id = sqlite3_column_int64(st, 0);
+  snprintf(p->name, sizeof p->name, "%s", name);
+  if (sqlite3_column_text(st, 1))
+    snprintf(p->home, sizeof p->home, "%s", (const char *)sqlite3_column_text(st, 1));
+  if (sqlite3_column_text(st, 2))
+    snprintf(p->source, sizeof p->source, "%s", (const char *)sqlite3_column_text(st, 2));
+  sqlite3_reset(st);
+  return TL_OK;
+}
+
+/* Export to a file that is not the profile's home: a copy, never remembered, never over an unknown token. */
+static tl_status export_copy(tl_store *s, const profinfo *p, const char *output, tl_report *r, tl_error *err)
+{
+  tl__hfset set = {0};
+  tl_status rc = tl__hfset_add(&set, output, p->id, p->name, 0, 0, err);
+  if (rc != TL_OK)
+    return rc;
+  tl__hf *f = &set.v[0];
+  if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__hf_lock_timeout_ms(), err)) != TL_OK)
+    goto done;
+  f = &set.v[0];
+  if ((rc = tl__hfset_read(NULL, &set, err)) != TL_OK)
+    goto done;
+  for (size_t i = 0; f->doc && i < f->ss.n; i++) {
+    const char *rt = tl__hf_slot_rt(&f->ss.v[i]);
+    if (rt && !known_token(s, rt)) {
+      rc = tl__err(err, TL_EINVAL, 0,
+                   "%s: %s.refresh_token holds a refresh token the ledger does not know (perhaps Hermes rotated it); "
+                   "refusing to write over it. If this is a profile's own auth.json, run 'tokenledger sync --profile "
+                   "%s' to adopt it; otherwise export to another file",
+                   output, f->ss.v[i].path, p->name);
+      goto done;
+    }
+  }
+  if (!f->doc) {
+    const char *src = p->source[0] ? p->source : NULL;
+    f->doc = src ? load_template(s, src, &f->template_synced) : NULL;
+    f->created = 1;
+    if (!f->doc) {
+      f->doc = json_pack("{s:i, s:{}}", "version", 1, "providers");
+      if (!f->doc) {
+        rc = tl__oom(err);
+        goto done;
+      }
+    }
+    /* A copy is filled from the profile's grants: map its places through the profile. */
+  }
+  rc = write_one(s, f, r, err);
+done:
+  tl__hfset_free(&set);
+  return rc;
+}
+
+/* --shared-nous DIR: the profile's Nous grant written to DIR/nous_auth.json, and kept current from now on. */
+static tl_status export_shared(tl_store *s, const profinfo *p, const char *dir, tl_report *r, tl_error *err)
+{
+  char path[PATH_MAX + 32], real[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s/nous_auth.json", dir) >= PATH_MAX)
+    return tl__err(err, TL_EINVAL, 0, "%.200s...: path too long", dir);
+  if (!realpath(dir, real))
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: %s", dir, strerror(errno));
+  snprintf(path, sizeof path, "%s/nous_auth.json", real);
+  int64_t cred = primary_cred(s, p->id, "nous", 0);
+  if (!cred)
+    return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has no usable nous grant to write to %s", p->name, path);
+  tl__hfset set = {0};
+  tl_status rc = tl__hfset_add(&set, path, 0, NULL, 1, 1, err);
+  if (rc == TL_OK)
+    rc = tl__hfset_lock(&set, tl__now_ms() + tl__hf_lock_timeout_ms(), err);
+  if (rc == TL_OK)
+    rc = adopt_locked(s, &set, r, err);
+  if (rc != TL_OK) {
+    tl__hfset_free(&set);
+    return rc;
+  }
+  tl__hf *f = &set.v[0];
+  char place[PATH_MAX + 64];
+  snprintf(place, sizeof place, "shared:%s", path);
+  if (rc == TL_OK && f->doc) {
+    const char *rt = tl__hf_slot_rt(&f->ss.v[0]);
+    if (rt && !known_token(s, rt))
+      rc = tl__err(err, TL_EINVAL, 0, "%s: holds a refresh token the ledger does not know; refusing to write over it",
+                   path);
+  }
+  if (rc == TL_OK && (rc = tl__tx_begin(s, "shared place", err)) == TL_OK) {
+    rc = tl__place_set(s, 0, place, cred, err);
+    rc = rc == TL_OK ? tl__tx_commit(s, err) : (tl__tx_rollback(s), rc);
+  }
+  if (rc == TL_OK && !f->doc) {
+    f->doc = json_pack("{s:i}", "_schema", 1);
+    if (!f->doc)
+      rc = tl__oom(err);
+  }
+  if (rc == TL_OK) {
+    tl__hf_slots_free(&f->ss);
+    f->in_step = 0;
+    f->unadopted = 0;
+    rc = tl__hfset_write_back(s, &set, r, err);
+  }
+  tl__hfset_free(&set);
+  return rc;
+}
+
+tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const char *output, const char *shared_dir,
+                    tl_error *err)
+{
+  tl_status rc;
+  tl_report *r = NULL;
+  profinfo p;
+  if (!out || !s || !profile)
+    return tl__err(err, TL_EINVAL, 0, "export: a profile is required");
+  *out = NULL;
+  if ((rc = tl__report_kv(&r, report_cols, 7, err)) != TL_OK)
+    return rc;
+  if ((rc = load_profile(&p, s, profile, err)) != TL_OK)
+    goto done;
+  char home_file[PATH_MAX + 16] = "", out_real[2 * PATH_MAX + 2] = "";
+  if (p.home[0])
+    snprintf(home_file, sizeof home_file, "%s/auth.json", p.home);
+  if (output) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", output);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+      *slash = '\0';
+    else
+      snprintf(dir, sizeof dir, ".");
+    char rdir[PATH_MAX];
+    if (!realpath(dir, rdir)) {
+      rc = tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: %s", dir, strerror(errno));
+      goto done;
+    }
+    snprintf(out_real, sizeof out_real, "%s/%s", rdir, slash ? slash + 1 : output);
+  }
+  if (output && strcmp(out_real, home_file) != 0) {
+    rc = export_copy(s, &p, output, r, err);
+  } else if (!p.home[0]) {
+    rc = tl__err(err, TL_EINVAL, 0,
+                 "profile '%s' has no Hermes home; give --output FILE, or set one with 'tokenledger profile set-home "
+                 "%s DIR'",
+                 profile, profile);
+  } else {
+    tl__hfset set = {0};
+    rc = set_for_profile(&set, s, p.id, p.name, p.home, err);
+    if (rc == TL_OK)
+      rc = run_sync(s, &set, r, err);
+    tl__hfset_free(&set);
+  }
+  if (rc == TL_OK && shared_dir)
+    rc = export_shared(s, &p, shared_dir, r, err);
+done:
+  if (rc == TL_OK)
+    *out = r;
+  else
+    tl_report_free(r);
+  return rc;
+}
+
+tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *err)
+{
+  tl_status rc;
+  tl_report *r = NULL;
+  tl__hfset set = {0};
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "sync: bad arguments");
+  *out = NULL;
+  if ((rc = tl__report_kv(&r, report_cols, 7, err)) != TL_OK)
+    return rc;
+  if (profile) {
+    profinfo p;
+    if ((rc = load_profile(&p, s, profile, err)) != TL_OK)
+      goto done;
+    if (!p.home[0]) {
+      rc = tl__err(err, TL_EINVAL, 0,
+                   "profile '%s' has no Hermes home to sync; set one with 'tokenledger profile set-home %s DIR'",
+                   profile, profile);
+      goto done;
+    }
+    rc = set_for_profile(&set, s, p.id, p.name, p.home, err);
+  } else {
+    rc = set_for_all(&set, s, err);
+  }
+  if (rc == TL_OK && set.n)
+    rc = run_sync(s, &set, r, err);
+done:
+  tl__hfset_free(&set);
+  if (rc == TL_OK)
+    *out = r;
+  else
+    tl_report_free(r);
+  return rc;
+}
