@@ -48,3 +48,29 @@ SELECT NULL, 'shared:' || f.path, json_extract(f.template, '$.refresh_token.cred
 UPDATE pool_entry SET original_json = json_remove(original_json, '$.access_token', '$.refresh_token', '$.agent_key',
                                                   '$.anon_token', '$.id_token', '$.api_key')
  WHERE original_json IS NOT NULL;
+
+-- Who presented a token survives compact: the audit log answers once old attempts are gone.
+DROP VIEW v_lineage;
+-- Every RT of every credential, oldest first, with who presented it (from the
+-- attempt, or from the audit log once compact has removed old attempts).
+CREATE VIEW v_lineage AS
+SELECT t.credential_id                                   AS credential,
+       c.provider                                        AS provider,
+       c.label                                           AS label,
+       coalesce(t.family_id, t.id)                       AS family,
+       t.generation                                      AS generation,
+       t.state                                           AS state,
+       t.origin                                          AS origin,
+       substr(t.fingerprint, 1, 12)                      AS fingerprint,
+       strftime('%Y-%m-%dT%H:%M:%fZ', t.issued_at / 1000.0, 'unixepoch') AS issued,
+       CAST((CAST(strftime('%s', 'now') AS INTEGER) * 1000 - t.issued_at) / 1000 AS INTEGER) AS age_s,
+       strftime('%Y-%m-%dT%H:%M:%fZ', t.retired_at / 1000.0, 'unixepoch') AS retired,
+       coalesce((SELECT a.owner_host || ':' || a.owner_pid || coalesce(' ' || a.owner_profile, '')
+                         || coalesce(' ' || a.owner_command, '')
+                   FROM refresh_attempt a WHERE a.rt_id = t.id ORDER BY a.id DESC LIMIT 1),
+                (SELECT e.actor_host || ':' || e.actor_pid || coalesce(' ' || e.actor_profile, '')
+                         || coalesce(' ' || e.actor_command, '')
+                   FROM audit_event e WHERE e.credential_id = t.credential_id AND e.rt_id = t.id
+                    AND e.event IN ('rt_presented', 'rt_represented') ORDER BY e.id DESC LIMIT 1)) AS presented_by,
+       t.id                                              AS rt_id
+  FROM refresh_token t JOIN credential c ON c.id = t.credential_id;

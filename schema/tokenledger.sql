@@ -283,7 +283,8 @@ CREATE TABLE hermes_secret (
 
 -- Forensic views. None selects access_token or secret.
 
--- Every RT of every credential, oldest first, with who presented it.
+-- Every RT of every credential, oldest first, with who presented it (from the
+-- attempt, or from the audit log once compact has removed old attempts).
 CREATE VIEW v_lineage AS
 SELECT t.credential_id                                   AS credential,
        c.provider                                        AS provider,
@@ -296,9 +297,13 @@ SELECT t.credential_id                                   AS credential,
        strftime('%Y-%m-%dT%H:%M:%fZ', t.issued_at / 1000.0, 'unixepoch') AS issued,
        CAST((CAST(strftime('%s', 'now') AS INTEGER) * 1000 - t.issued_at) / 1000 AS INTEGER) AS age_s,
        strftime('%Y-%m-%dT%H:%M:%fZ', t.retired_at / 1000.0, 'unixepoch') AS retired,
-       (SELECT a.owner_host || ':' || a.owner_pid || coalesce(' ' || a.owner_profile, '')
-                || coalesce(' ' || a.owner_command, '')
-          FROM refresh_attempt a WHERE a.rt_id = t.id ORDER BY a.id DESC LIMIT 1) AS presented_by,
+       coalesce((SELECT a.owner_host || ':' || a.owner_pid || coalesce(' ' || a.owner_profile, '')
+                         || coalesce(' ' || a.owner_command, '')
+                   FROM refresh_attempt a WHERE a.rt_id = t.id ORDER BY a.id DESC LIMIT 1),
+                (SELECT e.actor_host || ':' || e.actor_pid || coalesce(' ' || e.actor_profile, '')
+                         || coalesce(' ' || e.actor_command, '')
+                   FROM audit_event e WHERE e.credential_id = t.credential_id AND e.rt_id = t.id
+                    AND e.event IN ('rt_presented', 'rt_represented') ORDER BY e.id DESC LIMIT 1)) AS presented_by,
        t.id                                              AS rt_id
   FROM refresh_token t JOIN credential c ON c.id = t.credential_id;
 

@@ -808,7 +808,14 @@ static void on_stop(int sig)
   stop_requested = 1;
 }
 
-/* Sleeps until the next round; with watch, syncs every time Hermes writes a file meanwhile. */
+static int64_t mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps until the next round; with watch, syncs each file Hermes writes meanwhile, as it is written. */
 static void wait_round(tl_store *s, int64_t every, int watch, int json)
 {
   tl_watch *w = NULL;
@@ -817,19 +824,21 @@ static void wait_round(tl_store *s, int64_t every, int watch, int json)
     fprintf(stderr, "tokenledger keep-fresh: %s; polling every %lld s instead\n", err.message, (long long)every);
     w = NULL;
   }
-  int64_t slices = every * 10;
-  for (int64_t i = 0; i < slices && !stop_requested; i++) {
-    int changed = 0;
+  int64_t end = mono_ms() + every * 1000;
+  while (!stop_requested && mono_ms() < end) {
+    int64_t left = end - mono_ms();
+    int slice = left > 100 ? 100 : left < 1 ? 1 : (int)left;
     if (!w) {
-      usleep(100000);
+      usleep((useconds_t)slice * 1000);
       continue;
     }
+    int changed = 0;
     tl_error werr = {0};
-    if (tl_watch_wait(w, 100, &changed, &werr) != TL_OK || !changed)
+    if (tl_watch_wait(w, slice, &changed, &werr) != TL_OK || !changed)
       continue;
     tl_report *r = NULL;
     tl_error serr = {0};
-    tl_status rc = tl_sync(&r, s, NULL, &serr);
+    tl_status rc = tl_watch_sync(&r, w, s, &serr);
     if (rc != TL_OK)
       tl_cli_fail(&serr, rc);
     else

@@ -451,6 +451,13 @@ TL_EXTERN tl_status tl_watch_open(tl_watch **out, tl_store *store, tl_error *err
 /** Waits up to timeout_ms for a change of an auth.json or nous_auth.json; *changed is 1 if one happened. */
 TL_EXTERN tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err);
 
+/**
+ * Syncs exactly the files written since the last call (each under its own
+ * lock: adopt, write back), so a rotation is adopted while the file that holds
+ * it still does. The report is tl_sync's.
+ */
+TL_EXTERN tl_status tl_watch_sync(tl_report **out, tl_watch *w, tl_store *store, tl_error *err);
+
 /** Closes the watch. Accepts NULL. */
 TL_EXTERN void tl_watch_free(tl_watch *w);
 

@@ -174,6 +174,8 @@ tl_status tl__hfset_lock(tl__hfset *set, int64_t deadline_ms, tl_error *err);
 void tl__hfset_unlock(tl__hfset *set);
 /* Adds every file that holds credential cred (profile homes and shared stores). */
 tl_status tl__hfset_for_credential(tl__hfset *set, tl_store *s, int64_t cred, tl_error *err);
+/* Syncs exactly these files (profile homes' auth.json or shared stores): what the watch saw change. */
+tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n, tl_error *err);
 /* Writes the ledger's state into every file of the set (Hermes' shape), under its locks. */
 tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err);
 

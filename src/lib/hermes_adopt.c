@@ -720,6 +720,8 @@ static tl_status adopt_group(tl__adopt *a, pending *p, size_t n, tl_error *err)
   int64_t current = cred_obtained(a->s, cred);
   const pending *newest = NULL;
   for (size_t i = 0; i < n; i++) {
+    if (!p[i].dup && cred_of_fp(a->s, p[i].fp))
+      p[i].dup = 1; /* stored meanwhile (another place of the same token): never twice */
     if (p[i].dup)
       continue;
     int64_t rt = 0;
@@ -738,9 +740,12 @@ static tl_status adopt_group(tl__adopt *a, pending *p, size_t n, tl_error *err)
     return rc;
   for (size_t i = 0; i < n; i++) {
     int is_newest = newest && strcmp(newest->fp, p[i].fp) == 0;
-    if ((rc = set_slot_place(a->s, p[i].f, p[i].sl, cred, err)) != TL_OK ||
-        (rc = upsert_entry(a, p[i].f, p[i].sl, cred, err)) != TL_OK ||
-        (rc = row(a, p[i].f, p[i].sl, cred, is_newest ? "external_rotation" : "external_stale",
+    int64_t c = cred_of_fp(a->s, p[i].fp); /* the group's, or the grant another place stored it under */
+    if (!c)
+      c = cred;
+    if ((rc = set_slot_place(a->s, p[i].f, p[i].sl, c, err)) != TL_OK ||
+        (rc = upsert_entry(a, p[i].f, p[i].sl, c, err)) != TL_OK ||
+        (rc = row(a, p[i].f, p[i].sl, c, is_newest ? "external_rotation" : "external_stale",
                   is_newest ? "Hermes rotated this grant; adopted"
                             : "a generation Hermes already spent; the file gets the current one",
                   err)) != TL_OK)
@@ -796,19 +801,32 @@ static tl_status adopt_known(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *
       return rc;
     return row(a, f, sl, cred, "spent_overwritten", "the file held a spent refresh token; it is replaced", err);
   }
-  char note[300] = "";
-  other_profiles(a->s, known_cred, f->profile, note + 0, 200);
-  if (*note && f->profile) {
-    char others[200];
-    snprintf(others, sizeof others, "%s", note);
-    snprintf(note, sizeof note, "same grant as profile(s) %s: one credential", others);
-  } else {
-    note[0] = '\0';
-  }
+  char others[200] = "", note[300] = "";
+  other_profiles(a->s, known_cred, f->profile, others, sizeof others);
+  if (*others && f->profile)
+    snprintf(note, sizeof note, "same grant as profile(s) %.200s: one credential", others);
   if ((rc = set_slot_place(a->s, f, sl, known_cred, err)) != TL_OK ||
       (rc = upsert_entry(a, f, sl, known_cred, err)) != TL_OK)
     return rc;
   return row(a, f, sl, known_cred, mapped == known_cred ? "unchanged" : "attached", *note ? note : NULL, err);
+}
+
+/*
+ * The credential a place holds, if a new token there can be its rotation: a
+ * dead grant (needs_reauth) cannot rotate, so a new token at its place is a new
+ * login (Hermes' or ours), treated as a new place.
+ */
+static int64_t live_place_cred(tl_store *s, const tl__hf *f, const tl__slot *sl)
+{
+  static const char sql[] = "SELECT status <> 'needs_reauth' FROM credential WHERE id = :c";
+  int64_t c = place_cred(s, f, sl);
+  sqlite3_stmt *st = c ? tl__stmt(s, sql, NULL) : NULL;
+  if (!st)
+    return 0;
+  tl__bind_int(st, ":c", c);
+  int live = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  return live ? c : 0;
 }
 
 static tl_status push_pending(pending **v, size_t *n, size_t *cap, tl__hf *f, tl__slot *sl, const char *rt,
@@ -875,13 +893,14 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
       else if (look != TL_OK)
         rc = tl__err(err, look, probe.sys, "%s", probe.message);
       else
-        rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, place_cred(a->s, f, sl), err);
+        rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, live_place_cred(a->s, f, sl), err);
     }
   }
   if (rc != TL_OK)
     goto done;
   /* 2. New tokens at places of known grants: Hermes' rotations, in order, per credential. */
-  qsort(pv, pn, sizeof *pv, by_cred);
+  if (pn)
+    qsort(pv, pn, sizeof *pv, by_cred);
   size_t start = 0;
   while (start < pn && pv[start].cred == 0)
     start++;
@@ -1194,7 +1213,8 @@ static tl_status plan_root(plan **v, size_t *n, tl_report *warn, const char *abs
       return tl__oom(err);
     }
     closedir(d);
-    qsort(names, nn, sizeof *names, by_name);
+    if (nn)
+      qsort(names, nn, sizeof *names, by_name);
     rc = TL_OK;
     for (size_t i = 0; i < nn; i++) {
       char home[PATH_MAX + 300], pf[PATH_MAX + 320];

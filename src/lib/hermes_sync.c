@@ -414,6 +414,7 @@ typedef struct wb {
   int64_t now;
   int changed, remove_file;
   int64_t shared_replacement; /* a dead shared grant's successor, from a profile in this set */
+  int64_t login;              /* a new login filled the singleton: Hermes' device_code row goes with it */
 } wb;
 
 /* A recreated document's stashed secrets (hermes_secret), back in place. */
@@ -485,6 +486,8 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
       if ((rc = load_cred(&n, w->s, next, err)) == TL_OK) {
         tl__grant g = grant_of(&n, w->now);
         w->changed |= tl__hf_fill(sl, &g);
+        if (sl->kind == TL_SLOT_SINGLETON)
+          w->login = next;
         char place[PATH_MAX + 16];
         snprintf(place, sizeof place, sl->kind == TL_SLOT_SHARED ? "shared:%s" : "%s",
                  sl->kind == TL_SLOT_SHARED ? w->f->path : sl->place);
@@ -501,7 +504,10 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
     }
   } else if (usable(&c)) {
     tl__grant g = grant_of(&c, w->now);
+    int was_empty = !tl__hf_slot_rt(sl) && !tl__hf_ref_cred(json_object_get(sl->obj, "refresh_token"));
     w->changed |= tl__hf_fill(sl, &g);
+    if (was_empty && sl->kind == TL_SLOT_SINGLETON && strcmp(sl->provider, "nous") == 0)
+      w->login = cred; /* a quarantined singleton takes a new login: its device_code row comes too */
   }
   /* uncertain: the outcome of our last presentation is open; Hermes' copy stays as it is. */
   credinfo_clear(&c);
@@ -526,20 +532,34 @@ static int64_t successor(tl_store *s, int64_t dead)
   return c;
 }
 
-/* A home without any usable Nous grant while its profile has one: Hermes' login state, written in. */
-static tl_status add_missing_nous(wb *w, tl_error *err)
+static json_t *child(json_t *parent, const char *k, int array)
+{
+  json_t *v = json_object_get(parent, k);
+  if (array ? json_is_array(v) : json_is_object(v))
+    return v;
+  v = array ? json_array() : json_object();
+  json_object_set_new(parent, k, v);
+  return v;
+}
+
+/*
+ * Hermes' login state for a profile whose file has no usable Nous grant while
+ * the profile has one (a new login, a home set by hand): the singleton, and the
+ * device_code row Hermes would seed from it, with the ledger's entry id.
+ */
+static tl_status ensure_nous(wb *w, tl_error *err)
 {
   static const char entry_sql[] = "SELECT entry_id, label, priority FROM pool_entry WHERE profile_id = :p AND "
                                   "credential_id = :c AND entry_id NOT LIKE 'providers.%' ORDER BY priority LIMIT 1";
   tl__hf *f = w->f;
-  for (size_t i = 0; i < f->ss.n; i++) {
-    const tl__slot *sl = &f->ss.v[i];
-    if (strcmp(sl->provider, "nous") == 0 && tl__hf_slot_rt(sl))
-      return TL_OK; /* Hermes has a Nous grant here */
+  int64_t cred = w->login;
+  if (!cred) {
+    for (size_t i = 0; i < f->ss.n; i++)
+      if (strcmp(f->ss.v[i].provider, "nous") == 0 && tl__hf_slot_rt(&f->ss.v[i]))
+        return TL_OK; /* Hermes has a Nous grant here */
+    if (!(cred = primary_cred(w->s, f->profile, "nous", 0)))
+      return TL_OK;
   }
-  int64_t cred = primary_cred(w->s, f->profile, "nous", 0);
-  if (!cred)
-    return TL_OK;
   credinfo c;
   tl_status rc = load_cred(&c, w->s, cred, err);
   if (rc != TL_OK)
@@ -549,56 +569,58 @@ static tl_status add_missing_nous(wb *w, tl_error *err)
     return TL_OK;
   }
   tl__grant g = grant_of(&c, w->now);
-  json_t *providers = json_object_get(f->doc, "providers");
-  if (!json_is_object(providers)) {
-    providers = json_object();
-    json_object_set_new(f->doc, "providers", providers);
-  }
-  json_t *nous = json_object_get(providers, "nous");
-  if (!json_is_object(nous)) {
-    nous = json_object();
-    json_object_set_new(providers, "nous", nous);
+  json_t *nous = child(child(f->doc, "providers", 0), "nous", 0);
+  if (!nous) {
+    credinfo_clear(&c);
+    return tl__oom(err);
   }
   if (c.label && !json_object_get(nous, "label"))
     json_object_set_new(nous, "label", json_string(c.label));
   tl__slot sl = {.kind = TL_SLOT_SINGLETON, .obj = nous};
   snprintf(sl.provider, sizeof sl.provider, "nous");
   snprintf(sl.place, sizeof sl.place, "singleton:nous");
-  tl__hf_fill(&sl, &g);
-  w->changed = 1;
-  if (!json_object_get(f->doc, "active_provider") || json_is_null(json_object_get(f->doc, "active_provider")))
+  w->changed |= tl__hf_fill(&sl, &g);
+  json_t *active = json_object_get(f->doc, "active_provider");
+  if (!active || json_is_null(active)) {
     json_object_set_new(f->doc, "active_provider", json_string("nous"));
+    w->changed = 1;
+  }
   rc = tl__place_set(w->s, f->profile, "singleton:nous", cred, err);
-  /* Hermes seeds the device_code pool row from the singleton: write the row it would seed. */
+  /* The device_code row Hermes seeds from the singleton, unless a row holds the grant already. */
+  json_t *rows = json_object_get(json_object_get(f->doc, "credential_pool"), "nous");
+  size_t i;
+  json_t *r;
+  json_array_foreach(rows, i, r)
+  {
+    if (json_is_string(json_object_get(r, "refresh_token")) &&
+        strcmp(json_string_value(json_object_get(r, "refresh_token")), c.rt) == 0) {
+      credinfo_clear(&c);
+      return rc;
+    }
+  }
   sqlite3_stmt *st = rc == TL_OK ? tl__stmt(w->s, entry_sql, err) : NULL;
+  if (rc == TL_OK && !st)
+    rc = TL_ERROR;
   if (st) {
     tl__bind_int(st, ":p", f->profile);
     tl__bind_int(st, ":c", cred);
     if (sqlite3_step(st) == SQLITE_ROW) {
-      json_t *pool = json_object_get(f->doc, "credential_pool");
-      if (!json_is_object(pool)) {
-        pool = json_object();
-        json_object_set_new(f->doc, "credential_pool", pool);
-      }
-      json_t *rows = json_object_get(pool, "nous");
-      if (!json_is_array(rows)) {
-        rows = json_array();
-        json_object_set_new(pool, "nous", rows);
-      }
-      json_t *r = tl__hf_pool_row((const char *)sqlite3_column_text(st, 0),
-                                  sqlite3_column_text(st, 1) ? (const char *)sqlite3_column_text(st, 1) : c.label,
-                                  sqlite3_column_int64(st, 2));
-      tl__slot ps = {.kind = TL_SLOT_POOL, .obj = r};
+      json_t *row = tl__hf_pool_row((const char *)sqlite3_column_text(st, 0),
+                                    sqlite3_column_text(st, 1) ? (const char *)sqlite3_column_text(st, 1) : c.label,
+                                    sqlite3_column_int64(st, 2));
+      tl__slot ps = {.kind = TL_SLOT_POOL, .obj = row};
       snprintf(ps.provider, sizeof ps.provider, "nous");
       tl__hf_fill(&ps, &g);
-      json_t *tls = json_object_get(nous, "tls");
-      if (tls)
-        json_object_set(r, "tls", tls);
-      json_array_append_new(rows, r);
+      /* The row agrees with the singleton on every field Hermes compares, or Hermes rewrites it. */
+      static const char *const same[] = {"access_token",         "refresh_token",      "expires_at", "agent_key",
+                                         "agent_key_expires_at", "inference_base_url", "tls"};
+      for (size_t k = 0; k < sizeof same / sizeof *same; k++)
+        if (json_object_get(nous, same[k]))
+          json_object_set(row, same[k], json_object_get(nous, same[k]));
+      json_array_append_new(child(child(f->doc, "credential_pool", 0), "nous", 1), row);
+      w->changed = 1;
     }
     sqlite3_reset(st);
-  } else if (rc == TL_OK) {
-    rc = TL_ERROR;
   }
   credinfo_clear(&c);
   return rc;
@@ -724,7 +746,7 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
   }
   free(remove);
   if (rc == TL_OK && !f->shared && f->is_home && f->profile)
-    rc = add_missing_nous(&w, err);
+    rc = ensure_nous(&w, err);
   if (rc != TL_OK)
     return rc;
   if (w.remove_file && created) {
@@ -1054,6 +1076,38 @@ done:
     *out = r;
   else
     tl_report_free(r);
+  return rc;
+}
+
+tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n, tl_error *err)
+{
+  static const char sql[] = "SELECT id, name FROM profile WHERE home = :h";
+  tl__hfset set = {0};
+  tl_status rc = TL_OK;
+  for (size_t i = 0; i < n && rc == TL_OK; i++) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", paths[i]);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+      continue;
+    *slash = '\0';
+    if (strcmp(slash + 1, "nous_auth.json") == 0) {
+      rc = add_shared(&set, paths[i], 1, err);
+      continue;
+    }
+    sqlite3_stmt *st = tl__stmt(s, sql, err);
+    if (!st) {
+      rc = TL_ERROR;
+      break;
+    }
+    tl__bind_text(st, ":h", dir);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      rc = add_home(&set, dir, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 1, err);
+    sqlite3_reset(st);
+  }
+  if (rc == TL_OK && set.n)
+    rc = run_sync(s, &set, r, err);
+  tl__hfset_free(&set);
   return rc;
 }
 

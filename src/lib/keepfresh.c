@@ -161,18 +161,42 @@ done:
 
 /* ---- the watch ------------------------------------------------------------------------ */
 
+#define TL_WATCH_MAX 4096
+
 struct tl_watch {
   int fd;
-  size_t dirs;
+  struct {
+    int wd;
+    char *dir;
+  } * dirs;
+  size_t ndirs;
+  char **changed; /* files written since the last tl_watch_sync */
+  size_t nchanged;
 };
 
 static void watch_dir(tl_watch *w, const char *dir)
 {
   struct stat st;
-  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+  if (w->ndirs >= TL_WATCH_MAX || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
     return;
-  if (inotify_add_watch(w->fd, dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_ONLYDIR) >= 0)
-    w->dirs++;
+  int wd = inotify_add_watch(w->fd, dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_ONLYDIR);
+  if (wd < 0)
+    return;
+  for (size_t i = 0; i < w->ndirs; i++)
+    if (w->dirs[i].wd == wd)
+      return; /* the same directory twice */
+  void *nv = realloc(w->dirs, (w->ndirs + 1) * sizeof *w->dirs);
+  char *copy = strdup(dir);
+  if (!nv || !copy) {
+    free(copy);
+    if (nv)
+      w->dirs = nv;
+    return;
+  }
+  w->dirs = nv;
+  w->dirs[w->ndirs].wd = wd;
+  w->dirs[w->ndirs].dir = copy;
+  w->ndirs++;
 }
 
 tl_status tl_watch_open(tl_watch **out, tl_store *s, tl_error *err)
@@ -222,6 +246,22 @@ tl_status tl_watch_open(tl_watch **out, tl_store *s, tl_error *err)
   return TL_OK;
 }
 
+static void note_change(tl_watch *w, const char *dir, const char *name)
+{
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+    return;
+  for (size_t i = 0; i < w->nchanged; i++)
+    if (strcmp(w->changed[i], path) == 0)
+      return;
+  char **nv = realloc(w->changed, (w->nchanged + 1) * sizeof *nv);
+  if (!nv)
+    return;
+  w->changed = nv;
+  if ((w->changed[w->nchanged] = strdup(path)))
+    w->nchanged++;
+}
+
 /* Waits up to timeout_ms for a change of an auth.json or nous_auth.json; *changed tells. */
 tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err)
 {
@@ -229,7 +269,7 @@ tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err
     return tl__err(err, TL_EINVAL, 0, "watch: bad arguments");
   *changed = 0;
   struct pollfd p = {.fd = w->fd, .events = POLLIN};
-  int n = poll(&p, 1, timeout_ms);
+  int n = w->nchanged ? 1 : poll(&p, 1, timeout_ms);
   if (n < 0)
     return errno == EINTR ? TL_OK : tl__err(err, TL_EIO, errno, "watch: %s", strerror(errno));
   char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
@@ -240,11 +280,34 @@ tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err
     for (char *q = buf; q < buf + len;) {
       struct inotify_event *ev = (struct inotify_event *)(void *)q;
       if (ev->len && (strcmp(ev->name, "auth.json") == 0 || strcmp(ev->name, "nous_auth.json") == 0))
-        *changed = 1;
+        for (size_t i = 0; i < w->ndirs; i++)
+          if (w->dirs[i].wd == ev->wd)
+            note_change(w, w->dirs[i].dir, ev->name);
       q += sizeof *ev + ev->len;
     }
   }
+  *changed = w->nchanged > 0;
   return TL_OK;
+}
+
+tl_status tl_watch_sync(tl_report **out, tl_watch *w, tl_store *s, tl_error *err)
+{
+  static const char *const sync_cols[] = {"profile", "file", "path", "provider", "credential", "action", "note"};
+  tl_report *r = NULL;
+  if (!out || !w || !s)
+    return tl__err(err, TL_EINVAL, 0, "watch sync: bad arguments");
+  *out = NULL;
+  tl_status rc = tl__report_kv(&r, sync_cols, 7, err);
+  if (rc == TL_OK)
+    rc = tl__sync_paths(r, s, w->changed, w->nchanged, err);
+  for (size_t i = 0; i < w->nchanged; i++)
+    free(w->changed[i]);
+  w->nchanged = 0;
+  if (rc == TL_OK)
+    *out = r;
+  else
+    tl_report_free(r);
+  return rc;
 }
 
 void tl_watch_free(tl_watch *w)
@@ -253,5 +316,11 @@ void tl_watch_free(tl_watch *w)
     return;
   if (w->fd >= 0)
     close(w->fd);
+  for (size_t i = 0; i < w->ndirs; i++)
+    free(w->dirs[i].dir);
+  free(w->dirs);
+  for (size_t i = 0; i < w->nchanged; i++)
+    free(w->changed[i]);
+  free(w->changed);
   free(w);
 }

@@ -406,10 +406,14 @@ tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_e
   static const char sql[] =
       "SELECT t.id, t.credential_id, c.provider, c.label, t.generation, t.state, "
       "strftime('%Y-%m-%dT%H:%M:%SZ', coalesce(t.retired_at, t.issued_at) / 1000.0, 'unixepoch'), "
-      "a.owner_host || ':' || a.owner_pid, a.owner_profile, a.owner_command, "
-      "strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') "
+      "coalesce(a.owner_host || ':' || a.owner_pid, e.actor_host || ':' || e.actor_pid), "
+      "coalesce(a.owner_profile, e.actor_profile), coalesce(a.owner_command, e.actor_command), "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', coalesce(a.started_at, e.at) / 1000.0, 'unixepoch') "
       "FROM refresh_token t JOIN credential c ON c.id = t.credential_id "
       "LEFT JOIN refresh_attempt a ON a.id = (SELECT max(id) FROM refresh_attempt WHERE rt_id = t.id) "
+      /* "never presented by tokenledger" must survive compact: the audit log keeps every presentation */
+      "LEFT JOIN audit_event e ON e.id = (SELECT max(id) FROM audit_event WHERE credential_id = t.credential_id "
+      "AND rt_id = t.id AND event IN ('rt_presented', 'rt_represented')) "
       "WHERE t.fingerprint = :fp";
   tl_status rc;
   if ((rc = tl__tx_begin(s, "reuse blocked", err)) != TL_OK)

@@ -47,6 +47,101 @@ static tl_status post(json_t **out, long *status, long *retry_after, tl_store *s
   return rc;
 }
 
+/*
+ * A new login replaces the profile's dead entries for the provider: the new
+ * grant takes the first one's entry id and priority (so Hermes' pool row keeps
+ * its id) and its places; the dead entries leave the pool (their lineage stays).
+ */
+static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider, int64_t cred, tl_error *err)
+{
+  static const char dead_sql[] =
+      "SELECT e.id, e.entry_id, e.priority, e.credential_id FROM pool_entry e JOIN credential c ON c.id = "
+      "e.credential_id WHERE e.profile_id = :p AND e.provider = :prov AND e.credential_id <> :new AND c.status = "
+      "'needs_reauth' ORDER BY e.entry_id LIKE 'providers.%', e.priority, e.id";
+  static const char del_sql[] = "DELETE FROM pool_entry WHERE profile_id = :p AND provider = :prov AND "
+                                "credential_id = :old";
+  static const char take_sql[] = "UPDATE pool_entry SET entry_id = :entry, priority = :prio WHERE profile_id = :p AND "
+                                 "provider = :prov AND credential_id = :new";
+  /* The profile's places, and a shared store that held the dead grant (Hermes mirrors a new login there). */
+  static const char place_sql[] = "UPDATE grant_place SET credential_id = :new, updated_at = :now WHERE (profile_id = "
+                                  ":p OR profile_id IS NULL) AND credential_id = :old";
+  tl_status rc = tl__tx_begin(s, "login replaces", err);
+  if (rc != TL_OK)
+    return rc;
+  sqlite3_stmt *st = tl__stmt(s, dead_sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":p", profile);
+  tl__bind_text(st, ":prov", provider);
+  tl__bind_int(st, ":new", cred);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    tl__tx_rollback(s);
+    return TL_OK; /* nothing to replace */
+  }
+  char entry[80];
+  snprintf(entry, sizeof entry, "%s", (const char *)sqlite3_column_text(st, 1));
+  int64_t prio = sqlite3_column_int64(st, 2), old = sqlite3_column_int64(st, 3);
+  sqlite3_reset(st);
+  const char *sqls[] = {del_sql, take_sql, place_sql};
+  for (size_t i = 0; i < 3; i++) {
+    if (!(st = tl__stmt(s, sqls[i], err))) {
+      rc = TL_ERROR;
+      goto fail;
+    }
+    tl__bind_int(st, ":p", profile);
+    if (i < 2)
+      tl__bind_text(st, ":prov", provider);
+    if (i != 1)
+      tl__bind_int(st, ":old", old);
+    if (i)
+      tl__bind_int(st, ":new", cred);
+    if (i == 1) {
+      tl__bind_text(st, ":entry", entry);
+      tl__bind_int(st, ":prio", prio);
+    }
+    if (i == 2)
+      tl__bind_int(st, ":now", tl__now_ms());
+    if ((rc = tl__step_done(s, st, "login replaces", err)) != TL_OK)
+      goto fail;
+  }
+  tl__ids ids = {.profile = profile, .credential = cred};
+  if ((rc = tl__audit(s, "entry_replaced", &ids,
+                      json_pack("{s:s, s:s, s:I, s:I}", "provider", provider, "entry", entry, "dead_credential",
+                                (json_int_t)old, "credential", (json_int_t)cred),
+                      err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+/* The profile's Hermes files get the new grant at once (its home, siblings, the shared store). */
+static tl_status reach_files(tl_store *s, const char *profile, tl_error *err)
+{
+  static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE name = :n";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_text(st, ":n", profile);
+  int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  if (!home)
+    return TL_OK;
+  tl_report *r = NULL;
+  tl_status rc = tl_sync(&r, s, profile, err);
+  tl_report_free(r);
+  if (rc != TL_OK && err) {
+    size_t l = strlen(err->message);
+    snprintf(err->message + l, sizeof err->message - l,
+             " (the new grant is stored; 'tokenledger sync --profile %s' writes it into Hermes' files)", profile);
+  }
+  return rc;
+}
+
 tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *provider, tl_login_prompt prompt,
                    void *ud, tl_error *err)
 {
@@ -156,7 +251,14 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
                                  .expires_at_ms = exp,
                                  .origin = "login",
                                  .source = "device_code"};
-      rc = tl_credential_add(out, s, &spec, err);
+      int64_t cred = 0;
+      rc = tl_credential_add(&cred, s, &spec, err);
+      if (rc == TL_OK && out)
+        *out = cred;
+      if (rc == TL_OK)
+        rc = replace_dead(s, pid, provider, cred, err);
+      if (rc == TL_OK)
+        rc = reach_files(s, profile, err);
       goto done;
     }
     if (e && strcmp(e, "authorization_pending") == 0)

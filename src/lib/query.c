@@ -101,15 +101,20 @@ tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *er
       "coalesce(t.family_id, t.id) AS family, t.generation AS generation, t.state AS state, t.origin AS origin, "
       "strftime('%Y-%m-%dT%H:%M:%SZ', t.issued_at / 1000.0, 'unixepoch') AS issued, "
       "strftime('%Y-%m-%dT%H:%M:%SZ', t.retired_at / 1000.0, 'unixepoch') AS spent, "
-      "a.owner_host || ':' || a.owner_pid AS presented_by, a.owner_profile AS presented_profile, "
-      "a.owner_command AS presented_command, "
-      "strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') AS presented_at, a.outcome AS outcome, "
+      "coalesce(a.owner_host || ':' || a.owner_pid, e.actor_host || ':' || e.actor_pid) AS presented_by, "
+      "coalesce(a.owner_profile, e.actor_profile) AS presented_profile, "
+      "coalesce(a.owner_command, e.actor_command) AS presented_command, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', coalesce(a.started_at, e.at) / 1000.0, 'unixepoch') AS presented_at, "
+      "a.outcome AS outcome, "
       "(SELECT max(generation) FROM refresh_token WHERE credential_id = t.credential_id) AS latest_generation, "
       "(SELECT group_concat(p.name, ',') FROM pool_entry e JOIN profile p ON p.id = e.profile_id "
       "WHERE e.credential_id = t.credential_id) AS profiles "
       "FROM (SELECT :fp AS fp) q LEFT JOIN refresh_token t ON t.fingerprint = q.fp "
       "LEFT JOIN credential c ON c.id = t.credential_id "
-      "LEFT JOIN refresh_attempt a ON a.id = (SELECT max(id) FROM refresh_attempt WHERE rt_id = t.id)";
+      "LEFT JOIN refresh_attempt a ON a.id = (SELECT max(id) FROM refresh_attempt WHERE rt_id = t.id) "
+      /* compact removes old attempts; the audit log keeps every presentation */
+      "LEFT JOIN audit_event e ON e.id = (SELECT max(id) FROM audit_event WHERE credential_id = t.credential_id "
+      "AND rt_id = t.id AND event IN ('rt_presented', 'rt_represented'))";
   char fp[65];
   if (!out || !s || !rt || !*rt)
     return tl__err(err, TL_EINVAL, 0, "check-rt: no token given");
