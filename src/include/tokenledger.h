@@ -36,7 +36,24 @@ extern "C" {
 #define TL_EXTERN
 #endif
 
+/*
+ * The version of this header. tl_version() and tl_version_number() give the
+ * library's own at run time; a program can compare the two to catch a header
+ * and a library from different releases. TL_VERSION_NUMBER is
+ * major * 1000000 + minor * 1000 + patch (SQLite's scheme), so 0.1.0 is 1000.
+ * The soname follows the major version.
+ */
 #define TL_VERSION "0.1.0"
+#define TL_VERSION_MAJOR 0
+#define TL_VERSION_MINOR 1
+#define TL_VERSION_PATCH 0
+#define TL_VERSION_NUMBER (TL_VERSION_MAJOR * 1000000 + TL_VERSION_MINOR * 1000 + TL_VERSION_PATCH)
+
+/** The library's version text ("0.1.0"): static, never freed. */
+TL_EXTERN const char *tl_version(void);
+
+/** The library's TL_VERSION_NUMBER. */
+TL_EXTERN int tl_version_number(void);
 
 /** Status codes. Append-only; the CLI maps each to one exit code. */
 typedef enum tl_status {
