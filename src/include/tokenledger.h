@@ -82,10 +82,10 @@ extern "C" {
  * major * 1000000 + minor * 1000 + patch (SQLite's scheme), so 0.1.0 is 1000.
  * The soname follows the major version.
  */
-#define TL_VERSION "0.1.0"
-#define TL_VERSION_MAJOR 0
-#define TL_VERSION_MINOR 1
-#define TL_VERSION_PATCH 0
+#define TL_VERSION        "0.1.0"
+#define TL_VERSION_MAJOR  0
+#define TL_VERSION_MINOR  1
+#define TL_VERSION_PATCH  0
 #define TL_VERSION_NUMBER (TL_VERSION_MAJOR * 1000000 + TL_VERSION_MINOR * 1000 + TL_VERSION_PATCH)
 
 /** The library's version text ("0.1.0"): static, never freed. */
