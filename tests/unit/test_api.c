@@ -451,6 +451,46 @@ static tl_status s_keep_fresh(fx *f, tl_error *e)
   return rc;
 }
 
+static tl_status f_profile_set_home(fx *f, tl_error *e)
+{
+  return tl_profile_set_home(f->s, "nope", g_dir, 0, e);
+}
+static tl_status s_profile_set_home(fx *f, tl_error *e)
+{
+  char home[400];
+  tl_error quiet = {0};
+  snprintf(home, sizeof home, "%s/home-sh", g_dir);
+  tl_profile_add(f->s, "homed", NULL, &quiet);
+  return tl_profile_set_home(f->s, "homed", home, 1, e);
+}
+static tl_status f_watch_open(fx *f, tl_error *e)
+{
+  return tl_watch_open(NULL, f->s, e);
+}
+static tl_status s_watch_open(fx *f, tl_error *e)
+{
+  tl_watch *w = NULL;
+  tl_status rc = tl_watch_open(&w, f->s, e);
+  tl_watch_free(w);
+  return rc;
+}
+static tl_status f_watch_wait(fx *f, tl_error *e)
+{
+  (void)f;
+  int changed;
+  return tl_watch_wait(NULL, 0, &changed, e);
+}
+static tl_status s_watch_wait(fx *f, tl_error *e)
+{
+  tl_watch *w = NULL;
+  tl_error quiet = {0};
+  int changed;
+  assert_int_equal(tl_watch_open(&w, f->s, &quiet), TL_OK);
+  tl_status rc = tl_watch_wait(w, 0, &changed, e);
+  tl_watch_free(w);
+  return rc;
+}
+
 typedef struct api_case {
   const char *name, *file;
   int pending; /* 1: does not start clean yet; the lead adds tl_error_clear(err) at entry */
@@ -476,6 +516,7 @@ static const api_case cases[] = {
     {"tl_profile_add", "ledger.c", 1, f_profile_add, s_profile_add},
     {"tl_profile_remove", "ledger.c", 1, f_profile_remove, s_profile_remove},
     {"tl_profile_list", "ledger.c", 1, f_profile_list, s_profile_list},
+    {"tl_profile_set_home", "ledger.c", 1, f_profile_set_home, s_profile_set_home},
     {"tl_provider_set", "ledger.c", 1, f_provider_set, s_provider_set},
     {"tl_provider_list", "ledger.c", 1, f_provider_list, s_provider_list},
     {"tl_url_check", "ledger.c", 1, f_url_check, s_url_check},
@@ -487,10 +528,12 @@ static const api_case cases[] = {
     {"tl_entry_report", "refresh.c", 1, f_entry_report, s_entry_report},
     {"tl_recover", "refresh.c", 1, f_recover, NULL},
     {"tl_credential_find", "refresh.c", 1, f_credential_find, s_credential_find},
-    {"tl_import", "hermes.c", 1, f_import, s_import},
-    {"tl_export", "hermes.c", 1, f_export, s_export},
-    {"tl_sync", "hermes.c", 1, f_sync, NULL},
-    {"tl_keep_fresh", "hermes.c", 1, f_keep_fresh, s_keep_fresh},
+    {"tl_import", "hermes_adopt.c", 1, f_import, s_import},
+    {"tl_export", "hermes_sync.c", 1, f_export, s_export},
+    {"tl_sync", "hermes_sync.c", 1, f_sync, NULL},
+    {"tl_keep_fresh", "keepfresh.c", 1, f_keep_fresh, s_keep_fresh},
+    {"tl_watch_open", "keepfresh.c", 1, f_watch_open, s_watch_open},
+    {"tl_watch_wait", "keepfresh.c", 1, f_watch_wait, s_watch_wait},
 };
 
 static void test_api__each_call_starts_with_a_clean_error(void **state)
@@ -528,12 +571,47 @@ static void test_api__each_call_starts_with_a_clean_error(void **state)
   assert_int_equal(fixed, 0);
 }
 
+/* Every function tokenledger.h declares with a tl_error parameter has a case above. */
+static void test_api__every_function_with_an_error_struct_has_a_case(void **state)
+{
+  (void)state;
+  size_t len = 0, found = 0;
+  char *h = fx_slurp(TL_SOURCE_DIR "/src/include/tokenledger.h", &len);
+  assert_non_null(h);
+  for (char *p = h; (p = strstr(p, "\nTL_EXTERN ")); p++) {
+    char *end = strchr(p, ';'), *paren = strchr(p, '(');
+    assert_non_null(end);
+    if (!paren || paren > end)
+      continue;
+    char *name = paren;
+    while (name > p &&
+           (name[-1] == '_' || (name[-1] >= 'a' && name[-1] <= 'z') || (name[-1] >= '0' && name[-1] <= '9')))
+      name--;
+    int takes_error = 0;
+    for (char *q = paren; q < end; q++)
+      if (strncmp(q, "tl_error *", 10) == 0)
+        takes_error = 1;
+    if (!takes_error || strncmp(name, "tl_error_clear(", 15) == 0)
+      continue; /* tl_error_clear is the rule's own tool */
+    int covered = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+      if (strlen(cases[i].name) == (size_t)(paren - name) && strncmp(cases[i].name, name, (size_t)(paren - name)) == 0)
+        covered = 1;
+    if (!covered)
+      fail_msg("%.*s takes a tl_error but has no case in test_api.c", (int)(paren - name), name);
+    found++;
+  }
+  free(h);
+  assert_int_equal(found, sizeof cases / sizeof *cases);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_api__version_call_answers_the_header_version),
       cmocka_unit_test(test_api__within_a_call_the_first_error_wins),
       cmocka_unit_test_setup_teardown(test_api__each_call_starts_with_a_clean_error, fx_setup, fx_teardown),
+      cmocka_unit_test(test_api__every_function_with_an_error_struct_has_a_case),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,7 +82,18 @@ _tokenledger()
   local opts="" words=""
   case $cmd in
     init) ;;
-    profile) opts="--home --json"; ((${#args[@]} == 0)) && words="add list rm" ;;
+    profile)
+      opts="--home --create --clear --json"
+      case ${#args[@]} in
+        0) words="add set-home list rm" ;;
+        1) [[ ${args[0]} == set-home || ${args[0]} == rm ]] && words=$(_tokenledger_names "$bin" "$db" profile) ;;
+        2)
+          if [[ ${args[0]} == set-home && $cur != -* ]]; then
+            compopt -o filenames 2> /dev/null
+            COMPREPLY=($(compgen -d -- "$cur"))
+            return 0
+          fi ;;
+      esac ;;
     provider)
       opts="--token-url --device-url --client-id --rt-header --rt-in-body --scope --skew --grace --json"
       ((${#args[@]} == 0)) && words="set list" ;;
@@ -104,7 +115,7 @@ _tokenledger()
       fi ;;
     export) opts="--profile --output --shared-nous --json" ;;
     sync) opts="--profile --all --json" ;;
-    keep-fresh) opts="--interval --ahead --once --count --no-sync --json" ;;
+    keep-fresh) opts="--interval --ahead --once --count --no-sync --watch --json" ;;
     compact) opts="--keep-days --json" ;;
     status) opts="--profile --json" ;;
     lineage) opts="--credential --json" ;;
