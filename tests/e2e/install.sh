@@ -90,30 +90,39 @@ cmake_consumer "$WORK/cm9" "$P" -DTL_WANT_VERSION=9.0
 expect 1 "find_package(tokenledger 9.0) is refused"
 contains "compatible with requested version" "the refusal names the version"
 
-# --- the user unit names the installed binary and is hardened
+# --- the user units (every docs/*.service.in) name the installed binary and are hardened
+UNITS=$(ls "$P"/share/systemd/user/*.service 2> /dev/null)
+check '[ -n "$UNITS" ] && [ "$(echo "$UNITS" | wc -l)" = "$(ls "$TL_SRC"/docs/*.service.in | wc -l)" ]' \
+  "every unit template is installed"
 UNIT="$P/share/systemd/user/tokenledger-keep-fresh.service"
 check 'grep -qx "ExecStart=$P/bin/tokenledger keep-fresh --interval 60 --ahead 600" "$UNIT"' \
-  "ExecStart is the installed binary"
-check 'grep -qx "Type=exec" "$UNIT"' "Type=exec"
-for k in ProtectSystem=strict ProtectHome=read-only "ReadWritePaths=%h/.hermes" NoNewPrivileges=yes \
-  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" "SystemCallFilter=@system-service" MemoryDenyWriteExecute=yes \
-  UMask=0077 "CapabilityBoundingSet="; do
-  check 'grep -qx -- "$k" "$UNIT"' "unit has $k"
-done
+  "keep-fresh's ExecStart is the installed binary"
 if command -v systemd-analyze > /dev/null; then
   mkdir -m 0700 -p "$WORK/xdg"
   export XDG_RUNTIME_DIR="$WORK/xdg" MANPATH="$P/share/man:"
-  step "$WORK/verify.log" systemd-analyze verify --user "$UNIT"
-  expect 0 "systemd-analyze verify --user"
-  lacks "." "verify says nothing"
-  # --threshold is the exposure times ten: above 29 (a score of 3.0 or more) fails.
-  step "$WORK/security.log" systemd-analyze security --offline=true --user --threshold=29 "$UNIT"
-  expect 0 "systemd-analyze security: exposure below 3"
-  contains "Overall exposure level for tokenledger-keep-fresh.service: [0-2]\.[0-9] " "the score is below 3"
-  grep "Overall exposure" "$WORK/security.log"
-else
-  echo "skipped: systemd-analyze is not installed (Debian package systemd); the unit's hardening was checked by text only"
 fi
+for u in $UNITS; do
+  n=$(basename "$u")
+  check 'grep -q "^ExecStart=$P/bin/tokenledger " "$u" && ! grep -q "@[A-Z_]*@" "$u"' "$n: ExecStart is the installed binary"
+  check 'grep -qx "Type=exec" "$u"' "$n: Type=exec"
+  for k in ProtectSystem=strict ProtectHome=read-only "ReadWritePaths=%h/.hermes" NoNewPrivileges=yes \
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" "SystemCallFilter=@system-service" MemoryDenyWriteExecute=yes \
+    UMask=0077 "CapabilityBoundingSet="; do
+    check 'grep -qx -- "$k" "$u"' "$n has $k"
+  done
+  if command -v systemd-analyze > /dev/null; then
+    step "$WORK/verify.log" systemd-analyze verify --user "$u"
+    expect 0 "systemd-analyze verify --user $n"
+    lacks "." "verify says nothing about $n"
+    # --threshold is the exposure times ten: above 29 (a score of 3.0 or more) fails.
+    step "$WORK/security.log" systemd-analyze security --offline=true --user --threshold=29 "$u"
+    expect 0 "systemd-analyze security $n: exposure below 3"
+    contains "Overall exposure level for $n: [0-2]\.[0-9] " "$n: the score is below 3"
+    grep "Overall exposure" "$WORK/security.log"
+  else
+    echo "skipped: systemd-analyze is not installed (Debian package systemd); $n was checked as text only"
+  fi
+done
 
 # --- move the prefix: everything but the unit's ExecStart still holds
 mv "$P" "$WORK/moved"
