@@ -5,7 +5,8 @@ tl_deps() {
   local want="gcc make cmake pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libssl-dev
               libmicrohttpd-dev sqlite3 jq curl"
   case "$1" in
-    test) want="$want libcmocka-dev valgrind clang libclang-rt-14-dev" ;;
+    # groff-base renders the manual page; systemd brings systemd-analyze for the user unit's checks.
+    test) want="$want libcmocka-dev valgrind clang libclang-rt-14-dev groff-base systemd" ;;
     demo | bench) want="$want libcmocka-dev" ;;
   esac
   local missing=""

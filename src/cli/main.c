@@ -1019,7 +1019,7 @@ int main(int argc, char **argv)
       main_help();
       return EXIT_OK;
     } else if (strcmp(argv[i], "--version") == 0) {
-      printf("tokenledger %s (schema %d)\n", TL_VERSION, TL_SCHEMA_VERSION);
+      printf("tokenledger %s (schema %d)\n", tl_version(), TL_SCHEMA_VERSION);
       return EXIT_OK;
     } else if (argv[i][0] == '-') {
       fprintf(stderr, "tokenledger: unknown option '%s'; see 'tokenledger --help'\n", argv[i]);

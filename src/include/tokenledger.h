@@ -12,13 +12,52 @@
  *   - Handles are opaque. Output parameters come first and are named `out`.
  *   - Every fallible function returns a tl_status: TL_OK (0) or a negative
  *     code. Codes are append-only and never renumbered.
- *   - Every fallible function takes an optional `tl_error *`; on failure the
- *     first error is kept there: code, one impersonal line, and the
- *     underlying SQLite/curl/errno value. Messages never contain a secret.
+ *   - Every fallible function takes an optional `tl_error *` (NULL: no
+ *     details). Each call starts by clearing it, so a struct reused across
+ *     calls never shows an earlier call's failure, and a success leaves it
+ *     clean. On failure it holds the call's first, root-cause error (a later
+ *     failure while cleaning up never overwrites it): the code, one
+ *     impersonal line, and the underlying SQLite/curl/errno value. Messages
+ *     never contain a secret. (In 0.1 some functions do not clear it yet;
+ *     until they all do, call tl_error_clear before reusing a struct.)
  *   - Objects returned as "new" are freed by the caller with the type's own
  *     _free function, which accepts NULL. "Borrowed" pointers live as long as
  *     the object they came from.
  *   - The library never prints, exits or aborts.
+ *
+ * Threads (tests/unit/test_threads.c, also run under ThreadSanitizer):
+ *   - A tl_store is not thread-safe: use it from one thread at a time; one
+ *     store per thread is the simple rule. It may move to another thread
+ *     between calls (no lock is held from one call to the next). Any number
+ *     of stores, in any threads and processes, may open the same ledger: they
+ *     coordinate through SQLite's locks and the ledger's own records, and the
+ *     threads of one process are one owner to the refresh protocol, so they
+ *     get the same single-flight and no-reuse guarantees as processes do.
+ *   - A tl_report or tl_token is never changed by the library once returned:
+ *     any number of threads may read one at a time; one of them frees it.
+ *     A tl_error belongs to the call it is passed to.
+ *   - Functions that take no store (tl_time_parse, tl_url_check,
+ *     tl_fingerprint, tl_strategy_parse, tl_status_name, tl_version, tl_burn,
+ *     ...) are reentrant; tl_secret_read("-") reads the process's standard
+ *     input, which threads share.
+ *   - There is no global initialisation to call. libcurl's global init runs
+ *     once, under pthread_once, before the first request; SQLite, OpenSSL and
+ *     Jansson initialise themselves thread-safely. So the host must not call
+ *     curl_global_cleanup() while a store may still make a request, must not
+ *     configure SQLite single-threaded (SQLITE_CONFIG_SINGLETHREAD), and must
+ *     not change the environment (setenv, putenv) while a call may read it:
+ *     the library reads its TOKENLEDGER_* variables, HERMES_SHARED_AUTH_DIR
+ *     and SSL_CERT_FILE with getenv.
+ *   - Callbacks (a tl_http_fn transport, a tl_login_prompt) run on the
+ *     calling thread; a transport given to stores in several threads must be
+ *     thread-safe itself.
+ *   - Across a refresh's critical section the library defers SIGINT, SIGTERM,
+ *     SIGHUP and SIGQUIT in the calling thread only (pthread_sigmask). A
+ *     multi-threaded program that wants the same protection blocks them in
+ *     every thread (before creating threads) and handles them with sigwait in
+ *     one; otherwise a signal taken by another thread can end the process
+ *     mid-refresh, and a later call finds that attempt's outcome unknown
+ *     (TL_EUNKNOWN).
  */
 #ifndef TOKENLEDGER_H
 #define TOKENLEDGER_H
@@ -36,7 +75,24 @@ extern "C" {
 #define TL_EXTERN
 #endif
 
-#define TL_VERSION "0.1.0"
+/*
+ * The version of this header. tl_version() and tl_version_number() give the
+ * library's own at run time; a program can compare the two to catch a header
+ * and a library from different releases. TL_VERSION_NUMBER is
+ * major * 1000000 + minor * 1000 + patch (SQLite's scheme), so 0.1.0 is 1000.
+ * The soname follows the major version.
+ */
+#define TL_VERSION        "0.1.0"
+#define TL_VERSION_MAJOR  0
+#define TL_VERSION_MINOR  1
+#define TL_VERSION_PATCH  0
+#define TL_VERSION_NUMBER (TL_VERSION_MAJOR * 1000000 + TL_VERSION_MINOR * 1000 + TL_VERSION_PATCH)
+
+/** The library's version text ("0.1.0"): static, never freed. */
+TL_EXTERN const char *tl_version(void);
+
+/** The library's TL_VERSION_NUMBER. */
+TL_EXTERN int tl_version_number(void);
 
 /** Status codes. Append-only; the CLI maps each to one exit code. */
 typedef enum tl_status {
@@ -64,7 +120,7 @@ typedef struct tl_error {
   char message[1024]; /**< one line, no secret, no trailing newline */
 } tl_error;
 
-/** Resets an error struct to "no error". */
+/** Resets an error struct to "no error". Accepts NULL. */
 TL_EXTERN void tl_error_clear(tl_error *err);
 
 /** A short constant name for a status ("reuse blocked", ...). */

@@ -1,10 +1,13 @@
 /*
  * error.c - status names and the tl_error helpers.
  *
- * Invariants: the first error wins (a later failure on a cleanup path never
- * overwrites the message that explains the original one); reporting OOM never
- * allocates; messages are single lines and callers never pass a secret into
- * them (tokens are named by fingerprint prefix only).
+ * Invariants: within one call the first error wins (a later failure on a
+ * cleanup path never overwrites the message that explains the original one);
+ * each public entry point starts with tl_error_clear(err), so a struct reused
+ * across calls never shows an old failure (tests/unit/test_api.c holds every
+ * entry point to this and lists those that do not clear yet); reporting OOM
+ * never allocates; messages are single lines and callers never pass a secret
+ * into them (tokens are named by fingerprint prefix only).
  */
 #include "internal.h"
 

@@ -150,6 +150,7 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
   char *token_url = NULL, *device_url = NULL, *client_id = NULL, *scope = NULL, *body = NULL;
   json_t *j = NULL;
   int64_t pid;
+  tl_error_clear(err);
   if (!s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "login: profile and provider are required");
   if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)

@@ -131,6 +131,7 @@ const char *tl__num_time(int64_t *out, const json_t *v)
 
 tl_status tl_time_parse(int64_t *out, const char *text, tl_error *err)
 {
+  tl_error_clear(err);
   if (!out || !text || !*text)
     return tl__err(err, TL_EINVAL, 0, "time: empty");
   const char *why = tl__num_time_text(out, text);

@@ -22,6 +22,7 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
 {
   static const char sql[] = "SELECT * FROM v_profile_status WHERE :profile IS NULL OR profile = :profile "
                             "ORDER BY profile, provider, priority";
+  tl_error_clear(err);
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "status: bad arguments");
   if (profile) {
@@ -73,6 +74,7 @@ tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error
   static const char sql[] =
       "SELECT credential, provider, label, family, generation, state, origin, fingerprint, issued, age_s, retired, "
       "presented_by FROM v_lineage WHERE :cred = 0 OR credential = :cred ORDER BY credential, rt_id";
+  tl_error_clear(err);
   return credential_report(out, s, sql, cred, 0, "lineage", err);
 }
 
@@ -83,12 +85,14 @@ tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t li
       "actor_host || ':' || actor_pid AS actor, actor_profile AS profile, actor_command AS command, "
       "credential_id AS credential, rt_id, detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
       "ORDER BY id DESC LIMIT :limit) ORDER BY id";
+  tl_error_clear(err);
   return credential_report(out, s, sql, cred, limit, "audit", err);
 }
 
 tl_status tl_history_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
 {
   static const char sql[] = "SELECT * FROM v_refresh_history WHERE :cred = 0 OR credential = :cred LIMIT :limit";
+  tl_error_clear(err);
   return credential_report(out, s, sql, cred, limit, "history", err);
 }
 
@@ -116,6 +120,7 @@ tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *er
       "LEFT JOIN audit_event e ON e.id = (SELECT max(id) FROM audit_event WHERE credential_id = t.credential_id "
       "AND rt_id = t.id AND event IN ('rt_presented', 'rt_represented'))";
   char fp[65];
+  tl_error_clear(err);
   if (!out || !s || !rt || !*rt)
     return tl__err(err, TL_EINVAL, 0, "check-rt: no token given");
   tl_fingerprint(fp, rt, strlen(rt));
@@ -157,6 +162,7 @@ static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_erro
 tl_status tl_store_fix_permissions(const char *path, tl_error *err)
 {
   char side[PATH_MAX];
+  tl_error_clear(err);
   if (!path)
     return tl__err(err, TL_EINVAL, 0, "doctor: no path");
   tl_status rc = fix_mode(path, 0600, 1, err);
@@ -198,6 +204,7 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
   tl_status rc;
   int problems = 0;
   char detail[512];
+  tl_error_clear(err);
   if (!out || !out_problems || !s)
     return tl__err(err, TL_EINVAL, 0, "doctor: bad arguments");
   if ((rc = tl__report_kv(&r, cols, 3, err)) != TL_OK)
@@ -345,6 +352,7 @@ tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_aft
       "DELETE FROM refresh_attempt WHERE outcome NOT IN ('in_flight', 'unknown') AND finished_at < :cutoff AND rt_id "
       "IN (SELECT id FROM refresh_token WHERE state IN ('rotated', 'rejected', 'retired'))";
   tl_status rc;
+  tl_error_clear(err);
   if (!s || keep_ms < 0)
     return tl__err(err, TL_EINVAL, 0, "compact: bad arguments");
   int64_t before = file_bytes(s);

@@ -173,6 +173,7 @@ static json_t *row_json(const tl_report *r, size_t row)
 
 tl_status tl_report_json(char **out, const tl_report *r, unsigned flags, tl_error *err)
 {
+  tl_error_clear(err);
   if (!out || !r)
     return tl__err(err, TL_EINVAL, 0, "report: nothing to render");
   json_t *doc;
@@ -197,6 +198,7 @@ tl_status tl_report_json(char **out, const tl_report *r, unsigned flags, tl_erro
 
 tl_status tl_token_json(char **out, const tl_token *t, tl_error *err)
 {
+  tl_error_clear(err);
   if (!out || !t || !t->access_token)
     return tl__err(err, TL_EINVAL, 0, "token json: no token");
   char when[40] = "";

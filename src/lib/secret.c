@@ -72,6 +72,7 @@ tl_status tl_secret_read(char **out, const char *path, tl_error *err)
   int fd = -1;
   const char *name = path && strcmp(path, "-") ? path : "standard input";
 
+  tl_error_clear(err);
   if (!out || !path)
     return tl__err(err, TL_EINVAL, 0, "secret: no path given");
   *out = NULL;
