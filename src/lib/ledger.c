@@ -228,6 +228,7 @@ tl_status tl_profile_list(tl_report **out, tl_store *s, tl_error *err)
   static const char sql[] =
       "SELECT p.name AS name, p.home AS home, "
       "(SELECT count(*) FROM pool_entry e WHERE e.profile_id = p.id) AS entries, "
+      "EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict, "
       "strftime('%Y-%m-%dT%H:%M:%SZ', p.created_at / 1000.0, 'unixepoch') AS created FROM profile p ORDER BY p.name";
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "profile list: bad arguments");
@@ -539,6 +540,10 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
     return tl__err(err, TL_EINVAL, 0, "credential add: provider and profile are required");
   if (!spec->refresh_token || !*spec->refresh_token)
     return tl__err(err, TL_EINVAL, 0, "credential add: a refresh token is required");
+  if (tl__strict_is_surrogate(spec->refresh_token))
+    return tl__err(err, TL_EINVAL, 0,
+                   "credential add: this is a surrogate of tokenledger serve (strict mode), not a refresh token; "
+                   "the real one stays in the ledger");
   const char *origin = spec->origin ? spec->origin : "import";
   if (strcmp(origin, "login") != 0 && strcmp(origin, "import") != 0)
     return tl__err(err, TL_EINVAL, 0, "credential add: origin must be login or import");

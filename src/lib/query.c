@@ -311,6 +311,14 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
     if ((rc = add_check(r, &problems, "needs_reauth", reauth == 0, detail, err)) != TL_OK)
       goto done;
   }
+
+  /* 7. Strict profiles need a serve that answers on the port its port file names. */
+  {
+    int ok = 1;
+    tl__strict_doctor(&ok, detail, sizeof detail, s);
+    if ((rc = add_check(r, &problems, "strict_serve", ok, detail, err)) != TL_OK)
+      goto done;
+  }
 done:
   if (rc != TL_OK) {
     tl_report_free(r);
