@@ -473,7 +473,7 @@ typedef struct tl_serve_opts {
   int64_t interval_ms; /**< keep-fresh round every interval (default 60 s); < 0: no keep-fresh */
   int64_t ahead_ms;    /**< keep-fresh refreshes what expires within this (default 600 s) */
   int no_sync;         /**< keep-fresh does not sync profiles' files */
-  int threads;         /**< most requests served at once (default 32, at most 256) */
+  int threads;         /**< most connections at once (default 64, at most 256) */
   /** Polled about every 100 ms; serve stops cleanly when it returns non-zero. Required. */
   int (*should_stop)(void *ud);
   /** Called once when serve is listening, with its URL (http://127.0.0.1:PORT). May be NULL. */
@@ -488,7 +488,7 @@ typedef struct tl_serve_opts {
  * server that answers Hermes' Nous Portal calls for strict profiles (POST /api/oauth/token
  * with a surrogate refresh token, and the device-code login forwarded to the real portal),
  * plus the keep-fresh loop (tl_keep_fresh every interval, on this thread and this store).
- * Request threads use their own stores, opened on the same path. Binds loopback only, writes
+ * Request threads take turns on the same store (it is not thread-safe). Binds loopback only, writes
  * its address to the 0600 port file "<ledger>-serve" (held with a lock while serve runs,
  * removed on return), and remembers the address so a restart binds the same port.
  * Errors: TL_EINVAL (a listen address that is not loopback), TL_EEXISTS (another serve runs

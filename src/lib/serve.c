@@ -11,8 +11,8 @@
  *       400 invalid_grant and nothing else. Otherwise the ledger's access
  *       token if it has more than the provider's skew left, at once; else one
  *       refresh through the normal protocol (tl_refresh), single-flight within
- *       this process (a lock per credential stripe) and across processes (the
- *       ledger's claim). The answer has Nous Portal's shape with a NEW
+ *       this process (one thread uses the ledger at a time) and across
+ *       processes (the ledger's claim). The answer has Nous Portal's shape with a NEW
  *       surrogate as its refresh_token.
  *   POST /api/oauth/device/code, and grant_type=urn:...:device_code on
  *       /api/oauth/token: forwarded to the provider's real endpoints over the
@@ -26,10 +26,9 @@
  * temporarily_unavailable with Retry-After; invalid_grant means the grant is
  * really dead (needs_reauth) or the surrogate is not one.
  *
- * Threads and stores: libmicrohttpd runs one thread per connection. tl_store
- * is not thread-safe, so every request checks a store out of a pool (stores
- * opened on the same ledger, at most one per allowed connection) and returns
- * it when done; the keep-fresh loop runs on the caller's thread and store.
+ * Threads and the store: libmicrohttpd runs one thread per connection; they
+ * and the keep-fresh loop (on the caller's thread) share the caller's store,
+ * one at a time, behind a mutex (see store_get for why not a store each).
  *
  * Audit: every request is audited (event serve_request) with the caller's
  * profile from its surrogate and, when /proc tells, the peer process. The
@@ -68,7 +67,6 @@
 #include <unistd.h>
 
 #define BODY_MAX        16384
-#define STRIPES         64
 #define DEVICE_MAX      64
 #define THREADS_DEFAULT 64
 #define THREADS_MAX     256
@@ -84,14 +82,9 @@ typedef struct device_login {
 
 typedef struct server {
   const tl_serve_opts *o;
-  const char *path;
-  tl_http_fn http; /* the caller store's transport, for every pool store */
-  void *http_ud;
-  pthread_mutex_t pool_mu;
-  pthread_cond_t pool_cv;
-  tl_store **free; /* checked-in stores */
-  size_t nfree, nopen, max;
-  pthread_mutex_t stripe[STRIPES];
+  tl_store *store; /* the caller's, used by one thread at a time (store_mu) */
+  pthread_mutex_t store_mu;
+  size_t max; /* connections at once */
   pthread_mutex_t dev_mu;
   device_login dev[DEVICE_MAX];
   int port;
@@ -110,39 +103,22 @@ static void say(server *sv, const char *fmt, ...)
   sv->o->on_log(sv->o->ud, line);
 }
 
-/* A store for this thread; NULL (with err) if none could be opened. */
-static tl_store *store_get(server *sv, tl_error *err)
+/*
+ * The ledger, for one thread at a time. tl_store is not thread-safe, and a second store on
+ * the same ledger in one process is not safe either (db.c opens and closes the ledger's file
+ * to check it, which drops every POSIX lock the process's SQLite connections hold on it), so
+ * every thread uses the caller's store in turn. A refresh in flight (one upstream round trip)
+ * therefore delays other answers; keep-fresh makes that rare.
+ */
+static tl_store *store_get(server *sv)
 {
-  tl_store *s = NULL;
-  pthread_mutex_lock(&sv->pool_mu);
-  while (!sv->nfree && sv->nopen >= sv->max)
-    pthread_cond_wait(&sv->pool_cv, &sv->pool_mu);
-  if (sv->nfree) {
-    s = sv->free[--sv->nfree];
-    pthread_mutex_unlock(&sv->pool_mu);
-    return s;
-  }
-  sv->nopen++;
-  pthread_mutex_unlock(&sv->pool_mu);
-  if (tl_store_open(&s, sv->path, 0, err) == TL_OK) {
-    tl_store_set_transport(s, sv->http, sv->http_ud);
-    return s;
-  }
-  pthread_mutex_lock(&sv->pool_mu);
-  sv->nopen--;
-  pthread_cond_signal(&sv->pool_cv);
-  pthread_mutex_unlock(&sv->pool_mu);
-  return NULL;
+  pthread_mutex_lock(&sv->store_mu);
+  return sv->store;
 }
 
-static void store_put(server *sv, tl_store *s)
+static void store_put(server *sv)
 {
-  if (!s)
-    return;
-  pthread_mutex_lock(&sv->pool_mu);
-  sv->free[sv->nfree++] = s;
-  pthread_cond_signal(&sv->pool_cv);
-  pthread_mutex_unlock(&sv->pool_mu);
+  pthread_mutex_unlock(&sv->store_mu);
 }
 
 /* ---- connections, requests and the peer ----------------------------------------- */
@@ -503,7 +479,7 @@ static long retry_after_s(const cred_state *cs, tl_status rc)
   return rc == TL_EUNKNOWN ? 300 : rc == TL_EBUSY ? 2 : 30;
 }
 
-static enum MHD_Result handle_refresh(server *sv, struct MHD_Connection *c, request *r, tl_store *s, const char *body)
+static enum MHD_Result handle_refresh(struct MHD_Connection *c, request *r, tl_store *s, const char *body)
 {
   enum MHD_Result res = MHD_NO;
   cred_state cs = {0};
@@ -566,10 +542,7 @@ static enum MHD_Result handle_refresh(server *sv, struct MHD_Connection *c, requ
   }
   /* 3. One refresh through the protocol: single-flight here and across processes. */
   tl_store_set_actor(s, r->profile_name[0] ? r->profile_name : NULL, "serve");
-  pthread_mutex_t *m = &sv->stripe[r->credential % STRIPES];
-  pthread_mutex_lock(m);
-  tl_status rc = tl_refresh(NULL, s, r->credential, 0, &err);
-  pthread_mutex_unlock(m);
+  tl_status rc = tl_refresh(NULL, s, r->credential, 0, &err); /* under store_mu: single-flight in this process */
   tl_store_set_actor(s, NULL, "serve");
   tl_error err2 = {0};
   if (cred_load(&cs, s, r->credential, &err2) != TL_OK) {
@@ -988,13 +961,7 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
     r->outcome = "refused";
     return oauth_error(c, r, 400, "invalid_request", "expected an application/x-www-form-urlencoded body", -1);
   }
-  tl_error err = {0};
-  tl_store *s = store_get(sv, &err);
-  if (!s) {
-    r->outcome = "unavailable";
-    snprintf(r->why, sizeof r->why, "%s", err.message);
-    return oauth_error(c, r, 503, "temporarily_unavailable", "tokenledger cannot open its ledger; try again", 5);
-  }
+  tl_store *s = store_get(sv);
   const char *body = r->body ? r->body : "";
   enum MHD_Result res;
   if (device) {
@@ -1006,7 +973,7 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
       r->outcome = "refused";
       res = oauth_error(c, r, 400, "invalid_request", "grant_type is required (once)", -1);
     } else if (strcmp(grant, "refresh_token") == 0)
-      res = handle_refresh(sv, c, r, s, body);
+      res = handle_refresh(c, r, s, body);
     else if (strcmp(grant, DEVICE_GRANT) == 0)
       res = handle_device_token(sv, c, r, s, body);
     else {
@@ -1015,7 +982,7 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
     }
     free(grant);
   }
-  store_put(sv, s);
+  store_put(sv);
   return res;
 }
 
@@ -1069,7 +1036,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (p)
       peer_lookup(p, c, sv->port);
     tl_error err = {0};
-    tl_store *s = store_get(sv, &err);
     json_t *d = json_pack("{s:s, s:s, s:i, s:s?, s:s?}", "request", r->what, "outcome", r->outcome ? r->outcome : "-",
                           "http_status", (int)r->status, "error", r->error[0] ? r->error : NULL, "why",
                           r->why[0] ? r->why : NULL);
@@ -1087,22 +1053,19 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
       json_object_set_new(d, "peer_uid", json_integer(p->uid));
     if (d && p && p->comm[0])
       json_object_set_new(d, "peer_command", json_string(p->comm));
-    if (s) {
-      tl__ids ids = {.profile = r->profile, .credential = r->credential};
-      tl_store_set_actor(s, r->profile_name[0] ? r->profile_name : NULL, "serve");
-      if (tl__tx_begin(s, "serve audit", &err) == TL_OK) {
-        if (tl__audit(s, "serve_request", &ids, d, &err) == TL_OK)
-          tl__tx_commit(s, &err);
-        else
-          tl__tx_rollback(s);
-      } else {
-        json_decref(d);
-      }
-      tl_store_set_actor(s, NULL, "serve");
-      store_put(sv, s);
+    tl__ids ids = {.profile = r->profile, .credential = r->credential};
+    tl_store *s = store_get(sv);
+    tl_store_set_actor(s, r->profile_name[0] ? r->profile_name : NULL, "serve");
+    if (tl__tx_begin(s, "serve audit", &err) == TL_OK) {
+      if (tl__audit(s, "serve_request", &ids, d, &err) == TL_OK)
+        tl__tx_commit(s, &err);
+      else
+        tl__tx_rollback(s);
     } else {
       json_decref(d);
     }
+    tl_store_set_actor(s, NULL, "serve");
+    store_put(sv);
     say(sv, "%s %s%s%s: %u %s%s%s (pid %ld%s%s)", r->what, r->profile_name[0] ? "profile " : "",
         r->profile_name[0] ? r->profile_name : "", r->profile_name[0] ? "" : "unknown caller", r->status,
         r->outcome ? r->outcome : "-", r->error[0] ? " " : "", r->error, p ? p->pid : -1L, p && p->comm[0] ? " " : "",
@@ -1390,19 +1353,10 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
     return tl__err(err, TL_EINVAL, 0, "serve: threads must be 1-%d", THREADS_MAX);
   memset(&sv, 0, sizeof sv);
   sv.o = o;
-  sv.path = s->path;
-  sv.http = s->http;
-  sv.http_ud = s->http_ud;
+  sv.store = s;
   sv.max = (size_t)(o->threads ? o->threads : THREADS_DEFAULT);
-  pthread_mutex_init(&sv.pool_mu, NULL);
-  pthread_cond_init(&sv.pool_cv, NULL);
+  pthread_mutex_init(&sv.store_mu, NULL);
   pthread_mutex_init(&sv.dev_mu, NULL);
-  for (int i = 0; i < STRIPES; i++)
-    pthread_mutex_init(&sv.stripe[i], NULL);
-  if (!(sv.free = calloc(sv.max, sizeof *sv.free))) {
-    rc = tl__oom(err);
-    goto done;
-  }
   if ((rc = choose_address(host, &port, s, o, err)) != TL_OK || (rc = tl__serve_port_path(path, sizeof path, s, err)))
     goto done;
   if ((rc = port_file_take(&pfd, &stale_pid, path, err)) != TL_OK)
@@ -1431,7 +1385,9 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   int64_t next = 0;
   while (!o->should_stop(o->ud)) {
     if (o->interval_ms >= 0 && tl__now_ms() >= next) {
+      store_get(&sv);
       keep_fresh_round(&sv, s, o);
+      store_put(&sv);
       next = tl__now_ms() + (o->interval_ms > 0 ? o->interval_ms : 60000);
     }
     struct timespec ts = {0, 100000000};
@@ -1456,13 +1412,7 @@ done:
         tl__tx_rollback(s);
     }
   }
-  for (size_t i = 0; i < sv.nfree; i++)
-    tl_store_free(sv.free[i]);
-  free(sv.free);
-  for (int i = 0; i < STRIPES; i++)
-    pthread_mutex_destroy(&sv.stripe[i]);
   pthread_mutex_destroy(&sv.dev_mu);
-  pthread_cond_destroy(&sv.pool_cv);
-  pthread_mutex_destroy(&sv.pool_mu);
+  pthread_mutex_destroy(&sv.store_mu);
   return rc;
 }
