@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 3).
+-- tokenledger canonical schema (user_version 4).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -7,8 +7,9 @@
 --
 -- Conventions
 --   * Every time is INTEGER milliseconds since the Unix epoch, UTC.
---   * Secrets (access tokens, refresh-token plaintext, other secrets of Hermes files) live only in the columns
---     named `access_token` and `secret`. No view selects either of them.
+--   * Secrets (access tokens, refresh-token plaintext, other secrets of Hermes files, the
+--     surrogate key) live only in the columns named `access_token` and `secret`. No view
+--     selects either of them.
 --   * A refresh token (RT) is identified forever by its fingerprint: the
 --     lowercase hex SHA-256 of its exact bytes.
 --
@@ -22,7 +23,7 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;
 
 -- A token endpoint configuration. Credentials copy the endpoint they were
 -- issued by, so changing a provider never redirects an existing grant.
@@ -281,6 +282,34 @@ CREATE TABLE hermes_secret (
   PRIMARY KEY (file_id, n)
 ) STRICT;
 
+-- The ledger's key for surrogate refresh tokens: an HMAC-SHA256 key that
+-- authenticates every surrogate `tokenledger serve` hands to Hermes. One row.
+CREATE TABLE strict_key (
+  id          INTEGER PRIMARY KEY CHECK (id = 1), -- one key per ledger
+  secret      BLOB NOT NULL                       -- SECRET: 32 random bytes; whoever holds them can forge surrogates
+              CHECK (typeof(secret) = 'blob' AND length(secret) = 32),
+  created_at  INTEGER NOT NULL
+) STRICT;
+
+-- Profiles in strict mode: their Hermes files hold surrogates and point at
+-- `tokenledger serve`, so the real refresh token never leaves the ledger.
+-- A row here is the flag; removing the profile removes it.
+CREATE TABLE strict_profile (
+  profile_id  INTEGER PRIMARY KEY REFERENCES profile(id) ON DELETE CASCADE,
+  since       INTEGER NOT NULL                    -- when the profile was switched to strict
+) STRICT;
+
+-- Where `tokenledger serve` last listened, so that a restart (without
+-- --listen) binds the same loopback port that strict profiles' files name.
+-- The live state (is it up, which pid) is the port file beside the ledger.
+CREATE TABLE serve_state (
+  id          INTEGER PRIMARY KEY CHECK (id = 1), -- one row
+  host        TEXT NOT NULL                       -- loopback address literal: 127.x.y.z or ::1
+              CHECK (host = '::1' OR host GLOB '127.[0-9]*.[0-9]*.[0-9]*'),
+  port        INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+  updated_at  INTEGER NOT NULL
+) STRICT;
+
 -- Forensic views. None selects access_token or secret.
 
 -- Every RT of every credential, oldest first, with who presented it (from the
@@ -332,7 +361,8 @@ SELECT a.id AS attempt, a.credential_id AS credential, t.generation AS generatio
   FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id
  WHERE a.outcome IN ('in_flight', 'unknown');
 
--- What each profile would get for each provider, entry by entry.
+-- What each profile would get for each provider, entry by entry, and whether
+-- the profile is in strict mode.
 CREATE VIEW v_profile_status AS
 SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priority AS priority,
        e.source AS source, e.auth_type AS auth_type, coalesce(e.label, c.label) AS label,
@@ -345,7 +375,8 @@ SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priorit
        t.generation AS rt_generation, t.state AS rt_state, substr(t.fingerprint, 1, 12) AS rt_fingerprint,
        e.last_status AS last_status,
        strftime('%Y-%m-%dT%H:%M:%SZ', e.cooldown_until / 1000.0, 'unixepoch') AS cooldown_until,
-       e.request_count AS request_count
+       e.request_count AS request_count,
+       EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict
   FROM pool_entry e
   JOIN profile p ON p.id = e.profile_id
   LEFT JOIN credential c ON c.id = e.credential_id

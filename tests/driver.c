@@ -14,6 +14,9 @@
  *                                            at the portal with the file's RT and write the new
  *                                            pair atomically; after a rotation it waits until
  *                                            the ledger has adopted the new RT (a sync ran)
+ *   tl-driver surrogate DB PROFILE [CRED]    prints a new surrogate refresh token (strict mode) for
+ *                                            the profile's nous credential (or CRED): what phase 2
+ *                                            writes into a strict profile's auth.json
  *   tl-driver verify DB URL                  every RT the portal issued is in the
  *                                            ledger, or is the answer to an
  *                                            attempt recorded `unknown`; no reuse;
@@ -404,6 +407,23 @@ static int hermes_writer(const char *auth, const char *url, const char *db, int 
   return 0;
 }
 
+static int surrogate(const char *db, const char *profile, const char *cred_text)
+{
+  tl_store *s = open_or_die(db, "surrogate");
+  tl_error err = {0};
+  int64_t pid = 0, cred = cred_text ? atoll(cred_text) : credential_of(s, profile);
+  char *sur = NULL;
+  if (tl__profile_id(&pid, s, profile, &err) != TL_OK || tl__strict_surrogate(&sur, s, cred, pid, &err) != TL_OK) {
+    fprintf(stderr, "driver: %s\n", err.message);
+    tl_store_free(s);
+    return 1;
+  }
+  puts(sur);
+  tl_secret_free(sur);
+  tl_store_free(s);
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
   signal(SIGPIPE, SIG_IGN);
@@ -417,7 +437,9 @@ int main(int argc, char **argv)
     return hermes_writer(argv[2], argv[3], argv[4], atoi(argv[5]));
   if (argc == 4 && strcmp(argv[1], "verify") == 0)
     return verify(argv[2], argv[3]);
+  if ((argc == 4 || argc == 5) && strcmp(argv[1], "surrogate") == 0)
+    return surrogate(argv[2], argv[3], argc == 5 ? argv[4] : NULL);
   fprintf(stderr, "usage: tl-driver hammer DB NPROC NPROF CALLS | crowd DB NPROC PROFILE | crash DB URL ITER NPROF | "
-                  "hermes-writer AUTH URL DB N | verify DB URL\n");
+                  "hermes-writer AUTH URL DB N | verify DB URL | surrogate DB PROFILE [CRED]\n");
   return 2;
 }

@@ -11,6 +11,9 @@
  *   5. the auth.json + flock alternative, reads and rotations side by side
  *   6. `tokenledger token` as a whole process vs the sqlite3 shell
  *   7. growth: bytes per rotation, and what `compact` reclaims
+ *   8. strict mode: `tokenledger serve` answering a refresh POST while the
+ *      access token is fresh (p50/p99, and answers/s with 16 clients), beside
+ *      tl-portal answering the same POST
  *
  * Usage: tl-bench [--quick] [--json FILE] [--dir DIR]
  * The portal (tl-portal) and the CLI (tokenledger) are found beside tl-bench.
@@ -845,6 +848,176 @@ static void bench_growth(void)
                              "largest", tables, "fingerprints_kept", fps == fps_after));
 }
 
+/* ---- 8. strict mode: serve answering a refresh POST with a fresh token ------------------ */
+
+/* One keep-alive HTTP client: the same connection for every POST, as a long-lived Hermes would. */
+typedef struct client {
+  CURL *h;
+  char url[256];
+} client;
+
+static void client_open(client *c, const char *base)
+{
+  c->h = curl_easy_init();
+  snprintf(c->url, sizeof c->url, "%s/api/oauth/token", base);
+  if (!c->h)
+    die("curl", NULL);
+}
+
+/* POSTs a refresh grant with token; returns the HTTP status; *next gets the answer's refresh_token. */
+static long client_post(client *c, const char *token, char **next)
+{
+  char hdr[600];
+  portal_buf b = {0};
+  snprintf(hdr, sizeof hdr, "x-nous-refresh-token: %s", token);
+  struct curl_slist *hl = curl_slist_append(NULL, hdr);
+  curl_easy_setopt(c->h, CURLOPT_URL, c->url);
+  curl_easy_setopt(c->h, CURLOPT_HTTPHEADER, hl);
+  curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, "grant_type=refresh_token&client_id=hermes-cli");
+  curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, portal_on_data);
+  curl_easy_setopt(c->h, CURLOPT_WRITEDATA, &b);
+  long code = 0;
+  if (curl_easy_perform(c->h) == CURLE_OK)
+    curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &code);
+  curl_slist_free_all(hl);
+  if (next) {
+    json_t *j = b.p ? json_loads(b.p, 0, NULL) : NULL;
+    *next = tl__strdup(json_string_value(json_object_get(j, "refresh_token")));
+    json_decref(j);
+  }
+  free(b.p);
+  return code;
+}
+
+/* p50/p99 of n sequential POSTs; chain: each answer's refresh token is the next request's (the portal rotates). */
+static void latency(int64_t *p50, int64_t *p99, const char *base, const char *token, int chain, int n)
+{
+  client c;
+  client_open(&c, base);
+  int64_t *t = malloc(sizeof *t * (size_t)n);
+  char *tok = strdup(token);
+  for (int i = -20; i < n; i++) { /* 20 warm-up requests */
+    char *next = NULL;
+    int64_t a = now_ns();
+    long code = client_post(&c, tok, chain ? &next : NULL);
+    if (i >= 0)
+      t[i] = now_ns() - a;
+    if (code != 200)
+      die("latency: a POST was not answered 200", NULL);
+    if (chain) {
+      free(tok);
+      tok = next;
+    }
+  }
+  *p50 = pct(t, (size_t)n, 0.5);
+  *p99 = pct(t, (size_t)n, 0.99);
+  free(tok);
+  free(t);
+  curl_easy_cleanup(c.h);
+}
+
+/* Answers per second with 16 keep-alive clients for secs; token NULL: each client seeds its own chain. */
+static double throughput(const char *base, const char *token, double secs)
+{
+  slot *sh = mmap(NULL, sizeof(slot) * 16, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  memset(sh, 0, sizeof(slot) * 16);
+  for (int k = 0; k < 16; k++) {
+    if (spawn() == 0) {
+      client c;
+      client_open(&c, base);
+      char *tok = token ? strdup(token) : seed_rt();
+      int64_t end = now_ns() + (int64_t)(secs * 1e9), calls = 0;
+      while (tok && now_ns() < end) {
+        char *next = NULL;
+        if (client_post(&c, tok, token ? NULL : &next) == 200)
+          calls++;
+        if (!token) {
+          free(tok);
+          tok = next;
+        }
+      }
+      free(tok);
+      sh[k].calls = calls;
+      curl_easy_cleanup(c.h);
+      _exit(0);
+    }
+  }
+  wait_workers();
+  int64_t total = 0;
+  for (int k = 0; k < 16; k++)
+    total += sh[k].calls;
+  munmap(sh, sizeof(slot) * 16);
+  return (double)total / secs;
+}
+
+static void bench_serve(void)
+{
+  int n = quick ? 200 : 3000;
+  double secs = quick ? 1.0 : 3.0;
+  char url[200], db[PATH_MAX + 16], pf[PATH_MAX + 32], tl[PATH_MAX + 32], serve_url[128] = "";
+  snprintf(url, sizeof url, "%s/api/oauth/token", portal_url);
+  snprintf(db, sizeof db, "%s/serve.db", dir);
+  snprintf(pf, sizeof pf, "%s-serve", db);
+  snprintf(tl, sizeof tl, "%s/tokenledger", bindir);
+  /* A strict profile with a fresh access token, and the surrogate its auth.json would hold. */
+  tl_store *s = open_store("serve.db", TL_OPEN_CREATE);
+  char *rt = seed_rt(), *sur = NULL;
+  add_credential(s, "strict", rt, url);
+  tl_secret_free(rt);
+  tl_error err = {0};
+  tl_token *t = NULL;
+  int64_t prof = 0;
+  if (tl_token_get(&t, s, "strict", "nous", 0, &err) != TL_OK || tl_profile_strict(s, "strict", 1, &err) != TL_OK ||
+      tl__profile_id(&prof, s, "strict", &err) != TL_OK || tl__strict_surrogate(&sur, s, t->credential, prof, &err))
+    die("serve setup", &err);
+  tl_token_free(t);
+  tl_store_free(s); /* serve is another process; this one keeps no connection open */
+  pid_t serve = fork();
+  if (serve == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execl(tl, tl, "--db", db, "serve", "--quiet", "--no-keep-fresh", (char *)NULL);
+    _exit(127);
+  }
+  for (int i = 0; i < 400 && !serve_url[0]; i++) {
+    json_t *j = json_load_file(pf, 0, NULL);
+    if (json_is_string(json_object_get(j, "url")) && json_integer_value(json_object_get(j, "pid")) == serve)
+      snprintf(serve_url, sizeof serve_url, "%s", json_string_value(json_object_get(j, "url")));
+    json_decref(j);
+    if (!serve_url[0])
+      usleep(10000);
+  }
+  if (!serve_url[0])
+    die("tokenledger serve did not start", NULL);
+  int64_t before = counter("refreshes");
+  int64_t s50, s99, p50, p99;
+  latency(&s50, &s99, serve_url, sur, 0, n);
+  double srps = throughput(serve_url, sur, secs);
+  int upstream = (int)(counter("refreshes") - before);
+  char *prt = seed_rt();
+  latency(&p50, &p99, portal_url, prt, 1, n);
+  free(prt);
+  double prps = throughput(portal_url, NULL, secs);
+  kill(serve, SIGTERM);
+  waitpid(serve, NULL, 0);
+  tl_secret_free(sur);
+  int met = s50 <= 1000000;
+  printf("8. strict mode: a refresh POST with a fresh access token, %d sequential on one keep-alive connection, "
+         "then 16 clients for %.1f s\n",
+         n, secs);
+  printf("   tokenledger serve  p50 %6.3f ms  p99 %6.3f ms   16 clients %7.0f answers/s  (upstream refreshes: %d)\n",
+         s50 / 1e6, s99 / 1e6, srps, upstream);
+  printf("   tl-portal          p50 %6.3f ms  p99 %6.3f ms   16 clients %7.0f answers/s  (each one a rotation, in "
+         "memory, nothing durable)\n",
+         p50 / 1e6, p99 / 1e6, prps);
+  printf("   budget p50 <= 1 ms: %s\n\n", met ? "MET" : "MISSED");
+  record("serve", json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:b}", "requests", n, "serve_p50_ms", s50 / 1e6,
+                            "serve_p99_ms", s99 / 1e6, "serve_answers_per_s_16_clients", srps, "portal_p50_ms",
+                            p50 / 1e6, "portal_p99_ms", p99 / 1e6, "portal_answers_per_s_16_clients", prps,
+                            "upstream_refreshes", upstream, "met", met));
+}
+
 int main(int argc, char **argv)
 {
   const char *json_out = NULL, *where = NULL;
@@ -905,6 +1078,7 @@ int main(int argc, char **argv)
   RUN('5', bench_alternative);
   RUN('6', bench_process);
   RUN('7', bench_growth);
+  RUN('8', bench_serve);
 #undef RUN
   kill(portal_pid, SIGTERM);
   waitpid(portal_pid, NULL, 0);

@@ -224,6 +224,24 @@ static int cmd_init(const cmd *c, int argc, char **argv)
   return EXIT_OK;
 }
 
+static int profile_strict(int npos, const char **pos)
+{
+  if (npos != 3 || (strcmp(pos[2], "on") != 0 && strcmp(pos[2], "off") != 0))
+    return usage_error("%s", "expected 'profile strict NAME on|off'");
+  tl_store *s = NULL;
+  tl_error err = {0};
+  OPEN_OR_RETURN(s, 0, pos[1]);
+  int on = strcmp(pos[2], "on") == 0;
+  tl_status rc = tl_profile_strict(s, pos[1], on, &err);
+  tl_store_free(s);
+  if (rc != TL_OK)
+    return tl_cli_fail(&err, rc);
+  printf(on ? "profile %s: strict mode on ('tokenledger serve' answers its refreshes)\n"
+            : "profile %s: strict mode off\n",
+         pos[1]);
+  return EXIT_OK;
+}
+
 static int cmd_profile(const cmd *c, int argc, char **argv)
 {
   const char *pos[3] = {0}, *home = NULL;
@@ -235,7 +253,9 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
                 {0}};
   PARSE_OR_RETURN(opts, pos, 3);
   if (npos == 0)
-    return usage_error("%s", "missing subcommand (add, set-home, list or rm)");
+    return usage_error("%s", "missing subcommand (add, set-home, list, rm or strict)");
+  if (strcmp(pos[0], "strict") == 0)
+    return profile_strict(npos, pos);
   tl_store *s = NULL;
   tl_error err = {0};
   tl_status rc;
@@ -286,7 +306,7 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
     rc = tl_profile_list(&r, s, &err);
     return finish_report(s, rc, r, &err, json, 0);
   }
-  return usage_error("unknown subcommand '%s' (add, set-home, list or rm)", pos[0]);
+  return usage_error("unknown subcommand '%s' (add, set-home, list, rm or strict)", pos[0]);
 }
 
 static int cmd_provider(const cmd *c, int argc, char **argv)
@@ -410,6 +430,27 @@ static int cmd_credential(const cmd *c, int argc, char **argv)
   return EXIT_OK;
 }
 
+/* Below status' table: which profiles are strict, and whether serve answers for them. */
+static void serve_footer(tl_store *s)
+{
+  tl_report *r = NULL;
+  tl_error err = {0};
+  if (tl_serve_status(&r, s, &err) != TL_OK) {
+    fprintf(stderr, "tokenledger: strict mode: %s\n", err.message);
+    return;
+  }
+  const char *running = tl_report_get(r, 0, "running"), *strict = tl_report_get(r, 0, "strict");
+  int up = running && strcmp(running, "1") == 0;
+  if (strict || up) {
+    if (up)
+      fprintf(stdout, "serve: up at %s (pid %s)", tl_report_get(r, 0, "url"), tl_report_get(r, 0, "pid"));
+    else
+      fprintf(stdout, "serve: NOT RUNNING: strict profiles cannot refresh; start 'tokenledger serve'");
+    fprintf(stdout, "; strict profiles: %s\n", strict ? strict : "none");
+  }
+  tl_report_free(r);
+}
+
 static int cmd_status(const cmd *c, int argc, char **argv)
 {
   const char *pos[1], *profile = NULL;
@@ -421,7 +462,13 @@ static int cmd_status(const cmd *c, int argc, char **argv)
   tl_error err = {0};
   OPEN_OR_RETURN(s, 0, NULL);
   tl_status rc = tl_status_report(&r, s, profile, &err);
-  return finish_report(s, rc, r, &err, json, 0);
+  if (rc != TL_OK || json)
+    return finish_report(s, rc, r, &err, json, 0);
+  int code = tl_cli_print_report(r, 0, 0);
+  serve_footer(s);
+  tl_report_free(r);
+  tl_store_free(s);
+  return code;
 }
 
 static int cmd_lineage(const cmd *c, int argc, char **argv)
@@ -901,17 +948,103 @@ static int cmd_keep_fresh(const cmd *c, int argc, char **argv)
   return code;
 }
 
+static void serve_ready(void *ud, const char *url)
+{
+  (void)ud;
+  printf("tokenledger serve: listening on %s\n", url);
+  fflush(stdout);
+}
+
+static void serve_log(void *ud, const char *line)
+{
+  if (!*(const int *)ud)
+    fprintf(stderr, "tokenledger serve: %s\n", line);
+}
+
+static int serve_should_stop(void *ud)
+{
+  (void)ud;
+  return stop_requested;
+}
+
+static int serve_status(int json)
+{
+  tl_store *s = NULL;
+  tl_report *r = NULL;
+  tl_error err = {0};
+  OPEN_OR_RETURN(s, TL_OPEN_READONLY, NULL);
+  tl_status rc = tl_serve_status(&r, s, &err);
+  int code = rc == TL_OK ? tl_cli_print_report(r, json, TL_JSON_OBJECT) : tl_cli_fail(&err, rc);
+  if (code == EXIT_OK && strcmp(tl_report_get(r, 0, "running"), "1") != 0)
+    code = EXIT_NOTFOUND;
+  tl_report_free(r);
+  tl_store_free(s);
+  return code;
+}
+
+static int cmd_serve(const cmd *c, int argc, char **argv)
+{
+  const char *pos[1], *listen = NULL, *interval = NULL, *ahead = NULL, *threads = NULL;
+  int json = 0, status = 0, nosync = 0, nofresh = 0, quiet = 0;
+  opt opts[] = {{"listen", 1, &listen, NULL},  {"interval", 1, &interval, NULL},
+                {"ahead", 1, &ahead, NULL},    {"threads", 1, &threads, NULL},
+                {"no-sync", 0, NULL, &nosync}, {"no-keep-fresh", 0, NULL, &nofresh},
+                {"quiet", 0, NULL, &quiet},    {"status", 0, NULL, &status},
+                {"json", 0, NULL, &json},      {0}};
+  PARSE_OR_RETURN(opts, pos, 0);
+  if (status)
+    return serve_status(json);
+  if (json)
+    return usage_error("%s", "--json goes with --status");
+  int64_t every = 60, before = 600, nthreads = 0;
+  int prc;
+  if (interval && (prc = parse_int64(&every, interval, "--interval")) >= 0)
+    return prc;
+  if (ahead && (prc = parse_int64(&before, ahead, "--ahead")) >= 0)
+    return prc;
+  if (threads && (prc = parse_int64(&nthreads, threads, "--threads")) >= 0)
+    return prc;
+  if (every < 1 || every > 86400 || before > 86400)
+    return usage_error("%s", "--interval is 1-86400 seconds and --ahead at most 86400");
+  if (threads && (nthreads < 1 || nthreads > 256))
+    return usage_error("%s", "--threads is 1-256");
+  tl_store *s = NULL;
+  OPEN_OR_RETURN(s, 0, NULL);
+  signal(SIGTERM, on_stop);
+  signal(SIGINT, on_stop);
+  signal(SIGHUP, on_stop);
+  signal(SIGPIPE, SIG_IGN);
+  tl_serve_opts o = {.listen = listen,
+                     .interval_ms = nofresh ? -1 : every * 1000,
+                     .ahead_ms = before * 1000,
+                     .no_sync = nosync,
+                     .threads = (int)nthreads,
+                     .should_stop = serve_should_stop,
+                     .on_ready = serve_ready,
+                     .on_log = serve_log,
+                     .ud = &quiet};
+  tl_error err = {0};
+  tl_status rc = tl_serve_run(s, &o, &err);
+  tl_store_free(s);
+  if (rc != TL_OK)
+    return tl_cli_fail(&err, rc);
+  printf("tokenledger serve: stopped\n");
+  return EXIT_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const cmd commands[] = {
     {"init", cmd_init, "init", "Creates the ledger (directory 0700, file 0600) or migrates an existing one.\n"},
     {"profile", cmd_profile,
      "profile add NAME [--home DIR [--create]] | profile set-home NAME (DIR [--create] | --clear) | profile list "
-     "[--json] | profile rm NAME",
+     "[--json] | profile rm NAME |\n"
+     "                    profile strict NAME on|off",
      "Manages Hermes profiles. NAME follows Hermes' rule ^[a-z0-9][a-z0-9_-]{0,63}$; 'default' is the Hermes\n"
      "root. A profile's home is the Hermes directory whose auth.json sync, export and every refresh keep in\n"
      "step (--create makes it, 0700); importing a home or a root sets it too, importing any other file never\n"
-     "does. Removing a profile drops its pool entries; credentials and their lineage stay.\n"},
+     "does. Removing a profile drops its pool entries; credentials and their lineage stay. 'strict' switches\n"
+     "strict mode: 'tokenledger serve' answers the profile's refreshes and its files hold only a surrogate.\n"},
     {"provider", cmd_provider,
      "provider set NAME [--token-url URL] [--device-url URL] [--client-id ID] [--rt-header NAME | --rt-in-body]\n"
      "                    [--scope S] [--skew SECONDS] [--grace SECONDS] | provider list [--json]",
@@ -952,7 +1085,19 @@ static const cmd commands[] = {
      "locks. --watch also syncs as soon as Hermes writes an auth.json or nous_auth.json (inotify), so a\n"
      "rotation in one profile reaches its siblings and the shared store at once. Credentials with an\n"
      "unknown outcome, needing a login or without an endpoint are reported for attention, never\n"
-     "presented. Exit 7 if the last round had a failure. See docs/tokenledger-keep-fresh.service.\n"},
+     "presented. Exit 7 if the last round had a failure. A systemd user unit, tokenledger-keep-fresh.service, is "
+     "installed.\n"},
+    {"serve", cmd_serve,
+     "serve [--listen 127.0.0.1:PORT] [--interval SECONDS] [--ahead SECONDS] [--no-sync | --no-keep-fresh]\n"
+     "                    [--threads N] [--quiet] | serve --status [--json]",
+     "Strict mode's server: answers Hermes' Nous Portal calls for strict profiles on a loopback port\n"
+     "(POST /api/oauth/token with a surrogate refresh token; the device-code login forwarded to the real\n"
+     "portal) and runs keep-fresh every --interval, until SIGTERM/SIGINT. Without --listen it binds the\n"
+     "address it used last (else 127.0.0.1 on a free port); only loopback addresses are accepted. Its\n"
+     "address goes to the 0600 port file <ledger>-serve, removed on exit. Refuses to start when another\n"
+     "serve runs for the ledger (exit 12) or the port belongs to another program (exit 8). --status\n"
+     "says whether serve is up (exit 0) or not (exit 3). A systemd user unit, tokenledger-serve.service, is "
+     "installed.\n"},
     {"compact", cmd_compact, "compact [--keep-days N] [--json]",
      "Retention: removes settled refresh attempts of spent tokens older than N days (default 90) and\n"
      "vacuums. Refresh-token rows (fingerprints) and audit rows are never removed.\n"},

@@ -167,7 +167,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 3
+#define TL_SCHEMA_VERSION 4
 
 /**
  * Opens (or creates) the ledger at path.
@@ -243,7 +243,15 @@ TL_EXTERN tl_status tl_profile_remove(tl_store *store, const char *name, tl_erro
  */
 TL_EXTERN tl_status tl_profile_set_home(tl_store *store, const char *name, const char *home, int create, tl_error *err);
 
-/** Lists profiles: name, home, entries, created. */
+/**
+ * Switches a profile's strict mode on or off (SPEC section 4 "Strict mode"). A strict
+ * profile's Hermes files hold a surrogate refresh token and point at `tokenledger serve`,
+ * which answers its refreshes, so the real refresh token never leaves the ledger. Switching
+ * again to the state it is in changes nothing. Errors: TL_ENOTFOUND (no such profile).
+ */
+TL_EXTERN tl_status tl_profile_strict(tl_store *store, const char *name, int on, tl_error *err);
+
+/** Lists profiles: name, home, entries, strict (1 in strict mode), created. */
 TL_EXTERN tl_status tl_profile_list(tl_report **out, tl_store *store, tl_error *err);
 
 /** A provider's token endpoint configuration. */
@@ -516,6 +524,48 @@ TL_EXTERN tl_status tl_watch_sync(tl_report **out, tl_watch *w, tl_store *store,
 
 /** Closes the watch. Accepts NULL. */
 TL_EXTERN void tl_watch_free(tl_watch *w);
+
+/* ------------------------------------------------------------------------ */
+/* Strict mode: tokenledger serve                                           */
+/* ------------------------------------------------------------------------ */
+
+/** How tokenledger serve runs. Zeroed fields take the defaults. */
+typedef struct tl_serve_opts {
+  const char *listen;  /**< "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT"; NULL: the last
+                            address serve used for this ledger, else 127.0.0.1 on a free port */
+  int64_t interval_ms; /**< keep-fresh round every interval (default 60 s); < 0: no keep-fresh */
+  int64_t ahead_ms;    /**< keep-fresh refreshes what expires within this (default 600 s) */
+  int no_sync;         /**< keep-fresh does not sync profiles' files */
+  int threads;         /**< most connections at once (default 64, at most 256) */
+  /** Polled about every 100 ms; serve stops cleanly when it returns non-zero. Required. */
+  int (*should_stop)(void *ud);
+  /** Called once when serve is listening, with its URL (http://127.0.0.1:PORT). May be NULL. */
+  void (*on_ready)(void *ud, const char *url);
+  /** One line about what serve did (no secret, no newline). May be NULL. Called from any thread. */
+  void (*on_log)(void *ud, const char *line);
+  void *ud;
+} tl_serve_opts;
+
+/**
+ * Runs `tokenledger serve` for the store's ledger until should_stop says so: a loopback HTTP
+ * server that answers Hermes' Nous Portal calls for strict profiles (POST /api/oauth/token
+ * with a surrogate refresh token, and the device-code login forwarded to the real portal),
+ * plus the keep-fresh loop (tl_keep_fresh every interval, on this thread and this store).
+ * Request threads take turns on the same store (it is not thread-safe). Binds loopback only, writes
+ * its address to the 0600 port file "<ledger>-serve" (held with a lock while serve runs,
+ * removed on return), and remembers the address so a restart binds the same port.
+ * Errors: TL_EINVAL (a listen address that is not loopback), TL_EEXISTS (another serve runs
+ * for this ledger), TL_EBUSY (the port belongs to another program), TL_EINSECURE (the port
+ * file is a symlink or not a 0600 file of ours), TL_EIO.
+ */
+TL_EXTERN tl_status tl_serve_run(tl_store *store, const tl_serve_opts *opts, tl_error *err);
+
+/**
+ * One row about strict mode: running (1/0), url and pid of the running serve, port_file,
+ * strict_profiles (count), strict (their names), last_url (where serve last listened).
+ * Never writes.
+ */
+TL_EXTERN tl_status tl_serve_status(tl_report **out, tl_store *store, tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* HTTP seam (tests and benchmarks)                                         */

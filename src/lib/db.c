@@ -442,6 +442,7 @@ static int on_busy(void *ud, int count)
 
 tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_error *err)
 {
+  tl_error_clear(err);
   tl_status rc = TL_OK;
   tl_store *s = NULL;
   int created = 0;

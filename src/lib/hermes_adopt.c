@@ -1321,6 +1321,7 @@ static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, con
 
 tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_import_opts *o, tl_error *err)
 {
+  tl_error_clear(err);
   tl_status rc;
   plan *plans = NULL;
   size_t np = 0;

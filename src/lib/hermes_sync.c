@@ -1027,6 +1027,7 @@ static tl_status export_shared(tl_store *s, const profinfo *p, const char *dir, 
 tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const char *output, const char *shared_dir,
                     tl_error *err)
 {
+  tl_error_clear(err);
   tl_status rc;
   tl_report *r = NULL;
   profinfo p;
@@ -1113,6 +1114,7 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
 
 tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *err)
 {
+  tl_error_clear(err);
   tl_status rc;
   tl_report *r = NULL;
   tl__hfset set = {0};

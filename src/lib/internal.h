@@ -147,4 +147,57 @@ int64_t tl__jwt_exp_ms(const char *jwt);
 int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp);
 void tl__http_response_clear(tl_http_response *resp);
 
+/* strict.c: strict mode (SPEC section 4 "Strict mode"; the interface the Hermes code uses).
+ *
+ * A surrogate refresh token is what a strict profile's Hermes files hold instead of the
+ * real RT: "tlsurr1.<credential>.<profile>.<generation>.<nonce>.<mac>", printable (RFC 6749
+ * VSCHAR), at most TL_SURROGATE_MAX bytes, authenticated with HMAC-SHA256 under the ledger's
+ * key (table strict_key). It is NOT a refresh token: never fingerprint it into the lineage,
+ * never present it to a server. Verifiable from the string alone plus the ledger's key, so a
+ * surrogate that comes back through import or sync is recognised with tl__strict_verify. */
+#define TL_SURROGATE_PREFIX "tlsurr1."
+#define TL_SURROGATE_MAX    256
+/* A new surrogate for (credential, profile) naming the credential's current RT generation:
+ * new secret string (free with tl_secret_free). TL_ENOTFOUND if the profile does not exist or
+ * its pool does not hold the credential. Reads only (the key exists from migration 0004 on;
+ * a ledger whose key row was deleted by hand gets a new one, inside the caller's open write
+ * transaction if there is one). */
+tl_status tl__strict_surrogate(char **out, tl_store *s, int64_t credential, int64_t profile, tl_error *err);
+/* 1 if rt starts with TL_SURROGATE_PREFIX (a cheap test; says nothing about authenticity). */
+int tl__strict_is_surrogate(const char *rt);
+/* Checks a surrogate and returns what it names (each out may be NULL). TL_OK: authentic under
+ * this ledger's key, its profile exists (the same one: a removed and re-added profile does not
+ * revive it) and its credential exists. TL_EINVAL: malformed, truncated, forged, altered, or
+ * from another ledger. TL_ENOTFOUND: its profile was removed or its credential is gone. Does
+ * NOT check that the profile's pool still holds the credential (tl__strict_uses), nor the
+ * credential's status; out_gen is the RT generation when it was issued. Never writes. */
+tl_status tl__strict_verify(int64_t *out_cred, int64_t *out_profile, int64_t *out_gen, tl_store *s, const char *rt,
+                            tl_error *err);
+/* 1 if the profile's pool holds the credential. */
+int tl__strict_uses(tl_store *s, int64_t profile, int64_t credential);
+/* "http://127.0.0.1:PORT" of the running serve, from its port file (checked: ours, 0600, held
+ * by a live serve). TL_ENOTFOUND if serve is not running; TL_EINSECURE for a port file that is
+ * a symlink or not a 0600 file of ours. */
+tl_status tl__strict_portal_url(char *out, size_t n, tl_store *s, tl_error *err);
+/* 1 if the profile (id) is in strict mode. */
+int tl__strict_profile(tl_store *s, int64_t profile);
+/* Migration 0004's code: the ledger's surrogate key, inside the open write transaction. */
+tl_status tl__strict_key_create(tl_store *s, tl_error *err);
+/* doctor's check: *ok 0 when strict profiles exist and nothing answers for them. */
+void tl__strict_doctor(int *ok, char *detail, size_t n, tl_store *s);
+
+/* The live state of serve, from the port file <ledger>-serve (strict.c). */
+typedef struct tl__serve_live {
+  int exists, running, stale; /* a file; held by a live serve; left by a dead one */
+  char host[64];
+  int port;
+  long pid;
+} tl__serve_live;
+tl_status tl__serve_probe(tl__serve_live *out, tl_store *s, tl_error *err);
+tl_status tl__serve_port_path(char *out, size_t n, const tl_store *s, tl_error *err);
+/* 1 if host is an IPv4 literal in 127.0.0.0/8 or the IPv6 literal ::1. */
+int tl__serve_host_valid(const char *host);
+/* http://host:port (brackets for IPv6); 0 if it does not fit. */
+int tl__serve_url(char *out, size_t n, const char *host, int port);
+
 #endif

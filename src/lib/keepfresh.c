@@ -116,6 +116,7 @@ static tl_status add_sync_rows(tl_report *r, const tl_report *sr, tl_error *err)
 
 tl_status tl_keep_fresh(tl_report **out, int *out_failures, tl_store *s, int64_t ahead_ms, int sync, tl_error *err)
 {
+  tl_error_clear(err);
   tl_report *r = NULL;
   due *list = NULL;
   size_t n = 0;
@@ -201,6 +202,7 @@ static void watch_dir(tl_watch *w, const char *dir)
 
 tl_status tl_watch_open(tl_watch **out, tl_store *s, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] = "SELECT home FROM profile WHERE home IS NOT NULL UNION SELECT substr(place, 8) FROM "
                             "grant_place WHERE profile_id IS NULL UNION SELECT path FROM hermes_file WHERE kind = "
                             "'shared_nous'";
@@ -265,6 +267,7 @@ static void note_change(tl_watch *w, const char *dir, const char *name)
 /* Waits up to timeout_ms for a change of an auth.json or nous_auth.json; *changed tells. */
 tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err)
 {
+  tl_error_clear(err);
   if (!w || !changed)
     return tl__err(err, TL_EINVAL, 0, "watch: bad arguments");
   *changed = 0;
@@ -292,6 +295,7 @@ tl_status tl_watch_wait(tl_watch *w, int timeout_ms, int *changed, tl_error *err
 
 tl_status tl_watch_sync(tl_report **out, tl_watch *w, tl_store *s, tl_error *err)
 {
+  tl_error_clear(err);
   static const char *const sync_cols[] = {"profile", "file", "path", "provider", "credential", "action", "note"};
   tl_report *r = NULL;
   if (!out || !w || !s)

@@ -120,6 +120,7 @@ static tl_status check_home(char abs[PATH_MAX], const char *home, int create, tl
 
 tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] = "INSERT INTO profile (name, home, created_at) VALUES (:name, :home, :now)";
   tl_status rc;
   char abs[PATH_MAX];
@@ -164,6 +165,7 @@ fail:
 
 tl_status tl_profile_set_home(tl_store *s, const char *name, const char *home, int create, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] = "UPDATE profile SET home = :home WHERE id = :id";
   char abs[PATH_MAX];
   int64_t id = 0;
@@ -197,6 +199,7 @@ fail:
 
 tl_status tl_profile_remove(tl_store *s, const char *name, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] = "DELETE FROM profile WHERE id = :id";
   tl_status rc;
   int64_t id = 0;
@@ -225,9 +228,11 @@ fail:
 
 tl_status tl_profile_list(tl_report **out, tl_store *s, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "SELECT p.name AS name, p.home AS home, "
       "(SELECT count(*) FROM pool_entry e WHERE e.profile_id = p.id) AS entries, "
+      "EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict, "
       "strftime('%Y-%m-%dT%H:%M:%SZ', p.created_at / 1000.0, 'unixepoch') AS created FROM profile p ORDER BY p.name";
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "profile list: bad arguments");
@@ -252,6 +257,7 @@ int tl__provider_name_valid(const char *name)
 
 tl_status tl_url_check(const char *url, tl_error *err)
 {
+  tl_error_clear(err);
   tl_status rc = TL_OK;
   char *scheme = NULL, *host = NULL;
   CURLU *u = curl_url();
@@ -279,6 +285,7 @@ done:
 
 tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
 {
+  tl_error_clear(err);
   static const char ins_sql[] =
       "INSERT INTO provider (name, token_url, device_url, client_id, rt_header, skew_s, grace_s, scope, updated_at) "
       "VALUES (:name, :token_url, :device_url, :client_id, nullif(:rt_header, ''), coalesce(:skew, 120), "
@@ -364,6 +371,7 @@ fail:
 
 tl_status tl_provider_list(tl_report **out, tl_store *s, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "SELECT name, token_url, device_url, client_id, coalesce(rt_header, 'body:refresh_token') AS rt_in, "
       "skew_s, grace_s, scope FROM provider ORDER BY name";
@@ -524,6 +532,7 @@ static tl_status add_pool_entry(tl_store *s, int64_t profile, const char *provid
 
 tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_spec *spec, tl_error *err)
 {
+  tl_error_clear(err);
   static const char prov_sql[] = "SELECT token_url, client_id, scope FROM provider WHERE name = :name";
   static const char cred_sql[] =
       "INSERT INTO credential (provider, client_id, token_url, label, access_token, expires_at, obtained_at, scope, "
@@ -543,6 +552,10 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
     return tl__err(err, TL_EINVAL, 0, "credential add: provider and profile are required");
   if (!spec->refresh_token || !*spec->refresh_token)
     return tl__err(err, TL_EINVAL, 0, "credential add: a refresh token is required");
+  if (tl__strict_is_surrogate(spec->refresh_token))
+    return tl__err(err, TL_EINVAL, 0,
+                   "credential add: this is a surrogate of tokenledger serve (strict mode), not a refresh token; "
+                   "the real one stays in the ledger");
   const char *origin = spec->origin ? spec->origin : "import";
   if (strcmp(origin, "login") != 0 && strcmp(origin, "import") != 0)
     return tl__err(err, TL_EINVAL, 0, "credential add: origin must be login or import");

@@ -145,12 +145,12 @@ static tl_status reach_files(tl_store *s, const char *profile, tl_error *err)
 tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *provider, tl_login_prompt prompt,
                    void *ud, tl_error *err)
 {
+  tl_error_clear(err);
   static const char prov_sql[] = "SELECT token_url, device_url, client_id, scope FROM provider WHERE name = :n";
   tl_status rc = TL_OK;
   char *token_url = NULL, *device_url = NULL, *client_id = NULL, *scope = NULL, *body = NULL;
   json_t *j = NULL;
   int64_t pid;
-  tl_error_clear(err);
   if (!s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "login: profile and provider are required");
   if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)

@@ -12,6 +12,14 @@
 
 #include <stdio.h>
 
+/* What a migration needs beyond its SQL text (a secret never is SQL text), in its transaction. */
+static tl_status migration_code(tl_store *s, int version, tl_error *err)
+{
+  if (version == 4)
+    return tl__strict_key_create(s, err); /* 0004_strict: the ledger's surrogate key */
+  return TL_OK;
+}
+
 tl_status tl__migrate(tl_store *s, tl_error *err)
 {
   tl_status rc = TL_OK;
@@ -39,6 +47,8 @@ tl_status tl__migrate(tl_store *s, tl_error *err)
       rc = tl__err_db(err, s, "migrate");
       goto fail;
     }
+    if ((rc = migration_code(s, ver + 1, err)) != TL_OK)
+      goto fail;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version=%d", ver + 1);
     if ((rc = tl__exec(s, sql, err)) != TL_OK)

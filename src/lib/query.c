@@ -20,9 +20,9 @@
 
 tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] = "SELECT * FROM v_profile_status WHERE :profile IS NULL OR profile = :profile "
                             "ORDER BY profile, provider, priority";
-  tl_error_clear(err);
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "status: bad arguments");
   if (profile) {
@@ -71,33 +71,34 @@ static tl_status credential_report(tl_report **out, tl_store *s, const char *sql
 
 tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "SELECT credential, provider, label, family, generation, state, origin, fingerprint, issued, age_s, retired, "
       "presented_by FROM v_lineage WHERE :cred = 0 OR credential = :cred ORDER BY credential, rt_id";
-  tl_error_clear(err);
   return credential_report(out, s, sql, cred, 0, "lineage", err);
 }
 
 tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "SELECT * FROM (SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch') AS at, event, "
       "actor_host || ':' || actor_pid AS actor, actor_profile AS profile, actor_command AS command, "
       "credential_id AS credential, rt_id, detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
       "ORDER BY id DESC LIMIT :limit) ORDER BY id";
-  tl_error_clear(err);
   return credential_report(out, s, sql, cred, limit, "audit", err);
 }
 
 tl_status tl_history_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
 {
-  static const char sql[] = "SELECT * FROM v_refresh_history WHERE :cred = 0 OR credential = :cred LIMIT :limit";
   tl_error_clear(err);
+  static const char sql[] = "SELECT * FROM v_refresh_history WHERE :cred = 0 OR credential = :cred LIMIT :limit";
   return credential_report(out, s, sql, cred, limit, "history", err);
 }
 
 tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "SELECT CASE WHEN t.id IS NULL THEN 'unknown_to_ledger' WHEN t.state IN ('current', 'presented') THEN t.state "
       "WHEN t.state = 'unknown' THEN 'unknown_outcome' ELSE 'spent' END AS verdict, "
@@ -120,7 +121,6 @@ tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *er
       "LEFT JOIN audit_event e ON e.id = (SELECT max(id) FROM audit_event WHERE credential_id = t.credential_id "
       "AND rt_id = t.id AND event IN ('rt_presented', 'rt_represented'))";
   char fp[65];
-  tl_error_clear(err);
   if (!out || !s || !rt || !*rt)
     return tl__err(err, TL_EINVAL, 0, "check-rt: no token given");
   tl_fingerprint(fp, rt, strlen(rt));
@@ -161,8 +161,8 @@ static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_erro
 
 tl_status tl_store_fix_permissions(const char *path, tl_error *err)
 {
-  char side[PATH_MAX];
   tl_error_clear(err);
+  char side[PATH_MAX];
   if (!path)
     return tl__err(err, TL_EINVAL, 0, "doctor: no path");
   tl_status rc = fix_mode(path, 0600, 1, err);
@@ -199,12 +199,12 @@ static int64_t count_of(tl_store *s, const char *sql)
 
 tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl_error *err)
 {
+  tl_error_clear(err);
   static const char *const cols[] = {"check", "ok", "detail"};
   tl_report *r = NULL;
   tl_status rc;
   int problems = 0;
   char detail[512];
-  tl_error_clear(err);
   if (!out || !out_problems || !s)
     return tl__err(err, TL_EINVAL, 0, "doctor: bad arguments");
   if ((rc = tl__report_kv(&r, cols, 3, err)) != TL_OK)
@@ -323,6 +323,14 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
     if ((rc = add_check(r, &problems, "needs_reauth", reauth == 0, detail, err)) != TL_OK)
       goto done;
   }
+
+  /* 7. Strict profiles need a serve that answers on the port its port file names. */
+  {
+    int ok = 1;
+    tl__strict_doctor(&ok, detail, sizeof detail, s);
+    if ((rc = add_check(r, &problems, "strict_serve", ok, detail, err)) != TL_OK)
+      goto done;
+  }
 done:
   if (rc != TL_OK) {
     tl_report_free(r);
@@ -348,11 +356,11 @@ static int64_t file_bytes(tl_store *s)
 tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_after, tl_store *s, int64_t keep_ms,
                      tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "DELETE FROM refresh_attempt WHERE outcome NOT IN ('in_flight', 'unknown') AND finished_at < :cutoff AND rt_id "
       "IN (SELECT id FROM refresh_token WHERE state IN ('rotated', 'rejected', 'retired'))";
   tl_status rc;
-  tl_error_clear(err);
   if (!s || keep_ms < 0)
     return tl__err(err, TL_EINVAL, 0, "compact: bad arguments");
   int64_t before = file_bytes(s);

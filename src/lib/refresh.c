@@ -60,6 +60,7 @@ static const char *const strategy_names[] = {"fill_first", "round_robin", "least
 
 tl_status tl_strategy_parse(tl_strategy *out, const char *name, tl_error *err)
 {
+  tl_error_clear(err);
   for (int i = 0; i < 4; i++)
     if (name && strcmp(name, strategy_names[i]) == 0) {
       *out = (tl_strategy)i;
@@ -71,6 +72,7 @@ tl_status tl_strategy_parse(tl_strategy *out, const char *name, tl_error *err)
 
 tl_status tl_strategy_set(tl_store *s, const char *profile, const char *provider, tl_strategy strat, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] = "INSERT INTO pool_strategy (profile_id, provider, strategy) VALUES (:p, :prov, :s) "
                             "ON CONFLICT (profile_id, provider) DO UPDATE SET strategy = :s";
   static const char prov_sql[] = "SELECT 1 FROM provider WHERE name = :name";
@@ -312,6 +314,7 @@ static tl_status token_from(tl_token **out, const candidate *c, tl_error *err)
 
 tl_status tl_credential_find(int64_t *out, tl_store *s, const char *profile, const char *provider, tl_error *err)
 {
+  tl_error_clear(err);
   candidate c[MAX_CANDIDATES];
   size_t n = 0;
   char strategy[16];
@@ -397,6 +400,7 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
 tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const char *provider, unsigned flags,
                        tl_error *err)
 {
+  tl_error_clear(err);
   candidate c[MAX_CANDIDATES];
   size_t n = 0;
   char strategy[16];
@@ -1459,6 +1463,7 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
 
 tl_status tl_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, tl_error *err)
 {
+  tl_error_clear(err);
   tl_token *t = NULL;
   if (!s || cred <= 0)
     return tl__err(err, TL_EINVAL, 0, "refresh: no credential");
@@ -1472,6 +1477,7 @@ tl_status tl_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, 
 
 tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_action action, tl_error *err)
 {
+  tl_error_clear(err);
   static const char state_sql[] = "SELECT status FROM credential WHERE id = :id";
   static const char dead_rt_sql[] = "UPDATE refresh_token SET state = 'retired', secret = NULL, retired_at = :now "
                                     "WHERE credential_id = :cred AND state IN ('unknown', 'current')";
@@ -1527,6 +1533,7 @@ fail:
 tl_status tl_entry_report(tl_store *s, const char *profile, const char *provider, const char *entry_id, int http_status,
                           int64_t reset_at_ms, tl_error *err)
 {
+  tl_error_clear(err);
   static const char sql[] =
       "UPDATE pool_entry SET last_status = 'exhausted', last_status_at = :now, last_error_code = :code, "
       "cooldown_until = :until WHERE entry_id = :entry AND provider = :provider "

@@ -66,13 +66,13 @@ void tl_fingerprint(char out[65], const char *data, size_t len)
 
 tl_status tl_secret_read(char **out, const char *path, tl_error *err)
 {
+  tl_error_clear(err);
   tl_status rc = TL_OK;
   char *buf = NULL;
   size_t len = 0;
   int fd = -1;
   const char *name = path && strcmp(path, "-") ? path : "standard input";
 
-  tl_error_clear(err);
   if (!out || !path)
     return tl__err(err, TL_EINVAL, 0, "secret: no path given");
   *out = NULL;

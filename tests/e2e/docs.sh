@@ -89,7 +89,7 @@ check '[ -z "$(completes tokenledger --db "$WORK/none.db" status --profile "")" 
   "a missing ledger completes nothing and is not created"
 check '[ "$(completes tokenledger pool strategy nous "" | tr "\n" " ")" = "fill_first round_robin least_used random " ]' \
   "strategies complete"
-check '[ "$(completes tokenledger profile "" | tr "\n" " ")" = "add set-home list rm " ]' "subcommands complete"
+check '[ "$(completes tokenledger profile "" | tr "\n" " ")" = "add set-home list rm strict " ]' "subcommands complete"
 check '[ "$(completes tokenledger --db "$DB" profile set-home "" | sort | tr "\n" " ")" = "play work " ]' "set-home completes profile names"
 
 finish

@@ -491,6 +491,54 @@ static tl_status s_watch_wait(fx *f, tl_error *e)
   return rc;
 }
 
+static tl_status f_watch_sync(fx *f, tl_error *e)
+{
+  tl_report *r = NULL;
+  return tl_watch_sync(&r, NULL, f->s, e);
+}
+static tl_status s_watch_sync(fx *f, tl_error *e)
+{
+  tl_watch *w = NULL;
+  tl_report *r = NULL;
+  tl_error quiet = {0};
+  assert_int_equal(tl_watch_open(&w, f->s, &quiet), TL_OK);
+  tl_status rc = tl_watch_sync(&r, w, f->s, e);
+  tl_report_free(r);
+  tl_watch_free(w);
+  return rc;
+}
+static tl_status f_profile_strict(fx *f, tl_error *e)
+{
+  return tl_profile_strict(f->s, "nope", 1, e);
+}
+static tl_status s_profile_strict(fx *f, tl_error *e)
+{
+  tl_error quiet = {0};
+  tl_profile_add(f->s, "strictp", NULL, &quiet);
+  return tl_profile_strict(f->s, "strictp", 1, e);
+}
+static tl_status f_serve_status(fx *f, tl_error *e)
+{
+  return tl_serve_status(NULL, f->s, e);
+}
+static tl_status s_serve_status(fx *f, tl_error *e)
+{
+  tl_report *r = NULL;
+  tl_status rc = tl_serve_status(&r, f->s, e);
+  tl_report_free(r);
+  return rc;
+}
+static int stop_now(void *ud)
+{
+  (void)ud;
+  return 1;
+}
+static tl_status f_serve_run(fx *f, tl_error *e)
+{
+  tl_serve_opts o = {.listen = "192.0.2.1:1", .should_stop = stop_now};
+  return tl_serve_run(f->s, &o, e);
+}
+
 typedef struct api_case {
   const char *name, *file;
   int pending; /* 1: does not start clean yet; the lead adds tl_error_clear(err) at entry */
@@ -512,28 +560,32 @@ static const api_case cases[] = {
     {"tl_compact", "query.c", 0, f_compact, s_compact},
     {"tl_store_fix_permissions", "query.c", 0, f_fix_permissions, s_fix_permissions},
     {"tl_login", "login.c", 0, f_login, s_login},
-    {"tl_store_open", "db.c", 1, f_store_open, s_store_open},
-    {"tl_profile_add", "ledger.c", 1, f_profile_add, s_profile_add},
-    {"tl_profile_remove", "ledger.c", 1, f_profile_remove, s_profile_remove},
-    {"tl_profile_list", "ledger.c", 1, f_profile_list, s_profile_list},
-    {"tl_profile_set_home", "ledger.c", 1, f_profile_set_home, s_profile_set_home},
-    {"tl_provider_set", "ledger.c", 1, f_provider_set, s_provider_set},
-    {"tl_provider_list", "ledger.c", 1, f_provider_list, s_provider_list},
-    {"tl_url_check", "ledger.c", 1, f_url_check, s_url_check},
-    {"tl_credential_add", "ledger.c", 1, f_credential_add, s_credential_add},
-    {"tl_strategy_parse", "refresh.c", 1, f_strategy_parse, s_strategy_parse},
-    {"tl_strategy_set", "refresh.c", 1, f_strategy_set, s_strategy_set},
-    {"tl_token_get", "refresh.c", 1, f_token_get, s_token_get},
-    {"tl_refresh", "refresh.c", 1, f_refresh, s_refresh},
-    {"tl_entry_report", "refresh.c", 1, f_entry_report, s_entry_report},
-    {"tl_recover", "refresh.c", 1, f_recover, NULL},
-    {"tl_credential_find", "refresh.c", 1, f_credential_find, s_credential_find},
-    {"tl_import", "hermes_adopt.c", 1, f_import, s_import},
-    {"tl_export", "hermes_sync.c", 1, f_export, s_export},
-    {"tl_sync", "hermes_sync.c", 1, f_sync, NULL},
-    {"tl_keep_fresh", "keepfresh.c", 1, f_keep_fresh, s_keep_fresh},
-    {"tl_watch_open", "keepfresh.c", 1, f_watch_open, s_watch_open},
-    {"tl_watch_wait", "keepfresh.c", 1, f_watch_wait, s_watch_wait},
+    {"tl_store_open", "db.c", 0, f_store_open, s_store_open},
+    {"tl_profile_add", "ledger.c", 0, f_profile_add, s_profile_add},
+    {"tl_profile_remove", "ledger.c", 0, f_profile_remove, s_profile_remove},
+    {"tl_profile_list", "ledger.c", 0, f_profile_list, s_profile_list},
+    {"tl_profile_set_home", "ledger.c", 0, f_profile_set_home, s_profile_set_home},
+    {"tl_provider_set", "ledger.c", 0, f_provider_set, s_provider_set},
+    {"tl_provider_list", "ledger.c", 0, f_provider_list, s_provider_list},
+    {"tl_url_check", "ledger.c", 0, f_url_check, s_url_check},
+    {"tl_credential_add", "ledger.c", 0, f_credential_add, s_credential_add},
+    {"tl_strategy_parse", "refresh.c", 0, f_strategy_parse, s_strategy_parse},
+    {"tl_strategy_set", "refresh.c", 0, f_strategy_set, s_strategy_set},
+    {"tl_token_get", "refresh.c", 0, f_token_get, s_token_get},
+    {"tl_refresh", "refresh.c", 0, f_refresh, s_refresh},
+    {"tl_entry_report", "refresh.c", 0, f_entry_report, s_entry_report},
+    {"tl_recover", "refresh.c", 0, f_recover, NULL},
+    {"tl_credential_find", "refresh.c", 0, f_credential_find, s_credential_find},
+    {"tl_import", "hermes_adopt.c", 0, f_import, s_import},
+    {"tl_export", "hermes_sync.c", 0, f_export, s_export},
+    {"tl_sync", "hermes_sync.c", 0, f_sync, NULL},
+    {"tl_keep_fresh", "keepfresh.c", 0, f_keep_fresh, s_keep_fresh},
+    {"tl_watch_open", "keepfresh.c", 0, f_watch_open, s_watch_open},
+    {"tl_watch_wait", "keepfresh.c", 0, f_watch_wait, s_watch_wait},
+    {"tl_watch_sync", "keepfresh.c", 0, f_watch_sync, s_watch_sync},
+    {"tl_profile_strict", "strict.c", 0, f_profile_strict, s_profile_strict},
+    {"tl_serve_status", "strict.c", 0, f_serve_status, s_serve_status},
+    {"tl_serve_run", "serve.c", 0, f_serve_run, NULL},
 };
 
 static void test_api__each_call_starts_with_a_clean_error(void **state)

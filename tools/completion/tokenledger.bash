@@ -18,7 +18,7 @@ _tokenledger_names()
 _tokenledger()
 {
   local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="init profile provider credential login import export sync keep-fresh compact status
+  local commands="init profile provider credential login import export sync keep-fresh serve compact status
                   lineage audit history check-rt doctor token refresh recover report pool"
   local bin=${COMP_WORDS[0]} db="" cmd="" at=0 i
   COMPREPLY=()
@@ -85,9 +85,11 @@ _tokenledger()
     profile)
       opts="--home --create --clear --json"
       case ${#args[@]} in
-        0) words="add set-home list rm" ;;
-        1) [[ ${args[0]} == set-home || ${args[0]} == rm ]] && words=$(_tokenledger_names "$bin" "$db" profile) ;;
+        0) words="add set-home list rm strict" ;;
+        1) [[ ${args[0]} == set-home || ${args[0]} == rm || ${args[0]} == strict ]] &&
+          words=$(_tokenledger_names "$bin" "$db" profile) ;;
         2)
+          [[ ${args[0]} == strict ]] && words="on off"
           if [[ ${args[0]} == set-home && $cur != -* ]]; then
             compopt -o filenames 2> /dev/null
             COMPREPLY=($(compgen -d -- "$cur"))
@@ -116,6 +118,7 @@ _tokenledger()
     export) opts="--profile --output --shared-nous --json" ;;
     sync) opts="--profile --all --json" ;;
     keep-fresh) opts="--interval --ahead --once --count --no-sync --watch --json" ;;
+    serve) opts="--listen --interval --ahead --no-sync --no-keep-fresh --threads --quiet --status --json" ;;
     compact) opts="--keep-days --json" ;;
     status) opts="--profile --json" ;;
     lineage) opts="--credential --json" ;;

@@ -1,0 +1,618 @@
+/*
+ * strict.c - strict mode's state: surrogate refresh tokens, the per-profile
+ * strict flag, and the live state of `tokenledger serve` (its port file).
+ *
+ * A surrogate is what a strict profile's Hermes files hold in place of the
+ * real refresh token. It is an opaque, printable string:
+ *
+ *     tlsurr1.<credential>.<profile>.<generation>.<nonce>.<mac>
+ *
+ * credential, profile and generation are decimal (no sign, no leading zero);
+ * nonce is 12 random bytes and mac the HMAC-SHA256, under the ledger's key
+ * (table strict_key), of "tlsurr1.<credential>.<profile>.<generation>.<nonce>"
+ * followed by "|" and the profile's creation time; both are unpadded base64url.
+ * So a surrogate is checked from the string alone plus the ledger's key, and
+ * it cannot be forged, re-targeted at another credential or profile, or
+ * revived for a profile that was removed and re-added. It means nothing to the
+ * real server: it is not a refresh token and never enters the lineage.
+ *
+ * The port file <ledger>-serve names the loopback address of the running
+ * serve. serve holds an exclusive flock on it for its whole life; a reader
+ * that can take a shared lock has found a stale file of a dead serve.
+ *
+ * Invariants: the key and every surrogate are burned after use and never
+ * reach a message, an audit row or a log (fingerprint prefixes only); MACs
+ * are compared in constant time; nothing here writes except the key (created
+ * once, at migration time) and the strict flag.
+ */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KEY_LEN     32
+#define NONCE_LEN   12 /* 16 base64url characters */
+#define NONCE_CHARS 16
+#define MAC_CHARS   43 /* 32 bytes, unpadded base64url */
+#define NUM_MAX     18 /* decimal digits of an id or generation */
+
+int tl__strict_is_surrogate(const char *rt)
+{
+  return rt && strncmp(rt, TL_SURROGATE_PREFIX, sizeof TL_SURROGATE_PREFIX - 1) == 0;
+}
+
+/* ---- the key -------------------------------------------------------------- */
+
+tl_status tl__strict_key_create(tl_store *s, tl_error *err)
+{
+  static const char sql[] =
+      "INSERT INTO strict_key (id, secret, created_at) VALUES (1, :secret, :now) ON CONFLICT (id) DO NOTHING";
+  unsigned char key[KEY_LEN];
+  tl_status rc;
+  assert(s->tx_where); /* inside the migration's (or the caller's) write transaction */
+  if (RAND_bytes(key, sizeof key) != 1)
+    return tl__err(err, TL_ERROR, 0, "strict mode: the system's random generator failed; no surrogate key created");
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st) {
+    tl_burn(key, sizeof key);
+    return TL_ERROR;
+  }
+  sqlite3_bind_blob(st, sqlite3_bind_parameter_index(st, ":secret"), key, sizeof key, SQLITE_STATIC);
+  tl__bind_int(st, ":now", tl__now_ms());
+  rc = tl__step_done(s, st, "surrogate key", err);
+  tl_burn(key, sizeof key);
+  return rc;
+}
+
+/* Copies the ledger's key into key. TL_ENOTFOUND if the ledger has none. */
+static tl_status key_load(unsigned char key[KEY_LEN], tl_store *s, tl_error *err)
+{
+  static const char sql[] = "SELECT secret FROM strict_key WHERE id = 1";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  int step = sqlite3_step(st);
+  tl_status rc = TL_OK;
+  if (step == SQLITE_ROW && sqlite3_column_bytes(st, 0) == KEY_LEN)
+    memcpy(key, sqlite3_column_blob(st, 0), KEY_LEN);
+  else if (step == SQLITE_ROW || step == SQLITE_DONE)
+    rc = tl__err(err, TL_ENOTFOUND, 0, "strict mode: this ledger has no surrogate key");
+  else
+    rc = tl__err_db(err, s, "surrogate key");
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* A ledger that lost its key row (only by hand) gets a new one; old surrogates die with the old key. */
+static tl_status key_ensure(unsigned char key[KEY_LEN], tl_store *s, tl_error *err)
+{
+  tl_error probe = {0};
+  tl_status rc = key_load(key, s, &probe);
+  if (rc != TL_ENOTFOUND) {
+    if (rc != TL_OK)
+      *err = probe;
+    return rc;
+  }
+  if (s->tx_where)
+    rc = tl__strict_key_create(s, err);
+  else if ((rc = tl__tx_begin(s, "surrogate key", err)) == TL_OK) {
+    if ((rc = tl__strict_key_create(s, err)) == TL_OK)
+      rc = tl__tx_commit(s, err);
+    else
+      tl__tx_rollback(s);
+  }
+  return rc == TL_OK ? key_load(key, s, err) : rc;
+}
+
+/* ---- the string ---------------------------------------------------------- */
+
+/* Unpadded base64url of n bytes into out (needs 4*ceil(n/3)+1). */
+static void b64url(char *out, const unsigned char *in, size_t n)
+{
+  int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+  while (len > 0 && out[len - 1] == '=')
+    len--;
+  out[len] = '\0';
+  for (int i = 0; i < len; i++)
+    out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
+}
+
+/* The MAC of body (the surrogate up to and without ".<mac>") for a profile born at created. */
+static tl_status mac_of(char out[MAC_CHARS + 2], const unsigned char key[KEY_LEN], const char *body, int64_t created,
+                        tl_error *err)
+{
+  char msg[256];
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  int n = snprintf(msg, sizeof msg, "%s|%lld", body, (long long)created);
+  if (n < 0 || (size_t)n >= sizeof msg)
+    return tl__err(err, TL_EINVAL, 0, "surrogate: too long");
+  if (!HMAC(EVP_sha256(), key, KEY_LEN, (const unsigned char *)msg, (size_t)n, md, &mdlen) || mdlen != sizeof md)
+    return tl__err(err, TL_ERROR, 0, "surrogate: HMAC-SHA256 failed");
+  b64url(out, md, sizeof md);
+  tl_burn(md, sizeof md);
+  return TL_OK;
+}
+
+/* A decimal field of 1-18 digits without a leading zero; advances *p past it and its '.'. */
+static int take_num(int64_t *out, const char **p, int last)
+{
+  const char *q = *p;
+  int64_t v = 0;
+  size_t n = 0;
+  while (q[n] >= '0' && q[n] <= '9') {
+    if (n >= NUM_MAX)
+      return 0;
+    v = v * 10 + (q[n] - '0');
+    n++;
+  }
+  if (n == 0 || (n > 1 && q[0] == '0') || (last ? q[n] != '\0' : q[n] != '.'))
+    return 0;
+  *out = v;
+  *p = q + n + (last ? 0 : 1);
+  return 1;
+}
+
+static int b64url_char(char c)
+{
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+/* Splits a surrogate; body_len is where ".<mac>" starts. 0 if the shape is wrong. */
+static int parse(int64_t *cred, int64_t *profile, int64_t *gen, size_t *body_len, const char *rt)
+{
+  size_t len = strlen(rt);
+  if (!tl__strict_is_surrogate(rt) || len > TL_SURROGATE_MAX || !tl__token_valid(rt, len))
+    return 0;
+  const char *p = rt + sizeof TL_SURROGATE_PREFIX - 1;
+  if (!take_num(cred, &p, 0) || !take_num(profile, &p, 0) || !take_num(gen, &p, 0) || *cred <= 0 || *profile <= 0)
+    return 0;
+  for (int i = 0; i < NONCE_CHARS; i++)
+    if (!b64url_char(p[i]))
+      return 0;
+  if (p[NONCE_CHARS] != '.')
+    return 0;
+  *body_len = (size_t)(p + NONCE_CHARS - rt);
+  const char *mac = p + NONCE_CHARS + 1;
+  for (int i = 0; i < MAC_CHARS; i++)
+    if (!b64url_char(mac[i]))
+      return 0;
+  return mac[MAC_CHARS] == '\0';
+}
+
+/* The profile's creation time: part of every MAC, so a re-used rowid never revives a surrogate. */
+static tl_status profile_born(int64_t *out, tl_store *s, int64_t profile, tl_error *err)
+{
+  static const char sql[] = "SELECT created_at FROM profile WHERE id = :id";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":id", profile);
+  int step = sqlite3_step(st);
+  if (step == SQLITE_ROW)
+    *out = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  if (step == SQLITE_ROW)
+    return TL_OK;
+  if (step != SQLITE_DONE)
+    return tl__err_db(err, s, "surrogate profile");
+  return tl__err(err, TL_ENOTFOUND, 0, "surrogate names profile %lld, which does not exist (removed?)",
+                 (long long)profile);
+}
+
+/* 1 if the query (parameters :a and, if it has one, :b) returns a row, 0 if not, -1 on error. */
+static int row_exists(tl_store *s, const char *sql, int64_t a, int64_t b)
+{
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  if (!st)
+    return -1;
+  tl__bind_int(st, ":a", a);
+  tl__bind_int(st, ":b", b);
+  int step = sqlite3_step(st);
+  sqlite3_reset(st);
+  return step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
+}
+
+static const char uses_sql[] = "SELECT 1 FROM pool_entry WHERE profile_id = :a AND credential_id = :b";
+static const char cred_sql[] = "SELECT 1 FROM credential WHERE id = :a";
+
+tl_status tl__strict_surrogate(char **out, tl_store *s, int64_t credential, int64_t profile, tl_error *err)
+{
+  static const char gen_sql[] = "SELECT coalesce(max(generation), 0) FROM refresh_token WHERE credential_id = :cred";
+  unsigned char key[KEY_LEN], nonce[NONCE_LEN];
+  char nonce64[NONCE_CHARS + 4], mac[MAC_CHARS + 2], body[128];
+  int64_t born = 0, gen = 0;
+  char *text = NULL;
+  tl_status rc;
+  if (!out || !s || credential <= 0 || profile <= 0)
+    return tl__err(err, TL_EINVAL, 0, "surrogate: credential and profile are required");
+  *out = NULL;
+  if ((rc = profile_born(&born, s, profile, err)) != TL_OK)
+    return rc;
+  int uses = row_exists(s, uses_sql, profile, credential);
+  if (uses != 1)
+    return uses < 0 ? tl__err_db(err, s, "surrogate")
+                    : tl__err(err, TL_ENOTFOUND, 0, "profile %lld does not use credential %lld; no surrogate issued",
+                              (long long)profile, (long long)credential);
+  sqlite3_stmt *st = tl__stmt(s, gen_sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":cred", credential);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    gen = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  if ((rc = key_ensure(key, s, err)) != TL_OK)
+    return rc;
+  if (RAND_bytes(nonce, sizeof nonce) != 1) {
+    rc = tl__err(err, TL_ERROR, 0, "surrogate: the system's random generator failed");
+    goto done;
+  }
+  b64url(nonce64, nonce, sizeof nonce);
+  snprintf(body, sizeof body, TL_SURROGATE_PREFIX "%lld.%lld.%lld.%s", (long long)credential, (long long)profile,
+           (long long)gen, nonce64);
+  if ((rc = mac_of(mac, key, body, born, err)) != TL_OK)
+    goto done;
+  size_t n = strlen(body) + 1 + MAC_CHARS + 1;
+  if (!(text = malloc(n))) {
+    rc = tl__oom(err);
+    goto done;
+  }
+  size_t bl = strlen(body);
+  memcpy(text, body, bl);
+  text[bl] = '.';
+  memcpy(text + bl + 1, mac, MAC_CHARS);
+  text[bl + 1 + MAC_CHARS] = '\0';
+  assert(tl__token_valid(text, strlen(text)) && tl__strict_is_surrogate(text));
+  *out = text;
+done:
+  tl_burn(key, sizeof key);
+  tl_burn(mac, sizeof mac);
+  tl_burn(body, sizeof body);
+  return rc;
+}
+
+tl_status tl__strict_verify(int64_t *out_cred, int64_t *out_profile, int64_t *out_gen, tl_store *s, const char *rt,
+                            tl_error *err)
+{
+  unsigned char key[KEY_LEN];
+  char body[128], mac[MAC_CHARS + 2];
+  int64_t cred = 0, profile = 0, gen = 0, born = 0;
+  size_t body_len = 0;
+  tl_status rc;
+  if (!s || !rt)
+    return tl__err(err, TL_EINVAL, 0, "surrogate: nothing to verify");
+  if (!parse(&cred, &profile, &gen, &body_len, rt) || body_len >= sizeof body)
+    return tl__err(err, TL_EINVAL, 0, "not a surrogate refresh token of tokenledger (malformed or truncated)");
+  tl_error probe = {0};
+  rc = profile_born(&born, s, profile, &probe);
+  if (rc != TL_OK && rc != TL_ENOTFOUND) {
+    *err = probe;
+    return rc;
+  }
+  int profile_gone = rc == TL_ENOTFOUND;
+  if ((rc = key_load(key, s, err)) != TL_OK)
+    return rc == TL_ENOTFOUND ? tl__err(err, TL_EINVAL, 0, "surrogate not issued by this ledger") : rc;
+  memcpy(body, rt, body_len);
+  body[body_len] = '\0';
+  rc = mac_of(mac, key, body, born, err); /* computed even for a missing profile: no shortcut to time */
+  tl_burn(key, sizeof key);
+  int same = rc == TL_OK && CRYPTO_memcmp(mac, rt + body_len + 1, MAC_CHARS) == 0;
+  tl_burn(mac, sizeof mac);
+  tl_burn(body, sizeof body);
+  if (rc != TL_OK)
+    return rc;
+  if (profile_gone)
+    return tl__err(err, TL_ENOTFOUND, 0, "surrogate names profile %lld, which no longer exists", (long long)profile);
+  if (!same)
+    return tl__err(err, TL_EINVAL, 0,
+                   "surrogate does not verify under this ledger's key (forged, altered, or from another ledger)");
+  int exists = row_exists(s, cred_sql, cred, 0);
+  if (exists != 1)
+    return exists < 0 ? tl__err_db(err, s, "surrogate")
+                      : tl__err(err, TL_ENOTFOUND, 0, "surrogate names credential %lld, which does not exist",
+                                (long long)cred);
+  if (out_cred)
+    *out_cred = cred;
+  if (out_profile)
+    *out_profile = profile;
+  if (out_gen)
+    *out_gen = gen;
+  return TL_OK;
+}
+
+int tl__strict_uses(tl_store *s, int64_t profile, int64_t credential)
+{
+  return row_exists(s, uses_sql, profile, credential) == 1;
+}
+
+/* ---- the strict flag -------------------------------------------------------- */
+
+int tl__strict_profile(tl_store *s, int64_t profile)
+{
+  static const char sql[] = "SELECT 1 FROM strict_profile WHERE profile_id = :a";
+  return s && row_exists(s, sql, profile, 0) == 1;
+}
+
+tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char on_sql[] =
+      "INSERT INTO strict_profile (profile_id, since) VALUES (:id, :now) ON CONFLICT (profile_id) DO NOTHING";
+  static const char off_sql[] = "DELETE FROM strict_profile WHERE profile_id = :id";
+  int64_t id = 0;
+  tl_status rc;
+  if (!s || !name)
+    return tl__err(err, TL_EINVAL, 0, "profile strict: no profile name");
+  if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
+    goto fail;
+  sqlite3_stmt *st = tl__stmt(s, on ? on_sql : off_sql, err);
+  if (!st) {
+    rc = TL_ERROR;
+    goto fail;
+  }
+  tl__bind_int(st, ":id", id);
+  tl__bind_int(st, ":now", tl__now_ms());
+  if ((rc = tl__step_done(s, st, "profile strict", err)) != TL_OK)
+    goto fail;
+  if (sqlite3_changes(s->db) == 0) {
+    tl__tx_rollback(s); /* already so: nothing to record */
+    return TL_OK;
+  }
+  tl__ids ids = {.profile = id};
+  if ((rc = tl__audit(s, on ? "profile_strict_on" : "profile_strict_off", &ids, json_pack("{s:s}", "profile", name),
+                      err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+/* ---- serve's port file --------------------------------------------------------- */
+
+int tl__serve_host_valid(const char *host)
+{
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (!host)
+    return 0;
+  if (inet_pton(AF_INET, host, &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+tl_status tl__serve_port_path(char *out, size_t n, const tl_store *s, tl_error *err)
+{
+  int len = snprintf(out, n, "%s-serve", s->path);
+  if (len < 0 || (size_t)len >= n)
+    return tl__err(err, TL_EINVAL, 0, "%s: path too long for the port file", s->path);
+  return TL_OK;
+}
+
+/* Reads host, port and pid from an open port file. 0 if it holds no valid record. */
+static int port_record(tl__serve_live *out, int fd)
+{
+  char buf[512];
+  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  json_t *j = json_loads(buf, 0, NULL);
+  const char *host = json_string_value(json_object_get(j, "host"));
+  json_t *port = json_object_get(j, "port"), *pid = json_object_get(j, "pid");
+  int ok = host && tl__serve_host_valid(host) && strlen(host) < sizeof out->host && json_is_integer(port) &&
+           json_integer_value(port) >= 1 && json_integer_value(port) <= 65535 && json_is_integer(pid);
+  if (ok) {
+    snprintf(out->host, sizeof out->host, "%s", host);
+    out->port = (int)json_integer_value(port);
+    out->pid = (long)json_integer_value(pid);
+  }
+  json_decref(j);
+  return ok;
+}
+
+tl_status tl__serve_probe(tl__serve_live *out, tl_store *s, tl_error *err)
+{
+  char path[4096];
+  struct stat st;
+  tl_status rc;
+  memset(out, 0, sizeof *out);
+  if ((rc = tl__serve_port_path(path, sizeof path, s, err)) != TL_OK)
+    return rc;
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    if (errno == ENOENT)
+      return TL_OK;
+    return tl__err(err, errno == ELOOP ? TL_EINSECURE : TL_EIO, errno, "%s: %s", path,
+                   errno == ELOOP ? "is a symbolic link; not trusting it" : strerror(errno));
+  }
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+    close(fd);
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: not a regular 0600 file of yours; not trusting the address it names (remove it)", path);
+  }
+  out->exists = 1;
+  if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+    flock(fd, LOCK_UN); /* nobody holds it: a dead serve's file */
+    out->stale = 1;
+    port_record(out, fd);
+    close(fd);
+    return TL_OK;
+  }
+  /* Held: serve is up. It writes the record right after binding; give it a moment. */
+  for (int i = 0; i < 100 && !port_record(out, fd); i++) {
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
+  out->running = out->port > 0;
+  close(fd);
+  if (!out->running)
+    return tl__err(err, TL_EBUSY, 0, "%s: tokenledger serve is starting or wrote no address; try again", path);
+  return TL_OK;
+}
+
+int tl__serve_url(char *out, size_t n, const char *host, int port)
+{
+  int len = snprintf(out, n, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, port);
+  return len > 0 && (size_t)len < n;
+}
+
+tl_status tl__strict_portal_url(char *out, size_t n, tl_store *s, tl_error *err)
+{
+  tl__serve_live live;
+  tl_status rc;
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "strict: bad arguments");
+  if ((rc = tl__serve_probe(&live, s, err)) != TL_OK)
+    return rc;
+  if (!live.running)
+    return tl__err(err, TL_ENOTFOUND, 0,
+                   "tokenledger serve is not running for %s%s; start it ('tokenledger serve', or the systemd unit "
+                   "docs/tokenledger-serve.service)",
+                   s->path, live.stale ? " (its port file is left over from a serve that died)" : "");
+  if (!tl__serve_url(out, n, live.host, live.port))
+    return tl__err(err, TL_EINVAL, 0, "strict: buffer too small for the portal URL");
+  return TL_OK;
+}
+
+/* ---- status and doctor ----------------------------------------------------------- */
+
+static const char strict_names_sql[] =
+    "SELECT count(*), group_concat(name, ',') FROM (SELECT p.name FROM strict_profile sp "
+    "JOIN profile p ON p.id = sp.profile_id ORDER BY p.name)";
+
+static void strict_names(int64_t *count, char *names, size_t n, tl_store *s)
+{
+  *count = 0;
+  names[0] = '\0';
+  sqlite3_stmt *st = tl__stmt(s, strict_names_sql, NULL);
+  if (!st)
+    return;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    *count = sqlite3_column_int64(st, 0);
+    if (sqlite3_column_text(st, 1))
+      snprintf(names, n, "%s", (const char *)sqlite3_column_text(st, 1));
+  }
+  sqlite3_reset(st);
+}
+
+tl_status tl_serve_status(tl_report **out, tl_store *s, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char *const cols[] = {"running", "url", "pid", "port_file", "strict_profiles", "strict", "last_url"};
+  static const char last_sql[] = "SELECT host, port FROM serve_state WHERE id = 1";
+  const int num[] = {1, 0, 1, 0, 1, 0, 0};
+  tl__serve_live live;
+  tl_report *r = NULL;
+  char path[4096], url[128] = "", last[128] = "", pid[32] = "", count[32], names[2048];
+  int64_t nstrict = 0;
+  tl_status rc;
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "serve status: bad arguments");
+  if ((rc = tl__serve_port_path(path, sizeof path, s, err)) != TL_OK || (rc = tl__serve_probe(&live, s, err)) != TL_OK)
+    return rc;
+  if (live.running) {
+    tl__serve_url(url, sizeof url, live.host, live.port);
+    snprintf(pid, sizeof pid, "%ld", live.pid);
+  }
+  sqlite3_stmt *st = tl__stmt(s, last_sql, err);
+  if (!st)
+    return TL_ERROR;
+  if (sqlite3_step(st) == SQLITE_ROW)
+    tl__serve_url(last, sizeof last, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1));
+  sqlite3_reset(st);
+  strict_names(&nstrict, names, sizeof names, s);
+  snprintf(count, sizeof count, "%lld", (long long)nstrict);
+  const char *cells[] = {live.running ? "1" : "0", *url ? url : NULL,  *pid ? pid : NULL, path, count,
+                         *names ? names : NULL,    *last ? last : NULL};
+  if ((rc = tl__report_kv(&r, cols, sizeof cols / sizeof *cols, err)) != TL_OK)
+    return rc;
+  if ((rc = tl__report_add_row(r, cells, num, err)) != TL_OK) {
+    tl_report_free(r);
+    return rc;
+  }
+  *out = r;
+  return TL_OK;
+}
+
+/* 1 if a TCP connection to host:port is accepted within timeout_ms. */
+static int answers(const char *host, int port, int timeout_ms)
+{
+  struct sockaddr_storage ss;
+  socklen_t len;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    len = sizeof *a4;
+  } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    len = sizeof *a6;
+  } else {
+    return 0;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return 0;
+  struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  int ok = connect(fd, (struct sockaddr *)&ss, len) == 0;
+  close(fd);
+  return ok;
+}
+
+void tl__strict_doctor(int *ok, char *detail, size_t n, tl_store *s)
+{
+  int64_t nstrict = 0;
+  char names[1024], url[128];
+  tl__serve_live live;
+  tl_error err = {0};
+  strict_names(&nstrict, names, sizeof names, s);
+  *ok = 1;
+  if (nstrict == 0) {
+    snprintf(detail, n, "no profile is in strict mode");
+    return;
+  }
+  tl_status rc = tl__serve_probe(&live, s, &err);
+  if (rc == TL_OK && live.running && answers(live.host, live.port, 1000)) {
+    tl__serve_url(url, sizeof url, live.host, live.port);
+    snprintf(detail, n, "%lld strict profile(s) (%s); tokenledger serve answers on %s (pid %ld)", (long long)nstrict,
+             names, url, live.pid);
+    return;
+  }
+  *ok = 0;
+  if (rc != TL_OK)
+    snprintf(detail, n, "%lld strict profile(s) (%s), but the port file cannot be used: %s", (long long)nstrict, names,
+             err.message);
+  else if (live.running) {
+    tl__serve_url(url, sizeof url, live.host, live.port);
+    snprintf(detail, n,
+             "%lld strict profile(s) (%s), but nothing answers on %s named by the port file: Hermes cannot refresh "
+             "them; restart 'tokenledger serve'",
+             (long long)nstrict, names, url);
+  } else
+    snprintf(detail, n,
+             "%lld strict profile(s) (%s), but tokenledger serve is not running%s: Hermes cannot refresh them; start "
+             "'tokenledger serve' (docs/tokenledger-serve.service)",
+             (long long)nstrict, names, live.stale ? " (stale port file of a dead serve)" : "");
+}
