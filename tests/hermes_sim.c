@@ -14,6 +14,7 @@
  *       persist the profile at once, mirror the shared store (sorted
  *       keys, no agent_key), release in reverse; then a separate, later
  *       auth.lock transaction copies the singleton into the device_code row.
+ *       URL "file" refreshes at the state's portal_base_url, as Hermes does.
  *       Exit 0 refreshed or not needed, 3 quarantined (the server refused:
  *       reuse), 4 lock timeout, 5 torn or unreadable file.
  *   tl-hermes run ROOT URL SECONDS FORCE_PERMILLE PROFILE...
@@ -413,7 +414,9 @@ static int resolve(const char *root, const char *profile, const char *url, int f
     }
     goto done;
   }
-  json_t *ans = portal_call(url, "/api/oauth/token", "grant_type=refresh_token&client_id=hermes-cli",
+  /* Hermes refreshes at the state's portal_base_url ("file"), which strict mode points at serve. */
+  const char *portal = strcmp(url, "file") == 0 ? json_string_value(json_object_get(nous, "portal_base_url")) : url;
+  json_t *ans = portal_call(portal ? portal : url, "/api/oauth/token", "grant_type=refresh_token&client_id=hermes-cli",
                             json_string_value(json_object_get(nous, "refresh_token")));
   if (!ans || !json_is_string(json_object_get(ans, "access_token"))) {
     const char *e = json_string_value(json_object_get(ans, "error"));

@@ -224,38 +224,47 @@ static int cmd_init(const cmd *c, int argc, char **argv)
   return EXIT_OK;
 }
 
-static int profile_strict(int npos, const char **pos)
+static int profile_strict(int npos, const char **pos, int all)
 {
-  if (npos != 3 || (strcmp(pos[2], "on") != 0 && strcmp(pos[2], "off") != 0))
-    return usage_error("%s", "expected 'profile strict NAME on|off'");
+  const char *sw = pos[npos - 1];
+  if (npos != (all ? 2 : 3) || (strcmp(sw, "on") != 0 && strcmp(sw, "off") != 0))
+    return usage_error("%s", "expected 'profile strict NAME on|off' or 'profile strict --all on|off'");
   tl_store *s = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, pos[1]);
-  int on = strcmp(pos[2], "on") == 0;
-  tl_status rc = tl_profile_strict(s, pos[1], on, &err);
-  tl_store_free(s);
+  tl_report *r = NULL;
+  OPEN_OR_RETURN(s, 0, all ? NULL : pos[1]);
+  int on = strcmp(sw, "on") == 0, code = EXIT_OK;
+  tl_status rc = all ? tl_profile_list(&r, s, &err) : TL_OK;
+  size_t n = all ? (r ? tl_report_rows(r) : 0) : 1;
+  for (size_t i = 0; rc == TL_OK && i < n; i++) {
+    const char *name = all ? tl_report_get(r, i, "name") : pos[1];
+    if (all && !tl_report_get(r, i, "home"))
+      continue; /* --all: the profiles whose Hermes files tokenledger keeps */
+    if ((rc = tl_profile_strict(s, name, on, &err)) == TL_OK)
+      printf(on ? "profile %s: strict mode on ('tokenledger serve' answers its refreshes)\n"
+                : "profile %s: strict mode off\n",
+             name);
+  }
   if (rc != TL_OK)
-    return tl_cli_fail(&err, rc);
-  printf(on ? "profile %s: strict mode on ('tokenledger serve' answers its refreshes)\n"
-            : "profile %s: strict mode off\n",
-         pos[1]);
-  return EXIT_OK;
+    code = tl_cli_fail(&err, rc);
+  tl_report_free(r);
+  tl_store_free(s);
+  return code;
 }
 
 static int cmd_profile(const cmd *c, int argc, char **argv)
 {
   const char *pos[3] = {0}, *home = NULL;
-  int json = 0, create = 0, clear = 0;
-  opt opts[] = {{"home", 1, &home, NULL},
-                {"create", 0, NULL, &create},
-                {"clear", 0, NULL, &clear},
-                {"json", 0, NULL, &json},
-                {0}};
+  int json = 0, create = 0, clear = 0, all = 0;
+  opt opts[] = {{"home", 1, &home, NULL}, {"create", 0, NULL, &create}, {"clear", 0, NULL, &clear},
+                {"all", 0, NULL, &all},   {"json", 0, NULL, &json},     {0}};
   PARSE_OR_RETURN(opts, pos, 3);
   if (npos == 0)
     return usage_error("%s", "missing subcommand (add, set-home, list, rm or strict)");
   if (strcmp(pos[0], "strict") == 0)
-    return profile_strict(npos, pos);
+    return profile_strict(npos, pos, all);
+  if (all)
+    return usage_error("%s", "--all goes with 'profile strict --all on|off'");
   tl_store *s = NULL;
   tl_error err = {0};
   tl_status rc;
@@ -1039,12 +1048,14 @@ static const cmd commands[] = {
     {"profile", cmd_profile,
      "profile add NAME [--home DIR [--create]] | profile set-home NAME (DIR [--create] | --clear) | profile list "
      "[--json] | profile rm NAME |\n"
-     "                    profile strict NAME on|off",
+     "                    profile strict (NAME | --all) on|off",
      "Manages Hermes profiles. NAME follows Hermes' rule ^[a-z0-9][a-z0-9_-]{0,63}$; 'default' is the Hermes\n"
      "root. A profile's home is the Hermes directory whose auth.json sync, export and every refresh keep in\n"
      "step (--create makes it, 0700); importing a home or a root sets it too, importing any other file never\n"
      "does. Removing a profile drops its pool entries; credentials and their lineage stay. 'strict' switches\n"
-     "strict mode: 'tokenledger serve' answers the profile's refreshes and its files hold only a surrogate.\n"},
+     "strict mode: 'tokenledger serve' answers the profile's refreshes and its files (and the shared store)\n"
+     "hold only a surrogate refresh token and serve's loopback URL; off writes the real ones back. --all:\n"
+     "every profile with a Hermes home (a whole root in one command).\n"},
     {"provider", cmd_provider,
      "provider set NAME [--token-url URL] [--device-url URL] [--client-id ID] [--rt-header NAME | --rt-in-body]\n"
      "                    [--scope S] [--skew SECONDS] [--grace SECONDS] | provider list [--json]",

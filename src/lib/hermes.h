@@ -91,6 +91,8 @@ typedef struct tl__grant {
  * already holds the grant's tokens is left as Hermes wrote it. Returns 1 if
  * anything but the derived expires_in / agent_key_expires_in changed. */
 int tl__hf_fill(tl__slot *sl, const tl__grant *g);
+/* Points a Nous slot at a portal (strict mode: serve's loopback URL). Returns 1 if changed. */
+int tl__hf_set_portal(tl__slot *sl, const char *url);
 /* Hermes' quarantine of a dead grant in a singleton: tokens out, last_auth_error in. */
 int tl__hf_quarantine(tl__slot *sl, int64_t now_ms);
 /* A Nous pool row Hermes would seed for a grant (device_code source). New reference. */
@@ -144,6 +146,9 @@ typedef struct tl__hfset {
 void tl__hfset_free(tl__hfset *set);
 tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
                         int is_home, tl_error *err);
+
+/* Lock waits of file operations: TOKENLEDGER_LOCK_TIMEOUT_MS, or the store's own (serve keeps it short). */
+int64_t tl__lock_timeout(const tl_store *s);
 
 typedef struct tl__adopt {
   tl_store *s;

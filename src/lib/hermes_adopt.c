@@ -251,7 +251,11 @@ int64_t tl__slot_credential(tl_store *s, const tl__hf *f, const tl__slot *sl)
   if (!c)
     c = place_cred(s, f, sl);
   const char *rt = tl__hf_slot_rt(sl);
-  if (!c && rt) {
+  if (!c && rt && tl__strict_is_surrogate(rt)) {
+    tl_error ignore = {0};
+    if (tl__strict_verify(&c, NULL, NULL, s, rt, &ignore) != TL_OK)
+      c = 0;
+  } else if (!c && rt) {
     char fp[65];
     tl_fingerprint(fp, rt, strlen(rt));
     c = cred_of_fp(s, fp);
@@ -829,6 +833,29 @@ static int64_t live_place_cred(tl_store *s, const tl__hf *f, const tl__slot *sl)
   return live ? c : 0;
 }
 
+/*
+ * A strict profile's surrogate: not a refresh token (never fingerprinted into
+ * the lineage). An authentic one says which grant the place holds; one that
+ * does not verify (forged, another ledger's, a removed profile's) is refused by
+ * import and left for the write-back to replace by sync.
+ */
+static tl_status adopt_surrogate(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *rt, tl_error *err)
+{
+  int64_t cred = 0;
+  tl_error why = {0};
+  tl_status rc;
+  if (tl__strict_verify(&cred, NULL, NULL, a->s, rt, &why) != TL_OK) {
+    if (a->import)
+      return tl__err(err, TL_EINVAL, 0, "%s: %s.refresh_token: a tokenledger surrogate that does not verify (%s)",
+                     f->path, sl->path, why.message);
+    return row(a, f, sl, 0, "foreign_surrogate", "a surrogate this ledger did not issue; the write-back replaces it",
+               err);
+  }
+  if ((rc = set_slot_place(a->s, f, sl, cred, err)) != TL_OK || (rc = upsert_entry(a, f, sl, cred, err)) != TL_OK)
+    return rc;
+  return row(a, f, sl, cred, "strict", "a surrogate of this ledger (strict mode)", err);
+}
+
 static tl_status push_pending(pending **v, size_t *n, size_t *cap, tl__hf *f, tl__slot *sl, const char *rt,
                               const char *fp, int64_t cred, tl_error *err)
 {
@@ -879,6 +906,10 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
           rc = upsert_entry(a, f, sl, mapped, err);
         if (rc == TL_OK && (sl->kind == TL_SLOT_POOL || json_object_get(sl->obj, "access_token")))
           rc = row(a, f, sl, mapped, no_rt_action(sl->obj), "kept in the file; no lineage", err);
+        continue;
+      }
+      if (tl__strict_is_surrogate(rt)) {
+        rc = adopt_surrogate(a, f, sl, rt, err);
         continue;
       }
       char fp[65];

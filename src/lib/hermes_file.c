@@ -733,6 +733,17 @@ int tl__hf_fill(tl__slot *sl, const tl__grant *g)
   return changed;
 }
 
+int tl__hf_set_portal(tl__slot *sl, const char *url)
+{
+  if (!url || strcmp(sl->provider, "nous") != 0)
+    return 0;
+  if (sl->kind == TL_SLOT_POOL)
+    return put_present(sl->obj, "portal_base_url", json_string(url));
+  if (sl->kind == TL_SLOT_SINGLETON || sl->kind == TL_SLOT_SHARED)
+    return put(sl->obj, "portal_base_url", json_string(url));
+  return 0;
+}
+
 int tl__hf_quarantine(tl__slot *sl, int64_t now_ms)
 {
   static const char *const gone[] = {"access_token",     "refresh_token",        "expires_at",

@@ -44,6 +44,11 @@ static const char *const report_cols[] = {"profile", "file", "path", "provider",
 
 /* ---- locks --------------------------------------------------------------------------- */
 
+int64_t tl__lock_timeout(const tl_store *s)
+{
+  return s && s->lock_timeout_ms > 0 ? s->lock_timeout_ms : tl__hf_lock_timeout_ms();
+}
+
 /* Hermes' order: profiles by path, the root's auth.lock last, then the shared stores. */
 static int lock_order(const void *x, const void *y)
 {
@@ -415,6 +420,9 @@ typedef struct wb {
   int changed, remove_file;
   int64_t shared_replacement; /* a dead shared grant's successor, from a profile in this set */
   int64_t login;              /* a new login filled the singleton: Hermes' device_code row goes with it */
+  int strict;                 /* the file belongs to strict mode: surrogates and serve's URL, never the RT */
+  int64_t strict_profile;     /* whose surrogates the file holds */
+  char portal[300];           /* serve's URL */
 } wb;
 
 /* A recreated document's stashed secrets (hermes_secret), back in place. */
@@ -469,6 +477,32 @@ static int nous_device_row(const tl__slot *sl)
           strcmp(json_string_value(src), "manual:device_code") == 0);
 }
 
+/*
+ * Strict mode: the slot gets a surrogate instead of the refresh token, and
+ * serve's URL as its portal. Surrogates are deterministic per grant and
+ * generation, so a file in step is not rewritten.
+ */
+static tl_status strict_grant(wb *w, const credinfo *c, tl__grant *g, char **surrogate, tl_error *err)
+{
+  /* One surrogate per grant and generation, whatever file it goes to: its first strict profile's. */
+  static const char owner_sql[] = "SELECT min(sp.profile_id) FROM strict_profile sp JOIN pool_entry e ON "
+                                  "e.profile_id = sp.profile_id WHERE e.credential_id = :c";
+  sqlite3_stmt *st = tl__stmt(w->s, owner_sql, err);
+  int64_t owner = 0;
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":c", c->id);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    owner = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  tl_status rc = tl__strict_surrogate(surrogate, w->s, c->id, owner ? owner : w->strict_profile, err);
+  if (rc != TL_OK)
+    return rc;
+  g->refresh_token = *surrogate;
+  g->portal_base_url = w->portal;
+  return TL_OK;
+}
+
 static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_error *err)
 {
   credinfo c;
@@ -505,7 +539,17 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
   } else if (usable(&c)) {
     tl__grant g = grant_of(&c, w->now);
     int was_empty = !tl__hf_slot_rt(sl) && !tl__hf_ref_cred(json_object_get(sl->obj, "refresh_token"));
+    char *surrogate = NULL;
+    if (w->strict && strcmp(c.provider, "nous") == 0) {
+      if ((rc = strict_grant(w, &c, &g, &surrogate, err)) != TL_OK) {
+        credinfo_clear(&c);
+        return rc;
+      }
+    }
     w->changed |= tl__hf_fill(sl, &g);
+    if (surrogate)
+      w->changed |= tl__hf_set_portal(sl, w->portal);
+    tl_secret_free(surrogate);
     if (was_empty && sl->kind == TL_SLOT_SINGLETON && strcmp(sl->provider, "nous") == 0)
       w->login = cred; /* a quarantined singleton takes a new login: its device_code row comes too */
   }
@@ -678,10 +722,56 @@ static tl_status report_file(tl_report *r, const tl__hf *f, const char *action, 
   return tl__report_add_row(r, cells, num, err);
 }
 
+/* serve's URL: the running one, else where it last listened. */
+int tl__strict_url(char *out, size_t n, tl_store *s)
+{
+  static const char sql[] = "SELECT host, port FROM serve_state WHERE id = 1";
+  tl_error ignore = {0};
+  if (tl__strict_portal_url(out, n, s, &ignore) == TL_OK)
+    return 1;
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  int ok = 0;
+  if (st && sqlite3_step(st) == SQLITE_ROW)
+    ok = tl__serve_url(out, n, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1)) != 0;
+  if (st)
+    sqlite3_reset(st);
+  return ok;
+}
+
+/* Is the file in strict mode, and whose surrogates does it hold? A shared store is when one of its profiles is. */
+static int64_t strict_owner(tl_store *s, const tl__hf *f)
+{
+  static const char shared_sql[] =
+      "SELECT sp.profile_id FROM strict_profile sp JOIN pool_entry e ON e.profile_id = sp.profile_id JOIN grant_place "
+      "g ON g.credential_id = e.credential_id WHERE g.profile_id IS NULL AND g.place = :place ORDER BY sp.profile_id "
+      "LIMIT 1";
+  if (!f->shared)
+    return f->profile && tl__strict_profile(s, f->profile) ? f->profile : 0;
+  char place[PATH_MAX + 16];
+  snprintf(place, sizeof place, "shared:%s", f->path);
+  sqlite3_stmt *st = tl__stmt(s, shared_sql, NULL);
+  int64_t p = 0;
+  if (!st)
+    return 0;
+  tl__bind_text(st, ":place", place);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    p = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return p;
+}
+
 static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *err)
 {
   wb w = {.s = s, .f = f, .report = report, .now = tl__now_ms()};
   tl_status rc = TL_OK;
+  if ((w.strict_profile = strict_owner(s, f))) {
+    w.strict = 1;
+    if (!tl__strict_url(w.portal, sizeof w.portal, s))
+      return tl__err(err, TL_ENOTFOUND, 0,
+                     "%s: its profile is in strict mode but tokenledger serve has never run for this ledger, so there "
+                     "is no loopback portal to point Hermes at; start 'tokenledger serve' first",
+                     f->path);
+  }
   int created = f->created;
   int64_t synced = f->template_synced;
   char *text = NULL;
@@ -724,7 +814,7 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
       drop_refs(sl);
       continue;
     }
-    if (rt && !known_token(s, rt))
+    if (rt && !tl__strict_is_surrogate(rt) && !known_token(s, rt))
       continue; /* never overwrite a token the ledger does not know */
     resolve_refs(s, sl, cred, synced);
     int removed = 0;
@@ -850,7 +940,7 @@ static tl_status adopt_locked(tl_store *s, tl__hfset *set, tl_report *report, tl
 
 static tl_status run_sync(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
 {
-  tl_status rc = tl__hfset_lock(set, tl__now_ms() + tl__hf_lock_timeout_ms(), err);
+  tl_status rc = tl__hfset_lock(set, tl__now_ms() + tl__lock_timeout(s), err);
   if (rc != TL_OK)
     return rc;
   rc = adopt_locked(s, set, report, err);
@@ -865,11 +955,23 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
 {
   tl__hfset set = {0};
   tl_status rc = tl__hfset_for_credential(&set, s, cred, err);
+  /*
+   * Strict files hold no refresh token: nothing there to adopt, and a strict
+   * profile's Hermes may be the very caller of this refresh (through serve),
+   * holding its own locks while it waits for the answer. They are left to the
+   * next sync, which takes their locks outside any request.
+   */
+  for (size_t i = 0; rc == TL_OK && i < set.n;)
+    if (strict_owner(s, &set.v[i])) {
+      set.v[i] = set.v[--set.n];
+    } else {
+      i++;
+    }
   if (rc != TL_OK || set.n == 0) {
     tl__hfset_free(&set);
     return rc != TL_OK ? rc : tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
   }
-  if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__hf_lock_timeout_ms(), err)) != TL_OK) {
+  if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__lock_timeout(s), err)) != TL_OK) {
     tl__hfset_free(&set);
     if (rc == TL_EBUSY && err) {
       size_t l = strlen(err->message);
@@ -939,7 +1041,7 @@ static tl_status export_copy(tl_store *s, const profinfo *p, const char *output,
   if (rc != TL_OK)
     return rc;
   tl__hf *f = &set.v[0];
-  if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__hf_lock_timeout_ms(), err)) != TL_OK)
+  if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__lock_timeout(s), err)) != TL_OK)
     goto done;
   f = &set.v[0];
   if ((rc = tl__hfset_read(NULL, &set, err)) != TL_OK)
@@ -989,7 +1091,7 @@ static tl_status export_shared(tl_store *s, const profinfo *p, const char *dir, 
   tl__hfset set = {0};
   tl_status rc = tl__hfset_add(&set, path, 0, NULL, 1, 1, err);
   if (rc == TL_OK)
-    rc = tl__hfset_lock(&set, tl__now_ms() + tl__hf_lock_timeout_ms(), err);
+    rc = tl__hfset_lock(&set, tl__now_ms() + tl__lock_timeout(s), err);
   if (rc == TL_OK)
     rc = adopt_locked(s, &set, r, err);
   if (rc != TL_OK) {

@@ -49,7 +49,8 @@ struct tl_store {
     char provider[130];
     int64_t skew_ms, loaded_at; /* the hot path's provider skew, re-read after a second */
   } skew;
-  int coop; /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
+  int coop;                /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
+  int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
@@ -199,5 +200,7 @@ tl_status tl__serve_port_path(char *out, size_t n, const tl_store *s, tl_error *
 int tl__serve_host_valid(const char *host);
 /* http://host:port (brackets for IPv6); 0 if it does not fit. */
 int tl__serve_url(char *out, size_t n, const char *host, int port);
+/* hermes_sync.c: serve's URL for strict files: the running serve's, else where it last listened. 0 if none. */
+int tl__strict_url(char *out, size_t n, tl_store *s);
 
 #endif

@@ -1355,6 +1355,9 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   memset(&sv, 0, sizeof sv);
   sv.o = o;
   sv.store = s;
+  /* A Hermes process may wait on an answer while it holds its own auth.lock: serve's file work never waits long. */
+  int64_t lock_timeout = s->lock_timeout_ms;
+  s->lock_timeout_ms = 2000;
   sv.max = (size_t)(o->threads ? o->threads : THREADS_DEFAULT);
   pthread_mutex_init(&sv.store_mu, NULL);
   pthread_mutex_init(&sv.dev_mu, NULL);
@@ -1396,6 +1399,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   }
   rc = TL_OK;
 done:
+  s->lock_timeout_ms = lock_timeout;
   if (d)
     MHD_stop_daemon(d); /* waits for every connection thread */
   if (lfd >= 0)

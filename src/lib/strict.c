@@ -8,7 +8,10 @@
  *     tlsurr1.<credential>.<profile>.<generation>.<nonce>.<mac>
  *
  * credential, profile and generation are decimal (no sign, no leading zero);
- * nonce is 12 random bytes and mac the HMAC-SHA256, under the ledger's key
+ * nonce is 12 bytes derived from them under the ledger's key (so the same
+ * grant, profile and generation always give the same surrogate: every file
+ * holding the grant agrees, and Hermes never merges one file's surrogate into
+ * another), and mac the HMAC-SHA256, under the ledger's key
  * (table strict_key), of "tlsurr1.<credential>.<profile>.<generation>.<nonce>"
  * followed by "|" and the profile's creation time; both are unpadded base64url.
  * So a surrogate is checked from the string alone plus the ledger's key, and
@@ -258,10 +261,10 @@ tl_status tl__strict_surrogate(char **out, tl_store *s, int64_t credential, int6
   sqlite3_reset(st);
   if ((rc = key_ensure(key, s, err)) != TL_OK)
     return rc;
-  if (RAND_bytes(nonce, sizeof nonce) != 1) {
-    rc = tl__err(err, TL_ERROR, 0, "surrogate: the system's random generator failed");
+  snprintf(body, sizeof body, "nonce|%lld|%lld|%lld", (long long)credential, (long long)profile, (long long)gen);
+  if ((rc = mac_of(mac, key, body, born, err)) != TL_OK)
     goto done;
-  }
+  memcpy(nonce, mac, sizeof nonce); /* the first 12 characters of a keyed MAC: deterministic, unguessable */
   b64url(nonce64, nonce, sizeof nonce);
   snprintf(body, sizeof body, TL_SURROGATE_PREFIX "%lld.%lld.%lld.%s", (long long)credential, (long long)profile,
            (long long)gen, nonce64);
@@ -348,6 +351,41 @@ int tl__strict_profile(tl_store *s, int64_t profile)
   return s && row_exists(s, sql, profile, 0) == 1;
 }
 
+static int profile_has_home(tl_store *s, const char *name)
+{
+  static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE name = :n";
+  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  if (!st)
+    return 0;
+  tl__bind_text(st, ":n", name);
+  int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  return home;
+}
+
+/* The profile's files (and every file holding its grants) take the switch at once, under Hermes' locks. */
+static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, tl_error *err)
+{
+  static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE id = :id";
+  sqlite3_stmt *st = tl__stmt(s, sql, err);
+  if (!st)
+    return TL_ERROR;
+  tl__bind_int(st, ":id", id);
+  int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  if (!home)
+    return TL_OK;
+  tl_report *r = NULL;
+  tl_status rc = tl_sync(&r, s, name, err);
+  tl_report_free(r);
+  if (rc != TL_OK && err) {
+    size_t l = strlen(err->message);
+    snprintf(err->message + l, sizeof err->message - l,
+             " (the switch is recorded; 'tokenledger sync --profile %s' writes it into Hermes' files)", name);
+  }
+  return rc;
+}
+
 tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err)
 {
   tl_error_clear(err);
@@ -356,8 +394,13 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
   static const char off_sql[] = "DELETE FROM strict_profile WHERE profile_id = :id";
   int64_t id = 0;
   tl_status rc;
+  char url[300];
   if (!s || !name)
     return tl__err(err, TL_EINVAL, 0, "profile strict: no profile name");
+  if (on && profile_has_home(s, name) && !tl__strict_url(url, sizeof url, s))
+    return tl__err(err, TL_ENOTFOUND, 0,
+                   "profile strict: tokenledger serve has never run for this ledger, so there is no loopback portal "
+                   "to point the profile's Hermes files at; start 'tokenledger serve' first");
   if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
     return rc;
   if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
@@ -379,7 +422,9 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
   if ((rc = tl__audit(s, on ? "profile_strict_on" : "profile_strict_off", &ids, json_pack("{s:s}", "profile", name),
                       err)) != TL_OK)
     goto fail;
-  return tl__tx_commit(s, err);
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    return rc;
+  return strict_reach_files(s, id, name, err);
 fail:
   tl__tx_rollback(s);
   return rc;

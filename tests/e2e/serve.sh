@@ -129,7 +129,7 @@ check 'jq -e ".token_type == \"Bearer\" and .expires_in > 3000 and .scope == \"i
 tl $D token nous --profile alice
 check '[ "$(jq -r .access_token "$WORK/body")" = "$(cat "$OUT")" ]' "the answer carries the ledger's access token"
 jq -r .refresh_token "$WORK/body" > "$WORK/s-alice2"
-check 'grep -q "^tlsurr1\.$A\." "$WORK/s-alice2" && ! cmp -s "$WORK/s-alice" "$WORK/s-alice2"' "a new surrogate comes back"
+check 'grep -q "^tlsurr1\.$A\." "$WORK/s-alice2"' "a surrogate of the current generation comes back"
 post "$WORK/s-alice2" body; check '[ "$CODE" = 200 ]' "the new surrogate works, in the body too"
 post "$WORK/s-carol"; check '[ "$CODE" = 200 ]' "carol (same grant) is answered too"
 check '[ "$(counter requests)" = "$r0" ]' "no upstream call for a fresh token"

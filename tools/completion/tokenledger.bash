@@ -83,7 +83,7 @@ _tokenledger()
   case $cmd in
     init) ;;
     profile)
-      opts="--home --create --clear --json"
+      opts="--home --create --clear --all --json"
       case ${#args[@]} in
         0) words="add set-home list rm strict" ;;
         1) [[ ${args[0]} == set-home || ${args[0]} == rm || ${args[0]} == strict ]] &&

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# strict.sh - strict mode in Hermes' files: a whole root switched to strict in
+# one command, the files holding only surrogates and serve's loopback URL, a
+# Hermes-faithful writer (tl-hermes, refreshing at the file's portal_base_url
+# as Hermes does) in four profiles sharing one grant while serve and a sync
+# loop run, the incident replayed (the token an outside script finds in a
+# strict file means nothing to the real portal), serve restarted, and strict
+# switched off again (the real token and portal written back).
+. "$(dirname "$0")/lib.sh"
+set -e
+: "${TL_PORTAL:?}" "${TL_DRIVER:?}" "${TL_HERMES:?}"
+start_portal --at-lifetime 125
+export TOKENLEDGER_HTTP_TIMEOUT_MS=3000
+unset HERMES_SHARED_AUTH_DIR
+. "$(dirname "$0")/hermes_root.sh"
+DB="$WORK/ledger.db"; D="--db $DB"; PF="$DB-serve"
+q() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
+current() { q "SELECT secret FROM refresh_token WHERE state = 'current' AND credential_id = 1"; }
+hermes() { set +e; "$TL_HERMES" "$@" > "$WORK/h.out" 2>&1; HRC=$?; set -e; cat "$WORK/h.out" >> "$ALL"; }
+SERVE_PID=""
+stop_serve() { if [ -n "$SERVE_PID" ]; then kill -TERM "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; fi; SERVE_PID=""; }
+trap 'stop_serve; cleanup' EXIT
+start_serve() {
+  "$TL_BIN" --db "$DB" serve --interval 1 --ahead 124 >> "$WORK/serve.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 200); do [ "$(jq -r .pid "$PF" 2>/dev/null)" = "$SERVE_PID" ] && break; sleep 0.05; done
+  SURL=$(jq -r .url "$PF")
+}
+R="$WORK/root"; P="default alpha beta gamma"
+make_root "$R" $P
+tl $D init; tl $D import "$R" --all-profiles; expect 0 "import the root"
+
+# --- 1. a whole root in one command
+tl $D profile strict --all on; expect 3 "strict needs serve to have run (its address goes into the files)"
+contains "serve" "says to start serve"
+start_serve
+check '[ -n "$SURL" ] && [ "${SURL#http://127.0.0.1:}" != "$SURL" ]' "serve is up on loopback ($SURL)"
+tl $D profile strict --all on; expect 0 "every profile strict in one command"
+real=$(current); printf '%s' "$real" > "$WORK/rt-real"
+for p in $P; do
+  f=$(auth "$R" $p)
+  check 'jq -e ".providers.nous.refresh_token | startswith(\"tlsurr1.\")" "$f" >/dev/null' "$p: a surrogate in the singleton"
+  check 'jq -e "all(.credential_pool.nous[]; .refresh_token | startswith(\"tlsurr1.\"))" "$f" >/dev/null' "$p: and in the device_code row"
+  check '[ "$(jq -r .providers.nous.portal_base_url "$f")" = "$SURL" ]' "$p: portal_base_url names serve"
+  hermes check "$R" $p
+  check '[ "$HRC" = 0 ]' "$p: a file Hermes would not rewrite ($(cat "$WORK/h.out"))"
+done
+S="$R/shared/nous_auth.json"
+check 'jq -e ".refresh_token | startswith(\"tlsurr1.\")" "$S" >/dev/null && [ "$(jq -r .portal_base_url "$S")" = "$SURL" ]' "the shared store too (Hermes merges it into every profile)"
+check '! grep -rqF "$real" "$R"' "the real refresh token is in no file of the root"
+tl $D sync --all --json; expect 0 "a sync of a strict root"
+check 'jq -e "all(.[]; .action == \"unchanged\" or .action == \"strict\")" "$OUT" >/dev/null' "changes nothing: the surrogates are recognised, not adopted as tokens"
+check '[ "$(current)" = "$real" ]' "the ledger's refresh token is still the real one"
+
+# --- 2. Hermes refreshes at serve
+before=$(counter refreshes)
+hermes refresh "$R" alpha file --force-current
+check '[ "$HRC" = 0 ] && grep -q refreshed "$WORK/h.out"' "Hermes refreshed through serve ($(cat "$WORK/h.out"))"
+check '[ "$(counter refreshes)" -le $((before + 1)) ]' "the real portal saw at most tokenledger's one refresh"
+check 'jq -e ".providers.nous.refresh_token | startswith(\"tlsurr1.\")" "$(auth "$R" alpha)" >/dev/null' "Hermes wrote the new surrogate serve gave it"
+check '! grep -rqF "$(current)" "$R"' "still no real refresh token in any file"
+
+# --- 3. the Hermes-faithful race, all strict, some refreshes forced as after a 401
+rm -f "$WORK/stop"
+syncer() { while [ ! -e "$WORK/stop" ]; do "$TL_BIN" $D sync --all > /dev/null 2>> "$WORK/sync.err" || echo "sync exit $?" >> "$WORK/sync.err"; sleep 0.1; done; }
+syncer & sy=$!
+"$TL_HERMES" run "$R" file "${TL_RACE_SECONDS:-10}" 20 $P > "$WORK/race.out" 2>&1; HRC=$?
+touch "$WORK/stop"; wait $sy
+cat "$WORK/race.out" >> "$ALL"; echo "  $(tail -1 "$WORK/race.out")"
+check '[ "$HRC" = 0 ]' "Hermes never refused, never a torn file ($(tail -2 "$WORK/race.out" | tr '\n' ' '))"
+check '! grep -q " 0 refreshes" "$WORK/race.out"' "Hermes refreshed (through serve)"
+check '[ ! -s "$WORK/sync.err" ]' "every sync --all succeeded ($(head -c 300 "$WORK/sync.err" 2>/dev/null))"
+check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "zero reuse at the portal"
+rot=$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'")
+check '[ "$(counter refreshes)" = "$rot" ]' "every refresh the real portal saw is one of tokenledger's own ($(counter refreshes) = $rot)"
+check '! grep -rqF "$(current)" "$R"' "no real refresh token in any file after the race"
+
+# --- 4. the incident: an outside script presents what it finds in a strict profile's auth.json
+jq -r .providers.nous.refresh_token "$(auth "$R" beta)" > "$WORK/found"
+code=$(curl -s -o "$WORK/outside.json" -w '%{http_code}' -X POST "$URL/api/oauth/token" \
+  -H "x-nous-refresh-token: $(cat "$WORK/found")" -d grant_type=refresh_token -d client_id=hermes-cli)
+check '[ "$code" = 400 ] && [ "$(counter families_revoked)" = 0 ]' "the real portal refuses it, and revokes nothing (HTTP $code)"
+tl $D refresh nous --profile beta --force; expect 0 "the grant is alive and refreshes afterwards"
+hermes refresh "$R" beta file --force-current
+check '[ "$HRC" = 0 ]' "and Hermes keeps working through serve"
+
+# --- 5. serve restarted: the same address, the files still work
+stop_serve; old=$SURL; start_serve
+check '[ "$SURL" = "$old" ]' "a restart binds the address the files name"
+hermes refresh "$R" gamma file --force-current
+check '[ "$HRC" = 0 ]' "Hermes refreshes through the restarted serve"
+
+# --- 6. strict off: the real token and portal written back
+tl $D profile strict --all off; expect 0 "strict off for the whole root"
+for p in $P; do
+  f=$(auth "$R" $p)
+  check '[ "$(jq -r .providers.nous.refresh_token "$f")" = "$(current)" ] && [ "$(jq -r .providers.nous.portal_base_url "$f")" = "$URL" ]' "$p: the real token and portal are back"
+done
+check '[ "$(rt_of "$S")" = "$(current)" ] && [ "$(jq -r .portal_base_url "$S")" = "$URL" ]' "and in the shared store"
+stop_serve
+hermes refresh "$R" alpha file --force-current
+check '[ "$HRC" = 0 ]' "Hermes refreshes at the real portal again"
+tl $D sync --all; expect 0 "tokenledger adopts it"
+check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse, before, during and after strict mode"
+no_secret_leak "$WORK/rt-real"
+finish
