@@ -18,8 +18,7 @@
  *     clean. On failure it holds the call's first, root-cause error (a later
  *     failure while cleaning up never overwrites it): the code, one
  *     impersonal line, and the underlying SQLite/curl/errno value. Messages
- *     never contain a secret. (In 0.1 some functions do not clear it yet;
- *     until they all do, call tl_error_clear before reusing a struct.)
+ *     never contain a secret.
  *   - Objects returned as "new" are freed by the caller with the type's own
  *     _free function, which accepts NULL. "Borrowed" pointers live as long as
  *     the object they came from.
