@@ -122,8 +122,8 @@ char *tl__hf_dump(const json_t *doc, int shared);
 
 /* One file of an operation: read under its lock (or, for import, without). */
 typedef struct tl__hf {
-  char path[PATH_MAX]; /* absolute path as given (a symlink stays a symlink) */
-  char lock[PATH_MAX + 16];
+  char *path;      /* absolute path as given (a symlink stays a symlink) */
+  char *lock;      /* its Hermes lock file */
   int64_t profile; /* 0: a shared Nous store */
   char profile_name[80];
   int shared, is_root, is_home;
@@ -144,6 +144,8 @@ typedef struct tl__hfset {
 } tl__hfset;
 
 void tl__hfset_free(tl__hfset *set);
+/* Drops file i from the set (its lock released, its memory freed). */
+void tl__hfset_remove(tl__hfset *set, size_t i);
 tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
                         int is_home, tl_error *err);
 

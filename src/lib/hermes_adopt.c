@@ -42,15 +42,29 @@ static const char *const report_cols[] = {"profile", "file", "path", "provider",
 
 /* ---- file sets -------------------------------------------------------------------- */
 
+static void hf_clear(tl__hf *f)
+{
+  json_decref(f->doc);
+  tl__hf_slots_free(&f->ss);
+  tl__hf_unlock(f->lock_fd);
+  free(f->path);
+  free(f->lock);
+  memset(f, 0, sizeof *f);
+  f->lock_fd = -1;
+}
+
 void tl__hfset_free(tl__hfset *set)
 {
-  for (size_t i = 0; i < set->n; i++) {
-    json_decref(set->v[i].doc);
-    tl__hf_slots_free(&set->v[i].ss);
-    tl__hf_unlock(set->v[i].lock_fd);
-  }
+  for (size_t i = 0; i < set->n; i++)
+    hf_clear(&set->v[i]);
   free(set->v);
   memset(set, 0, sizeof *set);
+}
+
+void tl__hfset_remove(tl__hfset *set, size_t i)
+{
+  hf_clear(&set->v[i]);
+  set->v[i] = set->v[--set->n];
 }
 
 /* A home is a Hermes root unless it sits in a directory named "profiles". */
@@ -87,10 +101,18 @@ tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const
     set->v = nv;
     set->cap = cap;
   }
-  tl__hf *f = &set->v[set->n++];
+  tl__hf *f = &set->v[set->n];
   memset(f, 0, sizeof *f);
-  snprintf(f->path, sizeof f->path, "%s", path);
-  tl__hf_lock_path(f->lock, sizeof f->lock, path);
+  size_t lock_n = strlen(path) + 8;
+  f->path = strdup(path);
+  f->lock = malloc(lock_n);
+  if (!f->path || !f->lock) {
+    free(f->path);
+    free(f->lock);
+    return tl__oom(err);
+  }
+  set->n++;
+  tl__hf_lock_path(f->lock, lock_n, path);
   f->profile = profile;
   snprintf(f->profile_name, sizeof f->profile_name, "%s", profile_name ? profile_name : "");
   f->shared = shared;
@@ -1149,27 +1171,45 @@ tl_status tl__hfset_remember(tl_store *s, tl__hfset *set, tl_error *err)
 
 typedef struct plan {
   char profile[80];
-  char home[PATH_MAX]; /* a Hermes home this import makes the profile's sync target, or "" */
-  char file[PATH_MAX];
+  char *home; /* a Hermes home this import makes the profile's sync target, or NULL */
+  char *file;
   int shared;
 } plan;
 
-static tl_status add_plan(plan **v, size_t *n, const char *profile, const char *home, const char *file, int shared,
-                          tl_error *err)
+static void plans_free(plan *v, size_t n)
 {
-  plan *nv = realloc(*v, (*n + 1) * sizeof *nv);
-  if (!nv)
-    return tl__oom(err);
-  *v = nv;
-  size_t lf = strlen(file), lh = home ? strlen(home) : 0;
-  if (lf >= sizeof nv->file || lh >= sizeof nv->home)
+  for (size_t i = 0; i < n; i++) {
+    free(v[i].home);
+    free(v[i].file);
+  }
+  free(v);
+}
+
+static tl_status add_plan(plan **v, size_t *n, size_t *cap, const char *profile, const char *home, const char *file,
+                          int shared, tl_error *err)
+{
+  if (strlen(file) >= PATH_MAX || (home && strlen(home) >= PATH_MAX))
     return tl__err(err, TL_EINVAL, 0, "%.200s...: path longer than %d bytes", file, PATH_MAX - 1);
-  plan *t = &nv[(*n)++];
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 16;
+    plan *nv = realloc(*v, c * sizeof *nv);
+    if (!nv)
+      return tl__oom(err);
+    *v = nv;
+    *cap = c;
+  }
+  plan *t = &(*v)[*n];
   memset(t, 0, sizeof *t);
   snprintf(t->profile, sizeof t->profile, "%s", profile ? profile : "");
-  memcpy(t->home, home ? home : "", lh + 1);
-  memcpy(t->file, file, lf + 1);
+  t->file = strdup(file);
+  t->home = home ? strdup(home) : NULL;
+  if (!t->file || (home && !t->home)) {
+    free(t->file);
+    free(t->home);
+    return tl__oom(err);
+  }
   t->shared = shared;
+  (*n)++;
   return TL_OK;
 }
 
@@ -1208,12 +1248,12 @@ static int profile_home(tl_store *s, const char *name, char *out, size_t n)
   return found;
 }
 
-static tl_status plan_root(plan **v, size_t *n, tl_report *warn, const char *abs, tl_error *err)
+static tl_status plan_root(plan **v, size_t *n, size_t *cap, tl_report *warn, const char *abs, tl_error *err)
 {
   char file[PATH_MAX + 16], dir[PATH_MAX + 16];
   tl_status rc;
   snprintf(file, sizeof file, "%s/auth.json", abs);
-  if (exists(file) && (rc = add_plan(v, n, "default", abs, file, 0, err)) != TL_OK)
+  if (exists(file) && (rc = add_plan(v, n, cap, "default", abs, file, 0, err)) != TL_OK)
     return rc;
   snprintf(dir, sizeof dir, "%s/profiles", abs);
   DIR *d = opendir(dir);
@@ -1259,7 +1299,7 @@ static tl_status plan_root(plan **v, size_t *n, tl_report *warn, const char *abs
         rc = tl__report_add_row(warn, cells, num, err);
         continue;
       }
-      rc = add_plan(v, n, names[i], home, pf, 0, err);
+      rc = add_plan(v, n, cap, names[i], home, pf, 0, err);
     }
     for (size_t i = 0; i < nn; i++)
       free(names[i]);
@@ -1274,12 +1314,12 @@ static tl_status plan_root(plan **v, size_t *n, tl_report *warn, const char *abs
   else
     snprintf(shared, sizeof shared, "%s/shared/nous_auth.json", abs);
   char real[PATH_MAX];
-  if (exists(shared) && (rc = add_plan(v, n, NULL, NULL, realpath(shared, real) ? real : shared, 1, err)) != TL_OK)
+  if (exists(shared) && (rc = add_plan(v, n, cap, NULL, NULL, realpath(shared, real) ? real : shared, 1, err)) != TL_OK)
     return rc;
   return TL_OK;
 }
 
-static tl_status plan_import(plan **v, size_t *n, tl_report *warn, tl_store *s, const char *path,
+static tl_status plan_import(plan **v, size_t *n, size_t *cap, tl_report *warn, tl_store *s, const char *path,
                              const tl_import_opts *o, tl_error *err)
 {
   char abs[PATH_MAX], file[PATH_MAX + 16];
@@ -1303,10 +1343,10 @@ static tl_status plan_import(plan **v, size_t *n, tl_report *warn, tl_store *s, 
       *slash = '\0';
     int is_home = profile_home(s, profile, home, sizeof home) && strcmp(home, dir) == 0 && slash &&
                   strcmp(slash + 1, "auth.json") == 0;
-    return add_plan(v, n, profile, is_home ? home : NULL, abs, 0, err);
+    return add_plan(v, n, cap, profile, is_home ? home : NULL, abs, 0, err);
   }
   if (o && o->all_profiles) {
-    tl_status rc = plan_root(v, n, warn, abs, err);
+    tl_status rc = plan_root(v, n, cap, warn, abs, err);
     if (rc == TL_OK && *n == 0)
       rc = tl__err(err, TL_ENOTFOUND, 0, "%s: no auth.json in this Hermes root or its profiles", path);
     return rc;
@@ -1314,7 +1354,7 @@ static tl_status plan_import(plan **v, size_t *n, tl_report *warn, tl_store *s, 
   snprintf(file, sizeof file, "%s/auth.json", abs);
   if (!exists(file))
     return tl__err(err, TL_ENOTFOUND, 0, "%s: no auth.json in this Hermes home", path);
-  return add_plan(v, n, profile, abs, file, 0, err);
+  return add_plan(v, n, cap, profile, abs, file, 0, err);
 }
 
 static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, const char *home, tl_error *err)
@@ -1355,7 +1395,7 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
   tl_error_clear(err);
   tl_status rc;
   plan *plans = NULL;
-  size_t np = 0;
+  size_t np = 0, pcap = 0;
   tl_report *r = NULL;
   tl__hfset set = {0};
   tl__adopt a;
@@ -1367,11 +1407,11 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
     return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", o->profile);
   if ((rc = tl__report_kv(&r, report_cols, 7, err)) != TL_OK)
     return rc;
-  if ((rc = plan_import(&plans, &np, r, s, path, o, err)) != TL_OK)
+  if ((rc = plan_import(&plans, &np, &pcap, r, s, path, o, err)) != TL_OK)
     goto done;
   for (size_t i = 0; i < np; i++)
     if ((rc = tl__hfset_add(&set, plans[i].file, 0, plans[i].shared ? NULL : plans[i].profile, plans[i].shared,
-                            plans[i].home[0] != '\0', err)) != TL_OK)
+                            plans[i].home != NULL, err)) != TL_OK)
       goto done;
   /* Read and check every file before touching the ledger: a bad file changes nothing. */
   if ((rc = tl__hfset_read(NULL, &set, err)) != TL_OK)
@@ -1385,7 +1425,7 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
     goto done;
   for (size_t i = 0; rc == TL_OK && i < np; i++)
     if (!plans[i].shared)
-      rc = ensure_profile(&set.v[i].profile, s, plans[i].profile, plans[i].home[0] ? plans[i].home : NULL, err);
+      rc = ensure_profile(&set.v[i].profile, s, plans[i].profile, plans[i].home, err);
   a.s = s;
   a.report = r;
   a.import = 1;
@@ -1418,7 +1458,7 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
   }
 done:
   tl__hfset_free(&set);
-  free(plans);
+  plans_free(plans, np);
   if (rc == TL_OK)
     *out = r;
   else

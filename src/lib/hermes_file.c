@@ -200,7 +200,7 @@ static tl_status push_slot(tl__slots *ss, tl__slot_kind kind, const char *provid
                            json_t *obj, json_t *holder, tl_error *err)
 {
   if (ss->n == ss->cap) {
-    size_t cap = ss->cap ? ss->cap * 2 : 16;
+    size_t cap = ss->cap ? ss->cap * 2 : 2;
     tl__slot *nv = realloc(ss->v, cap * sizeof *nv);
     if (!nv)
       return tl__oom(err);

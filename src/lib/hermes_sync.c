@@ -963,7 +963,7 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
    */
   for (size_t i = 0; rc == TL_OK && i < set.n;)
     if (strict_owner(s, &set.v[i])) {
-      set.v[i] = set.v[--set.n];
+      tl__hfset_remove(&set, i);
     } else {
       i++;
     }
