@@ -150,8 +150,11 @@ static int replace_uncertain(tl_store *s, const char *url, int nprof, int *unkno
     snprintf(prof, sizeof prof, "p%d", p);
     static const char sql[] = "SELECT c.id, c.status FROM credential c JOIN pool_entry e ON e.credential_id = c.id "
                               "JOIN profile f ON f.id = e.profile_id WHERE f.name = :p ORDER BY c.id DESC LIMIT 1";
-    sqlite3_stmt *st = tl__stmt(s, sql, &err);
-    tl__bind_text(st, ":p", prof);
+    sqlite3_stmt *st = NULL;
+    if (tl__prepare(&st, s, sql, &err) != TL_OK || TL_BIND(st, &err, TL_TEXT(":p", prof)) != TL_OK) {
+      fprintf(stderr, "crash: %s\n", err.message);
+      return -1;
+    }
     if (sqlite3_step(st) != SQLITE_ROW) {
       sqlite3_reset(st);
       continue;
@@ -258,8 +261,11 @@ static int verify(const char *db, const char *url)
     const char *fp = json_string_value(json_object_get(row, "fingerprint"));
     json_int_t fam = json_integer_value(json_object_get(row, "family"));
     json_int_t gen = json_integer_value(json_object_get(row, "generation"));
-    sqlite3_stmt *st = tl__stmt(s, find_sql, &err);
-    tl__bind_text(st, ":fp", fp);
+    sqlite3_stmt *st = NULL;
+    if (tl__prepare(&st, s, find_sql, &err) != TL_OK || TL_BIND(st, &err, TL_TEXT(":fp", fp)) != TL_OK) {
+      fprintf(stderr, "verify: %s\n", err.message);
+      return 1;
+    }
     int found = sqlite3_step(st) == SQLITE_ROW;
     sqlite3_reset(st);
     if (found) {
@@ -278,8 +284,10 @@ static int verify(const char *db, const char *url)
     }
     int64_t lost = 0;
     if (parent) {
-      st = tl__stmt(s, lost_sql, &err);
-      tl__bind_text(st, ":fp", parent);
+      if (tl__prepare(&st, s, lost_sql, &err) != TL_OK || TL_BIND(st, &err, TL_TEXT(":fp", parent)) != TL_OK) {
+        fprintf(stderr, "verify: %s\n", err.message);
+        return 1;
+      }
       if (sqlite3_step(st) == SQLITE_ROW)
         lost = sqlite3_column_int64(st, 0);
       sqlite3_reset(st);
@@ -386,8 +394,11 @@ static int hermes_writer(const char *auth, const char *url, const char *db, int 
     int64_t deadline = tl__now_ms() + 20000;
     for (;;) {
       static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp";
-      sqlite3_stmt *st = tl__stmt(s, sql, &err);
-      tl__bind_text(st, ":fp", fp);
+      sqlite3_stmt *st = NULL;
+      if (tl__prepare(&st, s, sql, &err) != TL_OK || TL_BIND(st, &err, TL_TEXT(":fp", fp)) != TL_OK) {
+        fprintf(stderr, "hermes-writer: %s\n", err.message);
+        return 1;
+      }
       int known = sqlite3_step(st) == SQLITE_ROW;
       sqlite3_reset(st);
       if (known) {

@@ -85,7 +85,34 @@ const char *tl__num_time_text(int64_t *out, const char *text);
 #define TL_TOKEN_MAX 16384
 int tl__token_valid(const char *s, size_t len);
 
-/* db.c: statements and transactions */
+/*
+ * db.c: statements and transactions. tl__prepare hands out the store's cached
+ * statement for a static SQL text (reset, bindings cleared) and keeps the real
+ * status of a failure (busy, out of memory, I/O) for the exit code.
+ */
+tl_status tl__prepare(sqlite3_stmt **out, tl_store *s, const char *sql, tl_error *err)
+    __attribute__((warn_unused_result));
+
+/* Named values for tl__bind; an unknown name is a programming error (TL_ERROR naming it). */
+typedef struct tl__arg {
+  const char *name;
+  enum { TL__ARG_INT, TL__ARG_OPTINT, TL__ARG_TEXT, TL__ARG_SECRET, TL__ARG_NULL } kind;
+  int64_t i;
+  const char *t;
+} tl__arg;
+#define TL_INT(n, v)    ((tl__arg){(n), TL__ARG_INT, (int64_t)(v), NULL})
+#define TL_OPTINT(n, v) ((tl__arg){(n), TL__ARG_OPTINT, (int64_t)(v), NULL}) /* 0 binds NULL */
+#define TL_TEXT(n, v)   ((tl__arg){(n), TL__ARG_TEXT, 0, (v)})               /* NULL binds NULL */
+#define TL_SECRET(n, v) ((tl__arg){(n), TL__ARG_SECRET, 0, (v)})             /* bound without a copy */
+#define TL_NULL(n)      ((tl__arg){(n), TL__ARG_NULL, 0, NULL})
+tl_status tl__bind(sqlite3_stmt *st, tl_error *err, size_t n, const tl__arg *args) __attribute__((warn_unused_result));
+#define TL_BIND(st, err, ...)                                                                                          \
+  tl__bind((st), (err), sizeof((const tl__arg[]){__VA_ARGS__}) / sizeof(tl__arg), (const tl__arg[]){__VA_ARGS__})
+/* One step: *found is 1 on a row (readable until the next reset), 0 when done; errors keep their status. */
+tl_status tl__step_row(int *found, tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err)
+    __attribute__((warn_unused_result));
+
+/* Legacy forms, kept for hermes.c until it is converted: they lose the status and ignore unknown names. */
 sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err);
 int tl__bind_text(sqlite3_stmt *st, const char *name, const char *v);
 int tl__bind_secret(sqlite3_stmt *st, const char *name, const char *v);

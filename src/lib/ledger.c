@@ -34,25 +34,15 @@ tl_status tl__audit(tl_store *s, const char *event, const tl__ids *ids, json_t *
                             ":command, :event, :pid_, :cred, :rt, coalesce(:detail, '{}'))";
   char *text = detail ? json_dumps(detail, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
   json_decref(detail);
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
-    free(text);
-    return TL_ERROR;
-  }
-  tl__bind_int(st, ":at", tl__now_ms());
-  tl__bind_text(st, ":host", s->actor.host);
-  tl__bind_int(st, ":pid", s->actor.pid);
-  tl__bind_text(st, ":profile", s->actor.profile);
-  tl__bind_text(st, ":command", s->actor.command);
-  tl__bind_text(st, ":event", event);
-  if (ids && ids->profile)
-    tl__bind_int(st, ":pid_", ids->profile);
-  if (ids && ids->credential)
-    tl__bind_int(st, ":cred", ids->credential);
-  if (ids && ids->rt)
-    tl__bind_int(st, ":rt", ids->rt);
-  tl__bind_text(st, ":detail", text);
-  tl_status rc = tl__step_done(s, st, "audit", err);
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) == TL_OK &&
+      (rc = TL_BIND(st, err, TL_INT(":at", tl__now_ms()), TL_TEXT(":host", s->actor.host), TL_INT(":pid", s->actor.pid),
+                    TL_TEXT(":profile", s->actor.profile), TL_TEXT(":command", s->actor.command),
+                    TL_TEXT(":event", event), TL_OPTINT(":pid_", ids ? ids->profile : 0),
+                    TL_OPTINT(":cred", ids ? ids->credential : 0), TL_OPTINT(":rt", ids ? ids->rt : 0),
+                    TL_TEXT(":detail", text))) == TL_OK)
+    rc = tl__step_done(s, st, "audit", err);
   free(text);
   return rc;
 }
@@ -83,19 +73,18 @@ int tl_profile_name_valid(const char *name)
 tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *err)
 {
   static const char sql[] = "SELECT id FROM profile WHERE name = :name";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":name", name);
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) {
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":name", name))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "profile", err)) != TL_OK)
+    return rc;
+  if (found) {
     *out = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     return TL_OK;
   }
   sqlite3_reset(st);
-  if (rc != SQLITE_DONE)
-    return tl__err_db(err, s, "profile");
   return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist; add it with 'tokenledger profile add %s'", name,
                  name);
 }
@@ -140,19 +129,18 @@ tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_err
     return rc;
   int64_t id = 0;
   tl_error probe = {0};
-  if (tl__profile_id(&id, s, name, &probe) == TL_OK) {
+  sqlite3_stmt *st;
+  if ((rc = tl__profile_id(&id, s, name, &probe)) == TL_OK) {
     tl__tx_rollback(s);
     return tl__err(err, TL_EEXISTS, 0, "profile '%s' already exists", name);
   }
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
+  if (rc != TL_ENOTFOUND) {
     tl__tx_rollback(s);
-    return TL_ERROR;
+    return tl__err(err, rc, probe.sys, "%s", probe.message);
   }
-  tl__bind_text(st, ":name", name);
-  tl__bind_text(st, ":home", home);
-  tl__bind_int(st, ":now", tl__now_ms());
-  if ((rc = tl__step_done(s, st, "profile add", err)) != TL_OK)
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":name", name), TL_TEXT(":home", home), TL_INT(":now", tl__now_ms()))) != TL_OK ||
+      (rc = tl__step_done(s, st, "profile add", err)) != TL_OK)
     goto fail;
   tl__ids ids = {.profile = sqlite3_last_insert_rowid(s->db)};
   if ((rc = tl__audit(s, "profile_added", &ids, json_pack("{s:s, s:s?}", "profile", name, "home", home), err)) != TL_OK)
@@ -176,16 +164,10 @@ tl_status tl_profile_set_home(tl_store *s, const char *name, const char *home, i
     return rc;
   if ((rc = tl__tx_begin(s, "profile set-home", err)) != TL_OK)
     return rc;
-  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
-    goto fail;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_text(st, ":home", home ? abs : NULL);
-  tl__bind_int(st, ":id", id);
-  if ((rc = tl__step_done(s, st, "profile set-home", err)) != TL_OK)
+  sqlite3_stmt *st;
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK || (rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":home", home ? abs : NULL), TL_INT(":id", id))) != TL_OK ||
+      (rc = tl__step_done(s, st, "profile set-home", err)) != TL_OK)
     goto fail;
   tl__ids ids = {.profile = id};
   if ((rc = tl__audit(s, "profile_home_set", &ids, json_pack("{s:s, s:s?}", "profile", name, "home", home ? abs : NULL),
@@ -207,15 +189,9 @@ tl_status tl_profile_remove(tl_store *s, const char *name, tl_error *err)
     return tl__err(err, TL_EINVAL, 0, "profile rm: no name");
   if ((rc = tl__tx_begin(s, "profile rm", err)) != TL_OK)
     return rc;
-  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
-    goto fail;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_int(st, ":id", id);
-  if ((rc = tl__step_done(s, st, "profile rm", err)) != TL_OK)
+  sqlite3_stmt *st;
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK || (rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":id", id))) != TL_OK || (rc = tl__step_done(s, st, "profile rm", err)) != TL_OK)
     goto fail;
   tl__ids ids = {.profile = id};
   if ((rc = tl__audit(s, "profile_removed", &ids, json_pack("{s:s}", "profile", name), err)) != TL_OK)
@@ -236,8 +212,9 @@ tl_status tl_profile_list(tl_report **out, tl_store *s, tl_error *err)
       "strftime('%Y-%m-%dT%H:%M:%SZ', p.created_at / 1000.0, 'unixepoch') AS created FROM profile p ORDER BY p.name";
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "profile list: bad arguments");
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  return st ? tl__report_from_stmt(out, s, st, err) : TL_ERROR;
+  sqlite3_stmt *st;
+  tl_status rc = tl__prepare(&st, s, sql, err);
+  return rc == TL_OK ? tl__report_from_stmt(out, s, st, err) : rc;
 }
 
 /* ---- providers ---------------------------------------------------------- */
@@ -314,33 +291,27 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
     return tl__err(err, TL_EINVAL, 0, "header name '%.64s' is invalid", p->rt_header);
   if ((rc = tl__tx_begin(s, "provider set", err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, exists_sql, err);
-  if (!st) {
-    rc = TL_ERROR;
+  sqlite3_stmt *st;
+  int exists = 0;
+  if ((rc = tl__prepare(&st, s, exists_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":name", p->name))) != TL_OK ||
+      (rc = tl__step_row(&exists, s, st, "provider set", err)) != TL_OK)
     goto fail;
-  }
-  tl__bind_text(st, ":name", p->name);
-  int exists = sqlite3_step(st) == SQLITE_ROW;
   sqlite3_reset(st);
   if (!exists && (!p->token_url || !p->client_id)) {
     rc = tl__err(err, TL_EINVAL, 0, "provider '%s' is new: --token-url and --client-id are required", p->name);
     goto fail;
   }
-  if (!(st = tl__stmt(s, exists ? upd_sql : ins_sql, err))) {
-    rc = TL_ERROR;
+  if ((rc = tl__prepare(&st, s, exists ? upd_sql : ins_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":name", p->name), TL_TEXT(":token_url", p->token_url),
+                    TL_TEXT(":device_url", p->device_url), TL_TEXT(":client_id", p->client_id),
+                    TL_TEXT(":rt_header", p->rt_header), TL_TEXT(":scope", p->scope), TL_INT(":now", tl__now_ms()))) !=
+          TL_OK)
     goto fail;
-  }
-  tl__bind_text(st, ":name", p->name);
-  tl__bind_text(st, ":token_url", p->token_url);
-  tl__bind_text(st, ":device_url", p->device_url);
-  tl__bind_text(st, ":client_id", p->client_id);
-  tl__bind_text(st, ":rt_header", p->rt_header);
-  tl__bind_text(st, ":scope", p->scope);
-  if (p->skew_s >= 0)
-    tl__bind_int(st, ":skew", p->skew_s);
-  if (p->grace_s >= 0)
-    tl__bind_int(st, ":grace", p->grace_s);
-  tl__bind_int(st, ":now", tl__now_ms());
+  if (p->skew_s >= 0 && (rc = TL_BIND(st, err, TL_INT(":skew", p->skew_s))) != TL_OK)
+    goto fail;
+  if (p->grace_s >= 0 && (rc = TL_BIND(st, err, TL_INT(":grace", p->grace_s))) != TL_OK)
+    goto fail;
   if ((rc = tl__step_done(s, st, "provider set", err)) != TL_OK)
     goto fail;
   if (p->token_url || p->client_id) {
@@ -348,14 +319,10 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
     static const char fill_sql[] = "UPDATE credential SET token_url = coalesce(token_url, :url), client_id = "
                                    "coalesce(client_id, :client) WHERE provider = :name AND (token_url IS NULL OR "
                                    "client_id IS NULL)";
-    if (!(st = tl__stmt(s, fill_sql, err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_text(st, ":url", p->token_url);
-    tl__bind_text(st, ":client", p->client_id);
-    tl__bind_text(st, ":name", p->name);
-    if ((rc = tl__step_done(s, st, "provider set", err)) != TL_OK)
+    if ((rc = tl__prepare(&st, s, fill_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_TEXT(":url", p->token_url), TL_TEXT(":client", p->client_id),
+                      TL_TEXT(":name", p->name))) != TL_OK ||
+        (rc = tl__step_done(s, st, "provider set", err)) != TL_OK)
       goto fail;
   }
   if ((rc = tl__audit(s, exists ? "provider_updated" : "provider_added", NULL,
@@ -377,8 +344,9 @@ tl_status tl_provider_list(tl_report **out, tl_store *s, tl_error *err)
       "skew_s, grace_s, scope FROM provider ORDER BY name";
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "provider list: bad arguments");
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  return st ? tl__report_from_stmt(out, s, st, err) : TL_ERROR;
+  sqlite3_stmt *st;
+  tl_status rc = tl__prepare(&st, s, sql, err);
+  return rc == TL_OK ? tl__report_from_stmt(out, s, st, err) : rc;
 }
 
 /* ---- the RT ledger ------------------------------------------------------ */
@@ -386,20 +354,17 @@ tl_status tl_provider_list(tl_report **out, tl_store *s, tl_error *err)
 tl_status tl__rt_lookup(int64_t *out_rt, int64_t *out_cred, tl_store *s, const char *fp, tl_error *err)
 {
   static const char sql[] = "SELECT id, credential_id, state FROM refresh_token WHERE fingerprint = :fp";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":fp", fp);
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
   *out_rt = 0;
   *out_cred = 0;
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE) {
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":fp", fp))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "ledger lookup", err)) != TL_OK)
+    return rc;
+  if (!found) {
     sqlite3_reset(st);
     return TL_OK;
-  }
-  if (rc != SQLITE_ROW) {
-    sqlite3_reset(st);
-    return tl__err_db(err, s, "ledger lookup");
   }
   *out_rt = sqlite3_column_int64(st, 0);
   *out_cred = sqlite3_column_int64(st, 1);
@@ -426,13 +391,14 @@ tl_status tl__reuse_blocked(tl_store *s, const char *fp, const char *where, tl_e
   tl_status rc;
   if ((rc = tl__tx_begin(s, "reuse blocked", err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":fp", fp))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "reuse check", err)) != TL_OK) {
     tl__tx_rollback(s);
-    return TL_ERROR;
+    return rc;
   }
-  tl__bind_text(st, ":fp", fp);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  if (!found) {
     sqlite3_reset(st);
     tl__tx_rollback(s);
     return tl__err(err, TL_ERROR, 0, "reuse check: token vanished from the ledger");
@@ -505,13 +471,14 @@ static tl_status add_pool_entry(tl_store *s, int64_t profile, const char *provid
   static const char dup_sql[] =
       "SELECT entry_id FROM pool_entry WHERE profile_id = :profile AND provider = :provider AND credential_id = :cred";
   char gen[7];
-  sqlite3_stmt *st = tl__stmt(s, dup_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":profile", profile);
-  tl__bind_text(st, ":provider", provider);
-  tl__bind_int(st, ":cred", cred);
-  int have = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_stmt *st;
+  tl_status rc;
+  int have = 0;
+  if ((rc = tl__prepare(&st, s, dup_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":profile", profile), TL_TEXT(":provider", provider), TL_INT(":cred", cred))) !=
+          TL_OK ||
+      (rc = tl__step_row(&have, s, st, "pool entry", err)) != TL_OK)
+    return rc;
   sqlite3_reset(st);
   if (have)
     return TL_OK; /* this profile already uses this grant */
@@ -519,14 +486,11 @@ static tl_status add_pool_entry(tl_store *s, int64_t profile, const char *provid
     random_entry_id(gen);
     entry_id = gen;
   }
-  if (!(st = tl__stmt(s, sql, err)))
-    return TL_ERROR;
-  tl__bind_int(st, ":profile", profile);
-  tl__bind_text(st, ":provider", provider);
-  tl__bind_int(st, ":cred", cred);
-  tl__bind_text(st, ":entry", entry_id);
-  tl__bind_text(st, ":source", source ? source : "manual");
-  tl__bind_text(st, ":label", label);
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":profile", profile), TL_TEXT(":provider", provider), TL_INT(":cred", cred),
+                    TL_TEXT(":entry", entry_id), TL_TEXT(":source", source ? source : "manual"),
+                    TL_TEXT(":label", label))) != TL_OK)
+    return rc;
   return tl__step_done(s, st, "pool entry", err);
 }
 
@@ -567,14 +531,13 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
 
   if ((rc = tl__tx_begin(s, "credential add", err)) != TL_OK)
     return rc;
-  if ((rc = tl__profile_id(&profile, s, spec->profile, err)) != TL_OK)
+  int found = 0;
+  if ((rc = tl__profile_id(&profile, s, spec->profile, err)) != TL_OK ||
+      (rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":name", spec->provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "credential add", err)) != TL_OK)
     goto fail;
-  if (!(st = tl__stmt(s, prov_sql, err))) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_text(st, ":name", spec->provider);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  if (!found) {
     sqlite3_reset(st);
     rc = tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured; see 'tokenledger provider set --help'",
                  spec->provider);
@@ -583,7 +546,14 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
   token_url = tl__col_dup(st, 0);
   client_id = tl__col_dup(st, 1);
   scope = tl__col_dup(st, 2);
+  int lost = (!token_url && sqlite3_column_type(st, 0) != SQLITE_NULL) ||
+             (!client_id && sqlite3_column_type(st, 1) != SQLITE_NULL) ||
+             (!scope && sqlite3_column_type(st, 2) != SQLITE_NULL);
   sqlite3_reset(st);
+  if (lost) {
+    rc = tl__oom(err);
+    goto fail;
+  }
 
   rc = tl__rt_lookup(&rt, &cred, s, fp, err);
   if (rc == TL_EREUSE) {
@@ -596,13 +566,12 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
   tl__ids ids = {.profile = profile};
   if (rt) {
     /* The same grant seen again: attach this profile to it. */
-    if (!(st = tl__stmt(s, prov_of_cred, err))) {
-      rc = TL_ERROR;
+    if ((rc = tl__prepare(&st, s, prov_of_cred, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK ||
+        (rc = tl__step_row(&found, s, st, "credential add", err)) != TL_OK)
       goto fail;
-    }
-    tl__bind_int(st, ":id", cred);
-    sqlite3_step(st);
-    int same = sqlite3_column_text(st, 0) && strcmp((const char *)sqlite3_column_text(st, 0), spec->provider) == 0;
+    int same =
+        found && sqlite3_column_text(st, 0) && strcmp((const char *)sqlite3_column_text(st, 0), spec->provider) == 0;
     sqlite3_reset(st);
     if (!same) {
       rc = tl__err(err, TL_EEXISTS, 0, "this refresh token already belongs to credential %lld of another provider",
@@ -621,34 +590,20 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
       goto fail;
   } else {
     int64_t now = tl__now_ms();
-    if (!(st = tl__stmt(s, cred_sql, err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_text(st, ":provider", spec->provider);
-    tl__bind_text(st, ":client_id", client_id);
-    tl__bind_text(st, ":token_url", spec->token_url ? spec->token_url : token_url);
-    tl__bind_text(st, ":label", spec->label);
-    tl__bind_secret(st, ":at", spec->access_token);
-    if (spec->access_token && spec->expires_at_ms > 0)
-      tl__bind_int(st, ":exp", spec->expires_at_ms);
-    if (spec->access_token)
-      tl__bind_int(st, ":obtained", now);
-    tl__bind_text(st, ":scope", scope);
-    tl__bind_int(st, ":now", now);
-    if ((rc = tl__step_done(s, st, "credential add", err)) != TL_OK)
+    if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_TEXT(":provider", spec->provider), TL_TEXT(":client_id", client_id),
+                      TL_TEXT(":token_url", spec->token_url ? spec->token_url : token_url),
+                      TL_TEXT(":label", spec->label), TL_SECRET(":at", spec->access_token),
+                      TL_OPTINT(":exp", spec->access_token && spec->expires_at_ms > 0 ? spec->expires_at_ms : 0),
+                      TL_OPTINT(":obtained", spec->access_token ? now : 0), TL_TEXT(":scope", scope),
+                      TL_INT(":now", now))) != TL_OK ||
+        (rc = tl__step_done(s, st, "credential add", err)) != TL_OK)
       goto fail;
     cred = sqlite3_last_insert_rowid(s->db);
-    if (!(st = tl__stmt(s, rt_sql, err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_int(st, ":cred", cred);
-    tl__bind_text(st, ":fp", fp);
-    tl__bind_text(st, ":origin", origin);
-    tl__bind_secret(st, ":secret", spec->refresh_token);
-    tl__bind_int(st, ":now", now);
-    if ((rc = tl__step_done(s, st, "store refresh token", err)) != TL_OK)
+    if ((rc = tl__prepare(&st, s, rt_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_INT(":cred", cred), TL_TEXT(":fp", fp), TL_TEXT(":origin", origin),
+                      TL_SECRET(":secret", spec->refresh_token), TL_INT(":now", now))) != TL_OK ||
+        (rc = tl__step_done(s, st, "store refresh token", err)) != TL_OK)
       goto fail;
     rt = sqlite3_last_insert_rowid(s->db);
     if ((rc = add_pool_entry(s, profile, spec->provider, cred, spec->entry_id, spec->source, spec->label, err)) !=

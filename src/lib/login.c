@@ -68,15 +68,13 @@ static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider
   tl_status rc = tl__tx_begin(s, "login replaces", err);
   if (rc != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, dead_sql, err);
-  if (!st) {
-    rc = TL_ERROR;
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, dead_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":p", profile), TL_TEXT(":prov", provider), TL_INT(":new", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "login replaces", err)) != TL_OK)
     goto fail;
-  }
-  tl__bind_int(st, ":p", profile);
-  tl__bind_text(st, ":prov", provider);
-  tl__bind_int(st, ":new", cred);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  if (!found) {
     sqlite3_reset(st);
     tl__tx_rollback(s);
     return TL_OK; /* nothing to replace */
@@ -87,24 +85,13 @@ static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider
   sqlite3_reset(st);
   const char *sqls[] = {del_sql, take_sql, place_sql};
   for (size_t i = 0; i < 3; i++) {
-    if (!(st = tl__stmt(s, sqls[i], err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_int(st, ":p", profile);
-    if (i < 2)
-      tl__bind_text(st, ":prov", provider);
-    if (i != 1)
-      tl__bind_int(st, ":old", old);
-    if (i)
-      tl__bind_int(st, ":new", cred);
-    if (i == 1) {
-      tl__bind_text(st, ":entry", entry);
-      tl__bind_int(st, ":prio", prio);
-    }
-    if (i == 2)
-      tl__bind_int(st, ":now", tl__now_ms());
-    if ((rc = tl__step_done(s, st, "login replaces", err)) != TL_OK)
+    if ((rc = tl__prepare(&st, s, sqls[i], err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":p", profile))) != TL_OK ||
+        (i < 2 && (rc = TL_BIND(st, err, TL_TEXT(":prov", provider))) != TL_OK) ||
+        (i != 1 && (rc = TL_BIND(st, err, TL_INT(":old", old))) != TL_OK) ||
+        (i && (rc = TL_BIND(st, err, TL_INT(":new", cred))) != TL_OK) ||
+        (i == 1 && (rc = TL_BIND(st, err, TL_TEXT(":entry", entry), TL_INT(":prio", prio))) != TL_OK) ||
+        (i == 2 && (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) ||
+        (rc = tl__step_done(s, st, "login replaces", err)) != TL_OK)
       goto fail;
   }
   tl__ids ids = {.profile = profile, .credential = cred};
@@ -123,11 +110,13 @@ fail:
 static tl_status reach_files(tl_store *s, const char *profile, tl_error *err)
 {
   static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE name = :n";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":n", profile);
-  int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+  sqlite3_stmt *st;
+  tl_status src;
+  int found = 0;
+  if ((src = tl__prepare(&st, s, sql, err)) != TL_OK || (src = TL_BIND(st, err, TL_TEXT(":n", profile))) != TL_OK ||
+      (src = tl__step_row(&found, s, st, "login", err)) != TL_OK)
+    return src;
+  int home = found && sqlite3_column_int(st, 0);
   sqlite3_reset(st);
   if (!home)
     return TL_OK;
@@ -155,11 +144,12 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
     return tl__err(err, TL_EINVAL, 0, "login: profile and provider are required");
   if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, prov_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":n", provider);
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":n", provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "login", err)) != TL_OK)
+    return rc;
+  if (found) {
     token_url = tl__col_dup(st, 0);
     device_url = tl__col_dup(st, 1);
     client_id = tl__col_dup(st, 2);

@@ -31,10 +31,10 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
     if (rc != TL_OK)
       return rc;
   }
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":profile", profile);
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":profile", profile))) != TL_OK)
+    return rc;
   return tl__report_from_stmt(out, s, st, err);
 }
 
@@ -43,11 +43,12 @@ static tl_status credential_exists(tl_store *s, int64_t cred, tl_error *err)
   static const char sql[] = "SELECT 1 FROM credential WHERE id = :id";
   if (cred == 0)
     return TL_OK;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", cred);
-  int found = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "credential", err)) != TL_OK)
+    return rc;
   sqlite3_reset(st);
   return found ? TL_OK : tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
 }
@@ -61,11 +62,13 @@ static tl_status credential_report(tl_report **out, tl_store *s, const char *sql
   tl_status rc = credential_exists(s, cred, err);
   if (rc != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":cred", cred);
-  tl__bind_int(st, ":limit", limit ? limit : -1);
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK)
+    return rc;
+  if ((rc = TL_BIND(st, err, TL_INT(":cred", cred))) != TL_OK)
+    return rc;
+  if (strstr(sql, ":limit") && (rc = TL_BIND(st, err, TL_INT(":limit", limit ? limit : -1))) != TL_OK)
+    return rc;
   return tl__report_from_stmt(out, s, st, err);
 }
 
@@ -124,10 +127,10 @@ tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *er
   if (!out || !s || !rt || !*rt)
     return tl__err(err, TL_EINVAL, 0, "check-rt: no token given");
   tl_fingerprint(fp, rt, strlen(rt));
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":fp", fp);
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":fp", fp))) != TL_OK)
+    return rc;
   return tl__report_from_stmt(out, s, st, err);
 }
 
@@ -366,13 +369,10 @@ tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_aft
   int64_t before = file_bytes(s);
   if ((rc = tl__tx_begin(s, "compact", err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
-    tl__tx_rollback(s);
-    return TL_ERROR;
-  }
-  tl__bind_int(st, ":cutoff", tl__now_ms() - keep_ms);
-  if ((rc = tl__step_done(s, st, "compact", err)) != TL_OK) {
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":cutoff", tl__now_ms() - keep_ms))) != TL_OK ||
+      (rc = tl__step_done(s, st, "compact", err)) != TL_OK) {
     tl__tx_rollback(s);
     return rc;
   }

@@ -82,28 +82,21 @@ tl_status tl_strategy_set(tl_store *s, const char *profile, const char *provider
     return tl__err(err, TL_EINVAL, 0, "strategy: bad arguments");
   if ((rc = tl__tx_begin(s, "strategy set", err)) != TL_OK)
     return rc;
-  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK || (rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":name", provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "strategy set", err)) != TL_OK)
     goto fail;
-  sqlite3_stmt *st = tl__stmt(s, prov_sql, err);
-  if (!st) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_text(st, ":name", provider);
-  int found = sqlite3_step(st) == SQLITE_ROW;
   sqlite3_reset(st);
   if (!found) {
     rc = tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured", provider);
     goto fail;
   }
-  if (!(st = tl__stmt(s, sql, err))) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_int(st, ":p", pid);
-  tl__bind_text(st, ":prov", provider);
-  tl__bind_text(st, ":s", strategy_names[strat]);
-  if ((rc = tl__step_done(s, st, "strategy set", err)) != TL_OK)
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":p", pid), TL_TEXT(":prov", provider), TL_TEXT(":s", strategy_names[strat]))) !=
+          TL_OK ||
+      (rc = tl__step_done(s, st, "strategy set", err)) != TL_OK)
     goto fail;
   tl__ids ids = {.profile = pid};
   if ((rc = tl__audit(
@@ -167,15 +160,16 @@ static tl_status why_none(tl_store *s, const char *profile, const char *provider
   tl_status rc = tl__profile_id(&pid, s, profile, err);
   if (rc != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
+  sqlite3_stmt *st;
   int64_t now = tl__now_ms();
-  tl__bind_text(st, ":profile", profile);
-  tl__bind_text(st, ":provider", provider);
-  tl__bind_int(st, ":now", now);
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":profile", profile), TL_TEXT(":provider", provider), TL_INT(":now", now))) !=
+          TL_OK ||
+      (rc = tl__step_row(&found, s, st, "select entry", err)) != TL_OK)
+    return rc;
   int64_t total = 0, dead = 0, cooling = 0, until = 0, keyless = 0;
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  if (found) {
     total = sqlite3_column_int64(st, 0);
     dead = sqlite3_column_int64(st, 1);
     cooling = sqlite3_column_int64(st, 2);
@@ -207,13 +201,13 @@ static tl_status why_none(tl_store *s, const char *profile, const char *provider
 static tl_status load_candidates(candidate *out, size_t *n, char strategy[16], tl_store *s, const char *profile,
                                  const char *provider, tl_error *err)
 {
-  sqlite3_stmt *st = tl__stmt(s, select_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":profile", profile);
-  tl__bind_text(st, ":provider", provider);
-  tl__bind_int(st, ":now", tl__now_ms());
+  sqlite3_stmt *st;
+  tl_status trc;
   *n = 0;
+  if ((trc = tl__prepare(&st, s, select_sql, err)) != TL_OK ||
+      (trc = TL_BIND(st, err, TL_TEXT(":profile", profile), TL_TEXT(":provider", provider),
+                     TL_INT(":now", tl__now_ms()))) != TL_OK)
+    return trc;
   strategy[0] = '\0';
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < MAX_CANDIDATES) {
@@ -237,9 +231,12 @@ static tl_status load_candidates(candidate *out, size_t *n, char strategy[16], t
       return tl__oom(err);
     }
   }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    trc = tl__err_db(err, s, "select entry");
+    sqlite3_reset(st);
+    return trc;
+  }
   sqlite3_reset(st);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    return tl__err_db(err, s, "select entry");
   return TL_OK;
 }
 
@@ -287,10 +284,10 @@ static tl_status note_use(tl_store *s, const candidate *c, const char *strategy,
   const char *sql = strcmp(strategy, "round_robin") == 0 ? rr_sql : strcmp(strategy, "least_used") == 0 ? lu_sql : NULL;
   if (!sql)
     return TL_OK;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", c->entry_rowid);
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", c->entry_rowid))) != TL_OK)
+    return rc;
   return tl__step_done(s, st, "pool counters", err);
 }
 
@@ -353,22 +350,19 @@ static const char fast_sql[] =
 static int fast_token(tl_token **out, tl_store *s, const char *profile, const char *provider)
 {
   static const char skew_sql[] = "SELECT skew_s * 1000 FROM provider WHERE name = :provider";
-  sqlite3_stmt *st = tl__stmt(s, fast_sql, NULL);
-  if (!st)
-    return 0;
+  sqlite3_stmt *st;
   int64_t now = tl__now_ms();
-  tl__bind_text(st, ":profile", profile);
-  tl__bind_text(st, ":provider", provider);
-  tl__bind_int(st, ":now", now);
+  if (tl__prepare(&st, s, fast_sql, NULL) != TL_OK ||
+      TL_BIND(st, NULL, TL_TEXT(":profile", profile), TL_TEXT(":provider", provider), TL_INT(":now", now)) != TL_OK)
+    return 0; /* the full path reports what went wrong */
   int found = 0;
   if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 2) != SQLITE_NULL) {
     int64_t exp = sqlite3_column_int64(st, 3);
     /* The provider's skew changes rarely: a long-lived store re-reads it once a second. */
     if (strcmp(s->skew.provider, provider) != 0 || now - s->skew.loaded_at > 1000) {
-      sqlite3_stmt *sk = tl__stmt(s, skew_sql, NULL);
+      sqlite3_stmt *sk;
       s->skew.skew_ms = 120000;
-      if (sk) {
-        tl__bind_text(sk, ":provider", provider);
+      if (tl__prepare(&sk, s, skew_sql, NULL) == TL_OK && TL_BIND(sk, NULL, TL_TEXT(":provider", provider)) == TL_OK) {
         if (sqlite3_step(sk) == SQLITE_ROW)
           s->skew.skew_ms = sqlite3_column_int64(sk, 0);
         sqlite3_reset(sk);
@@ -487,32 +481,27 @@ static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, tl_
   static const char cred_sql[] = "UPDATE credential SET status = 'uncertain', status_reason = :why, "
                                  "updated_at = :now WHERE id = :id AND status = 'active'";
   int64_t now = tl__now_ms();
-  sqlite3_stmt *st = tl__stmt(s, att_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":now", now);
-  tl__bind_text(st, ":why", why);
-  tl__bind_int(st, ":id", attempt);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, att_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":now", now), TL_TEXT(":why", why), TL_INT(":id", attempt))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "mark unknown", err)) != TL_OK)
+    return rc;
+  if (!found) {
     sqlite3_reset(st);
     return TL_OK; /* already settled */
   }
   tl__ids ids = {.credential = sqlite3_column_int64(st, 0), .rt = sqlite3_column_int64(st, 1)};
-  sqlite3_step(st);
-  sqlite3_reset(st);
-  tl_status rc;
-  if (!(st = tl__stmt(s, rt_sql, err)))
-    return TL_ERROR;
-  tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":id", ids.rt);
-  if ((rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
+  if ((rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK) /* finishes the RETURNING statement */
     return rc;
-  if (!(st = tl__stmt(s, cred_sql, err)))
-    return TL_ERROR;
-  tl__bind_int(st, ":now", now);
-  tl__bind_text(st, ":why", why);
-  tl__bind_int(st, ":id", ids.credential);
-  if ((rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
+  if ((rc = tl__prepare(&st, s, rt_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":now", now), TL_INT(":id", ids.rt))) != TL_OK ||
+      (rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":now", now), TL_TEXT(":why", why), TL_INT(":id", ids.credential))) != TL_OK ||
+      (rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
     return rc;
   return tl__audit(s, "attempt_unknown", &ids, json_pack("{s:I, s:s}", "attempt", (json_int_t)attempt, "why", why),
                    err);
@@ -545,16 +534,19 @@ tl_status tl__reap_dead_attempts(int64_t *out, tl_store *s, int fix, tl_error *e
   *out = 0;
   if (fix && (rc = tl__tx_begin(s, "reap attempts", err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, stale_all_sql, err);
-  if (!st) {
-    rc = TL_ERROR;
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, stale_all_sql, err)) != TL_OK)
     goto done;
-  }
   int64_t now = tl__now_ms();
-  while (sqlite3_step(st) == SQLITE_ROW && n < 256)
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW && n < 256)
     if (attempt_dead(s, st, now))
       ids[n++] = sqlite3_column_int64(st, 0);
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = tl__err_db(err, s, "in-flight attempts");
   sqlite3_reset(st);
+  if (rc != TL_OK)
+    goto done;
   *out = (int64_t)n;
   for (size_t i = 0; fix && i < n; i++)
     if ((rc = mark_unknown(s, ids[i],
@@ -608,12 +600,11 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   if ((rc = tl__tx_begin(s, "refresh claim", err)) != TL_OK)
     return rc;
   now = tl__now_ms();
-  if (!(st = tl__stmt(s, cred_sql, err))) {
-    rc = TL_ERROR;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
     goto fail;
-  }
-  tl__bind_int(st, ":id", cred);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  if (!found) {
     sqlite3_reset(st);
     rc = tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
     goto fail;
@@ -683,12 +674,10 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   }
 
   /* Someone presenting right now? */
-  if (!(st = tl__stmt(s, stale_sql, err))) {
-    rc = TL_ERROR;
+  if ((rc = tl__prepare(&st, s, stale_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":cred", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
     goto fail;
-  }
-  tl__bind_int(st, ":cred", cred);
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  if (found) {
     int64_t att = sqlite3_column_int64(st, 0);
     int dead = attempt_dead(s, st, now);
     sqlite3_reset(st);
@@ -706,12 +695,10 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
     sqlite3_reset(st);
   }
 
-  if (!(st = tl__stmt(s, live_sql, err))) {
-    rc = TL_ERROR;
+  if ((rc = tl__prepare(&st, s, live_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":cred", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
     goto fail;
-  }
-  tl__bind_int(st, ":cred", cred);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  if (!found) {
     sqlite3_reset(st);
     rc = tl__err(err, TL_EREAUTH, 0, "credential %lld (%s) holds no usable refresh token; log in again",
                  (long long)cred, cl->provider);
@@ -758,39 +745,22 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
     goto fail;
   }
 
-  if (!(st = tl__stmt(s, ins_sql, err))) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_int(st, ":cred", cred);
-  tl__bind_int(st, ":rt", cl->rt);
-  tl__bind_text(st, ":host", s->actor.host);
-  tl__bind_text(st, ":boot", s->actor.boot);
-  tl__bind_int(st, ":pid", s->actor.pid);
-  tl__bind_int(st, ":start", s->actor.start);
-  tl__bind_text(st, ":profile", s->actor.profile);
-  tl__bind_text(st, ":command", s->actor.command);
-  tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":lease", now + http_timeout(s) + LEASE_MARGIN_MS);
-  if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+  if ((rc = tl__prepare(&st, s, ins_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":cred", cred), TL_INT(":rt", cl->rt), TL_TEXT(":host", s->actor.host),
+                    TL_TEXT(":boot", s->actor.boot), TL_INT(":pid", s->actor.pid), TL_INT(":start", s->actor.start),
+                    TL_TEXT(":profile", s->actor.profile), TL_TEXT(":command", s->actor.command), TL_INT(":now", now),
+                    TL_INT(":lease", now + http_timeout(s) + LEASE_MARGIN_MS))) != TL_OK ||
+      (rc = tl__step_done(s, st, "claim", err)) != TL_OK)
     goto fail;
   cl->attempt = sqlite3_last_insert_rowid(s->db);
   cl->started = now;
-  if (!(st = tl__stmt(s, pres_sql, err))) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_int(st, ":id", cl->rt);
-  if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+  if ((rc = tl__prepare(&st, s, pres_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cl->rt))) != TL_OK ||
+      (rc = tl__step_done(s, st, "claim", err)) != TL_OK)
     goto fail;
   if (retry_unknown) {
-    if (!(st = tl__stmt(s, reopen_sql, err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_int(st, ":now", now);
-    tl__bind_int(st, ":id", cred);
-    if ((rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+    if ((rc = tl__prepare(&st, s, reopen_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_INT(":now", now), TL_INT(":id", cred))) != TL_OK ||
+        (rc = tl__step_done(s, st, "claim", err)) != TL_OK)
       goto fail;
   }
   tl__ids ids = {.credential = cred, .rt = cl->rt};
@@ -817,16 +787,19 @@ static tl_status wait_attempt(tl_store *s, int64_t attempt, tl_error *err)
   static const char sql[] = "SELECT outcome, lease_until FROM refresh_attempt WHERE id = :id";
   long delay = 1; /* a peer's refresh takes about a round trip; poll cheaply, then back off */
   for (;;) {
-    sqlite3_stmt *st = tl__stmt(s, sql, err);
-    if (!st)
-      return TL_ERROR;
-    tl__bind_int(st, ":id", attempt);
+    sqlite3_stmt *st;
+    tl_status trc;
+    if ((trc = tl__prepare(&st, s, sql, err)) != TL_OK || (trc = TL_BIND(st, err, TL_INT(":id", attempt))) != TL_OK)
+      return trc;
     int rc = sqlite3_step(st);
     int settled = rc != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(st, 0), "in_flight") != 0;
     int64_t lease = rc == SQLITE_ROW ? sqlite3_column_int64(st, 1) : 0;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      trc = tl__err_db(err, s, "wait for refresh");
+      sqlite3_reset(st);
+      return trc;
+    }
     sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-      return tl__err_db(err, s, "wait for refresh");
     if (settled || tl__now_ms() > lease)
       return TL_OK; /* the next claim decides what an expired lease means */
     sleep_ms(delay);
@@ -1039,16 +1012,12 @@ static void classify_body(answer *a, const tl_http_response *r, const char *old_
 static tl_status exec_bound(tl_store *s, const char *sql, const char *what, tl_error *err, int nbind,
                             const char *const *names, const int64_t *ints, const char *const *texts)
 {
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  for (int i = 0; i < nbind; i++) {
-    if (texts && texts[i])
-      tl__bind_secret(st, names[i], texts[i]);
-    else
-      tl__bind_int(st, names[i], ints[i]);
-  }
-  return tl__step_done(s, st, what, err);
+  sqlite3_stmt *st;
+  tl_status rc = tl__prepare(&st, s, sql, err);
+  for (int i = 0; rc == TL_OK && i < nbind; i++)
+    rc = texts && texts[i] ? TL_BIND(st, err, TL_SECRET(names[i], texts[i]))
+                           : TL_BIND(st, err, TL_INT(names[i], ints[i]));
+  return rc == TL_OK ? tl__step_done(s, st, what, err) : rc;
 }
 
 static const char finish_sql[] =
@@ -1058,19 +1027,14 @@ static const char finish_sql[] =
 static tl_status finish_attempt(tl_store *s, const claim *cl, const char *outcome, const answer *a, int64_t child,
                                 tl_error *err)
 {
-  sqlite3_stmt *st = tl__stmt(s, finish_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":outcome", outcome);
-  tl__bind_int(st, ":now", tl__now_ms());
-  if (a->status)
-    tl__bind_int(st, ":status", a->status);
-  tl__bind_text(st, ":error", a->error);
-  tl__bind_text(st, ":desc", a->desc);
-  if (child)
-    tl__bind_int(st, ":child", child);
-  tl__bind_int(st, ":id", cl->attempt);
-  tl_status rc = tl__step_done(s, st, "record", err);
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, finish_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":outcome", outcome), TL_INT(":now", tl__now_ms()),
+                    TL_OPTINT(":status", a->status), TL_TEXT(":error", a->error), TL_TEXT(":desc", a->desc),
+                    TL_OPTINT(":child", child), TL_INT(":id", cl->attempt))) != TL_OK)
+    return rc;
+  rc = tl__step_done(s, st, "record", err);
   if (rc == TL_OK && sqlite3_changes(s->db) != 1)
     rc = tl__err(err, TL_ERROR, 0, "record: attempt %lld was settled by another process (lease expired?)",
                  (long long)cl->attempt);
@@ -1089,10 +1053,9 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
   static const char count_sql[] = "SELECT count(*) FROM audit_event WHERE credential_id = :cred AND rt_id = :rt AND "
                                   "event IN ('rt_presented', 'rt_represented')";
   char prev[400] = "no presentation of this credential is on record";
-  sqlite3_stmt *st = tl__stmt(s, prev_sql, NULL);
-  if (st) {
-    tl__bind_int(st, ":cred", cl->credential);
-    tl__bind_int(st, ":att", cl->attempt);
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, prev_sql, NULL) == TL_OK &&
+      TL_BIND(st, NULL, TL_INT(":cred", cl->credential), TL_INT(":att", cl->attempt)) == TL_OK) {
     if (sqlite3_step(st) == SQLITE_ROW)
       snprintf(prev, sizeof prev, "the last one on record was generation %lld by %s (profile %s, command %s) at %s",
                (long long)sqlite3_column_int64(st, 0), sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
@@ -1100,9 +1063,8 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
     sqlite3_reset(st);
   }
   int64_t times = 0;
-  if ((st = tl__stmt(s, count_sql, NULL))) {
-    tl__bind_int(st, ":cred", cl->credential);
-    tl__bind_int(st, ":rt", cl->rt);
+  if (tl__prepare(&st, s, count_sql, NULL) == TL_OK &&
+      TL_BIND(st, NULL, TL_INT(":cred", cl->credential), TL_INT(":rt", cl->rt)) == TL_OK) {
     if (sqlite3_step(st) == SQLITE_ROW)
       times = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
@@ -1130,15 +1092,12 @@ static tl_status mark_entries(tl_store *s, int64_t cred, const char *status, con
 {
   static const char sql[] = "UPDATE pool_entry SET last_status = :st, last_status_at = :now, last_error_code = :code, "
                             "last_error_reason = :reason, last_error_message = :msg WHERE credential_id = :cred";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":st", status);
-  tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":code", a->status);
-  tl__bind_text(st, ":reason", a->error);
-  tl__bind_text(st, ":msg", a->desc);
-  tl__bind_int(st, ":cred", cred);
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":st", status), TL_INT(":now", now), TL_INT(":code", a->status),
+                    TL_TEXT(":reason", a->error), TL_TEXT(":msg", a->desc), TL_INT(":cred", cred))) != TL_OK)
+    return rc;
   return tl__step_done(s, st, "record", err);
 }
 
@@ -1200,18 +1159,11 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
       int64_t v1[] = {now, cl->rt};
       if ((rc = exec_bound(s, rotate_old_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
         goto fail;
-      if (!(st = tl__stmt(s, child_sql, err))) {
-        rc = TL_ERROR;
-        goto fail;
-      }
-      tl__bind_int(st, ":cred", cl->credential);
-      tl__bind_int(st, ":parent", cl->rt);
-      tl__bind_int(st, ":family", cl->family);
-      tl__bind_int(st, ":gen", cl->generation + 1);
-      tl__bind_text(st, ":fp", childfp);
-      tl__bind_secret(st, ":secret", a->refresh_token);
-      tl__bind_int(st, ":now", now);
-      if ((rc = tl__step_done(s, st, "record child", err)) != TL_OK)
+      if ((rc = tl__prepare(&st, s, child_sql, err)) != TL_OK ||
+          (rc = TL_BIND(st, err, TL_INT(":cred", cl->credential), TL_INT(":parent", cl->rt),
+                        TL_INT(":family", cl->family), TL_INT(":gen", cl->generation + 1), TL_TEXT(":fp", childfp),
+                        TL_SECRET(":secret", a->refresh_token), TL_INT(":now", now))) != TL_OK ||
+          (rc = tl__step_done(s, st, "record child", err)) != TL_OK)
         goto fail;
       child = sqlite3_last_insert_rowid(s->db);
     } else {
@@ -1220,18 +1172,11 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
       if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
         goto fail;
     }
-    char *extra = json_dumps(a->extra ? a->extra : json_object(), JSON_COMPACT);
-    if (!(st = tl__stmt(s, cred_ok_sql, err))) {
-      free(extra);
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_secret(st, ":at", a->access_token);
-    tl__bind_int(st, ":exp", a->expires_at);
-    tl__bind_int(st, ":now", now);
-    tl__bind_text(st, ":extra", extra ? extra : "{}");
-    tl__bind_int(st, ":id", cl->credential);
-    rc = tl__step_done(s, st, "record credential", err);
+    char *extra = a->extra ? json_dumps(a->extra, JSON_COMPACT) : NULL;
+    if ((rc = tl__prepare(&st, s, cred_ok_sql, err)) == TL_OK &&
+        (rc = TL_BIND(st, err, TL_SECRET(":at", a->access_token), TL_INT(":exp", a->expires_at), TL_INT(":now", now),
+                      TL_TEXT(":extra", extra ? extra : "{}"), TL_INT(":id", cl->credential))) == TL_OK)
+      rc = tl__step_done(s, st, "record credential", err);
     free(extra);
     if (rc != TL_OK)
       goto fail;
@@ -1276,14 +1221,9 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
     char why[300];
     snprintf(why, sizeof why, "server rejected generation %lld: HTTP %ld %s%s%.200s", (long long)cl->generation,
              a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
-    if (!(st = tl__stmt(s, reauth_sql, err))) {
-      rc = TL_ERROR;
-      goto fail;
-    }
-    tl__bind_text(st, ":why", why);
-    tl__bind_int(st, ":now", now);
-    tl__bind_int(st, ":id", cl->credential);
-    if ((rc = tl__step_done(s, st, "record", err)) != TL_OK)
+    if ((rc = tl__prepare(&st, s, reauth_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_TEXT(":why", why), TL_INT(":now", now), TL_INT(":id", cl->credential))) != TL_OK ||
+        (rc = tl__step_done(s, st, "record", err)) != TL_OK)
       goto fail;
     if ((rc = mark_entries(s, cl->credential, "dead", a, now, err)) != TL_OK)
       goto fail;
@@ -1490,12 +1430,13 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
     return tl__err(err, TL_EINVAL, 0, "recover: credential and action are required");
   if ((rc = tl__reap_dead_attempts(&reaped, s, 1, err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, state_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", cred);
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, state_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "recover", err)) != TL_OK)
+    return rc;
   char status[16] = "";
-  if (sqlite3_step(st) == SQLITE_ROW)
+  if (found)
     snprintf(status, sizeof status, "%s", (const char *)sqlite3_column_text(st, 0));
   sqlite3_reset(st);
   if (!*status)
@@ -1547,40 +1488,33 @@ tl_status tl_entry_report(tl_store *s, const char *profile, const char *provider
   if ((rc = tl__tx_begin(s, "report", err)) != TL_OK)
     return rc;
   int64_t now = tl__now_ms(), pid;
-  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK || (rc = tl__prepare(&st, s, count_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":profile", profile), TL_TEXT(":provider", provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "report", err)) != TL_OK)
     goto fail;
-  sqlite3_stmt *st = tl__stmt(s, count_sql, err);
-  if (!st) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_text(st, ":profile", profile);
-  tl__bind_text(st, ":provider", provider);
-  int64_t live = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  int64_t live = found ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
   /* Hermes' cooldowns: 401 five minutes, others an hour; a sole entry a minute unless billing (402). */
   int64_t cool = http_status == 401 ? 300 : 3600;
   if (live <= 1 && http_status != 402)
     cool = 60;
   int64_t until = reset_at_ms > now ? reset_at_ms : now + cool * 1000;
-  if (!(st = tl__stmt(s, sql, err))) {
-    rc = TL_ERROR;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":now", now), TL_INT(":code", http_status), TL_INT(":until", until),
+                    TL_TEXT(":entry", entry_id), TL_TEXT(":provider", provider), TL_TEXT(":profile", profile))) !=
+          TL_OK ||
+      (rc = tl__step_row(&found, s, st, "report", err)) != TL_OK)
     goto fail;
-  }
-  tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":code", http_status);
-  tl__bind_int(st, ":until", until);
-  tl__bind_text(st, ":entry", entry_id);
-  tl__bind_text(st, ":provider", provider);
-  tl__bind_text(st, ":profile", profile);
-  if (sqlite3_step(st) != SQLITE_ROW) {
+  if (!found) {
     sqlite3_reset(st);
     rc = tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has no %s entry '%s'", profile, provider, entry_id);
     goto fail;
   }
   tl__ids ids = {.credential = sqlite3_column_int64(st, 1), .profile = sqlite3_column_int64(st, 2)};
-  sqlite3_step(st);
-  sqlite3_reset(st);
+  if ((rc = tl__step_done(s, st, "report", err)) != TL_OK) /* finishes the RETURNING statement */
+    goto fail;
   if ((rc = tl__audit(s, "entry_exhausted", &ids,
                       json_pack("{s:s, s:s, s:i, s:I}", "entry", entry_id, "provider", provider, "http_status",
                                 http_status, "cooldown_s", (json_int_t)((until - now) / 1000)),

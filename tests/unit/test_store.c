@@ -253,6 +253,39 @@ static void test_store__write_gate_survives_a_holder_that_died(void **state)
   assert_int_equal(tl_profile_add(f->s, "after", NULL, &err), TL_OK);
 }
 
+static void test_store__unknown_parameter_name_is_a_hard_error(void **state)
+{
+  fx *f = *state;
+  static const char sql[] = "SELECT :known";
+  sqlite3_stmt *st = NULL;
+  tl_error err = {0};
+  assert_int_equal(tl__prepare(&st, f->s, sql, &err), TL_OK);
+  assert_int_equal(TL_BIND(st, &err, TL_INT(":known", 1)), TL_OK);
+  assert_int_equal(TL_BIND(st, &err, TL_INT(":known", 1), TL_TEXT(":typo", "x")), TL_ERROR);
+  assert_int_equal(err.code, TL_ERROR);
+  if (!strstr(err.message, "':typo'"))
+    fail_msg("message does not name the parameter: %s", err.message);
+}
+
+/* A failure while preparing keeps SQLite's cause (here out of memory) instead of a generic error. */
+static void test_store__prepare_failure_keeps_its_status(void **state)
+{
+  fx *f = *state;
+  tl_report *r = NULL;
+  tl_error err = {0};
+  sqlite3_int64 old = sqlite3_hard_heap_limit64(-1);
+  sqlite3_hard_heap_limit64(sqlite3_memory_used() + 512);
+  tl_status rc = tl_profile_list(&r, f->s, &err);
+  sqlite3_hard_heap_limit64(old);
+  tl_report_free(r);
+  if (rc != TL_ENOMEM)
+    fail_msg("expected out of memory, got %s: %s", tl_status_name(rc), err.message);
+  /* and once memory is back, the same call works */
+  tl_error_clear(&err);
+  assert_int_equal(tl_profile_list(&r, f->s, &err), TL_OK);
+  tl_report_free(r);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -275,6 +308,8 @@ int main(void)
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_store__busy_write_lock_reports_busy, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_store__write_gate_survives_a_holder_that_died, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_store__unknown_parameter_name_is_a_hard_error, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_store__prepare_failure_keeps_its_status, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
