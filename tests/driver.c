@@ -17,6 +17,10 @@
  *   tl-driver surrogate DB PROFILE [CRED]    prints a new surrogate refresh token (strict mode) for
  *                                            the profile's nous credential (or CRED): what phase 2
  *                                            writes into a strict profile's auth.json
+ *   tl-driver post URL [HEADER VALUE]       one POST through the libcurl transport, as a
+ *                                            refresh would send it; prints the outcome as
+ *                                            "failure status detail" (0 done, 1 not sent,
+ *                                            2 lost)
  *   tl-driver verify DB URL                  every RT the portal issued is in the
  *                                            ledger, or is the answer to an
  *                                            attempt recorded `unknown`; no reuse;
@@ -435,6 +439,31 @@ static int surrogate(const char *db, const char *profile, const char *cred_text)
   return 0;
 }
 
+/*
+ * The transport on its own, for the loopback and proxy checks (tests/e2e/network.sh). With
+ * TL_DRIVER_LOOPBACK_ONLY=1 the URL rules are skipped and the transfer alone must keep the
+ * connection on loopback addresses (the defence behind them: a name that resolves elsewhere).
+ */
+static int post(const char *url, const char *header, const char *value)
+{
+  tl_http_request req = {.url = url,
+                         .body = "grant_type=refresh_token&client_id=hermes-cli",
+                         .rt_header = header,
+                         .rt_value = value,
+                         .connect_timeout_ms = 2000,
+                         .timeout_ms = 4000};
+  tl_http_response resp;
+  memset(&resp, 0, sizeof resp);
+  const char *direct = getenv("TL_DRIVER_LOOPBACK_ONLY");
+  if (direct && strcmp(direct, "1") == 0)
+    tl__curl_transfer(&req, &resp, 1);
+  else
+    tl__curl_post(NULL, &req, &resp);
+  printf("%d %ld %s\n", (int)resp.failure, resp.status, resp.detail);
+  tl__http_response_clear(&resp);
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
   signal(SIGPIPE, SIG_IGN);
@@ -446,6 +475,8 @@ int main(int argc, char **argv)
     return crash(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
   if (argc == 6 && strcmp(argv[1], "hermes-writer") == 0)
     return hermes_writer(argv[2], argv[3], argv[4], atoi(argv[5]));
+  if ((argc == 3 || argc == 5) && strcmp(argv[1], "post") == 0)
+    return post(argv[2], argc == 5 ? argv[3] : NULL, argc == 5 ? argv[4] : NULL);
   if (argc == 4 && strcmp(argv[1], "verify") == 0)
     return verify(argv[2], argv[3]);
   if ((argc == 4 || argc == 5) && strcmp(argv[1], "surrogate") == 0)

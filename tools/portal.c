@@ -19,7 +19,8 @@
  *   GET  /admin/counters         refreshes, reuse_detections, families_revoked, ...
  *   GET  /admin/issued           every RT issued, as sha256 + state
  * "lose" rotates and then drops the connection without an answer, like a
- * response lost on the way back. The server never binds anything but 127.0.0.1.
+ * response lost on the way back. The server binds 127.0.0.1 (or, with --addr,
+ * another address in 127.0.0.0/8) and nothing else.
  */
 #define _DEFAULT_SOURCE
 #include <arpa/inet.h>
@@ -520,10 +521,12 @@ static void on_signal(int sig)
 int main(int argc, char **argv)
 {
   int port = 0;
-  const char *port_file = NULL;
+  const char *port_file = NULL, *bind_addr = "127.0.0.1";
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--port") == 0 && i + 1 < argc)
       port = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--addr") == 0 && i + 1 < argc)
+      bind_addr = argv[++i];
     else if (strcmp(argv[i], "--port-file") == 0 && i + 1 < argc)
       port_file = argv[++i];
     else if (strcmp(argv[i], "--at-lifetime") == 0 && i + 1 < argc)
@@ -531,8 +534,10 @@ int main(int argc, char **argv)
     else if (strcmp(argv[i], "--latency-ms") == 0 && i + 1 < argc)
       cfg.latency_ms = atoi(argv[++i]);
     else {
-      fprintf(stderr, "usage: tl-portal [--port N] [--port-file FILE] [--at-lifetime SECONDS] [--latency-ms MS]\n"
-                      "A loopback stand-in for Nous Portal's OAuth endpoints (binds 127.0.0.1 only).\n");
+      fprintf(stderr, "usage: tl-portal [--port N] [--port-file FILE] [--addr 127.X.Y.Z] [--at-lifetime SECONDS] "
+                      "[--latency-ms MS]\n"
+                      "A loopback stand-in for Nous Portal's OAuth endpoints (binds 127.0.0.1, or another "
+                      "127.0.0.0/8 address, only).\n");
       return strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
@@ -540,13 +545,16 @@ int main(int argc, char **argv)
   memset(&addr, 0, sizeof addr);
   addr.sin_family = AF_INET;
   addr.sin_port = htons((uint16_t)port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (inet_pton(AF_INET, bind_addr, &addr.sin_addr) != 1 || (ntohl(addr.sin_addr.s_addr) >> 24) != 127) {
+    fprintf(stderr, "tl-portal: --addr must be an IPv4 address in 127.0.0.0/8\n");
+    return 2;
+  }
   struct MHD_Daemon *d =
       MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0, NULL,
                        NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL,
                        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
   if (!d) {
-    fprintf(stderr, "tl-portal: cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
+    fprintf(stderr, "tl-portal: cannot listen on %s:%d: %s\n", bind_addr, port, strerror(errno));
     return 1;
   }
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
@@ -561,7 +569,7 @@ int main(int argc, char **argv)
       return 1;
     }
   }
-  printf("tl-portal listening on http://127.0.0.1:%d\n", bound);
+  printf("tl-portal listening on http://%s:%d\n", bind_addr, bound);
   fflush(stdout);
   signal(SIGTERM, on_signal);
   signal(SIGINT, on_signal);

@@ -1,5 +1,6 @@
 /*
- * http.c - the token endpoint transport: one form-encoded POST with libcurl.
+ * http.c - the token endpoint transport: one form-encoded POST with libcurl,
+ * and the rules for which URLs may carry a token at all.
  *
  * This is the only file that talks to libcurl's transfer API. It sits behind
  * the tl_http_fn seam so tests and benchmarks can substitute canned answers.
@@ -7,36 +8,194 @@
  * Invariants:
  *   - TLS peer and host verification are always on; the only knob is a CA
  *     bundle (TOKENLEDGER_CA_BUNDLE, else SSL_CERT_FILE), never "insecure".
+ *     SSLKEYLOGFILE is removed from the environment before libcurl's global
+ *     initialisation, so TLS session keys are never written to a file.
  *   - Redirects are never followed, so no credential can travel to another
  *     host; a 3xx is just a status the caller classifies.
- *   - Only http and https are allowed (http only reaches here for loopback
- *     URLs, which tl_url_check enforced when the URL was stored).
- *   - The response body is capped at 1 MiB.
+ *   - Plain http only to a loopback address: an IP literal in 127.0.0.0/8,
+ *     [::1], or exactly localhost, written in the canonical form libcurl
+ *     itself uses (no 0x7f.1, 2130706433, userinfo or zone tricks). For such
+ *     an endpoint, every address libcurl is about to connect to, and the
+ *     connected peer before the first request byte, must be a loopback
+ *     address, and no proxy is ever used.
+ *   - No control character goes into a header: the RT header's name is an
+ *     RFC 7230 token and its value printable, or nothing is sent.
+ *   - The response body is capped at 1 MiB; numbers in headers are bounded.
  *   - A failure is NOT_SENT only if curl reports that no request byte was
  *     written; anything else that fails is LOST (the RT may have arrived).
  *   - The header line that carries an RT is burned after the transfer.
  */
 #include "internal.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define TL_RESPONSE_MAX (1024 * 1024)
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void)
 {
+  /* libcurl (with OpenSSL) opens SSLKEYLOGFILE during its global initialisation and appends every TLS
+   * session key to it: a refresh's keys would let anyone holding a capture read the refresh token.
+   * Remove it before libcurl can look. (A host that initialised libcurl itself has decided already.) */
+  unsetenv("SSLKEYLOGFILE");
   curl_global_init(CURL_GLOBAL_DEFAULT);
 }
+
+/* ---- which URLs may carry a token --------------------------------------- */
+
+static int loopback_sockaddr(const struct sockaddr *sa)
+{
+  if (sa->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr) >> 24) == 127;
+  if (sa->sa_family == AF_INET6)
+    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr);
+  return 0;
+}
+
+/* 1 if text is an IP literal of a loopback address (127.0.0.0/8 in dotted quads, or ::1). */
+static int loopback_ip_text(const char *text)
+{
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (inet_pton(AF_INET, text, &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  if (inet_pton(AF_INET6, text, &a6) == 1)
+    return IN6_IS_ADDR_LOOPBACK(&a6);
+  return 0;
+}
+
+tl_status tl__url_classify(int *out_loopback, const char *url, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char *scheme = NULL, *host = NULL, *user = NULL, *zone = NULL;
+  CURLU *u = curl_url();
+  *out_loopback = 0;
+  if (!u)
+    return tl__oom(err);
+  if (!url || strlen(url) > 2048 || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+    rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' is not a valid absolute URL", url ? url : "");
+    goto done;
+  }
+  if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK) {
+    rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' carries user information; a token endpoint never does", url);
+    goto done;
+  }
+  if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0) {
+    rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' must use https", url);
+    goto done;
+  }
+  /*
+   * A loopback host, as libcurl understood it and exactly as written: libcurl reads 0x7f.1, 2130706433
+   * and 0177.0.0.1 as 127.0.0.1, so the written authority must be the canonical one for the host to
+   * mean what it says.
+   */
+  size_t sl = strlen(scheme), hl = strlen(host);
+  int canonical = strncasecmp(url, scheme, sl) == 0 && strncmp(url + sl, "://", 3) == 0 &&
+                  strncmp(url + sl + 3, host, hl) == 0 && strchr(":/?#", url[sl + 3 + hl]);
+  int has_zone = curl_url_get(u, CURLUPART_ZONEID, &zone, 0) == CURLUE_OK;
+  int loopback = 0;
+  if (canonical && !has_zone) {
+    if (strcmp(host, "localhost") == 0) {
+      loopback = 1;
+    } else if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+      char v6[64];
+      snprintf(v6, sizeof v6, "%.*s", (int)(hl - 2), host + 1);
+      loopback = loopback_ip_text(v6);
+    } else {
+      loopback = strchr(host, ':') == NULL && loopback_ip_text(host);
+    }
+  }
+  if (strcmp(scheme, "http") == 0 && !loopback) {
+    rc = tl__err(err, TL_EINVAL, 0,
+                 "URL '%.200s' must use https: plain http is allowed only to a loopback address written as an IP "
+                 "literal in 127.0.0.0/8, [::1], or exactly localhost",
+                 url);
+    goto done;
+  }
+  *out_loopback = loopback;
+done:
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(user);
+  curl_free(zone);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+/* RFC 7230 tchar: the only bytes a header name may hold. */
+static int header_name_valid(const char *name)
+{
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n > 64)
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c)))
+      return 0;
+  }
+  return 1;
+}
+
+const char *tl__rt_header_invalid(const char *name)
+{
+  /* Headers that frame or route the request, or carry other credentials: an RT in one of them would
+   * change what is sent (a smuggled request, another host) or where the RT ends up (a log, a proxy). */
+  static const char *const reserved[] = {"host",
+                                         "content-length",
+                                         "transfer-encoding",
+                                         "connection",
+                                         "content-type",
+                                         "content-encoding",
+                                         "authorization",
+                                         "proxy-authorization",
+                                         "cookie",
+                                         "expect",
+                                         "upgrade",
+                                         "te",
+                                         "trailer",
+                                         "keep-alive",
+                                         "proxy-connection",
+                                         "accept",
+                                         "user-agent",
+                                         "forwarded",
+                                         "x-forwarded-for",
+                                         "x-forwarded-host",
+                                         "via",
+                                         "referer",
+                                         "range",
+                                         "origin"};
+  if (!header_name_valid(name))
+    return "is not a valid HTTP header name (1-64 of A-Z a-z 0-9 and !#$%&'*+-.^_`|~)";
+  for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
+    if (strcasecmp(name, reserved[i]) == 0)
+      return "is a header that frames, routes or authenticates the request; choose a harmless name";
+  return NULL;
+}
+
+/* ---- the transfer ------------------------------------------------------- */
 
 typedef struct sink {
   char *buf;
   size_t len, cap;
   int overflow;
 } sink;
+
+/* What the connect-time checks saw, for the failure detail. */
+typedef struct peer_guard {
+  int refused;
+  char addr[64];
+} peer_guard;
 
 static size_t on_body(char *data, size_t size, size_t n, void *ud)
 {
@@ -62,31 +221,82 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
   return add;
 }
 
+/*
+ * Retry-After: delta-seconds (digits only) or an HTTP-date; anything else is
+ * ignored. The result is capped at a day, so no later arithmetic overflows.
+ */
+long tl__retry_after(const char *value, int64_t now_ms)
+{
+  char tmp[64];
+  size_t b = 0, e = strlen(value);
+  while (b < e && (value[b] == ' ' || value[b] == '\t'))
+    b++;
+  while (e > b && strchr(" \t\r\n", value[e - 1]))
+    e--;
+  if (e == b || e - b >= sizeof tmp)
+    return -1;
+  memcpy(tmp, value + b, e - b);
+  tmp[e - b] = '\0';
+  if (strspn(tmp, "0123456789") == strlen(tmp)) {
+    long v = 0;
+    for (const char *p = tmp; *p && v <= 86400; p++)
+      v = v * 10 + (*p - '0');
+    return v > 86400 ? 86400 : v;
+  }
+  time_t t = curl_getdate(tmp, NULL);
+  if (t <= 0)
+    return -1;
+  int64_t d = (int64_t)t - now_ms / 1000;
+  return d <= 0 ? 0 : d > 86400 ? 86400 : (long)d;
+}
+
 static size_t on_header(char *data, size_t size, size_t n, void *ud)
 {
   tl_http_response *resp = ud;
   size_t len = size * n;
   static const char name[] = "retry-after:";
-  if (len > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
-    char tmp[64];
-    size_t l = len - (sizeof name - 1);
-    if (l >= sizeof tmp)
-      l = sizeof tmp - 1;
-    memcpy(tmp, data + sizeof name - 1, l);
-    tmp[l] = '\0';
-    char *end = NULL;
-    long v = strtol(tmp, &end, 10);
-    if (end != tmp && v >= 0)
-      resp->retry_after = v;
-    else {
-      time_t t = curl_getdate(tmp, NULL); /* HTTP-date form */
-      if (t > 0) {
-        long d = (long)(t - (time_t)(tl__now_ms() / 1000));
-        resp->retry_after = d > 0 ? d : 0;
-      }
-    }
+  if (len > sizeof name - 1 && len < 128 && strncasecmp(data, name, sizeof name - 1) == 0) {
+    char tmp[128];
+    memcpy(tmp, data + sizeof name - 1, len - (sizeof name - 1));
+    tmp[len - (sizeof name - 1)] = '\0';
+    resp->retry_after = tl__retry_after(tmp, tl__now_ms());
   }
   return len;
+}
+
+/* Before a socket exists: a loopback endpoint is only ever reached at a loopback address. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+  peer_guard *g = ud;
+  if (purpose != CURLSOCKTYPE_IPCXN || !loopback_sockaddr(&a->addr)) {
+    g->refused = 1;
+    const void *raw = a->family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)(void *)&a->addr)->sin6_addr
+                                            : (const void *)&((struct sockaddr_in *)(void *)&a->addr)->sin_addr;
+    if (!inet_ntop(a->family, raw, g->addr, sizeof g->addr))
+      snprintf(g->addr, sizeof g->addr, "an address of family %d", a->family);
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* After connecting, before the first request byte: the peer libcurl actually reached. */
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port, int conn_local_port)
+{
+  (void)conn_local_ip;
+  (void)conn_primary_port;
+  (void)conn_local_port;
+  peer_guard *g = ud;
+  if (conn_primary_ip && loopback_ip_text(conn_primary_ip))
+    return CURL_PREREQFUNC_OK;
+  g->refused = 1;
+  snprintf(g->addr, sizeof g->addr, "%s", conn_primary_ip ? conn_primary_ip : "an unknown peer");
+  return CURL_PREREQFUNC_ABORT;
+}
+
+/* A header value a server will read as exactly one printable line. */
+static int header_value_valid(const char *v)
+{
+  return v && tl__token_valid(v, strlen(v));
 }
 
 void tl__http_response_clear(tl_http_response *resp)
@@ -104,22 +314,43 @@ void tl__http_response_clear(tl_http_response *resp)
 int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp)
 {
   (void)ud;
+  int loopback = 0;
+  tl_error uerr = {0};
+  resp->failure = TL_HTTP_NOT_SENT;
+  resp->status = 0;
+  resp->retry_after = -1;
+  if (tl__url_classify(&loopback, req->url, &uerr) != TL_OK) {
+    snprintf(resp->detail, sizeof resp->detail, "refusing to send: %.200s", uerr.message);
+    return 0;
+  }
+  tl__curl_transfer(req, resp, loopback);
+  return 0;
+}
+
+void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int loopback)
+{
   CURL *h = NULL;
   struct curl_slist *hdrs = NULL;
   char *rtline = NULL;
   sink k = {0};
+  peer_guard guard = {0};
   pthread_once(&curl_once, curl_init_once);
   resp->failure = TL_HTTP_NOT_SENT;
   resp->status = 0;
   resp->retry_after = -1;
+  if (req->rt_header && (tl__rt_header_invalid(req->rt_header) || !header_value_valid(req->rt_value))) {
+    snprintf(resp->detail, sizeof resp->detail,
+             "refusing to send: the refresh token header would carry a control character or an invalid name");
+    return;
+  }
   h = curl_easy_init();
   if (!h) {
     snprintf(resp->detail, sizeof resp->detail, "cannot initialise libcurl");
-    return 0;
+    return;
   }
   hdrs = curl_slist_append(hdrs, "Accept: application/json");
   hdrs = curl_slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
-  if (req->rt_header && req->rt_value) {
+  if (req->rt_header) {
     size_t n = strlen(req->rt_header) + strlen(req->rt_value) + 3;
     rtline = malloc(n);
     if (rtline) {
@@ -144,7 +375,15 @@ int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp)
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
   if (ca && *ca)
     curl_easy_setopt(h, CURLOPT_CAINFO, ca);
-  curl_easy_setopt(h, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1");
+  if (loopback) {
+    /* Never through a proxy, whatever http_proxy, HTTPS_PROXY, ALL_PROXY or NO_PROXY say, and only to a
+     * loopback peer: checked on every address before connecting and on the connected peer before sending. */
+    curl_easy_setopt(h, CURLOPT_PROXY, "");
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &guard);
+    curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(h, CURLOPT_PREREQDATA, &guard);
+  }
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 5000L);
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 15000L);
@@ -162,6 +401,10 @@ int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp)
     resp->body = k.buf;
     resp->body_len = k.len;
     k.buf = NULL;
+  } else if (guard.refused) {
+    resp->failure = sent > 0 ? TL_HTTP_LOST : TL_HTTP_NOT_SENT;
+    snprintf(resp->detail, sizeof resp->detail,
+             "refusing to send: the loopback endpoint led to %s, which is not a loopback address", guard.addr);
   } else {
     resp->failure = sent > 0 ? TL_HTTP_LOST : TL_HTTP_NOT_SENT;
     snprintf(resp->detail, sizeof resp->detail, "%s%s", k.overflow ? "response larger than 1 MiB; " : "",
@@ -181,5 +424,4 @@ done:
     tl_burn(p->data, strlen(p->data));
   curl_slist_free_all(hdrs);
   curl_easy_cleanup(h);
-  return 0;
 }

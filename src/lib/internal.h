@@ -171,9 +171,22 @@ tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_e
 /* refresh.c: expiry (ms) from a JWT access token's exp claim; 0 if unreadable. */
 int64_t tl__jwt_exp_ms(const char *jwt);
 
-/* http.c */
+/* http.c: the libcurl transport (tl_http_fn), and the transfer itself after the URL rules; with
+ * loopback set, no proxy is used and every peer that is not a loopback address is refused unsent. */
 int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp);
+void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int loopback);
 void tl__http_response_clear(tl_http_response *resp);
+/*
+ * Checks a token endpoint URL: https, or plain http to a loopback address (an
+ * IP literal in 127.0.0.0/8, [::1], or exactly localhost) in libcurl's
+ * canonical form; never user information. *out_loopback tells whether the
+ * host is such a loopback address (then no proxy, and the peer is checked).
+ */
+tl_status tl__url_classify(int *out_loopback, const char *url, tl_error *err);
+/* NULL if name is a valid, harmless header name for the RT; else why not. */
+const char *tl__rt_header_invalid(const char *name);
+/* A Retry-After value in seconds, capped at a day; -1 if absent or unreadable. */
+long tl__retry_after(const char *value, int64_t now_ms);
 
 /* strict.c: strict mode (SPEC section 4 "Strict mode"; the interface the Hermes code uses).
  *

@@ -15,7 +15,6 @@
  */
 #include "internal.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
 #include <openssl/rand.h>
@@ -235,29 +234,8 @@ int tl__provider_name_valid(const char *name)
 tl_status tl_url_check(const char *url, tl_error *err)
 {
   tl_error_clear(err);
-  tl_status rc = TL_OK;
-  char *scheme = NULL, *host = NULL;
-  CURLU *u = curl_url();
-  if (!u)
-    return tl__oom(err);
-  if (!url || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-    rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' is not a valid absolute URL", url ? url : "");
-    goto done;
-  }
-  if (strcmp(scheme, "https") == 0)
-    goto done;
-  if (strcmp(scheme, "http") == 0 &&
-      (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 || strncmp(host, "127.", 4) == 0))
-    goto done;
-  rc =
-      tl__err(err, TL_EINVAL, 0, "URL '%.200s' must use https (plain http is allowed only to a loopback address)", url);
-done:
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
-  return rc;
+  int loopback = 0;
+  return tl__url_classify(&loopback, url, err);
 }
 
 tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
@@ -287,8 +265,11 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
     return rc;
   if (p->device_url && (rc = tl_url_check(p->device_url, err)) != TL_OK)
     return rc;
-  if (p->rt_header && *p->rt_header && strpbrk(p->rt_header, " \t\r\n:"))
-    return tl__err(err, TL_EINVAL, 0, "header name '%.64s' is invalid", p->rt_header);
+  const char *bad_header = p->rt_header && *p->rt_header ? tl__rt_header_invalid(p->rt_header) : NULL;
+  if (bad_header)
+    return tl__err(err, TL_EINVAL, 0, "refresh token header name '%.64s' %s",
+                   tl__token_valid(p->rt_header, strlen(p->rt_header)) ? p->rt_header : "(control characters)",
+                   bad_header);
   if ((rc = tl__tx_begin(s, "provider set", err)) != TL_OK)
     return rc;
   sqlite3_stmt *st;

@@ -656,6 +656,17 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
                  (long long)cred, cl->provider, cl->provider);
     goto fail;
   }
+  /* An endpoint stored before today's rules (or edited in the file) is checked again before anything is sent. */
+  tl_error why = {0};
+  const char *bad_header = cl->rt_header ? tl__rt_header_invalid(cl->rt_header) : NULL;
+  if (tl_url_check(cl->token_url, &why) != TL_OK || bad_header) {
+    rc = tl__err(err, TL_EINVAL, 0,
+                 "credential %lld (%s): its stored token endpoint is refused, so the refresh token was not sent: "
+                 "%s; set a valid one with 'tokenledger provider set %s' (or import the profile again)",
+                 (long long)cred, cl->provider,
+                 bad_header ? "the refresh token header name is not acceptable" : why.message, cl->provider);
+    goto fail;
+  }
   if (strcmp(status, "needs_reauth") == 0) {
     rc = tl__err(err, TL_EREAUTH, 0,
                  "credential %lld (%s%s%s) needs a new login: %s. Run 'tokenledger login %s --profile PROFILE', or "

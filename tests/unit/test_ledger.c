@@ -296,6 +296,90 @@ static void test_ledger__a_live_owners_attempt_is_not_reaped(void **state)
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'in_flight'"), 1);
 }
 
+/* Plain http only to a loopback address written as libcurl itself writes it: every other spelling refused. */
+static void test_ledger__plain_http_only_to_a_canonical_loopback_address(void **state)
+{
+  (void)state;
+  static const char *const good[] = {
+      "http://127.0.0.1:8080/api/oauth/token",
+      "http://127.0.0.2/t",
+      "http://127.255.255.254:1/t",
+      "http://[::1]:9/t",
+      "http://localhost:9/t",
+      "http://localhost",
+      "https://portal.nousresearch.com/api/oauth/token",
+      "https://127.0.0.1.example.com/t",
+  };
+  static const char *const bad[] = {
+      "http://127.0.0.1.evil.com/t", /* a name that merely starts like a loopback address */
+      "http://127.x/t",
+      "http://0x7f.1/t", /* numeric spellings libcurl reads as 127.0.0.1 */
+      "http://2130706433/t",
+      "http://0177.0.0.1/t",
+      "http://127.1/t",
+      "http://127.0.0.01/t",
+      "http://127.0.0.1%2eevil.com/t",
+      "http://127.0.0.1@evil.com/t", /* userinfo tricks, either way round */
+      "http://evil.com@127.0.0.1/t",
+      "http://user:pw@127.0.0.1/t",
+      "https://user@portal.example.com/t",
+      "http://[::1%25lo]/t", /* zone ids, mapped and spelled-out v6 */
+      "http://[::ffff:127.0.0.1]/t",
+      "http://[0:0:0:0:0:0:0:1]/t",
+      "http://localhost./t",
+      "http://LOCALHOST/t",
+      "http://localhost.evil.com/t",
+      "http://0.0.0.0/t",
+      "http://10.0.0.1/t",
+      "HTTP://example.com/t",
+      "http:/127.0.0.1/t",
+      "ftp://127.0.0.1/t",
+      "file:///etc/passwd",
+      "127.0.0.1/t",
+      "",
+  };
+  for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+    tl_error err = {0};
+    if (tl_url_check(good[i], &err) != TL_OK)
+      fail_msg("refused %s: %s", good[i], err.message);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    tl_error err = {0};
+    if (tl_url_check(bad[i], &err) != TL_EINVAL)
+      fail_msg("accepted %s", bad[i]);
+  }
+  int loop = -1;
+  tl_error err = {0};
+  assert_int_equal(tl__url_classify(&loop, "http://127.0.0.3:1/t", &err), TL_OK);
+  assert_int_equal(loop, 1);
+  assert_int_equal(tl__url_classify(&loop, "https://[::1]/t", &err), TL_OK);
+  assert_int_equal(loop, 1); /* https to loopback: no proxy either */
+  assert_int_equal(tl__url_classify(&loop, "https://auth.example.com/t", &err), TL_OK);
+  assert_int_equal(loop, 0);
+}
+
+static void test_ledger__rt_header_must_be_a_harmless_token(void **state)
+{
+  fx *f = *state;
+  static const char *const bad[] = {
+      "Host",  "content-length", "Transfer-Encoding", "Connection", "Content-Type", "Authorization", "Cookie", "x-a b",
+      "x-a:b", "x-a\r\nHost",    "x-\x1b[31m",        "",           "x-\xc3\xa9"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    tl_error err = {0};
+    tl_provider p = {.name = "nous", .rt_header = bad[i], .skew_s = -1, .grace_s = -1};
+    if (!*bad[i])
+      continue; /* empty means 'in the body' */
+    if (tl_provider_set(f->s, &p, &err) != TL_EINVAL)
+      fail_msg("accepted header name #%zu", i);
+    for (const char *m = err.message; *m; m++)
+      assert_true((unsigned char)*m >= 0x20 && (unsigned char)*m < 0x7f); /* never echoed raw */
+  }
+  assert_int_equal(fx_int(f->s, "SELECT rt_header = 'x-nous-refresh-token' FROM provider WHERE name = 'nous'"), 1);
+  tl_error err = {0};
+  tl_provider p = {.name = "nous", .rt_header = "X-Refresh_Token.v2", .skew_s = -1, .grace_s = -1};
+  assert_int_equal(tl_provider_set(f->s, &p, &err), TL_OK);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -304,6 +388,8 @@ int main(void)
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__removing_a_profile_keeps_the_lineage, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__provider_urls_must_be_https_or_loopback, fx_setup, fx_teardown),
+      cmocka_unit_test(test_ledger__plain_http_only_to_a_canonical_loopback_address),
+      cmocka_unit_test_setup_teardown(test_ledger__rt_header_must_be_a_harmless_token, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__spent_rt_is_refused_audited_and_nothing_else_written, fx_setup,
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__same_live_rt_attaches_profile_to_one_credential, fx_setup,
