@@ -125,6 +125,15 @@ TL_EXTERN void tl_error_clear(tl_error *err);
 /** A short constant name for a status ("reuse blocked", ...). */
 TL_EXTERN const char *tl_status_name(tl_status code);
 
+/**
+ * Copies text for a terminal: control characters (C0, DEL, C1), line
+ * separators and bidi controls become \uXXXX, bytes that are not UTF-8 \xXX;
+ * the rest is kept. Writes at most n bytes including the NUL, never half a
+ * character; returns the length written. Messages in tl_error and the cells
+ * of every tl_report are already escaped this way.
+ */
+TL_EXTERN size_t tl_text_escape(char *out, size_t n, const char *text);
+
 /* ------------------------------------------------------------------------ */
 /* Secrets                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -409,11 +418,19 @@ TL_EXTERN tl_status tl_entry_report(tl_store *store, const char *profile, const 
 
 /** Operator decisions for an RT whose presentation outcome is unknown. */
 typedef enum tl_recover_action {
-  TL_RECOVER_RETRY = 1,    /**< assume it was not sent; present it once more */
-  TL_RECOVER_MARK_DEAD = 2 /**< give it up; the credential needs a new login */
+  TL_RECOVER_RETRY = 1,     /**< assume it was not sent; present it once more */
+  TL_RECOVER_MARK_DEAD = 2, /**< give it up; the credential needs a new login */
+  TL_RECOVER_RESCUE = 3     /**< record the answer a rescue file kept (see tl_refresh) */
 } tl_recover_action;
 
-/** Resolves an unknown outcome on a credential. */
+/**
+ * Resolves an unknown outcome on a credential. With TL_RECOVER_RESCUE, the
+ * server's answers kept in rescue files beside the ledger
+ * (<ledger>-rescue-<credential>-<attempt>, written when a refresh could not
+ * record what the server said, e.g. on a full disk) are recorded as the
+ * refresh would have, and the files removed: TL_ENOTFOUND if there is none.
+ * TL_RECOVER_RETRY is refused (TL_EREUSE) while such a file exists.
+ */
 TL_EXTERN tl_status tl_recover(tl_token **out, tl_store *store, int64_t credential, tl_recover_action action,
                                tl_error *err);
 

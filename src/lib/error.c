@@ -7,7 +7,9 @@
  * across calls never shows an old failure (tests/unit/test_api.c holds every
  * entry point to this and lists those that do not clear yet); reporting OOM
  * never allocates; messages are single lines and callers never pass a secret
- * into them (tokens are named by fingerprint prefix only).
+ * into them (tokens are named by fingerprint prefix only); a message holds no
+ * control character (C0, DEL, C1, bidi controls are shown as \uXXXX, bytes
+ * that are not UTF-8 as \xXX), whatever a server or a file put into it.
  */
 #include "internal.h"
 
@@ -45,19 +47,77 @@ const char *tl_status_name(tl_status code)
   return "unknown status";
 }
 
+/* Length of the valid UTF-8 sequence at p (1-4), 0 if invalid; *cp gets the code point. */
+static size_t utf8_char(const unsigned char *p, unsigned *cp)
+{
+  size_t n = p[0] < 0x80 ? 1 : (p[0] & 0xE0) == 0xC0 ? 2 : (p[0] & 0xF0) == 0xE0 ? 3 : (p[0] & 0xF8) == 0xF0 ? 4 : 0;
+  if (n == 0)
+    return 0;
+  unsigned c = n == 1 ? p[0] : n == 2 ? p[0] & 0x1Fu : n == 3 ? p[0] & 0x0Fu : p[0] & 0x07u;
+  for (size_t i = 1; i < n; i++) {
+    if ((p[i] & 0xC0) != 0x80)
+      return 0;
+    c = (c << 6) | (p[i] & 0x3Fu);
+  }
+  static const unsigned least[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (c < least[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+    return 0; /* overlong, out of range, surrogate */
+  *cp = c;
+  return n;
+}
+
+/* Characters a terminal acts on or that reorder what is shown: C0, DEL, C1, line separators, bidi controls. */
+static int shown_escaped(unsigned c)
+{
+  return c < 0x20 || (c >= 0x7F && c <= 0x9F) || c == 0x200E || c == 0x200F || (c >= 0x2028 && c <= 0x202E) ||
+         (c >= 0x2066 && c <= 0x2069) || c == 0x061C || c == 0xFEFF;
+}
+
+size_t tl_text_escape(char *out, size_t n, const char *text)
+{
+  size_t o = 0;
+  if (!out || n == 0)
+    return 0;
+  const unsigned char *p = (const unsigned char *)(text ? text : "");
+  while (*p) {
+    char esc[16];
+    unsigned cp = 0;
+    size_t len = utf8_char(p, &cp), w;
+    if (len == 0) {
+      w = (size_t)snprintf(esc, sizeof esc, "\\x%02x", p[0]); /* not UTF-8: show the byte */
+      len = 1;
+    } else if (shown_escaped(cp)) {
+      w = (size_t)snprintf(esc, sizeof esc, "\\u%04x", cp);
+    } else {
+      w = len;
+      memcpy(esc, p, len);
+    }
+    if (o + w >= n)
+      break; /* never half a character or half an escape */
+    memcpy(out + o, esc, w);
+    o += w;
+    p += len;
+  }
+  out[o] = '\0';
+  return o;
+}
+
 tl_status tl__err(tl_error *err, tl_status code, int sys, const char *fmt, ...)
 {
   if (!err || err->code != TL_OK)
     return code;
   err->code = code;
   err->sys = sys;
+  char raw[sizeof err->message];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  vsnprintf(raw, sizeof raw, fmt, ap);
   va_end(ap);
-  for (char *p = err->message; *p; p++)
+  for (char *p = raw; *p; p++)
     if (*p == '\n' || *p == '\r')
       *p = ' ';
+  /* Messages carry text from servers and files: whoever prints them gets no control character. */
+  tl_text_escape(err->message, sizeof err->message, raw);
   return code;
 }
 

@@ -4,7 +4,9 @@
  * A report is a small column-major-free table of strings with a per-cell
  * "is a number" bit, so JSON keeps numbers as numbers while the CLI prints
  * text. Reports are built from forensic views, which never select a secret,
- * so a report never holds one.
+ * so a report never holds one; text cells are escaped with tl_text_escape
+ * (server text and file contents reach them), so a report never holds a
+ * control character either, in a table or in its JSON.
  */
 #include "internal.h"
 
@@ -114,8 +116,9 @@ tl_status tl__report_from_stmt(tl_report **out, tl_store *s, sqlite3_stmt *st, t
   int n = sqlite3_column_count(st);
   const char **names = calloc((size_t)n + 1, sizeof *names);
   const char **cells = calloc((size_t)n + 1, sizeof *cells);
+  char **shown = calloc((size_t)n + 1, sizeof *shown);
   int *num = calloc((size_t)n + 1, sizeof *num);
-  if (!names || !cells || !num) {
+  if (!names || !cells || !num || !shown) {
     rc = tl__oom(err);
     goto done;
   }
@@ -128,7 +131,20 @@ tl_status tl__report_from_stmt(tl_report **out, tl_store *s, sqlite3_stmt *st, t
     for (int i = 0; i < n; i++) {
       int t = sqlite3_column_type(st, i);
       num[i] = t == SQLITE_INTEGER || t == SQLITE_FLOAT;
-      cells[i] = t == SQLITE_NULL ? NULL : (const char *)sqlite3_column_text(st, i);
+      free(shown[i]);
+      shown[i] = NULL;
+      const char *v = t == SQLITE_NULL ? NULL : (const char *)sqlite3_column_text(st, i);
+      if (v && !num[i]) {
+        /* Server text and file contents reach these columns: a report shows no control character. */
+        size_t cap = 6 * strlen(v) + 1;
+        if (!(shown[i] = malloc(cap))) {
+          rc = tl__oom(err);
+          goto done;
+        }
+        tl_text_escape(shown[i], cap, v);
+        v = shown[i];
+      }
+      cells[i] = v;
     }
     if ((rc = tl__report_add_row(r, cells, num, err)) != TL_OK)
       goto done;
@@ -137,6 +153,9 @@ tl_status tl__report_from_stmt(tl_report **out, tl_store *s, sqlite3_stmt *st, t
     rc = tl__err_db(err, s, "report");
 done:
   sqlite3_reset(st);
+  for (int i = 0; shown && i < n; i++)
+    free(shown[i]);
+  free(shown);
   free(names);
   free(cells);
   free(num);
