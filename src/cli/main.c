@@ -18,6 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Printable ASCII (RFC 6749 VSCHAR): what a token may hold. */
+#define PRINTABLE " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"
+
 /* ---- option parsing ------------------------------------------------------ */
 
 typedef struct opt {
@@ -646,6 +649,10 @@ static int cmd_token(const cmd *c, int argc, char **argv)
     printf("credential %lld %s; access token valid for %lld s\n", (long long)t->credential,
            t->refreshed ? "refreshed" : "already fresh (use --force to refresh anyway)",
            t->expires_at_ms ? (long long)((t->expires_at_ms - (int64_t)time(NULL) * 1000) / 1000) : -1LL);
+  } else if (strspn(t->access_token, PRINTABLE) != strlen(t->access_token)) {
+    /* The library never hands out such a token; a terminal must never receive one either. */
+    fprintf(stderr, "tokenledger: the access token holds characters that are not printable ASCII; not printing it\n");
+    code = EXIT_FAILURE_;
   } else {
     puts(t->access_token);
   }
@@ -656,14 +663,17 @@ static int cmd_token(const cmd *c, int argc, char **argv)
 static int cmd_recover(const cmd *c, int argc, char **argv)
 {
   const char *pos[1], *cred = NULL;
-  int retry = 0, dead = 0;
-  opt opts[] = {
-      {"credential", 1, &cred, NULL}, {"assume-not-sent", 0, NULL, &retry}, {"mark-dead", 0, NULL, &dead}, {0}};
+  int retry = 0, dead = 0, rescue = 0;
+  opt opts[] = {{"credential", 1, &cred, NULL},
+                {"assume-not-sent", 0, NULL, &retry},
+                {"mark-dead", 0, NULL, &dead},
+                {"rescue", 0, NULL, &rescue},
+                {0}};
   PARSE_OR_RETURN(opts, pos, 0);
   if (!cred)
     return usage_error("%s", "--credential is required");
-  if (retry == dead)
-    return usage_error("%s", "choose exactly one of --assume-not-sent and --mark-dead");
+  if (retry + dead + rescue != 1)
+    return usage_error("%s", "choose exactly one of --assume-not-sent, --mark-dead and --rescue");
   int64_t id = 0;
   int prc;
   if ((prc = parse_int64(&id, cred, "--credential")) >= 0)
@@ -672,13 +682,19 @@ static int cmd_recover(const cmd *c, int argc, char **argv)
   OPEN_OR_RETURN(s, 0, NULL);
   tl_error err = {0};
   tl_token *t = NULL;
-  tl_status rc = tl_recover(&t, s, id, retry ? TL_RECOVER_RETRY : TL_RECOVER_MARK_DEAD, &err);
+  tl_status rc = tl_recover(&t, s, id,
+                            retry    ? TL_RECOVER_RETRY
+                            : rescue ? TL_RECOVER_RESCUE
+                                     : TL_RECOVER_MARK_DEAD,
+                            &err);
   tl_store_free(s);
   tl_token_free(t);
   if (rc != TL_OK)
     return tl_cli_fail(&err, rc);
-  printf(retry ? "credential %lld recovered: its refresh token was presented once more and rotated\n"
-               : "credential %lld marked dead: log in again to use it\n",
+  printf(retry    ? "credential %lld recovered: its refresh token was presented once more and rotated\n"
+         : rescue ? "credential %lld recovered: the server's answer kept in the rescue file is on record, and the "
+                    "file is removed\n"
+                  : "credential %lld marked dead: log in again to use it\n",
          (long long)id);
   return EXIT_OK;
 }
@@ -1134,10 +1150,12 @@ static const cmd commands[] = {
     {"refresh", cmd_token, "refresh PROVIDER --profile NAME [--force] [--json]",
      "Refreshes the profile's credential if its access token is due (always with --force), following\n"
      "the claim/present/record protocol. Prints no secret.\n"},
-    {"recover", cmd_recover, "recover --credential ID (--assume-not-sent | --mark-dead)",
+    {"recover", cmd_recover, "recover --credential ID (--assume-not-sent | --mark-dead | --rescue)",
      "Resolves a refresh whose outcome is unknown. --assume-not-sent presents the same refresh token once\n"
      "more: safe only if the request never reached the server or the server has a reuse grace window.\n"
-     "--mark-dead gives the token up; the credential then needs a new login.\n"},
+     "--mark-dead gives the token up; the credential then needs a new login. --rescue records the server's\n"
+     "answer that a refresh kept in a rescue file beside the ledger (<ledger>-rescue-ID-N, 0600) because it\n"
+     "could not record it (disk full, read-only ledger), and removes the file.\n"},
     {"report", cmd_report, "report PROVIDER --profile NAME --entry ID --status CODE [--reset-at TIME]",
      "Marks a pool entry exhausted after an API error, for Hermes' cooldown (401: 5 min, others 1 h,\n"
      "a sole entry 1 min unless 402) or until --reset-at.\n"},

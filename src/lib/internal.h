@@ -168,8 +168,40 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
 /* refresh.c: marks in-flight attempts whose owner is gone as unknown (with fix). */
 tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_error *err);
 
-/* refresh.c: expiry (ms) from a JWT access token's exp claim; 0 if unreadable. */
+/* refresh.c: expiry (ms) from a JWT access token's exp claim; 0 if unreadable or out of range. */
 int64_t tl__jwt_exp_ms(const char *jwt);
+
+/*
+ * refresh.c: a token endpoint's answer, parsed and classified (the one parser
+ * for refresh and login answers, and the libFuzzer target's entry point).
+ * Tokens are RFC 6749 VSCHAR or not taken; server text is cut to 512 bytes
+ * and scrubbed of every echo of the tokens involved; numbers are range
+ * checked; a JSON document with duplicate keys is not read.
+ */
+typedef enum tl__answer_kind {
+  TL__A_ROTATED,   /* 200 with a new, usable RT */
+  TL__A_SAME_RT,   /* 200 without a new RT: the presented one stays */
+  TL__A_REJECTED,  /* a terminal 4xx: the grant is dead */
+  TL__A_TRANSIENT, /* 429, 5xx, temporarily_unavailable */
+  TL__A_CONFIG,    /* another 4xx: no tokens issued */
+  TL__A_NOT_SENT,  /* nothing reached the server */
+  TL__A_UNKNOWN    /* the server may have rotated, and we cannot use what it said */
+} tl__answer_kind;
+typedef struct tl__answer {
+  tl__answer_kind kind;
+  long status;                        /* HTTP status, 0 if none */
+  char *error, *desc;                 /* server text or local detail; may hold control characters */
+  char *access_token, *refresh_token; /* SECRET; usable (VSCHAR) or NULL */
+  int at_unusable;                    /* a 200 whose access token was missing or not printable */
+  int64_t expires_at;                 /* ms; always set for a 200 with tokens */
+  int expiry_assumed;                 /* no usable expires_in or JWT exp: TL_LIFETIME_ASSUMED_S */
+  json_t *extra;                      /* token_type, scope, inference_base_url (printable only) */
+  long retry_after;                   /* seconds, capped at a day; -1 if none */
+  char *raw;                          /* SECRET: the raw body of a 200 we could not use, for the rescue file */
+  size_t raw_len;
+} tl__answer;
+void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent_rt);
+void tl__answer_clear(tl__answer *a);
 
 /* http.c: the libcurl transport (tl_http_fn), and the transfer itself after the URL rules; with
  * loopback set, no proxy is used and every peer that is not a loopback address is refused unsent. */

@@ -501,6 +501,13 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
     return tl__err(err, TL_EINVAL, 0,
                    "credential add: this is a surrogate of tokenledger serve (strict mode), not a refresh token; "
                    "the real one stays in the ledger");
+  /* Whatever the source (file, stdin, a server's answer), a token is RFC 6749 VSCHAR: never stored otherwise. */
+  if (!tl__token_valid(spec->refresh_token, strlen(spec->refresh_token)) ||
+      (spec->access_token && !tl__token_valid(spec->access_token, strlen(spec->access_token))))
+    return tl__err(err, TL_EINVAL, 0,
+                   "credential add: the %s token is not 1-%d bytes of printable ASCII without surrounding space",
+                   tl__token_valid(spec->refresh_token, strlen(spec->refresh_token)) ? "access" : "refresh",
+                   TL_TOKEN_MAX);
   const char *origin = spec->origin ? spec->origin : "import";
   if (strcmp(origin, "login") != 0 && strcmp(origin, "import") != 0)
     return tl__err(err, TL_EINVAL, 0, "credential add: origin must be login or import");

@@ -9,16 +9,25 @@
  * back off by Retry-After (at most 60 s), until the code expires. The answer's
  * refresh token becomes the root of a new lineage (origin `login`) through
  * tl_credential_add, so a token the ledger has seen spent is refused even here.
+ *
  * Invariants: the device code and the tokens are burned after use and never
- * reach a message.
+ * reach a message; every answer is read by the one token-answer parser
+ * (tl__answer_parse: printable tokens, checked numbers, no duplicate keys);
+ * the device answer's interval is kept in [1, 30] s and its lifetime in
+ * [1, 1800] s; what the prompt shows (URI, user code) holds no control
+ * character.
  */
 #include "internal.h"
 
 #include <curl/curl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define DEVICE_LIFETIME_MAX_S 1800
+#define DEVICE_INTERVAL_MAX_S 30
 
 static void pause_s(long s)
 {
@@ -27,23 +36,197 @@ static void pause_s(long s)
     ;
 }
 
-static tl_status post(json_t **out, long *status, long *retry_after, tl_store *s, const char *url, const char *body,
-                      tl_error *err)
+typedef struct endpoints {
+  char *token_url, *device_url, *client_id, *scope;
+} endpoints;
+
+static void endpoints_clear(endpoints *e)
 {
+  free(e->token_url);
+  free(e->device_url);
+  free(e->client_id);
+  free(e->scope);
+  memset(e, 0, sizeof *e);
+}
+
+/* What the device endpoint answered; strings are new. */
+typedef struct device_grant {
+  char *device_code; /* secret */
+  char *user_code, *uri, *uri_complete;
+  long interval;
+  int64_t expires_in;
+} device_grant;
+
+static void device_grant_clear(device_grant *g)
+{
+  tl_secret_free(g->device_code);
+  free(g->user_code);
+  free(g->uri);
+  free(g->uri_complete);
+  memset(g, 0, sizeof *g);
+}
+
+static tl_status load_endpoints(endpoints *e, tl_store *s, const char *provider, tl_error *err)
+{
+  static const char prov_sql[] = "SELECT token_url, device_url, client_id, scope FROM provider WHERE name = :n";
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":n", provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "login", err)) != TL_OK)
+    return rc;
+  if (found) {
+    e->token_url = tl__col_dup(st, 0);
+    e->device_url = tl__col_dup(st, 1);
+    e->client_id = tl__col_dup(st, 2);
+    e->scope = tl__col_dup(st, 3);
+  }
+  sqlite3_reset(st);
+  if (!e->token_url || !e->device_url || !e->client_id)
+    return tl__err(err, TL_ENOTFOUND, 0,
+                   "provider '%s' has no device authorization endpoint, token endpoint or client id; see 'tokenledger "
+                   "provider set --help'",
+                   provider);
+  return TL_OK;
+}
+
+static void post(tl_http_response *resp, tl_store *s, const char *url, const char *body)
+{
+  memset(resp, 0, sizeof *resp);
+  resp->retry_after = -1;
+  tl_http_request req = {.url = url, .body = body, .connect_timeout_ms = 5000, .timeout_ms = s->http_timeout_ms};
+  s->http(s->http_ud, &req, resp);
+}
+
+/* A string field the user will see: printable, bounded; NULL if absent or not so. */
+static char *shown_field(json_t *o, const char *k, size_t max)
+{
+  json_t *v = json_object_get(o, k);
+  if (!json_is_string(v) || json_string_length(v) > max ||
+      !tl__token_valid(json_string_value(v), json_string_length(v)))
+    return NULL;
+  return strdup(json_string_value(v));
+}
+
+/* A number of seconds from the server, clamped to [1, max]; dflt if absent or not a number. */
+static int64_t bounded_seconds(json_t *v, int64_t dflt, int64_t max)
+{
+  if (json_is_integer(v)) {
+    json_int_t x = json_integer_value(v);
+    return x < 1 ? 1 : x > max ? max : (int64_t)x;
+  }
+  if (json_is_real(v) && isfinite(json_real_value(v))) {
+    double d = json_real_value(v);
+    return d < 1 ? 1 : d > (double)max ? max : (int64_t)d; /* cast only inside [1, max] */
+  }
+  return dflt;
+}
+
+static tl_status request_code(device_grant *g, tl_store *s, const endpoints *e, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char *cid = curl_easy_escape(NULL, e->client_id, 0), *sc = curl_easy_escape(NULL, e->scope ? e->scope : "", 0);
+  char *body = NULL;
+  json_t *j = NULL;
   tl_http_response resp;
   memset(&resp, 0, sizeof resp);
-  resp.retry_after = -1;
-  tl_http_request req = {.url = url, .body = body, .connect_timeout_ms = 5000, .timeout_ms = s->http_timeout_ms};
-  s->http(s->http_ud, &req, &resp);
-  *out = NULL;
-  *status = resp.status;
-  *retry_after = resp.retry_after;
-  tl_status rc = TL_OK;
-  if (resp.failure != TL_HTTP_DONE)
-    rc = tl__err(err, TL_ETRANSIENT, 0, "%s: %s", url, resp.detail);
-  else if (resp.body)
-    *out = json_loadb(resp.body, resp.body_len, 0, NULL);
+  size_t n = (cid ? strlen(cid) : 0) + (sc ? strlen(sc) : 0) + 32;
+  if (cid && sc && (body = malloc(n)))
+    snprintf(body, n, "client_id=%s&scope=%s", cid, sc);
+  curl_free(cid);
+  curl_free(sc);
+  if (!body)
+    return tl__oom(err);
+  post(&resp, s, e->device_url, body);
+  free(body);
+  if (resp.failure != TL_HTTP_DONE) {
+    rc = tl__err(err, TL_ETRANSIENT, 0, "%s: %s", e->device_url, resp.detail);
+    goto done;
+  }
+  j = resp.body ? json_loadb(resp.body, resp.body_len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+  g->device_code = shown_field(j, "device_code", 4096);
+  g->user_code = shown_field(j, "user_code", 64);
+  g->uri = shown_field(j, "verification_uri", 2048);
+  g->uri_complete = shown_field(j, "verification_uri_complete", 2048);
+  if (resp.status != 200 || !json_is_object(j) || !g->device_code || !g->user_code || !g->uri) {
+    rc = tl__err(err, TL_ERROR, 0,
+                 "%s answered HTTP %ld without a usable device code, user code and verification URI (printable "
+                 "text, a JSON object without duplicate keys)",
+                 e->device_url, resp.status >= 100 && resp.status <= 599 ? resp.status : 0);
+    goto done;
+  }
+  g->expires_in = bounded_seconds(json_object_get(j, "expires_in"), 600, DEVICE_LIFETIME_MAX_S);
+  g->interval = (long)bounded_seconds(json_object_get(j, "interval"), 1, DEVICE_INTERVAL_MAX_S);
+done:
+  json_decref(j);
   tl__http_response_clear(&resp);
+  return rc;
+}
+
+/* The poll body: the device code goes in form-encoded; the result is a secret. */
+static char *poll_body(const endpoints *e, const device_grant *g)
+{
+  char *cid = curl_easy_escape(NULL, e->client_id, 0), *dce = curl_easy_escape(NULL, g->device_code, 0);
+  char *body = NULL;
+  size_t n = (cid ? strlen(cid) : 0) + (dce ? strlen(dce) : 0) + 128;
+  if (cid && dce && (body = malloc(n)))
+    snprintf(body, n,
+             "grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Adevice_code&client_id=%s&device_code=%s", cid,
+             dce);
+  if (dce)
+    tl_burn(dce, strlen(dce));
+  curl_free(dce);
+  curl_free(cid);
+  return body;
+}
+
+/* Polls until the user approved (TL_OK with a usable answer in *a), refused, or the code expired. */
+static tl_status wait_for_approval(tl__answer *a, tl_store *s, const endpoints *e, device_grant *g, tl_error *err)
+{
+  char *body = poll_body(e, g);
+  tl_status rc = TL_OK;
+  if (!body)
+    return tl__oom(err);
+  int64_t deadline = tl__now_ms() + g->expires_in * 1000;
+  long interval = g->interval;
+  for (;;) {
+    if (tl__now_ms() > deadline) {
+      rc = tl__err(err, TL_ETRANSIENT, 0, "timed out waiting for device authorization at %s", e->device_url);
+      break;
+    }
+    pause_s(interval);
+    tl_http_response resp;
+    post(&resp, s, e->token_url, body);
+    tl__answer_clear(a);
+    tl__answer_parse(a, &resp, g->device_code);
+    tl__http_response_clear(&resp);
+    if (a->kind == TL__A_NOT_SENT || (a->kind == TL__A_UNKNOWN && !a->raw && a->status == 0))
+      continue; /* the device code survives a network hiccup */
+    if (a->kind == TL__A_ROTATED && !a->at_unusable)
+      break;
+    if (a->status == 200) {
+      rc = tl__err(err, TL_ERROR, 0, "%s: the login answer has no usable refresh and access token (%s)", e->token_url,
+                   a->desc ? a->desc : "missing or not printable");
+      break;
+    }
+    if (a->error && strcmp(a->error, "authorization_pending") == 0)
+      continue;
+    if (a->error && strcmp(a->error, "slow_down") == 0) {
+      if (interval < DEVICE_INTERVAL_MAX_S)
+        interval++;
+      continue;
+    }
+    if (a->status == 408 || a->kind == TL__A_TRANSIENT) {
+      if (a->retry_after > 0)
+        pause_s(a->retry_after > 60 ? 60 : a->retry_after);
+      continue;
+    }
+    rc = tl__err(err, TL_EREAUTH, 0, "device authorization failed: HTTP %ld %s%s%s", a->status,
+                 a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
+    break;
+  }
+  tl_burn(body, strlen(body));
+  free(body);
   return rc;
 }
 
@@ -135,151 +318,39 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
                    void *ud, tl_error *err)
 {
   tl_error_clear(err);
-  static const char prov_sql[] = "SELECT token_url, device_url, client_id, scope FROM provider WHERE name = :n";
   tl_status rc = TL_OK;
-  char *token_url = NULL, *device_url = NULL, *client_id = NULL, *scope = NULL, *body = NULL;
-  json_t *j = NULL;
+  endpoints e = {0};
+  device_grant g = {0};
+  tl__answer a;
+  memset(&a, 0, sizeof a);
   int64_t pid;
   if (!s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "login: profile and provider are required");
-  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK)
-    return rc;
-  sqlite3_stmt *st;
-  int found = 0;
-  if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":n", provider))) != TL_OK ||
-      (rc = tl__step_row(&found, s, st, "login", err)) != TL_OK)
-    return rc;
-  if (found) {
-    token_url = tl__col_dup(st, 0);
-    device_url = tl__col_dup(st, 1);
-    client_id = tl__col_dup(st, 2);
-    scope = tl__col_dup(st, 3);
-  }
-  sqlite3_reset(st);
-  if (!token_url || !device_url || !client_id) {
-    rc = tl__err(err, TL_ENOTFOUND, 0,
-                 "provider '%s' has no device authorization endpoint, token endpoint or client id; see 'tokenledger "
-                 "provider set --help'",
-                 provider);
+  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK || (rc = load_endpoints(&e, s, provider, err)) != TL_OK ||
+      (rc = request_code(&g, s, &e, err)) != TL_OK)
     goto done;
-  }
-  char *cid = curl_easy_escape(NULL, client_id, 0), *sc = curl_easy_escape(NULL, scope ? scope : "", 0);
-  size_t n = strlen(cid) + strlen(sc) + 32;
-  body = malloc(n);
-  if (body)
-    snprintf(body, n, "client_id=%s&scope=%s", cid, sc);
-  curl_free(sc);
-  if (!body) {
-    curl_free(cid);
-    rc = tl__oom(err);
-    goto done;
-  }
-  long status = 0, retry = -1;
-  rc = post(&j, &status, &retry, s, device_url, body, err);
-  free(body);
-  body = NULL;
-  if (rc != TL_OK) {
-    curl_free(cid);
-    goto done;
-  }
-  json_t *dc = json_object_get(j, "device_code"), *uc = json_object_get(j, "user_code");
-  if (status != 200 || !json_is_string(dc) || !json_is_string(uc)) {
-    curl_free(cid);
-    rc = tl__err(err, TL_ERROR, 0, "%s answered HTTP %ld without a device code", device_url, status);
-    goto done;
-  }
-  int64_t expires =
-      json_is_integer(json_object_get(j, "expires_in")) ? json_integer_value(json_object_get(j, "expires_in")) : 600;
-  long interval =
-      json_is_integer(json_object_get(j, "interval")) ? (long)json_integer_value(json_object_get(j, "interval")) : 1;
-  if (interval < 1)
-    interval = 1;
   if (prompt)
-    prompt(ud, json_string_value(json_object_get(j, "verification_uri")),
-           json_string_value(json_object_get(j, "verification_uri_complete")), json_string_value(uc), (int)expires);
-  char *dce = curl_easy_escape(NULL, json_string_value(dc), 0);
-  n = strlen(cid) + strlen(dce) + 128;
-  body = malloc(n);
-  if (body)
-    snprintf(body, n,
-             "grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Adevice_code&client_id=%s&device_code=%s", cid,
-             dce);
-  tl_burn(dce, strlen(dce));
-  curl_free(dce);
-  curl_free(cid);
-  json_decref(j);
-  j = NULL;
-  if (!body) {
-    rc = tl__oom(err);
+    prompt(ud, g.uri, g.uri_complete, g.user_code, (int)g.expires_in);
+  if ((rc = wait_for_approval(&a, s, &e, &g, err)) != TL_OK)
     goto done;
-  }
-  int64_t deadline = tl__now_ms() + expires * 1000;
-  for (;;) {
-    if (tl__now_ms() > deadline) {
-      rc = tl__err(err, TL_ETRANSIENT, 0, "timed out waiting for device authorization at %s", device_url);
-      goto done;
-    }
-    pause_s(interval);
-    json_decref(j);
-    j = NULL;
-    tl_error net = {0};
-    if (post(&j, &status, &retry, s, token_url, body, &net) != TL_OK)
-      continue; /* the device code survives a network hiccup */
-    const char *e = json_string_value(json_object_get(j, "error"));
-    if (status == 200) {
-      const char *rt = json_string_value(json_object_get(j, "refresh_token"));
-      const char *at = json_string_value(json_object_get(j, "access_token"));
-      if (!rt || !at) {
-        rc = tl__err(err, TL_ERROR, 0, "%s: the login answer has no refresh token", token_url);
-        goto done;
-      }
-      json_t *ei = json_object_get(j, "expires_in");
-      int64_t exp = json_is_integer(ei) ? tl__now_ms() + (int64_t)json_integer_value(ei) * 1000 : tl__jwt_exp_ms(at);
-      tl_credential_spec spec = {.provider = provider,
-                                 .profile = profile,
-                                 .refresh_token = rt,
-                                 .access_token = at,
-                                 .expires_at_ms = exp,
-                                 .origin = "login",
-                                 .source = "device_code"};
-      int64_t cred = 0;
-      rc = tl_credential_add(&cred, s, &spec, err);
-      if (rc == TL_OK && out)
-        *out = cred;
-      if (rc == TL_OK)
-        rc = replace_dead(s, pid, provider, cred, err);
-      if (rc == TL_OK)
-        rc = reach_files(s, profile, err);
-      goto done;
-    }
-    if (e && strcmp(e, "authorization_pending") == 0)
-      continue;
-    if (e && strcmp(e, "slow_down") == 0) {
-      if (interval < 30)
-        interval++;
-      continue;
-    }
-    if (status == 408 || status == 429 || status >= 500) {
-      if (retry > 0)
-        pause_s(retry > 60 ? 60 : retry);
-      continue;
-    }
-    rc = tl__err(err, TL_EREAUTH, 0, "device authorization failed: HTTP %ld %s%s%s", status, e ? e : "",
-                 json_string_value(json_object_get(j, "error_description")) ? ": " : "",
-                 json_string_value(json_object_get(j, "error_description"))
-                     ? json_string_value(json_object_get(j, "error_description"))
-                     : "");
-    goto done;
-  }
+  tl_credential_spec spec = {.provider = provider,
+                             .profile = profile,
+                             .refresh_token = a.refresh_token,
+                             .access_token = a.access_token,
+                             .expires_at_ms = a.expires_at,
+                             .origin = "login",
+                             .source = "device_code"};
+  int64_t cred = 0;
+  rc = tl_credential_add(&cred, s, &spec, err);
+  if (rc == TL_OK && out)
+    *out = cred;
+  if (rc == TL_OK)
+    rc = replace_dead(s, pid, provider, cred, err);
+  if (rc == TL_OK)
+    rc = reach_files(s, profile, err);
 done:
-  if (body) {
-    tl_burn(body, strlen(body));
-    free(body);
-  }
-  json_decref(j);
-  free(token_url);
-  free(device_url);
-  free(client_id);
-  free(scope);
+  tl__answer_clear(&a);
+  device_grant_clear(&g);
+  endpoints_clear(&e);
   return rc;
 }

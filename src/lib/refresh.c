@@ -21,9 +21,13 @@
  *   - Exactly one process per credential presents at a time (partial unique
  *     index on in_flight attempts); others wait for its result.
  */
+#define _GNU_SOURCE /* memmem */
 #include "internal.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -31,7 +35,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define LEASE_MARGIN_MS      5000
 #define CONNECT_TIMEOUT_MS   5000
@@ -128,9 +134,15 @@ static void candidate_clear(candidate *c)
   memset(c, 0, sizeof *c);
 }
 
+/* A stored access token that is not printable (an older ledger, an edited file) is never handed out. */
+static int usable_at(const char *at)
+{
+  return at && tl__token_valid(at, strlen(at));
+}
+
 static int fresh(const candidate *c, int64_t now)
 {
-  return c->access_token && c->expires_at > 0 && c->expires_at - c->skew_ms > now;
+  return usable_at(c->access_token) && c->expires_at > 0 && c->expires_at - c->skew_ms > now;
 }
 
 /*
@@ -370,7 +382,7 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
       snprintf(s->skew.provider, sizeof s->skew.provider, "%s", provider);
       s->skew.loaded_at = now;
     }
-    if (exp > 0 && exp - s->skew.skew_ms > now) {
+    if (exp > 0 && exp - s->skew.skew_ms > now && usable_at((const char *)sqlite3_column_text(st, 2))) {
       tl_token *t = calloc(1, sizeof *t);
       if (t) {
         t->entry_id = tl__col_dup(st, 0);
@@ -451,10 +463,17 @@ typedef struct claim {
   char *secret; /* the RT plaintext (secret) */
   char *token_url, *client_id, *rt_header, *provider, *label;
   int64_t grace_ms;
+  int rescue_fd;   /* space reserved for the rescue file while the RT is out, or -1 */
+  char *rescue;    /* its path */
+  int rescued;     /* the answer was written to it */
+  int from_rescue; /* recording an answer taken back from a rescue file (recover) */
 } claim;
+
+static void rescue_release(claim *c);
 
 static void claim_clear(claim *c)
 {
+  rescue_release(c);
   tl_secret_free(c->secret);
   free(c->token_url);
   free(c->client_id);
@@ -462,6 +481,7 @@ static void claim_clear(claim *c)
   free(c->provider);
   free(c->label);
   memset(c, 0, sizeof *c);
+  c->rescue_fd = -1;
 }
 
 /* The HTTP timeout of a presentation; under Hermes' locks it stays well under Hermes' 15 s lock wait. */
@@ -614,7 +634,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   int64_t exp = sqlite3_column_int64(st, 2), skew = sqlite3_column_int64(st, 3);
   if (ahead_ms > skew)
     skew = ahead_ms; /* keep-fresh: fresh means fresh for longer than its horizon */
-  int have_at = sqlite3_column_type(st, 1) != SQLITE_NULL;
+  int have_at = usable_at((const char *)sqlite3_column_text(st, 1));
   if (have_at && exp - skew > now && (!(flags & TL_REFRESH_FORCE) || waited) && !retry_unknown) {
     tl_token *t = calloc(1, sizeof *t);
     if (t) {
@@ -855,7 +875,7 @@ static int reuse_answer(const char *error, const char *desc)
          contains_ci(desc, "maximum allowed refresh token reuse");
 }
 
-/* Expiry from a JWT's exp claim, in ms; 0 if the token is not a readable JWT. */
+/* Expiry from a JWT's exp claim, in ms; 0 if the token is not a readable JWT or exp is out of range. */
 int64_t tl__jwt_exp_ms(const char *jwt)
 {
   const char *a = strchr(jwt, '.');
@@ -876,12 +896,15 @@ int64_t tl__jwt_exp_ms(const char *jwt)
   if (len > 0) {
     while (len > 0 && outb[len - 1] == '\0')
       len--; /* EVP_DecodeBlock counts padding as zero bytes */
-    json_t *j = json_loadb((const char *)outb, (size_t)len, 0, NULL);
+    json_t *j = json_loadb((const char *)outb, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
     json_t *e = j ? json_object_get(j, "exp") : NULL;
-    if (json_is_integer(e))
-      exp = (int64_t)json_integer_value(e) * 1000;
-    else if (json_is_real(e))
-      exp = (int64_t)(json_real_value(e) * 1000);
+    int64_t secs = 0;
+    if (json_is_integer(e) && !tl__num_i64(&secs, e, 1, TL_MS_MAX / 1000))
+      exp = secs * 1000;
+    else if (json_is_real(e) && !tl__num_f2i(&exp, json_real_value(e) * 1000.0, 1000, TL_MS_MAX))
+      ;
+    else
+      exp = 0;
     json_decref(j);
   }
 done:
@@ -890,132 +913,265 @@ done:
   return exp;
 }
 
-/* Everything the record step needs to know about the answer. */
-typedef struct answer {
-  enum { A_ROTATED, A_SAME_RT, A_REJECTED, A_TRANSIENT, A_CONFIG, A_NOT_SENT, A_UNKNOWN } kind;
-  long status;
-  char *error, *desc;
-  char *access_token, *refresh_token; /* secrets */
-  int64_t expires_at;
-  json_t *extra; /* token_type, scope, inference_base_url */
-  long retry_after;
-} answer;
-
-static void answer_clear(answer *a)
+void tl__answer_clear(tl__answer *a)
 {
   free(a->error);
   free(a->desc);
   tl_secret_free(a->access_token);
   tl_secret_free(a->refresh_token);
   json_decref(a->extra);
+  if (a->raw) {
+    tl_burn(a->raw, a->raw_len);
+    free(a->raw);
+  }
   memset(a, 0, sizeof *a);
 }
 
-static char *jstr(json_t *o, const char *k)
+/*
+ * Redaction of a token a server echoes back, in every form we can recognise:
+ * the token itself, any run of TL_ECHO_MIN or more of its characters (a
+ * prefix, a suffix, a middle part), and the same after percent-decoding
+ * (a form body echoed back) with or without '+' as space.
+ */
+#define TL_ECHO_MIN 8
+
+/* Marks in hide[] every byte of text covered by an echo of secret in one decoding of text. */
+static void mark_echoes(unsigned char *hide, const char *text, size_t tlen, const char *secret, size_t slen, int decode,
+                        int plus_space)
 {
-  json_t *v = json_object_get(o, k);
-  return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+  unsigned char *dec = malloc(tlen + 1);
+  size_t *from = malloc((tlen + 1) * sizeof *from), *to = malloc((tlen + 1) * sizeof *to);
+  if (!dec || !from || !to)
+    goto done;
+  size_t n = 0;
+  for (size_t i = 0; i < tlen;) {
+    int hi, lo;
+    from[n] = i;
+    if (decode && text[i] == '%' && i + 2 < tlen && (hi = OPENSSL_hexchar2int((unsigned char)text[i + 1])) >= 0 &&
+        (lo = OPENSSL_hexchar2int((unsigned char)text[i + 2])) >= 0) {
+      dec[n] = (unsigned char)(hi * 16 + lo);
+      i += 3;
+    } else {
+      dec[n] = plus_space && text[i] == '+' ? ' ' : (unsigned char)text[i];
+      i++;
+    }
+    to[n++] = i;
+  }
+  size_t w = slen < TL_ECHO_MIN ? slen : TL_ECHO_MIN;
+  for (size_t j = 0; w > 0 && j + w <= n; j++) {
+    /* The whole of a short secret, or a window of TL_ECHO_MIN characters of a long one. */
+    if (memmem(secret, slen, dec + j, w))
+      for (size_t k = from[j]; k < to[j + w - 1]; k++)
+        hide[k] = 1;
+  }
+done:
+  free(dec);
+  free(from);
+  free(to);
 }
 
-/* A server that echoes the token back must not get it into our records or messages. */
 static void redact(char *text, const char *secret)
 {
-  size_t n = secret ? strlen(secret) : 0;
-  if (!text || n < 4)
+  size_t tlen = text ? strlen(text) : 0, slen = secret ? strlen(secret) : 0;
+  if (!tlen || slen < 4)
     return;
-  for (char *p = strstr(text, secret); p; p = strstr(p, secret)) {
-    memset(p, '*', n);
-    p += n;
+  unsigned char *hide = calloc(tlen, 1);
+  if (!hide) {
+    memset(text, '*', tlen); /* cannot check: show nothing rather than an echo */
+    return;
+  }
+  mark_echoes(hide, text, tlen, secret, slen, 0, 0);
+  mark_echoes(hide, text, tlen, secret, slen, 1, 0);
+  mark_echoes(hide, text, tlen, secret, slen, 1, 1);
+  for (size_t i = 0; i < tlen; i++)
+    if (hide[i])
+      text[i] = '*';
+  free(hide);
+}
+
+/* Server text (error codes and descriptions) is kept to TL_SERVER_TEXT_MAX bytes, cut on a character boundary. */
+#define TL_SERVER_TEXT_MAX 512
+static char *server_text(json_t *o, const char *k)
+{
+  json_t *v = json_object_get(o, k);
+  if (!json_is_string(v))
+    return NULL;
+  const char *t = json_string_value(v);
+  size_t n = strlen(t); /* an embedded NUL (\u0000) ends the text */
+  if (n > TL_SERVER_TEXT_MAX) {
+    n = TL_SERVER_TEXT_MAX;
+    while (n > 0 && ((unsigned char)t[n] & 0xC0) == 0x80)
+      n--; /* t is valid UTF-8 (Jansson checked): back up to a lead byte */
+  }
+  return strndup(t, n);
+}
+
+/* A token in an answer: absent (missing or null), usable (RFC 6749 VSCHAR), or unusable (anything else). */
+enum token_field { TOKEN_ABSENT, TOKEN_USABLE, TOKEN_UNUSABLE };
+static enum token_field token_field(char **out, char **raw, json_t *o, const char *k)
+{
+  json_t *v = json_object_get(o, k);
+  *out = NULL;
+  if (!v || json_is_null(v))
+    return TOKEN_ABSENT;
+  if (!json_is_string(v))
+    return TOKEN_UNUSABLE;
+  const char *t = json_string_value(v);
+  size_t n = json_string_length(v);
+  if (raw && n >= 4 && strlen(t) == n)
+    *raw = strdup(t); /* only to scrub an echo of it from the server's text */
+  if (strlen(t) != n || !tl__token_valid(t, n))
+    return TOKEN_UNUSABLE;
+  return (*out = strdup(t)) ? TOKEN_USABLE : TOKEN_UNUSABLE;
+}
+
+/* Longest access-token lifetime taken from a server; a longer one is not believed. */
+#define TL_LIFETIME_MAX_S (10LL * 365 * 86400)
+/* The lifetime assumed when the server states none usably and the token carries no JWT exp. */
+#define TL_LIFETIME_ASSUMED_S 900
+
+/*
+ * When the access token expires: expires_in if it is a number of seconds in
+ * [1, ten years]; else the JWT exp claim if it lies ahead; else
+ * TL_LIFETIME_ASSUMED_S from now, flagged. Never in the past from the
+ * server's say-so, never an overflow, never "unknown" (that would refresh on
+ * every call).
+ */
+static void answer_expiry(tl__answer *a, json_t *j, int64_t now)
+{
+  json_t *ei = json_object_get(j, "expires_in");
+  int64_t secs = 0;
+  if (json_is_integer(ei) && !tl__num_i64(&secs, ei, 1, TL_LIFETIME_MAX_S)) {
+    a->expires_at = now + secs * 1000;
+    return;
+  }
+  if (json_is_real(ei) && !tl__num_f2i(&secs, json_real_value(ei), 1, TL_LIFETIME_MAX_S)) {
+    a->expires_at = now + secs * 1000;
+    return;
+  }
+  int64_t jwt = a->access_token ? tl__jwt_exp_ms(a->access_token) : 0;
+  if (jwt > now && jwt <= now + TL_LIFETIME_MAX_S * 1000) {
+    a->expires_at = jwt;
+    return;
+  }
+  a->expires_at = now + TL_LIFETIME_ASSUMED_S * 1000;
+  a->expiry_assumed = 1;
+}
+
+/* Keeps the raw answer for the rescue file: the server may have issued tokens we could not use. */
+static void keep_raw(tl__answer *a, const tl_http_response *r)
+{
+  if (r->body && r->body_len && (a->raw = malloc(r->body_len))) {
+    memcpy(a->raw, r->body, r->body_len);
+    a->raw_len = r->body_len;
   }
 }
 
-static void classify_body(answer *a, const tl_http_response *r, const char *old_rt);
-
-static void classify(answer *a, const tl_http_response *r, const char *old_rt)
+/* A 200: tokens were issued. Decide what can be stored, and how much of the answer must be rescued. */
+static void classify_200(tl__answer *a, const tl_http_response *r, json_t *j, const char *sent_rt, char **raw_at,
+                         char **raw_rt)
 {
-  classify_body(a, r, old_rt);
-  redact(a->error, old_rt);
-  redact(a->desc, old_rt);
-  redact(a->error, a->refresh_token);
-  redact(a->desc, a->refresh_token);
+  if (!j) {
+    a->kind = TL__A_UNKNOWN; /* the server may have rotated the RT, but we cannot read the answer */
+    a->desc = strdup("200 answer that is not a JSON object without duplicate keys");
+    keep_raw(a, r);
+    return;
+  }
+  enum token_field at = token_field(&a->access_token, raw_at, j, "access_token");
+  enum token_field rt = token_field(&a->refresh_token, raw_rt, j, "refresh_token");
+  if (rt == TOKEN_UNUSABLE) {
+    /* Rotated, but the new RT cannot be stored or sent: never guess. The raw answer goes to the rescue file. */
+    a->kind = TL__A_UNKNOWN;
+    a->desc = strdup("200 answer whose new refresh token is not usable (not 1-16384 bytes of printable ASCII)");
+    keep_raw(a, r);
+    return;
+  }
+  if (rt == TOKEN_ABSENT && at != TOKEN_USABLE) {
+    a->kind = TL__A_UNKNOWN;
+    a->desc = strdup(at == TOKEN_ABSENT ? "200 answer without access_token"
+                                        : "200 answer whose access token is not printable ASCII");
+    keep_raw(a, r);
+    return;
+  }
+  a->kind = rt == TOKEN_USABLE && strcmp(a->refresh_token, sent_rt ? sent_rt : "") != 0 ? TL__A_ROTATED : TL__A_SAME_RT;
+  a->at_unusable = at != TOKEN_USABLE;
+  answer_expiry(a, j, tl__now_ms());
+  a->extra = json_object();
+  static const char *const keep[] = {"token_type", "inference_base_url", "scope"};
+  for (size_t i = 0; a->extra && i < sizeof keep / sizeof *keep; i++) {
+    json_t *v = json_object_get(j, keep[i]);
+    if (json_is_string(v) && json_string_length(v) <= 2048 &&
+        tl__token_valid(json_string_value(v), json_string_length(v)))
+      json_object_set(a->extra, keep[i], v);
+  }
 }
 
-static void classify_body(answer *a, const tl_http_response *r, const char *old_rt)
+void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent_rt)
 {
+  char *raw_at = NULL, *raw_rt = NULL;
   memset(a, 0, sizeof *a);
-  a->retry_after = r->retry_after;
+  a->retry_after = r->retry_after < 0 ? -1 : r->retry_after > 86400 ? 86400 : r->retry_after;
   a->status = r->status;
-  if (r->failure == TL_HTTP_NOT_SENT) {
-    a->kind = A_NOT_SENT;
-    a->desc = strdup(r->detail);
-    return;
+  if (r->failure == TL_HTTP_NOT_SENT || r->failure == TL_HTTP_LOST) {
+    a->kind = r->failure == TL_HTTP_NOT_SENT ? TL__A_NOT_SENT : TL__A_UNKNOWN;
+    a->desc = strndup(r->detail, strnlen(r->detail, sizeof r->detail));
+    goto scrub;
   }
-  if (r->failure == TL_HTTP_LOST) {
-    a->kind = A_UNKNOWN;
-    a->desc = strdup(r->detail);
-    return;
+  if (r->status < 100 || r->status > 599) {
+    a->kind = TL__A_UNKNOWN; /* not HTTP as we know it: the server did something we cannot interpret */
+    char d[64];
+    snprintf(d, sizeof d, "unexpected HTTP status %ld", r->status);
+    a->desc = strdup(d);
+    a->status = 0;
+    goto scrub;
   }
-  json_error_t je;
-  json_t *j = r->body && r->body_len ? json_loadb(r->body, r->body_len, 0, &je) : NULL;
+  /* Integers are read as doubles: an absurd expires_in (99999999999999999999) must not make a whole answer with
+   * usable tokens unreadable; every number is range checked where it is used. */
+  json_t *j = r->body && r->body_len
+                  ? json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, NULL)
+                  : NULL;
   if (j && !json_is_object(j)) {
     json_decref(j);
     j = NULL;
   }
   if (j) {
-    a->error = jstr(j, "error");
-    a->desc = jstr(j, "error_description");
+    a->error = server_text(j, "error");
+    a->desc = server_text(j, "error_description");
     if (!a->desc)
-      a->desc = jstr(j, "message");
+      a->desc = server_text(j, "message");
   }
   if (r->status == 200) {
-    a->access_token = j ? jstr(j, "access_token") : NULL;
-    if (!a->access_token || !*a->access_token) {
-      /* The server may have rotated the RT, but we cannot read the answer. */
-      a->kind = A_UNKNOWN;
-      free(a->desc);
-      a->desc = strdup(j ? "200 answer without access_token" : "200 answer that is not a JSON object");
-      json_decref(j);
-      return;
-    }
-    a->refresh_token = jstr(j, "refresh_token");
-    json_t *ei = json_object_get(j, "expires_in");
-    int64_t now = tl__now_ms();
-    if (json_is_integer(ei) && json_integer_value(ei) > 0)
-      a->expires_at = now + (int64_t)json_integer_value(ei) * 1000;
-    else if (json_is_real(ei) && json_real_value(ei) > 0)
-      a->expires_at = now + (int64_t)(json_real_value(ei) * 1000);
-    else
-      a->expires_at = tl__jwt_exp_ms(a->access_token);
-    a->extra = json_object();
-    static const char *const keep[] = {"token_type", "inference_base_url"};
-    for (size_t i = 0; a->extra && i < 2; i++) {
-      json_t *v = json_object_get(j, keep[i]);
-      if (json_is_string(v))
-        json_object_set(a->extra, keep[i], v);
-    }
-    json_t *sc = json_object_get(j, "scope");
-    if (a->extra && json_is_string(sc))
-      json_object_set(a->extra, "scope", sc);
-    a->kind = a->refresh_token && *a->refresh_token && strcmp(a->refresh_token, old_rt) != 0 ? A_ROTATED : A_SAME_RT;
-    json_decref(j);
-    return;
-  }
-  json_decref(j);
-  if (r->status == 429 || r->status >= 500 || (a->error && strcmp(a->error, "temporarily_unavailable") == 0)) {
-    a->kind = A_TRANSIENT;
+    free(a->error); /* a 200 is judged by its tokens, not by what else it says */
+    free(a->desc);
+    a->error = a->desc = NULL;
+    classify_200(a, r, j, sent_rt, &raw_at, &raw_rt);
+  } else if (r->status == 429 || r->status >= 500 || (a->error && strcmp(a->error, "temporarily_unavailable") == 0)) {
+    a->kind = TL__A_TRANSIENT;
   } else if (r->status >= 400 && r->status < 500 && terminal_answer(a->error, a->desc)) {
-    a->kind = A_REJECTED;
+    a->kind = TL__A_REJECTED;
   } else if (r->status >= 400 && r->status < 500) {
-    a->kind = A_CONFIG; /* invalid_client, invalid_request...: no tokens issued */
+    a->kind = TL__A_CONFIG; /* invalid_client, invalid_request...: no tokens issued */
   } else {
     /* 1xx/3xx/other 2xx: the server did something we cannot interpret. */
-    a->kind = A_UNKNOWN;
+    a->kind = TL__A_UNKNOWN;
     if (!a->desc) {
       char d[64];
       snprintf(d, sizeof d, "unexpected HTTP status %ld", r->status);
       a->desc = strdup(d);
     }
   }
+  json_decref(j);
+scrub:
+  /* What a server says never carries a token into our records or messages. */
+  {
+    const char *secrets[] = {sent_rt, a->refresh_token, a->access_token, raw_rt, raw_at};
+    for (size_t i = 0; i < sizeof secrets / sizeof *secrets; i++) {
+      redact(a->error, secrets[i]);
+      redact(a->desc, secrets[i]);
+    }
+  }
+  tl_secret_free(raw_at);
+  tl_secret_free(raw_rt);
 }
 
 /* ---- record ------------------------------------------------------------- */
@@ -1031,11 +1187,13 @@ static tl_status exec_bound(tl_store *s, const char *sql, const char *what, tl_e
   return rc == TL_OK ? tl__step_done(s, st, what, err) : rc;
 }
 
+/* An answer taken back from a rescue file settles an attempt the reaper already called unknown. */
 static const char finish_sql[] =
     "UPDATE refresh_attempt SET outcome = :outcome, finished_at = :now, http_status = :status, oauth_error = :error, "
-    "error_description = :desc, child_rt_id = :child WHERE id = :id AND outcome = 'in_flight'";
+    "error_description = :desc, child_rt_id = :child WHERE id = :id AND (outcome = 'in_flight' OR (:rescue AND "
+    "outcome = 'unknown'))";
 
-static tl_status finish_attempt(tl_store *s, const claim *cl, const char *outcome, const answer *a, int64_t child,
+static tl_status finish_attempt(tl_store *s, const claim *cl, const char *outcome, const tl__answer *a, int64_t child,
                                 tl_error *err)
 {
   sqlite3_stmt *st;
@@ -1043,7 +1201,8 @@ static tl_status finish_attempt(tl_store *s, const claim *cl, const char *outcom
   if ((rc = tl__prepare(&st, s, finish_sql, err)) != TL_OK ||
       (rc = TL_BIND(st, err, TL_TEXT(":outcome", outcome), TL_INT(":now", tl__now_ms()),
                     TL_OPTINT(":status", a->status), TL_TEXT(":error", a->error), TL_TEXT(":desc", a->desc),
-                    TL_OPTINT(":child", child), TL_INT(":id", cl->attempt))) != TL_OK)
+                    TL_OPTINT(":child", child), TL_INT(":id", cl->attempt), TL_INT(":rescue", cl->from_rescue))) !=
+          TL_OK)
     return rc;
   rc = tl__step_done(s, st, "record", err);
   if (rc == TL_OK && sqlite3_changes(s->db) != 1)
@@ -1053,7 +1212,7 @@ static tl_status finish_attempt(tl_store *s, const claim *cl, const char *outcom
 }
 
 /* Message for a terminal answer: what the server said and who presented what. */
-static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_error *err)
+static void rejected_message(tl_store *s, const claim *cl, const tl__answer *a, tl_error *err)
 {
   static const char prev_sql[] =
       "SELECT t.generation, a.owner_host || ':' || a.owner_pid, coalesce(a.owner_profile, '-'), "
@@ -1098,7 +1257,7 @@ static void rejected_message(tl_store *s, const claim *cl, const answer *a, tl_e
 }
 
 /* Shows a failed refresh on every pool entry of the credential (what Hermes' export carries). */
-static tl_status mark_entries(tl_store *s, int64_t cred, const char *status, const answer *a, int64_t now,
+static tl_status mark_entries(tl_store *s, int64_t cred, const char *status, const tl__answer *a, int64_t now,
                               tl_error *err)
 {
   static const char sql[] = "UPDATE pool_entry SET last_status = :st, last_status_at = :now, last_error_code = :code, "
@@ -1112,35 +1271,218 @@ static tl_status mark_entries(tl_store *s, int64_t cred, const char *status, con
   return tl__step_done(s, st, "record", err);
 }
 
-static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a, tl_error *err)
+static const char rotate_old_sql[] = "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = :now "
+                                     "WHERE id = :id";
+static const char back_sql[] = "UPDATE refresh_token SET state = 'current', retired_at = NULL WHERE id = :id";
+
+/* 200: the child RT (if any), the access token (if usable), the entries' status; *out gets the new token. */
+static tl_status record_tokens(tl_token **out, tl_store *s, const claim *cl, tl__answer *a, int64_t now, tl_error *err)
 {
-  static const char rotate_old_sql[] = "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = :now "
-                                       "WHERE id = :id";
   static const char child_sql[] =
       "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, secret, "
       "issued_at) VALUES (:cred, :parent, :family, :gen, :fp, 'current', 'refresh', :secret, :now)";
   static const char cred_ok_sql[] =
-      "UPDATE credential SET access_token = :at, expires_at = nullif(:exp, 0), obtained_at = :now, "
+      "UPDATE credential SET access_token = coalesce(:at, access_token), "
+      "expires_at = CASE WHEN :at IS NULL THEN expires_at ELSE nullif(:exp, 0) END, "
+      "obtained_at = CASE WHEN :at IS NULL THEN obtained_at ELSE :now END, "
       "scope = coalesce(json_extract(:extra, '$.scope'), scope), status = 'active', status_reason = NULL, "
-      "refresh_not_before = NULL, "
-      "extra = json_patch(extra, :extra), updated_at = :now WHERE id = :id";
-  static const char back_sql[] = "UPDATE refresh_token SET state = 'current', retired_at = NULL WHERE id = :id";
-  static const char reject_sql[] = "UPDATE refresh_token SET state = 'rejected', secret = NULL, retired_at = :now "
-                                   "WHERE id = :id";
-  static const char reauth_sql[] = "UPDATE credential SET status = 'needs_reauth', status_reason = :why, "
-                                   "updated_at = :now WHERE id = :id";
+      "refresh_not_before = NULL, extra = json_patch(extra, :extra), updated_at = :now WHERE id = :id";
   static const char entries_ok_sql[] =
       "UPDATE pool_entry SET last_status = 'ok', last_status_at = :now, last_error_code = NULL, "
       "last_error_reason = NULL, last_error_message = NULL, cooldown_until = NULL WHERE credential_id = :cred "
       "AND last_status IS NOT NULL AND last_status <> 'ok'";
-  static const char backoff_sql[] = "UPDATE credential SET refresh_not_before = :until WHERE id = :id";
   tl_status rc;
-  int64_t now = tl__now_ms(), child = 0;
+  sqlite3_stmt *st;
+  int64_t child = 0;
   char childfp[65] = "";
+  tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
+  if (a->kind == TL__A_ROTATED) {
+    tl_fingerprint(childfp, a->refresh_token, strlen(a->refresh_token));
+    const char *n1[] = {":now", ":id"};
+    int64_t v1[] = {now, cl->rt};
+    if ((rc = exec_bound(s, rotate_old_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
+      return rc;
+    if ((rc = tl__prepare(&st, s, child_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_INT(":cred", cl->credential), TL_INT(":parent", cl->rt),
+                      TL_INT(":family", cl->family), TL_INT(":gen", cl->generation + 1), TL_TEXT(":fp", childfp),
+                      TL_SECRET(":secret", a->refresh_token), TL_INT(":now", now))) != TL_OK ||
+        (rc = tl__step_done(s, st, "record child", err)) != TL_OK)
+      return rc;
+    child = sqlite3_last_insert_rowid(s->db);
+  } else {
+    const char *n1[] = {":id"};
+    int64_t v1[] = {cl->rt};
+    if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
+      return rc;
+  }
+  char *extra = a->extra ? json_dumps(a->extra, JSON_COMPACT) : NULL;
+  if ((rc = tl__prepare(&st, s, cred_ok_sql, err)) == TL_OK &&
+      (rc = TL_BIND(st, err, TL_SECRET(":at", a->at_unusable ? NULL : a->access_token), TL_INT(":exp", a->expires_at),
+                    TL_INT(":now", now), TL_TEXT(":extra", extra ? extra : "{}"), TL_INT(":id", cl->credential))) ==
+          TL_OK)
+    rc = tl__step_done(s, st, "record credential", err);
+  free(extra);
+  if (rc != TL_OK)
+    return rc;
+  const char *n2[] = {":now", ":cred"};
+  int64_t v2[] = {now, cl->credential};
+  if ((rc = exec_bound(s, entries_ok_sql, "record", err, 2, n2, v2, NULL)) != TL_OK ||
+      (rc = finish_attempt(s, cl, "rotated", a, child, err)) != TL_OK)
+    return rc;
+  ids.rt = child ? child : cl->rt;
+  json_t *d =
+      child ? json_pack("{s:I, s:I, s:s%, s:s%}", "attempt", (json_int_t)cl->attempt, "generation",
+                        (json_int_t)(cl->generation + 1), "parent", cl->fp, (size_t)12, "fingerprint", childfp,
+                        (size_t)12)
+            : json_pack("{s:I, s:I}", "attempt", (json_int_t)cl->attempt, "generation", (json_int_t)cl->generation);
+  if (d && a->expiry_assumed)
+    json_object_set_new(d, "expiry_assumed_s", json_integer(TL_LIFETIME_ASSUMED_S));
+  if (d && a->at_unusable)
+    json_object_set_new(d, "access_token_unusable", json_true());
+  if (d && cl->from_rescue)
+    json_object_set_new(d, "from_rescue_file", json_true());
+  if ((rc = tl__audit(s, child ? "rt_rotated" : "access_refreshed", &ids, d, err)) != TL_OK)
+    return rc;
+  if (a->at_unusable)
+    return TL_OK; /* nothing to hand out; record() says why */
+  tl_token *t = calloc(1, sizeof *t);
+  if (!t || !(t->access_token = tl__strdup(a->access_token))) {
+    free(t);
+    return tl__oom(err);
+  }
+  t->expires_at_ms = a->expires_at;
+  t->credential = cl->credential;
+  t->refreshed = 1;
+  json_t *bu = a->extra ? json_object_get(a->extra, "inference_base_url") : NULL;
+  if (json_is_string(bu))
+    t->base_url = tl__strdup(json_string_value(bu));
+  *out = t;
+  return TL_OK;
+}
+
+/* A terminal answer: the RT is rejected, the credential needs a new login, its entries are dead. */
+static tl_status record_rejected(tl_store *s, const claim *cl, const tl__answer *a, int64_t now, tl_error *err)
+{
+  static const char reject_sql[] = "UPDATE refresh_token SET state = 'rejected', secret = NULL, retired_at = :now "
+                                   "WHERE id = :id";
+  static const char reauth_sql[] = "UPDATE credential SET status = 'needs_reauth', status_reason = :why, "
+                                   "updated_at = :now WHERE id = :id";
+  tl_status rc;
   sqlite3_stmt *st;
   tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
-  tl_status result = TL_OK;
+  const char *n1[] = {":now", ":id"};
+  int64_t v1[] = {now, cl->rt};
+  if ((rc = exec_bound(s, reject_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
+    return rc;
+  char why[300];
+  snprintf(why, sizeof why, "server rejected generation %lld: HTTP %ld %s%s%.200s", (long long)cl->generation,
+           a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
+  if ((rc = tl__prepare(&st, s, reauth_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":why", why), TL_INT(":now", now), TL_INT(":id", cl->credential))) != TL_OK ||
+      (rc = tl__step_done(s, st, "record", err)) != TL_OK ||
+      (rc = mark_entries(s, cl->credential, "dead", a, now, err)) != TL_OK ||
+      (rc = finish_attempt(s, cl, "rejected", a, 0, err)) != TL_OK)
+    return rc;
+  int reuse = reuse_answer(a->error, a->desc);
+  return tl__audit(s, reuse ? "reuse_detected_by_server" : "rt_rejected", &ids,
+                   json_pack("{s:I, s:I, s:s%, s:i, s:s?, s:s?}", "attempt", (json_int_t)cl->attempt, "generation",
+                             (json_int_t)cl->generation, "fingerprint", cl->fp, (size_t)12, "http_status",
+                             (int)a->status, "error", a->error, "error_description", a->desc),
+                   err);
+}
+
+/* Not sent, transient or a configuration error: the RT is current again; a server that answered is backed off. */
+static tl_status record_back(tl_store *s, const claim *cl, const tl__answer *a, int64_t now, long *wait_s,
+                             tl_error *err)
+{
+  static const char backoff_sql[] = "UPDATE credential SET refresh_not_before = :until WHERE id = :id";
+  tl_status rc;
+  tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
+  const char *n1[] = {":id"};
+  int64_t v1[] = {cl->rt};
+  if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
+    return rc;
+  *wait_s = a->retry_after >= 0 ? a->retry_after : TRANSIENT_COOLDOWN_S;
+  if (*wait_s > 86400)
+    *wait_s = 86400;
+  if (a->kind != TL__A_NOT_SENT) {
+    /* Back off the refresh (the credential), not the entries: their access tokens stay usable. */
+    const char *nb[] = {":until", ":id"};
+    int64_t vb[] = {now + (int64_t)*wait_s * 1000, cl->credential};
+    if ((rc = exec_bound(s, backoff_sql, "record", err, 2, nb, vb, NULL)) != TL_OK ||
+        (rc = mark_entries(s, cl->credential, "exhausted", a, now, err)) != TL_OK)
+      return rc;
+  }
+  if ((rc = finish_attempt(s, cl, a->kind == TL__A_NOT_SENT ? "not_sent" : "transient", a, 0, err)) != TL_OK)
+    return rc;
+  if (cl->from_rescue) {
+    /* The reaper had made the credential uncertain; the rescued answer says the RT was not spent. */
+    static const char reopen_sql[] = "UPDATE credential SET status = 'active', status_reason = NULL WHERE id = :id "
+                                     "AND status = 'uncertain'";
+    const char *nr[] = {":id"};
+    int64_t vr[] = {cl->credential};
+    if ((rc = exec_bound(s, reopen_sql, "record", err, 1, nr, vr, NULL)) != TL_OK)
+      return rc;
+  }
+  return tl__audit(s, a->kind == TL__A_NOT_SENT ? "refresh_not_sent" : "refresh_transient", &ids,
+                   json_pack("{s:I, s:I, s:i, s:s?, s:s?, s:i}", "attempt", (json_int_t)cl->attempt, "generation",
+                             (json_int_t)cl->generation, "http_status", (int)a->status, "error", a->error,
+                             "error_description", a->desc, "cooldown_s", a->kind == TL__A_NOT_SENT ? 0 : (int)*wait_s),
+                   err);
+}
+
+/* What the caller hears after an answer was recorded (the server's text escaped by tl__err). */
+static tl_status outcome_message(tl_store *s, const claim *cl, const tl__answer *a, long wait_s, tl_error *msg)
+{
+  const char *kept = cl->rescued && cl->rescue ? cl->rescue : "";
+  switch (a->kind) {
+  case TL__A_ROTATED:
+  case TL__A_SAME_RT:
+    if (!a->at_unusable)
+      return TL_OK;
+    return tl__err(msg, TL_ETRANSIENT, 0,
+                   "%s answered 200 without a usable access token (missing, or not printable ASCII)%s; nothing "
+                   "unusable was stored; try again",
+                   cl->provider,
+                   a->kind == TL__A_ROTATED ? "; its new refresh token was recorded" : "; the refresh token stays");
+  case TL__A_REJECTED: rejected_message(s, cl, a, msg); return TL_EREAUTH;
+  case TL__A_NOT_SENT:
+    return tl__err(msg, TL_ETRANSIENT, 0,
+                   "%s token endpoint unreachable (%s); the refresh token was not sent and stays current", cl->provider,
+                   a->desc ? a->desc : "no detail");
+  case TL__A_TRANSIENT:
+    return tl__err(msg, TL_ETRANSIENT, 0,
+                   "%s answered HTTP %ld%s%s; the refresh token was not spent; the next refresh waits for %ld s",
+                   cl->provider, a->status, a->error ? " " : "", a->error ? a->error : "", wait_s);
+  case TL__A_CONFIG:
+    return tl__err(msg, TL_ERROR, 0,
+                   "%s refused the request: HTTP %ld %s%s%s; check the provider configuration (client id, "
+                   "endpoint); the refresh token was not spent",
+                   cl->provider, a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
+  case TL__A_UNKNOWN:
+    return tl__err(msg, TL_EUNKNOWN, 0,
+                   "credential %lld (%s): response to generation %lld lost or unusable: %.200s.%s%s%s The server may "
+                   "have rotated the refresh token, so it is not presented again automatically; decide with "
+                   "'tokenledger recover --credential %lld --assume-not-sent' or '--mark-dead'",
+                   (long long)cl->credential, cl->provider, (long long)cl->generation, a->desc ? a->desc : "no detail",
+                   *kept ? " The raw answer is kept in " : "", kept, *kept ? " (0600) for inspection." : "",
+                   (long long)cl->credential);
+  }
+  return TL_ERROR;
+}
+
+/*
+ * Records the outcome in one transaction. *recorded tells whether it
+ * committed; the return value is then the outcome for the caller (TL_OK, or
+ * rejected/transient/unknown with a message). Not recorded: the failure.
+ */
+static tl_status record(tl_token **out, int *recorded, tl_store *s, const claim *cl, tl__answer *a, tl_error *err)
+{
+  tl_status rc;
+  int64_t now = tl__now_ms();
+  long wait_s = 0;
   tl_error msg = {0};
+  *recorded = 0;
 
   /* Never give up on recording early: a long busy wait is better than an unknown. */
   int busy = s->busy_ms;
@@ -1148,175 +1490,201 @@ static tl_status record(tl_token **out, tl_store *s, const claim *cl, answer *a,
   rc = tl__tx_begin(s, "refresh record", err);
   s->busy_ms = busy;
   if (rc != TL_OK)
-    return rc; /* the attempt stays in_flight; our death makes it unknown */
+    return rc; /* the attempt stays in_flight: the caller keeps the answer in the rescue file */
 
-  if (a->kind == A_ROTATED) {
+  if (a->kind == TL__A_ROTATED) {
+    char childfp[65];
     tl_fingerprint(childfp, a->refresh_token, strlen(a->refresh_token));
     int64_t known_rt = 0, known_cred = 0;
     tl_error probe = {0};
-    if (tl__rt_lookup(&known_rt, &known_cred, s, childfp, &probe) != TL_OK || known_rt) {
+    if ((rc = tl__rt_lookup(&known_rt, &known_cred, s, childfp, &probe)) != TL_OK && rc != TL_EREUSE) {
+      tl__err(err, rc, probe.sys, "%s", probe.message);
+      goto fail;
+    }
+    if (known_rt) {
       /* The server handed out a token the ledger already holds: do not store it twice. */
-      a->kind = A_UNKNOWN;
+      a->kind = TL__A_UNKNOWN;
       free(a->desc);
       a->desc = strdup("server returned a refresh token that is already in the ledger");
     }
   }
-
   switch (a->kind) {
-  case A_ROTATED:
-  case A_SAME_RT: {
-    if (a->kind == A_ROTATED) {
-      const char *n1[] = {":now", ":id"};
-      int64_t v1[] = {now, cl->rt};
-      if ((rc = exec_bound(s, rotate_old_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
-        goto fail;
-      if ((rc = tl__prepare(&st, s, child_sql, err)) != TL_OK ||
-          (rc = TL_BIND(st, err, TL_INT(":cred", cl->credential), TL_INT(":parent", cl->rt),
-                        TL_INT(":family", cl->family), TL_INT(":gen", cl->generation + 1), TL_TEXT(":fp", childfp),
-                        TL_SECRET(":secret", a->refresh_token), TL_INT(":now", now))) != TL_OK ||
-          (rc = tl__step_done(s, st, "record child", err)) != TL_OK)
-        goto fail;
-      child = sqlite3_last_insert_rowid(s->db);
-    } else {
-      const char *n1[] = {":id"};
-      int64_t v1[] = {cl->rt};
-      if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
-        goto fail;
-    }
-    char *extra = a->extra ? json_dumps(a->extra, JSON_COMPACT) : NULL;
-    if ((rc = tl__prepare(&st, s, cred_ok_sql, err)) == TL_OK &&
-        (rc = TL_BIND(st, err, TL_SECRET(":at", a->access_token), TL_INT(":exp", a->expires_at), TL_INT(":now", now),
-                      TL_TEXT(":extra", extra ? extra : "{}"), TL_INT(":id", cl->credential))) == TL_OK)
-      rc = tl__step_done(s, st, "record credential", err);
-    free(extra);
-    if (rc != TL_OK)
-      goto fail;
-    {
-      const char *n2[] = {":now", ":cred"};
-      int64_t v2[] = {now, cl->credential};
-      if ((rc = exec_bound(s, entries_ok_sql, "record", err, 2, n2, v2, NULL)) != TL_OK)
-        goto fail;
-    }
-    if ((rc = finish_attempt(s, cl, "rotated", a, child, err)) != TL_OK)
-      goto fail;
-    ids.rt = child ? child : cl->rt;
-    if ((rc = tl__audit(s, child ? "rt_rotated" : "access_refreshed", &ids,
-                        child ? json_pack("{s:I, s:I, s:s%, s:s%}", "attempt", (json_int_t)cl->attempt, "generation",
-                                          (json_int_t)(cl->generation + 1), "parent", cl->fp, (size_t)12, "fingerprint",
-                                          childfp, (size_t)12)
-                              : json_pack("{s:I, s:I}", "attempt", (json_int_t)cl->attempt, "generation",
-                                          (json_int_t)cl->generation),
-                        err)) != TL_OK)
-      goto fail;
-    tl_token *t = calloc(1, sizeof *t);
-    if (!t || !(t->access_token = tl__strdup(a->access_token))) {
-      free(t);
-      rc = tl__oom(err);
-      goto fail;
-    }
-    t->expires_at_ms = a->expires_at;
-    t->credential = cl->credential;
-    t->refreshed = 1;
-    json_t *bu = a->extra ? json_object_get(a->extra, "inference_base_url") : NULL;
-    if (json_is_string(bu))
-      t->base_url = tl__strdup(json_string_value(bu));
-    *out = t;
-    break;
-  }
-  case A_REJECTED: {
-    rejected_message(s, cl, a, &msg);
-    const char *n1[] = {":now", ":id"};
-    int64_t v1[] = {now, cl->rt};
-    if ((rc = exec_bound(s, reject_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
-      goto fail;
+  case TL__A_ROTATED:
+  case TL__A_SAME_RT: rc = record_tokens(out, s, cl, a, now, err); break;
+  case TL__A_REJECTED: rc = record_rejected(s, cl, a, now, err); break;
+  case TL__A_TRANSIENT:
+  case TL__A_CONFIG:
+  case TL__A_NOT_SENT: rc = record_back(s, cl, a, now, &wait_s, err); break;
+  case TL__A_UNKNOWN: {
     char why[300];
-    snprintf(why, sizeof why, "server rejected generation %lld: HTTP %ld %s%s%.200s", (long long)cl->generation,
-             a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
-    if ((rc = tl__prepare(&st, s, reauth_sql, err)) != TL_OK ||
-        (rc = TL_BIND(st, err, TL_TEXT(":why", why), TL_INT(":now", now), TL_INT(":id", cl->credential))) != TL_OK ||
-        (rc = tl__step_done(s, st, "record", err)) != TL_OK)
-      goto fail;
-    if ((rc = mark_entries(s, cl->credential, "dead", a, now, err)) != TL_OK)
-      goto fail;
-    if ((rc = finish_attempt(s, cl, "rejected", a, 0, err)) != TL_OK)
-      goto fail;
-    int reuse = reuse_answer(a->error, a->desc);
-    if ((rc = tl__audit(s, reuse ? "reuse_detected_by_server" : "rt_rejected", &ids,
-                        json_pack("{s:I, s:I, s:s%, s:i, s:s?, s:s?}", "attempt", (json_int_t)cl->attempt, "generation",
-                                  (json_int_t)cl->generation, "fingerprint", cl->fp, (size_t)12, "http_status",
-                                  (int)a->status, "error", a->error, "error_description", a->desc),
-                        err)) != TL_OK)
-      goto fail;
-    result = TL_EREAUTH;
-    break;
-  }
-  case A_TRANSIENT:
-  case A_CONFIG:
-  case A_NOT_SENT: {
-    const char *n1[] = {":id"};
-    int64_t v1[] = {cl->rt};
-    if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
-      goto fail;
-    long wait_s = a->retry_after >= 0 ? a->retry_after : TRANSIENT_COOLDOWN_S;
-    if (wait_s > 86400)
-      wait_s = 86400;
-    if (a->kind != A_NOT_SENT) {
-      /* Back off the refresh (the credential), not the entries: their access tokens stay usable. */
-      const char *nb[] = {":until", ":id"};
-      int64_t vb[] = {now + (int64_t)wait_s * 1000, cl->credential};
-      if ((rc = exec_bound(s, backoff_sql, "record", err, 2, nb, vb, NULL)) != TL_OK)
-        goto fail;
-      if ((rc = mark_entries(s, cl->credential, "exhausted", a, now, err)) != TL_OK)
-        goto fail;
-    }
-    const char *outcome = a->kind == A_NOT_SENT ? "not_sent" : "transient";
-    if ((rc = finish_attempt(s, cl, outcome, a, 0, err)) != TL_OK)
-      goto fail;
-    if ((rc = tl__audit(s, a->kind == A_NOT_SENT ? "refresh_not_sent" : "refresh_transient", &ids,
-                        json_pack("{s:I, s:I, s:i, s:s?, s:s?, s:i}", "attempt", (json_int_t)cl->attempt, "generation",
-                                  (json_int_t)cl->generation, "http_status", (int)a->status, "error", a->error,
-                                  "error_description", a->desc, "cooldown_s", a->kind == A_NOT_SENT ? 0 : (int)wait_s),
-                        err)) != TL_OK)
-      goto fail;
-    if (a->kind == A_NOT_SENT)
-      tl__err(&msg, TL_ETRANSIENT, 0,
-              "%s token endpoint unreachable (%s); the refresh token was not sent and stays "
-              "current",
-              cl->provider, a->desc ? a->desc : "no detail");
-    else if (a->kind == A_TRANSIENT)
-      tl__err(&msg, TL_ETRANSIENT, 0,
-              "%s answered HTTP %ld%s%s; the refresh token was not spent; the next refresh waits "
-              "for %ld s",
-              cl->provider, a->status, a->error ? " " : "", a->error ? a->error : "", wait_s);
-    else
-      tl__err(&msg, TL_ERROR, 0,
-              "%s refused the request: HTTP %ld %s%s%s; check the provider configuration "
-              "(client id, endpoint); the refresh token was not spent",
-              cl->provider, a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
-    result = msg.code;
-    break;
-  }
-  case A_UNKNOWN: {
-    char why[300];
-    snprintf(why, sizeof why, "response to generation %lld lost: %.200s", (long long)cl->generation,
+    snprintf(why, sizeof why, "response to generation %lld lost or unusable: %.200s", (long long)cl->generation,
              a->desc ? a->desc : "no detail");
-    if ((rc = mark_unknown(s, cl->attempt, why, err)) != TL_OK)
-      goto fail;
-    tl__err(&msg, TL_EUNKNOWN, 0,
-            "credential %lld (%s): %s. The server may have rotated the refresh token, so it is not presented again "
-            "automatically; decide with 'tokenledger recover --credential %lld --assume-not-sent' or '--mark-dead'",
-            (long long)cl->credential, cl->provider, why, (long long)cl->credential);
-    result = TL_EUNKNOWN;
+    rc = mark_unknown(s, cl->attempt, why, err);
     break;
   }
   }
-  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+  if (rc != TL_OK)
+    goto fail;
+  if ((rc = tl__tx_commit(s, err)) != TL_OK) {
+    tl_token_free(*out);
+    *out = NULL;
     return rc;
-  if (result != TL_OK && err && err->code == TL_OK)
+  }
+  *recorded = 1;
+  rc = outcome_message(s, cl, a, wait_s, &msg);
+  if (rc != TL_OK && err && err->code == TL_OK)
     *err = msg;
-  return result;
+  return rc;
 fail:
   tl__tx_rollback(s);
+  tl_token_free(*out);
+  *out = NULL;
+  return rc;
+}
+
+/* ---- rescue files --------------------------------------------------------- */
+
+/*
+ * A rotation the server made is never lost. While an RT is out, space for a
+ * rescue file is reserved beside the ledger (<ledger>-rescue-<credential>-
+ * <attempt>, O_EXCL|O_NOFOLLOW, 0600), so it can be written even on a full
+ * disk. If the record transaction cannot commit, the parsed answer (with the
+ * new tokens) goes there, fsynced; so does the raw answer of a 200 we could
+ * not use. 'recover --rescue' records it and removes the file. A file never
+ * written is released (unlinked) once the outcome is recorded.
+ */
+#define TL_RESCUE_RESERVE (96 * 1024)
+#define TL_RESCUE_MAX     (4 * 1024 * 1024)
+
+static char *rescue_name(const tl_store *s, int64_t cred, int64_t attempt)
+{
+  size_t n = strlen(s->path) + 64;
+  char *p = malloc(n);
+  if (p)
+    snprintf(p, n, "%s-rescue-%lld-%lld", s->path, (long long)cred, (long long)attempt);
+  return p;
+}
+
+static void fsync_dir_of(const char *path)
+{
+  char *copy = strdup(path);
+  char *slash = copy ? strrchr(copy, '/') : NULL;
+  if (slash) {
+    *slash = '\0';
+    int fd = open(*copy ? copy : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      fsync(fd);
+      close(fd);
+    }
+  }
+  free(copy);
+}
+
+/* Before the RT leaves: reserve the rescue file's space. Failure only means no reservation. */
+static void rescue_reserve(tl_store *s, claim *cl)
+{
+  cl->rescue_fd = -1;
+  if (!(cl->rescue = rescue_name(s, cl->credential, cl->attempt)))
+    return;
+  int fd = open(cl->rescue, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd < 0)
+    return;
+  if (posix_fallocate(fd, 0, TL_RESCUE_RESERVE) != 0) {
+    close(fd);
+    unlink(cl->rescue);
+    return;
+  }
+  cl->rescue_fd = fd;
+}
+
+/* The outcome is on record: the reservation goes. */
+static void rescue_release(claim *cl)
+{
+  if (cl->rescue_fd >= 0) {
+    close(cl->rescue_fd);
+    unlink(cl->rescue);
+  }
+  cl->rescue_fd = -1;
+  free(cl->rescue);
+  cl->rescue = NULL;
+}
+
+static const char *const kind_names[] = {"rotated", "same_rt",  "rejected", "transient",
+                                         "config",  "not_sent", "unknown"};
+
+/* Writes the answer into the rescue file (reserved, or created now). TL_OK once it is durable. */
+static tl_status rescue_write(claim *cl, const tl__answer *a, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char *text = NULL, *b64 = NULL;
+  json_t *o =
+      json_pack("{s:i, s:I, s:I, s:I, s:s, s:I, s:I, s:s, s:I, s:s?, s:s?, s:I, s:b, s:b, s:I}", "tokenledger_rescue",
+                1, "credential", (json_int_t)cl->credential, "attempt", (json_int_t)cl->attempt, "rt",
+                (json_int_t)cl->rt, "fingerprint", cl->fp, "generation", (json_int_t)cl->generation, "saved_at",
+                (json_int_t)tl__now_ms(), "kind", kind_names[a->kind], "http_status", (json_int_t)a->status, "error",
+                a->error, "error_description", a->desc, "expires_at", (json_int_t)a->expires_at, "expiry_assumed",
+                a->expiry_assumed, "access_token_unusable", a->at_unusable, "retry_after", (json_int_t)a->retry_after);
+  if (!o)
+    return tl__oom(err);
+  if (a->access_token && !a->at_unusable)
+    json_object_set_new(o, "access_token", json_string(a->access_token));
+  if (a->refresh_token)
+    json_object_set_new(o, "refresh_token", json_string(a->refresh_token));
+  if (a->extra)
+    json_object_set(o, "extra", a->extra);
+  if (a->raw && a->raw_len <= TL_RESCUE_MAX / 2 && (b64 = malloc(4 * (a->raw_len / 3 + 1) + 1))) {
+    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)a->raw, (int)a->raw_len);
+    json_object_set_new(o, "raw_answer_base64", json_string(b64));
+  }
+  text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+  /* Jansson copied the tokens into the object: burn them before it is freed. */
+  const char *sec[] = {"access_token", "refresh_token", "raw_answer_base64"};
+  for (size_t i = 0; i < 3; i++) {
+    json_t *v = json_object_get(o, sec[i]);
+    if (json_is_string(v))
+      tl_burn((void *)(uintptr_t)json_string_value(v), json_string_length(v));
+  }
+  json_decref(o);
+  if (!text) {
+    rc = tl__oom(err);
+    goto done;
+  }
+  size_t len = strlen(text);
+  int fd = cl->rescue_fd;
+  if (fd < 0 && cl->rescue)
+    fd = open(cl->rescue, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd < 0) {
+    rc = tl__err(err, TL_EIO, errno, "cannot create the rescue file %s: %s", cl->rescue ? cl->rescue : "?",
+                 strerror(errno));
+    goto done;
+  }
+  cl->rescue_fd = -1; /* from now on the file is the record: never released */
+  cl->rescued = 1;
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = pwrite(fd, text + off, len - off, (off_t)off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      rc = tl__err(err, TL_EIO, errno, "cannot write the rescue file %s: %s", cl->rescue, strerror(errno));
+      break;
+    }
+    off += (size_t)w;
+  }
+  if (rc == TL_OK && (ftruncate(fd, (off_t)len) != 0 || fsync(fd) != 0))
+    rc = tl__err(err, TL_EIO, errno, "cannot sync the rescue file %s: %s", cl->rescue, strerror(errno));
+  close(fd);
+  if (rc == TL_OK)
+    fsync_dir_of(cl->rescue);
+done:
+  if (text) {
+    tl_burn(text, strlen(text));
+    free(text);
+  }
+  if (b64) {
+    tl_burn(b64, strlen(b64));
+    free(b64);
+  }
   return rc;
 }
 
@@ -1338,8 +1706,8 @@ static char *form_body(const claim *cl)
   return body;
 }
 
-/* Presents the claimed RT and records the outcome. */
-static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, answer *a, tl_error *err)
+/* Sends the claimed RT and turns whatever came back into an answer. */
+static void present(tl_store *s, claim *cl, tl__answer *a)
 {
   tl_http_response resp;
   memset(&resp, 0, sizeof resp);
@@ -1348,22 +1716,58 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, answ
   if (!body) {
     /* Nothing left the process: record not_sent. */
     memset(a, 0, sizeof *a);
-    a->kind = A_NOT_SENT;
+    a->kind = TL__A_NOT_SENT;
+    a->retry_after = -1;
     a->desc = strdup("out of memory building the request");
-  } else {
-    tl_http_request req = {.url = cl->token_url,
-                           .body = body,
-                           .rt_header = cl->rt_header,
-                           .rt_value = cl->rt_header ? cl->secret : NULL,
-                           .connect_timeout_ms = CONNECT_TIMEOUT_MS,
-                           .timeout_ms = http_timeout(s)};
-    s->http(s->http_ud, &req, &resp);
-    tl_burn(body, strlen(body));
-    free(body);
-    classify(a, &resp, cl->secret);
-    tl__http_response_clear(&resp);
+    return;
   }
-  return record(out, s, cl, a, err);
+  tl_http_request req = {.url = cl->token_url,
+                         .body = body,
+                         .rt_header = cl->rt_header,
+                         .rt_value = cl->rt_header ? cl->secret : NULL,
+                         .connect_timeout_ms = CONNECT_TIMEOUT_MS,
+                         .timeout_ms = http_timeout(s)};
+  s->http(s->http_ud, &req, &resp);
+  tl_burn(body, strlen(body));
+  free(body);
+  tl__answer_parse(a, &resp, cl->secret);
+  tl__http_response_clear(&resp);
+}
+
+/*
+ * Presents the claimed RT and records the outcome; if the record cannot
+ * commit (disk full, read-only file, a lock held past a minute), the answer
+ * goes to the rescue file so the rotation is not lost. A 200 we could not use
+ * is kept there too, as evidence.
+ */
+static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, tl__answer *a, tl_error *err)
+{
+  int recorded = 0;
+  tl_error fail = {0}, why = {0};
+  rescue_reserve(s, cl);
+  present(s, cl, a);
+  if (a->raw && rescue_write(cl, a, &why) != TL_OK)
+    tl_error_clear(&why); /* evidence only: the outcome is recorded as unknown either way */
+  tl_status rc = record(out, &recorded, s, cl, a, &fail);
+  if (recorded) {
+    rescue_release(cl); /* only an unused reservation: a written file stays */
+  } else {
+    tl_status wrc = cl->rescued ? TL_OK : rescue_write(cl, a, &why);
+    if (wrc == TL_OK)
+      return tl__err(err, rc, fail.sys,
+                     "credential %lld (%s): the server answered (%s) but the ledger could not record it: %s. Nothing "
+                     "is lost: the answer is kept in %s (0600); once the ledger is writable again run 'tokenledger "
+                     "recover --credential %lld --rescue'",
+                     (long long)cl->credential, cl->provider, kind_names[a->kind], fail.message, cl->rescue,
+                     (long long)cl->credential);
+    return tl__err(err, rc, fail.sys,
+                   "credential %lld (%s): the server answered (%s) but the ledger could not record it (%s) nor keep "
+                   "the answer (%s); its refresh token's outcome is unknown: see 'tokenledger recover --help'",
+                   (long long)cl->credential, cl->provider, kind_names[a->kind], fail.message, why.message);
+  }
+  if (rc != TL_OK && err && err->code == TL_OK)
+    *err = fail;
+  return rc;
 }
 
 tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
@@ -1375,14 +1779,20 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
   for (;;) {
     claim cl;
     memset(&cl, 0, sizeof cl);
+    cl.rescue_fd = -1;
     claim_result res = CLAIMED;
     int64_t wait_for = 0;
+    /* From the claim's commit to the record's, a stop signal waits: the RT's fate must be on record. */
+    sigset_t old;
+    tl__signals_defer(&old);
     rc = claim_once(&res, &cl, out, &wait_for, s, cred, flags, retry_unknown, waited, ahead_ms, err);
     if (rc != TL_OK || res == SATISFIED) {
+      tl__signals_restore(&old);
       claim_clear(&cl);
       return rc;
     }
     if (res == WAIT) {
+      tl__signals_restore(&old);
       claim_clear(&cl);
       if (tl__now_ms() > deadline)
         return tl__err(err, TL_EBUSY, 0, "credential %lld: another process has been refreshing it for too long",
@@ -1392,13 +1802,14 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
       waited = 1;
       continue;
     }
-    answer a;
+    tl__answer a;
     rc = present_and_record(out, s, &cl, &a, err);
+    tl__signals_restore(&old);
     /* One automatic re-presentation, only inside a declared grace window. */
-    if (rc == TL_EUNKNOWN && !retry_unknown && cl.grace_ms > 0 && tl__now_ms() - cl.started < cl.grace_ms) {
+    if (rc == TL_EUNKNOWN && !retry_unknown && cl.grace_ms > 0 && tl__now_ms() - cl.started < cl.grace_ms && !a.raw) {
       tl_error again = {0};
       claim_clear(&cl);
-      answer_clear(&a);
+      tl__answer_clear(&a);
       rc = tl__refresh_protocol(out, s, cred, flags, 1, ahead_ms, &again);
       if (err && rc != TL_OK) {
         tl_error_clear(err);
@@ -1407,7 +1818,7 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
       return rc;
     }
     claim_clear(&cl);
-    answer_clear(&a);
+    tl__answer_clear(&a);
     return rc;
   }
 }
@@ -1426,6 +1837,335 @@ tl_status tl_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, 
   return rc;
 }
 
+/* ---- recover ------------------------------------------------------------ */
+
+/*
+ * The rescue files of a credential, oldest attempt first: names
+ * <ledger>-rescue-<cred>-<attempt> in the ledger's directory. A file that was
+ * only reserved (all zero bytes) and whose attempt is settled is a leftover
+ * of a process that died: it is removed on the way.
+ */
+typedef struct rescue_file {
+  char *path;
+  int64_t attempt;
+  json_t *doc; /* NULL: only a reservation */
+} rescue_file;
+
+static void rescue_files_free(rescue_file *f, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    free(f[i].path);
+    if (f[i].doc) {
+      json_t *v = json_object_get(f[i].doc, "refresh_token");
+      if (json_is_string(v))
+        tl_burn((void *)(uintptr_t)json_string_value(v), json_string_length(v));
+      v = json_object_get(f[i].doc, "access_token");
+      if (json_is_string(v))
+        tl_burn((void *)(uintptr_t)json_string_value(v), json_string_length(v));
+      json_decref(f[i].doc);
+    }
+  }
+  free(f);
+}
+
+/* Reads one rescue file, refusing what is not ours: regular, owned by us, 0600, no symlink, bounded. */
+static tl_status rescue_load(json_t **out, const char *path, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char *buf = NULL;
+  *out = NULL;
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0)
+    return tl__err(err, errno == ELOOP ? TL_EINSECURE : TL_EIO, errno, "%s: cannot open: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) ||
+      st.st_size > TL_RESCUE_MAX) {
+    rc = tl__err(err, TL_EINSECURE, 0, "%s: not a regular 0600 file of yours of at most %d bytes; not reading it", path,
+                 TL_RESCUE_MAX);
+    goto done;
+  }
+  size_t len = (size_t)st.st_size, got = 0;
+  if (!(buf = malloc(len + 1))) {
+    rc = tl__oom(err);
+    goto done;
+  }
+  while (got < len) {
+    ssize_t r = read(fd, buf + got, len - got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    got += (size_t)r;
+  }
+  size_t used = 0;
+  for (size_t i = 0; i < got; i++)
+    used |= buf[i] != 0;
+  if (!used)
+    goto done; /* a reservation that was never written */
+  json_error_t je;
+  if (!(*out = json_loadb(buf, got, JSON_REJECT_DUPLICATES, &je)) || !json_is_object(*out) ||
+      json_integer_value(json_object_get(*out, "tokenledger_rescue")) != 1) {
+    json_decref(*out);
+    *out = NULL;
+    rc = tl__err(err, TL_EINVAL, 0, "%s: not a tokenledger rescue file (line %d)", path, je.line);
+  }
+done:
+  if (buf) {
+    tl_burn(buf, len + 1);
+    free(buf);
+  }
+  close(fd);
+  return rc;
+}
+
+static int attempt_order(const void *x, const void *y)
+{
+  const rescue_file *a = x, *b = y;
+  return (a->attempt > b->attempt) - (a->attempt < b->attempt);
+}
+
+static tl_status rescue_files(rescue_file **out, size_t *n, tl_store *s, int64_t cred, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char prefix[128];
+  const char *slash = strrchr(s->path, '/');
+  char *dir = slash ? strndup(s->path, (size_t)(slash - s->path)) : strdup(".");
+  const char *base = slash ? slash + 1 : s->path;
+  rescue_file *f = NULL;
+  size_t cap = 0;
+  *out = NULL;
+  *n = 0;
+  snprintf(prefix, sizeof prefix, "-rescue-%lld-", (long long)cred);
+  DIR *d = dir ? opendir(*dir ? dir : "/") : NULL;
+  if (!d) {
+    rc = dir ? tl__err(err, TL_EIO, errno, "%s: %s", dir, strerror(errno)) : tl__oom(err);
+    goto done;
+  }
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t bl = strlen(base), pl = strlen(prefix);
+    const char *num = e->d_name + bl + pl;
+    if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, prefix, pl) != 0 || !*num ||
+        strspn(num, "0123456789") != strlen(num) || strlen(num) > 18)
+      continue;
+    if (*n == cap) {
+      cap = cap ? 2 * cap : 4;
+      rescue_file *nf = realloc(f, cap * sizeof *nf);
+      if (!nf) {
+        rc = tl__oom(err);
+        goto done;
+      }
+      f = nf;
+    }
+    memset(&f[*n], 0, sizeof f[*n]);
+    f[*n].attempt = strtoll(num, NULL, 10);
+    size_t plen = strlen(s->path) + strlen(prefix) + strlen(num) + 1;
+    if (!(f[*n].path = malloc(plen))) {
+      rc = tl__oom(err);
+      goto done;
+    }
+    snprintf(f[*n].path, plen, "%s%s%s", s->path, prefix, num);
+    (*n)++;
+    if ((rc = rescue_load(&f[*n - 1].doc, f[*n - 1].path, err)) != TL_OK)
+      goto done;
+  }
+  if (*n)
+    qsort(f, *n, sizeof *f, attempt_order);
+done:
+  if (d)
+    closedir(d);
+  free(dir);
+  if (rc != TL_OK) {
+    rescue_files_free(f, *n);
+    f = NULL;
+    *n = 0;
+  }
+  *out = f;
+  return rc;
+}
+
+static void rescue_remove(const char *path)
+{
+  unlink(path);
+  fsync_dir_of(path);
+}
+
+/* The answer a rescue file holds, validated as if it had just come from the server. */
+static tl_status rescue_answer(tl__answer *a, json_t *doc, const char *path, tl_error *err)
+{
+  memset(a, 0, sizeof *a);
+  const char *kind = json_string_value(json_object_get(doc, "kind"));
+  int k = -1;
+  for (int i = 0; kind && i < (int)(sizeof kind_names / sizeof *kind_names); i++)
+    if (strcmp(kind, kind_names[i]) == 0)
+      k = i;
+  json_t *at = json_object_get(doc, "access_token"), *rt = json_object_get(doc, "refresh_token");
+  int64_t exp = 0, status = 0, retry = -1;
+  json_t *ra = json_object_get(doc, "retry_after");
+  if (k < 0 || tl__num_i64(&exp, json_object_get(doc, "expires_at"), 0, TL_MS_MAX) ||
+      tl__num_i64(&status, json_object_get(doc, "http_status"), 0, 599) || (ra && tl__num_i64(&retry, ra, -1, 86400)) ||
+      (at && (!json_is_string(at) || !tl__token_valid(json_string_value(at), json_string_length(at)))) ||
+      (rt && (!json_is_string(rt) || !tl__token_valid(json_string_value(rt), json_string_length(rt)))) ||
+      (k == TL__A_ROTATED && !rt) || ((k == TL__A_ROTATED || k == TL__A_SAME_RT) && !exp))
+    return tl__err(err, TL_EINVAL, 0, "%s: the rescued answer is incomplete or malformed; it stays for inspection",
+                   path);
+  a->kind = (tl__answer_kind)k;
+  a->status = (long)status;
+  a->retry_after = (long)retry;
+  a->expires_at = exp;
+  a->expiry_assumed = json_is_true(json_object_get(doc, "expiry_assumed"));
+  a->at_unusable = !at;
+  const char *e = json_string_value(json_object_get(doc, "error")),
+             *d = json_string_value(json_object_get(doc, "error_description"));
+  a->error = e ? strdup(e) : NULL;
+  a->desc = d ? strdup(d) : NULL;
+  a->access_token = at ? strdup(json_string_value(at)) : NULL;
+  a->refresh_token = rt ? strdup(json_string_value(rt)) : NULL;
+  json_t *x = json_object_get(doc, "extra");
+  a->extra = json_is_object(x) ? json_incref(x) : NULL;
+  if ((at && !a->access_token) || (rt && !a->refresh_token)) {
+    tl__answer_clear(a);
+    return tl__oom(err);
+  }
+  return TL_OK;
+}
+
+/* The claim a rescued answer belongs to, read back from the ledger; TL_EEXISTS if already settled otherwise. */
+static tl_status rescue_claim(claim *cl, tl_store *s, int64_t cred, int64_t attempt, json_t *doc, const char *path,
+                              tl_error *err)
+{
+  static const char sql[] =
+      "SELECT a.outcome, t.id, t.fingerprint, t.generation, coalesce(t.family_id, t.id), t.state, c.provider, c.label, "
+      "t.secret FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id JOIN credential c ON c.id = "
+      "a.credential_id WHERE a.id = :att AND a.credential_id = :cred";
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":att", attempt), TL_INT(":cred", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "recover", err)) != TL_OK)
+    return rc;
+  if (!found) {
+    sqlite3_reset(st);
+    return tl__err(err, TL_EINVAL, 0, "%s: attempt %lld of credential %lld is not in the ledger", path,
+                   (long long)attempt, (long long)cred);
+  }
+  char outcome[16];
+  snprintf(outcome, sizeof outcome, "%s", (const char *)sqlite3_column_text(st, 0));
+  cl->credential = cred;
+  cl->attempt = attempt;
+  cl->rt = sqlite3_column_int64(st, 1);
+  snprintf(cl->fp, sizeof cl->fp, "%s", (const char *)sqlite3_column_text(st, 2));
+  cl->generation = sqlite3_column_int64(st, 3);
+  cl->family = sqlite3_column_int64(st, 4);
+  cl->provider = tl__col_dup(st, 6);
+  cl->label = tl__col_dup(st, 7);
+  cl->secret = tl__col_dup(st, 8);
+  cl->from_rescue = 1;
+  sqlite3_reset(st);
+  const char *fp = json_string_value(json_object_get(doc, "fingerprint"));
+  if (!cl->provider)
+    return tl__oom(err);
+  if (!fp || strcmp(fp, cl->fp) != 0 || json_integer_value(json_object_get(doc, "rt")) != cl->rt)
+    return tl__err(err, TL_EINVAL, 0, "%s: the rescued answer names another refresh token than attempt %lld presented",
+                   path, (long long)attempt);
+  if (strcmp(outcome, "in_flight") == 0)
+    return tl__err(err, TL_EBUSY, 0,
+                   "attempt %lld of credential %lld is still in flight in a live process; try again when it has "
+                   "finished",
+                   (long long)attempt, (long long)cred);
+  if (strcmp(outcome, "unknown") != 0)
+    return tl__err(err, TL_EEXISTS, 0, "attempt %lld is already settled (%s)", (long long)attempt, outcome);
+  return TL_OK;
+}
+
+/* recover --rescue: records what a rescue file kept, exactly as the interrupted record would have. */
+static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_error *err)
+{
+  rescue_file *f = NULL;
+  size_t n = 0, applied = 0;
+  tl_status rc = rescue_files(&f, &n, s, cred, err), result = TL_OK;
+  for (size_t i = 0; rc == TL_OK && i < n; i++) {
+    claim cl;
+    memset(&cl, 0, sizeof cl);
+    cl.rescue_fd = -1;
+    tl__answer a;
+    memset(&a, 0, sizeof a);
+    tl_error why = {0};
+    if (!f[i].doc) {
+      /* Only a reservation: whatever happened to that attempt is on record (or it is still in flight). */
+      json_t *none = json_object();
+      rc = rescue_claim(&cl, s, cred, f[i].attempt, none, f[i].path, &why);
+      json_decref(none);
+      claim_clear(&cl);
+      if (rc == TL_EEXISTS || rc == TL_EINVAL || rc == TL_OK)
+        rescue_remove(f[i].path); /* settled, or unknown without an answer: nothing to take back */
+      rc = rc == TL_ENOMEM ? rc : TL_OK;
+      continue;
+    }
+    if ((rc = rescue_claim(&cl, s, cred, f[i].attempt, f[i].doc, f[i].path, &why)) == TL_EEXISTS) {
+      rescue_remove(f[i].path); /* recorded meanwhile: the file is a stale copy */
+      claim_clear(&cl);
+      rc = TL_OK;
+      continue;
+    }
+    if (rc == TL_OK && (rc = rescue_answer(&a, f[i].doc, f[i].path, &why)) == TL_OK && a.kind == TL__A_UNKNOWN)
+      rc = tl__err(&why, TL_EREAUTH, 0,
+                   "%s holds the server's answer to attempt %lld, but its new refresh token cannot be used (%s); the "
+                   "grant is lost: log in again ('tokenledger login') and 'recover --mark-dead'; the file stays for "
+                   "inspection",
+                   f[i].path, (long long)f[i].attempt, a.desc ? a.desc : "unusable answer");
+    if (rc == TL_OK) {
+      int recorded = 0;
+      tl_token *t = NULL;
+      result = record(&t, &recorded, s, &cl, &a, &why);
+      if (recorded) {
+        rescue_remove(f[i].path);
+        applied++;
+        if (out && t) {
+          tl_token_free(*out);
+          *out = t;
+          t = NULL;
+        }
+      } else {
+        rc = result;
+      }
+      tl_token_free(t);
+    }
+    claim_clear(&cl);
+    tl__answer_clear(&a);
+    if (rc != TL_OK && err && err->code == TL_OK)
+      *err = why;
+    else if (rc == TL_OK && result != TL_OK && err && err->code == TL_OK)
+      *err = why;
+  }
+  rescue_files_free(f, n);
+  if (rc != TL_OK)
+    return rc;
+  if (!applied)
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld has no rescue file with an answer to take back",
+                   (long long)cred);
+  return result;
+}
+
+/* 1 if a rescue file holds a server's answer for cred: re-presenting its RT would be reuse. */
+static int rescue_pending(tl_store *s, int64_t cred)
+{
+  rescue_file *f = NULL;
+  size_t n = 0;
+  tl_error ignored = {0};
+  int pending = 0;
+  if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
+    return 1; /* unreadable: assume the worst */
+  for (size_t i = 0; i < n; i++)
+    if (f[i].doc && strcmp(json_string_value(json_object_get(f[i].doc, "kind"))
+                               ? json_string_value(json_object_get(f[i].doc, "kind"))
+                               : "",
+                           "not_sent") != 0)
+      pending = 1;
+  rescue_files_free(f, n);
+  return pending;
+}
+
 tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_action action, tl_error *err)
 {
   tl_error_clear(err);
@@ -1437,7 +2177,7 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
       "an unknown outcome', updated_at = :now WHERE id = :cred";
   tl_status rc;
   int64_t reaped;
-  if (!s || cred <= 0 || (action != TL_RECOVER_RETRY && action != TL_RECOVER_MARK_DEAD))
+  if (!s || cred <= 0 || (action != TL_RECOVER_RETRY && action != TL_RECOVER_MARK_DEAD && action != TL_RECOVER_RESCUE))
     return tl__err(err, TL_EINVAL, 0, "recover: credential and action are required");
   if ((rc = tl__reap_dead_attempts(&reaped, s, 1, err)) != TL_OK)
     return rc;
@@ -1452,10 +2192,18 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
   sqlite3_reset(st);
   if (!*status)
     return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
+  if (action == TL_RECOVER_RESCUE)
+    return recover_rescue(out, s, cred, err);
   if (strcmp(status, "uncertain") != 0)
     return tl__err(err, TL_EINVAL, 0, "credential %lld is %s: there is no unknown outcome to recover from",
                    (long long)cred, status);
   if (action == TL_RECOVER_RETRY) {
+    if (rescue_pending(s, cred))
+      return tl__err(err, TL_EREUSE, 0,
+                     "credential %lld: a rescue file beside the ledger holds the server's answer to its last "
+                     "presentation, so presenting the same refresh token again would be reuse; take the answer back "
+                     "with 'tokenledger recover --credential %lld --rescue'",
+                     (long long)cred, (long long)cred);
     tl_token *t = NULL;
     rc = tl__coop_refresh(&t, s, cred, TL_REFRESH_FORCE, 1, 0, err);
     if (out)

@@ -122,11 +122,19 @@ tl_status tl_secret_read(char **out, const char *path, tl_error *err)
   }
   for (size_t i = b; i < e; i++) {
     unsigned char c = (unsigned char)buf[i];
-    if (c <= 0x20 || c == 0x7f) {
-      rc = tl__err(err, TL_EINVAL, 0, "%s: white space or control character inside the token (byte %zu)", name,
+    if (c <= 0x20 || c >= 0x7f) {
+      rc = tl__err(err, TL_EINVAL, 0,
+                   "%s: %s inside the token (byte %zu); a token is printable ASCII (RFC 6749 VSCHAR)", name,
+                   c == 0x20 || c == '\t' ? "white space"
+                   : c > 0x7f             ? "a byte that is not ASCII"
+                                          : "a control character",
                    i - b + 1);
       goto done;
     }
+  }
+  if (!tl__token_valid(buf + b, e - b)) {
+    rc = tl__err(err, TL_EINVAL, 0, "%s: not a token (1-%d bytes of printable ASCII)", name, TL_TOKEN_MAX);
+    goto done;
   }
   memmove(buf, buf + b, e - b);
   tl_burn(buf + (e - b), len - (e - b));

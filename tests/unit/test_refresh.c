@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef struct canned {
   struct {
@@ -18,6 +19,7 @@ typedef struct canned {
   } r[8];
   int n, calls;
   char body[1024], hdr_name[64], hdr_value[256];
+  tl_store *readonly_after; /* if set: the ledger stops taking writes once the answer is in (a full/read-only disk) */
 } canned;
 
 static int fake(void *ud, const tl_http_request *req, tl_http_response *resp)
@@ -36,6 +38,8 @@ static int fake(void *ud, const tl_http_request *req, tl_http_response *resp)
   }
   snprintf(resp->detail, sizeof resp->detail, "canned failure");
   c->calls++;
+  if (c->readonly_after)
+    assert_int_equal(fx_sql(c->readonly_after, "PRAGMA query_only = 1"), SQLITE_OK);
   return 0;
 }
 
@@ -445,6 +449,278 @@ static void test_refresh__no_credential_is_not_found(void **state)
   assert_int_equal(tl_token_get(&t, f->s, "ghost", "nous", 0, &err), TL_ENOTFOUND);
 }
 
+/* Path of the one rescue file of credential 1, or "" if none. */
+static void rescue_of(fx *f, char *out, size_t n)
+{
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "ls %s/ledger.db-rescue-1-* 2>/dev/null | head -n 1", f->dir);
+  FILE *p = popen(cmd, "r");
+  out[0] = '\0';
+  if (p) {
+    if (fgets(out, (int)n, p))
+      out[strcspn(out, "\n")] = '\0';
+    pclose(p);
+  }
+}
+
+/* A 200 whose new RT is not VSCHAR: the server rotated, so nothing is guessed and nothing is lost. */
+static void test_refresh__unusable_new_rt_is_unknown_and_kept_raw(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, "{\"access_token\":\"at-1\",\"refresh_token\":\"rt-1\\r\\nX-Evil: 1\",\"expires_in\":60}",
+      0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_non_null(strstr(err.message, "not usable"));
+  assert_non_null(strstr(err.message, "rescue"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE secret LIKE '%Evil%'"), 0);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'unknown'"), 1);
+  char path[512];
+  rescue_of(f, path, sizeof path);
+  assert_true(path[0]);
+  struct stat st;
+  assert_int_equal(lstat(path, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0600);
+  size_t len = 0;
+  char *text = fx_slurp(path, &len);
+  assert_non_null(strstr(text, "raw_answer_base64")); /* the evidence, as received */
+  free(text);
+  /* never presented again, and --rescue cannot make a usable token of it */
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_int_equal(c.calls, 1);
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RESCUE, &err), TL_EREAUTH);
+  assert_int_equal(lstat(path, &st), 0); /* kept for inspection */
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RETRY, &err), TL_EREUSE); /* the server answered 200 */
+}
+
+/* A 200 with a usable new RT but an access token with control characters: rotation kept, token not stored. */
+static void test_refresh__unusable_access_token_is_never_stored_or_served(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, "{\"access_token\":\"at\\u001b[2J\",\"refresh_token\":\"rt-a1\",\"expires_in\":3600}", 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-a2"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-a0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(get(f, &t, &err), TL_ETRANSIENT);
+  assert_null(t);
+  assert_non_null(strstr(err.message, "access token"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'current' AND generation = 1"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE access_token IS NULL"), 1);
+  /* a ledger that holds such a token anyway (older version, edited file) never serves it */
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET access_token = 'at' || char(27) || '[2J', expires_at = "
+                                "9999999999999"),
+                   SQLITE_OK);
+  assert_int_equal(get(f, &t, &err), TL_OK); /* refreshed instead */
+  assert_string_equal(t->access_token, "at-rt-a2");
+  tl_token_free(t);
+  assert_int_equal(c.calls, 2);
+}
+
+/* expires_in from a server: never UB, never a past or negative expiry, never "refresh on every call". */
+static void test_refresh__expires_in_is_range_checked(void **state)
+{
+  fx *f = *state;
+  static const char *const hostile[] = {"1e300", "-3600", "0", "\"3600\"", "99999999999999999999", "1e18",
+                                        "9223372036854775807", "-9223372036854775808", "null", "[]", "0.0001"};
+  int64_t lo = tl__now_ms() + 890000, hi = tl__now_ms() + 910000 + 60000;
+  for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
+    char body[256], rt[32];
+    snprintf(rt, sizeof rt, "rt-e%zu", i + 1);
+    snprintf(body, sizeof body, "{\"access_token\":\"at-%zu\",\"refresh_token\":\"%s\",\"expires_in\":%s}", i, rt,
+             hostile[i]);
+    canned c = {0};
+    add(&c, TL_HTTP_DONE, 200, body, 0);
+    tl_store_set_transport(f->s, fake, &c);
+    if (i == 0)
+      fx_credential(f->s, "p", "rt-e0");
+    tl_error err = {0};
+    tl_token *t = NULL;
+    if (tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err) != TL_OK)
+      fail_msg("expires_in %s: %s", hostile[i], err.message);
+    int64_t exp = t->expires_at_ms;
+    tl_token_free(t);
+    if (exp < lo || exp > hi)
+      fail_msg("expires_in %s gave expiry %lld", hostile[i], (long long)exp);
+    /* the next call is served from the ledger */
+    assert_int_equal(get(f, &t, &err), TL_OK);
+    assert_false(t->refreshed);
+    tl_token_free(t);
+    assert_int_equal(c.calls, 1);
+  }
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'rt_rotated' AND "
+                                "json_extract(detail, '$.expiry_assumed_s') = 900"),
+                   (int64_t)(sizeof hostile / sizeof *hostile));
+}
+
+/* Duplicate keys: a 200 cannot be read (unknown), a 400 is no terminal verdict. */
+static void test_refresh__duplicate_keys_are_not_read(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 400, "{\"error\":\"temporarily_unavailable\",\"error\":\"invalid_grant\"}", 0);
+  add(&c, TL_HTTP_DONE, 200,
+      "{\"access_token\":\"at-d\",\"refresh_token\":\"rt-d1\",\"refresh_token\":\"rt-d2\",\"expires_in\":60}", 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-d0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_ERROR);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE status = 'active'"), 1);
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET refresh_not_before = NULL"), SQLITE_OK);
+  tl_error_clear(&err);
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE fingerprint IN (SELECT fingerprint FROM "
+                                "refresh_token WHERE generation > 0)"),
+                   0);
+}
+
+/* Echoes of the RT in the server's text, plain, percent-encoded or in part, never reach a record or message. */
+static void test_refresh__echoes_of_the_rt_in_any_form_are_redacted(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 400,
+      "{\"error\":\"invalid_grant\",\"error_description\":\"bad refresh_token=rt%2Fecho%2BSECRET%3D%3D; "
+      "prefix rt/echo+SE, tail ho+SECRET==, form rt%2fecho%2bSECRET%3d%3d\"}",
+      0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt/echo+SECRET==");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EREAUTH);
+  static const char *const pieces[] = {"SECRET", "echo", "%2Fecho", "%2fecho", "o+SE", "%3D%3D"};
+  for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++) {
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM refresh_attempt WHERE instr(error_description, '%s')", pieces[i]);
+    if (strstr(err.message, pieces[i]) || fx_int(f->s, sql) != 0)
+      fail_msg("'%s' survived: %s", pieces[i], err.message);
+  }
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE instr(detail, 'SECRET')"), 0);
+  assert_non_null(strstr(err.message, "bad refresh_token=")); /* the rest of what the server said stays */
+}
+
+/* Escape sequences from a server are shown escaped in messages and in history. */
+static void test_refresh__server_text_is_shown_escaped(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 400,
+      "{\"error\":\"invalid_grant\\u001b]0;owned\\u0007\",\"error_description\":\"\\u001b[2J\\u009b31m\\u202eevil\\r\\n"
+      "Refresh token reuse detected\"}",
+      0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-esc");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EREAUTH);
+  for (const unsigned char *p = (const unsigned char *)err.message; *p; p++)
+    assert_true(*p >= 0x20 && *p != 0x7f && !(p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f));
+  assert_non_null(strstr(err.message, "\\u001b[2J"));
+  assert_null(strstr(err.message, "\xe2\x80\xae"));
+  tl_report *r = NULL;
+  tl_error_clear(&err);
+  assert_int_equal(tl_history_report(&r, f->s, 0, 0, &err), TL_OK);
+  char *json = NULL;
+  assert_int_equal(tl_report_json(&json, r, 0, &err), TL_OK);
+  for (size_t row = 0; row < tl_report_rows(r); row++)
+    for (size_t col = 0; col < tl_report_columns(r); col++)
+      for (const unsigned char *p = (const unsigned char *)tl_report_cell(r, row, col); p && *p; p++)
+        assert_true(*p >= 0x20 && *p != 0x7f);
+  assert_null(strchr(json, 0x1b));
+  assert_null(strstr(json, "\xc2\x9b"));
+  free(json);
+  tl_report_free(r);
+  /* the ledger keeps what the server said, for forensics */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE instr(error_description, char(27))"), 1);
+}
+
+static void test_refresh__retry_after_and_status_are_bounded(void **state)
+{
+  (void)state;
+  int64_t now = 1700000000000LL;
+  assert_int_equal(tl__retry_after(" 30\r\n", now), 30);
+  assert_int_equal(tl__retry_after("99999999999999999999999", now), 86400);
+  assert_int_equal(tl__retry_after("-5", now), -1);
+  assert_int_equal(tl__retry_after("3e2", now), -1);
+  assert_int_equal(tl__retry_after("", now), -1);
+  assert_int_equal(tl__retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), 0);
+  assert_int_equal(tl__retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now), 86400);
+  tl_http_response r = {.failure = TL_HTTP_DONE, .status = 999, .retry_after = -1};
+  tl__answer a;
+  tl__answer_parse(&a, &r, "rt");
+  assert_int_equal(a.kind, TL__A_UNKNOWN);
+  tl__answer_clear(&a);
+  r.status = -7;
+  tl__answer_parse(&a, &r, "rt");
+  assert_int_equal(a.kind, TL__A_UNKNOWN);
+  assert_int_equal(a.status, 0);
+  tl__answer_clear(&a);
+  r.status = 503;
+  r.retry_after = 1L << 40;
+  tl__answer_parse(&a, &r, "rt");
+  assert_int_equal(a.kind, TL__A_TRANSIENT);
+  assert_int_equal(a.retry_after, 86400);
+  tl__answer_clear(&a);
+}
+
+/* The ledger cannot take the record (read-only, full): the rotation waits in the rescue file, recover takes it. */
+static void test_refresh__rotation_that_cannot_be_recorded_is_rescued(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-s1"), 0);
+  c.readonly_after = f->s;
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-s0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  tl_status rc = tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err);
+  assert_int_not_equal(rc, TL_OK);
+  assert_null(t);
+  assert_non_null(strstr(err.message, "recover --credential 1 --rescue"));
+  assert_null(strstr(err.message, "rt-s1"));
+  char path[512];
+  rescue_of(f, path, sizeof path);
+  assert_true(path[0]);
+  size_t len = 0;
+  char *text = fx_slurp(path, &len);
+  assert_non_null(strstr(text, "\"refresh_token\": \"rt-s1\""));
+  free(text);
+  assert_int_equal(fx_sql(f->s, "PRAGMA query_only = 0"), SQLITE_OK);
+  /* until then the RT is not presented again */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'in_flight'"), 1);
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RESCUE, &err), TL_EBUSY); /* its process (us) is alive */
+  /* the process that could not record exits: its attempt becomes unknown, and the answer can be taken back */
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_attempt SET owner_start = -1"), SQLITE_OK);
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RETRY, &err), TL_EREUSE); /* the server answered */
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RESCUE, &err), TL_OK);
+  assert_string_equal(t->access_token, "at-rt-s1");
+  tl_token_free(t);
+  struct stat st;
+  assert_int_not_equal(lstat(path, &st), 0); /* taken back and removed */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE generation = 1 AND state = 'current'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'"), 1);
+  assert_int_equal(get(f, &t, &err), TL_OK);
+  assert_false(t->refreshed);
+  tl_token_free(t);
+  assert_int_equal(c.calls, 1);
+  tl_error_clear(&err);
+  assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RESCUE, &err), TL_ENOTFOUND);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
@@ -467,6 +743,14 @@ int main(void)
       T(test_refresh__strategies_pick_and_skip),
       T(test_refresh__compact_keeps_every_fingerprint),
       T(test_refresh__no_credential_is_not_found),
+      T(test_refresh__unusable_new_rt_is_unknown_and_kept_raw),
+      T(test_refresh__unusable_access_token_is_never_stored_or_served),
+      T(test_refresh__expires_in_is_range_checked),
+      T(test_refresh__duplicate_keys_are_not_read),
+      T(test_refresh__echoes_of_the_rt_in_any_form_are_redacted),
+      T(test_refresh__server_text_is_shown_escaped),
+      cmocka_unit_test(test_refresh__retry_after_and_status_are_bounded),
+      T(test_refresh__rotation_that_cannot_be_recorded_is_rescued),
   };
   return cmocka_run_group_tests_name("refresh", tests, NULL, NULL);
 }
