@@ -338,7 +338,9 @@ TL_EXTERN tl_status tl_history_report(tl_report **out, tl_store *store, int64_t 
 TL_EXTERN tl_status tl_rt_check(tl_report **out, tl_store *store, const char *rt, tl_error *err);
 
 /**
- * Health checks: integrity, permissions, stale in-flight attempts, invariants.
+ * Health checks: integrity, permissions of the file, its SQLite files and its
+ * directory, the schema, the write lock, rescue files, stale in-flight
+ * attempts, invariants.
  * One row per check: check, ok (1/0), detail. With fix set, repairs what is
  * safe to repair (file modes; dead in-flight attempts become unknown).
  * *out_problems counts failed checks after fixing.
@@ -356,8 +358,9 @@ TL_EXTERN tl_status tl_compact(int64_t *out_deleted, int64_t *out_bytes_before, 
 
 /**
  * Repairs the modes of an existing ledger before it can be opened: the file
- * (and its -wal/-shm companions) to 0600. Only regular files owned by the
- * caller are touched; symlinks are refused.
+ * (and its -wal/-shm/-journal companions) to 0600, and takes write access
+ * from group and others on its directory. Only regular files and a directory
+ * owned by the caller are touched; symlinks are refused.
  */
 TL_EXTERN tl_status tl_store_fix_permissions(const char *path, tl_error *err);
 

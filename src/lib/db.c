@@ -3,38 +3,42 @@
  * statements with named parameters, and write transactions.
  *
  * Invariants kept here:
- *   - A new database directory is created 0700 and a new file 0600 with
- *     O_EXCL|O_NOFOLLOW; an existing file must be a regular file of ours with
- *     no group/other access, on a local filesystem, or it is refused before
- *     SQLite touches it.
+ *   - The ledger's place: its directory is resolved (symlinks anywhere in it
+ *     are fine) and must be ours or root's and writable by nobody else; only
+ *     the file's own name must not be a symlink. A missing directory is made
+ *     0700 (one level) and removed again if the ledger cannot be made.
+ *   - A new ledger is built under a temporary name in that directory, fully
+ *     migrated, then linked into place: an existing ledger (another init won
+ *     the race) is never replaced, and creation never removes a file someone
+ *     else initialised.
+ *   - An existing file must be a regular file of ours with no group/other
+ *     access, on a local filesystem; its -wal, -shm and -journal, if present,
+ *     must pass the same checks; all before SQLite touches them.
  *   - Nothing is written to a file before it is known to be a tokenledger
- *     database no newer than this binary (WAL mode and migrations come after
- *     the read-only checks), so a refused file is left exactly as it was.
+ *     database no newer than this binary whose schema is exactly what the
+ *     migrations made (tl__schema_rows): a trigger, view, index or table
+ *     added or changed by someone else is refused before any statement runs.
+ *     Connections run in SQLite's defensive mode.
  *   - Every connection runs WAL, foreign_keys=ON, synchronous=FULL,
- *     secure_delete=ON, and a busy timeout that is the lock deadline.
+ *     secure_delete=ON, and a busy timeout that is the lock deadline. On a
+ *     read-only filesystem the ledger opens read-only, so a valid access
+ *     token is still served.
  *   - Values are bound by name, never formatted into SQL text; each statement
  *     is prepared once per connection.
  *   - Write transactions start with BEGIN IMMEDIATE through tl__tx_begin, which
  *     remembers where they were opened, so a write lock is never taken lazily.
- *   - Writers queue on a write gate before BEGIN IMMEDIATE: a process-shared,
- *     robust mutex in <db>-wlock (0600). Waiters sleep in the kernel and wake
- *     when it is released, instead of polling SQLite's lock; a holder killed
- *     with SIGKILL passes it on (EOWNERDEAD). SQLite's locking stays the
- *     correctness mechanism; the gate only orders writers, and without it
- *     (another filesystem, another binary layout) everything still works.
+ *     Writers wait only on SQLite's own locks (fcntl locks the kernel releases
+ *     when their holder dies; a copied file carries none), with a busy handler
+ *     that sleeps in short jittered steps until the deadline.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <time.h>
@@ -169,92 +173,8 @@ tl_status tl__exec(tl_store *s, const char *sql, tl_error *err)
   return TL_OK;
 }
 
-/* ---- the write gate ------------------------------------------------------- */
-
-#define TL_GATE_MAGIC 0x544C5747u /* 'TLWG' */
-
-struct tl__wgate {
-  _Atomic unsigned magic; /* TL_GATE_MAGIC once initialised, 1 while initialising */
-  unsigned size;          /* sizeof(struct tl__wgate): a layout check across builds */
-  pthread_mutex_t mutex;
-};
-
-static void gate_open(tl_store *s)
-{
-  char path[PATH_MAX];
-  if (snprintf(path, sizeof path, "%s-wlock", s->path) >= (int)sizeof path)
-    return;
-  int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-  if (fd < 0)
-    return;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) ||
-      (st.st_size < (off_t)sizeof(struct tl__wgate) && ftruncate(fd, sizeof(struct tl__wgate)) != 0)) {
-    close(fd);
-    return;
-  }
-  struct tl__wgate *g = mmap(NULL, sizeof *g, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (g == MAP_FAILED)
-    return;
-  unsigned expect = 0;
-  if (atomic_compare_exchange_strong(&g->magic, &expect, 1u)) {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(&g->mutex, &a);
-    pthread_mutexattr_destroy(&a);
-    g->size = sizeof *g;
-    atomic_store(&g->magic, TL_GATE_MAGIC);
-  }
-  for (int i = 0; i < 1000 && atomic_load(&g->magic) == 1u; i++) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL); /* another process is initialising it */
-  }
-  if (atomic_load(&g->magic) != TL_GATE_MAGIC || g->size != sizeof *g) {
-    munmap(g, sizeof *g); /* unknown layout: do without the gate */
-    return;
-  }
-  s->gate = g;
-}
-
-/* 0 when held; TL_EBUSY past the deadline. */
-static tl_status gate_enter(tl_store *s)
-{
-  if (!s->gate)
-    return TL_OK;
-  struct timespec dl;
-  clock_gettime(CLOCK_REALTIME, &dl);
-  dl.tv_sec += s->busy_ms / 1000;
-  dl.tv_nsec += (long)(s->busy_ms % 1000) * 1000000L;
-  if (dl.tv_nsec >= 1000000000L) {
-    dl.tv_sec++;
-    dl.tv_nsec -= 1000000000L;
-  }
-  int rc = pthread_mutex_timedlock(&s->gate->mutex, &dl);
-  if (rc == EOWNERDEAD) {
-    pthread_mutex_consistent(&s->gate->mutex); /* its holder died; SQLite rolled its transaction back */
-    rc = 0;
-  }
-  if (rc == ETIMEDOUT)
-    return TL_EBUSY;
-  if (rc != 0)
-    return TL_OK; /* the gate is an optimisation: fall back to SQLite's lock alone */
-  s->gate_held = 1;
-  return TL_OK;
-}
-
-static void gate_leave(tl_store *s)
-{
-  if (s->gate && s->gate_held) {
-    s->gate_held = 0;
-    pthread_mutex_unlock(&s->gate->mutex);
-  }
-}
-
 /*
- * Checkpoints happen after a commit, outside the write gate: SQLite's
+ * Checkpoints happen after a commit, outside the transaction: SQLite's
  * automatic checkpoint would run inside the committing transaction and make
  * every queued writer wait for it.
  */
@@ -279,14 +199,11 @@ tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err)
 {
   if (s->tx_where)
     return tl__err(err, TL_ERROR, 0, "%s: transaction already open (from %s)", where, s->tx_where);
-  if (gate_enter(s) != TL_OK)
-    return tl__err(err, TL_EBUSY, 0, "%s: another process has held the ledger's write lock for %d ms; try again", where,
-                   s->busy_ms);
-  if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    tl_status rc = tl__err_db(err, s, where);
-    gate_leave(s);
-    return rc;
-  }
+  if (s->readonly)
+    return tl__err(err, TL_EIO, 0, "%s: %s is open read-only (%s); nothing can be written", where, s->path,
+                   s->readonly_why ? s->readonly_why : "as asked, or a read-only file");
+  if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return tl__err_db(err, s, where);
   s->tx_where = where;
   return TL_OK;
 }
@@ -300,7 +217,6 @@ tl_status tl__tx_commit(tl_store *s, tl_error *err)
     return rc;
   }
   s->tx_where = NULL;
-  gate_leave(s);
   checkpoint_if_due(s);
   return TL_OK;
 }
@@ -310,7 +226,6 @@ void tl__tx_rollback(tl_store *s)
   if (!sqlite3_get_autocommit(s->db))
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
   s->tx_where = NULL;
-  gate_leave(s);
 }
 
 /* Filesystems on which SQLite's locking cannot be trusted. */
@@ -327,9 +242,36 @@ static const char *network_fs(long type)
   case 0x0BD00BD0UL: return "Lustre";
   case 0x6B414653UL: return "AFS";
   case 0x73757245UL: return "Coda";
+  case 0x01021997UL: return "9p";
+  case 0x00C36400UL: return "CephFS";
+  case 0x013111A8UL: return "IBRIX";
+  case 0x5346414FUL: return "OpenAFS";
+  case 0x61636673UL: return "ACFS";
+  case 0x7461636FUL: return "OCFS2";
+  case 0x19830326UL: return "BeeGFS";
+  case 0xAAD7AAEAUL: return "PanFS";
+  case 0x786F4256UL: return "vboxsf";
+  case 0x7C7C6673UL: return "prl_fs";
   case 0x01021994UL: return NULL; /* tmpfs */
   default: return NULL;
   }
+}
+
+/* The file checks: regular, ours, no group/other access, local. Shared by the ledger and its sidecars. */
+static tl_status check_stat(const struct stat *st, const char *path, const char *what, tl_error *err)
+{
+  if (!S_ISREG(st->st_mode))
+    return tl__err(err, TL_EINSECURE, 0, "%s: %s is not a regular file; refusing it", path, what);
+  if (st->st_uid != geteuid())
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: %s owned by uid %ld, not by you (uid %ld); refusing a ledger another user controls", path, what,
+                   (long)st->st_uid, (long)geteuid());
+  if (st->st_mode & 077)
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: %s has mode %04o, which lets group or others read it; run 'chmod 600 %s' or 'tokenledger "
+                   "doctor --fix'",
+                   path, what, (unsigned)(st->st_mode & 07777), path);
+  return TL_OK;
 }
 
 /* Checks an open descriptor of the database file. */
@@ -338,16 +280,9 @@ static tl_status check_file(int fd, const char *path, tl_error *err)
   struct stat st;
   if (fstat(fd, &st) != 0)
     return tl__err(err, TL_EIO, errno, "%s: cannot stat: %s", path, strerror(errno));
-  if (!S_ISREG(st.st_mode))
-    return tl__err(err, TL_EINSECURE, 0, "%s: not a regular file", path);
-  if (st.st_uid != geteuid())
-    return tl__err(err, TL_EINSECURE, 0,
-                   "%s: owned by uid %ld, not by you (uid %ld); refusing a ledger another user controls", path,
-                   (long)st.st_uid, (long)geteuid());
-  if (st.st_mode & 077)
-    return tl__err(err, TL_EINSECURE, 0,
-                   "%s: mode %04o lets group or others read it; run 'chmod 600 %s' or 'tokenledger doctor --fix'", path,
-                   (unsigned)(st.st_mode & 07777), path);
+  tl_status rc = check_stat(&st, path, "the ledger", err);
+  if (rc != TL_OK)
+    return rc;
   struct statfs fs;
   if (fstatfs(fd, &fs) == 0) {
     const char *net = network_fs((long)fs.f_type);
@@ -359,42 +294,127 @@ static tl_status check_file(int fd, const char *path, tl_error *err)
   return TL_OK;
 }
 
-/* Creates the parent directory (one level) 0700 if missing. */
-static tl_status ensure_dir(const char *path, tl_error *err)
+/* SQLite's files beside the ledger: whoever can write them can change or read what the ledger holds. */
+static const char *const sidecars[] = {"-wal", "-shm", "-journal"};
+
+tl_status tl__check_sidecars(const char *path, tl_error *err)
 {
-  char *copy = strdup(path);
-  if (!copy)
-    return tl__oom(err);
-  char *dir = dirname(copy);
-  tl_status rc = TL_OK;
-  struct stat st;
-  if (stat(dir, &st) == 0) {
-    if (!S_ISDIR(st.st_mode))
-      rc = tl__err(err, TL_EIO, ENOTDIR, "%s: not a directory", dir);
-  } else if (errno == ENOENT) {
-    if (mkdir(dir, 0700) != 0)
-      rc = tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: cannot create directory: %s", dir,
-                   strerror(errno));
-  } else {
-    rc = tl__err(err, TL_EIO, errno, "%s: %s", dir, strerror(errno));
+  for (size_t i = 0; i < sizeof sidecars / sizeof *sidecars; i++) {
+    char side[PATH_MAX + 16];
+    struct stat st;
+    snprintf(side, sizeof side, "%s%s", path, sidecars[i]);
+    if (lstat(side, &st) != 0) {
+      if (errno == ENOENT)
+        continue;
+      return tl__err(err, TL_EIO, errno, "%s: cannot stat: %s", side, strerror(errno));
+    }
+    if (S_ISLNK(st.st_mode))
+      return tl__err(err, TL_EINSECURE, 0, "%s: SQLite's %s file is a symbolic link; refusing to use the ledger", path,
+                     sidecars[i]);
+    tl_status rc = check_stat(&st, side, "this SQLite file beside the ledger", err);
+    if (rc != TL_OK)
+      return rc;
   }
-  free(copy);
+  return TL_OK;
+}
+
+/* The directory that holds the ledger: ours (or root's) and writable by nobody else. */
+tl_status tl__check_dir(const char *dir, tl_error *err)
+{
+  struct stat st;
+  if (stat(dir, &st) != 0)
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: %s", dir, strerror(errno));
+  if (!S_ISDIR(st.st_mode))
+    return tl__err(err, TL_EIO, ENOTDIR, "%s: not a directory", dir);
+  if (st.st_uid != geteuid() && st.st_uid != 0)
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: the ledger's directory is owned by uid %ld, not by you (uid %ld); another user could replace "
+                   "the ledger or plant files beside it",
+                   dir, (long)st.st_uid, (long)geteuid());
+  if (st.st_mode & 022)
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: the ledger's directory has mode %04o: others can create, replace or plant files beside the "
+                   "ledger; run 'chmod go-w %s' (or 'tokenledger doctor --fix'), or keep the ledger elsewhere",
+                   dir, (unsigned)(st.st_mode & 07777), dir);
+  return TL_OK;
+}
+
+/*
+ * Where the ledger lives: its directory with every symlink resolved (a
+ * symlinked ~/.hermes or /home is fine) and checked, and the canonical path
+ * to the file. With create, a missing directory is made 0700 (one level);
+ * *made tells, so a failed init can take it away again.
+ */
+static tl_status locate(char **out_dir, char **out_path, int *made, const char *path, int create, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  char real[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  char *dir = slash ? (slash == path ? strdup("/") : strndup(path, (size_t)(slash - path))) : strdup(".");
+  *made = 0;
+  *out_dir = *out_path = NULL;
+  if (!dir)
+    return tl__oom(err);
+  if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+    rc = tl__err(err, TL_EINVAL, 0, "%s: not a file name", path);
+    goto done;
+  }
+  if (!realpath(dir, real)) {
+    int e = errno;
+    if (e == ENOENT && create) {
+      if (mkdir(dir, 0700) == 0)
+        *made = 1;
+      else if (errno != EEXIST) { /* EEXIST: another init made it first */
+        rc = tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: cannot create directory: %s", dir,
+                     strerror(errno));
+        goto done;
+      }
+      if (!realpath(dir, real)) {
+        rc = tl__err(err, TL_EIO, errno, "%s: %s", dir, strerror(errno));
+        goto done;
+      }
+    } else if (e == ENOENT) {
+      rc = tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here (no directory %s); create one with 'tokenledger init'",
+                   path, dir);
+      goto done;
+    } else {
+      rc = tl__err(err, TL_EIO, e, "%s: %s", dir,
+                   e == ENOTDIR ? "a component of the path is not a directory" : strerror(e));
+      goto done;
+    }
+  }
+  if ((rc = tl__check_dir(real, err)) != TL_OK)
+    goto done;
+  size_t n = strlen(real) + strlen(base) + 2;
+  if (n > PATH_MAX) {
+    rc = tl__err(err, TL_EINVAL, 0, "%s: path too long", path);
+    goto done;
+  }
+  if (!(*out_path = malloc(n)) || !(*out_dir = strdup(real))) {
+    rc = tl__oom(err);
+    goto done;
+  }
+  snprintf(*out_path, n, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
+done:
+  free(dir);
+  if (rc != TL_OK) {
+    free(*out_path);
+    free(*out_dir);
+    *out_path = *out_dir = NULL;
+  }
   return rc;
 }
 
-/* Opens or creates the file itself, never following a symlink. *created tells. */
-static tl_status open_file(const char *path, unsigned flags, int *created, tl_error *err)
+/* Opens the file itself, never following a symlink: read-write, or read-only if asked or forced (*ro). */
+static tl_status open_file(int *ro, int *ro_fs, const char *path, tl_error *err)
 {
-  *created = 0;
-  int ro = (flags & TL_OPEN_READONLY) != 0;
-  int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0 && errno == ENOENT && (flags & TL_OPEN_CREATE) && !ro) {
-    tl_status rc = ensure_dir(path, err);
-    if (rc != TL_OK)
-      return rc;
-    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-    if (fd >= 0)
-      *created = 1;
+  int fd = open(path, (*ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0 && !*ro && (errno == EROFS || errno == EACCES)) {
+    /* A read-only filesystem or file: still serve what the ledger holds (a valid access token). */
+    *ro_fs = errno == EROFS;
+    *ro = 1;
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
   }
   if (fd < 0) {
     int e = errno;
@@ -407,46 +427,30 @@ static tl_status open_file(const char *path, unsigned flags, int *created, tl_er
     return tl__err(err, TL_EIO, e, "%s: cannot open: %s", path, strerror(e));
   }
   tl_status rc = check_file(fd, path, err);
-  if (rc == TL_OK && *created && fsync(fd) != 0)
-    rc = tl__err(err, TL_EIO, errno, "%s: fsync: %s", path, strerror(errno));
   close(fd);
-  if (rc != TL_OK && *created)
-    unlink(path);
   return rc;
 }
 
-static tl_status pragma_int(tl_store *s, const char *sql, int *out, tl_error *err)
+/* Read-only identification, in one snapshot: ours, empty, or something else. */
+static tl_status identify(tl_store *s, tl_error *err)
 {
+  static const char sql[] = "SELECT (SELECT application_id FROM pragma_application_id), "
+                            "(SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema)";
   sqlite3_stmt *st = NULL;
+  int app = 0, ver = 0, objects = 0;
   int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
-  if (rc == SQLITE_OK) {
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-      *out = sqlite3_column_int(st, 0);
-      rc = SQLITE_OK;
-    }
+  if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    app = sqlite3_column_int(st, 0);
+    ver = sqlite3_column_int(st, 1);
+    objects = sqlite3_column_int(st, 2);
+    rc = SQLITE_OK;
   }
   sqlite3_finalize(st);
-  if (rc != SQLITE_OK && rc != SQLITE_DONE) {
-    tl_status code = tl__map_sqlite(sqlite3_extended_errcode(s->db));
-    if (code == TL_ECORRUPT)
+  if (rc != SQLITE_OK) {
+    if (tl__map_sqlite(sqlite3_extended_errcode(s->db)) == TL_ECORRUPT)
       return tl__err(err, TL_ECORRUPT, rc, "%s: not a tokenledger database (%s)", s->path, sqlite3_errmsg(s->db));
     return tl__err_db(err, s, s->path);
   }
-  return TL_OK;
-}
-
-/* Read-only identification: ours, empty, or something else. */
-static tl_status identify(tl_store *s, tl_error *err)
-{
-  int app = 0, ver = 0, objects = 0;
-  tl_status rc;
-  if ((rc = pragma_int(s, "PRAGMA application_id", &app, err)) != TL_OK)
-    return rc;
-  if ((rc = pragma_int(s, "PRAGMA user_version", &ver, err)) != TL_OK)
-    return rc;
-  if ((rc = pragma_int(s, "SELECT count(*) FROM sqlite_schema", &objects, err)) != TL_OK)
-    return rc;
   s->found_version = ver;
   if (app == 0 && ver == 0 && objects == 0)
     return TL_OK; /* empty: a new ledger */
@@ -458,7 +462,77 @@ static tl_status identify(tl_store *s, tl_error *err)
                    "%s: schema version %d is newer than this tokenledger understands (%d); upgrade tokenledger, "
                    "the file was left untouched",
                    s->path, ver, TL_SCHEMA_VERSION);
+  if (ver < 0)
+    return tl__err(err, TL_ECORRUPT, 0, "%s: schema version %d is not one tokenledger ever wrote", s->path, ver);
   return TL_OK;
+}
+
+/* Tables SQLite itself creates (ANALYZE), with the only text they can have. */
+static int sqlite_own(const char *type, const char *name, const char *sql)
+{
+  return type && name && sql && strcmp(type, "table") == 0 &&
+         ((strcmp(name, "sqlite_stat1") == 0 && strcmp(sql, "CREATE TABLE sqlite_stat1(tbl,idx,stat)") == 0) ||
+          (strcmp(name, "sqlite_stat4") == 0 &&
+           strcmp(sql, "CREATE TABLE sqlite_stat4(tbl,idx,neq,nlt,ndlt,sample)") == 0));
+}
+
+static int same(const char *a, const char *b)
+{
+  return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+tl_status tl__schema_check(tl_store *s, int version, tl_error *err)
+{
+  sqlite3_stmt *st = NULL;
+  const tl__schema_row *want = tl__schema_rows[version];
+  size_t n = tl__schema_counts[version], i = 0;
+  tl_status rc = TL_OK;
+  char what[400] = "";
+  int step = sqlite3_prepare_v2(s->db, TL_SCHEMA_QUERY, -1, &st, NULL);
+  while (step == SQLITE_OK || step == SQLITE_ROW) {
+    if ((step = sqlite3_step(st)) != SQLITE_ROW)
+      break;
+    const char *type = (const char *)sqlite3_column_text(st, 0), *name = (const char *)sqlite3_column_text(st, 1),
+               *tbl = (const char *)sqlite3_column_text(st, 2), *sql = (const char *)sqlite3_column_text(st, 3);
+    if (sqlite_own(type, name, sql))
+      continue;
+    /* Both lists are sorted by (type, name): walk them side by side. */
+    while (i < n && (strcmp(want[i].type, type ? type : "") < 0 ||
+                     (strcmp(want[i].type, type ? type : "") == 0 && strcmp(want[i].name, name ? name : "") < 0))) {
+      snprintf(what, sizeof what, "%s '%.100s' is missing", want[i].type, want[i].name);
+      goto differs;
+    }
+    if (i < n && same(want[i].type, type) && same(want[i].name, name)) {
+      if (!same(want[i].tbl, tbl) || !same(want[i].sql, sql)) {
+        snprintf(what, sizeof what, "%s '%.100s' is not what tokenledger created", want[i].type, want[i].name);
+        goto differs;
+      }
+      i++;
+      continue;
+    }
+    snprintf(what, sizeof what, "%.20s '%.100s'%s%.100s was not created by tokenledger", type ? type : "object",
+             name ? name : "", tbl && name && strcmp(tbl, name) ? " on " : "",
+             tbl && name && strcmp(tbl, name) ? tbl : "");
+    goto differs;
+  }
+  if (step != SQLITE_DONE) {
+    rc = tl__err_db(err, s, s->path);
+    goto done;
+  }
+  if (i < n) {
+    snprintf(what, sizeof what, "%s '%.100s' is missing", want[i].type, want[i].name);
+    goto differs;
+  }
+  goto done;
+differs:
+  rc = tl__err(err, TL_EINSECURE, 0,
+               "%s: the ledger's schema was changed by someone else: %s. A trigger or view added to the file can copy "
+               "tokens or keep spent ones, so tokenledger refuses to use it; find out who changed it, then remove the "
+               "object with sqlite3 or restore a backup",
+               s->path, what);
+done:
+  sqlite3_finalize(st);
+  return rc;
 }
 
 /*
@@ -480,22 +554,122 @@ static int on_busy(void *ud, int count)
   return 1;
 }
 
-tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_error *err)
+/* The URI that opens a ledger on a read-only filesystem without its -shm: nobody can write it there. */
+static char *immutable_uri(const char *path)
 {
-  tl_error_clear(err);
-  tl_status rc = TL_OK;
-  tl_store *s = NULL;
-  int created = 0;
+  size_t cap = 3 * strlen(path) + 32, o = 0;
+  char *u = malloc(cap);
+  if (!u)
+    return NULL;
+  o += (size_t)snprintf(u, cap, "file:");
+  for (const char *p = path; *p; p++)
+    o += (size_t)(strchr("%?#", *p) ? snprintf(u + o, cap - o, "%%%02X", (unsigned char)*p)
+                                    : snprintf(u + o, cap - o, "%c", *p));
+  snprintf(u + o, cap - o, "?immutable=1");
+  return u;
+}
 
-  if (!out || !path || !*path)
-    return tl__err(err, TL_EINVAL, 0, "store: no database path");
-  *out = NULL;
-  if ((rc = open_file(path, flags, &created, err)) != TL_OK)
+/*
+ * 1 if no connection has the ledger open and its WAL is empty, so the main file alone is the whole ledger:
+ * SQLite's dead-man-switch lock (byte 128 of the -shm, WAL-index format) is held by every open connection.
+ */
+static int ledger_quiet(const char *path)
+{
+  char side[PATH_MAX + 16];
+  struct stat st;
+  snprintf(side, sizeof side, "%s-wal", path);
+  if (lstat(side, &st) == 0 && st.st_size > 0)
+    return 0;
+  snprintf(side, sizeof side, "%s-shm", path);
+  int fd = open(side, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
+    return errno == ENOENT;
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 128, .l_len = 1};
+  int quiet = fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_UNLCK;
+  close(fd);
+  return quiet;
+}
+
+static void configure(tl_store *s)
+{
+  sqlite3_busy_handler(s->db, on_busy, s);
+  sqlite3_extended_result_codes(s->db, 1);
+  /*
+   * The file is input like any other. SQL can never corrupt it on purpose (defensive: writable_schema and
+   * friends are off). Nothing its schema defines runs before tl__schema_check has proven the schema to be
+   * exactly what the migrations make: the reads before it touch only pragmas and sqlite_schema. (The schema
+   * cannot be loaded with trusted_schema off: its generated column and CHECKs use json_extract and json_valid,
+   * which SQLite 3.40 does not mark innocuous; once proven ours, it is trusted by that proof.)
+   */
+  sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+}
+
+/*
+ * A full or read-only disk where SQLite cannot make its -shm: if nobody has the ledger open and its WAL is
+ * empty, the file alone is the ledger and cannot change under us, so it is read as immutable (read-only):
+ * a valid access token is still served, and every write says why it cannot happen.
+ */
+static tl_status open_frozen(tl_store *s, const char *why, tl_error *err)
+{
+  char *uri = immutable_uri(s->path);
+  sqlite3_close(s->db);
+  s->db = NULL;
+  if (!uri)
+    return tl__oom(err);
+  int orc = sqlite3_open_v2(uri, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_EXRESCODE, NULL);
+  free(uri);
+  if (orc != SQLITE_OK)
+    return tl__err_db(err, s, s->path);
+  configure(s);
+  s->readonly = 1;
+  s->readonly_why = why;
+  return identify(s, err);
+}
+
+/* SQLite on a file that passed the checks: configure, identify, check the schema, migrate. */
+static tl_status connect(tl_store *s, int ro_fs, tl_error *err)
+{
+  tl_status rc;
+  int quiet = ledger_quiet(s->path);
+  int oflags =
+      (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
+  if (sqlite3_open_v2(s->path, &s->db, oflags, NULL) != SQLITE_OK)
+    return tl__err_db(err, s, s->path);
+  configure(s);
+  tl_error first = {0};
+  rc = identify(s, &first);
+  if (rc != TL_OK && quiet && (rc == TL_EIO || (first.sys & 0xff) == SQLITE_CANTOPEN))
+    rc = open_frozen(s, ro_fs ? "a read-only filesystem" : "a full or read-only disk", err);
+  else if (rc != TL_OK && err && err->code == TL_OK)
+    *err = first;
+  if (rc != TL_OK || (rc = tl__schema_check(s, s->found_version, err)) != TL_OK)
     return rc;
-  s = calloc(1, sizeof *s);
+  if ((rc = tl__exec(s, "PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON; PRAGMA synchronous=FULL;", err)) != TL_OK)
+    return rc;
+  if (s->readonly) {
+    if (s->found_version < TL_SCHEMA_VERSION)
+      return tl__err(err, TL_ECORRUPT, 0, "%s: schema version %d needs migrating; open it read-write once", s->path,
+                     s->found_version);
+    return TL_OK;
+  }
+  sqlite3_wal_autocheckpoint(s->db, 0);
+  sqlite3_wal_hook(s->db, on_wal, s);
+  if ((rc = tl__exec(s, "PRAGMA journal_mode=WAL", err)) != TL_OK)
+    return rc;
+  if (s->found_version < TL_SCHEMA_VERSION) {
+    /* only an old schema takes the write lock at open */
+    if ((rc = tl__migrate(s, err)) != TL_OK || (rc = tl__schema_check(s, TL_SCHEMA_VERSION, err)) != TL_OK)
+      return rc;
+  }
+  return TL_OK;
+}
+
+static tl_status store_new(tl_store **out, const char *path, int readonly, tl_error *err)
+{
+  tl_store *s = calloc(1, sizeof *s);
   if (!s || !(s->path = strdup(path))) {
-    rc = tl__oom(err);
-    goto done;
+    free(s);
+    return tl__oom(err);
   }
   s->busy_ms = 10000;
   s->http_timeout_ms = 15000;
@@ -503,49 +677,110 @@ tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_err
   if (to && atoi(to) >= 100 && atoi(to) <= 600000)
     s->http_timeout_ms = atoi(to);
   s->http = tl__curl_post;
+  s->readonly = readonly;
+  s->rescue_fd = -1;
   tl__actor_init(&s->actor);
-  int oflags = ((flags & TL_OPEN_READONLY) ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOFOLLOW |
-               SQLITE_OPEN_EXRESCODE;
-  if (sqlite3_open_v2(path, &s->db, oflags, NULL) != SQLITE_OK) {
-    rc = tl__err_db(err, s, path);
+  *out = s;
+  return TL_OK;
+}
+
+static void unlink_with_sidecars(const char *path)
+{
+  unlink(path);
+  for (size_t i = 0; i < sizeof sidecars / sizeof *sidecars; i++) {
+    char side[PATH_MAX + 16];
+    snprintf(side, sizeof side, "%s%s", path, sidecars[i]);
+    unlink(side);
+  }
+}
+
+static void fsync_dir(const char *dir)
+{
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+}
+
+/*
+ * Makes a new ledger at path: built and migrated under a temporary name in
+ * the same directory, synced, then linked into place. If another process got
+ * there first, theirs stays and ours goes: creation never removes a ledger
+ * someone else initialised, and a reader never sees a half-made one.
+ */
+static tl_status create_ledger(const char *dir, const char *path, tl_error *err)
+{
+  tl_status rc = TL_OK;
+  tl_store *t = NULL;
+  size_t n = strlen(dir) + 40;
+  char *tmp = malloc(n);
+  if (!tmp)
+    return tl__oom(err);
+  snprintf(tmp, n, "%s/.tokenledger-init-XXXXXX", dir);
+  int fd = mkstemp(tmp); /* O_EXCL, mode 0600 */
+  if (fd < 0) {
+    rc = tl__err(err, TL_EIO, errno, "%s: cannot create a file here: %s", dir, strerror(errno));
+    free(tmp);
+    return rc;
+  }
+  if (fchmod(fd, 0600) != 0 || (rc = check_file(fd, tmp, err)) != TL_OK) {
+    if (rc == TL_OK)
+      rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", tmp, strerror(errno));
+    close(fd);
     goto done;
   }
-  sqlite3_busy_handler(s->db, on_busy, s);
-  sqlite3_extended_result_codes(s->db, 1);
-  if ((rc = identify(s, err)) != TL_OK)
+  close(fd);
+  if ((rc = store_new(&t, tmp, 0, err)) != TL_OK || (rc = connect(t, 0, err)) != TL_OK)
     goto done;
-  if ((rc = tl__exec(s, "PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON; PRAGMA synchronous=FULL;", err)) != TL_OK)
-    goto done;
-  if (!(flags & TL_OPEN_READONLY)) {
-    gate_open(s);
-    sqlite3_wal_autocheckpoint(s->db, 0);
-    sqlite3_wal_hook(s->db, on_wal, s);
-    if ((rc = tl__exec(s, "PRAGMA journal_mode=WAL", err)) != TL_OK)
-      goto done;
-    if (s->found_version < TL_SCHEMA_VERSION && (rc = tl__migrate(s, err)) != TL_OK)
-      goto done; /* only an old schema takes the write lock at open */
-  } else if (s->found_version < TL_SCHEMA_VERSION) {
-    rc = tl__err(err, TL_ECORRUPT, 0, "%s: schema version %d needs migrating; open it read-write once", path,
-                 s->found_version);
+  tl_store_free(t); /* checkpoints: the new ledger is whole in one file */
+  t = NULL;
+  if ((fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0 || fsync(fd) != 0) {
+    rc = tl__err(err, TL_EIO, errno, "%s: fsync: %s", tmp, strerror(errno));
+    if (fd >= 0)
+      close(fd);
     goto done;
   }
+  close(fd);
+  if (link(tmp, path) != 0 && errno != EEXIST) /* EEXIST: another init won; we use theirs */
+    rc = tl__err(err, TL_EIO, errno, "%s: cannot put the new ledger in place: %s", path, strerror(errno));
+done:
+  tl_store_free(t);
+  unlink_with_sidecars(tmp);
+  if (rc == TL_OK)
+    fsync_dir(dir);
+  free(tmp);
+  return rc;
+}
+
+tl_status tl_store_open(tl_store **out, const char *path, unsigned flags, tl_error *err)
+{
+  tl_error_clear(err);
+  tl_status rc = TL_OK;
+  tl_store *s = NULL;
+  char *dir = NULL, *file = NULL;
+  int made_dir = 0, ro = (flags & TL_OPEN_READONLY) != 0, ro_fs = 0;
+  int create = (flags & TL_OPEN_CREATE) && !ro;
+
+  if (!out || !path || !*path)
+    return tl__err(err, TL_EINVAL, 0, "store: no database path");
+  *out = NULL;
+  if ((rc = locate(&dir, &file, &made_dir, path, create, err)) != TL_OK)
+    goto done;
+  struct stat st;
+  if (create && lstat(file, &st) != 0 && errno == ENOENT && (rc = create_ledger(dir, file, err)) != TL_OK)
+    goto done;
+  if ((rc = open_file(&ro, &ro_fs, file, err)) != TL_OK || (rc = tl__check_sidecars(file, err)) != TL_OK ||
+      (rc = store_new(&s, file, ro, err)) != TL_OK || (rc = connect(s, ro_fs, err)) != TL_OK)
+    goto done;
   *out = s;
   s = NULL;
 done:
-  if (s) {
-    tl_store_free(s);
-    if (created) {
-      /* A half-made ledger is not left behind. */
-      unlink(path);
-      char side[PATH_MAX];
-      snprintf(side, sizeof side, "%s-wal", path);
-      unlink(side);
-      snprintf(side, sizeof side, "%s-shm", path);
-      unlink(side);
-      snprintf(side, sizeof side, "%s-wlock", path);
-      unlink(side);
-    }
-  }
+  tl_store_free(s);
+  if (rc != TL_OK && made_dir)
+    rmdir(dir); /* a failed init leaves no empty directory behind (and rmdir never removes anything else) */
+  free(dir);
+  free(file);
   return rc;
 }
 
@@ -558,9 +793,7 @@ void tl_store_free(tl_store *s)
   for (size_t i = 0; i < s->ncache; i++)
     sqlite3_finalize(s->cache[i].st);
   sqlite3_close(s->db);
-  gate_leave(s);
-  if (s->gate)
-    munmap(s->gate, sizeof *s->gate);
+  tl__rescue_unreserve(s);
   tl__actor_clear(&s->actor);
   free(s->path);
   free(s);

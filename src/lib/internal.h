@@ -41,10 +41,12 @@ struct tl_store {
     sqlite3_stmt *st;
   } cache[TL_STMT_CACHE];
   size_t ncache;
-  const char *tx_where;   /* where the open write transaction began, or NULL */
-  struct tl__wgate *gate; /* shared write gate (db.c), NULL if unavailable */
-  int gate_held;
-  int wal_pages; /* WAL size after our last commit (wal hook), for checkpoints outside the gate */
+  const char *tx_where;     /* where the open write transaction began, or NULL */
+  int readonly;             /* opened read-only (asked for, or a read-only or full filesystem) */
+  const char *readonly_why; /* why, when it was not asked for */
+  int wal_pages;            /* WAL size after our last commit (wal hook), for checkpoints outside transactions */
+  int rescue_fd;            /* space reserved for a rescue file (refresh.c), or -1 */
+  char *rescue_reserve;     /* its path */
   struct {
     char provider[130];
     int64_t skew_ms, loaded_at; /* the hot path's provider skew, re-read after a second */
@@ -112,6 +114,13 @@ tl_status tl__bind(sqlite3_stmt *st, tl_error *err, size_t n, const tl__arg *arg
 tl_status tl__step_row(int *found, tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err)
     __attribute__((warn_unused_result));
 
+/* The ledger's directory (ours or root's, writable by nobody else) and SQLite's files beside the ledger
+ * (-wal, -shm, -journal: regular, ours, no group/other access, no symlink) pass before SQLite opens them. */
+tl_status tl__check_dir(const char *dir, tl_error *err);
+tl_status tl__check_sidecars(const char *path, tl_error *err);
+/* The schema is exactly what migrations 1..version made (TL_EINSECURE naming the first difference). */
+tl_status tl__schema_check(tl_store *s, int version, tl_error *err);
+
 /* Legacy forms, kept for hermes.c until it is converted: they lose the status and ignore unknown names. */
 sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err);
 int tl__bind_text(sqlite3_stmt *st, const char *name, const char *v);
@@ -130,6 +139,18 @@ char *tl__col_dup(sqlite3_stmt *st, int col);
 tl_status tl__migrate(tl_store *s, tl_error *err);
 extern const char *const tl__migrations[];
 extern const size_t tl__migration_count;
+
+/*
+ * The schema objects each version must have exactly (schema_expected.c,
+ * generated at build time by tools/schema_gen.c replaying the migrations),
+ * in the order of TL_SCHEMA_QUERY. Index 0 is the empty database.
+ */
+typedef struct tl__schema_row {
+  const char *type, *name, *tbl, *sql;
+} tl__schema_row;
+extern const tl__schema_row *const tl__schema_rows[];
+extern const size_t tl__schema_counts[];
+#define TL_SCHEMA_QUERY "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name"
 
 /* report.c */
 tl_status tl__report_from_stmt(tl_report **out, tl_store *s, sqlite3_stmt *st, tl_error *err);
@@ -164,6 +185,8 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
  * write-back of every file holding the grant, unlock. Otherwise the protocol alone. */
 tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
                            int64_t ahead_ms, tl_error *err);
+/* refresh.c: releases the store's rescue-file reservation (tl_store_free). */
+void tl__rescue_unreserve(tl_store *s);
 
 /* refresh.c: marks in-flight attempts whose owner is gone as unknown (with fix). */
 tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_error *err);

@@ -9,6 +9,7 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -138,7 +139,7 @@ tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *er
 
 static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_error *err)
 {
-  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK); /* a FIFO must not hang us */
   if (fd < 0) {
     if (errno == ENOENT && !must_exist)
       return TL_OK;
@@ -162,23 +163,43 @@ static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_erro
   return rc;
 }
 
+/* The ledger's directory: ours, so take write access from group and others. Another user's is not touched. */
+static tl_status fix_dir(const char *path, tl_error *err)
+{
+  char dir[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  snprintf(dir, sizeof dir, "%.*s", slash ? (slash == path ? 1 : (int)(slash - path)) : 1, slash ? path : ".");
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: %s", dir, strerror(errno));
+  struct stat st;
+  tl_status rc = TL_OK;
+  if (fstat(fd, &st) != 0)
+    rc = tl__err(err, TL_EIO, errno, "%s: %s", dir, strerror(errno));
+  else if (st.st_uid != geteuid() && (st.st_mode & 022))
+    rc = tl__err(err, TL_EINSECURE, 0, "%s: owned by uid %ld, not you; not touching it (move the ledger)", dir,
+                 (long)st.st_uid);
+  else if (st.st_uid == geteuid() && (st.st_mode & 022) && fchmod(fd, st.st_mode & 07755) != 0)
+    rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", dir, strerror(errno));
+  close(fd);
+  return rc;
+}
+
 tl_status tl_store_fix_permissions(const char *path, tl_error *err)
 {
   tl_error_clear(err);
+  static const char *const sides[] = {"-wal", "-shm", "-journal"};
   char side[PATH_MAX];
   if (!path)
     return tl__err(err, TL_EINVAL, 0, "doctor: no path");
-  tl_status rc = fix_mode(path, 0600, 1, err);
-  if (rc != TL_OK)
-    return rc;
-  snprintf(side, sizeof side, "%s-wal", path);
-  if ((rc = fix_mode(side, 0600, 0, err)) != TL_OK)
-    return rc;
-  snprintf(side, sizeof side, "%s-shm", path);
-  if ((rc = fix_mode(side, 0600, 0, err)) != TL_OK)
-    return rc;
-  snprintf(side, sizeof side, "%s-wlock", path);
-  return fix_mode(side, 0600, 0, err);
+  tl_status rc = fix_dir(path, err);
+  if (rc == TL_OK)
+    rc = fix_mode(path, 0600, 1, err);
+  for (size_t i = 0; rc == TL_OK && i < sizeof sides / sizeof *sides; i++) {
+    snprintf(side, sizeof side, "%s%s", path, sides[i]);
+    rc = fix_mode(side, 0600, 0, err);
+  }
+  return rc;
 }
 
 static tl_status add_check(tl_report *r, int *problems, const char *check, int ok, const char *detail, tl_error *err)
@@ -190,14 +211,91 @@ static tl_status add_check(tl_report *r, int *problems, const char *check, int o
   return tl__report_add_row(r, cells, num, err);
 }
 
-static int64_t count_of(tl_store *s, const char *sql)
+/* One number from a query; a failure keeps its status (a busy ledger is busy, not a failed check). */
+static tl_status count_of(int64_t *out, tl_store *s, const char *sql, tl_error *err)
 {
   sqlite3_stmt *st = NULL;
-  int64_t n = -1;
-  if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-    n = sqlite3_column_int64(st, 0);
+  int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    *out = sqlite3_column_int64(st, 0);
+    rc = SQLITE_OK;
+  }
+  tl_status code = rc == SQLITE_OK ? TL_OK : tl__err_db(err, s, "doctor");
   sqlite3_finalize(st);
-  return n;
+  return code;
+}
+
+/*
+ * Who holds the write lock, if anyone holds it for long: SQLite's WAL write lock is an fcntl lock on byte 120
+ * of the -shm file (WAL-index format), so F_GETLK names the holder. The lock is the kernel's: it goes with its
+ * holder, and a copied file carries none.
+ */
+static tl_status write_lock_check(tl_report *r, int *problems, tl_store *s, tl_error *err)
+{
+  char detail[512], shm[PATH_MAX];
+  int busy = s->busy_ms;
+  s->busy_ms = 2000;
+  int held = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK;
+  s->busy_ms = busy;
+  if (!held)
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+  long pid = 0;
+  snprintf(shm, sizeof shm, "%s-shm", s->path);
+  int fd = held ? open(shm, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) : -1;
+  if (fd >= 0) {
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 120, .l_len = 1};
+    if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
+      pid = (long)fl.l_pid;
+    close(fd);
+  }
+  if (!held)
+    snprintf(detail, sizeof detail, "free (SQLite's own lock, released by the kernel when its holder ends)");
+  else if (s->readonly)
+    snprintf(detail, sizeof detail, "not checked: the ledger is open read-only");
+  else if (pid > 0)
+    snprintf(detail, sizeof detail, "held for over 2 s by process %ld; writes wait for it (busy, exit 8)", pid);
+  else
+    snprintf(detail, sizeof detail, "held for over 2 s by another process; writes wait for it (busy, exit 8)");
+  return add_check(r, problems, "write_lock", !held || s->readonly, detail, err);
+}
+
+/* Rescue files beside the ledger that hold a server's answer not yet on record. */
+static tl_status rescue_check(tl_report *r, int *problems, tl_store *s, tl_error *err)
+{
+  char detail[512], dir[PATH_MAX];
+  const char *slash = strrchr(s->path, '/');
+  const char *base = slash ? slash + 1 : s->path;
+  snprintf(dir, sizeof dir, "%.*s", slash ? (slash == s->path ? 1 : (int)(slash - s->path)) : 1, slash ? s->path : ".");
+  int64_t pending = 0, first = 0;
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d));) {
+    size_t bl = strlen(base);
+    if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, "-rescue-", 8) != 0)
+      continue;
+    char path[PATH_MAX + 260];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+      int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+      char c = 0;
+      if (fd >= 0 && read(fd, &c, 1) == 1 && c == '{') {
+        if (!pending++)
+          first = strtoll(e->d_name + bl + 8, NULL, 10);
+      }
+      if (fd >= 0)
+        close(fd);
+    }
+  }
+  if (d)
+    closedir(d);
+  if (pending)
+    snprintf(detail, sizeof detail,
+             "%lld rescue file(s) hold a server's answer not yet on record; take it back with 'tokenledger recover "
+             "--credential %lld --rescue'",
+             (long long)pending, (long long)first);
+  else
+    snprintf(detail, sizeof detail, "no answer waiting in a rescue file");
+  return add_check(r, problems, "rescue_files", pending == 0, detail, err);
 }
 
 tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl_error *err)
@@ -207,7 +305,7 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
   tl_report *r = NULL;
   tl_status rc;
   int problems = 0;
-  char detail[512];
+  char detail[1100];
   if (!out || !out_problems || !s)
     return tl__err(err, TL_EINVAL, 0, "doctor: bad arguments");
   if ((rc = tl__report_kv(&r, cols, 3, err)) != TL_OK)
@@ -217,48 +315,59 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
   {
     sqlite3_stmt *st = NULL;
     detail[0] = '\0';
-    int ok = 0;
-    if (sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
+    int ok = 0, step = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL);
+    if (step == SQLITE_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
       const char *t = (const char *)sqlite3_column_text(st, 0);
       ok = t && strcmp(t, "ok") == 0;
       snprintf(detail, sizeof detail, "%s", t ? t : "");
+    } else if (tl__map_sqlite(sqlite3_extended_errcode(s->db)) == TL_EBUSY ||
+               tl__map_sqlite(sqlite3_extended_errcode(s->db)) == TL_ENOMEM) {
+      rc = tl__err_db(err, s, "doctor: integrity check");
+      sqlite3_finalize(st);
+      goto done;
     } else {
       snprintf(detail, sizeof detail, "%s", sqlite3_errmsg(s->db));
     }
     sqlite3_finalize(st);
     if ((rc = add_check(r, &problems, "integrity", ok, detail, err)) != TL_OK)
       goto done;
-    int64_t fk = count_of(s, "SELECT count(*) FROM pragma_foreign_key_check");
+    int64_t fk = 0;
+    if ((rc = count_of(&fk, s, "SELECT count(*) FROM pragma_foreign_key_check", err)) != TL_OK)
+      goto done;
     snprintf(detail, sizeof detail, "%lld dangling reference(s)", (long long)fk);
     if ((rc = add_check(r, &problems, "foreign_keys", fk == 0, detail, err)) != TL_OK)
       goto done;
   }
 
-  /* 2. File and directory modes. */
+  /* 2. The files: the ledger, SQLite's files beside it, the directory (open refused them otherwise). */
   {
     struct stat st;
     int ok = stat(s->path, &st) == 0 && (st.st_mode & 077) == 0 && st.st_uid == geteuid();
     snprintf(detail, sizeof detail, "%s mode %04o", s->path, ok || stat(s->path, &st) == 0 ? st.st_mode & 07777 : 0);
     if ((rc = add_check(r, &problems, "file_mode", ok, detail, err)) != TL_OK)
       goto done;
-    char *copy = strdup(s->path);
-    if (!copy) {
-      rc = tl__oom(err);
+    tl_error why = {0};
+    ok = tl__check_sidecars(s->path, &why) == TL_OK;
+    snprintf(detail, sizeof detail, "%s", ok ? "-wal, -shm, -journal: regular, yours, 0600, or absent" : why.message);
+    if ((rc = add_check(r, &problems, "sqlite_files", ok, detail, err)) != TL_OK)
       goto done;
-    }
-    char *slash = strrchr(copy, '/');
-    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
-    int dok = stat(dir, &st) == 0 && (st.st_mode & 077) == 0;
-    snprintf(detail, sizeof detail, "%s mode %04o%s", dir, (unsigned)(st.st_mode & 07777),
-             dok ? "" : " (others can list the ledger's directory; 'chmod 700' it if it is yours alone)");
-    free(copy);
-    /* A shared directory is a warning, not a refusal: the file itself is 0600. */
-    if ((rc = add_check(r, &problems, "directory_mode", 1, detail, err)) != TL_OK)
+    char dir[PATH_MAX];
+    const char *slash = strrchr(s->path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (slash == s->path ? 1 : (int)(slash - s->path)) : 1,
+             slash ? s->path : ".");
+    tl_error_clear(&why);
+    ok = tl__check_dir(dir, &why) == TL_OK;
+    int listable = ok && stat(dir, &st) == 0 && (st.st_mode & 077);
+    snprintf(detail, sizeof detail, "%s",
+             !ok        ? why.message
+             : listable ? "others can list the ledger's directory; "
+                          "'chmod 700' it if it is yours alone"
+                        : "yours, writable by you alone");
+    if ((rc = add_check(r, &problems, "directory", ok, detail, err)) != TL_OK)
       goto done;
   }
 
-  /* 3. Journal mode. */
+  /* 3. Journal mode, the schema, the write lock. */
   {
     sqlite3_stmt *st = NULL;
     int ok = 0;
@@ -266,6 +375,15 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
       ok = sqlite3_column_text(st, 0) && strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
     sqlite3_finalize(st);
     if ((rc = add_check(r, &problems, "wal", ok, ok ? "journal_mode=wal" : "journal_mode is not wal", err)) != TL_OK)
+      goto done;
+    tl_error why = {0};
+    ok = tl__schema_check(s, s->found_version, &why) == TL_OK;
+    snprintf(detail, sizeof detail, "%s", ok ? "exactly what the migrations create" : why.message);
+    if ((rc = add_check(r, &problems, "schema", ok, detail, err)) != TL_OK)
+      goto done;
+    if ((rc = write_lock_check(r, &problems, s, err)) != TL_OK)
+      goto done;
+    if ((rc = rescue_check(r, &problems, s, err)) != TL_OK)
       goto done;
   }
 
@@ -294,7 +412,9 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
          "spent RT(s) still holding plaintext"},
     };
     for (size_t i = 0; i < sizeof inv / sizeof *inv; i++) {
-      int64_t n = count_of(s, inv[i].sql);
+      int64_t n = 0;
+      if ((rc = count_of(&n, s, inv[i].sql, err)) != TL_OK)
+        goto done;
       snprintf(detail, sizeof detail, "%lld %s", (long long)n, inv[i].what);
       if ((rc = add_check(r, &problems, inv[i].name, n == 0, detail, err)) != TL_OK)
         goto done;
@@ -316,12 +436,14 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
 
   /* 6. Things an operator must decide. */
   {
-    int64_t unknown = count_of(s, "SELECT count(*) FROM credential WHERE status = 'uncertain'");
+    int64_t unknown = 0, reauth = 0;
+    if ((rc = count_of(&unknown, s, "SELECT count(*) FROM credential WHERE status = 'uncertain'", err)) != TL_OK ||
+        (rc = count_of(&reauth, s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'", err)) != TL_OK)
+      goto done;
     snprintf(detail, sizeof detail, "%lld credential(s) with an unknown refresh outcome; see 'tokenledger recover'",
              (long long)unknown);
     if ((rc = add_check(r, &problems, "unknown_outcomes", unknown == 0, detail, err)) != TL_OK)
       goto done;
-    int64_t reauth = count_of(s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'");
     snprintf(detail, sizeof detail, "%lld credential(s) need a new login", (long long)reauth);
     if ((rc = add_check(r, &problems, "needs_reauth", reauth == 0, detail, err)) != TL_OK)
       goto done;

@@ -463,13 +463,13 @@ typedef struct claim {
   char *secret; /* the RT plaintext (secret) */
   char *token_url, *client_id, *rt_header, *provider, *label;
   int64_t grace_ms;
-  int rescue_fd;   /* space reserved for the rescue file while the RT is out, or -1 */
-  char *rescue;    /* its path */
+  char *rescue;    /* where the answer goes if it cannot be recorded: <ledger>-rescue-<cred>-<attempt> */
   int rescued;     /* the answer was written to it */
   int from_rescue; /* recording an answer taken back from a rescue file (recover) */
 } claim;
 
 static void rescue_release(claim *c);
+static int rescue_pending(tl_store *s, int64_t cred);
 
 static void claim_clear(claim *c)
 {
@@ -481,7 +481,6 @@ static void claim_clear(claim *c)
   free(c->provider);
   free(c->label);
   memset(c, 0, sizeof *c);
-  c->rescue_fd = -1;
 }
 
 /* The HTTP timeout of a presentation; under Hermes' locks it stays well under Hermes' 15 s lock wait. */
@@ -745,6 +744,15 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   sqlite3_reset(st);
 
   if (strcmp(rtstate, "unknown") == 0 || strcmp(status, "uncertain") == 0) {
+    if (!retry_unknown && rescue_pending(s, cred)) {
+      rc = tl__err(err, TL_EUNKNOWN, 0,
+                   "credential %lld (%s%s%s): %s, but the server's answer to it is kept in a rescue file beside the "
+                   "ledger, so nothing is lost: take it back with 'tokenledger recover --credential %lld --rescue'; "
+                   "until then its refresh token (generation %lld, %.12s...) is not presented again",
+                   (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
+                   (long long)cred, (long long)cl->generation, cl->fp);
+      goto commit_fail;
+    }
     if (!retry_unknown) {
       rc = tl__err(err, TL_EUNKNOWN, 0,
                    "credential %lld (%s%s%s): %s. Its refresh token (generation %lld, %.12s...) may already have "
@@ -1580,31 +1588,80 @@ static void fsync_dir_of(const char *path)
   free(copy);
 }
 
-/* Before the RT leaves: reserve the rescue file's space. Failure only means no reservation. */
-static void rescue_reserve(tl_store *s, claim *cl)
+/*
+ * Space for a rescue file, reserved once per store (<ledger>-rescue-reserve-<pid>-<random>, 96 KiB) and kept
+ * for the next refresh when unused, so a refresh pays nothing for it. Reservations of processes that died are
+ * removed when the next one is made.
+ */
+static void sweep_reservations(const tl_store *s)
 {
-  cl->rescue_fd = -1;
-  if (!(cl->rescue = rescue_name(s, cl->credential, cl->attempt)))
-    return;
-  int fd = open(cl->rescue, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-  if (fd < 0)
-    return;
-  if (posix_fallocate(fd, 0, TL_RESCUE_RESERVE) != 0) {
-    close(fd);
-    unlink(cl->rescue);
-    return;
+  const char *slash = strrchr(s->path, '/');
+  char *dir = slash ? strndup(s->path, (size_t)(slash - s->path)) : strdup(".");
+  const char *base = slash ? slash + 1 : s->path;
+  DIR *d = dir ? opendir(*dir ? dir : "/") : NULL;
+  size_t bl = strlen(base);
+  for (struct dirent *e; d && (e = readdir(d));) {
+    if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, "-rescue-reserve-", 16) != 0)
+      continue;
+    long pid = strtol(e->d_name + bl + 16, NULL, 10);
+    if (pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+      char path[PATH_MAX + 256];
+      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+      unlink(path);
+    }
   }
-  cl->rescue_fd = fd;
+  if (d)
+    closedir(d);
+  free(dir);
 }
 
-/* The outcome is on record: the reservation goes. */
+static void store_reserve(tl_store *s)
+{
+  if (s->rescue_fd >= 0)
+    return;
+  unsigned char rnd[6];
+  if (RAND_bytes(rnd, sizeof rnd) != 1)
+    return;
+  size_t n = strlen(s->path) + 64;
+  char *path = malloc(n);
+  if (!path)
+    return;
+  snprintf(path, n, "%s-rescue-reserve-%ld-%02x%02x%02x%02x%02x%02x", s->path, s->actor.pid, rnd[0], rnd[1], rnd[2],
+           rnd[3], rnd[4], rnd[5]);
+  sweep_reservations(s);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd >= 0 && posix_fallocate(fd, 0, TL_RESCUE_RESERVE) == 0) {
+    s->rescue_fd = fd;
+    s->rescue_reserve = path;
+    return;
+  }
+  if (fd >= 0) {
+    close(fd);
+    unlink(path);
+  }
+  free(path);
+}
+
+void tl__rescue_unreserve(tl_store *s)
+{
+  if (s->rescue_fd >= 0) {
+    close(s->rescue_fd);
+    unlink(s->rescue_reserve);
+  }
+  s->rescue_fd = -1;
+  free(s->rescue_reserve);
+  s->rescue_reserve = NULL;
+}
+
+/* Before the RT leaves: name the rescue file, and make sure space for it is reserved. */
+static void rescue_reserve(tl_store *s, claim *cl)
+{
+  store_reserve(s);
+  cl->rescue = rescue_name(s, cl->credential, cl->attempt);
+}
+
 static void rescue_release(claim *cl)
 {
-  if (cl->rescue_fd >= 0) {
-    close(cl->rescue_fd);
-    unlink(cl->rescue);
-  }
-  cl->rescue_fd = -1;
   free(cl->rescue);
   cl->rescue = NULL;
 }
@@ -1613,7 +1670,7 @@ static const char *const kind_names[] = {"rotated", "same_rt",  "rejected", "tra
                                          "config",  "not_sent", "unknown"};
 
 /* Writes the answer into the rescue file (reserved, or created now). TL_OK once it is durable. */
-static tl_status rescue_write(claim *cl, const tl__answer *a, tl_error *err)
+static tl_status rescue_write(tl_store *s, claim *cl, const tl__answer *a, tl_error *err)
 {
   tl_status rc = TL_OK;
   char *text = NULL, *b64 = NULL;
@@ -1650,16 +1707,18 @@ static tl_status rescue_write(claim *cl, const tl__answer *a, tl_error *err)
     goto done;
   }
   size_t len = strlen(text);
-  int fd = cl->rescue_fd;
-  if (fd < 0 && cl->rescue)
-    fd = open(cl->rescue, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-  if (fd < 0) {
-    rc = tl__err(err, TL_EIO, errno, "cannot create the rescue file %s: %s", cl->rescue ? cl->rescue : "?",
-                 strerror(errno));
+  int fd = -1, reserved = s->rescue_fd >= 0 && len <= TL_RESCUE_RESERVE;
+  if (!cl->rescue) {
+    rc = tl__oom(err);
     goto done;
   }
-  cl->rescue_fd = -1; /* from now on the file is the record: never released */
-  cl->rescued = 1;
+  /* The reserved space if the answer fits (it always does but for a huge raw answer), else a new file. */
+  fd =
+      reserved ? s->rescue_fd : open(cl->rescue, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd < 0) {
+    rc = tl__err(err, TL_EIO, errno, "cannot create the rescue file %s: %s", cl->rescue, strerror(errno));
+    goto done;
+  }
   size_t off = 0;
   while (off < len) {
     ssize_t w = pwrite(fd, text + off, len - off, (off_t)off);
@@ -1673,9 +1732,22 @@ static tl_status rescue_write(claim *cl, const tl__answer *a, tl_error *err)
   }
   if (rc == TL_OK && (ftruncate(fd, (off_t)len) != 0 || fsync(fd) != 0))
     rc = tl__err(err, TL_EIO, errno, "cannot sync the rescue file %s: %s", cl->rescue, strerror(errno));
-  close(fd);
-  if (rc == TL_OK)
+  if (rc == TL_OK && reserved && rename(s->rescue_reserve, cl->rescue) != 0)
+    rc = tl__err(err, TL_EIO, errno, "cannot name the rescue file %s: %s", cl->rescue, strerror(errno));
+  if (reserved) {
+    close(fd); /* written (and renamed) or not, this reservation is spent */
+    if (rc != TL_OK)
+      unlink(s->rescue_reserve);
+    s->rescue_fd = -1;
+    free(s->rescue_reserve);
+    s->rescue_reserve = NULL;
+  } else {
+    close(fd);
+  }
+  if (rc == TL_OK) {
+    cl->rescued = 1;
     fsync_dir_of(cl->rescue);
+  }
 done:
   if (text) {
     tl_burn(text, strlen(text));
@@ -1746,13 +1818,13 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, tl__
   tl_error fail = {0}, why = {0};
   rescue_reserve(s, cl);
   present(s, cl, a);
-  if (a->raw && rescue_write(cl, a, &why) != TL_OK)
+  if (a->raw && rescue_write(s, cl, a, &why) != TL_OK)
     tl_error_clear(&why); /* evidence only: the outcome is recorded as unknown either way */
   tl_status rc = record(out, &recorded, s, cl, a, &fail);
   if (recorded) {
     rescue_release(cl); /* only an unused reservation: a written file stays */
   } else {
-    tl_status wrc = cl->rescued ? TL_OK : rescue_write(cl, a, &why);
+    tl_status wrc = cl->rescued ? TL_OK : rescue_write(s, cl, a, &why);
     if (wrc == TL_OK)
       return tl__err(err, rc, fail.sys,
                      "credential %lld (%s): the server answered (%s) but the ledger could not record it: %s. Nothing "
@@ -1779,7 +1851,6 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
   for (;;) {
     claim cl;
     memset(&cl, 0, sizeof cl);
-    cl.rescue_fd = -1;
     claim_result res = CLAIMED;
     int64_t wait_for = 0;
     /* From the claim's commit to the record's, a stop signal waits: the RT's fate must be on record. */
@@ -2087,7 +2158,6 @@ static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_er
   for (size_t i = 0; rc == TL_OK && i < n; i++) {
     claim cl;
     memset(&cl, 0, sizeof cl);
-    cl.rescue_fd = -1;
     tl__answer a;
     memset(&a, 0, sizeof a);
     tl_error why = {0};

@@ -90,6 +90,35 @@ static void test_schema__migrations_replay_equals_canonical_schema(void **state)
   sqlite3_close(canon);
 }
 
+/* The schema db.c holds every ledger to (generated at build time) is what this SQLite makes of the migrations. */
+static void test_schema__expected_rows_equal_a_replay_here(void **state)
+{
+  (void)state;
+  for (int v = 1; v <= TL_SCHEMA_VERSION; v++) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    for (int i = 0; i < v; i++)
+      assert_int_equal(sqlite3_exec(db, tl__migrations[i], NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, TL_SCHEMA_QUERY, -1, &st, NULL), SQLITE_OK);
+    size_t n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      assert_true(n < tl__schema_counts[v]);
+      const tl__schema_row *w = &tl__schema_rows[v][n++];
+      const char *cols[] = {w->type, w->name, w->tbl, w->sql};
+      for (int c = 0; c < 4; c++) {
+        const char *got = (const char *)sqlite3_column_text(st, c);
+        if (!((!got && !cols[c]) || (got && cols[c] && strcmp(got, cols[c]) == 0)))
+          fail_msg("version %d, %s: column %d differs", v, w->name, c);
+      }
+    }
+    assert_int_equal(n, tl__schema_counts[v]);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+  }
+  assert_int_equal(tl__schema_counts[0], 0);
+}
+
 static void test_schema__connection_is_wal_fk_full_secure_delete(void **state)
 {
   fx *f = *state;
@@ -278,6 +307,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_schema__migrations_replay_equals_canonical_schema, fx_setup, fx_teardown),
+      cmocka_unit_test(test_schema__expected_rows_equal_a_replay_here),
       cmocka_unit_test_setup_teardown(test_schema__connection_is_wal_fk_full_secure_delete, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_schema__inv1_fingerprint_is_unique_across_credentials, fx_setup,
                                       fx_teardown),
