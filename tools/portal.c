@@ -13,7 +13,10 @@
  *   POST /api/oauth/device/code  RFC 8628 device authorization
  * Administration (tests only):
  *   POST /admin/seed             new grant; answers its RT and access token
- *   POST /admin/fault            kind=lose|429|500|hang|drop_before, count=N, retry_after=S
+ *   POST /admin/fault            kind=lose|429|500|hang|drop_before, count=N, retry_after=S;
+ *                                kind=slow, ms=M: the answer to a rotation waits M ms (admin calls do not);
+ *                                kind=hostile_*: answers that attack the client (see hostile_unspent
+ *                                and hostile_rotated below)
  *   POST /admin/config           at_lifetime=S, latency_ms=M, approve_after=N
  *   POST /admin/approve          user_code=X approves a device code
  *   GET  /admin/counters         refreshes, reuse_detections, families_revoked, ...
@@ -32,6 +35,7 @@
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,9 +78,10 @@ static struct {
 } cfg = {3600, 0, 1};
 
 static struct {
-  char kind[16];
+  char kind[32];
   int count;
   int retry_after;
+  int ms; /* kind=slow: how long the answer to a rotation waits */
 } fault;
 
 typedef struct device {
@@ -227,22 +232,155 @@ static char *form_field(const char *body, const char *name)
   return NULL;
 }
 
-static int take_fault(char kind[16], int *retry_after)
+static int take_fault(char kind[32], int *retry_after)
 {
   if (fault.count <= 0)
     return 0;
   fault.count--;
   ctr.faults++;
-  memcpy(kind, fault.kind, 16);
+  memcpy(kind, fault.kind, 32);
   *retry_after = fault.retry_after;
   return 1;
+}
+
+/* ---- hostile answers (tests of the client's defences) ---------------------- */
+
+/* A JSON string literal for s (quotes and escapes included); new. */
+static char *json_literal(const char *s)
+{
+  json_t *j = json_string(s);
+  char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+  json_decref(j);
+  return t;
+}
+
+/* Percent-encoding as a form body carries it; new. */
+static char *pct(const char *s)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  char *o = malloc(3 * strlen(s) + 1), *p = o;
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-_.~", c)) {
+      *p++ = (char)c;
+    } else {
+      *p++ = '%';
+      *p++ = hex[c >> 4];
+      *p++ = hex[c & 15];
+    }
+  }
+  *p = '\0';
+  return o;
+}
+
+static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *text, const char *retry_after)
+{
+  struct MHD_Response *r =
+      MHD_create_response_from_buffer(strlen(text), (void *)(uintptr_t)text, MHD_RESPMEM_MUST_COPY);
+  MHD_add_response_header(r, "Content-Type", "application/json");
+  if (retry_after)
+    MHD_add_response_header(r, "Retry-After", retry_after);
+  enum MHD_Result rc = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return rc;
+}
+
+/*
+ * Hostile answers that spend nothing: the presented RT stays current at the portal.
+ *   hostile_escape_error  400 invalid_request whose error and description carry terminal escapes (CSI, OSC 52,
+ *                         C1 CSI, a bidi override) and a CR LF
+ *   hostile_echo_rt       400 invalid_request whose description echoes the presented RT plainly, percent-encoded
+ *                         and in part
+ *   hostile_retry_after   429 with Retry-After: 99999999999999999999
+ * Returns 0 if kind is none of them.
+ */
+static int hostile_unspent(enum MHD_Result *out, struct MHD_Connection *c, const char *kind, const char *rt)
+{
+  char body[8192];
+  if (strcmp(kind, "hostile_escape_error") == 0) {
+    *out = reply_text(c, 400,
+                      "{\"error\":\"invalid_request\\u001b[31m\\u001b]0;owned\\u0007\",\"error_description\":"
+                      "\"\\u001b[2J\\u001b]52;c;b3duZWQ=\\u0007\\u009b31m\\u202eevil\\r\\nFAKE: line\\u007f\"}",
+                      NULL);
+    return 1;
+  }
+  if (strcmp(kind, "hostile_echo_rt") == 0) {
+    char *enc = pct(rt), part[16] = "", *lit;
+    snprintf(part, sizeof part, "%.10s", rt);
+    char text[4096];
+    snprintf(text, sizeof text, "bad token %s; form refresh_token=%s; starts %s; ends %s", rt, enc, part,
+             rt + (strlen(rt) > 10 ? strlen(rt) - 10 : 0));
+    lit = json_literal(text);
+    snprintf(body, sizeof body, "{\"error\":\"invalid_request\",\"error_description\":%s}", lit ? lit : "\"\"");
+    free(enc);
+    free(lit);
+    *out = reply_text(c, 400, body, NULL);
+    return 1;
+  }
+  if (strcmp(kind, "hostile_retry_after") == 0) {
+    *out = reply_text(c, 429, "{\"error\":\"rate_limited\"}", "99999999999999999999");
+    return 1;
+  }
+  return 0;
+}
+
+/*
+ * Hostile answers to a real rotation: the presented RT is spent at the portal and the new one (new_rt) is its
+ * only successor, so a client that cannot use the answer has lost the grant unless it keeps the answer.
+ *   hostile_crlf_rt        the new RT followed by CR LF and a header line
+ *   hostile_ctl_at         an access token with terminal escapes (the new RT is fine)
+ *   hostile_expires_huge   expires_in 1e300          hostile_expires_negative  expires_in -3600
+ *   hostile_expires_string expires_in "3600"         hostile_expires_bigint    expires_in 99999999999999999999
+ *   hostile_duplicate_keys refresh_token twice (the second a fake)
+ * Returns 0 if kind is none of them.
+ */
+static int hostile_rotated(enum MHD_Result *out, struct MHD_Connection *c, const char *kind, const char *new_rt,
+                           const char *at)
+{
+  char body[8192], *lit_rt = json_literal(new_rt), *lit_at = json_literal(at);
+  const char *expires = "3600";
+  int handled = 1;
+  body[0] = '\0';
+  if (strcmp(kind, "hostile_crlf_rt") == 0) {
+    char bad[512];
+    snprintf(bad, sizeof bad, "%s\r\nX-Injected: 1", new_rt);
+    char *lit = json_literal(bad);
+    snprintf(body, sizeof body, "{\"access_token\":%s,\"refresh_token\":%s,\"expires_in\":3600}", lit_at, lit);
+    free(lit);
+  } else if (strcmp(kind, "hostile_ctl_at") == 0) {
+    snprintf(body, sizeof body,
+             "{\"access_token\":\"at-\\u001b[2J\\u001b]0;owned\\u0007\",\"refresh_token\":%s,\"expires_in\":3600}",
+             lit_rt);
+  } else if (strcmp(kind, "hostile_duplicate_keys") == 0) {
+    snprintf(body, sizeof body,
+             "{\"access_token\":%s,\"refresh_token\":%s,\"refresh_token\":\"rt-fake-duplicate\",\"expires_in\":3600}",
+             lit_at, lit_rt);
+  } else if (strcmp(kind, "hostile_expires_huge") == 0) {
+    expires = "1e300";
+  } else if (strcmp(kind, "hostile_expires_negative") == 0) {
+    expires = "-3600";
+  } else if (strcmp(kind, "hostile_expires_string") == 0) {
+    expires = "\"3600\"";
+  } else if (strcmp(kind, "hostile_expires_bigint") == 0) {
+    expires = "99999999999999999999";
+  } else {
+    handled = 0;
+  }
+  if (handled && !body[0])
+    snprintf(body, sizeof body, "{\"access_token\":%s,\"refresh_token\":%s,\"expires_in\":%s}", lit_at, lit_rt,
+             expires);
+  free(lit_rt);
+  free(lit_at);
+  if (handled)
+    *out = reply_text(c, 200, body, NULL);
+  return handled;
 }
 
 static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body)
 {
   const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-nous-refresh-token");
   char *rt = hdr ? strdup(hdr) : form_field(body, "refresh_token");
-  char kind[16] = "";
+  char kind[32] = "";
   int retry_after = -1;
   enum MHD_Result result;
   if (!rt || !*rt) {
@@ -262,6 +400,11 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
     pthread_mutex_unlock(&mu);
     free(rt);
     return reply_json(c, 500, json_pack("{s:s}", "error", "server_error"), -1);
+  }
+  if (faulted && hostile_unspent(&result, c, kind, rt)) {
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return result;
   }
   if (faulted && strcmp(kind, "drop_before") == 0) {
     /* Close without looking at the token: as if it never arrived. Still a LOST for the client. */
@@ -300,12 +443,20 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
   json_t *answer = token_answer(r->family, child);
   int hang = faulted && strcmp(kind, "hang") == 0;
   int lose = faulted && strcmp(kind, "lose") == 0;
+  int slow_ms = faulted && strcmp(kind, "slow") == 0 ? fault.ms : 0;
   pthread_mutex_unlock(&mu);
   for (int i = 0; hang && i < 600 && !stop; i++)
     usleep(100000); /* the client's timeout fires first */
+  if (slow_ms > 0)
+    usleep((useconds_t)slow_ms * 1000); /* rotated; the answer is on its way, slowly */
   if (lose) {
     json_decref(answer);
     return MHD_NO; /* rotated, but the answer never leaves */
+  }
+  if (faulted && strncmp(kind, "hostile_", 8) == 0 &&
+      hostile_rotated(&result, c, kind, child->token, json_string_value(json_object_get(answer, "access_token")))) {
+    json_decref(answer);
+    return result;
   }
   result = reply_json(c, 200, answer, -1);
   return result;
@@ -404,15 +555,18 @@ static enum MHD_Result handle_admin(struct MHD_Connection *c, const char *url, c
     return reply_json(c, 200, a, -1);
   }
   if (strcmp(url, "/admin/fault") == 0) {
-    char *kind = form_field(body, "kind"), *count = form_field(body, "count"), *ra = form_field(body, "retry_after");
+    char *kind = form_field(body, "kind"), *count = form_field(body, "count"), *ra = form_field(body, "retry_after"),
+         *ms = form_field(body, "ms");
     pthread_mutex_lock(&mu);
     snprintf(fault.kind, sizeof fault.kind, "%s", kind ? kind : "");
     fault.count = count ? atoi(count) : 1;
     fault.retry_after = ra ? atoi(ra) : -1;
+    fault.ms = ms ? atoi(ms) : 0;
     pthread_mutex_unlock(&mu);
     free(kind);
     free(count);
     free(ra);
+    free(ms);
     return reply_json(c, 200, json_pack("{s:b}", "ok", 1), -1);
   }
   if (strcmp(url, "/admin/config") == 0) {
