@@ -3,10 +3,13 @@
  *
  * Parses the command line, opens the ledger, calls the library, prints.
  * Invariants: secrets are never taken from argv (options that look like one
- * are refused with a pointer to the -file form); a secret is printed only by
- * `token`, whose job that is; every command has --help; every read command
- * has --json; every failure ends in tl_cli_fail, which maps the library's
- * status to the documented exit code.
+ * are refused with a pointer to the -file form); an argument longer than 24
+ * characters is never echoed, whatever its place (command, option, value,
+ * file name), and a short one only with control characters escaped; a secret
+ * is printed only by `token`, whose job that is, and only if printable; the
+ * process is not dumpable and libcurl gets no SSLKEYLOGFILE; every command
+ * has --help; every read command has --json; every failure ends in
+ * tl_cli_fail, which maps the library's status to the documented exit code.
  */
 #include "cli.h"
 
@@ -15,6 +18,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,14 +69,49 @@ static int secret_option(const char *name)
   return 0;
 }
 
-/* An argument we did not expect may be a token typed on the command line: never echo a long one. */
+/*
+ * How an argument appears in a message. A long one may be a token typed or pasted on the command line (as a
+ * command, an option, a value or a file name): it is described, never echoed, in any form; a short one is
+ * shown with control characters escaped.
+ */
+#define SHOWN_MAX 24
+typedef struct shown_arg {
+  char text[160];
+} shown_arg;
+
+static const char *shown(shown_arg *buf, const char *arg)
+{
+  size_t n = strlen(arg);
+  if (n <= SHOWN_MAX) {
+    char esc[6 * SHOWN_MAX + 1];
+    tl_text_escape(esc, sizeof esc, arg);
+    snprintf(buf->text, sizeof buf->text, "'%s'", esc);
+  } else {
+    snprintf(buf->text, sizeof buf->text,
+             "of %zu characters (not shown: if it is a token, it is now in your shell "
+             "history; tokens are read from a file or standard input)",
+             n);
+  }
+  return buf->text;
+}
+
+/* An argument we did not expect may be a token typed on the command line. */
 static int unexpected(int index, const char *a)
 {
-  if (strlen(a) <= 24)
-    return usage_error("unexpected argument '%s'", a);
-  return usage_error("unexpected argument %d (%zu characters, not shown: if it is a token, it is now in your shell "
-                     "history; tokens are read from a file or standard input)",
-                     index, strlen(a));
+  shown_arg b;
+  (void)index;
+  return usage_error("unexpected argument %s", shown(&b, a));
+}
+
+/* A path argument that names nothing: said without echoing a long one (a token pasted where a file belongs). */
+static int missing_path(const char *what, const char *path)
+{
+  struct stat st;
+  if (strcmp(path, "-") == 0 || strlen(path) <= SHOWN_MAX || lstat(path, &st) == 0)
+    return -1;
+  shown_arg b;
+  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s\n", g_cmd, what, shown(&b, path));
+  return EXIT_NOTFOUND;
 }
 
 /*
@@ -102,13 +142,14 @@ static int parse(int argc, char **argv, const opt *opts, const char **pos, int m
       pos[(*npos)++] = a;
       continue;
     }
+    shown_arg b;
     if (a[1] != '-')
-      return usage_error("unknown option '%s'", a);
+      return usage_error("unknown option %s", shown(&b, a));
     char name[64];
     const char *eq = strchr(a + 2, '=');
     size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
     if (len >= sizeof name)
-      return usage_error("unknown option '%.60s'", a);
+      return usage_error("unknown option %s", shown(&b, a));
     memcpy(name, a + 2, len);
     name[len] = '\0';
     const opt *o = NULL;
@@ -123,16 +164,16 @@ static int parse(int argc, char **argv, const opt *opts, const char **pos, int m
                 g_cmd, name, strcmp(name, "rt") == 0 ? "refresh-token" : name);
         return EXIT_USAGE;
       }
-      return usage_error("unknown option '--%s'", name);
+      return usage_error("unknown option %s", shown(&b, a));
     }
     if (o->has_arg) {
       const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
       if (!v)
-        return usage_error("option '--%s' needs a value", name);
+        return usage_error("option %s needs a value", shown(&b, a));
       *o->value = v;
     } else {
       if (eq)
-        return usage_error("option '--%s' takes no value", name);
+        return usage_error("option --%s takes no value", o->name);
       *o->flag = 1;
     }
   }
@@ -180,8 +221,10 @@ static int parse_int64(int64_t *out, const char *text, const char *what)
   char *end = NULL;
   errno = 0;
   long long v = strtoll(text, &end, 10);
-  if (errno || !end || *end || end == text || v < 0)
-    return usage_error("%s '%s' is not a non-negative whole number", what, text);
+  if (errno || !end || *end || end == text || v < 0) {
+    shown_arg b;
+    return usage_error("%s %s is not a non-negative whole number", what, shown(&b, text));
+  }
   *out = v;
   return -1;
 }
@@ -278,6 +321,9 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
       return unexpected(3, pos[2]);
     if (create && !home)
       return usage_error("%s", "--create needs --home DIR");
+    int mrc = home && !create ? missing_path("--home", home) : -1;
+    if (mrc >= 0)
+      return mrc;
     OPEN_OR_RETURN(s, 0, pos[1]);
     if (pos[0][0] == 'a') {
       rc = tl_profile_add(s, pos[1], create ? NULL : home, &err);
@@ -299,6 +345,9 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
       return usage_error("%s", "missing profile name");
     if ((npos == 3) == clear)
       return usage_error("%s", "give the home directory, or --clear");
+    int mrc = !clear && !create ? missing_path("set-home", pos[2]) : -1;
+    if (mrc >= 0)
+      return mrc;
     OPEN_OR_RETURN(s, 0, pos[1]);
     rc = tl_profile_set_home(s, pos[1], clear ? NULL : pos[2], create, &err);
     tl_store_free(s);
@@ -318,7 +367,8 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
     rc = tl_profile_list(&r, s, &err);
     return finish_report(s, rc, r, &err, json, 0);
   }
-  return usage_error("unknown subcommand '%s' (add, set-home, list, rm or strict)", pos[0]);
+  shown_arg b;
+  return usage_error("unknown subcommand %s (add, set-home, list, rm or strict)", shown(&b, pos[0]));
 }
 
 static int cmd_provider(const cmd *c, int argc, char **argv)
@@ -344,7 +394,7 @@ static int cmd_provider(const cmd *c, int argc, char **argv)
     return finish_report(s, rc, r, &err, json, 0);
   }
   if (strcmp(pos[0], "set") != 0)
-    return usage_error("unknown subcommand '%s' (set or list)", pos[0]);
+    return usage_error("unknown subcommand %s (set or list)", shown(&(shown_arg){{0}}, pos[0]));
   if (npos != 2)
     return usage_error("%s", "missing provider name");
   if (header && body)
@@ -399,6 +449,10 @@ static int cmd_credential(const cmd *c, int argc, char **argv)
     return usage_error("%s", "--refresh-token-file is required (use - to read it from standard input)");
   if (at_file && strcmp(at_file, "-") == 0 && strcmp(rt_file, "-") == 0)
     return usage_error("%s", "only one of the token files can be standard input");
+  int mrc;
+  if ((mrc = missing_path("--refresh-token-file", rt_file)) >= 0 ||
+      (at_file && (mrc = missing_path("--access-token-file", at_file)) >= 0))
+    return mrc;
   tl_error err = {0};
   int64_t exp = 0;
   tl_status rc;
@@ -527,6 +581,9 @@ static int cmd_check_rt(const cmd *c, int argc, char **argv)
   int json = 0;
   opt opts[] = {{"refresh-token-file", 1, &file, NULL}, {"json", 0, NULL, &json}, {0}};
   PARSE_OR_RETURN(opts, pos, 0);
+  int mrc = missing_path("--refresh-token-file", file);
+  if (mrc >= 0)
+    return mrc;
   tl_error err = {0};
   char *rt = NULL;
   tl_status rc = tl_secret_read(&rt, file, &err);
@@ -715,7 +772,7 @@ static int cmd_report(const cmd *c, int argc, char **argv)
   if ((prc = parse_int64(&code, status, "--status")) >= 0)
     return prc;
   if (code < 100 || code > 599)
-    return usage_error("--status '%s' is not an HTTP status (100-599)", status);
+    return usage_error("--status %s is not an HTTP status (100-599)", shown(&(shown_arg){{0}}, status));
   tl_error err = {0};
   tl_status rc;
   if (reset && (rc = tl_time_parse(&at, reset, &err)) != TL_OK)
@@ -766,6 +823,9 @@ static int cmd_import(const cmd *c, int argc, char **argv)
     return usage_error("%s", "expected 'import PATH' (an auth.json, a Hermes home, or a root with --all-profiles)");
   if (all && profile)
     return usage_error("%s", "--profile and --all-profiles exclude each other");
+  int mrc = missing_path("import", pos[0]);
+  if (mrc >= 0)
+    return mrc;
   tl_store *s = NULL;
   OPEN_OR_RETURN(s, 0, profile);
   tl_import_opts o = {.profile = profile, .all_profiles = all, .dry_run = dry};
@@ -1179,6 +1239,10 @@ static void main_help(void)
 
 int main(int argc, char **argv)
 {
+  /* This process holds refresh tokens: no core dump of it, no ptrace by other processes of this user. */
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  /* libcurl would write every TLS session key to this file (see http.c, which does the same for any host). */
+  unsetenv("SSLKEYLOGFILE");
   int i = 1;
   for (; i < argc; i++) {
     if (strcmp(argv[i], "--db") == 0) {
@@ -1196,7 +1260,8 @@ int main(int argc, char **argv)
       printf("tokenledger %s (schema %d)\n", tl_version(), TL_SCHEMA_VERSION);
       return EXIT_OK;
     } else if (argv[i][0] == '-') {
-      fprintf(stderr, "tokenledger: unknown option '%s'; see 'tokenledger --help'\n", argv[i]);
+      shown_arg b;
+      fprintf(stderr, "tokenledger: unknown option %s; see 'tokenledger --help'\n", shown(&b, argv[i]));
       return EXIT_USAGE;
     } else {
       break;
@@ -1220,6 +1285,7 @@ int main(int argc, char **argv)
       return commands[k].fn(&commands[k], argc - i, argv + i);
     }
   }
-  fprintf(stderr, "tokenledger: unknown command '%s'; see 'tokenledger --help'\n", argv[i]);
+  shown_arg b;
+  fprintf(stderr, "tokenledger: unknown command %s; see 'tokenledger --help'\n", shown(&b, argv[i]));
   return EXIT_USAGE;
 }

@@ -111,6 +111,23 @@ tl $D keep-fresh --once --ahead soon; expect 2 "keep-fresh with a bad --ahead"
 tl $D import; expect 2 "import without a path"
 tl $D check-rt rt-typed-on-the-command-line-0123456789; expect 2 "a token as an argument"
 lacks "rt-typed-on-the-command-line" "the error does not echo it"
+# a token typed or pasted anywhere on the command line is never echoed, in any form
+T=tokAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
+tl $D check-rt -$T; expect 2 "a token as a single-dash option"
+tl $T; expect 2 "a token as the command"
+tl $D status --$T; expect 2 "a token as a long option"
+tl $D status --$T=x; expect 2 "a token as a long option with a value"
+tl -$T; expect 2 "a token as a global option"
+tl $D profile $T; expect 2 "a token as a subcommand"
+tl $D lineage --credential $T; expect 2 "a token as a number"
+tl $D credential add nous --profile alice --refresh-token-file $T; expect 3 "a token as a file name"
+tl $D check-rt --refresh-token-file $T; expect 3 "a token as check-rt's file name"
+tl $D import $T; expect 3 "a token as an import path"
+tl $D profile add zed --home $T; expect 3 "a token as a home"
+check '! grep -q "AAAAAAAAAAAAAAAAAAAAAAAA" "$ALL"' "no message echoed any part of it"
+ESC=$(printf '\033')
+tl $D status "--a${ESC}[2Jb"; expect 2 "an option with an escape sequence"
+check '! grep -q "$ESC" "$ERR" && grep -q "u001b" "$ERR"' "is shown escaped"
 tl $D sync --profile alice --all; expect 2 "sync with both --profile and --all"
 
 # --- compact keeps fingerprints and audit
@@ -153,6 +170,19 @@ check '[ ! -e "$WORK/absent.db" ]' "missing ledger not created by a read"
 tl --db "$WORK/plain/x.db" init
 printf 'x' > "$WORK/plainfile"
 tl --db "$WORK/plainfile/x.db" init; expect 13 "parent is a file"
+
+# --- hardening: no core dumps of a process holding secrets
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
+  mkfifo "$WORK/hold"
+  setpriv --reuid=65534 --regid=65534 --clear-groups "$TL_BIN" check-rt < "$WORK/hold" > /dev/null 2>&1 &
+  held=$!
+  exec 3> "$WORK/hold"
+  for _ in $(seq 100); do [ "$(readlink /proc/$held/exe 2>/dev/null)" = "$(readlink -f "$TL_BIN")" ] && break; sleep 0.02; done
+  sleep 0.1
+  check '[ "$(stat -c %u /proc/$held/environ)" = 0 ]' "the CLI is not dumpable (its /proc files belong to root, not to uid 65534)"
+  exec 3>&-
+  wait $held || true
+fi
 
 # --- no secret anywhere but token's own output
 cp "$ALL.keep" "$WORK/with-token"; grep -v '^at-alice-0001$' "$ALL" | grep -v '"access_token": "at-alice-0001"' > "$WORK/scan" || true
