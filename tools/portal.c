@@ -331,6 +331,7 @@ static int hostile_unspent(enum MHD_Result *out, struct MHD_Connection *c, const
  *   hostile_ctl_at         an access token with terminal escapes (the new RT is fine)
  *   hostile_expires_huge   expires_in 1e300          hostile_expires_negative  expires_in -3600
  *   hostile_expires_string expires_in "3600"         hostile_expires_bigint    expires_in 99999999999999999999
+ *                          (with an opaque access token: no JWT exp to fall back on)
  *   hostile_duplicate_keys refresh_token twice (the second a fake)
  * Returns 0 if kind is none of them.
  */
@@ -366,9 +367,9 @@ static int hostile_rotated(enum MHD_Result *out, struct MHD_Connection *c, const
   } else {
     handled = 0;
   }
-  if (handled && !body[0])
-    snprintf(body, sizeof body, "{\"access_token\":%s,\"refresh_token\":%s,\"expires_in\":%s}", lit_at, lit_rt,
-             expires);
+  if (handled && !body[0]) /* an opaque access token: no JWT exp to fall back on */
+    snprintf(body, sizeof body, "{\"access_token\":\"at-opaque-%.12s\",\"refresh_token\":%s,\"expires_in\":%s}",
+             new_rt + (strlen(new_rt) > 12 ? strlen(new_rt) - 12 : 0), lit_rt, expires);
   free(lit_rt);
   free(lit_at);
   if (handled)
