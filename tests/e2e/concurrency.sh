@@ -3,7 +3,8 @@
 #   1. 8 processes x 4 profiles x 200 token/refresh calls with a 2 s access
 #      token: zero reuse, and the portal's rotations equal the ledger's.
 #   2. 16 processes ask at once for the same expired credential: exactly one
-#      refresh reaches the portal.
+#      refresh reaches the portal. Then 40 rounds of two concurrent first
+#      inits and a write: the ledger and every acknowledged write survive.
 #   3. kill -9 at random points of refreshing processes (TL_CRASH_ROUNDS rounds
 #      of two kills, 100 by default = 200 kills): the portal never sees a spent
 #      RT, every RT it issued is in the ledger or answers an `unknown`
@@ -46,6 +47,29 @@ expect 0 "16 processes get a token; exactly one of them refreshed"
 cat "$OUT"
 check '[ $(( $(counter refreshes) - before )) = 1 ]' "exactly one refresh reached the portal"
 admin config "latency_ms=2" >/dev/null
+
+# 2b. concurrent first inits through the CLI: the ledger is never lost, a write that said it succeeded is there,
+# and every failure is a specific one (3: no ledger yet for the command that does not create; 8: busy)
+bad=0
+for i in $(seq 40); do
+  d="$WORK/race$i"
+  ( r=0; "$TL_BIN" --db "$d/l.db" init > /dev/null 2>&1 || r=$?; echo "init $r" > "$d.a" ) &
+  p1=$!
+  ( r=0; "$TL_BIN" --db "$d/l.db" init > /dev/null 2>&1 || r=$?; echo "init $r" > "$d.b" ) &
+  p2=$!
+  ( r=0; "$TL_BIN" --db "$d/l.db" profile add "p$i" > /dev/null 2>&1 || r=$?; echo "add $r" > "$d.c" ) &
+  p3=$!
+  wait $p1 $p2 $p3 || true
+  [ -f "$d/l.db" ] || { echo "round $i: the ledger is gone" >&2; bad=$((bad + 1)); }
+  case "$(cat "$d.a" "$d.b")" in *"init 0"*) ;; *) echo "round $i: no init succeeded: $(cat "$d.a" "$d.b")" >&2; bad=$((bad + 1)) ;; esac
+  for f in "$d.a" "$d.b" "$d.c"; do
+    case "$(cat "$f")" in *" 0" | *" 3" | *" 8") ;; *) echo "round $i: $(cat "$f")" >&2; bad=$((bad + 1)) ;; esac
+  done
+  if [ "$(cat "$d.c")" = "add 0" ] && [ "$(sqlite3 "$d/l.db" "SELECT count(*) FROM profile WHERE name = 'p$i'")" != 1 ]; then
+    echo "round $i: a write that succeeded was lost" >&2; bad=$((bad + 1))
+  fi
+done
+check '[ "$bad" = 0 ]' "40 rounds of two inits and a write through the CLI: nothing lost, only exits 0, 3 or 8"
 
 # 3. kill -9 torture
 set +e; "$TL_DRIVER" crash "$DB" "$URL" "$ROUNDS" 4 > "$OUT" 2> "$ERR"; RC=$?; set -e
