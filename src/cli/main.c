@@ -104,14 +104,19 @@ static int unexpected(int index, const char *a)
 }
 
 /* A path argument that names nothing: said without echoing a long one (a token pasted where a file belongs). */
-static int missing_path(const char *what, const char *path)
+static int missing_path_hint(const char *what, const char *path, const char *hint)
 {
   struct stat st;
   if (strcmp(path, "-") == 0 || strlen(path) <= SHOWN_MAX || lstat(path, &st) == 0)
     return -1;
   shown_arg b;
-  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s\n", g_cmd, what, shown(&b, path));
+  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s%s\n", g_cmd, what, shown(&b, path), hint);
   return EXIT_NOTFOUND;
+}
+
+static int missing_path(const char *what, const char *path)
+{
+  return missing_path_hint(what, path, "");
 }
 
 /*
@@ -321,7 +326,7 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
       return unexpected(3, pos[2]);
     if (create && !home)
       return usage_error("%s", "--create needs --home DIR");
-    int mrc = home && !create ? missing_path("--home", home) : -1;
+    int mrc = home && !create ? missing_path_hint("--home", home, "; add --create to make it") : -1;
     if (mrc >= 0)
       return mrc;
     OPEN_OR_RETURN(s, 0, pos[1]);
@@ -345,7 +350,7 @@ static int cmd_profile(const cmd *c, int argc, char **argv)
       return usage_error("%s", "missing profile name");
     if ((npos == 3) == clear)
       return usage_error("%s", "give the home directory, or --clear");
-    int mrc = !clear && !create ? missing_path("set-home", pos[2]) : -1;
+    int mrc = !clear && !create ? missing_path_hint("set-home", pos[2], "; add --create to make it") : -1;
     if (mrc >= 0)
       return mrc;
     OPEN_OR_RETURN(s, 0, pos[1]);

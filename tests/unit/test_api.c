@@ -75,7 +75,9 @@ static int endpoint(void *ud, const tl_http_request *req, tl_http_response *resp
   int *n = ud;
   char body[160];
   if (strstr(req->url, "device"))
-    snprintf(body, sizeof body, "{\"device_code\":\"dc\",\"user_code\":\"UC\",\"interval\":1,\"expires_in\":60}");
+    snprintf(body, sizeof body,
+             "{\"device_code\":\"dc\",\"user_code\":\"UC\",\"verification_uri\":\"https://x/d\",\"interval\":1,"
+             "\"expires_in\":60}");
   else
     snprintf(body, sizeof body, "{\"access_token\":\"api-at-%d\",\"refresh_token\":\"api-rt-%d\",\"expires_in\":3600}",
              *n, *n);

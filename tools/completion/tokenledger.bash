@@ -125,7 +125,7 @@ _tokenledger()
     audit | history) opts="--credential --limit --json" ;;
     check-rt) opts="--refresh-token-file --json" ;;
     doctor) opts="--fix --json" ;;
-    recover) opts="--credential --assume-not-sent --mark-dead" ;;
+    recover) opts="--credential --assume-not-sent --mark-dead --rescue" ;;
     pool)
       opts="--profile"
       case ${#args[@]} in
