@@ -51,10 +51,10 @@ static tl_status survey(due **out, size_t *n, tl_report *r, tl_store *s, int64_t
       "JOIN provider pv ON pv.name = c.provider WHERE EXISTS (SELECT 1 FROM pool_entry e WHERE e.credential_id = "
       "c.id) ORDER BY c.id";
   size_t cap = 0;
-  tl_status rc = TL_OK;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
+  sqlite3_stmt *st;
+  tl_status rc = tl__prepare(&st, s, sql, err);
+  if (rc != TL_OK)
+    return rc;
   int64_t now = tl__now_ms();
   while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
     int64_t id = sqlite3_column_int64(st, 0), exp = sqlite3_column_int64(st, 3), nb = sqlite3_column_int64(st, 5);
@@ -218,10 +218,11 @@ tl_status tl_watch_open(tl_watch **out, tl_store *s, tl_error *err)
     free(w);
     return tl__err(err, TL_EIO, e, "inotify: %s", strerror(e));
   }
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
+  sqlite3_stmt *st;
+  tl_status prc = tl__prepare(&st, s, sql, err);
+  if (prc != TL_OK) {
     tl_watch_free(w);
-    return TL_ERROR;
+    return prc;
   }
   const char *env = getenv("HERMES_SHARED_AUTH_DIR");
   if (env && *env)

@@ -390,10 +390,10 @@ static tl_status cred_load(cred_state *cs, tl_store *s, int64_t cred, tl_error *
       "coalesce(c.scope, json_extract(c.extra, '$.scope')), c.base_url, json_extract(c.extra, '$.token_type') "
       "FROM credential c JOIN provider pv ON pv.name = c.provider WHERE c.id = :id";
   cred_state_clear(cs);
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", cred);
+  sqlite3_stmt *st;
+  tl_status prc;
+  if ((prc = tl__prepare(&st, s, sql, err)) != TL_OK || (prc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK)
+    return prc;
   int step = sqlite3_step(st);
   if (step == SQLITE_ROW) {
     snprintf(cs->status, sizeof cs->status, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -515,9 +515,8 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, request *r, tl_s
   }
   {
     static const char name_sql[] = "SELECT name FROM profile WHERE id = :id";
-    sqlite3_stmt *st = tl__stmt(s, name_sql, NULL);
-    if (st) {
-      tl__bind_int(st, ":id", r->profile);
+    sqlite3_stmt *st;
+    if (tl__prepare(&st, s, name_sql, NULL) == TL_OK && TL_BIND(st, NULL, TL_INT(":id", r->profile)) == TL_OK) {
       if (sqlite3_step(st) == SQLITE_ROW)
         snprintf(r->profile_name, sizeof r->profile_name, "%s", (const char *)sqlite3_column_text(st, 0));
       sqlite3_reset(st);
@@ -606,11 +605,10 @@ static const char *env_get(const char *env, size_t n, const char *name)
 
 static int64_t profile_by(tl_store *s, const char *sql, const char *value)
 {
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  sqlite3_stmt *st;
   int64_t id = 0;
-  if (!st || !value)
+  if (!value || tl__prepare(&st, s, sql, NULL) != TL_OK || TL_BIND(st, NULL, TL_TEXT(":v", value)) != TL_OK)
     return 0;
-  tl__bind_text(st, ":v", value);
   if (sqlite3_step(st) == SQLITE_ROW)
     id = sqlite3_column_int64(st, 0);
   sqlite3_reset(st);
@@ -660,9 +658,8 @@ static int64_t login_profile(tl_store *s, const peer *p, char *name, size_t nn)
     tl_burn(env, n);
     free(env);
   }
-  sqlite3_stmt *st = id ? tl__stmt(s, name_of, NULL) : NULL;
-  if (st) {
-    tl__bind_int(st, ":id", id);
+  sqlite3_stmt *st;
+  if (id && tl__prepare(&st, s, name_of, NULL) == TL_OK && TL_BIND(st, NULL, TL_INT(":id", id)) == TL_OK) {
     if (sqlite3_step(st) == SQLITE_ROW)
       snprintf(name, nn, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_reset(st);
@@ -687,9 +684,9 @@ static void portal_clear(portal *p)
 static int portal_load(portal *p, tl_store *s)
 {
   static const char sql[] = "SELECT device_url, token_url, client_id, scope FROM provider WHERE name = 'nous'";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  sqlite3_stmt *st = NULL;
   memset(p, 0, sizeof *p);
-  if (st && sqlite3_step(st) == SQLITE_ROW) {
+  if (tl__prepare(&st, s, sql, NULL) == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
     p->device_url = tl__col_dup(st, 0);
     p->token_url = tl__col_dup(st, 1);
     p->client_id = tl__col_dup(st, 2);
@@ -891,9 +888,9 @@ static enum MHD_Result handle_device_token(server *sv, struct MHD_Connection *c,
       r->profile = sv->dev[i].profile;
   pthread_mutex_unlock(&sv->dev_mu);
   static const char name_sql[] = "SELECT name FROM profile WHERE id = :id";
-  sqlite3_stmt *st = r->profile ? tl__stmt(s, name_sql, NULL) : NULL;
-  if (st) {
-    tl__bind_int(st, ":id", r->profile);
+  sqlite3_stmt *st;
+  if (r->profile && tl__prepare(&st, s, name_sql, NULL) == TL_OK &&
+      TL_BIND(st, NULL, TL_INT(":id", r->profile)) == TL_OK) {
     if (sqlite3_step(st) == SQLITE_ROW)
       snprintf(r->profile_name, sizeof r->profile_name, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_reset(st);
@@ -1197,9 +1194,10 @@ static tl_status choose_address(char host[64], int *port, tl_store *s, const tl_
     return parse_listen(host, port, o->listen, err);
   snprintf(host, 64, "127.0.0.1");
   *port = 0;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
+  sqlite3_stmt *st;
+  tl_status prc = tl__prepare(&st, s, sql, err);
+  if (prc != TL_OK)
+    return prc;
   if (sqlite3_step(st) == SQLITE_ROW && tl__serve_host_valid((const char *)sqlite3_column_text(st, 0))) {
     snprintf(host, 64, "%s", (const char *)sqlite3_column_text(st, 0));
     *port = sqlite3_column_int(st, 1);
@@ -1293,14 +1291,12 @@ static tl_status remember_address(tl_store *s, const char *host, int port, long 
   tl_status rc;
   if ((rc = tl__tx_begin(s, "serve start", err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":host", host), TL_INT(":port", port), TL_INT(":now", tl__now_ms()))) != TL_OK) {
     tl__tx_rollback(s);
-    return TL_ERROR;
+    return rc;
   }
-  tl__bind_text(st, ":host", host);
-  tl__bind_int(st, ":port", port);
-  tl__bind_int(st, ":now", tl__now_ms());
   if ((rc = tl__step_done(s, st, "serve start", err)) != TL_OK ||
       (rc = tl__audit(s, "serve_started", NULL,
                       json_pack("{s:s, s:i, s:I}", "host", host, "port", port, "pid", (json_int_t)getpid()), err)) !=

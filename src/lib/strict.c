@@ -70,13 +70,12 @@ tl_status tl__strict_key_create(tl_store *s, tl_error *err)
   assert(s->tx_where); /* inside the migration's (or the caller's) write transaction */
   if (RAND_bytes(key, sizeof key) != 1)
     return tl__err(err, TL_ERROR, 0, "strict mode: the system's random generator failed; no surrogate key created");
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st) {
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) {
     tl_burn(key, sizeof key);
-    return TL_ERROR;
+    return rc;
   }
   sqlite3_bind_blob(st, sqlite3_bind_parameter_index(st, ":secret"), key, sizeof key, SQLITE_STATIC);
-  tl__bind_int(st, ":now", tl__now_ms());
   rc = tl__step_done(s, st, "surrogate key", err);
   tl_burn(key, sizeof key);
   return rc;
@@ -86,11 +85,11 @@ tl_status tl__strict_key_create(tl_store *s, tl_error *err)
 static tl_status key_load(unsigned char key[KEY_LEN], tl_store *s, tl_error *err)
 {
   static const char sql[] = "SELECT secret FROM strict_key WHERE id = 1";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
+  sqlite3_stmt *st;
+  tl_status rc = tl__prepare(&st, s, sql, err);
+  if (rc != TL_OK)
+    return rc;
   int step = sqlite3_step(st);
-  tl_status rc = TL_OK;
   if (step == SQLITE_ROW && sqlite3_column_bytes(st, 0) == KEY_LEN)
     memcpy(key, sqlite3_column_blob(st, 0), KEY_LEN);
   else if (step == SQLITE_ROW || step == SQLITE_DONE)
@@ -202,10 +201,10 @@ static int parse(int64_t *cred, int64_t *profile, int64_t *gen, size_t *body_len
 static tl_status profile_born(int64_t *out, tl_store *s, int64_t profile, tl_error *err)
 {
   static const char sql[] = "SELECT created_at FROM profile WHERE id = :id";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", profile);
+  sqlite3_stmt *st;
+  tl_status prc;
+  if ((prc = tl__prepare(&st, s, sql, err)) != TL_OK || (prc = TL_BIND(st, err, TL_INT(":id", profile))) != TL_OK)
+    return prc;
   int step = sqlite3_step(st);
   if (step == SQLITE_ROW)
     *out = sqlite3_column_int64(st, 0);
@@ -221,11 +220,10 @@ static tl_status profile_born(int64_t *out, tl_store *s, int64_t profile, tl_err
 /* 1 if the query (parameters :a and, if it has one, :b) returns a row, 0 if not, -1 on error. */
 static int row_exists(tl_store *s, const char *sql, int64_t a, int64_t b)
 {
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  if (!st)
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, sql, NULL) != TL_OK || TL_BIND(st, NULL, TL_INT(":a", a)) != TL_OK ||
+      (sqlite3_bind_parameter_index(st, ":b") && TL_BIND(st, NULL, TL_INT(":b", b)) != TL_OK))
     return -1;
-  tl__bind_int(st, ":a", a);
-  tl__bind_int(st, ":b", b);
   int step = sqlite3_step(st);
   sqlite3_reset(st);
   return step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
@@ -252,10 +250,10 @@ tl_status tl__strict_surrogate(char **out, tl_store *s, int64_t credential, int6
     return uses < 0 ? tl__err_db(err, s, "surrogate")
                     : tl__err(err, TL_ENOTFOUND, 0, "profile %lld does not use credential %lld; no surrogate issued",
                               (long long)profile, (long long)credential);
-  sqlite3_stmt *st = tl__stmt(s, gen_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":cred", credential);
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, gen_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":cred", credential))) != TL_OK)
+    return rc;
   if (sqlite3_step(st) == SQLITE_ROW)
     gen = sqlite3_column_int64(st, 0);
   sqlite3_reset(st);
@@ -354,10 +352,9 @@ int tl__strict_profile(tl_store *s, int64_t profile)
 static int profile_has_home(tl_store *s, const char *name)
 {
   static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE name = :n";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  if (!st)
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, sql, NULL) != TL_OK || TL_BIND(st, NULL, TL_TEXT(":n", name)) != TL_OK)
     return 0;
-  tl__bind_text(st, ":n", name);
   int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
   sqlite3_reset(st);
   return home;
@@ -367,10 +364,10 @@ static int profile_has_home(tl_store *s, const char *name)
 static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, tl_error *err)
 {
   static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE id = :id";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", id);
+  sqlite3_stmt *st;
+  tl_status prc;
+  if ((prc = tl__prepare(&st, s, sql, err)) != TL_OK || (prc = TL_BIND(st, err, TL_INT(":id", id))) != TL_OK)
+    return prc;
   int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
   sqlite3_reset(st);
   if (!home)
@@ -405,14 +402,11 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
     return rc;
   if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
     goto fail;
-  sqlite3_stmt *st = tl__stmt(s, on ? on_sql : off_sql, err);
-  if (!st) {
-    rc = TL_ERROR;
-    goto fail;
-  }
-  tl__bind_int(st, ":id", id);
-  tl__bind_int(st, ":now", tl__now_ms());
-  if ((rc = tl__step_done(s, st, "profile strict", err)) != TL_OK)
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, on ? on_sql : off_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":id", id))) != TL_OK ||
+      (on && (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) ||
+      (rc = tl__step_done(s, st, "profile strict", err)) != TL_OK)
     goto fail;
   if (sqlite3_changes(s->db) == 0) {
     tl__tx_rollback(s); /* already so: nothing to record */
@@ -547,8 +541,8 @@ static void strict_names(int64_t *count, char *names, size_t n, tl_store *s)
 {
   *count = 0;
   names[0] = '\0';
-  sqlite3_stmt *st = tl__stmt(s, strict_names_sql, NULL);
-  if (!st)
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, strict_names_sql, NULL) != TL_OK)
     return;
   if (sqlite3_step(st) == SQLITE_ROW) {
     *count = sqlite3_column_int64(st, 0);
@@ -577,9 +571,10 @@ tl_status tl_serve_status(tl_report **out, tl_store *s, tl_error *err)
     tl__serve_url(url, sizeof url, live.host, live.port);
     snprintf(pid, sizeof pid, "%ld", live.pid);
   }
-  sqlite3_stmt *st = tl__stmt(s, last_sql, err);
-  if (!st)
-    return TL_ERROR;
+  sqlite3_stmt *st;
+  tl_status prc = tl__prepare(&st, s, last_sql, err);
+  if (prc != TL_OK)
+    return prc;
   if (sqlite3_step(st) == SQLITE_ROW)
     tl__serve_url(last, sizeof last, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1));
   sqlite3_reset(st);
