@@ -530,8 +530,17 @@ static void test_refresh__unusable_access_token_is_never_stored_or_served(void *
 static void test_refresh__expires_in_is_range_checked(void **state)
 {
   fx *f = *state;
-  static const char *const hostile[] = {"1e300", "-3600", "0", "\"3600\"", "99999999999999999999", "1e18",
-                                        "9223372036854775807", "-9223372036854775808", "null", "[]", "0.0001"};
+  static const char *const hostile[] = {"1e300",
+                                        "-3600",
+                                        "0",
+                                        "\"3600\"",
+                                        "99999999999999999999",
+                                        "1e18",
+                                        "9223372036854775807",
+                                        "-9223372036854775808",
+                                        "null",
+                                        "[]",
+                                        "0.0001"};
   int64_t lo = tl__now_ms() + 890000, hi = tl__now_ms() + 910000 + 60000;
   for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
     char body[256], rt[32];
