@@ -81,13 +81,6 @@ tl_status tl__prepare(sqlite3_stmt **out, tl_store *s, const char *sql, tl_error
   return TL_OK;
 }
 
-/* Legacy form for the callers not yet converted (hermes.c): the status is lost. */
-sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err)
-{
-  sqlite3_stmt *st = NULL;
-  return tl__prepare(&st, s, sql, err) == TL_OK ? st : NULL;
-}
-
 tl_status tl__bind(sqlite3_stmt *st, tl_error *err, size_t n, const tl__arg *args)
 {
   for (size_t k = 0; k < n; k++) {
@@ -112,35 +105,6 @@ tl_status tl__bind(sqlite3_stmt *st, tl_error *err, size_t n, const tl__arg *arg
       return tl__err(err, rc == SQLITE_NOMEM ? TL_ENOMEM : TL_ERROR, rc, "bind %s: %s", a->name, sqlite3_errstr(rc));
   }
   return TL_OK;
-}
-
-static int param(sqlite3_stmt *st, const char *name)
-{
-  int i = sqlite3_bind_parameter_index(st, name);
-  return i;
-}
-
-int tl__bind_text(sqlite3_stmt *st, const char *name, const char *v)
-{
-  int i = param(st, name);
-  if (!i)
-    return SQLITE_RANGE;
-  return v ? sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
-}
-
-/* Binds without a copy: the caller keeps the secret alive until the step and burns it. */
-int tl__bind_secret(sqlite3_stmt *st, const char *name, const char *v)
-{
-  int i = param(st, name);
-  if (!i)
-    return SQLITE_RANGE;
-  return v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-}
-
-int tl__bind_int(sqlite3_stmt *st, const char *name, int64_t v)
-{
-  int i = param(st, name);
-  return i ? sqlite3_bind_int64(st, i, v) : SQLITE_RANGE;
 }
 
 tl_status tl__step_row(int *found, tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err)

@@ -120,6 +120,17 @@ char *tl__hf_dump(const json_t *doc, int shared);
 
 /* ---- adopting what files hold (hermes_adopt.c) --------------------------------------- */
 
+/* One integer from the first row of a query (0 when there is none), the failure's status kept. */
+tl_status tl__q_int(int64_t *out, tl_store *s, const char *sql, tl_error *err, size_t n, const tl__arg *args);
+#define TL_Q_INT(out, s, sql, err, ...)                                                                                \
+  tl__q_int((out), (s), (sql), (err), sizeof((const tl__arg[]){__VA_ARGS__}) / sizeof(tl__arg),                        \
+            (const tl__arg[]){__VA_ARGS__})
+/* A statement whose rows (if any) are not read. */
+tl_status tl__q_exec(tl_store *s, const char *sql, const char *what, tl_error *err, size_t n, const tl__arg *args);
+#define TL_Q_EXEC(s, sql, what, err, ...)                                                                              \
+  tl__q_exec((s), (sql), (what), (err), sizeof((const tl__arg[]){__VA_ARGS__}) / sizeof(tl__arg),                      \
+             (const tl__arg[]){__VA_ARGS__})
+
 /* One file of an operation: read under its lock (or, for import, without). */
 typedef struct tl__hf {
   char *path;      /* absolute path as given (a symlink stays a symlink) */
@@ -172,7 +183,7 @@ tl_status tl__hfset_remember(tl_store *s, tl__hfset *set, tl_error *err);
 /* The credential a slot of a file belongs to (0 if none): its reference, its
  * place, or its refresh token. Only credentials the file's profile holds (or the
  * one the shared store holds) are ever returned. */
-int64_t tl__slot_credential(tl_store *s, const tl__hf *f, const tl__slot *sl);
+tl_status tl__slot_credential(int64_t *out, tl_store *s, const tl__hf *f, const tl__slot *sl, tl_error *err);
 tl_status tl__place_set(tl_store *s, int64_t profile, const char *place, int64_t cred, tl_error *err);
 
 /* ---- file sets under Hermes' locks (hermes_sync.c) ---------------------------------- */

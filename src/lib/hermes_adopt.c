@@ -40,6 +40,32 @@
 
 static const char *const report_cols[] = {"profile", "file", "path", "provider", "credential", "action", "note"};
 
+/* ---- queries -------------------------------------------------------------------------- */
+
+tl_status tl__q_int(int64_t *out, tl_store *s, const char *sql, tl_error *err, size_t n, const tl__arg *args)
+{
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  *out = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = tl__bind(st, err, n, args)) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "ledger read", err)) != TL_OK)
+    return rc;
+  if (found)
+    *out = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return TL_OK;
+}
+
+tl_status tl__q_exec(tl_store *s, const char *sql, const char *what, tl_error *err, size_t n, const tl__arg *args)
+{
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = tl__bind(st, err, n, args)) != TL_OK)
+    return rc;
+  return tl__step_done(s, st, what, err);
+}
+
 /* ---- file sets -------------------------------------------------------------------- */
 
 static void hf_clear(tl__hf *f)
@@ -122,18 +148,13 @@ tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const
   return TL_OK;
 }
 
-static int file_in_step(tl_store *s, const char *path, const char *sha)
+static tl_status file_in_step(int *out, tl_store *s, const char *path, const char *sha, tl_error *err)
 {
-  static const char sql[] = "SELECT sha256 FROM hermes_file WHERE path = :p";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  int same = 0;
-  if (!st)
-    return 0;
-  tl__bind_text(st, ":p", path);
-  same = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
-         strcmp((const char *)sqlite3_column_text(st, 0), sha) == 0;
-  sqlite3_reset(st);
-  return same;
+  static const char sql[] = "SELECT sha256 = :sha FROM hermes_file WHERE path = :p";
+  int64_t same = 0;
+  tl_status rc = TL_Q_INT(&same, s, sql, err, TL_TEXT(":p", path), TL_TEXT(":sha", sha));
+  *out = same == 1;
+  return rc;
 }
 
 tl_status tl__hfset_read(tl_store *s, tl__hfset *set, tl_error *err)
@@ -154,42 +175,32 @@ tl_status tl__hfset_read(tl_store *s, tl__hfset *set, tl_error *err)
       return rc; /* a file we cannot read is never treated as empty */
     if ((rc = tl__hf_walk(&f->ss, f->doc, f->path, f->shared ? TL_WALK_SHARED : 0, err)) != TL_OK)
       return rc;
-    f->in_step = s && file_in_step(s, f->path, f->sha);
+    if (s && (rc = file_in_step(&f->in_step, s, f->path, f->sha, err)) != TL_OK)
+      return rc;
   }
   return TL_OK;
 }
 
 /* ---- places ------------------------------------------------------------------------- */
 
-static int64_t place_cred(tl_store *s, const tl__hf *f, const tl__slot *sl)
+static tl_status place_cred(int64_t *out, tl_store *s, const tl__hf *f, const tl__slot *sl, tl_error *err)
 {
   static const char pool_sql[] = "SELECT credential_id FROM pool_entry WHERE profile_id = :p AND provider = :prov AND "
                                  "entry_id = :e";
   static const char place_sql[] = "SELECT credential_id FROM grant_place WHERE coalesce(profile_id, 0) = :p AND "
                                   "place = :place";
   char place[PATH_MAX + 16];
-  sqlite3_stmt *st;
-  int64_t c = 0;
-  if (sl->kind == TL_SLOT_POOL) {
-    if (!f->profile || !(st = tl__stmt(s, pool_sql, NULL)))
-      return 0;
-    tl__bind_int(st, ":p", f->profile);
-    tl__bind_text(st, ":prov", sl->provider);
-    tl__bind_text(st, ":e", sl->entry);
-  } else {
-    if (!(st = tl__stmt(s, place_sql, NULL)))
-      return 0;
-    if (sl->kind == TL_SLOT_SHARED)
-      snprintf(place, sizeof place, "shared:%s", f->path);
-    else
-      snprintf(place, sizeof place, "%s", sl->place);
-    tl__bind_int(st, ":p", sl->kind == TL_SLOT_SHARED ? 0 : f->profile);
-    tl__bind_text(st, ":place", place);
-  }
-  if (sqlite3_step(st) == SQLITE_ROW)
-    c = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  return c;
+  *out = 0;
+  if (sl->kind == TL_SLOT_POOL)
+    return f->profile ? TL_Q_INT(out, s, pool_sql, err, TL_INT(":p", f->profile), TL_TEXT(":prov", sl->provider),
+                                 TL_TEXT(":e", sl->entry))
+                      : TL_OK;
+  if (sl->kind == TL_SLOT_SHARED)
+    snprintf(place, sizeof place, "shared:%s", f->path);
+  else
+    snprintf(place, sizeof place, "%s", sl->place);
+  return TL_Q_INT(out, s, place_sql, err, TL_INT(":p", sl->kind == TL_SLOT_SHARED ? 0 : f->profile),
+                  TL_TEXT(":place", place));
 }
 
 tl_status tl__place_set(tl_store *s, int64_t profile, const char *place, int64_t cred, tl_error *err)
@@ -197,22 +208,11 @@ tl_status tl__place_set(tl_store *s, int64_t profile, const char *place, int64_t
   static const char del_sql[] = "DELETE FROM grant_place WHERE coalesce(profile_id, 0) = :p AND place = :place";
   static const char ins_sql[] = "INSERT INTO grant_place (profile_id, place, credential_id, updated_at) VALUES (:p, "
                                 ":place, :c, :now)";
-  sqlite3_stmt *st = tl__stmt(s, del_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":p", profile);
-  tl__bind_text(st, ":place", place);
-  tl_status rc = tl__step_done(s, st, "grant place", err);
+  tl_status rc = TL_Q_EXEC(s, del_sql, "grant place", err, TL_INT(":p", profile), TL_TEXT(":place", place));
   if (rc != TL_OK || !cred)
     return rc;
-  if (!(st = tl__stmt(s, ins_sql, err)))
-    return TL_ERROR;
-  if (profile)
-    tl__bind_int(st, ":p", profile);
-  tl__bind_text(st, ":place", place);
-  tl__bind_int(st, ":c", cred);
-  tl__bind_int(st, ":now", tl__now_ms());
-  return tl__step_done(s, st, "grant place", err);
+  return TL_Q_EXEC(s, ins_sql, "grant place", err, TL_OPTINT(":p", profile), TL_TEXT(":place", place),
+                   TL_INT(":c", cred), TL_INT(":now", tl__now_ms()));
 }
 
 static tl_status set_slot_place(tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
@@ -230,7 +230,7 @@ static tl_status set_slot_place(tl_store *s, const tl__hf *f, const tl__slot *sl
 }
 
 /* 1 if the profile (or, for a shared store, its place) holds the credential. */
-static int holds(tl_store *s, const tl__hf *f, int64_t cred)
+static tl_status holds(int *out, tl_store *s, const tl__hf *f, int64_t cred, tl_error *err)
 {
   static const char prof_sql[] =
       "SELECT 1 FROM pool_entry WHERE profile_id = :p AND credential_id = :c UNION ALL SELECT 1 FROM grant_place WHERE "
@@ -238,40 +238,31 @@ static int holds(tl_store *s, const tl__hf *f, int64_t cred)
   static const char shared_sql[] = "SELECT 1 FROM grant_place WHERE profile_id IS NULL AND place = :place AND "
                                    "credential_id = :c";
   char place[PATH_MAX + 16];
-  sqlite3_stmt *st = tl__stmt(s, f->shared ? shared_sql : prof_sql, NULL);
-  if (!st)
-    return 0;
+  int64_t yes = 0;
+  tl_status rc;
   if (f->shared) {
     snprintf(place, sizeof place, "shared:%s", f->path);
-    tl__bind_text(st, ":place", place);
+    rc = TL_Q_INT(&yes, s, shared_sql, err, TL_TEXT(":place", place), TL_INT(":c", cred));
   } else {
-    tl__bind_int(st, ":p", f->profile);
+    rc = TL_Q_INT(&yes, s, prof_sql, err, TL_INT(":p", f->profile), TL_INT(":c", cred));
   }
-  tl__bind_int(st, ":c", cred);
-  int yes = sqlite3_step(st) == SQLITE_ROW;
-  sqlite3_reset(st);
-  return yes;
+  *out = yes == 1;
+  return rc;
 }
 
-static int64_t cred_of_fp(tl_store *s, const char *fp)
+static tl_status cred_of_fp(int64_t *out, tl_store *s, const char *fp, tl_error *err)
 {
   static const char sql[] = "SELECT credential_id FROM refresh_token WHERE fingerprint = :fp";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  int64_t c = 0;
-  if (!st)
-    return 0;
-  tl__bind_text(st, ":fp", fp);
-  if (sqlite3_step(st) == SQLITE_ROW)
-    c = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  return c;
+  return TL_Q_INT(out, s, sql, err, TL_TEXT(":fp", fp));
 }
 
-int64_t tl__slot_credential(tl_store *s, const tl__hf *f, const tl__slot *sl)
+tl_status tl__slot_credential(int64_t *out, tl_store *s, const tl__hf *f, const tl__slot *sl, tl_error *err)
 {
   int64_t c = tl__hf_ref_cred(json_object_get(sl->obj, "refresh_token"));
-  if (!c)
-    c = place_cred(s, f, sl);
+  tl_status rc;
+  *out = 0;
+  if (!c && (rc = place_cred(&c, s, f, sl, err)) != TL_OK)
+    return rc;
   const char *rt = tl__hf_slot_rt(sl);
   if (!c && rt && tl__strict_is_surrogate(rt)) {
     tl_error ignore = {0};
@@ -280,9 +271,14 @@ int64_t tl__slot_credential(tl_store *s, const tl__hf *f, const tl__slot *sl)
   } else if (!c && rt) {
     char fp[65];
     tl_fingerprint(fp, rt, strlen(rt));
-    c = cred_of_fp(s, fp);
+    if ((rc = cred_of_fp(&c, s, fp, err)) != TL_OK)
+      return rc;
   }
-  return c && holds(s, f, c) ? c : 0;
+  int held = 0;
+  if (c && (rc = holds(&held, s, f, c, err)) != TL_OK)
+    return rc;
+  *out = held ? c : 0;
+  return TL_OK;
 }
 
 /* ---- report rows ---------------------------------------------------------------------- */
@@ -311,12 +307,7 @@ static tl_status row(tl__adopt *a, const tl__hf *f, const tl__slot *sl, int64_t 
 static tl_status ensure_provider(tl_store *s, const char *name, tl_error *err)
 {
   static const char sql[] = "INSERT OR IGNORE INTO provider (name, updated_at) VALUES (:name, :now)";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":name", name);
-  tl__bind_int(st, ":now", tl__now_ms());
-  return tl__step_done(s, st, "provider", err);
+  return TL_Q_EXEC(s, sql, "provider", err, TL_TEXT(":name", name), TL_INT(":now", tl__now_ms()));
 }
 
 static int64_t ms_or_zero(json_t *v)
@@ -350,7 +341,7 @@ static tl_status upsert_entry(tl__adopt *a, const tl__hf *f, const tl__slot *sl,
       ":lec, :ler, :lem, :cool, :rc, :orig) ON CONFLICT (profile_id, provider, entry_id) DO UPDATE SET "
       "credential_id = :cred, priority = :prio, source = :source, auth_type = :auth, label = :label, "
       "last_status = :ls, last_status_at = :lsat, last_error_code = :lec, last_error_reason = :ler, "
-      "last_error_message = :lem, cooldown_until = :cool, request_count = :rc, original_json = :orig RETURNING id";
+      "last_error_message = :lem, cooldown_until = :cool, request_count = :rc, original_json = :orig";
   static const char has_sql[] = "SELECT 1 FROM pool_entry WHERE profile_id = :p AND provider = :prov AND "
                                 "credential_id = :cred AND entry_id <> :entry";
   json_t *o = sl->obj, *v;
@@ -360,72 +351,46 @@ static tl_status upsert_entry(tl__adopt *a, const tl__hf *f, const tl__slot *sl,
   tl_status rc = ensure_provider(s, sl->provider, err);
   if (rc != TL_OK)
     return rc;
-  sqlite3_stmt *st;
   char entry[80];
   if (sl->kind == TL_SLOT_POOL) {
     snprintf(entry, sizeof entry, "%s", sl->entry);
   } else {
+    int64_t has = 0;
     if (!cred)
       return TL_OK;
     snprintf(entry, sizeof entry, "providers.%.60s", sl->provider);
-    if (!(st = tl__stmt(s, has_sql, err)))
-      return TL_ERROR;
-    tl__bind_int(st, ":p", f->profile);
-    tl__bind_text(st, ":prov", sl->provider);
-    tl__bind_int(st, ":cred", cred);
-    tl__bind_text(st, ":entry", entry);
-    int has = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_reset(st);
-    if (has)
-      return TL_OK;
+    if ((rc = TL_Q_INT(&has, s, has_sql, err, TL_INT(":p", f->profile), TL_TEXT(":prov", sl->provider),
+                       TL_INT(":cred", cred), TL_TEXT(":entry", entry))) != TL_OK ||
+        has)
+      return rc;
   }
-  if (!(st = tl__stmt(s, sql, err)))
-    return TL_ERROR;
-  tl__bind_int(st, ":p", f->profile);
-  tl__bind_text(st, ":prov", sl->provider);
-  if (cred)
-    tl__bind_int(st, ":cred", cred);
-  tl__bind_text(st, ":entry", entry);
   int64_t prio = 0, count = 0, code = 0;
   if (tl__num_i64(&prio, json_object_get(o, "priority"), -1000000000, 1000000000))
     prio = 0;
-  tl__bind_int(st, ":prio", prio);
-  tl__bind_text(st, ":source",
-                json_is_string(v = json_object_get(o, "source")) ? json_string_value(v)
-                : sl->kind == TL_SLOT_POOL                       ? "manual"
-                                                                 : "singleton");
+  if (tl__num_i64(&code, json_object_get(o, "last_error_code"), 0, 999))
+    code = 0;
+  if (tl__num_i64(&count, json_object_get(o, "request_count"), 0, INT64_MAX / 2))
+    count = 0;
   const char *auth = json_is_string(v = json_object_get(o, "auth_type")) ? json_string_value(v) : "oauth";
-  tl__bind_text(st, ":auth", strcmp(auth, "api_key") == 0 ? "api_key" : "oauth");
-  tl__bind_text(st, ":label", json_is_string(v = json_object_get(o, "label")) ? json_string_value(v) : NULL);
   const char *ls = json_is_string(v = json_object_get(o, "last_status")) ? json_string_value(v) : NULL;
   if (ls && strcmp(ls, "ok") && strcmp(ls, "exhausted") && strcmp(ls, "dead"))
     ls = NULL;
-  tl__bind_text(st, ":ls", ls);
-  int64_t t = ms_or_zero(json_object_get(o, "last_status_at"));
-  if (t)
-    tl__bind_int(st, ":lsat", t);
-  if (!tl__num_i64(&code, json_object_get(o, "last_error_code"), 0, 999))
-    tl__bind_int(st, ":lec", code);
-  tl__bind_text(st, ":ler", json_is_string(v = json_object_get(o, "last_error_reason")) ? json_string_value(v) : NULL);
-  tl__bind_text(st, ":lem", json_is_string(v = json_object_get(o, "last_error_message")) ? json_string_value(v) : NULL);
-  t = ms_or_zero(json_object_get(o, "last_error_reset_at"));
-  if (ls && strcmp(ls, "exhausted") == 0 && t)
-    tl__bind_int(st, ":cool", t);
-  if (tl__num_i64(&count, json_object_get(o, "request_count"), 0, INT64_MAX / 2))
-    count = 0;
-  tl__bind_int(st, ":rc", count);
+  int64_t reset = ms_or_zero(json_object_get(o, "last_error_reset_at"));
   char *orig = original_json(o);
-  tl__bind_text(st, ":orig", orig);
-  int src = sqlite3_step(st);
-  int64_t rowid = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-  if (src == SQLITE_ROW)
-    src = sqlite3_step(st);
-  sqlite3_reset(st);
+  rc = TL_Q_EXEC(
+      s, sql, "pool entry", err, TL_INT(":p", f->profile), TL_TEXT(":prov", sl->provider), TL_OPTINT(":cred", cred),
+      TL_TEXT(":entry", entry), TL_INT(":prio", prio),
+      TL_TEXT(":source", json_is_string(v = json_object_get(o, "source")) ? json_string_value(v)
+                         : sl->kind == TL_SLOT_POOL                       ? "manual"
+                                                                          : "singleton"),
+      TL_TEXT(":auth", strcmp(auth, "api_key") == 0 ? "api_key" : "oauth"),
+      TL_TEXT(":label", json_is_string(v = json_object_get(o, "label")) ? json_string_value(v) : NULL),
+      TL_TEXT(":ls", ls), TL_OPTINT(":lsat", ms_or_zero(json_object_get(o, "last_status_at"))), TL_OPTINT(":lec", code),
+      TL_TEXT(":ler", json_is_string(v = json_object_get(o, "last_error_reason")) ? json_string_value(v) : NULL),
+      TL_TEXT(":lem", json_is_string(v = json_object_get(o, "last_error_message")) ? json_string_value(v) : NULL),
+      TL_OPTINT(":cool", ls && strcmp(ls, "exhausted") == 0 ? reset : 0), TL_INT(":rc", count), TL_TEXT(":orig", orig));
   free(orig);
-  (void)rowid;
-  if (src != SQLITE_DONE)
-    return tl__err_db(err, s, "pool entry");
-  return TL_OK;
+  return rc;
 }
 
 /* ---- new grants and external rotations ------------------------------------------------------ */
@@ -482,11 +447,12 @@ static tl_status new_credential(int64_t *out, tl__adopt *a, const tl__hf *f, con
   if (strcmp(sl->provider, "nous") == 0 &&
       (rc = nous_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), f->path, sl->path, err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, prov_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":name", sl->provider);
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":name", sl->provider))) ||
+      (rc = tl__step_row(&found, s, st, "provider", err)) != TL_OK)
+    return rc;
+  if (found) {
     purl = tl__col_dup(st, 0);
     pclient = tl__col_dup(st, 1);
   }
@@ -502,32 +468,20 @@ static tl_status new_credential(int64_t *out, tl__adopt *a, const tl__hf *f, con
       json_object_set(extra, keep[i], v);
   extra_text = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
   json_decref(extra);
-  if (!(st = tl__stmt(s, cred_sql, err))) {
-    rc = TL_ERROR;
-    goto done;
-  }
-  tl__bind_text(st, ":prov", sl->provider);
-  tl__bind_text(st, ":client", json_is_string(v = json_object_get(o, "client_id")) ? json_string_value(v) : pclient);
-  tl__bind_text(st, ":url", *url ? url : purl);
-  tl__bind_text(st, ":label", json_is_string(v = json_object_get(o, "label")) ? json_string_value(v) : NULL);
-  tl__bind_secret(st, ":at", at);
-  tl__bind_int(st, ":exp", at ? tl__hf_slot_expiry(sl) : 0);
-  tl__bind_int(st, ":obtained", obtained < now ? obtained : now);
-  tl__bind_text(st, ":scope", json_is_string(v = json_object_get(o, "scope")) ? json_string_value(v) : NULL);
-  tl__bind_text(st, ":extra", extra_text ? extra_text : "{}");
-  tl__bind_int(st, ":now", now);
-  if ((rc = tl__step_done(s, st, "import credential", err)) != TL_OK)
+  json_t *client = json_object_get(o, "client_id"), *label = json_object_get(o, "label"),
+         *scope = json_object_get(o, "scope");
+  if ((rc = TL_Q_EXEC(s, cred_sql, "import credential", err, TL_TEXT(":prov", sl->provider),
+                      TL_TEXT(":client", json_is_string(client) ? json_string_value(client) : pclient),
+                      TL_TEXT(":url", *url ? url : purl),
+                      TL_TEXT(":label", json_is_string(label) ? json_string_value(label) : NULL), TL_SECRET(":at", at),
+                      TL_INT(":exp", at ? tl__hf_slot_expiry(sl) : 0),
+                      TL_INT(":obtained", obtained < now ? obtained : now),
+                      TL_TEXT(":scope", json_is_string(scope) ? json_string_value(scope) : NULL),
+                      TL_TEXT(":extra", extra_text ? extra_text : "{}"), TL_INT(":now", now))) != TL_OK)
     goto done;
   *out = sqlite3_last_insert_rowid(s->db);
-  if (!(st = tl__stmt(s, rt_sql, err))) {
-    rc = TL_ERROR;
-    goto done;
-  }
-  tl__bind_int(st, ":c", *out);
-  tl__bind_text(st, ":fp", fp);
-  tl__bind_secret(st, ":secret", rt);
-  tl__bind_int(st, ":now", now);
-  if ((rc = tl__step_done(s, st, "import refresh token", err)) != TL_OK)
+  if ((rc = TL_Q_EXEC(s, rt_sql, "import refresh token", err, TL_INT(":c", *out), TL_TEXT(":fp", fp),
+                      TL_SECRET(":secret", rt), TL_INT(":now", now))) != TL_OK)
     goto done;
   tl__ids ids = {.profile = f->profile, .credential = *out, .rt = sqlite3_last_insert_rowid(s->db)};
   rc = tl__audit(s, "rt_stored", &ids,
@@ -548,16 +502,17 @@ typedef struct open_rt {
   char state[16];
 } open_rt;
 
-static int load_open_rt(tl_store *s, int64_t cred, open_rt *o)
+static tl_status load_open_rt(int *found, tl_store *s, int64_t cred, open_rt *o, tl_error *err)
 {
   static const char sql[] = "SELECT id, state, generation, coalesce(family_id, id), coalesce(parent_id, 0) FROM "
                             "refresh_token WHERE credential_id = :c AND state IN ('current', 'presented', 'unknown')";
+  sqlite3_stmt *st;
+  tl_status rc;
   memset(o, 0, sizeof *o);
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  if (!st)
-    return 0;
-  tl__bind_int(st, ":c", cred);
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
+      (rc = tl__step_row(found, s, st, "open refresh token", err)) != TL_OK)
+    return rc;
+  if (*found) {
     o->id = sqlite3_column_int64(st, 0);
     snprintf(o->state, sizeof o->state, "%s", (const char *)sqlite3_column_text(st, 1));
     o->gen = sqlite3_column_int64(st, 2);
@@ -565,7 +520,7 @@ static int load_open_rt(tl_store *s, int64_t cred, open_rt *o)
     o->parent = sqlite3_column_int64(st, 4);
   }
   sqlite3_reset(st);
-  return o->id != 0;
+  return TL_OK;
 }
 
 /* One token Hermes obtained that the ledger has not seen, at a place of credential cred. */
@@ -599,12 +554,7 @@ static tl_status retire_open(tl_store *s, const open_rt *o, int64_t now, tl_erro
 {
   static const char sql[] = "UPDATE refresh_token SET state = 'retired', secret = NULL, retired_at = :now WHERE id = "
                             ":id";
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":id", o->id);
-  return tl__step_done(s, st, "external rotation", err);
+  return TL_Q_EXEC(s, sql, "external rotation", err, TL_INT(":now", now), TL_INT(":id", o->id));
 }
 
 /* Hermes rotated the grant: the token becomes the credential's current child. */
@@ -619,23 +569,18 @@ static tl_status chain_external(tl__adopt *a, const pending *p, int64_t *out_rt,
   open_rt o;
   int64_t now = tl__now_ms();
   tl_status rc;
-  int had = load_open_rt(s, p->cred, &o);
+  int had = 0;
+  if ((rc = load_open_rt(&had, s, p->cred, &o, err)) != TL_OK)
+    return rc;
   int resolved = had && strcmp(o.state, "unknown") == 0;
   if (had && (rc = retire_open(s, &o, now, err)) != TL_OK)
     return rc;
-  sqlite3_stmt *st = tl__stmt(s, had ? child_sql : root_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":c", p->cred);
-  if (had) {
-    tl__bind_int(st, ":parent", o.id);
-    tl__bind_int(st, ":family", o.family);
-    tl__bind_int(st, ":gen", o.gen + 1);
-  }
-  tl__bind_text(st, ":fp", p->fp);
-  tl__bind_secret(st, ":secret", p->rt);
-  tl__bind_int(st, ":now", now);
-  if ((rc = tl__step_done(s, st, "external rotation", err)) != TL_OK)
+  rc = had ? TL_Q_EXEC(s, child_sql, "external rotation", err, TL_INT(":c", p->cred), TL_INT(":parent", o.id),
+                       TL_INT(":family", o.family), TL_INT(":gen", o.gen + 1), TL_TEXT(":fp", p->fp),
+                       TL_SECRET(":secret", p->rt), TL_INT(":now", now))
+           : TL_Q_EXEC(s, root_sql, "external rotation", err, TL_INT(":c", p->cred), TL_TEXT(":fp", p->fp),
+                       TL_SECRET(":secret", p->rt), TL_INT(":now", now));
+  if (rc != TL_OK)
     return rc;
   *out_rt = sqlite3_last_insert_rowid(s->db);
   tl__ids ids = {.profile = p->f->profile, .credential = p->cred, .rt = *out_rt};
@@ -664,19 +609,15 @@ static tl_status record_stale(tl__adopt *a, const pending *p, tl_error *err)
   tl_store *s = a->s;
   open_rt o;
   int64_t now = tl__now_ms();
-  int sibling = load_open_rt(s, p->cred, &o) && o.parent;
-  sqlite3_stmt *st = tl__stmt(s, sibling ? sibling_sql : root_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":c", p->cred);
-  if (sibling) {
-    tl__bind_int(st, ":parent", o.parent);
-    tl__bind_int(st, ":family", o.family);
-    tl__bind_int(st, ":gen", o.gen);
-  }
-  tl__bind_text(st, ":fp", p->fp);
-  tl__bind_int(st, ":now", now);
-  tl_status rc = tl__step_done(s, st, "stale external token", err);
+  int found = 0;
+  tl_status rc = load_open_rt(&found, s, p->cred, &o, err);
+  if (rc != TL_OK)
+    return rc;
+  rc = found && o.parent
+           ? TL_Q_EXEC(s, sibling_sql, "stale external token", err, TL_INT(":c", p->cred), TL_INT(":parent", o.parent),
+                       TL_INT(":family", o.family), TL_INT(":gen", o.gen), TL_TEXT(":fp", p->fp), TL_INT(":now", now))
+           : TL_Q_EXEC(s, root_sql, "stale external token", err, TL_INT(":c", p->cred), TL_TEXT(":fp", p->fp),
+                       TL_INT(":now", now));
   if (rc != TL_OK)
     return rc;
   tl__ids ids = {.profile = p->f->profile, .credential = p->cred, .rt = sqlite3_last_insert_rowid(s->db)};
@@ -697,29 +638,16 @@ static tl_status take_access_token(tl__adopt *a, const pending *p, tl_error *err
   json_t *atv = json_object_get(p->sl->obj, "access_token");
   const char *at = json_is_string(atv) && json_string_length(atv) ? json_string_value(atv) : NULL;
   int64_t now = tl__now_ms();
-  sqlite3_stmt *st = tl__stmt(a->s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_secret(st, ":at", at);
-  tl__bind_int(st, ":exp", at ? tl__hf_slot_expiry(p->sl) : 0);
-  tl__bind_int(st, ":obtained", p->obtained && p->obtained < now ? p->obtained : now);
-  tl__bind_int(st, ":now", now);
-  tl__bind_int(st, ":c", p->cred);
-  return tl__step_done(a->s, st, "external rotation", err);
+  return TL_Q_EXEC(a->s, sql, "external rotation", err, TL_SECRET(":at", at),
+                   TL_INT(":exp", at ? tl__hf_slot_expiry(p->sl) : 0),
+                   TL_INT(":obtained", p->obtained && p->obtained < now ? p->obtained : now), TL_INT(":now", now),
+                   TL_INT(":c", p->cred));
 }
 
-static int64_t cred_obtained(tl_store *s, int64_t cred)
+static tl_status cred_obtained(int64_t *out, tl_store *s, int64_t cred, tl_error *err)
 {
   static const char sql[] = "SELECT coalesce(obtained_at, 0) FROM credential WHERE id = :c";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  int64_t v = 0;
-  if (!st)
-    return 0;
-  tl__bind_int(st, ":c", cred);
-  if (sqlite3_step(st) == SQLITE_ROW)
-    v = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  return v;
+  return TL_Q_INT(out, s, sql, err, TL_INT(":c", cred));
 }
 
 /* Every new token of one credential, in order: the chain of Hermes' rotations. */
@@ -727,8 +655,11 @@ static tl_status adopt_group(tl__adopt *a, pending *p, size_t n, tl_error *err)
 {
   tl_status rc;
   open_rt o;
-  int64_t cred = p[0].cred;
-  if (load_open_rt(a->s, cred, &o) && strcmp(o.state, "presented") == 0) {
+  int64_t cred = p[0].cred, current = 0, known = 0;
+  int found = 0;
+  if ((rc = load_open_rt(&found, a->s, cred, &o, err)) != TL_OK)
+    return rc;
+  if (found && strcmp(o.state, "presented") == 0) {
     /* A presentation of ours is in flight: never rewrite history under it. */
     for (size_t i = 0; i < n; i++) {
       p[i].f->unadopted = 1;
@@ -743,10 +674,13 @@ static tl_status adopt_group(tl__adopt *a, pending *p, size_t n, tl_error *err)
     for (size_t k = 0; k < i; k++)
       if (!p[k].dup && strcmp(p[k].fp, p[i].fp) == 0)
         p[i].dup = 1;
-  int64_t current = cred_obtained(a->s, cred);
+  if ((rc = cred_obtained(&current, a->s, cred, err)) != TL_OK)
+    return rc;
   const pending *newest = NULL;
   for (size_t i = 0; i < n; i++) {
-    if (!p[i].dup && cred_of_fp(a->s, p[i].fp))
+    if (!p[i].dup && (rc = cred_of_fp(&known, a->s, p[i].fp, err)) != TL_OK)
+      return rc;
+    if (!p[i].dup && known)
       p[i].dup = 1; /* stored meanwhile (another place of the same token): never twice */
     if (p[i].dup)
       continue;
@@ -766,7 +700,9 @@ static tl_status adopt_group(tl__adopt *a, pending *p, size_t n, tl_error *err)
     return rc;
   for (size_t i = 0; i < n; i++) {
     int is_newest = newest && strcmp(newest->fp, p[i].fp) == 0;
-    int64_t c = cred_of_fp(a->s, p[i].fp); /* the group's, or the grant another place stored it under */
+    int64_t c = 0; /* the group's, or the grant another place stored it under */
+    if ((rc = cred_of_fp(&c, a->s, p[i].fp, err)) != TL_OK)
+      return rc;
     if (!c)
       c = cred;
     if ((rc = set_slot_place(a->s, p[i].f, p[i].sl, c, err)) != TL_OK ||
@@ -794,27 +730,32 @@ static const char *no_rt_action(json_t *o)
   return "no_refresh_token";
 }
 
-static void other_profiles(tl_store *s, int64_t cred, int64_t profile, char *out, size_t n)
+static tl_status other_profiles(tl_store *s, int64_t cred, int64_t profile, char *out, size_t n, tl_error *err)
 {
   static const char sql[] = "SELECT group_concat(DISTINCT p.name) FROM pool_entry e JOIN profile p ON p.id = "
                             "e.profile_id WHERE e.credential_id = :c AND e.profile_id <> :p";
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
   out[0] = '\0';
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  if (!st)
-    return;
-  tl__bind_int(st, ":c", cred);
-  tl__bind_int(st, ":p", profile);
-  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":c", cred), TL_INT(":p", profile))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "profiles", err)) != TL_OK)
+    return rc;
+  if (found && sqlite3_column_text(st, 0))
     snprintf(out, n, "%.*s", (int)n - 1, (const char *)sqlite3_column_text(st, 0));
   sqlite3_reset(st);
+  return TL_OK;
 }
 
 /* A slot whose token the ledger knows: attach it, or (spent) refuse or overwrite. */
 static tl_status adopt_known(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *fp, int64_t known_cred, int live,
                              tl_error *err)
 {
-  tl_status rc;
-  int64_t mapped = place_cred(a->s, f, sl);
+  int64_t mapped = 0;
+  tl_status rc = place_cred(&mapped, a->s, f, sl, err);
+  if (rc != TL_OK)
+    return rc;
   if (!live) {
     snprintf(a->blocked_fp, sizeof a->blocked_fp, "%s", fp);
     snprintf(a->blocked_where, sizeof a->blocked_where, "%s %s %s", a->import ? "import" : "sync", f->path, sl->path);
@@ -828,7 +769,8 @@ static tl_status adopt_known(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *
     return row(a, f, sl, cred, "spent_overwritten", "the file held a spent refresh token; it is replaced", err);
   }
   char others[200] = "", note[300] = "";
-  other_profiles(a->s, known_cred, f->profile, others, sizeof others);
+  if ((rc = other_profiles(a->s, known_cred, f->profile, others, sizeof others, err)) != TL_OK)
+    return rc;
   if (*others && f->profile)
     snprintf(note, sizeof note, "same grant as profile(s) %.200s: one credential", others);
   if ((rc = set_slot_place(a->s, f, sl, known_cred, err)) != TL_OK ||
@@ -842,17 +784,15 @@ static tl_status adopt_known(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *
  * dead grant (needs_reauth) cannot rotate, so a new token at its place is a new
  * login (Hermes' or ours), treated as a new place.
  */
-static int64_t live_place_cred(tl_store *s, const tl__hf *f, const tl__slot *sl)
+static tl_status live_place_cred(int64_t *out, tl_store *s, const tl__hf *f, const tl__slot *sl, tl_error *err)
 {
   static const char sql[] = "SELECT status <> 'needs_reauth' FROM credential WHERE id = :c";
-  int64_t c = place_cred(s, f, sl);
-  sqlite3_stmt *st = c ? tl__stmt(s, sql, NULL) : NULL;
-  if (!st)
-    return 0;
-  tl__bind_int(st, ":c", c);
-  int live = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
-  sqlite3_reset(st);
-  return live ? c : 0;
+  int64_t c = 0, live = 0;
+  tl_status rc = place_cred(&c, s, f, sl, err);
+  if (rc == TL_OK && c)
+    rc = TL_Q_INT(&live, s, sql, err, TL_INT(":c", c));
+  *out = live ? c : 0;
+  return rc;
 }
 
 /*
@@ -923,7 +863,9 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
       tl__slot *sl = &f->ss.v[k];
       const char *rt = tl__hf_slot_rt(sl);
       if (!rt) {
-        int64_t mapped = place_cred(a->s, f, sl);
+        int64_t mapped = 0;
+        if ((rc = place_cred(&mapped, a->s, f, sl, err)) != TL_OK)
+          break;
         if (sl->kind == TL_SLOT_POOL)
           rc = upsert_entry(a, f, sl, mapped, err);
         if (rc == TL_OK && (sl->kind == TL_SLOT_POOL || json_object_get(sl->obj, "access_token")))
@@ -945,8 +887,11 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
         rc = adopt_known(a, f, sl, fp, known_cred, 0, err);
       else if (look != TL_OK)
         rc = tl__err(err, look, probe.sys, "%s", probe.message);
-      else
-        rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, live_place_cred(a->s, f, sl), err);
+      else {
+        int64_t mapped = 0;
+        if ((rc = live_place_cred(&mapped, a->s, f, sl, err)) == TL_OK)
+          rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, mapped, err);
+      }
     }
   }
   if (rc != TL_OK)
@@ -991,13 +936,7 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
         "(SELECT credential_id FROM pool_entry WHERE profile_id = :p AND entry_id NOT LIKE 'providers.%')";
     if (!set->v[i].profile || set->v[i].in_step || !set->v[i].doc)
       continue;
-    sqlite3_stmt *st = tl__stmt(a->s, dedup, err);
-    if (!st) {
-      rc = TL_ERROR;
-      break;
-    }
-    tl__bind_int(st, ":p", set->v[i].profile);
-    rc = tl__step_done(a->s, st, "pool entries", err);
+    rc = TL_Q_EXEC(a->s, dedup, "pool entries", err, TL_INT(":p", set->v[i].profile));
   }
 done:
   free(pv);
@@ -1071,7 +1010,7 @@ static int stash_secrets(json_t *v, stash *st, int depth)
 }
 
 /* The document with every token and secret replaced by a reference: what the ledger keeps. */
-static json_t *templatize(tl_store *s, const tl__hf *f, stash *st)
+static json_t *templatize(tl_store *s, const tl__hf *f, stash *st, tl_status *rc, tl_error *err)
 {
   json_t *t = json_deep_copy(f->doc);
   tl__slots ss = {0};
@@ -1084,7 +1023,12 @@ static json_t *templatize(tl_store *s, const tl__hf *f, stash *st)
     tl__slot *sl = &ss.v[i];
     json_t *o = sl->obj;
     json_t *atv = json_object_get(o, "access_token"), *ak = json_object_get(o, "agent_key");
-    int64_t c = tl__slot_credential(s, f, sl);
+    int64_t c = 0;
+    if ((*rc = tl__slot_credential(&c, s, f, sl, err)) != TL_OK) {
+      tl__hf_slots_free(&ss);
+      json_decref(t);
+      return NULL;
+    }
     if (!c) {
       /* A token the ledger does not hold (a deferred adoption) is not kept at all: the file has it. */
       if (json_is_string(json_object_get(o, "refresh_token")) && tl__hf_slot_rt(sl))
@@ -1120,47 +1064,24 @@ tl_status tl__hfset_remember(tl_store *s, tl__hfset *set, tl_error *err)
     if (!f->doc || (f->in_step && !f->unadopted))
       continue;
     stash st = {0};
-    json_t *t = templatize(s, f, &st);
+    json_t *t = templatize(s, f, &st, &rc, err);
     char *text = t ? json_dumps(t, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(t);
-    sqlite3_stmt *q = text ? tl__stmt(s, sql, err) : NULL;
-    if (!text) {
+    int64_t id = 0;
+    if (!t && rc == TL_OK)
+      rc = TL_ERROR; /* the error is set by templatize */
+    if (rc == TL_OK && !text)
       rc = tl__oom(err);
-    } else if (!q) {
-      rc = TL_ERROR;
-    } else {
-      if (f->profile)
-        tl__bind_int(q, ":p", f->profile);
-      tl__bind_text(q, ":kind", f->shared ? "shared_nous" : "auth");
-      tl__bind_text(q, ":path", f->path);
-      tl__bind_text(q, ":t", text);
-      if (!f->unadopted)
-        tl__bind_text(q, ":sha", f->sha); /* a file with a deferred token is read again next time */
-      tl__bind_int(q, ":now", tl__now_ms());
-      int src = sqlite3_step(q);
-      int64_t id = src == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
-      if (src == SQLITE_ROW)
-        src = sqlite3_step(q);
-      sqlite3_reset(q);
-      if (src != SQLITE_DONE)
-        rc = tl__err_db(err, s, "hermes file");
-      if (rc == TL_OK && !(q = tl__stmt(s, del_sql, err)))
-        rc = TL_ERROR;
-      if (rc == TL_OK) {
-        tl__bind_int(q, ":f", id);
-        rc = tl__step_done(s, q, "hermes secrets", err);
-      }
-      for (size_t k = 0; k < st.n && rc == TL_OK; k++) {
-        if (!(q = tl__stmt(s, ins_sql, err))) {
-          rc = TL_ERROR;
-          break;
-        }
-        tl__bind_int(q, ":f", id);
-        tl__bind_int(q, ":n", (int64_t)k);
-        tl__bind_secret(q, ":s", st.v[k]);
-        rc = tl__step_done(s, q, "hermes secrets", err);
-      }
-    }
+    /* a file with a deferred token keeps no hash: it is read again next time */
+    if (rc == TL_OK)
+      rc = TL_Q_INT(&id, s, sql, err, TL_OPTINT(":p", f->profile), TL_TEXT(":kind", f->shared ? "shared_nous" : "auth"),
+                    TL_TEXT(":path", f->path), TL_TEXT(":t", text), TL_TEXT(":sha", f->unadopted ? NULL : f->sha),
+                    TL_INT(":now", tl__now_ms()));
+    if (rc == TL_OK)
+      rc = TL_Q_EXEC(s, del_sql, "hermes secrets", err, TL_INT(":f", id));
+    for (size_t k = 0; k < st.n && rc == TL_OK; k++)
+      rc = TL_Q_EXEC(s, ins_sql, "hermes secrets", err, TL_INT(":f", id), TL_INT(":n", (int64_t)k),
+                     TL_SECRET(":s", st.v[k]));
     stash_free(&st);
     free(text);
   }
@@ -1231,21 +1152,23 @@ static int by_name(const void *a, const void *b)
 }
 
 /* The profile's recorded home, if any (to tell a home's auth.json from a copy). */
-static int profile_home(tl_store *s, const char *name, char *out, size_t n)
+static tl_status profile_home(int *has, tl_store *s, const char *name, char *out, size_t n, tl_error *err)
 {
   static const char sql[] = "SELECT home FROM profile WHERE name = :n";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
+  sqlite3_stmt *st;
   int found = 0;
+  tl_status rc;
   out[0] = '\0';
-  if (!st)
-    return 0;
-  tl__bind_text(st, ":n", name);
-  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0)) {
+  *has = 0;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":n", name))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "profile", err)) != TL_OK)
+    return rc;
+  if (found && sqlite3_column_text(st, 0)) {
     snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
-    found = 1;
+    *has = 1;
   }
   sqlite3_reset(st);
-  return found;
+  return TL_OK;
 }
 
 static tl_status plan_root(plan **v, size_t *n, size_t *cap, tl_report *warn, const char *abs, tl_error *err)
@@ -1341,8 +1264,11 @@ static tl_status plan_import(plan **v, size_t *n, size_t *cap, tl_report *warn, 
     char *slash = strrchr(dir, '/');
     if (slash)
       *slash = '\0';
-    int is_home = profile_home(s, profile, home, sizeof home) && strcmp(home, dir) == 0 && slash &&
-                  strcmp(slash + 1, "auth.json") == 0;
+    int has = 0;
+    tl_status rc = profile_home(&has, s, profile, home, sizeof home, err);
+    if (rc != TL_OK)
+      return rc;
+    int is_home = has && strcmp(home, dir) == 0 && slash && strcmp(slash + 1, "auth.json") == 0;
     return add_plan(v, n, cap, profile, is_home ? home : NULL, abs, 0, err);
   }
   if (o && o->all_profiles) {
@@ -1365,22 +1291,12 @@ static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, con
   if (tl__profile_id(out, s, name, &probe) == TL_OK) {
     if (!home)
       return TL_OK;
-    sqlite3_stmt *st = tl__stmt(s, upd, err);
-    if (!st)
-      return TL_ERROR;
-    tl__bind_text(st, ":h", home);
-    tl__bind_int(st, ":id", *out);
-    return tl__step_done(s, st, "profile home", err);
+    return TL_Q_EXEC(s, upd, "profile home", err, TL_TEXT(":h", home), TL_INT(":id", *out));
   }
   if (!tl_profile_name_valid(name))
     return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", name);
-  sqlite3_stmt *st = tl__stmt(s, ins, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":n", name);
-  tl__bind_text(st, ":h", home);
-  tl__bind_int(st, ":now", tl__now_ms());
-  tl_status rc = tl__step_done(s, st, "profile", err);
+  tl_status rc =
+      TL_Q_EXEC(s, ins, "profile", err, TL_TEXT(":n", name), TL_TEXT(":h", home), TL_INT(":now", tl__now_ms()));
   *out = sqlite3_last_insert_rowid(s->db);
   if (rc == TL_OK) {
     tl__ids ids = {.profile = *out};

@@ -202,17 +202,14 @@ tl_status tl__hfset_for_credential(tl__hfset *set, tl_store *s, int64_t cred, tl
   static const char shared_sql[] =
       "SELECT substr(place, 8) FROM grant_place WHERE profile_id IS NULL AND credential_id = :c";
   static const char nous_sql[] = "SELECT provider = 'nous' FROM credential WHERE id = :c";
-  tl_status rc = TL_OK;
-  sqlite3_stmt *st = tl__stmt(s, nous_sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":c", cred);
-  int nous = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
-  sqlite3_reset(st);
-  if (!(st = tl__stmt(s, homes_sql, err)))
-    return TL_ERROR;
-  tl__bind_int(st, ":c", cred);
-  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
+  int64_t nous = 0;
+  int found = 0;
+  sqlite3_stmt *st;
+  tl_status rc = TL_Q_INT(&nous, s, nous_sql, err, TL_INT(":c", cred));
+  if (rc != TL_OK || (rc = tl__prepare(&st, s, homes_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "homes", err)) == TL_OK && found) {
     const char *home = (const char *)sqlite3_column_text(st, 2);
     rc = add_home(set, home, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 1, err);
     if (rc == TL_OK && nous) {
@@ -220,13 +217,16 @@ tl_status tl__hfset_for_credential(tl__hfset *set, tl_store *s, int64_t cred, tl
       shared_for_home(shared, sizeof shared, home);
       rc = add_shared(set, shared, 1, err);
     }
+    if (rc != TL_OK)
+      break;
   }
   sqlite3_reset(st);
-  if (rc != TL_OK || !(st = tl__stmt(s, shared_sql, err)))
-    return rc != TL_OK ? rc : TL_ERROR;
-  tl__bind_int(st, ":c", cred);
-  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW)
-    rc = add_shared(set, (const char *)sqlite3_column_text(st, 0), 0, err);
+  if (rc != TL_OK || (rc = tl__prepare(&st, s, shared_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "shared stores", err)) == TL_OK && found &&
+         (rc = add_shared(set, (const char *)sqlite3_column_text(st, 0), 0, err)) == TL_OK)
+    ;
   sqlite3_reset(st);
   return rc;
 }
@@ -237,23 +237,26 @@ static tl_status set_for_all(tl__hfset *set, tl_store *s, tl_error *err)
   static const char homes_sql[] = "SELECT id, name, home FROM profile WHERE home IS NOT NULL ORDER BY name";
   static const char shared_sql[] = "SELECT substr(place, 8) FROM grant_place WHERE profile_id IS NULL UNION SELECT "
                                    "path FROM hermes_file WHERE kind = 'shared_nous'";
-  tl_status rc = TL_OK;
-  sqlite3_stmt *st = tl__stmt(s, homes_sql, err);
-  if (!st)
-    return TL_ERROR;
-  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc = tl__prepare(&st, s, homes_sql, err);
+  if (rc != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "homes", err)) == TL_OK && found) {
     const char *home = (const char *)sqlite3_column_text(st, 2);
-    rc = add_home(set, home, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 0, err);
     char shared[PATH_MAX + 64];
     shared_for_home(shared, sizeof shared, home);
-    if (rc == TL_OK)
-      rc = add_shared(set, shared, 1, err);
+    if ((rc = add_home(set, home, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 0, err)) !=
+            TL_OK ||
+        (rc = add_shared(set, shared, 1, err)) != TL_OK)
+      break;
   }
   sqlite3_reset(st);
-  if (rc != TL_OK || !(st = tl__stmt(s, shared_sql, err)))
-    return rc != TL_OK ? rc : TL_ERROR;
-  while (rc == TL_OK && sqlite3_step(st) == SQLITE_ROW)
-    rc = add_shared(set, (const char *)sqlite3_column_text(st, 0), 0, err);
+  if (rc != TL_OK || (rc = tl__prepare(&st, s, shared_sql, err)) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "shared stores", err)) == TL_OK && found &&
+         (rc = add_shared(set, (const char *)sqlite3_column_text(st, 0), 0, err)) == TL_OK)
+    ;
   sqlite3_reset(st);
   return rc;
 }
@@ -268,11 +271,12 @@ static tl_status set_for_profile(tl__hfset *set, tl_store *s, int64_t profile, c
   tl_status rc = add_home(set, home, profile, name, 0, err);
   int64_t *creds = NULL;
   size_t n = 0;
-  sqlite3_stmt *st = rc == TL_OK ? tl__stmt(s, creds_sql, err) : NULL;
-  if (rc != TL_OK || !st)
-    return rc != TL_OK ? rc : TL_ERROR;
-  tl__bind_int(st, ":p", profile);
-  while (sqlite3_step(st) == SQLITE_ROW) {
+  int found = 0;
+  sqlite3_stmt *st;
+  if (rc != TL_OK || (rc = tl__prepare(&st, s, creds_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":p", profile))) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "credentials", err)) == TL_OK && found) {
     int64_t *nv = realloc(creds, (n + 1) * sizeof *nv);
     if (!nv) {
       sqlite3_reset(st);
@@ -323,14 +327,14 @@ static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
       "t.state, c.provider, c.scope, c.client_id, c.token_url, c.label FROM credential c LEFT JOIN refresh_token t "
       "ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown') WHERE c.id = :id";
   memset(c, 0, sizeof *c);
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":id", id);
-  if (sqlite3_step(st) != SQLITE_ROW) {
-    sqlite3_reset(st);
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", id))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "credential", err)) != TL_OK)
+    return rc;
+  if (!found)
     return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)id);
-  }
   c->id = id;
   snprintf(c->status, sizeof c->status, "%s", (const char *)sqlite3_column_text(st, 0));
   c->at = tl__col_dup(st, 1);
@@ -376,38 +380,26 @@ static tl__grant grant_of(const credinfo *c, int64_t now)
 }
 
 /* The profile's first usable grant for a provider (what a new login gives it). */
-static int64_t primary_cred(tl_store *s, int64_t profile, const char *provider, int64_t not )
+static tl_status primary_cred(int64_t *out, tl_store *s, int64_t profile, const char *provider, int64_t not,
+                              tl_error *err)
 {
   static const char sql[] =
       "SELECT e.credential_id FROM pool_entry e JOIN credential c ON c.id = e.credential_id WHERE e.profile_id = :p "
       "AND e.provider = :prov AND c.status = 'active' AND e.last_status IS NOT 'dead' AND c.id <> :not AND EXISTS "
       "(SELECT 1 FROM refresh_token t WHERE t.credential_id = c.id AND t.state = 'current') ORDER BY e.priority, e.id "
       "LIMIT 1";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  int64_t c = 0;
-  if (!st)
-    return 0;
-  tl__bind_int(st, ":p", profile);
-  tl__bind_text(st, ":prov", provider);
-  tl__bind_int(st, ":not", not );
-  if (sqlite3_step(st) == SQLITE_ROW)
-    c = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  return c;
+  return TL_Q_INT(out, s, sql, err, TL_INT(":p", profile), TL_TEXT(":prov", provider), TL_INT(":not", not ));
 }
 
-static int known_token(tl_store *s, const char *rt)
+static tl_status known_token(int *out, tl_store *s, const char *rt, tl_error *err)
 {
   static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp";
   char fp[65];
+  int64_t yes = 0;
   tl_fingerprint(fp, rt, strlen(rt));
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  if (!st)
-    return 0;
-  tl__bind_text(st, ":fp", fp);
-  int yes = sqlite3_step(st) == SQLITE_ROW;
-  sqlite3_reset(st);
-  return yes;
+  tl_status rc = TL_Q_INT(&yes, s, sql, err, TL_TEXT(":fp", fp));
+  *out = yes == 1;
+  return rc;
 }
 
 /* ---- write-back ------------------------------------------------------------------------------ */
@@ -426,16 +418,21 @@ typedef struct wb {
 } wb;
 
 /* A recreated document's stashed secrets (hermes_secret), back in place. */
-static void unstash(tl_store *s, json_t *v, int64_t file, int depth)
+static tl_status unstash(tl_store *s, json_t *v, int64_t file, int depth, tl_error *err)
 {
   static const char sql[] = "SELECT secret FROM hermes_secret WHERE file_id = :f AND n = :n";
+  tl_status rc = TL_OK;
   if (depth > 64)
-    return;
+    return TL_OK;
   if (json_is_array(v)) {
     size_t i;
     json_t *x;
-    json_array_foreach(v, i, x) unstash(s, x, file, depth + 1);
-    return;
+    json_array_foreach(v, i, x)
+    {
+      if ((rc = unstash(s, x, file, depth + 1, err)) != TL_OK)
+        return rc;
+    }
+    return TL_OK;
   }
   const char *k;
   json_t *x;
@@ -444,20 +441,21 @@ static void unstash(tl_store *s, json_t *v, int64_t file, int depth)
   {
     json_t *tag = json_object_get(x, "$tl");
     if (!json_is_string(tag) || strcmp(json_string_value(tag), "secret") != 0) {
-      unstash(s, x, file, depth + 1);
+      if ((rc = unstash(s, x, file, depth + 1, err)) != TL_OK)
+        return rc;
       continue;
     }
-    sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-    if (!st)
-      return;
-    tl__bind_int(st, ":f", file);
-    tl__bind_int(st, ":n", json_integer_value(json_object_get(x, "n")));
-    if (sqlite3_step(st) == SQLITE_ROW)
-      json_object_set_new(v, k, json_string((const char *)sqlite3_column_text(st, 0)));
-    else
-      json_object_set_new(v, k, json_null());
+    sqlite3_stmt *st;
+    int found = 0;
+    if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_INT(":f", file), TL_INT(":n", json_integer_value(json_object_get(x, "n"))))) !=
+            TL_OK ||
+        (rc = tl__step_row(&found, s, st, "hermes secrets", err)) != TL_OK)
+      return rc;
+    json_object_set_new(v, k, found ? json_string((const char *)sqlite3_column_text(st, 0)) : json_null());
     sqlite3_reset(st);
   }
+  return TL_OK;
 }
 
 /* References left in a recreated document (a grant no longer held) become nulls. */
@@ -487,15 +485,11 @@ static tl_status strict_grant(wb *w, const credinfo *c, tl__grant *g, char **sur
   /* One surrogate per grant and generation, whatever file it goes to: its first strict profile's. */
   static const char owner_sql[] = "SELECT min(sp.profile_id) FROM strict_profile sp JOIN pool_entry e ON "
                                   "e.profile_id = sp.profile_id WHERE e.credential_id = :c";
-  sqlite3_stmt *st = tl__stmt(w->s, owner_sql, err);
   int64_t owner = 0;
-  if (!st)
-    return TL_ERROR;
-  tl__bind_int(st, ":c", c->id);
-  if (sqlite3_step(st) == SQLITE_ROW)
-    owner = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  tl_status rc = tl__strict_surrogate(surrogate, w->s, c->id, owner ? owner : w->strict_profile, err);
+  tl_status rc = TL_Q_INT(&owner, w->s, owner_sql, err, TL_INT(":c", c->id));
+  if (rc != TL_OK)
+    return rc;
+  rc = tl__strict_surrogate(surrogate, w->s, c->id, owner ? owner : w->strict_profile, err);
   if (rc != TL_OK)
     return rc;
   g->refresh_token = *surrogate;
@@ -511,9 +505,12 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
     return rc;
   *removed = 0;
   if (strcmp(c.status, "needs_reauth") == 0) {
-    int64_t next = sl->kind == TL_SLOT_SHARED
-                       ? w->shared_replacement
-                       : (w->f->profile ? primary_cred(w->s, w->f->profile, sl->provider, cred) : 0);
+    int64_t next = sl->kind == TL_SLOT_SHARED ? w->shared_replacement : 0;
+    if (sl->kind != TL_SLOT_SHARED && w->f->profile &&
+        (rc = primary_cred(&next, w->s, w->f->profile, sl->provider, cred, err)) != TL_OK) {
+      credinfo_clear(&c);
+      return rc;
+    }
     if (next && sl->kind != TL_SLOT_POOL) {
       /* A new login replaces the dead grant at this place. */
       credinfo n;
@@ -559,21 +556,13 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
 }
 
 /* A singleton place remapped to a new login: the shared store of the same dead grant follows. */
-static int64_t successor(tl_store *s, int64_t dead)
+static tl_status successor(int64_t *out, tl_store *s, int64_t dead, tl_error *err)
 {
   static const char sql[] =
       "SELECT g.credential_id FROM grant_place g JOIN credential c ON c.id = g.credential_id WHERE g.profile_id IS "
       "NOT NULL AND c.status = 'active' AND g.profile_id IN (SELECT profile_id FROM pool_entry WHERE credential_id = "
       ":d) AND c.provider = 'nous' ORDER BY c.created_at DESC LIMIT 1";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  int64_t c = 0;
-  if (!st)
-    return 0;
-  tl__bind_int(st, ":d", dead);
-  if (sqlite3_step(st) == SQLITE_ROW)
-    c = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  return c;
+  return TL_Q_INT(out, s, sql, err, TL_INT(":d", dead));
 }
 
 static json_t *child(json_t *parent, const char *k, int array)
@@ -601,8 +590,9 @@ static tl_status ensure_nous(wb *w, tl_error *err)
     for (size_t i = 0; i < f->ss.n; i++)
       if (strcmp(f->ss.v[i].provider, "nous") == 0 && tl__hf_slot_rt(&f->ss.v[i]))
         return TL_OK; /* Hermes has a Nous grant here */
-    if (!(cred = primary_cred(w->s, f->profile, "nous", 0)))
-      return TL_OK;
+    tl_status prc = primary_cred(&cred, w->s, f->profile, "nous", 0, err);
+    if (prc != TL_OK || !cred)
+      return prc;
   }
   credinfo c;
   tl_status rc = load_cred(&c, w->s, cred, err);
@@ -642,13 +632,12 @@ static tl_status ensure_nous(wb *w, tl_error *err)
       return rc;
     }
   }
-  sqlite3_stmt *st = rc == TL_OK ? tl__stmt(w->s, entry_sql, err) : NULL;
-  if (rc == TL_OK && !st)
-    rc = TL_ERROR;
-  if (st) {
-    tl__bind_int(st, ":p", f->profile);
-    tl__bind_int(st, ":c", cred);
-    if (sqlite3_step(st) == SQLITE_ROW) {
+  sqlite3_stmt *st = NULL;
+  int found = 0;
+  if (rc == TL_OK && (rc = tl__prepare(&st, w->s, entry_sql, err)) == TL_OK &&
+      (rc = TL_BIND(st, err, TL_INT(":p", f->profile), TL_INT(":c", cred))) == TL_OK &&
+      (rc = tl__step_row(&found, w->s, st, "pool entry", err)) == TL_OK) {
+    if (found) {
       json_t *row = tl__hf_pool_row((const char *)sqlite3_column_text(st, 0),
                                     sqlite3_column_text(st, 1) ? (const char *)sqlite3_column_text(st, 1) : c.label,
                                     sqlite3_column_int64(st, 2));
@@ -670,25 +659,31 @@ static tl_status ensure_nous(wb *w, tl_error *err)
   return rc;
 }
 
-static json_t *load_template(tl_store *s, const char *path, int64_t *synced)
+static tl_status load_template(json_t **out, tl_store *s, const char *path, int64_t *synced, tl_error *err)
 {
   static const char sql[] = "SELECT template, synced_at, id FROM hermes_file WHERE path = :path";
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  json_t *t = NULL;
+  sqlite3_stmt *st;
+  int found = 0;
   int64_t id = 0;
-  if (!st)
-    return NULL;
-  tl__bind_text(st, ":path", path);
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    t = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+  tl_status rc;
+  *out = NULL;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":path", path))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "hermes file", err)) != TL_OK)
+    return rc;
+  if (found) {
+    *out = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
     if (synced)
       *synced = sqlite3_column_int64(st, 1);
     id = sqlite3_column_int64(st, 2);
+    sqlite3_reset(st);
+    if (!*out)
+      return tl__err(err, TL_ECORRUPT, 0, "%s: the ledger's template of this file is not JSON", path);
   }
-  sqlite3_reset(st);
-  if (t)
-    unstash(s, t, id, 0);
-  return t;
+  if (*out && (rc = unstash(s, *out, id, 0, err)) != TL_OK) {
+    json_decref(*out);
+    *out = NULL;
+  }
+  return rc;
 }
 
 /*
@@ -697,11 +692,14 @@ static json_t *load_template(tl_store *s, const char *path, int64_t *synced)
  * exactly as Hermes wrote it (the round-trip law). A credential that changed
  * since keeps its references, and the fill writes every owned field anew.
  */
-static void resolve_refs(tl_store *s, tl__slot *sl, int64_t cred, int64_t synced)
+static tl_status resolve_refs(tl_store *s, tl__slot *sl, int64_t cred, int64_t synced, tl_error *err)
 {
   credinfo c;
-  if (!synced || load_cred(&c, s, cred, NULL) != TL_OK)
-    return;
+  tl_status rc;
+  if (!synced)
+    return TL_OK;
+  if ((rc = load_cred(&c, s, cred, err)) != TL_OK)
+    return rc;
   if (c.obtained <= synced && c.rt && c.at) {
     static const char *const k[] = {"refresh_token", "access_token", "agent_key"};
     for (size_t i = 0; i < 3; i++) {
@@ -711,6 +709,7 @@ static void resolve_refs(tl_store *s, tl__slot *sl, int64_t cred, int64_t synced
     }
   }
   credinfo_clear(&c);
+  return TL_OK;
 }
 
 static tl_status report_file(tl_report *r, const tl__hf *f, const char *action, const char *note, tl_error *err)
@@ -727,44 +726,42 @@ int tl__strict_url(char *out, size_t n, tl_store *s)
 {
   static const char sql[] = "SELECT host, port FROM serve_state WHERE id = 1";
   tl_error ignore = {0};
+  sqlite3_stmt *st;
+  int found = 0, ok = 0;
   if (tl__strict_portal_url(out, n, s, &ignore) == TL_OK)
     return 1;
-  sqlite3_stmt *st = tl__stmt(s, sql, NULL);
-  int ok = 0;
-  if (st && sqlite3_step(st) == SQLITE_ROW)
+  if (tl__prepare(&st, s, sql, &ignore) != TL_OK || tl__step_row(&found, s, st, "serve state", &ignore) != TL_OK)
+    return 0; /* no address known: the callers say "start serve" */
+  if (found)
     ok = tl__serve_url(out, n, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1)) != 0;
-  if (st)
-    sqlite3_reset(st);
+  sqlite3_reset(st);
   return ok;
 }
 
 /* Is the file in strict mode, and whose surrogates does it hold? A shared store is when one of its profiles is. */
-static int64_t strict_owner(tl_store *s, const tl__hf *f)
+static tl_status strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_error *err)
 {
   static const char shared_sql[] =
       "SELECT sp.profile_id FROM strict_profile sp JOIN pool_entry e ON e.profile_id = sp.profile_id JOIN grant_place "
       "g ON g.credential_id = e.credential_id WHERE g.profile_id IS NULL AND g.place = :place ORDER BY sp.profile_id "
       "LIMIT 1";
-  if (!f->shared)
-    return f->profile && tl__strict_profile(s, f->profile) ? f->profile : 0;
+  *out = 0;
+  if (!f->shared) {
+    *out = f->profile && tl__strict_profile(s, f->profile) ? f->profile : 0;
+    return TL_OK;
+  }
   char place[PATH_MAX + 16];
   snprintf(place, sizeof place, "shared:%s", f->path);
-  sqlite3_stmt *st = tl__stmt(s, shared_sql, NULL);
-  int64_t p = 0;
-  if (!st)
-    return 0;
-  tl__bind_text(st, ":place", place);
-  if (sqlite3_step(st) == SQLITE_ROW)
-    p = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  return p;
+  return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place));
 }
 
 static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *err)
 {
   wb w = {.s = s, .f = f, .report = report, .now = tl__now_ms()};
-  tl_status rc = TL_OK;
-  if ((w.strict_profile = strict_owner(s, f))) {
+  tl_status rc = strict_owner(&w.strict_profile, s, f, err);
+  if (rc != TL_OK)
+    return rc;
+  if (w.strict_profile) {
     w.strict = 1;
     if (!tl__strict_url(w.portal, sizeof w.portal, s))
       return tl__err(err, TL_ENOTFOUND, 0,
@@ -780,7 +777,9 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
       return TL_OK;
     if (f->shared)
       f->doc = json_pack("{s:i}", "_schema", 1); /* created only if its grant (or a successor) fills it */
-    else if (!(f->doc = load_template(s, f->path, &synced)))
+    else if ((rc = load_template(&f->doc, s, f->path, &synced, err)) != TL_OK)
+      return rc;
+    else if (!f->doc)
       f->doc = json_pack("{s:i, s:{}}", "version", 1, "providers");
     if (!f->doc)
       return tl__oom(err);
@@ -792,14 +791,18 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
   if (f->shared) {
     char place[PATH_MAX + 16];
     snprintf(place, sizeof place, "shared:%s", f->path);
-    int64_t c = tl__slot_credential(s, f, &f->ss.v[0]);
+    int64_t c = 0;
+    if ((rc = tl__slot_credential(&c, s, f, &f->ss.v[0], err)) != TL_OK)
+      return rc;
     if (c) {
       credinfo ci;
       if ((rc = load_cred(&ci, s, c, err)) != TL_OK)
         return rc;
       if (strcmp(ci.status, "needs_reauth") == 0)
-        w.shared_replacement = successor(s, c);
+        rc = successor(&w.shared_replacement, s, c, err);
       credinfo_clear(&ci);
+      if (rc != TL_OK)
+        return rc;
     }
   }
   size_t nremove = 0;
@@ -808,15 +811,21 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
     return tl__oom(err);
   for (size_t i = 0; i < f->ss.n && rc == TL_OK; i++) {
     tl__slot *sl = &f->ss.v[i];
-    int64_t cred = tl__slot_credential(s, f, sl);
+    int64_t cred = 0;
+    int known = 1;
     const char *rt = tl__hf_slot_rt(sl);
+    if ((rc = tl__slot_credential(&cred, s, f, sl, err)) != TL_OK)
+      break;
     if (!cred) {
       drop_refs(sl);
       continue;
     }
-    if (rt && !tl__strict_is_surrogate(rt) && !known_token(s, rt))
+    if (rt && !tl__strict_is_surrogate(rt) && (rc = known_token(&known, s, rt, err)) != TL_OK)
+      break;
+    if (!known)
       continue; /* never overwrite a token the ledger does not know */
-    resolve_refs(s, sl, cred, synced);
+    if ((rc = resolve_refs(s, sl, cred, synced, err)) != TL_OK)
+      break;
     int removed = 0;
     rc = fill_slot(&w, sl, cred, &removed, err);
     if (removed)
@@ -961,12 +970,13 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
    * holding its own locks while it waits for the answer. They are left to the
    * next sync, which takes their locks outside any request.
    */
-  for (size_t i = 0; rc == TL_OK && i < set.n;)
-    if (strict_owner(s, &set.v[i])) {
+  for (size_t i = 0; rc == TL_OK && i < set.n;) {
+    int64_t owner = 0;
+    if ((rc = strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner)
       tl__hfset_remove(&set, i);
-    } else {
+    else
       i++;
-    }
+  }
   if (rc != TL_OK || set.n == 0) {
     tl__hfset_free(&set);
     return rc != TL_OK ? rc : tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
@@ -1015,14 +1025,14 @@ static tl_status load_profile(profinfo *p, tl_store *s, const char *name, tl_err
   static const char sql[] = "SELECT p.id, p.home, (SELECT path FROM hermes_file WHERE profile_id = p.id AND kind = "
                             "'auth' ORDER BY synced_at DESC LIMIT 1) FROM profile p WHERE p.name = :n";
   memset(p, 0, sizeof *p);
-  sqlite3_stmt *st = tl__stmt(s, sql, err);
-  if (!st)
-    return TL_ERROR;
-  tl__bind_text(st, ":n", name);
-  if (sqlite3_step(st) != SQLITE_ROW) {
-    sqlite3_reset(st);
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":n", name))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "profile", err)) != TL_OK)
+    return rc;
+  if (!found)
     return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist", name);
-  }
   p->id = sqlite3_column_int64(st, 0);
   snprintf(p->name, sizeof p->name, "%s", name);
   if (sqlite3_column_text(st, 1))
@@ -1048,7 +1058,10 @@ static tl_status export_copy(tl_store *s, const profinfo *p, const char *output,
     goto done;
   for (size_t i = 0; f->doc && i < f->ss.n; i++) {
     const char *rt = tl__hf_slot_rt(&f->ss.v[i]);
-    if (rt && !known_token(s, rt)) {
+    int known = 1;
+    if (rt && !tl__strict_is_surrogate(rt) && (rc = known_token(&known, s, rt, err)) != TL_OK)
+      goto done;
+    if (!known) {
       rc = tl__err(err, TL_EINVAL, 0,
                    "%s: %s.refresh_token holds a refresh token the ledger does not know (perhaps Hermes rotated it); "
                    "refusing to write over it. If this is a profile's own auth.json, run 'tokenledger sync --profile "
@@ -1059,7 +1072,8 @@ static tl_status export_copy(tl_store *s, const profinfo *p, const char *output,
   }
   if (!f->doc) {
     const char *src = p->source[0] ? p->source : NULL;
-    f->doc = src ? load_template(s, src, &f->template_synced) : NULL;
+    if (src && (rc = load_template(&f->doc, s, src, &f->template_synced, err)) != TL_OK)
+      goto done;
     f->created = 1;
     if (!f->doc) {
       f->doc = json_pack("{s:i, s:{}}", "version", 1, "providers");
@@ -1085,7 +1099,10 @@ static tl_status export_shared(tl_store *s, const profinfo *p, const char *dir, 
   if (!realpath(dir, real))
     return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: %s", dir, strerror(errno));
   snprintf(path, sizeof path, "%s/nous_auth.json", real);
-  int64_t cred = primary_cred(s, p->id, "nous", 0);
+  int64_t cred = 0;
+  tl_status prc = primary_cred(&cred, s, p->id, "nous", 0, err);
+  if (prc != TL_OK)
+    return prc;
   if (!cred)
     return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has no usable nous grant to write to %s", p->name, path);
   tl__hfset set = {0};
@@ -1103,7 +1120,10 @@ static tl_status export_shared(tl_store *s, const profinfo *p, const char *dir, 
   snprintf(place, sizeof place, "shared:%s", path);
   if (rc == TL_OK && f->doc) {
     const char *rt = tl__hf_slot_rt(&f->ss.v[0]);
-    if (rt && !known_token(s, rt))
+    int known = 1;
+    if (rt && !tl__strict_is_surrogate(rt))
+      rc = known_token(&known, s, rt, err);
+    if (rc == TL_OK && !known)
       rc = tl__err(err, TL_EINVAL, 0, "%s: holds a refresh token the ledger does not know; refusing to write over it",
                    path);
   }
@@ -1198,13 +1218,12 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
       rc = add_shared(&set, paths[i], 1, err);
       continue;
     }
-    sqlite3_stmt *st = tl__stmt(s, sql, err);
-    if (!st) {
-      rc = TL_ERROR;
+    sqlite3_stmt *st;
+    int found = 0;
+    if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":h", dir))) != TL_OK ||
+        (rc = tl__step_row(&found, s, st, "profile", err)) != TL_OK)
       break;
-    }
-    tl__bind_text(st, ":h", dir);
-    if (sqlite3_step(st) == SQLITE_ROW)
+    if (found)
       rc = add_home(&set, dir, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 1, err);
     sqlite3_reset(st);
   }

@@ -121,11 +121,6 @@ tl_status tl__check_sidecars(const char *path, tl_error *err);
 /* The schema is exactly what migrations 1..version made (TL_EINSECURE naming the first difference). */
 tl_status tl__schema_check(tl_store *s, int version, tl_error *err);
 
-/* Legacy forms, kept for hermes.c until it is converted: they lose the status and ignore unknown names. */
-sqlite3_stmt *tl__stmt(tl_store *s, const char *sql, tl_error *err);
-int tl__bind_text(sqlite3_stmt *st, const char *name, const char *v);
-int tl__bind_secret(sqlite3_stmt *st, const char *name, const char *v);
-int tl__bind_int(sqlite3_stmt *st, const char *name, int64_t v);
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
