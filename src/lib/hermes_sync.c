@@ -959,6 +959,16 @@ static tl_status run_sync(tl_store *s, tl__hfset *set, tl_report *report, tl_err
   return rc;
 }
 
+tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err)
+{
+  tl__hfset set = {0};
+  tl_status rc = tl__hfset_for_credential(&set, s, cred, err);
+  if (rc == TL_OK && set.n)
+    rc = run_sync(s, &set, NULL, err);
+  tl__hfset_free(&set);
+  return rc;
+}
+
 tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
                            int64_t ahead_ms, tl_error *err)
 {

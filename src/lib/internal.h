@@ -180,6 +180,8 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
  * write-back of every file holding the grant, unlock. Otherwise the protocol alone. */
 tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
                            int64_t ahead_ms, tl_error *err);
+/* hermes_sync.c: every Hermes file holding the credential brought in step (its locks, adopt, write back). */
+tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err);
 /* refresh.c: releases the store's rescue-file reservation (tl_store_free). */
 void tl__rescue_unreserve(tl_store *s);
 

@@ -2262,8 +2262,12 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
   sqlite3_reset(st);
   if (!*status)
     return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
-  if (action == TL_RECOVER_RESCUE)
-    return recover_rescue(out, s, cred, err);
+  if (action == TL_RECOVER_RESCUE) {
+    /* The rescued rotation reaches Hermes' files at once: they still hold the token the server rotated. */
+    if ((rc = recover_rescue(out, s, cred, err)) == TL_OK)
+      rc = tl__sync_credential(s, cred, err);
+    return rc;
+  }
   if (strcmp(status, "uncertain") != 0)
     return tl__err(err, TL_EINVAL, 0, "credential %lld is %s: there is no unknown outcome to recover from",
                    (long long)cred, status);
@@ -2292,7 +2296,9 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
   tl__ids ids = {.credential = cred};
   if ((rc = tl__audit(s, "recover_mark_dead", &ids, NULL, err)) != TL_OK)
     goto fail;
-  return tl__tx_commit(s, err);
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    return rc;
+  return tl__sync_credential(s, cred, err); /* Hermes' files are quarantined as Hermes would */
 fail:
   tl__tx_rollback(s);
   return rc;

@@ -166,6 +166,11 @@ for i in $(seq 30); do  # SIGTERM during an export never leaves the temporary fi
   sleep "0.00$((RANDOM % 9))"; kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
 done
 check '! ls -a "$WORK" | grep -q "^\.sig_.*\.tmp$"' "no temporary file left by SIGTERM"
+# recover --mark-dead reaches the files: quarantined as Hermes would, the shared store removed
+sqlite3 "$DB" "UPDATE refresh_token SET state = 'unknown', retired_at = 1 WHERE state = 'current'; UPDATE credential SET status = 'uncertain'"
+tl $D recover --credential 1 --mark-dead; expect 0 "an unknown outcome given up"
+check 'jq -e ".providers.nous | (has(\"refresh_token\") | not) and .last_auth_error.relogin_required" "$(auth "$R" alpha)" >/dev/null' "the profile's file is quarantined at once"
+check '[ ! -e "$R/shared/nous_auth.json" ]' "and the shared store removed"
 
 # --- 9. the Hermes-faithful race: four profiles sharing one grant, Hermes refreshing, keep-fresh --watch and sync --all running
 kill "$PORTAL_PID"; wait "$PORTAL_PID" 2>/dev/null || true; rm -f "$WORK/port"
