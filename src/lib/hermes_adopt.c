@@ -376,19 +376,19 @@ static tl_status upsert_entry(tl__adopt *a, const tl__hf *f, const tl__slot *sl,
   if (ls && strcmp(ls, "ok") && strcmp(ls, "exhausted") && strcmp(ls, "dead"))
     ls = NULL;
   int64_t reset = ms_or_zero(json_object_get(o, "last_error_reset_at"));
+  json_t *src = json_object_get(o, "source"), *label = json_object_get(o, "label"),
+         *reason = json_object_get(o, "last_error_reason"), *message = json_object_get(o, "last_error_message");
+  const char *source = json_is_string(src) ? json_string_value(src) : sl->kind == TL_SLOT_POOL ? "manual" : "singleton";
   char *orig = original_json(o);
-  rc = TL_Q_EXEC(
-      s, sql, "pool entry", err, TL_INT(":p", f->profile), TL_TEXT(":prov", sl->provider), TL_OPTINT(":cred", cred),
-      TL_TEXT(":entry", entry), TL_INT(":prio", prio),
-      TL_TEXT(":source", json_is_string(v = json_object_get(o, "source")) ? json_string_value(v)
-                         : sl->kind == TL_SLOT_POOL                       ? "manual"
-                                                                          : "singleton"),
-      TL_TEXT(":auth", strcmp(auth, "api_key") == 0 ? "api_key" : "oauth"),
-      TL_TEXT(":label", json_is_string(v = json_object_get(o, "label")) ? json_string_value(v) : NULL),
-      TL_TEXT(":ls", ls), TL_OPTINT(":lsat", ms_or_zero(json_object_get(o, "last_status_at"))), TL_OPTINT(":lec", code),
-      TL_TEXT(":ler", json_is_string(v = json_object_get(o, "last_error_reason")) ? json_string_value(v) : NULL),
-      TL_TEXT(":lem", json_is_string(v = json_object_get(o, "last_error_message")) ? json_string_value(v) : NULL),
-      TL_OPTINT(":cool", ls && strcmp(ls, "exhausted") == 0 ? reset : 0), TL_INT(":rc", count), TL_TEXT(":orig", orig));
+  rc = TL_Q_EXEC(s, sql, "pool entry", err, TL_INT(":p", f->profile), TL_TEXT(":prov", sl->provider),
+                 TL_OPTINT(":cred", cred), TL_TEXT(":entry", entry), TL_INT(":prio", prio), TL_TEXT(":source", source),
+                 TL_TEXT(":auth", strcmp(auth, "api_key") == 0 ? "api_key" : "oauth"),
+                 TL_TEXT(":label", json_is_string(label) ? json_string_value(label) : NULL), TL_TEXT(":ls", ls),
+                 TL_OPTINT(":lsat", ms_or_zero(json_object_get(o, "last_status_at"))), TL_OPTINT(":lec", code),
+                 TL_TEXT(":ler", json_is_string(reason) ? json_string_value(reason) : NULL),
+                 TL_TEXT(":lem", json_is_string(message) ? json_string_value(message) : NULL),
+                 TL_OPTINT(":cool", ls && strcmp(ls, "exhausted") == 0 ? reset : 0), TL_INT(":rc", count),
+                 TL_TEXT(":orig", orig));
   free(orig);
   return rc;
 }
