@@ -1212,10 +1212,44 @@ done:
   return rc;
 }
 
+/* The grants a set's files hold now (after adoption): what the propagation step carries further. */
+static tl_status grants_of(int64_t **out, size_t *n, tl_store *s, const tl__hfset *set, tl_error *err)
+{
+  for (size_t i = 0; i < set->n; i++) {
+    const tl__hf *f = &set->v[i];
+    for (size_t k = 0; f->doc && k < f->ss.n; k++) {
+      int64_t c = 0;
+      tl_status rc = tl__slot_credential(&c, s, f, &f->ss.v[k], err);
+      if (rc != TL_OK)
+        return rc;
+      int seen = !c;
+      for (size_t j = 0; j < *n && !seen; j++)
+        seen = (*out)[j] == c;
+      if (seen)
+        continue;
+      int64_t *nv = realloc(*out, (*n + 1) * sizeof *nv);
+      if (!nv)
+        return tl__oom(err);
+      *out = nv;
+      (*out)[(*n)++] = c;
+    }
+  }
+  return TL_OK;
+}
+
+/*
+ * What the watch saw change, in two steps. First exactly those files, under
+ * their own locks, so a rotation Hermes just wrote is adopted while the file
+ * still holds it (the fewer locks, the sooner). Then every file holding the
+ * grants they hold (siblings and the shared store), so the rotation reaches
+ * them all; files already in step cost a read and no write.
+ */
 tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n, tl_error *err)
 {
   static const char sql[] = "SELECT id, name FROM profile WHERE home = :h";
-  tl__hfset set = {0};
+  tl__hfset set = {0}, all = {0};
+  int64_t *creds = NULL;
+  size_t nc = 0;
   tl_status rc = TL_OK;
   for (size_t i = 0; i < n && rc == TL_OK; i++) {
     char dir[PATH_MAX];
@@ -1239,6 +1273,14 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
   }
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
+  if (rc == TL_OK)
+    rc = grants_of(&creds, &nc, s, &set, err);
+  for (size_t i = 0; i < nc && rc == TL_OK; i++)
+    rc = tl__hfset_for_credential(&all, s, creds[i], err);
+  if (rc == TL_OK && all.n)
+    rc = run_sync(s, &all, r, err);
+  free(creds);
+  tl__hfset_free(&all);
   tl__hfset_free(&set);
   return rc;
 }

@@ -202,6 +202,20 @@ for p in default alpha beta gamma; do
 done
 admin config "at_lifetime=3600" > /dev/null
 
+# --- 9b. keep-fresh --watch alone carries a rotation Hermes makes in one profile to its siblings and the shared store
+R="$WORK/r9b"; make_root "$R" default alpha beta; DB="$WORK/r9b.db"; D="--db $DB"
+tl $D init; tl $D import "$R" --all-profiles; expect 0 "import"
+"$TL_BIN" $D keep-fresh --watch --interval 3600 --ahead 1 > "$WORK/w.out" 2>&1 & kw=$!
+for _ in $(seq 100); do [ -s "$WORK/w.out" ] && break; sleep 0.05; done   # its first round is done; it watches now
+hermes refresh "$R" alpha "$URL" --force-current
+new=$(rt_of "$(auth "$R" alpha)")
+for _ in $(seq 200); do
+  [ "$(rt_of "$(auth "$R" beta)")" = "$new" ] && [ "$(rt_of "$(auth "$R" default)")" = "$new" ] && break; sleep 0.05
+done
+kill -TERM $kw; wait $kw || true
+check '[ "$(rt_of "$(auth "$R" beta)")" = "$new" ] && [ "$(rt_of "$(auth "$R" default)")" = "$new" ] && [ "$(rt_of "$R/shared/nous_auth.json")" = "$new" ]' "the siblings and the shared store got Hermes' rotation from the watch alone"
+check '[ "$(current)" = "$new" ]' "and the ledger adopted it"
+
 # --- 10. lock order: tokenledger refreshing in a loop while Hermes is forced to refresh in every profile
 R="$WORK/r10"; make_root "$R" default alpha beta; DB="$WORK/r10.db"; D="--db $DB"
 tl $D init; tl $D import "$R" --all-profiles; expect 0 "import"
