@@ -84,8 +84,7 @@ tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *
     return TL_OK;
   }
   sqlite3_reset(st);
-  return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist; add it with 'tokenledger profile add %s'", name,
-                 name);
+  return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist", name);
 }
 
 /* A Hermes home: an existing directory of ours (created 0700 when asked), as an absolute path. */
@@ -96,8 +95,7 @@ static tl_status check_home(char abs[PATH_MAX], const char *home, int create, tl
     return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: cannot create it: %s", home,
                    strerror(errno));
   if (!realpath(home, abs))
-    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: %s%s", home, strerror(errno),
-                   errno == ENOENT && !create ? " (--create makes it)" : "");
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: %s", home, strerror(errno));
   if (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode))
     return tl__err(err, TL_EINVAL, 0, "profile home %s: not a directory", home);
   if (st.st_uid != geteuid())
@@ -280,7 +278,7 @@ tl_status tl_provider_set(tl_store *s, const tl_provider *p, tl_error *err)
     goto fail;
   sqlite3_reset(st);
   if (!exists && (!p->token_url || !p->client_id)) {
-    rc = tl__err(err, TL_EINVAL, 0, "provider '%s' is new: --token-url and --client-id are required", p->name);
+    rc = tl__err(err, TL_EINVAL, 0, "provider '%s' is new: a token endpoint and a client id are required", p->name);
     goto fail;
   }
   if ((rc = tl__prepare(&st, s, exists ? upd_sql : ins_sql, err)) != TL_OK ||
@@ -527,8 +525,7 @@ tl_status tl_credential_add(int64_t *out_id, tl_store *s, const tl_credential_sp
     goto fail;
   if (!found) {
     sqlite3_reset(st);
-    rc = tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured; see 'tokenledger provider set --help'",
-                 spec->provider);
+    rc = tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured", spec->provider);
     goto fail;
   }
   token_url = tl__col_dup(st, 0);

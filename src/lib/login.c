@@ -84,9 +84,7 @@ static tl_status load_endpoints(endpoints *e, tl_store *s, const char *provider,
   sqlite3_reset(st);
   if (!e->token_url || !e->device_url || !e->client_id)
     return tl__err(err, TL_ENOTFOUND, 0,
-                   "provider '%s' has no device authorization endpoint, token endpoint or client id; see 'tokenledger "
-                   "provider set --help'",
-                   provider);
+                   "provider '%s' has no device authorization endpoint, token endpoint or client id", provider);
   return TL_OK;
 }
 
@@ -309,7 +307,7 @@ static tl_status reach_files(tl_store *s, const char *profile, tl_error *err)
   if (rc != TL_OK && err) {
     size_t l = strlen(err->message);
     snprintf(err->message + l, sizeof err->message - l,
-             " (the new grant is stored; 'tokenledger sync --profile %s' writes it into Hermes' files)", profile);
+             " (the new grant is stored, but profile %s's Hermes files were not updated)", profile);
   }
   return rc;
 }

@@ -177,7 +177,7 @@ static tl_status fix_dir(const char *path, tl_error *err)
   if (fstat(fd, &st) != 0)
     rc = tl__err(err, TL_EIO, errno, "%s: %s", dir, strerror(errno));
   else if (st.st_uid != geteuid() && (st.st_mode & 022))
-    rc = tl__err(err, TL_EINSECURE, 0, "%s: owned by uid %ld, not you; not touching it (move the ledger)", dir,
+    rc = tl__err(err, TL_EINSECURE, 0, "%s: owned by uid %ld, not you, and writable by others; not touching it", dir,
                  (long)st.st_uid);
   else if (st.st_uid == geteuid() && (st.st_mode & 022) && fchmod(fd, st.st_mode & 07755) != 0)
     rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", dir, strerror(errno));
@@ -290,8 +290,7 @@ static tl_status rescue_check(tl_report *r, int *problems, tl_store *s, tl_error
     closedir(d);
   if (pending)
     snprintf(detail, sizeof detail,
-             "%lld rescue file(s) hold a server's answer not yet on record; take it back with 'tokenledger recover "
-             "--credential %lld --rescue'",
+             "%lld rescue file(s) hold a server's answer not yet on record (the first for credential %lld)",
              (long long)pending, (long long)first);
   else
     snprintf(detail, sizeof detail, "no answer waiting in a rescue file");
@@ -427,9 +426,7 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
     if ((rc = tl__reap_dead_attempts(&stale, s, fix, err)) != TL_OK)
       goto done;
     snprintf(detail, sizeof detail, "%lld in-flight attempt(s) whose owner is gone%s", (long long)stale,
-             stale && fix ? ": recorded as unknown"
-             : stale      ? "; 'doctor --fix' records them as unknown"
-                          : "");
+             stale && fix ? ": recorded as unknown" : "");
     if ((rc = add_check(r, &problems, "stale_in_flight", stale == 0 || fix, detail, err)) != TL_OK)
       goto done;
   }
@@ -440,8 +437,7 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
     if ((rc = count_of(&unknown, s, "SELECT count(*) FROM credential WHERE status = 'uncertain'", err)) != TL_OK ||
         (rc = count_of(&reauth, s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'", err)) != TL_OK)
       goto done;
-    snprintf(detail, sizeof detail, "%lld credential(s) with an unknown refresh outcome; see 'tokenledger recover'",
-             (long long)unknown);
+    snprintf(detail, sizeof detail, "%lld credential(s) with an unknown refresh outcome", (long long)unknown);
     if ((rc = add_check(r, &problems, "unknown_outcomes", unknown == 0, detail, err)) != TL_OK)
       goto done;
     snprintf(detail, sizeof detail, "%lld credential(s) need a new login", (long long)reauth);

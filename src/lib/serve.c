@@ -1131,13 +1131,13 @@ static tl_status parse_listen(char host[64], int *port, const char *listen, tl_e
   *port = (int)p;
   if (!tl__serve_host_valid(host))
     return tl__err(err, TL_EINVAL, 0,
-                   "--listen '%.80s': '%.63s' is not a loopback address; tokenledger serve listens only on "
+                   "listen address '%.80s': '%.63s' is not a loopback address; tokenledger serve listens only on "
                    "127.0.0.0/8, ::1 or localhost (names are not resolved)",
                    listen, host);
   return TL_OK;
 bad:
-  return tl__err(err, TL_EINVAL, 0, "--listen '%.80s' is not HOST:PORT (for example 127.0.0.1:8787, a port 1-65535)",
-                 listen);
+  return tl__err(err, TL_EINVAL, 0,
+                 "listen address '%.80s' is not HOST:PORT (for example 127.0.0.1:8787, a port 1-65535)", listen);
 }
 
 /* A listening socket on host:port (0: any free port), owned alone: no SO_REUSEPORT. */
@@ -1171,9 +1171,7 @@ static tl_status bind_listen(int *out_fd, int *out_port, const char *host, int p
     close(fd);
     if (e == EADDRINUSE)
       return tl__err(err, TL_EBUSY, e,
-                     "%s port %d is in use by another program; tokenledger serve does not share a port (free it, or "
-                     "give --listen another port and rewrite the strict profiles' files)",
-                     host, port);
+                     "%s port %d is in use by another program; tokenledger serve does not share a port", host, port);
     return tl__err(err, TL_EIO, e, "cannot listen on %s port %d: %s", host, port, strerror(e));
   }
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {

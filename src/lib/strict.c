@@ -378,7 +378,7 @@ static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, t
   if (rc != TL_OK && err) {
     size_t l = strlen(err->message);
     snprintf(err->message + l, sizeof err->message - l,
-             " (the switch is recorded; 'tokenledger sync --profile %s' writes it into Hermes' files)", name);
+             " (the switch is recorded, but profile %s's Hermes files were not updated)", name);
   }
   return rc;
 }
@@ -397,7 +397,7 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
   if (on && profile_has_home(s, name) && !tl__strict_url(url, sizeof url, s))
     return tl__err(err, TL_ENOTFOUND, 0,
                    "profile strict: tokenledger serve has never run for this ledger, so there is no loopback portal "
-                   "to point the profile's Hermes files at; start 'tokenledger serve' first");
+                   "to point the profile's Hermes files at yet");
   if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
     return rc;
   if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
@@ -522,10 +522,8 @@ tl_status tl__strict_portal_url(char *out, size_t n, tl_store *s, tl_error *err)
   if ((rc = tl__serve_probe(&live, s, err)) != TL_OK)
     return rc;
   if (!live.running)
-    return tl__err(err, TL_ENOTFOUND, 0,
-                   "tokenledger serve is not running for %s%s; start it ('tokenledger serve', or the systemd unit "
-                   "docs/tokenledger-serve.service)",
-                   s->path, live.stale ? " (its port file is left over from a serve that died)" : "");
+    return tl__err(err, TL_ENOTFOUND, 0, "tokenledger serve is not running for %s%s", s->path,
+                   live.stale ? " (its port file is left over from a serve that died)" : "");
   if (!tl__serve_url(out, n, live.host, live.port))
     return tl__err(err, TL_EINVAL, 0, "strict: buffer too small for the portal URL");
   return TL_OK;
@@ -648,11 +646,10 @@ void tl__strict_doctor(int *ok, char *detail, size_t n, tl_store *s)
     tl__serve_url(url, sizeof url, live.host, live.port);
     snprintf(detail, n,
              "%lld strict profile(s) (%s), but nothing answers on %s named by the port file: Hermes cannot refresh "
-             "them; restart 'tokenledger serve'",
+             "them",
              (long long)nstrict, names, url);
   } else
     snprintf(detail, n,
-             "%lld strict profile(s) (%s), but tokenledger serve is not running%s: Hermes cannot refresh them; start "
-             "'tokenledger serve' (docs/tokenledger-serve.service)",
+             "%lld strict profile(s) (%s), but tokenledger serve is not running%s: Hermes cannot refresh them",
              (long long)nstrict, names, live.stale ? " (stale port file of a dead serve)" : "");
 }
