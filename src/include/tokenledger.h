@@ -202,6 +202,19 @@ TL_EXTERN void tl_store_set_actor(tl_store *store, const char *profile, const ch
 /** Busy deadline in milliseconds for locks (default 10000). */
 TL_EXTERN void tl_store_set_busy_timeout(tl_store *store, int ms);
 
+/**
+ * Progress of a long call: stage names what it is doing ("vacuum",
+ * "profiles", ...), done and total count its units (total 0: unknown).
+ */
+typedef void (*tl_progress_fn)(void *ud, const char *stage, int64_t done, int64_t total);
+
+/**
+ * Sets the store's progress callback (NULL: none), called by long calls
+ * (tl_compact; tl_import per file) on the calling thread, inside the call,
+ * at most a few times a second. It must not use the store.
+ */
+TL_EXTERN void tl_store_set_progress(tl_store *store, tl_progress_fn fn, void *ud);
+
 /** The schema version found when the file was opened (before migrating). */
 TL_EXTERN int tl_store_schema_version_found(const tl_store *store);
 
@@ -224,8 +237,28 @@ TL_EXTERN const char *tl_report_get(const tl_report *r, size_t row, const char *
 enum {
   TL_JSON_OBJECT = 1 << 0 /**< render the first row as one object, not an array */
 };
-/** Renders the report as JSON (numbers stay numbers). out is new; free(). */
+/**
+ * Renders the report as JSON on one line: an array of objects (one per row,
+ * keys in column order), or with TL_JSON_OBJECT the first row alone. Numbers
+ * stay numbers; a missing value (SQL NULL or empty text) is null. out is new;
+ * free().
+ */
 TL_EXTERN tl_status tl_report_json(char **out, const tl_report *r, unsigned flags, tl_error *err);
+
+/**
+ * A new, empty report with these columns, for a caller's own rows (a tool's
+ * one-line results), so that they print and render like the library's.
+ * Errors: TL_EINVAL (no columns, an empty name). out is new; tl_report_free.
+ */
+TL_EXTERN tl_status tl_report_new(tl_report **out, const char *const *columns, size_t ncolumns, tl_error *err);
+
+/**
+ * Appends a row: cells[i] is column i's text (NULL: null), numeric[i] (may be
+ * NULL) marks cells that are JSON numbers or true/false, which are checked
+ * (TL_EINVAL if one is not). Text is stored escaped as tl_text_escape does,
+ * so a report never holds a control character.
+ */
+TL_EXTERN tl_status tl_report_add_row(tl_report *r, const char *const *cells, const int *numeric, tl_error *err);
 
 /* ------------------------------------------------------------------------ */
 /* Profiles, providers, credentials                                          */
@@ -281,7 +314,13 @@ typedef struct tl_provider {
  */
 TL_EXTERN tl_status tl_provider_set(tl_store *store, const tl_provider *p, tl_error *err);
 
-/** Lists providers. */
+/**
+ * Lists providers: name, token_url, device_url, client_id, rt_in (header
+ * name or body:refresh_token), skew_s, grace_s, scope, credentials (in use),
+ * keys (API-key and borrowed pool entries), refreshes (configured,
+ * not_configured, or api_keys_only: a provider only API keys use, which
+ * tokenledger never refreshes).
+ */
 TL_EXTERN tl_status tl_provider_list(tl_report **out, tl_store *store, tl_error *err);
 
 /** Checks that url is https, or http to a loopback host. */
@@ -313,17 +352,56 @@ typedef struct tl_credential_spec {
  */
 TL_EXTERN tl_status tl_credential_add(int64_t *out_id, tl_store *store, const tl_credential_spec *spec, tl_error *err);
 
+/**
+ * Removes a credential from the ledger's use: it leaves every pool and grant
+ * place, its open refresh token is retired (plaintext erased), its access
+ * token burned, and it is marked as needing a login. Its lineage, attempts
+ * and audit rows stay (fingerprints are never forgotten, so its tokens are
+ * refused if they come back). Hermes files that hold it get it marked dead
+ * (or replaced by the profile's newer login) at their next sync.
+ * A live credential (active or uncertain) is removed only with force.
+ * Errors: TL_ENOTFOUND, TL_EINVAL (live, without force), TL_EBUSY (its
+ * refresh token is being presented). out (may be NULL) gets one row:
+ * credential, provider, label, status (before), profiles, entries,
+ * retired_rt (fingerprint prefix), files (Hermes files that hold it).
+ */
+TL_EXTERN tl_status tl_credential_remove(tl_report **out, tl_store *store, int64_t credential, int force,
+                                         tl_error *err);
+
+/**
+ * Lists every credential, used or not: credential, provider, label, status,
+ * profiles (names, comma-separated), entries, rt_generation and rt_state of
+ * its latest refresh token, access_expires, created, reason (why it is not
+ * active).
+ */
+TL_EXTERN tl_status tl_credential_list(tl_report **out, tl_store *store, tl_error *err);
+
 /* ------------------------------------------------------------------------ */
 /* Read commands                                                             */
 /* ------------------------------------------------------------------------ */
 
-/** Per-profile token status (view v_profile_status); profile may be NULL. */
+/**
+ * Per-profile token status, one row per pool entry; profile may be NULL.
+ * Columns: profile, provider, entry, priority, source, auth_type, kind
+ * (oauth, api_key, borrowed), label, credential, credential_status,
+ * access_expires, access_token (valid, expired, unknown; needs_login or
+ * unknown_outcome for a credential that cannot refresh; api_key or borrowed
+ * for entries without lineage), expires_in_s, rt_generation, rt_state,
+ * rt_fingerprint, last_status, cooldown_until, cooling_until (only while the
+ * cooldown lasts), request_count, strict, strategy, reason.
+ */
 TL_EXTERN tl_status tl_status_report(tl_report **out, tl_store *store, const char *profile, tl_error *err);
 
-/** Lineage (view v_lineage); credential 0 = all. */
+/**
+ * Lineage (view v_lineage) with each token's rt id, its parent's and the
+ * credential's status; credential 0 = all.
+ */
 TL_EXTERN tl_status tl_lineage_report(tl_report **out, tl_store *store, int64_t credential, tl_error *err);
 
-/** Audit events, newest last; limit 0 = all; credential 0 = all. */
+/**
+ * Audit events, newest last; limit 0 = all; credential 0 = all. `summary`
+ * is the detail as key=value words, `detail` the JSON object.
+ */
 TL_EXTERN tl_status tl_audit_report(tl_report **out, tl_store *store, int64_t credential, int64_t limit, tl_error *err);
 
 /** Refresh attempts (view v_refresh_history); credential 0 = all. */
@@ -377,6 +455,13 @@ TL_EXTERN tl_status tl_strategy_parse(tl_strategy *out, const char *name, tl_err
 /** Sets a profile's strategy for a provider. */
 TL_EXTERN tl_status tl_strategy_set(tl_store *store, const char *profile, const char *provider, tl_strategy s,
                                     tl_error *err);
+
+/** A profile's strategy for a provider (fill_first unless one was set). Errors: TL_ENOTFOUND. */
+TL_EXTERN tl_status tl_strategy_get(tl_strategy *out, tl_store *store, const char *profile, const char *provider,
+                                    tl_error *err);
+
+/** The strategy's name ("fill_first", ...): static. */
+TL_EXTERN const char *tl_strategy_name(tl_strategy s);
 
 /** A valid access token and where it came from. */
 typedef struct tl_token {

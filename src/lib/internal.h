@@ -56,6 +56,9 @@ struct tl_store {
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
+  tl_progress_fn progress; /* tl_store_set_progress; NULL: none */
+  void *progress_ud;
+  int64_t progress_at; /* when it was last called (ms), to call it a few times a second at most */
 };
 
 /* error.c */
@@ -129,6 +132,9 @@ void tl__tx_rollback(tl_store *s);
 tl_status tl__map_sqlite(int rc);
 char *tl__strdup(const char *s);
 char *tl__col_dup(sqlite3_stmt *st, int col);
+
+/* query.c: reports progress to the store's callback (stage changes always, counts at most every 200 ms). */
+void tl__progress(tl_store *s, const char *stage, int64_t done, int64_t total);
 
 /* migrate.c */
 tl_status tl__migrate(tl_store *s, tl_error *err);

@@ -318,9 +318,20 @@ fail:
 tl_status tl_provider_list(tl_report **out, tl_store *s, tl_error *err)
 {
   tl_error_clear(err);
+  /* Rows exist for every provider a pool names (API keys too: the pool refers to them); `refreshes` says
+   * which of them tokenledger refreshes: configured, not_configured (grants wait for an endpoint), or
+   * api_keys_only (nothing to refresh). */
   static const char sql[] =
       "SELECT name, token_url, device_url, client_id, coalesce(rt_header, 'body:refresh_token') AS rt_in, "
-      "skew_s, grace_s, scope FROM provider ORDER BY name";
+      "skew_s, grace_s, scope, "
+      "(SELECT count(*) FROM credential c WHERE c.provider = pv.name AND EXISTS (SELECT 1 FROM pool_entry e WHERE "
+      "e.credential_id = c.id)) AS credentials, "
+      "(SELECT count(*) FROM pool_entry e WHERE e.provider = pv.name AND e.credential_id IS NULL) AS keys, "
+      "CASE WHEN token_url IS NOT NULL AND client_id IS NOT NULL THEN 'configured' "
+      "WHEN EXISTS (SELECT 1 FROM credential c WHERE c.provider = pv.name) THEN 'not_configured' "
+      "WHEN EXISTS (SELECT 1 FROM pool_entry e WHERE e.provider = pv.name) THEN 'api_keys_only' "
+      "ELSE 'not_configured' END AS refreshes "
+      "FROM provider pv ORDER BY name";
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "provider list: bad arguments");
   sqlite3_stmt *st;
@@ -613,5 +624,131 @@ out:
   free(token_url);
   free(client_id);
   free(scope);
+  return rc;
+}
+
+/*
+ * credential rm: the grant leaves every pool and every grant place, its open refresh token is retired
+ * with its plaintext erased, the access token is burned, and the credential is marked as needing a login
+ * (why: removed). Its lineage, attempts and audit rows stay for forensics, so its refresh tokens are
+ * still recognised (and refused) if they come back. A live grant (active, or with an unknown outcome) is
+ * given up only with force; one being presented right now never. Hermes files that hold it get it marked
+ * dead (or replaced by the profile's newer login) at their next sync, as for any dead grant.
+ */
+static tl_status remove_rows(tl_store *s, int64_t cred, int64_t now, int64_t *entries, tl_error *err)
+{
+  static const char rt_sql[] = "UPDATE refresh_token SET state = 'retired', secret = NULL, retired_at = :now "
+                               "WHERE credential_id = :c AND state IN ('current', 'unknown')";
+  static const char cred_sql[] =
+      "UPDATE credential SET status = 'needs_reauth', status_reason = 'removed from the ledger (credential rm)', "
+      "access_token = NULL, refresh_not_before = NULL, updated_at = :now WHERE id = :c";
+  static const char entries_sql[] = "DELETE FROM pool_entry WHERE credential_id = :c";
+  static const char places_sql[] = "DELETE FROM grant_place WHERE credential_id = :c";
+  const char *const sqls[] = {rt_sql, cred_sql, entries_sql, places_sql};
+  tl_status rc = TL_OK;
+  for (size_t i = 0; i < sizeof sqls / sizeof *sqls && rc == TL_OK; i++) {
+    sqlite3_stmt *st;
+    if ((rc = tl__prepare(&st, s, sqls[i], err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
+        (i < 2 && (rc = TL_BIND(st, err, TL_INT(":now", now))) != TL_OK) ||
+        (rc = tl__step_done(s, st, "credential rm", err)) != TL_OK)
+      break;
+    if (sqls[i] == entries_sql)
+      *entries = sqlite3_changes64(s->db);
+  }
+  return rc;
+}
+
+tl_status tl_credential_remove(tl_report **out, tl_store *s, int64_t cred, int force, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char cred_sql[] =
+      "SELECT c.provider, c.label, c.status, "
+      "(SELECT group_concat(name, ',') FROM (SELECT DISTINCT p.name AS name FROM pool_entry e JOIN profile p ON "
+      "p.id = e.profile_id WHERE e.credential_id = c.id ORDER BY p.name)), "
+      "(SELECT substr(fingerprint, 1, 12) FROM refresh_token WHERE credential_id = c.id AND state IN ('current', "
+      "'presented', 'unknown')), "
+      "EXISTS (SELECT 1 FROM refresh_token WHERE credential_id = c.id AND state = 'presented') OR EXISTS (SELECT 1 "
+      "FROM refresh_attempt WHERE credential_id = c.id AND outcome = 'in_flight'), "
+      "(SELECT group_concat(path, ',') FROM (SELECT DISTINCT f.path AS path FROM hermes_file f, "
+      "json_tree(f.template) j WHERE j.key = '$tl' AND j.value IN ('rt', 'at') AND "
+      "json_extract(f.template, j.path || '.credential') = c.id ORDER BY f.path)) "
+      "FROM credential c WHERE c.id = :c";
+  static const char *const cols[] = {"credential", "provider", "label",      "status",
+                                     "profiles",   "entries",  "retired_rt", "files"};
+  tl_report *r = NULL;
+  char *provider = NULL, *label = NULL, *status = NULL, *profiles = NULL, *fp = NULL, *files = NULL;
+  int64_t entries = 0, now = tl__now_ms();
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  if (!s || cred <= 0)
+    return tl__err(err, TL_EINVAL, 0, "credential rm: a credential id is required");
+  if ((rc = tl__tx_begin(s, "credential rm", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "credential rm", err)) != TL_OK)
+    goto fail;
+  if (!found) {
+    sqlite3_reset(st);
+    rc = tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
+    goto fail;
+  }
+  provider = tl__col_dup(st, 0);
+  label = tl__col_dup(st, 1);
+  status = tl__col_dup(st, 2);
+  profiles = tl__col_dup(st, 3);
+  fp = tl__col_dup(st, 4);
+  int busy = sqlite3_column_int(st, 5);
+  files = tl__col_dup(st, 6);
+  sqlite3_reset(st);
+  if (!provider || !status) {
+    rc = tl__oom(err);
+    goto fail;
+  }
+  if (busy) {
+    rc = tl__err(err, TL_EBUSY, 0, "credential %lld: its refresh token is being presented right now; not removed",
+                 (long long)cred);
+    goto fail;
+  }
+  if (strcmp(status, "needs_reauth") != 0 && !force) {
+    rc = tl__err(err, TL_EINVAL, 0,
+                 "credential %lld (%s%s%s) is %s: removing it gives up its refresh token for good; not removed",
+                 (long long)cred, provider, label ? ", " : "", label ? label : "",
+                 strcmp(status, "uncertain") == 0 ? "live (its last refresh has an unknown outcome)" : "live");
+    goto fail;
+  }
+  if ((rc = remove_rows(s, cred, now, &entries, err)) != TL_OK)
+    goto fail;
+  tl__ids ids = {.credential = cred};
+  if ((rc = tl__audit(s, "credential_removed", &ids,
+                      json_pack("{s:s, s:s?, s:s, s:s?, s:I, s:s?, s:s?, s:b}", "provider", provider, "label", label,
+                                "status", status, "profiles", profiles, "entries", (json_int_t)entries, "retired_rt",
+                                fp, "files", files, "forced", force != 0),
+                      err)) != TL_OK)
+    goto fail;
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    goto done;
+  if (out) {
+    char idt[32], nt[32];
+    snprintf(idt, sizeof idt, "%lld", (long long)cred);
+    snprintf(nt, sizeof nt, "%lld", (long long)entries);
+    const char *cells[8] = {idt, provider, label, status, profiles, nt, fp, files};
+    const int num[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+    if ((rc = tl_report_new(&r, cols, 8, err)) == TL_OK && (rc = tl_report_add_row(r, cells, num, err)) == TL_OK) {
+      *out = r;
+      r = NULL;
+    }
+  }
+  goto done;
+fail:
+  tl__tx_rollback(s);
+done:
+  tl_report_free(r);
+  free(provider);
+  free(label);
+  free(status);
+  free(profiles);
+  free(fp);
+  free(files);
   return rc;
 }

@@ -1,11 +1,14 @@
 /*
- * query.c - the read side: status, lineage, audit, history, check-rt, doctor.
+ * query.c - the read side: status, credentials, strategies, lineage, audit,
+ * history, check-rt, doctor; compact; the progress callback.
  *
  * Invariants: every report here is built from the forensic views or from
  * columns that hold no secret, so nothing a read command prints can leak a
  * token; check-rt never writes; doctor writes only with fix set, and then
  * only what is safe (file modes, and in-flight attempts whose owner is dead,
  * which become `unknown` exactly as a claiming process would record them).
+ * Messages and details say what was found, not which command to run: the
+ * tool adds that advice (src/cli/hint.c).
  */
 #include "internal.h"
 
@@ -19,11 +22,39 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/*
+ * Status says what each entry would give now. An access token is "valid" only for an active grant: a
+ * credential that needs a new login or whose last refresh has an unknown outcome says so instead, and an
+ * API-key or borrowed entry (no lineage, nothing tokenledger refreshes) says what it is.
+ */
 tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl_error *err)
 {
   tl_error_clear(err);
-  static const char sql[] = "SELECT * FROM v_profile_status WHERE :profile IS NULL OR profile = :profile "
-                            "ORDER BY profile, provider, priority";
+  static const char sql[] =
+      "SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priority AS priority, "
+      "e.source AS source, e.auth_type AS auth_type, "
+      "CASE WHEN e.auth_type = 'api_key' THEN 'api_key' WHEN c.id IS NULL THEN 'borrowed' ELSE 'oauth' END AS kind, "
+      "coalesce(e.label, c.label) AS label, e.credential_id AS credential, c.status AS credential_status, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', c.expires_at / 1000.0, 'unixepoch') AS access_expires, "
+      "CASE WHEN e.auth_type = 'api_key' THEN 'api_key' WHEN c.id IS NULL THEN 'borrowed' "
+      "WHEN c.status = 'needs_reauth' THEN 'needs_login' WHEN c.status = 'uncertain' THEN 'unknown_outcome' "
+      "WHEN c.expires_at IS NULL THEN 'unknown' WHEN c.expires_at > :now THEN 'valid' ELSE 'expired' END "
+      "AS access_token, "
+      "CASE WHEN c.expires_at IS NOT NULL THEN (c.expires_at - :now) / 1000 END AS expires_in_s, "
+      "t.generation AS rt_generation, t.state AS rt_state, substr(t.fingerprint, 1, 12) AS rt_fingerprint, "
+      "e.last_status AS last_status, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', e.cooldown_until / 1000.0, 'unixepoch') AS cooldown_until, "
+      "CASE WHEN e.cooldown_until > :now THEN strftime('%Y-%m-%dT%H:%M:%SZ', e.cooldown_until / 1000.0, "
+      "'unixepoch') END AS cooling_until, "
+      "e.request_count AS request_count, "
+      "EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict, "
+      "coalesce(ps.strategy, 'fill_first') AS strategy, "
+      "CASE WHEN c.status <> 'active' THEN c.status_reason END AS reason "
+      "FROM pool_entry e JOIN profile p ON p.id = e.profile_id "
+      "LEFT JOIN credential c ON c.id = e.credential_id "
+      "LEFT JOIN refresh_token t ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown') "
+      "LEFT JOIN pool_strategy ps ON ps.profile_id = p.id AND ps.provider = e.provider "
+      "WHERE :profile IS NULL OR p.name = :profile ORDER BY p.name, e.provider, e.priority, e.id";
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "status: bad arguments");
   if (profile) {
@@ -34,9 +65,71 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
   }
   sqlite3_stmt *st;
   tl_status rc;
-  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":profile", profile))) != TL_OK)
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":profile", profile), TL_INT(":now", tl__now_ms()))) != TL_OK)
     return rc;
   return tl__report_from_stmt(out, s, st, err);
+}
+
+/* Credentials with the profiles that use them; removed and orphaned ones too. */
+tl_status tl_credential_list(tl_report **out, tl_store *s, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char sql[] =
+      "SELECT c.id AS credential, c.provider AS provider, c.label AS label, c.status AS status, "
+      "(SELECT group_concat(name, ',') FROM (SELECT DISTINCT p.name AS name FROM pool_entry e JOIN profile p ON "
+      "p.id = e.profile_id WHERE e.credential_id = c.id ORDER BY p.name)) AS profiles, "
+      "(SELECT count(*) FROM pool_entry e WHERE e.credential_id = c.id) AS entries, "
+      "t.generation AS rt_generation, t.state AS rt_state, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', c.expires_at / 1000.0, 'unixepoch') AS access_expires, "
+      "strftime('%Y-%m-%dT%H:%M:%SZ', c.created_at / 1000.0, 'unixepoch') AS created, "
+      "CASE WHEN c.status <> 'active' THEN c.status_reason END AS reason "
+      "FROM credential c LEFT JOIN refresh_token t ON t.id = (SELECT max(id) FROM refresh_token WHERE "
+      "credential_id = c.id) ORDER BY c.id";
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "credential list: bad arguments");
+  sqlite3_stmt *st;
+  tl_status rc = tl__prepare(&st, s, sql, err);
+  return rc == TL_OK ? tl__report_from_stmt(out, s, st, err) : rc;
+}
+
+static const char *const strategy_names[] = {"fill_first", "round_robin", "least_used", "random"};
+
+const char *tl_strategy_name(tl_strategy st)
+{
+  return (unsigned)st < sizeof strategy_names / sizeof *strategy_names ? strategy_names[st] : "fill_first";
+}
+
+tl_status tl_strategy_get(tl_strategy *out, tl_store *s, const char *profile, const char *provider, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char sql[] = "SELECT strategy FROM pool_strategy WHERE profile_id = :p AND provider = :prov";
+  static const char prov_sql[] = "SELECT 1 FROM provider WHERE name = :prov";
+  if (!out || !s || !profile || !provider)
+    return tl__err(err, TL_EINVAL, 0, "pool strategy: profile and provider are required");
+  int64_t pid = 0;
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc = tl__profile_id(&pid, s, profile, err);
+  if (rc != TL_OK)
+    return rc;
+  if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":prov", provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "pool strategy", err)) != TL_OK)
+    return rc;
+  sqlite3_reset(st);
+  if (!found)
+    return tl__err(err, TL_ENOTFOUND, 0, "provider '%s' is not configured", provider);
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":p", pid), TL_TEXT(":prov", provider))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "pool strategy", err)) != TL_OK)
+    return rc;
+  *out = TL_FILL_FIRST;
+  for (size_t i = 0; found && i < sizeof strategy_names / sizeof *strategy_names; i++)
+    if (strcmp((const char *)sqlite3_column_text(st, 0), strategy_names[i]) == 0)
+      *out = (tl_strategy)i;
+  sqlite3_reset(st);
+  return TL_OK;
 }
 
 static tl_status credential_exists(tl_store *s, int64_t cred, tl_error *err)
@@ -77,18 +170,27 @@ tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error
 {
   tl_error_clear(err);
   static const char sql[] =
-      "SELECT credential, provider, label, family, generation, state, origin, fingerprint, issued, age_s, retired, "
-      "presented_by FROM v_lineage WHERE :cred = 0 OR credential = :cred ORDER BY credential, rt_id";
+      "SELECT l.credential, l.provider, l.label, l.family, l.generation, l.state, l.origin, l.fingerprint, l.issued, "
+      "l.age_s, l.retired, l.presented_by, l.rt_id AS rt, t.parent_id AS parent, c.status AS credential_status "
+      "FROM v_lineage l JOIN refresh_token t ON t.id = l.rt_id JOIN credential c ON c.id = l.credential "
+      "WHERE :cred = 0 OR l.credential = :cred ORDER BY l.credential, l.rt_id";
   return credential_report(out, s, sql, cred, 0, "lineage", err);
 }
 
+/*
+ * The audit log. `summary` is the detail in words for a table: key=value pairs in the detail's order,
+ * nested values as compact JSON, nulls left out; `detail` keeps the JSON object itself.
+ */
 tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
 {
   tl_error_clear(err);
   static const char sql[] =
       "SELECT * FROM (SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch') AS at, event, "
       "actor_host || ':' || actor_pid AS actor, actor_profile AS profile, actor_command AS command, "
-      "credential_id AS credential, rt_id, detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
+      "credential_id AS credential, rt_id, "
+      "(SELECT group_concat(j.key || '=' || CASE WHEN j.type IN ('object', 'array') THEN json(j.value) "
+      "ELSE j.value END, ' ') FROM json_each(audit_event.detail) j WHERE j.type <> 'null') AS summary, "
+      "detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
       "ORDER BY id DESC LIMIT :limit) ORDER BY id";
   return credential_report(out, s, sql, cred, limit, "audit", err);
 }
@@ -485,6 +587,7 @@ tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_aft
   if (!s || keep_ms < 0)
     return tl__err(err, TL_EINVAL, 0, "compact: bad arguments");
   int64_t before = file_bytes(s);
+  tl__progress(s, "settled attempts", 0, 2);
   if ((rc = tl__tx_begin(s, "compact", err)) != TL_OK)
     return rc;
   sqlite3_stmt *st;
@@ -504,8 +607,10 @@ tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_aft
   }
   if ((rc = tl__tx_commit(s, err)) != TL_OK)
     return rc;
+  tl__progress(s, "vacuum", 1, 2);
   if ((rc = tl__exec(s, "VACUUM; PRAGMA wal_checkpoint(TRUNCATE);", err)) != TL_OK)
     return rc;
+  tl__progress(s, "vacuum", 2, 2);
   if (out_deleted)
     *out_deleted = deleted;
   if (out_before)
@@ -513,4 +618,26 @@ tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_aft
   if (out_after)
     *out_after = file_bytes(s);
   return TL_OK;
+}
+
+/* ---- progress ----------------------------------------------------------- */
+
+void tl_store_set_progress(tl_store *s, tl_progress_fn fn, void *ud)
+{
+  if (!s)
+    return;
+  s->progress = fn;
+  s->progress_ud = ud;
+  s->progress_at = 0;
+}
+
+void tl__progress(tl_store *s, const char *stage, int64_t done, int64_t total)
+{
+  if (!s || !s->progress)
+    return;
+  int64_t now = tl__now_ms();
+  if (done != 0 && done != total && now - s->progress_at < 200)
+    return;
+  s->progress_at = now;
+  s->progress(s->progress_ud, stage, done, total);
 }

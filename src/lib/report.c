@@ -6,7 +6,13 @@
  * text. Reports are built from forensic views, which never select a secret,
  * so a report never holds one; text cells are escaped with tl_text_escape
  * (server text and file contents reach them), so a report never holds a
- * control character either, in a table or in its JSON.
+ * control character either, in a table or in its JSON. A caller's own rows
+ * (tl_report_new, tl_report_add_row) are escaped the same way, and their
+ * numbers must be numbers.
+ *
+ * JSON has one style everywhere: one document on one line (JSON Lines when a
+ * command streams), keys in column order, null for a missing value (an empty
+ * text cell is null too, never "").
  */
 #include "internal.h"
 
@@ -166,16 +172,82 @@ done:
   return rc;
 }
 
+tl_status tl_report_new(tl_report **out, const char *const *columns, size_t ncolumns, tl_error *err)
+{
+  tl_error_clear(err);
+  if (!out || !columns || ncolumns == 0 || ncolumns > 1024)
+    return tl__err(err, TL_EINVAL, 0, "report: 1-1024 columns are required");
+  for (size_t i = 0; i < ncolumns; i++)
+    if (!columns[i] || !*columns[i])
+      return tl__err(err, TL_EINVAL, 0, "report: column %zu has no name", i);
+  return tl__report_kv(out, columns, ncolumns, err);
+}
+
+/* A JSON number as Jansson would read one back (no leading +, no hex, no inf/nan), or true or false. */
+static int is_literal(const char *v)
+{
+  json_error_t e;
+  json_t *j = json_loads(v, JSON_DECODE_ANY, &e);
+  int ok = j && (json_is_number(j) || json_is_boolean(j));
+  json_decref(j);
+  return ok;
+}
+
+tl_status tl_report_add_row(tl_report *r, const char *const *cells, const int *numeric, tl_error *err)
+{
+  tl_error_clear(err);
+  if (!r || !cells)
+    return tl__err(err, TL_EINVAL, 0, "report: no row");
+  char **shown = calloc(r->ncols + 1, sizeof *shown);
+  int *num = calloc(r->ncols + 1, sizeof *num);
+  tl_status rc = TL_OK;
+  if (!shown || !num) {
+    rc = tl__oom(err);
+    goto done;
+  }
+  for (size_t c = 0; c < r->ncols && rc == TL_OK; c++) {
+    num[c] = numeric && numeric[c] && cells[c];
+    if (num[c] && !is_literal(cells[c])) {
+      rc = tl__err(err, TL_EINVAL, 0, "report: column %s: not a number, true or false", r->cols[c]);
+    } else if (cells[c] && !num[c]) {
+      size_t cap = 6 * strlen(cells[c]) + 1;
+      if (!(shown[c] = malloc(cap)))
+        rc = tl__oom(err);
+      else
+        tl_text_escape(shown[c], cap, cells[c]);
+    }
+  }
+  if (rc == TL_OK) {
+    const char **row = calloc(r->ncols + 1, sizeof *row);
+    if (!row) {
+      rc = tl__oom(err);
+      goto done;
+    }
+    for (size_t c = 0; c < r->ncols; c++)
+      row[c] = num[c] ? cells[c] : shown[c];
+    rc = tl__report_add_row(r, row, num, err);
+    free(row);
+  }
+done:
+  for (size_t c = 0; shown && c < r->ncols; c++)
+    free(shown[c]);
+  free(shown);
+  free(num);
+  return rc;
+}
+
 static json_t *row_json(const tl_report *r, size_t row)
 {
   json_t *o = json_object();
   for (size_t c = 0; o && c < r->ncols; c++) {
     const char *v = r->cells[row * r->ncols + c];
     json_t *j;
-    if (!v)
+    if (!v || !*v)
       j = json_null();
+    else if (r->num[row * r->ncols + c] && (strcmp(v, "true") == 0 || strcmp(v, "false") == 0))
+      j = json_boolean(v[0] == 't');
     else if (r->num[row * r->ncols + c])
-      j = strchr(v, '.') || strchr(v, 'e') ? json_real(strtod(v, NULL)) : json_integer(strtoll(v, NULL, 10));
+      j = strpbrk(v, ".eE") ? json_real(strtod(v, NULL)) : json_integer(strtoll(v, NULL, 10));
     else if (strcmp(r->cols[c], "detail") == 0 && v[0] == '{' && (j = json_loads(v, 0, NULL)))
       ; /* audit details are JSON objects: embed them, not their text */
     else
@@ -210,7 +282,7 @@ tl_status tl_report_json(char **out, const tl_report *r, unsigned flags, tl_erro
   }
   if (!doc)
     return tl__oom(err);
-  *out = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  *out = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
   json_decref(doc);
   return *out ? TL_OK : tl__oom(err);
 }
@@ -232,7 +304,7 @@ tl_status tl_token_json(char **out, const tl_token *t, tl_error *err)
                         "base_url", t->base_url, "credential", (json_int_t)t->credential, "refreshed", t->refreshed);
   if (!o)
     return tl__oom(err);
-  *out = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  *out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
   /* Jansson keeps a copy of the token inside the object: burn it before freeing. */
   json_t *at = json_object_get(o, "access_token");
   if (json_is_string(at))

@@ -314,6 +314,81 @@ static tl_status s_credential_add(fx *f, tl_error *e)
   tl_credential_spec spec = {.provider = "nous", .profile = "cred", .refresh_token = "api-rt-cred"};
   return tl_credential_add(NULL, f->s, &spec, e);
 }
+static tl_status f_credential_remove(fx *f, tl_error *e)
+{
+  return tl_credential_remove(NULL, f->s, 99999, 0, e);
+}
+static tl_status s_credential_remove(fx *f, tl_error *e)
+{
+  tl_error quiet = {0};
+  int64_t id = 0;
+  tl_profile_add(f->s, "credrm", NULL, &quiet);
+  tl_credential_spec spec = {.provider = "nous", .profile = "credrm", .refresh_token = "api-rt-credrm"};
+  assert_int_equal(tl_credential_add(&id, f->s, &spec, &quiet), TL_OK);
+  return tl_credential_remove(NULL, f->s, id, 1, e);
+}
+static tl_status f_credential_list(fx *f, tl_error *e)
+{
+  return tl_credential_list(NULL, f->s, e);
+}
+static tl_status s_credential_list(fx *f, tl_error *e)
+{
+  tl_report *r = NULL;
+  tl_status rc = tl_credential_list(&r, f->s, e);
+  tl_report_free(r);
+  return rc;
+}
+static tl_status f_strategy_get(fx *f, tl_error *e)
+{
+  tl_strategy st;
+  return tl_strategy_get(&st, f->s, "nope", "nous", e);
+}
+static tl_status s_strategy_get(fx *f, tl_error *e)
+{
+  tl_error quiet = {0};
+  tl_strategy st;
+  tl_profile_add(f->s, "strat", NULL, &quiet);
+  return tl_strategy_get(&st, f->s, "strat", "nous", e);
+}
+static tl_status f_report_new(fx *f, tl_error *e)
+{
+  (void)f;
+  tl_report *r = NULL;
+  return tl_report_new(&r, NULL, 0, e);
+}
+static tl_status s_report_new(fx *f, tl_error *e)
+{
+  (void)f;
+  static const char *const cols[] = {"a"};
+  tl_report *r = NULL;
+  tl_status rc = tl_report_new(&r, cols, 1, e);
+  tl_report_free(r);
+  return rc;
+}
+static tl_status f_report_add_row(fx *f, tl_error *e)
+{
+  (void)f;
+  static const char *const cols[] = {"n"}, *cells[] = {"not-a-number"};
+  static const int num[] = {1};
+  tl_report *r = NULL;
+  tl_error quiet = {0};
+  assert_int_equal(tl_report_new(&r, cols, 1, &quiet), TL_OK);
+  tl_status rc = tl_report_add_row(r, cells, num, e);
+  tl_report_free(r);
+  return rc;
+}
+static tl_status s_report_add_row(fx *f, tl_error *e)
+{
+  (void)f;
+  static const char *const cols[] = {"n"}, *cells[] = {"42"};
+  static const int num[] = {1};
+  tl_report *r = NULL;
+  tl_error quiet = {0};
+  assert_int_equal(tl_report_new(&r, cols, 1, &quiet), TL_OK);
+  tl_status rc = tl_report_add_row(r, cells, num, e);
+  tl_report_free(r);
+  return rc;
+}
 static tl_status f_strategy_parse(fx *f, tl_error *e)
 {
   (void)f;
@@ -571,6 +646,11 @@ static const api_case cases[] = {
     {"tl_provider_list", "ledger.c", 0, f_provider_list, s_provider_list},
     {"tl_url_check", "ledger.c", 0, f_url_check, s_url_check},
     {"tl_credential_add", "ledger.c", 0, f_credential_add, s_credential_add},
+    {"tl_credential_remove", "ledger.c", 0, f_credential_remove, s_credential_remove},
+    {"tl_credential_list", "query.c", 0, f_credential_list, s_credential_list},
+    {"tl_strategy_get", "query.c", 0, f_strategy_get, s_strategy_get},
+    {"tl_report_new", "report.c", 0, f_report_new, s_report_new},
+    {"tl_report_add_row", "report.c", 0, f_report_add_row, s_report_add_row},
     {"tl_strategy_parse", "refresh.c", 0, f_strategy_parse, s_strategy_parse},
     {"tl_strategy_set", "refresh.c", 0, f_strategy_set, s_strategy_set},
     {"tl_token_get", "refresh.c", 0, f_token_get, s_token_get},

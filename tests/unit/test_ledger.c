@@ -148,7 +148,7 @@ static void test_ledger__check_rt_names_current_spent_and_unknown(void **state)
   assert_string_equal(tl_report_get(r, 0, "state"), "rejected");
   char *json = NULL;
   assert_int_equal(tl_report_json(&json, r, TL_JSON_OBJECT, &err), TL_OK);
-  assert_non_null(strstr(json, "\"generation\": 0")); /* numbers stay numbers */
+  assert_non_null(strstr(json, "\"generation\":0")); /* numbers stay numbers */
   assert_null(strstr(json, "rt-check"));
   free(json);
   tl_report_free(r);
@@ -380,6 +380,115 @@ static void test_ledger__rt_header_must_be_a_harmless_token(void **state)
   assert_int_equal(tl_provider_set(f->s, &p, &err), TL_OK);
 }
 
+/* credential rm: out of every pool, its token retired and erased, its lineage and audit kept. */
+static void test_ledger__credential_rm_detaches_a_dead_grant_and_keeps_its_lineage(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  int64_t id = fx_credential(f->s, "a", "rt-remove-me");
+  tl_credential_spec spec = {.provider = "nous", .profile = "b", .refresh_token = "rt-remove-me"};
+  assert_int_equal(tl_profile_add(f->s, "b", NULL, &err), TL_OK);
+  assert_int_equal(tl_credential_add(NULL, f->s, &spec, &err), TL_OK); /* b shares the grant */
+  int64_t audit = fx_int(f->s, "SELECT count(*) FROM audit_event");
+
+  /* live: refused without force, nothing written */
+  assert_int_equal(tl_credential_remove(NULL, f->s, id, 0, &err), TL_EINVAL);
+  assert_non_null(strstr(err.message, "live"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 2);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event"), audit);
+  /* being presented: refused even with force */
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'presented'"), 0);
+  assert_int_equal(tl_credential_remove(NULL, f->s, id, 1, &err), TL_EBUSY);
+  assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'current'"), 0);
+  /* unknown credential */
+  assert_int_equal(tl_credential_remove(NULL, f->s, 424242, 1, &err), TL_ENOTFOUND);
+
+  /* dead: no force needed */
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET status = 'needs_reauth'"), 0);
+  tl_report *r = NULL;
+  tl_error_clear(&err);
+  assert_int_equal(tl_credential_remove(&r, f->s, id, 0, &err), TL_OK);
+  assert_string_equal(tl_report_get(r, 0, "profiles"), "a,b");
+  assert_string_equal(tl_report_get(r, 0, "entries"), "2");
+  assert_non_null(tl_report_get(r, 0, "retired_rt"));
+  tl_report_free(r);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 0);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE access_token IS NOT NULL"), 0);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'retired' AND secret IS NULL"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'credential_removed'"), 1);
+  /* the lineage stays, and the token is refused if it comes back */
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 1);
+  assert_int_equal(tl_credential_add(NULL, f->s, &spec, &err), TL_EREUSE);
+}
+
+/* Status never calls an access token valid when the grant cannot refresh; entries without lineage say so. */
+static void test_ledger__status_says_what_each_entry_can_give(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  fx_credential(f->s, "a", "rt-status");
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET access_token = 'at', expires_at = 32503680000000"), 0);
+  assert_int_equal(fx_sql(f->s, "INSERT INTO provider (name, updated_at) VALUES ('openrouter', 0);"
+                                "INSERT INTO pool_entry (profile_id, provider, entry_id, source, auth_type) "
+                                "VALUES (1, 'openrouter', 'k1', 'env:KEY', 'api_key');"
+                                "INSERT INTO pool_entry (profile_id, provider, entry_id, source) "
+                                "VALUES (1, 'openrouter', 'b1', 'claude_code')"),
+                   0);
+  static const struct {
+    const char *status, *want;
+  } cases[] = {{"active", "valid"}, {"needs_reauth", "needs_login"}, {"uncertain", "unknown_outcome"}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char sql[128];
+    snprintf(sql, sizeof sql, "UPDATE credential SET status = '%s'", cases[i].status);
+    assert_int_equal(fx_sql(f->s, sql), 0);
+    tl_report *r = NULL;
+    assert_int_equal(tl_status_report(&r, f->s, "a", &err), TL_OK);
+    assert_int_equal(tl_report_rows(r), 3);
+    for (size_t row = 0; row < 3; row++) {
+      const char *entry = tl_report_get(r, row, "entry"), *access = tl_report_get(r, row, "access_token");
+      const char *want = strcmp(entry, "k1") == 0 ? "api_key" : strcmp(entry, "b1") == 0 ? "borrowed" : cases[i].want;
+      assert_string_equal(access, want);
+      assert_string_equal(tl_report_get(r, row, "kind"), strcmp(want, "api_key") == 0    ? "api_key"
+                                                         : strcmp(want, "borrowed") == 0 ? "borrowed"
+                                                                                         : "oauth");
+    }
+    tl_report_free(r);
+  }
+  /* the provider only API keys use says so */
+  tl_report *p = NULL;
+  assert_int_equal(tl_provider_list(&p, f->s, &err), TL_OK);
+  for (size_t i = 0; i < tl_report_rows(p); i++)
+    if (strcmp(tl_report_get(p, i, "name"), "openrouter") == 0)
+      assert_string_equal(tl_report_get(p, i, "refreshes"), "api_keys_only");
+  tl_report_free(p);
+}
+
+/* A caller's rows are escaped like the library's, numbers are checked, and JSON is one line with null for "". */
+static void test_ledger__own_report_rows_are_escaped_and_render_one_json_line(void **state)
+{
+  (void)state;
+  static const char *const cols[] = {"text", "n", "flag", "empty"};
+  const char *cells[] = {"a\x1b[2Jb\nc", "12", "true", ""};
+  const int num[] = {0, 1, 1, 0};
+  tl_report *r = NULL;
+  tl_error err = {0};
+  char *json = NULL;
+  assert_int_equal(tl_report_new(&r, cols, 4, &err), TL_OK);
+  assert_int_equal(tl_report_add_row(r, cells, num, &err), TL_OK);
+  assert_null(strchr(tl_report_get(r, 0, "text"), '\x1b'));
+  assert_int_equal(tl_report_json(&json, r, TL_JSON_OBJECT, &err), TL_OK);
+  assert_null(strchr(json, '\n'));
+  assert_non_null(strstr(json, "\"n\":12"));
+  assert_non_null(strstr(json, "\"flag\":true"));
+  assert_non_null(strstr(json, "\"empty\":null"));
+  free(json);
+  const char *bad[] = {"x", "1e999999x", "true", "y"};
+  assert_int_equal(tl_report_add_row(r, bad, num, &err), TL_EINVAL);
+  assert_int_equal(tl_report_rows(r), 1);
+  tl_report_free(r);
+  assert_int_equal(tl_report_new(&r, cols, 0, &err), TL_EINVAL);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -402,6 +511,10 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_ledger__doctor_turns_a_dead_owners_attempt_into_unknown, fx_setup,
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_ledger__a_live_owners_attempt_is_not_reaped, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__credential_rm_detaches_a_dead_grant_and_keeps_its_lineage, fx_setup,
+                                      fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ledger__status_says_what_each_entry_can_give, fx_setup, fx_teardown),
+      cmocka_unit_test(test_ledger__own_report_rows_are_escaped_and_render_one_json_line),
   };
   return cmocka_run_group_tests_name("ledger", tests, NULL, NULL);
 }
