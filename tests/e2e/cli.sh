@@ -105,7 +105,7 @@ check '[ "$(q "SELECT count(*) FROM pool_entry p JOIN profile f ON f.id=p.profil
 tl $D pool strategy nous bogus --profile alice; expect 2 "unknown strategy"; contains "fill_first" "lists the strategies"
 tl $D pool strategy nous round_robin --profile ghost; expect 3 "strategy for an unknown profile"
 tl $D report nous --profile alice --entry nope --status 429; expect 3 "report on an unknown entry"
-tl $D recover --credential 1; expect 2 "recover without a decision"; contains "exactly one of" "names the choices"
+tl $D recover --credential 1; expect 2 "recover without a decision"; contains "exactly one of --assume-not-sent, --mark-dead or --rescue" "names the choices"
 tl $D recover --credential 1 --mark-dead; expect 2 "recover with no unknown outcome"
 tl $D keep-fresh --once --ahead soon; expect 2 "keep-fresh with a bad --ahead"
 tl $D import; expect 2 "import without a path"
@@ -185,7 +185,7 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
 fi
 
 # --- no secret anywhere but token's own output
-cp "$ALL.keep" "$WORK/with-token"; grep -v '^at-alice-0001$' "$ALL" | grep -v '"access_token": "at-alice-0001"' > "$WORK/scan" || true
+cp "$ALL.keep" "$WORK/with-token"; grep -v '^at-alice-0001$' "$ALL" | grep -v '"access_token":"at-alice-0001"' > "$WORK/scan" || true
 ALL="$WORK/scan" no_secret_leak "$WORK/rt1" "$WORK/rt-argv"
 ALL="$WORK/scan" no_secret_leak "$WORK/at1"
 finish

@@ -18,8 +18,8 @@ _tokenledger_names()
 _tokenledger()
 {
   local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="init profile provider credential login import export sync keep-fresh serve compact status
-                  lineage audit history check-rt doctor token refresh recover report pool"
+  local commands="init import status token refresh sync keep-fresh serve export login profile provider credential
+                  pool report lineage audit history check-rt recover doctor compact help"
   local bin=${COMP_WORDS[0]} db="" cmd="" at=0 i
   COMPREPLY=()
 
@@ -41,7 +41,8 @@ _tokenledger()
   # Words after the command that are neither options nor option values: subcommand, PROVIDER, ...
   local args=() takes_value="--db --home --token-url --device-url --client-id --rt-header --scope --skew --grace
     --profile --refresh-token-file --access-token-file --expires-at --label --entry-id --source --origin --output
-    --shared-nous --interval --ahead --count --keep-days --credential --limit --entry --status --reset-at"
+    --shared-nous --interval --ahead --count --keep-days --credential --limit --entry --status --reset-at --columns
+    --listen --threads"
   if ((at)); then
     for ((i = at + 1; i < COMP_CWORD; i++)); do
       case ${COMP_WORDS[i]} in
@@ -70,7 +71,7 @@ _tokenledger()
       return 0 ;;
     --token-url | --device-url | --client-id | --rt-header | --scope | --skew | --grace | --expires-at | \
       --label | --entry-id | --source | --interval | --ahead | --count | --keep-days | --credential | --limit | \
-      --entry | --status | --reset-at)
+      --entry | --status | --reset-at | --columns | --listen | --threads)
       return 0 ;; # free text
   esac
 
@@ -81,9 +82,10 @@ _tokenledger()
 
   local opts="" words=""
   case $cmd in
-    init) ;;
+    init) opts="--json" ;;
+    help) ((${#args[@]} == 0)) && words=$commands ;;
     profile)
-      opts="--home --create --clear --all --json"
+      opts="--home --create --clear --all --json --wide --columns"
       case ${#args[@]} in
         0) words="add set-home list rm strict" ;;
         1) [[ ${args[0]} == set-home || ${args[0]} == rm || ${args[0]} == strict ]] &&
@@ -97,37 +99,38 @@ _tokenledger()
           fi ;;
       esac ;;
     provider)
-      opts="--token-url --device-url --client-id --rt-header --rt-in-body --scope --skew --grace --json"
+      opts="--token-url --device-url --client-id --rt-header --rt-in-body --scope --skew --grace --json --wide --columns"
       ((${#args[@]} == 0)) && words="set list" ;;
     credential)
       opts="--profile --refresh-token-file --access-token-file --expires-at --label --token-url --entry-id
-            --source --origin --json"
-      ((${#args[@]} == 0)) && words="add"
-      ((${#args[@]} == 1)) && words=$(_tokenledger_names "$bin" "$db" provider) ;;
+            --source --origin --force --json --wide --columns"
+      ((${#args[@]} == 0)) && words="add rm list"
+      ((${#args[@]} == 1)) && [[ ${args[0]} == add ]] && words=$(_tokenledger_names "$bin" "$db" provider) ;;
     login | token) opts="--profile --json" ;;&
     refresh) opts="--profile --force --json" ;;&
-    report) opts="--profile --entry --status --reset-at" ;;&
+    report) opts="--profile --entry --status --reset-at --json" ;;&
     login | token | refresh | report) ((${#args[@]} == 0)) && words=$(_tokenledger_names "$bin" "$db" provider) ;;
     import)
-      opts="--profile --all-profiles --dry-run --json"
+      opts="--profile --all-profiles --dry-run --json --wide --columns"
       if ((${#args[@]} == 0)) && [[ $cur != -* ]]; then
         compopt -o filenames 2> /dev/null
         COMPREPLY=($(compgen -f -- "$cur"))
         return 0
       fi ;;
-    export) opts="--profile --output --shared-nous --json" ;;
-    sync) opts="--profile --all --json" ;;
-    keep-fresh) opts="--interval --ahead --once --count --no-sync --watch --json" ;;
-    serve) opts="--listen --interval --ahead --no-sync --no-keep-fresh --threads --quiet --status --json" ;;
+    export) opts="--profile --output --shared-nous --json --wide --columns" ;;
+    sync) opts="--profile --all --json --wide --columns" ;;
+    keep-fresh) opts="--interval --ahead --once --count --no-sync --watch --json --wide --columns" ;;
+    serve) opts="--listen --interval --ahead --no-sync --no-keep-fresh --threads --quiet --status --json --wide
+                 --columns" ;;
     compact) opts="--keep-days --json" ;;
-    status) opts="--profile --json" ;;
-    lineage) opts="--credential --json" ;;
-    audit | history) opts="--credential --limit --json" ;;
+    status) opts="--profile --json --wide --columns" ;;
+    lineage) opts="--credential --tree --dot --json --wide --columns" ;;
+    audit | history) opts="--credential --limit --json --wide --columns" ;;
     check-rt) opts="--refresh-token-file --json" ;;
-    doctor) opts="--fix --json" ;;
-    recover) opts="--credential --assume-not-sent --mark-dead --rescue" ;;
+    doctor) opts="--fix --json --wide --columns" ;;
+    recover) opts="--credential --assume-not-sent --mark-dead --rescue --json" ;;
     pool)
-      opts="--profile"
+      opts="--profile --json"
       case ${#args[@]} in
         0) words="strategy" ;;
         1) words=$(_tokenledger_names "$bin" "$db" provider) ;;
