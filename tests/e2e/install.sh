@@ -95,7 +95,7 @@ UNITS=$(ls "$P"/share/systemd/user/*.service 2> /dev/null)
 check '[ -n "$UNITS" ] && [ "$(echo "$UNITS" | wc -l)" = "$(ls "$TL_SRC"/docs/*.service.in | wc -l)" ]' \
   "every unit template is installed"
 UNIT="$P/share/systemd/user/tokenledger-keep-fresh.service"
-check 'grep -qx "ExecStart=$P/bin/tokenledger keep-fresh --interval 60 --ahead 600" "$UNIT"' \
+check 'grep -qx "ExecStart=$P/bin/tokenledger keep-fresh --interval 60 --ahead 600 --watch" "$UNIT"' \
   "keep-fresh's ExecStart is the installed binary"
 if command -v systemd-analyze > /dev/null; then
   mkdir -m 0700 -p "$WORK/xdg"
