@@ -541,7 +541,10 @@ static int run_credential_rm(const cli_cmd *c, cli_args *a)
   int code;
   if (rc != TL_OK) {
     code = cli_fail(&ctx, &err, rc);
-    if (rc == TL_EINVAL && strstr(err.message, "live"))
+    if (rc == TL_EINVAL && strstr(err.message, "Hermes files"))
+      fprintf(stderr, "hint: stop using it in Hermes first (log out, or log in again there); a credential that needs a "
+                      "new login can always be removed\n");
+    else if (rc == TL_EINVAL && strstr(err.message, "live"))
       fprintf(stderr, "hint: add --force to give it up anyway; the server still takes its refresh token until it "
                       "expires, so log it out there if you can\n");
   } else if (cli_out_of(a).json) {
@@ -555,7 +558,7 @@ static int run_credential_rm(const cli_cmd *c, cli_args *a)
       printf(", refresh token %s... retired", G("retired_rt"));
     printf("; its lineage stays ('tokenledger lineage --credential %lld')\n", (long long)id);
     if (tl_report_get(r, 0, "files"))
-      printf("Hermes files that hold it mark it dead at their next sync: %s\n", cli_tilde(buf, sizeof buf, G("files")));
+      printf("Hermes files no longer kept in step for it: %s\n", cli_tilde(buf, sizeof buf, G("files")));
 #undef G
     code = EXIT_OK;
   }
@@ -619,9 +622,9 @@ static const cli_cmd credential_subs[] = {
     {"rm", run_credential_rm, "ID", 1, 1, "remove a credential from every pool; its lineage stays",
      "Removes a credential from the ledger's use: it leaves every pool, its refresh token is retired and its\n"
      "plaintext erased, its access token burned. Its lineage, attempts and audit rows stay for forensics, and its\n"
-     "refresh tokens are refused if they come back. Hermes files that hold it mark it dead at their next sync\n"
-     "(or take the profile's newer login). A live credential is removed only with --force; one that needs a new\n"
-     "login (a dead grant, a login you replaced) needs no --force.\n",
+     "refresh tokens are refused if they come back. A credential that needs a new login (a dead grant, a login\n"
+     "you replaced) is removed as it is; a live one only with --force, and not while Hermes files the ledger keeps\n"
+     "still hold it (Hermes would go on spending a token the ledger has retired).\n",
      credential_rm_opts, NULL},
     {"list", run_credential_list, NULL, 0, 0, "list every credential, used or not",
      "Lists every credential with its status, the profiles that use it and its latest refresh token.\n",

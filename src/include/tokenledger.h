@@ -357,11 +357,11 @@ TL_EXTERN tl_status tl_credential_add(int64_t *out_id, tl_store *store, const tl
  * place, its open refresh token is retired (plaintext erased), its access
  * token burned, and it is marked as needing a login. Its lineage, attempts
  * and audit rows stay (fingerprints are never forgotten, so its tokens are
- * refused if they come back). Hermes files that hold it get it marked dead
- * (or replaced by the profile's newer login) at their next sync.
- * A live credential (active or uncertain) is removed only with force.
- * Errors: TL_ENOTFOUND, TL_EINVAL (live, without force), TL_EBUSY (its
- * refresh token is being presented). out (may be NULL) gets one row:
+ * refused if they come back). A live credential (active or uncertain) is
+ * removed only with force, and not while Hermes files the ledger keeps hold
+ * it (they would go on spending a token the ledger retired).
+ * Errors: TL_ENOTFOUND, TL_EINVAL (live: without force, or held by Hermes
+ * files), TL_EBUSY (its refresh token is being presented). out (may be NULL) gets one row:
  * credential, provider, label, status (before), profiles, entries,
  * retired_rt (fingerprint prefix), files (Hermes files that hold it).
  */

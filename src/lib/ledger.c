@@ -632,8 +632,8 @@ out:
  * with its plaintext erased, the access token is burned, and the credential is marked as needing a login
  * (why: removed). Its lineage, attempts and audit rows stay for forensics, so its refresh tokens are
  * still recognised (and refused) if they come back. A live grant (active, or with an unknown outcome) is
- * given up only with force; one being presented right now never. Hermes files that hold it get it marked
- * dead (or replaced by the profile's newer login) at their next sync, as for any dead grant.
+ * given up only with force, and never while Hermes files the ledger keeps still hold it (they would go
+ * on spending a token the ledger has retired) or while it is being presented.
  */
 static tl_status remove_rows(tl_store *s, int64_t cred, int64_t now, int64_t *entries, tl_error *err)
 {
@@ -708,6 +708,13 @@ tl_status tl_credential_remove(tl_report **out, tl_store *s, int64_t cred, int f
   if (busy) {
     rc = tl__err(err, TL_EBUSY, 0, "credential %lld: its refresh token is being presented right now; not removed",
                  (long long)cred);
+    goto fail;
+  }
+  if (strcmp(status, "needs_reauth") != 0 && files) {
+    /* Hermes keeps using it: the ledger would retire a token the files go on spending (and refuse them). */
+    rc = tl__err(err, TL_EINVAL, 0,
+                 "credential %lld (%s%s%s) is live in Hermes files the ledger keeps (%.600s); not removed",
+                 (long long)cred, provider, label ? ", " : "", label ? label : "", files);
     goto fail;
   }
   if (strcmp(status, "needs_reauth") != 0 && !force) {

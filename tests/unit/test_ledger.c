@@ -402,8 +402,25 @@ static void test_ledger__credential_rm_detaches_a_dead_grant_and_keeps_its_linea
   assert_int_equal(fx_sql(f->s, "UPDATE refresh_token SET state = 'current'"), 0);
   /* unknown credential */
   assert_int_equal(tl_credential_remove(NULL, f->s, 424242, 1, &err), TL_ENOTFOUND);
+  /* live in a Hermes file the ledger keeps: refused even with force */
+  char sql[300];
+  snprintf(
+      sql, sizeof sql,
+      "INSERT INTO hermes_file (profile_id, kind, path, template, imported_at, synced_at) VALUES (1, 'auth', "
+      "'/h/auth.json', '{\"providers\":{\"nous\":{\"refresh_token\":{\"$tl\":\"rt\",\"credential\":%lld}}}}', 0, 0)",
+      (long long)id);
+  assert_int_equal(fx_sql(f->s, sql), 0);
+  assert_int_equal(tl_credential_remove(NULL, f->s, id, 1, &err), TL_EINVAL);
+  assert_non_null(strstr(err.message, "/h/auth.json"));
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 2);
+  /* a live one nobody's files hold: with force */
+  int64_t other = fx_credential(f->s, "c", "rt-forced-out");
+  assert_int_equal(tl_credential_remove(NULL, f->s, other, 0, &err), TL_EINVAL);
+  tl_error_clear(&err);
+  assert_int_equal(tl_credential_remove(NULL, f->s, other, 1, &err), TL_OK);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 2);
 
-  /* dead: no force needed */
+  /* dead: no force needed, even in a Hermes file */
   assert_int_equal(fx_sql(f->s, "UPDATE credential SET status = 'needs_reauth'"), 0);
   tl_report *r = NULL;
   tl_error_clear(&err);
@@ -414,10 +431,10 @@ static void test_ledger__credential_rm_detaches_a_dead_grant_and_keeps_its_linea
   tl_report_free(r);
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM pool_entry"), 0);
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM credential WHERE access_token IS NOT NULL"), 0);
-  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'retired' AND secret IS NULL"), 1);
-  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'credential_removed'"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'retired' AND secret IS NULL"), 2);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'credential_removed'"), 2);
   /* the lineage stays, and the token is refused if it comes back */
-  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 1);
+  assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token"), 2);
   assert_int_equal(tl_credential_add(NULL, f->s, &spec, &err), TL_EREUSE);
 }
 
