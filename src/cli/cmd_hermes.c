@@ -442,7 +442,7 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
   OPEN_OR_RETURN(s, 0, NULL);
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
-  int code = EXIT_OK, table = rounds == 1;
+  int code = EXIT_OK, table = opt_on(a, "once");
   char *last_attention = NULL;
   for (int64_t round = 1; !stop_requested && (rounds == 0 || round <= rounds); round++) {
     if (round > 1)

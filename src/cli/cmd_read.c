@@ -165,7 +165,7 @@ static const cli_col lineage_cols[] = {{"credential", "cred", COL_DEFAULT},
 
 typedef struct node {
   size_t row;
-  int64_t rt, parent, credential;
+  int64_t rt, parent, credential, generation;
 } node;
 
 static int64_t num_at(const tl_report *r, size_t row, const char *col)
@@ -178,6 +178,7 @@ typedef struct tree {
   const tl_report *r;
   const node *nodes;
   size_t *by_parent; /* node indices sorted by (parent, rt): a token's children are one run */
+  size_t *height;    /* per node: generations below it (the longest line of descendants) */
   size_t n;
   int utf8;
 } tree;
@@ -189,6 +190,16 @@ static int by_parent_cmp(const void *a, const void *b)
   if (x->parent != y->parent)
     return x->parent < y->parent ? -1 : 1;
   return x->rt < y->rt ? -1 : x->rt > y->rt;
+}
+static int by_rt_cmp(const void *a, const void *b)
+{
+  const node *x = &g_sort_nodes[*(const size_t *)a], *y = &g_sort_nodes[*(const size_t *)b];
+  return x->rt < y->rt ? -1 : x->rt > y->rt;
+}
+static int by_generation_desc(const void *a, const void *b)
+{
+  const node *x = &g_sort_nodes[*(const size_t *)a], *y = &g_sort_nodes[*(const size_t *)b];
+  return x->generation > y->generation ? -1 : x->generation < y->generation;
 }
 
 /* The children of rt, oldest first: *first is the index into by_parent, the count is returned. */
@@ -209,6 +220,41 @@ static size_t children(const tree *t, int64_t rt, size_t *first)
   return n;
 }
 
+/*
+ * Heights without recursion (a family may be a million generations long): children are one generation
+ * below their parent, so visiting nodes deepest first settles every child before its parent.
+ */
+static int heights(tree *t)
+{
+  size_t *order = calloc(t->n + 1, sizeof *order), *by_rt = calloc(t->n + 1, sizeof *by_rt);
+  if (!order || !by_rt) {
+    free(order);
+    free(by_rt);
+    return -1;
+  }
+  for (size_t i = 0; i < t->n; i++)
+    order[i] = by_rt[i] = i;
+  g_sort_nodes = t->nodes;
+  qsort(order, t->n, sizeof *order, by_generation_desc);
+  qsort(by_rt, t->n, sizeof *by_rt, by_rt_cmp);
+  for (size_t k = 0; k < t->n; k++) {
+    const node *c = &t->nodes[order[k]];
+    size_t lo = 0, hi = t->n;
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (t->nodes[by_rt[mid]].rt < c->parent)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    if (c->parent && lo < t->n && t->nodes[by_rt[lo]].rt == c->parent && t->height[by_rt[lo]] < t->height[order[k]] + 1)
+      t->height[by_rt[lo]] = t->height[order[k]] + 1;
+  }
+  free(order);
+  free(by_rt);
+  return 0;
+}
+
 static void tree_line(const tree *t, const char *prefix, size_t i)
 {
   const tl_report *r = t->r;
@@ -227,9 +273,10 @@ static void tree_line(const tree *t, const char *prefix, size_t i)
 }
 
 /*
- * A family as a tree that stays narrow however long it is: a token's newest child continues the line below
- * it at the same indentation (rotations are a chain), older children branch off to the right. The first line
- * of a subtree starts with first, the others with rest.
+ * A family as a tree that stays narrow however long it is: the child with the longest line below it (the
+ * newest on a tie) continues the line below its parent at the same indentation, so a chain of rotations is
+ * one column; other children branch off to the right, oldest first. The first line of a subtree starts
+ * with first, the others with rest.
  */
 static void tree_walk(const tree *t, size_t i, const char *first, const char *rest, int depth)
 {
@@ -239,24 +286,34 @@ static void tree_walk(const tree *t, size_t i, const char *first, const char *re
     size_t k0, n = children(t, t->nodes[i].rt, &k0);
     if (n == 0)
       return;
+    size_t main = t->by_parent[k0];
+    for (size_t k = 1; k < n; k++)
+      if (t->height[t->by_parent[k0 + k]] >= t->height[main])
+        main = t->by_parent[k0 + k];
     snprintf(branch, sizeof branch, "%s%s", rest, t->utf8 ? "\xe2\x94\x9c\xe2\x94\x80" : "+-");
     snprintf(cont, sizeof cont, "%s%s", rest, t->utf8 ? "\xe2\x94\x82 " : "| ");
-    for (size_t k = 0; k + 1 < n; k++) {
+    for (size_t k = 0; k < n; k++) {
+      size_t kid = t->by_parent[k0 + k];
+      if (kid == main)
+        continue;
       if (depth < 64)
-        tree_walk(t, t->by_parent[k0 + k], branch, cont, depth + 1);
+        tree_walk(t, kid, branch, cont, depth + 1);
       else
         printf("%s... (more branches)\n", branch);
     }
-    i = t->by_parent[k0 + n - 1];
+    i = main;
     tree_line(t, rest, i);
   }
 }
 
 static void print_tree(const tl_report *r, node *nodes, size_t n)
 {
-  tree t = {r, nodes, calloc(n + 1, sizeof(size_t)), n, cli_utf8()};
-  if (!t.by_parent)
+  tree t = {r, nodes, calloc(n + 1, sizeof(size_t)), calloc(n + 1, sizeof(size_t)), n, cli_utf8()};
+  if (!t.by_parent || !t.height || heights(&t) != 0) {
+    free(t.by_parent);
+    free(t.height);
     return;
+  }
   for (size_t i = 0; i < n; i++)
     t.by_parent[i] = i;
   g_sort_nodes = nodes;
@@ -275,6 +332,7 @@ static void print_tree(const tl_report *r, node *nodes, size_t n)
     i = j;
   }
   free(t.by_parent);
+  free(t.height);
 }
 
 /* A DOT string: quoted, with " and \ escaped (the report's own escapes stay readable). */
@@ -365,7 +423,8 @@ static int run_lineage(const cli_cmd *c, cli_args *a)
       code = EXIT_FAILURE_;
     } else {
       for (size_t i = 0; i < n; i++)
-        nodes[i] = (node){i, num_at(r, i, "rt"), num_at(r, i, "parent"), num_at(r, i, "credential")};
+        nodes[i] = (node){i, num_at(r, i, "rt"), num_at(r, i, "parent"), num_at(r, i, "credential"),
+                          num_at(r, i, "generation")};
       if (dot)
         print_dot(r, nodes, n);
       else if (n)

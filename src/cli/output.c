@@ -73,10 +73,11 @@ int cli_colour(void)
   return isatty(STDOUT_FILENO) && !(no && *no) && term && *term && strcmp(term, "dumb") != 0;
 }
 
+/* Drawing characters (tree lines, the ellipsis) only for a terminal that takes UTF-8; pipes get ASCII. */
 int cli_utf8(void)
 {
   const char *cs = nl_langinfo(CODESET);
-  return cs && (strcmp(cs, "UTF-8") == 0 || strcmp(cs, "utf8") == 0);
+  return isatty(STDOUT_FILENO) && cs && (strcmp(cs, "UTF-8") == 0 || strcmp(cs, "utf8") == 0);
 }
 
 const char *cli_sgr(const char *code)
@@ -276,6 +277,7 @@ typedef struct tcol {
   const cli_col *sp;  /* its spec, or NULL */
   const char *header; /* shown header */
   size_t width;
+  int short_time; /* a time shown as MM-DD HH:MM, to fit a narrow terminal */
 } tcol;
 
 /* Which columns, in which order. Returns the count, or -1 after a usage error. */
@@ -294,7 +296,7 @@ static int choose_columns(tcol *cols, size_t max, const tl_report *r, const cli_
         usage_error("--columns: no column %s in this report", shown(&b, name));
         return -1;
       }
-      cols[n++] = (tcol){rc, sp, sp && sp->header ? sp->header : tl_report_column(r, (size_t)rc), 0};
+      cols[n++] = (tcol){rc, sp, sp && sp->header ? sp->header : tl_report_column(r, (size_t)rc), 0, 0};
       p += len;
       if (*p == ',')
         p++;
@@ -303,7 +305,7 @@ static int choose_columns(tcol *cols, size_t max, const tl_report *r, const cli_
   }
   if (o->wide || !spec) {
     for (size_t c = 0; c < tl_report_columns(r) && n < max; c++)
-      cols[n++] = (tcol){(int)c, spec_find(spec, tl_report_column(r, c)), tl_report_column(r, c), 0};
+      cols[n++] = (tcol){(int)c, spec_find(spec, tl_report_column(r, c)), tl_report_column(r, c), 0, 0};
     return (int)n;
   }
   for (size_t i = 0; spec[i].name && n < max; i++) {
@@ -319,7 +321,7 @@ static int choose_columns(tcol *cols, size_t max, const tl_report *r, const cli_
       if (!any)
         continue;
     }
-    cols[n++] = (tcol){rc, &spec[i], spec[i].header ? spec[i].header : spec[i].name, 0};
+    cols[n++] = (tcol){rc, &spec[i], spec[i].header ? spec[i].header : spec[i].name, 0, 0};
   }
   return (int)n;
 }
@@ -359,25 +361,47 @@ static char *cell_text(const char *v, const cli_col *sp, int raw)
   return strdup(v);
 }
 
-/* Shrinks the shrinkable columns one character at a time, always the widest, until the row fits the terminal. */
+static size_t min_width(const tcol *c, size_t floor)
+{
+  size_t h = text_width(c->header);
+  return h > floor ? h : floor;
+}
+
+/* Shrinks the shrinkable columns to at least floor, one character at a time, always the widest. */
+static size_t shrink(tcol *cols, size_t n, size_t total, size_t term, size_t floor)
+{
+  while (total > term) {
+    tcol *widest = NULL;
+    for (size_t i = 0; i < n; i++)
+      if (cols[i].sp && (cols[i].sp->flags & (COL_PATH | COL_SHRINK | COL_TILDE)) &&
+          cols[i].width > min_width(&cols[i], floor) && (!widest || cols[i].width > widest->width))
+        widest = &cols[i];
+    if (!widest)
+      break;
+    widest->width--;
+    total--;
+  }
+  return total;
+}
+
+/*
+ * Fits a row into the terminal: text and paths shrink to 8 characters, then times lose their year and
+ * seconds, then text shrinks to 4. What still does not fit wraps: the line is as short as it gets.
+ */
 static void fit(tcol *cols, size_t n, size_t term)
 {
   size_t total = 0;
   for (size_t i = 0; i < n; i++)
     total += cols[i].width + (i + 1 < n ? 2 : 0);
-  while (total > term) {
-    tcol *widest = NULL;
-    for (size_t i = 0; i < n; i++) {
-      size_t minw = text_width(cols[i].header) > 8 ? text_width(cols[i].header) : 8;
-      if (cols[i].sp && (cols[i].sp->flags & (COL_PATH | COL_SHRINK)) && cols[i].width > minw &&
-          (!widest || cols[i].width > widest->width))
-        widest = &cols[i];
+  total = shrink(cols, n, total, term, 8);
+  for (size_t i = 0; i < n && total > term; i++) {
+    if (cols[i].sp && (cols[i].sp->flags & COL_TIME) && cols[i].width > min_width(&cols[i], 11)) {
+      total -= cols[i].width - min_width(&cols[i], 11);
+      cols[i].width = min_width(&cols[i], 11);
+      cols[i].short_time = 1;
     }
-    if (!widest)
-      return; /* nothing left to shorten: the line is as short as it gets */
-    widest->width--;
-    total--;
   }
+  shrink(cols, n, total, term, 4);
 }
 
 static void put_cell(const char *text, size_t width, int last, const char *colour, int header)
@@ -428,7 +452,11 @@ static int print_table(const tl_report *r, const cli_col *spec, const cli_out *o
   for (size_t i = 0; code == EXIT_OK && i < nr; i++) {
     for (size_t c = 0; c < n; c++) {
       const char *t = cells[i * n + c];
-      char *shortened = NULL;
+      char *shortened = NULL, brief[16];
+      if (cols[c].short_time && strlen(t) == 19 && t[4] == '-' && t[10] == ' ') {
+        snprintf(brief, sizeof brief, "%.11s", t + 5); /* YYYY-MM-DD HH:MM:SS -> MM-DD HH:MM */
+        t = brief;
+      }
       if (term && text_width(t) > cols[c].width)
         t = shortened = cut(t, cols[c].width, cols[c].sp && (cols[c].sp->flags & COL_PATH));
       const char *colour = cols[c].sp && (cols[c].sp->flags & (COL_STATE | COL_OK)) && t ? state_colour(t) : NULL;
