@@ -5,8 +5,9 @@ tl_deps() {
   local want="gcc make cmake pkg-config libsqlite3-dev libcurl4-openssl-dev libjansson-dev libssl-dev
               libmicrohttpd-dev sqlite3 jq curl"
   case "$1" in
-    # groff-base renders the manual page; systemd brings systemd-analyze for the user unit's checks.
-    test) want="$want libcmocka-dev valgrind clang libclang-rt-14-dev groff-base systemd" ;;
+    # groff-base renders the manual page; systemd brings systemd-analyze for the user unit's checks;
+    # graphviz's dot reads what `lineage --dot` prints; bsdutils' script makes the terminal of e2e_ux.
+    test) want="$want libcmocka-dev valgrind clang libclang-rt-14-dev groff-base systemd graphviz bsdutils" ;;
     demo | bench) want="$want libcmocka-dev" ;;
   esac
   local missing=""
