@@ -348,20 +348,44 @@ static char *attention_of(const tl_report *r)
   return out;
 }
 
-/* Hints for the rows that need the user (the library says what; the tool says what to run). */
-static void attention_hints(const tl_report *r)
+/* The first profile that uses a credential ("" if none). */
+static void first_profile(char *out, size_t n, tl_store *s, const char *cred)
 {
+  tl_report *r = NULL;
+  tl_error err = {0};
+  out[0] = '\0';
+  if (tl_credential_list(&r, s, &err) != TL_OK)
+    return;
+  for (size_t i = 0; i < tl_report_rows(r); i++) {
+    const char *c = tl_report_get(r, i, "credential"), *f = tl_report_get(r, i, "profiles");
+    if (c && f && strcmp(c, cred) == 0)
+      snprintf(out, n, "%.*s", (int)strcspn(f, ","), f);
+  }
+  tl_report_free(r);
+}
+
+/*
+ * Hints for the rows that need the user: the library says what, the tool says what to run, with the real
+ * profile. Left out when the row's detail already names that very command.
+ */
+static void attention_hints(tl_store *s, const tl_report *r)
+{
+  char cmd[400], profile[80];
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action"), *d = tl_report_get(r, i, "detail");
     const char *cred = tl_report_get(r, i, "credential"), *p = tl_report_get(r, i, "provider");
-    if (!a || strcmp(a, "attention") != 0 || !d || !p || !cred || strstr(d, "'tokenledger "))
+    if (!a || strcmp(a, "attention") != 0 || !d || !p || !cred)
       continue;
+    cmd[0] = '\0';
     if (strstr(d, "unknown outcome"))
-      printf("    hint: 'tokenledger recover --credential %s --assume-not-sent' or '--mark-dead'\n", cred);
-    else if (strstr(d, "login"))
-      printf("    hint: 'tokenledger login %s --profile NAME' for a profile that uses credential %s\n", p, cred);
-    else if (strstr(d, "endpoint"))
-      printf("    hint: 'tokenledger provider set %s --token-url URL --client-id ID'\n", p);
+      snprintf(cmd, sizeof cmd, "tokenledger recover --credential %s --assume-not-sent' or '--mark-dead", cred);
+    else if (strstr(d, "login")) {
+      first_profile(profile, sizeof profile, s, cred);
+      snprintf(cmd, sizeof cmd, "tokenledger login %s --profile %s", p, *profile ? profile : "NAME");
+    } else if (strstr(d, "endpoint"))
+      snprintf(cmd, sizeof cmd, "tokenledger provider set %s --token-url URL --client-id ID", p);
+    if (*cmd && !strstr(d, cmd))
+      printf("    hint: '%s'\n", cmd);
   }
 }
 
@@ -377,7 +401,7 @@ static void print_changes_of_round(const tl_report *r)
 }
 
 /* One concise line per round, and what needs attention only when it changed. */
-static void round_line(const tl_report *r, int64_t round, char **last_attention)
+static void round_line(tl_store *s, const tl_report *r, int64_t round, char **last_attention)
 {
   char when[40], refreshed[200], attention[200], failed[200], line[1024];
   stamp(when, sizeof when);
@@ -409,7 +433,7 @@ static void round_line(const tl_report *r, int64_t round, char **last_attention)
   if (now && (!*last_attention || strcmp(now, *last_attention) != 0)) {
     if (*now) {
       fputs(now, stdout);
-      attention_hints(r);
+      attention_hints(s, r);
     } else if (*last_attention && **last_attention) {
       printf("  nothing needs attention any more\n");
     }
@@ -465,9 +489,9 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
     if (o.json || table) {
       cli_print(r, fresh_cols, &o, 0);
       if (table && !o.json)
-        attention_hints(r);
+        attention_hints(s, r);
     } else {
-      round_line(r, round, &last_attention);
+      round_line(s, r, round, &last_attention);
     }
     fflush(stdout);
     tl_report_free(r);
