@@ -17,6 +17,18 @@ DB="$WORK/ledger.db"; D="--db $DB"; PF="$DB-serve"
 q() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
 current() { q "SELECT secret FROM refresh_token WHERE state = 'current' AND credential_id = 1"; }
 hermes() { set +e; "$TL_HERMES" "$@" > "$WORK/h.out" 2>&1; HRC=$?; set -e; cat "$WORK/h.out" >> "$ALL"; }
+# serve's keep-fresh rotates about every second here (ahead 124 s of a 125 s
+# token), so the portal's count and the ledger's are compared when they agree
+# between two reads of the ledger, not at one arbitrary instant.
+rotations() { q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'"; }
+portal_is_ledger() {
+  for _ in $(seq 100); do
+    r1=$(rotations); c=$(counter refreshes); r2=$(rotations)
+    [ "$r1" = "$r2" ] && [ "$c" = "$r1" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
 SERVE_PID=""
 stop_serve() { if [ -n "$SERVE_PID" ]; then kill -TERM "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; fi; SERVE_PID=""; }
 trap 'stop_serve; cleanup' EXIT
@@ -50,13 +62,12 @@ check 'jq -e ".refresh_token | startswith(\"tlsurr1.\")" "$S" >/dev/null && [ "$
 check '! grep -rqF "$real" "$R"' "the real refresh token is in no file of the root"
 tl $D sync --all --json; expect 0 "a sync of a strict root"
 check 'jq -e "all(.[]; .action == \"unchanged\" or .action == \"strict\")" "$OUT" >/dev/null' "changes nothing: the surrogates are recognised, not adopted as tokens"
-check '[ "$(current)" = "$real" ]' "the ledger's refresh token is still the real one"
+check '[ "$(q "SELECT count(*) FROM refresh_token WHERE secret LIKE '"'tlsurr1.%'"'")" = 0 ] && [ "${real#tlsurr1.}" = "$real" ]' "no surrogate ever entered the ledger as a refresh token"
 
 # --- 2. Hermes refreshes at serve
-before=$(counter refreshes)
 hermes refresh "$R" alpha file --force-current
 check '[ "$HRC" = 0 ] && grep -q refreshed "$WORK/h.out"' "Hermes refreshed through serve ($(cat "$WORK/h.out"))"
-check '[ "$(counter refreshes)" -le $((before + 1)) ]' "the real portal saw at most tokenledger's one refresh"
+check 'portal_is_ledger' "every refresh the real portal saw is one of tokenledger's own"
 check 'jq -e ".providers.nous.refresh_token | startswith(\"tlsurr1.\")" "$(auth "$R" alpha)" >/dev/null' "Hermes wrote the new surrogate serve gave it"
 check '! grep -rqF "$(current)" "$R"' "still no real refresh token in any file"
 
@@ -71,8 +82,7 @@ check '[ "$HRC" = 0 ]' "Hermes never refused, never a torn file ($(tail -2 "$WOR
 check '! grep -q " 0 refreshes" "$WORK/race.out"' "Hermes refreshed (through serve)"
 check '[ ! -s "$WORK/sync.err" ]' "every sync --all succeeded ($(head -c 300 "$WORK/sync.err" 2>/dev/null))"
 check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "zero reuse at the portal"
-rot=$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'")
-check '[ "$(counter refreshes)" = "$rot" ]' "every refresh the real portal saw is one of tokenledger's own ($(counter refreshes) = $rot)"
+check 'portal_is_ledger' "every refresh the real portal saw is one of tokenledger's own ($(counter refreshes) ~ $(rotations))"
 check '! grep -rqF "$(current)" "$R"' "no real refresh token in any file after the race"
 
 # --- 4. the incident: an outside script presents what it finds in a strict profile's auth.json
