@@ -857,6 +857,8 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
   /* 1. Known tokens and slots without one; collect new tokens. */
   for (size_t i = 0; i < set->n && rc == TL_OK; i++) {
     tl__hf *f = &set->v[i];
+    if (a->import)
+      tl__progress(a->s, "files", (int64_t)i, (int64_t)set->n);
     if (!f->doc || f->in_step)
       continue;
     for (size_t k = 0; k < f->ss.n && rc == TL_OK; k++) {
@@ -1349,6 +1351,8 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
     rc = tl__adopt_set(&a, &set, err);
   if (rc == TL_OK)
     rc = tl__hfset_remember(s, &set, err);
+  if (rc == TL_OK)
+    tl__progress(s, "files", (int64_t)set.n, (int64_t)set.n);
   if (rc == TL_OK && (!o || !o->dry_run)) {
     tl__ids ids = {0};
     rc = tl__audit(s, "import", &ids, json_pack("{s:s, s:I}", "path", path, "files", (json_int_t)np), err);

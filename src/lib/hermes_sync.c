@@ -716,7 +716,7 @@ static tl_status report_file(tl_report *r, const tl__hf *f, const char *action, 
 {
   if (!r)
     return TL_OK;
-  const char *cells[7] = {f->shared ? "(shared)" : f->profile_name, f->path, "$", "", NULL, action, note};
+  const char *cells[7] = {f->shared ? "(shared)" : f->profile_name, f->path, "$", NULL, NULL, action, note};
   const int num[7] = {0};
   return tl__report_add_row(r, cells, num, err);
 }

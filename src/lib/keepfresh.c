@@ -109,7 +109,7 @@ static tl_status add_sync_rows(tl_report *r, const tl_report *sr, tl_error *err)
              strcmp(tl_report_get(sr, i, "path"), "$") ? tl_report_get(sr, i, "path") : "");
     snprintf(what, sizeof what, "sync:%s", action);
     const char *p = tl_report_get(sr, i, "provider");
-    rc = add(r, cred ? strtoll(cred, NULL, 10) : 0, p && *p ? p : NULL, what, 0, detail, err);
+    rc = add(r, cred ? strtoll(cred, NULL, 10) : 0, p, what, 0, detail, err);
   }
   return rc;
 }
