@@ -5,6 +5,7 @@
 #   2. 16 processes ask at once for the same expired credential: exactly one
 #      refresh reaches the portal. Then 40 rounds of two concurrent first
 #      inits and a write: the ledger and every acknowledged write survive.
+#   2b. a ledger another program keeps locked: exit 8, nothing presented.
 #   3. kill -9 at random points of refreshing processes (TL_CRASH_ROUNDS rounds
 #      of two kills, 100 by default = 200 kills): the portal never sees a spent
 #      RT, every RT it issued is in the ledger or answers an `unknown`
@@ -70,6 +71,22 @@ for i in $(seq 40); do
   fi
 done
 check '[ "$bad" = 0 ]' "40 rounds of two inits and a write through the CLI: nothing lost, only exits 0, 3 or 8"
+
+# 2b. a ledger held locked by another program past the deadline: exit 8, a
+# clear message, nothing presented, nothing written
+before_rows=$(q "SELECT (SELECT count(*) FROM refresh_attempt) || '/' || (SELECT count(*) FROM refresh_token)")
+before_refreshes=$(counter refreshes)
+mkfifo "$WORK/hold"
+sqlite3 "$DB" < "$WORK/hold" > /dev/null 2>&1 & holder=$!
+exec 9> "$WORK/hold"
+echo "BEGIN EXCLUSIVE; SELECT 1;" >&9
+for _ in $(seq 100); do sqlite3 "$DB" "BEGIN IMMEDIATE; ROLLBACK;" 2>/dev/null || break; sleep 0.05; done
+tl $D refresh nous --profile p0 --force; expect 8 "a ledger locked past the deadline: busy"
+contains "lock" "says the ledger is locked"
+echo "ROLLBACK;" >&9; exec 9>&-; wait $holder || true
+check '[ "$(counter refreshes)" = "$before_refreshes" ]' "nothing reached the portal while the ledger was locked"
+check '[ "$(q "SELECT (SELECT count(*) FROM refresh_attempt) || '"'/'"' || (SELECT count(*) FROM refresh_token)")" = "$before_rows" ]' "and nothing was written"
+tl $D refresh nous --profile p0 --force; expect 0 "once the lock is gone, the same refresh goes through"
 
 # 3. kill -9 torture
 set +e; "$TL_DRIVER" crash "$DB" "$URL" "$ROUNDS" 4 > "$OUT" 2> "$ERR"; RC=$?; set -e
