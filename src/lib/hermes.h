@@ -113,6 +113,14 @@ int64_t tl__hf_lock_timeout_ms(void);
  * target or directory owned by another user. Stop signals are deferred while the
  * temporary file exists, so it never outlives the process. */
 tl_status tl__hf_write(const char *target, const char *text, tl_error *err);
+/* A spent refresh token that could not be replaced in a file is defused: its
+ * characters overwritten in place (same length, no new disk block, JSON intact)
+ * by "tl-spent-xxx...". Presented anywhere it is an unknown token, never a reuse;
+ * adoption skips it, and the next write-back fills the slot. *out_n: how many
+ * string values were overwritten. Only a regular file of the caller's. */
+#define TL_HF_SPENT_PREFIX "tl-spent-"
+int tl__hf_is_defused(const char *rt);
+tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, size_t nrts, tl_error *err);
 /* Removes a file (the shared store on a terminal failure); absent is fine. */
 tl_status tl__hf_remove(const char *target, tl_error *err);
 /* The text Hermes would write: indent 2, key order kept (sorted for the shared store). */

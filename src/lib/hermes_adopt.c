@@ -864,6 +864,8 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
     for (size_t k = 0; k < f->ss.n && rc == TL_OK; k++) {
       tl__slot *sl = &f->ss.v[k];
       const char *rt = tl__hf_slot_rt(sl);
+      if (tl__hf_is_defused(rt))
+        rt = NULL; /* a spent token we overwrote in place: no token, the next write-back fills it */
       if (!rt) {
         int64_t mapped = 0;
         if ((rc = place_cred(&mapped, a->s, f, sl, err)) != TL_OK)

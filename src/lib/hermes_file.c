@@ -974,6 +974,97 @@ fail:
   return rc;
 }
 
+/* ---- defusing a spent token in place ----------------------------------------------------------- */
+
+int tl__hf_is_defused(const char *rt)
+{
+  return rt && strncmp(rt, TL_HF_SPENT_PREFIX, sizeof TL_HF_SPENT_PREFIX - 1) == 0;
+}
+
+/* 1 if the JSON string literal buf[0..len) (quotes included) decodes to one of rts. */
+static int literal_is_one_of(const char *buf, size_t len, const char *const *rts, size_t nrts)
+{
+  json_error_t je;
+  json_t *v = json_loadb(buf, len, JSON_DECODE_ANY, &je);
+  int hit = 0;
+  if (json_is_string(v))
+    for (size_t i = 0; i < nrts && !hit; i++)
+      hit = rts[i] && strlen(rts[i]) == json_string_length(v) && strcmp(json_string_value(v), rts[i]) == 0;
+  json_decref(v);
+  return hit;
+}
+
+static tl_status pwrite_all(int fd, const char *p, size_t n, off_t off, const char *path, tl_error *err)
+{
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return tl__err(err, TL_EIO, errno, "%s: cannot overwrite in place: %s", path, strerror(errno));
+    p += w;
+    n -= (size_t)w;
+    off += w;
+  }
+  return TL_OK;
+}
+
+tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, size_t nrts, tl_error *err)
+{
+  *out_n = 0;
+  int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0)
+    return errno == ENOENT ? TL_OK : tl__err(err, TL_EIO, errno, "%s: cannot open: %s", path, strerror(errno));
+  tl_status rc = TL_OK;
+  char *buf = NULL;
+  size_t len = 0;
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    rc = tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
+    goto done;
+  }
+  if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_size > TL_HERMES_MAX_FILE) {
+    rc = tl__err(err, TL_EINSECURE, 0, "%s: not a regular file of yours of at most %d MiB; left alone", path,
+                 TL_HERMES_MAX_FILE / (1024 * 1024));
+    goto done;
+  }
+  if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0 ||
+      (rc = read_all(&buf, &len, fd, path, st.st_size, err)) != TL_OK) {
+    if (rc == TL_OK)
+      rc = tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
+    goto done;
+  }
+  /* Every string literal: a token's bytes become the marker's, same length, so the
+   * file keeps its size and structure and needs no new block on the disk. */
+  for (size_t i = 0; i < len && rc == TL_OK; i++) {
+    if (buf[i] != '"')
+      continue;
+    size_t j = i + 1;
+    while (j < len && buf[j] != '"')
+      j += buf[j] == '\\' ? 2 : 1;
+    if (j >= len)
+      break;
+    size_t inner = j - i - 1;
+    if (literal_is_one_of(buf + i, j - i + 1, rts, nrts)) {
+      char *m = buf + i + 1;
+      memset(m, 'x', inner);
+      memcpy(m, TL_HF_SPENT_PREFIX, inner < sizeof TL_HF_SPENT_PREFIX - 1 ? inner : sizeof TL_HF_SPENT_PREFIX - 1);
+      if ((rc = pwrite_all(fd, m, inner, (off_t)(i + 1), path, err)) == TL_OK)
+        (*out_n)++;
+    }
+    i = j;
+  }
+  if (rc == TL_OK && *out_n && fdatasync(fd) != 0)
+    rc = tl__err(err, TL_EIO, errno, "%s: fdatasync: %s", path, strerror(errno));
+done:
+  if (buf) {
+    tl_burn(buf, len);
+    free(buf);
+  }
+  close(fd);
+  return rc;
+}
+
 tl_status tl__hf_remove(const char *target, tl_error *err)
 {
   if (unlink(target) != 0 && errno != ENOENT)

@@ -396,6 +396,10 @@ static tl_status known_token(int *out, tl_store *s, const char *rt, tl_error *er
   static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp";
   char fp[65];
   int64_t yes = 0;
+  if (tl__hf_is_defused(rt)) {
+    *out = 1; /* ours, written over a spent token: the slot is ours to fill */
+    return TL_OK;
+  }
   tl_fingerprint(fp, rt, strlen(rt));
   tl_status rc = TL_Q_INT(&yes, s, sql, err, TL_TEXT(":fp", fp));
   *out = yes == 1;
@@ -892,14 +896,81 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
   return rc;
 }
 
+/*
+ * A file that could not be rewritten (disk full, I/O error), or that holds a
+ * token the server rotated while the ledger could not record it, may hold a
+ * refresh token the server has already rotated: Hermes presenting it would be
+ * a reuse, and the server would revoke the whole grant. That token is defused
+ * in place (tl__hf_defuse: same length, no new disk block), so Hermes presents
+ * an unknown token instead, which costs nothing; the next write-back fills the
+ * slot. spent_fp: that one token; NULL: every token the ledger knows as rotated.
+ * Best effort: the caller already reports the failure.
+ */
+static void defuse_spent(tl_store *s, const tl__hf *f, const char *spent_fp, tl_report *report)
+{
+  static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp AND state = 'rotated'";
+  json_t *doc = NULL;
+  char sha[65];
+  tl_error e = {0};
+  tl__slots ss = {0};
+  const char **rts = NULL;
+  size_t n = 0;
+  int done = 0;
+  if (tl__hf_load(&doc, sha, NULL, f->path, &e) != TL_OK ||
+      tl__hf_walk(&ss, doc, f->path, f->shared ? TL_WALK_SHARED : 0, &e) != TL_OK ||
+      !(rts = calloc(ss.n ? ss.n : 1, sizeof *rts)))
+    goto out;
+  for (size_t k = 0; k < ss.n; k++) {
+    const char *rt = tl__hf_slot_rt(&ss.v[k]);
+    if (!rt || tl__strict_is_surrogate(rt) || tl__hf_is_defused(rt))
+      continue;
+    char fp[65];
+    int64_t rotated = 0;
+    tl_fingerprint(fp, rt, strlen(rt));
+    if (spent_fp ? strcmp(fp, spent_fp) == 0
+                 : TL_Q_INT(&rotated, s, sql, &e, TL_TEXT(":fp", fp)) == TL_OK && rotated == 1)
+      rts[n++] = rt;
+  }
+  if (n == 0 || tl__hf_defuse(&done, f->path, rts, n, &e) != TL_OK || done == 0)
+    goto out;
+  if (report)
+    report_file(report, f, "defused", "held a refresh token the server had rotated; overwritten in place", &e);
+  tl__ids ids = {.profile = f->profile};
+  if (tl__tx_begin(s, "defused", &e) == TL_OK) {
+    if (tl__audit(s, "file_defused", &ids, json_pack("{s:s, s:i}", "file", f->path, "values", done), &e) == TL_OK)
+      tl__tx_commit(s, &e);
+    else
+      tl__tx_rollback(s);
+  }
+out:
+  free(rts);
+  tl__hf_slots_free(&ss);
+  json_decref(doc);
+}
+
 tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
 {
   tl_status rc = TL_OK;
-  /* Profiles first: a shared store follows the grant its profiles moved to. */
-  for (int shared = 0; shared < 2 && rc == TL_OK; shared++)
-    for (size_t i = 0; i < set->n && rc == TL_OK; i++)
-      if (set->v[i].shared == shared)
-        rc = write_one(s, &set->v[i], report, err);
+  /* Profiles first: a shared store follows the grant its profiles moved to. Every file
+   * is tried even after one fails: each one written is one less copy of a spent token. */
+  for (int shared = 0; shared < 2; shared++)
+    for (size_t i = 0; i < set->n; i++) {
+      if (set->v[i].shared != shared)
+        continue;
+      tl_error one = {0};
+      tl_status wrc = write_one(s, &set->v[i], report, &one);
+      if (wrc == TL_OK)
+        continue;
+      defuse_spent(s, &set->v[i], NULL, report);
+      if (rc == TL_OK) {
+        rc = wrc;
+        if (err)
+          *err = one;
+      }
+    }
+  if (s->coop_spent_fp[0])
+    for (size_t i = 0; i < set->n; i++)
+      defuse_spent(s, &set->v[i], s->coop_spent_fp, report);
   if (rc != TL_OK)
     return rc;
   int any = 0;
@@ -1007,11 +1078,13 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
     return rc;
   }
   s->coop = 1;
+  s->coop_spent_fp[0] = '\0';
   rc = tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
   s->coop = 0;
   /* Whatever happened (rotated, rejected, fresh after adoption), every file holding the grant gets it. */
   tl_error werr = {0};
   tl_status wrc = tl__hfset_write_back(s, &set, NULL, &werr);
+  s->coop_spent_fp[0] = '\0';
   tl__hfset_free(&set);
   if (rc == TL_OK && wrc != TL_OK) {
     if (err)

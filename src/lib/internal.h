@@ -52,6 +52,7 @@ struct tl_store {
     int64_t skew_ms, loaded_at; /* the hot path's provider skew, re-read after a second */
   } skew;
   int coop;                /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
+  char coop_spent_fp[65];  /* set by it: an RT the server rotated that the ledger could not record */
   int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
   tl__actor actor;
   tl_http_fn http;

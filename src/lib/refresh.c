@@ -1824,6 +1824,8 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, tl__
   if (recorded) {
     rescue_release(cl); /* only an unused reservation: a written file stays */
   } else {
+    if (s->coop && a->kind == TL__A_ROTATED)
+      memcpy(s->coop_spent_fp, cl->fp, sizeof s->coop_spent_fp); /* Hermes' copies must not be presented */
     tl_status wrc = cl->rescued ? TL_OK : rescue_write(s, cl, a, &why);
     if (wrc == TL_OK)
       return tl__err(err, rc, fail.sys,

@@ -7,7 +7,10 @@
 #      'recover --rescue' takes it back once there is room again;
 #   3. a read-only filesystem: 'token' answers, a refresh sends nothing;
 #   4. SIGTERM and SIGINT between send and record: the process records the
-#      rotation first, then stops.
+#      rotation first, then stops;
+#   5. Hermes' files beside a full disk (the files on it, or the ledger): the
+#      token the server rotated is defused in place in every file, so what
+#      Hermes presents is an unknown token, never a reuse; sync restores.
 if [ -z "${TL_MOUNTNS:-}" ]; then
   if [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
     exec unshare -m env TL_MOUNTNS=1 bash "$0" "$@"
@@ -122,5 +125,57 @@ tl $D refresh nous --profile alice --force; expect 0 "the ledger carries on"
 check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse at the portal"
 check '[ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = \"rotated\"")" = "$(counter refreshes)" ]' "portal rotations equal ledger rotations"
 
-no_secret_leak "$WORK/rt-a" "$WORK/rt-b"
+# --- 5. Hermes' files beside a full disk: a token the server rotated is never left for Hermes
+. "$(dirname "$0")/hermes_root.sh"
+unset HERMES_SHARED_AUTH_DIR
+present() { curl -s -o /dev/null -w '%{http_code}' -X POST "$URL/api/oauth/token" -H "x-nous-refresh-token: $1" \
+  -d grant_type=refresh_token -d client_id=hermes-cli; }
+# 5a. the files are on the full disk, the ledger is not: the rotation is recorded, the files cannot be rewritten
+HR="$WORK/small/root"; HDB="$WORK/hermes-a.db"; H="--db $HDB"
+make_root "$HR" alpha beta
+tl $H init; tl $H import "$HR" --all-profiles; expect 0 "import a root that lives on the small filesystem"
+old=$(rt_of "$(auth "$HR" alpha)"); printf '%s' "$old" > "$WORK/rt-h1"
+fill
+tl $H refresh nous --profile alpha --force; expect 13 "the rotation is recorded, the files cannot be rewritten"
+contains "space" "says the disk is full"
+new=$(sqlite3 "$HDB" "SELECT secret FROM refresh_token WHERE state = 'current'")
+check '[ -n "$new" ] && [ "$new" != "$old" ]' "the ledger holds the new token"
+check '! grep -rqF "$old" "$HR"' "no file of the root holds the spent token any more"
+check 'grep -q "tl-spent-x" "$(auth "$HR" alpha)" && jq -e .providers.nous "$(auth "$HR" alpha)" >/dev/null && jq -e .refresh_token "$HR/shared/nous_auth.json" >/dev/null' "it was overwritten in place: same size, still JSON"
+check '[ "$(present "$(rt_of "$(auth "$HR" beta)")")" = 400 ] && [ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "what Hermes would present now is an unknown token: refused, nothing revoked"
+tl $H sync --all; expect 13 "sync on the full disk fails too"
+check '[ "$(rt_of "$(auth "$HR" alpha)")" != "$new" ]' "and leaves the defused file as it was"
+unfill
+tl $H sync --all --json; expect 0 "with room again, sync"
+check '[ "$(rt_of "$(auth "$HR" alpha)")" = "$new" ] && [ "$(rt_of "$(auth "$HR" beta)")" = "$new" ] && [ "$(rt_of "$HR/shared/nous_auth.json")" = "$new" ]' "every file holds the current token again"
+check '[ "$(sqlite3 "$HDB" "SELECT count(*) FROM credential")" = 1 ]' "the defused token was never adopted as a grant"
+tl $H refresh nous --profile beta --force; expect 0 "the grant lives on"
+# 5b. the ledger is on the full disk: the answer goes to the rescue file, Hermes' copies are defused
+HR2="$WORK/root2"; RDB="$WORK/small/hermes-b.db"; H2="--db $RDB"
+make_root "$HR2" gamma
+tl $H2 init; tl $H2 import "$HR2" --all-profiles; expect 0 "import a root beside a ledger on the small filesystem"
+old=$(rt_of "$(auth "$HR2" gamma)"); printf '%s' "$old" > "$WORK/rt-h2"
+admin fault "kind=slow&ms=1500&count=1" >/dev/null
+r=$(counter refreshes)
+set +e
+"$TL_BIN" $H2 refresh nous --profile gamma --force > "$WORK/bg.out" 2> "$WORK/bg.err" &
+bg=$!
+set -e
+check 'rotated_above $r' "the refresh reached the portal"
+fill
+set +e; wait $bg; RC=$?; set -e
+cat "$WORK/bg.out" "$WORK/bg.err" >> "$ALL"; cp "$WORK/bg.out" "$OUT"; cp "$WORK/bg.err" "$ERR"
+expect 13 "the ledger cannot record the rotation"
+contains "Nothing is lost" "the answer is in the rescue file"
+check '! grep -rqF "$old" "$HR2"' "the token the server just rotated is in no file of Hermes"
+check '[ "$(present "$(rt_of "$(auth "$HR2" gamma)")")" = 400 ] && [ "$(counter families_revoked)" = 0 ]' "what Hermes would present is refused as unknown; the rescued token stays good"
+unfill
+tl $H2 recover --credential 1 --rescue; expect 0 "recover takes the answer back"
+tl $H2 sync --all; expect 0 "sync writes it to Hermes' files"
+new=$(sqlite3 "$RDB" "SELECT secret FROM refresh_token WHERE state = 'current'")
+check '[ "$(rt_of "$(auth "$HR2" gamma)")" = "$new" ] && [ "$(rt_of "$HR2/shared/nous_auth.json")" = "$new" ]' "the files hold the rescued token"
+tl $H2 refresh nous --profile gamma --force; expect 0 "and the grant lives on"
+check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse at the portal, files on a full disk or ledger on one"
+
+no_secret_leak "$WORK/rt-a" "$WORK/rt-b" "$WORK/rt-h1" "$WORK/rt-h2"
 finish

@@ -1,0 +1,170 @@
+/*
+ * test_hermes_file.c - the file layer of Hermes interoperability without a
+ * ledger: defusing a spent refresh token in place. Every JSON string whose
+ * value is the token is overwritten (however it is escaped), nothing else is,
+ * the file keeps its size and parses to the same document but for the token,
+ * and hostile files (a FIFO, another user's file, a missing one, a string cut
+ * off at the end) are refused or left alone without blocking.
+ */
+#include "fixture.h"
+#include "hermes.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[] = "/tmp/tl-hf-XXXXXX";
+
+static int setup(void **state)
+{
+  (void)state;
+  memcpy(dir + sizeof dir - 7, "XXXXXX", 6);
+  return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+  (void)state;
+  char cmd[sizeof dir + 16];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+static void put(const char *path, const char *text)
+{
+  FILE *fp = fopen(path, "w");
+  assert_non_null(fp);
+  fputs(text, fp);
+  assert_int_equal(fclose(fp), 0);
+}
+
+static char *get(const char *path, size_t *len)
+{
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  static char buf[65536];
+  *len = fread(buf, 1, sizeof buf - 1, fp);
+  buf[*len] = '\0';
+  fclose(fp);
+  return buf;
+}
+
+static void test_defuse__every_copy_however_escaped_and_nothing_else(void **state)
+{
+  (void)state;
+  char path[300];
+  snprintf(path, sizeof path, "%s/auth.json", dir);
+  /* The token holds a quote, a backslash and a slash; its copies are written three ways. */
+  const char *rt = "rt-\"q\\b/s-0123456789";
+  const char *text = "{\n"
+                     "  \"providers\": {\"nous\": {\"refresh_token\": \"rt-\\\"q\\\\b/s-0123456789\",\n"
+                     "    \"access_token\": \"xx-rt-\\\"q\\\\b/s-0123456789-yy\"}},\n"
+                     "  \"credential_pool\": {\"nous\": [{\"refresh_token\": \"rt-\\\"q\\\\b\\/s-0123456789\"},\n"
+                     "    {\"refresh_token\": \"\\u0072t-\\\"q\\\\b/s-0123456789\"},\n"
+                     "    {\"refresh_token\": \"rt-other\"}]}\n"
+                     "}\n";
+  put(path, text);
+  size_t before = strlen(text), len = 0;
+  int n = -1;
+  tl_error err = {0};
+  const char *rts[] = {rt};
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  assert_int_equal(n, 3);
+  char *after = get(path, &len);
+  assert_int_equal(len, before);
+  assert_null(strstr(after, "0123456789\","));
+  json_error_t je;
+  json_t *doc = json_loads(after, JSON_REJECT_DUPLICATES, &je);
+  assert_non_null(doc);
+  const char *single =
+      json_string_value(json_object_get(json_object_get(json_object_get(doc, "providers"), "nous"), "refresh_token"));
+  assert_non_null(single);
+  assert_true(tl__hf_is_defused(single));
+  assert_true(tl__token_valid(single, strlen(single)));
+  json_t *pool = json_object_get(json_object_get(doc, "credential_pool"), "nous");
+  for (size_t i = 0; i < 2; i++)
+    assert_true(tl__hf_is_defused(json_string_value(json_object_get(json_array_get(pool, i), "refresh_token"))));
+  /* A string that merely contains the token, and another token, are untouched. */
+  assert_string_equal(json_string_value(json_object_get(json_array_get(pool, 2), "refresh_token")), "rt-other");
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(json_object_get(doc, "providers"), "nous"), "access_token")),
+      "xx-rt-\"q\\b/s-0123456789-yy");
+  json_decref(doc);
+  /* Again: nothing left to defuse, and a defused value is never a token to defuse. */
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  assert_int_equal(n, 0);
+}
+
+static void test_defuse__short_token_and_cut_off_string(void **state)
+{
+  (void)state;
+  char path[300];
+  snprintf(path, sizeof path, "%s/short.json", dir);
+  put(path, "{\"refresh_token\": \"abc\", \"x\": \"abc");
+  int n = -1;
+  tl_error err = {0};
+  const char *rts[] = {"abc"};
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  assert_int_equal(n, 1);
+  size_t len = 0;
+  assert_string_equal(get(path, &len), "{\"refresh_token\": \"tl-\", \"x\": \"abc");
+}
+
+static void test_defuse__hostile_files(void **state)
+{
+  (void)state;
+  char path[300];
+  int n = -1;
+  tl_error err = {0};
+  const char *rts[] = {"rt-secret-000"};
+  /* Missing: nothing to do. */
+  snprintf(path, sizeof path, "%s/missing.json", dir);
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  assert_int_equal(n, 0);
+  /* A FIFO without a writer: refused at once, never waited on. */
+  snprintf(path, sizeof path, "%s/fifo.json", dir);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  assert_int_not_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  assert_int_equal(n, 0);
+  assert_non_null(strstr(err.message, "regular file"));
+  /* A directory. */
+  snprintf(path, sizeof path, "%s/dir.json", dir);
+  assert_int_equal(mkdir(path, 0700), 0);
+  assert_int_not_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  /* Another user's file (only root can make one): left exactly as it was. */
+  if (geteuid() == 0) {
+    snprintf(path, sizeof path, "%s/theirs.json", dir);
+    put(path, "{\"refresh_token\": \"rt-secret-000\"}");
+    assert_int_equal(chown(path, 65534, 65534), 0);
+    tl_error_clear(&err);
+    assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_EINSECURE);
+    size_t len = 0;
+    assert_string_equal(get(path, &len), "{\"refresh_token\": \"rt-secret-000\"}");
+    assert_null(strstr(err.message, "rt-secret-000"));
+  }
+  /* Through a symbolic link to one's own file: the file is defused, the link stays. */
+  char target[300];
+  snprintf(target, sizeof target, "%s/real.json", dir);
+  snprintf(path, sizeof path, "%s/link.json", dir);
+  put(target, "{\"refresh_token\": \"rt-secret-000\"}");
+  assert_int_equal(symlink(target, path), 0);
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
+  assert_int_equal(n, 1);
+  struct stat st;
+  assert_int_equal(lstat(path, &st), 0);
+  assert_true(S_ISLNK(st.st_mode));
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_defuse__every_copy_however_escaped_and_nothing_else),
+      cmocka_unit_test(test_defuse__short_token_and_cut_off_string),
+      cmocka_unit_test(test_defuse__hostile_files),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
