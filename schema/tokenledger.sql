@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 4).
+-- tokenledger canonical schema (user_version 5).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -16,14 +16,20 @@
 -- Invariants enforced here, not only in C (SPEC section 2):
 --   1. An RT fingerprint appears at most once        -> refresh_token.fingerprint UNIQUE
 --   2. At most one `current`/`presented` RT per
---      credential                                    -> refresh_token_one_live
+--      credential                                    -> refresh_token_one_open (one current,
+--                                                       presented or unknown RT: stronger)
 --   3. At most one `in_flight` attempt per credential -> refresh_attempt_one_in_flight
 --   4. A parent RT belongs to the same credential and
 --      generations increase by one                   -> refresh_token_lineage_insert
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;
+
+-- Rules on a column's values are written `x = 'a' OR x = 'b' OR ...`, not
+-- `x IN ('a', 'b', ...)`: SQLite builds a temporary b-tree for an IN list of three
+-- or more constants each time a CHECK, partial index or trigger evaluates it,
+-- which is every write of the row (migration 0005).
 
 -- A token endpoint configuration. Credentials copy the endpoint they were
 -- issued by, so changing a provider never redirects an existing grant.
@@ -73,7 +79,7 @@ CREATE TABLE credential (
   obtained_at   INTEGER,                      -- when the access token was issued to us
   scope         TEXT,
   status        TEXT NOT NULL DEFAULT 'active'
-                CHECK (status IN ('active', 'uncertain', 'needs_reauth')),
+                CHECK (status = 'active' OR status = 'uncertain' OR status = 'needs_reauth'),
   status_reason TEXT,                         -- why the status is not 'active' (no secret)
   refresh_not_before INTEGER,                 -- token endpoint asked us to back off (429/5xx) until then
   extra         TEXT NOT NULL DEFAULT '{}'    -- provider-specific fields as a JSON object (no secret)
@@ -96,7 +102,7 @@ CREATE TABLE pool_entry (
   source             TEXT NOT NULL,           -- Hermes source: device_code, manual:..., env:VAR, ...
   auth_type          TEXT NOT NULL DEFAULT 'oauth' CHECK (auth_type IN ('oauth', 'api_key')),
   label              TEXT,
-  last_status        TEXT CHECK (last_status IN ('ok', 'exhausted', 'dead')),
+  last_status        TEXT CHECK (last_status = 'ok' OR last_status = 'exhausted' OR last_status = 'dead'),
   last_status_at     INTEGER,
   last_error_code    INTEGER,                 -- HTTP status that caused last_status
   last_error_reason  TEXT,
@@ -128,20 +134,23 @@ CREATE TABLE refresh_token (
   fingerprint   TEXT NOT NULL UNIQUE               -- lowercase hex SHA-256 of the RT (invariant 1)
                 CHECK (length(fingerprint) = 64 AND fingerprint NOT GLOB '*[^0-9a-f]*'),
   state         TEXT NOT NULL
-                CHECK (state IN ('current', 'presented', 'rotated', 'rejected', 'unknown', 'retired')),
-  origin        TEXT NOT NULL CHECK (origin IN ('login', 'import', 'refresh', 'external')),
+                CHECK (state = 'current' OR state = 'presented' OR state = 'rotated' OR state = 'rejected'
+                       OR state = 'unknown' OR state = 'retired'),
+  origin        TEXT NOT NULL CHECK (origin = 'login' OR origin = 'import' OR origin = 'refresh' OR origin = 'external'),
   secret        TEXT,                              -- SECRET: plaintext while usable, NULL once spent
   issued_at     INTEGER NOT NULL,                  -- when the ledger first saw it
   retired_at    INTEGER,                           -- when it left current/presented
-  CHECK (state IN ('current', 'presented', 'unknown') OR secret IS NULL),
+  CHECK (state = 'current' OR state = 'presented' OR state = 'unknown' OR secret IS NULL),
   CHECK ((state IN ('current', 'presented')) = (retired_at IS NULL))
 ) STRICT;
-CREATE UNIQUE INDEX refresh_token_one_live ON refresh_token(credential_id)
-  WHERE state IN ('current', 'presented'); -- invariant 2
--- Stronger, and the index every refresh looks up: at most one RT per credential that is still
--- open (usable, being presented, or with an unknown outcome).
+-- Invariant 2, stronger, and the index every refresh looks up: at most one RT per credential
+-- that is still open (usable, being presented, or with an unknown outcome). A query finds it
+-- through this index when its WHERE names the same OR expression (or one of its terms).
 CREATE UNIQUE INDEX refresh_token_one_open ON refresh_token(credential_id)
-  WHERE state IN ('current', 'presented', 'unknown');
+  WHERE state = 'current' OR state = 'presented' OR state = 'unknown';
+-- A credential's RTs by state: `state IN ('current', 'presented', 'unknown')` is three searches
+-- here (such an IN list is not the expression refresh_token_one_open is defined by).
+CREATE INDEX refresh_token_state ON refresh_token(credential_id, state);
 CREATE INDEX refresh_token_credential ON refresh_token(credential_id, generation);
 
 -- Invariant 4, and the shape of a lineage: a root has no parent, no family and
@@ -171,7 +180,7 @@ BEGIN
       OR NEW.generation IS NOT OLD.generation OR NEW.fingerprint IS NOT OLD.fingerprint
       OR NEW.origin IS NOT OLD.origin OR NEW.issued_at IS NOT OLD.issued_at;
   SELECT RAISE(ABORT, 'refresh_token: a spent token cannot change state')
-   WHERE OLD.state IN ('rotated', 'rejected', 'retired') AND NEW.state IS NOT OLD.state;
+   WHERE (OLD.state = 'rotated' OR OLD.state = 'rejected' OR OLD.state = 'retired') AND NEW.state IS NOT OLD.state;
   SELECT RAISE(ABORT, 'refresh_token: a secret cannot be restored')
    WHERE OLD.secret IS NULL AND NEW.secret IS NOT NULL;
 END;
@@ -196,7 +205,8 @@ CREATE TABLE refresh_attempt (
   lease_until       INTEGER NOT NULL,          -- after this, others may treat the attempt as dead
   finished_at       INTEGER,
   outcome           TEXT NOT NULL DEFAULT 'in_flight'
-                    CHECK (outcome IN ('in_flight', 'rotated', 'rejected', 'not_sent', 'transient', 'unknown')),
+                    CHECK (outcome = 'in_flight' OR outcome = 'rotated' OR outcome = 'rejected'
+                            OR outcome = 'not_sent' OR outcome = 'transient' OR outcome = 'unknown'),
   http_status       INTEGER,
   oauth_error       TEXT,                      -- the server's `error`
   error_description TEXT,                      -- the server's `error_description`, or the local failure
@@ -226,7 +236,9 @@ CREATE TABLE audit_event (
                  CHECK (json_valid(detail))
 ) STRICT;
 CREATE INDEX audit_event_credential ON audit_event(credential_id, id);
-CREATE INDEX audit_event_event ON audit_event(event, id);
+-- Searched by event name only for reuse (v_reuse_events): those rows alone are indexed.
+CREATE INDEX audit_event_reuse ON audit_event(event, id)
+  WHERE event IN ('reuse_blocked', 'reuse_detected_by_server');
 
 CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event
 BEGIN

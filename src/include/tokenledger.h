@@ -175,7 +175,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 4
+#define TL_SCHEMA_VERSION 5
 
 /**
  * Opens (or creates) the ledger at path.

@@ -20,6 +20,26 @@ static tl_status migration_code(tl_store *s, int version, tl_error *err)
   return TL_OK;
 }
 
+/*
+ * Runs migration version's SQL. 0005 edits table texts in sqlite_schema, as SQLite documents for
+ * constraints rewritten without changing what they allow: SQLite's defensive mode, which forbids
+ * that, is lifted for this migration's text alone and restored whatever happens.
+ */
+static tl_status migration_sql(tl_store *s, int version, tl_error *err)
+{
+  int edits_schema = version == 5;
+  tl_status rc = TL_OK;
+  if (edits_schema)
+    sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 0, (int *)NULL);
+  if (sqlite3_exec(s->db, tl__migrations[version - 1], NULL, NULL, NULL) != SQLITE_OK)
+    rc = tl__err_db(err, s, "migrate");
+  if (edits_schema) {
+    sqlite3_exec(s->db, "PRAGMA writable_schema = OFF", NULL, NULL, NULL); /* already off unless it failed */
+    sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+  }
+  return rc;
+}
+
 tl_status tl__migrate(tl_store *s, tl_error *err)
 {
   tl_status rc = TL_OK;
@@ -43,10 +63,8 @@ tl_status tl__migrate(tl_store *s, tl_error *err)
       tl__tx_rollback(s);
       return TL_OK;
     }
-    if (sqlite3_exec(s->db, tl__migrations[ver], NULL, NULL, NULL) != SQLITE_OK) {
-      rc = tl__err_db(err, s, "migrate");
+    if ((rc = migration_sql(s, ver + 1, err)) != TL_OK)
       goto fail;
-    }
     if ((rc = migration_code(s, ver + 1, err)) != TL_OK)
       goto fail;
     char sql[64];

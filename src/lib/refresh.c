@@ -604,7 +604,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
 {
   static const char live_sql[] =
       "SELECT id, secret, fingerprint, generation, coalesce(family_id, id), state FROM refresh_token "
-      "WHERE credential_id = :cred AND state IN ('current', 'presented', 'unknown')"; /* unique: one open RT */
+      "WHERE credential_id = :cred AND (state = 'current' OR state = 'presented' OR state = 'unknown')"; /* one_open */
   static const char ins_sql[] =
       "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
       "owner_profile, owner_command, started_at, lease_until) VALUES (:cred, :rt, :host, :boot, :pid, :start, "
