@@ -19,9 +19,11 @@
  *     migrations made (tl__schema_rows): a trigger, view, index or table
  *     added or changed by someone else is refused before any statement runs.
  *     Connections run in SQLite's defensive mode.
- *   - Every connection runs WAL, foreign_keys=ON, synchronous=FULL,
- *     secure_delete=ON, and a busy timeout that is the lock deadline. On a
- *     read-only filesystem the ledger opens read-only, so a valid access
+ *   - Every connection runs WAL, foreign_keys=ON, secure_delete=ON, and a
+ *     busy timeout that is the lock deadline. Every commit is durable when it
+ *     returns: synchronous=NORMAL, and the WAL is synced once SQLite's write
+ *     lock is released, so that concurrent writers share syncs (group commit).
+ *     On a read-only filesystem the ledger opens read-only, so a valid access
  *     token is still served.
  *   - Values are bound by name, never formatted into SQL text; each statement
  *     is prepared once per connection.
@@ -138,25 +140,71 @@ tl_status tl__exec(tl_store *s, const char *sql, tl_error *err)
 }
 
 /*
- * Checkpoints happen after a commit, outside the transaction: SQLite's
+ * Group commit. Connections run synchronous=NORMAL: a commit writes its WAL
+ * frames under SQLite's write lock and releases the lock without waiting for
+ * the disk. SQLite then calls the WAL hook, after the commit and with the lock
+ * released, and the hook makes the WAL durable through SQLite's own handle of
+ * it (SQLITE_FCNTL_JOURNAL_POINTER): the sync covers every frame written so far,
+ * this commit's and those of writers that committed meanwhile, so concurrent
+ * writers share syncs instead of queueing behind each other's. A commit is
+ * therefore durable when COMMIT returns, as with synchronous=FULL. Frames are
+ * never overwritten before they are durable: SQLite reuses the WAL only after
+ * a checkpoint, which syncs the WAL before it copies and the database after.
+ * If the sync fails, COMMIT reports the I/O error although other connections
+ * can already see the transaction; tl__tx_commit says so.
+ *
+ * Checkpoints happen after a commit too, outside the transaction: SQLite's
  * automatic checkpoint would run inside the committing transaction and make
- * every queued writer wait for it.
+ * every queued writer wait for it. A passive checkpoint never completes while
+ * other processes keep committing (the log restarts only when a writer begins
+ * from a fully checkpointed log), so under steady concurrent writes the log
+ * grew without bound and every commit checkpointed again, with a sync of the
+ * log and of the database each time. Past TL_CHECKPOINT_PAGES, one connection
+ * runs a RESTART checkpoint: it waits briefly for the writers and readers of
+ * the moment, copies the whole log, syncs the database and lets the next
+ * writer start the log over; the next attempt of this connection is due only
+ * after the log has grown by another quarter of the threshold.
  */
-#define TL_CHECKPOINT_PAGES 8000
+#define TL_CHECKPOINT_PAGES   8000
+#define TL_CHECKPOINT_WAIT_MS 200
+
+tl_status tl__wal_sync(tl_store *s, tl_error *err)
+{
+  sqlite3_file *wal = NULL;
+  int rc = sqlite3_file_control(s->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+  if (rc == SQLITE_OK && wal && wal->pMethods)
+    rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+  else if (rc == SQLITE_OK)
+    rc = SQLITE_IOERR_FSYNC; /* no WAL open: nothing this connection wrote can be made durable */
+  if (rc == SQLITE_OK)
+    return TL_OK;
+  s->sync_failed = rc;
+  return tl__err(err, TL_EIO, rc, "%s: the disk did not confirm a write (%s)", s->path, sqlite3_errstr(rc));
+}
+
 static int on_wal(void *ud, sqlite3 *db, const char *name, int pages)
 {
+  tl_store *s = ud;
   (void)db;
   (void)name;
-  ((tl_store *)ud)->wal_pages = pages;
-  return SQLITE_OK;
+  s->wal_pages = pages;
+  s->wal_syncs++;
+  return tl__wal_sync(s, NULL) == TL_OK ? SQLITE_OK : s->sync_failed;
 }
 
 static void checkpoint_if_due(tl_store *s)
 {
-  if (s->wal_pages < TL_CHECKPOINT_PAGES)
+  if (s->wal_pages < TL_CHECKPOINT_PAGES) {
+    s->checkpoint_next = 0; /* the log was restarted */
     return;
-  s->wal_pages = 0;
-  sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  }
+  if (s->wal_pages < s->checkpoint_next)
+    return;
+  s->checkpoint_next = s->wal_pages + TL_CHECKPOINT_PAGES / 4;
+  int busy = s->busy_ms;
+  s->busy_ms = TL_CHECKPOINT_WAIT_MS; /* a long reader costs this commit a moment, not the lock deadline */
+  sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+  s->busy_ms = busy;
 }
 
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err)
@@ -175,8 +223,16 @@ tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err)
 tl_status tl__tx_commit(tl_store *s, tl_error *err)
 {
   const char *where = s->tx_where ? s->tx_where : "commit";
+  s->sync_failed = 0;
   if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    tl_status rc = tl__err_db(err, s, where);
+    tl_status rc;
+    if (s->sync_failed) /* committed (others may see it), but the disk did not confirm it */
+      rc = tl__err(err, TL_EIO, s->sync_failed,
+                   "%s: %s: the change was written but the disk did not confirm it (%s); it may be lost if the "
+                   "machine loses power",
+                   s->path, where, sqlite3_errstr(s->sync_failed));
+    else
+      rc = tl__err_db(err, s, where);
     tl__tx_rollback(s);
     return rc;
   }
@@ -608,7 +664,8 @@ static tl_status connect(tl_store *s, int ro_fs, tl_error *err)
     *err = first;
   if (rc != TL_OK || (rc = tl__schema_check(s, s->found_version, err)) != TL_OK)
     return rc;
-  if ((rc = tl__exec(s, "PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON; PRAGMA synchronous=FULL;", err)) != TL_OK)
+  /* NORMAL: the WAL hook syncs every commit once the write lock is released (group commit, above). */
+  if ((rc = tl__exec(s, "PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON; PRAGMA synchronous=NORMAL;", err)) != TL_OK)
     return rc;
   if (s->readonly) {
     if (s->found_version < TL_SCHEMA_VERSION)

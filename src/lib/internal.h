@@ -45,6 +45,9 @@ struct tl_store {
   int readonly;             /* opened read-only (asked for, or a read-only or full filesystem) */
   const char *readonly_why; /* why, when it was not asked for */
   int wal_pages;            /* WAL size after our last commit (wal hook), for checkpoints outside transactions */
+  int checkpoint_next;      /* WAL size at which this connection tries its next checkpoint */
+  int sync_failed;          /* the SQLite error of the last failed WAL sync after a commit, else 0 */
+  long wal_syncs;           /* commits this connection made durable (tests and benchmarks count them) */
   int rescue_fd;            /* space reserved for a rescue file (refresh.c), or -1 */
   char *rescue_reserve;     /* its path */
   struct {
@@ -127,6 +130,8 @@ tl_status tl__schema_check(tl_store *s, int version, tl_error *err);
 
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);
+/* Makes everything written to the WAL so far durable (the group commit's sync; db.c). TL_EIO if the disk fails. */
+tl_status tl__wal_sync(tl_store *s, tl_error *err);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
 tl_status tl__tx_commit(tl_store *s, tl_error *err);
 void tl__tx_rollback(tl_store *s);

@@ -6,7 +6,7 @@
  *      token someone else just obtained (single-flight); wait for a live
  *      in-flight attempt; turn a dead owner's attempt into `unknown`; check
  *      the RT; insert an `in_flight` attempt, mark the RT `presented`, audit.
- *      The commit is durable (synchronous=FULL) before any byte leaves.
+ *      The commit is durable (its WAL synced, db.c) before any byte leaves.
  *   2. Present: the POST, outside any transaction.
  *   3. Record (BEGIN IMMEDIATE ... COMMIT): the outcome, exactly one of
  *      rotated / rejected / transient / not_sent / unknown.
@@ -648,9 +648,14 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
       rc = tl__oom(err);
       goto fail;
     }
-    *out = t;
     *res = SATISFIED;
-    return tl__tx_commit(s, err);
+    /* Another process's record: durable before its token is handed out here too (its own sync may still run). */
+    if ((rc = tl__tx_commit(s, err)) != TL_OK || (rc = tl__wal_sync(s, err)) != TL_OK) {
+      tl_token_free(t);
+      return rc;
+    }
+    *out = t;
+    return TL_OK;
   }
   cl->credential = cred;
   cl->token_url = tl__col_dup(st, 4);
@@ -1844,6 +1849,27 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, tl__
   return rc;
 }
 
+/*
+ * The claim committed but its sync failed: other processes see the RT presented, yet the claim may not
+ * survive a power loss, so the RT is not sent. The attempt is settled as not sent (RT current again);
+ * if even that cannot be recorded, the attempt stays in flight and becomes unknown when it is reaped,
+ * which never re-presents the RT without an operator's decision.
+ */
+static void claim_not_durable(tl_store *s, claim *cl)
+{
+  tl__answer a;
+  memset(&a, 0, sizeof a);
+  a.kind = TL__A_NOT_SENT;
+  a.retry_after = -1;
+  a.desc = strdup("not sent: the claim could not be made durable (the disk did not confirm a write)");
+  tl_token *t = NULL;
+  tl_error ignored = {0};
+  int recorded = 0;
+  record(&t, &recorded, s, cl, &a, &ignored);
+  tl_token_free(t);
+  tl__answer_clear(&a);
+}
+
 tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
                                int64_t ahead_ms, tl_error *err)
 {
@@ -1859,6 +1885,8 @@ tl_status tl__refresh_protocol(tl_token **out, tl_store *s, int64_t cred, unsign
     sigset_t old;
     tl__signals_defer(&old);
     rc = claim_once(&res, &cl, out, &wait_for, s, cred, flags, retry_unknown, waited, ahead_ms, err);
+    if (rc != TL_OK && cl.attempt && s->sync_failed)
+      claim_not_durable(s, &cl); /* committed, but not known to be durable: the RT must not leave */
     if (rc != TL_OK || res == SATISFIED) {
       tl__signals_restore(&old);
       claim_clear(&cl);

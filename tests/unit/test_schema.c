@@ -120,7 +120,7 @@ static void test_schema__expected_rows_equal_a_replay_here(void **state)
   assert_int_equal(tl__schema_counts[0], 0);
 }
 
-static void test_schema__connection_is_wal_fk_full_secure_delete(void **state)
+static void test_schema__connection_is_wal_fk_secure_delete_and_syncs_commits(void **state)
 {
   fx *f = *state;
   sqlite3_stmt *st;
@@ -129,8 +129,14 @@ static void test_schema__connection_is_wal_fk_full_secure_delete(void **state)
   assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
   sqlite3_finalize(st);
   assert_int_equal(fx_int(f->s, "PRAGMA foreign_keys"), 1);
-  assert_int_equal(fx_int(f->s, "PRAGMA synchronous"), 2);
+  assert_int_equal(fx_int(f->s, "PRAGMA synchronous"), 1); /* NORMAL, and the WAL hook syncs each commit */
   assert_int_equal(fx_int(f->s, "PRAGMA secure_delete"), 1);
+  long before = f->s->wal_syncs;
+  tl_error err = {0};
+  assert_int_equal(tl_profile_add(f->s, "p", NULL, &err), TL_OK);
+  assert_int_equal(f->s->wal_syncs, before + 1);
+  assert_int_equal(fx_sql(f->s, "UPDATE profile SET home = '/h' WHERE name = 'p'"), SQLITE_OK); /* autocommit too */
+  assert_int_equal(f->s->wal_syncs, before + 2);
 }
 
 #define FP(c)                                                                                                          \
@@ -412,7 +418,8 @@ int main(void)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_schema__migrations_replay_equals_canonical_schema, fx_setup, fx_teardown),
       cmocka_unit_test(test_schema__expected_rows_equal_a_replay_here),
-      cmocka_unit_test_setup_teardown(test_schema__connection_is_wal_fk_full_secure_delete, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__connection_is_wal_fk_secure_delete_and_syncs_commits, fx_setup,
+                                      fx_teardown),
       cmocka_unit_test_setup_teardown(test_schema__inv1_fingerprint_is_unique_across_credentials, fx_setup,
                                       fx_teardown),
       cmocka_unit_test_setup_teardown(test_schema__inv2_one_live_rt_per_credential, fx_setup, fx_teardown),
