@@ -78,6 +78,11 @@ CREATE UNIQUE INDEX refresh_token_one_open ON refresh_token(credential_id)
   WHERE state = 'current' OR state = 'presented' OR state = 'unknown';
 CREATE INDEX refresh_token_state ON refresh_token(credential_id, state);
 
+-- Attempts by credential served only the message for a rejected grant, which
+-- finds them through the credential's RTs (refresh_attempt_rt) instead: a
+-- claim no longer writes a page of this index.
+DROP INDEX refresh_attempt_credential;
+
 -- The audit log is searched by event name only for reuse (v_reuse_events):
 -- index those rows alone, instead of every row of the log.
 DROP INDEX audit_event_event;

@@ -215,8 +215,7 @@ CREATE TABLE refresh_attempt (
 ) STRICT;
 CREATE UNIQUE INDEX refresh_attempt_one_in_flight ON refresh_attempt(credential_id)
   WHERE outcome = 'in_flight'; -- invariant 3
-CREATE INDEX refresh_attempt_rt ON refresh_attempt(rt_id);
-CREATE INDEX refresh_attempt_credential ON refresh_attempt(credential_id, id);
+CREATE INDEX refresh_attempt_rt ON refresh_attempt(rt_id); -- also a credential's attempts, through its RTs
 
 -- Append-only log. No secret ever: tokens appear as fingerprint prefixes only.
 -- References are plain integers (no foreign keys) so that history outlives

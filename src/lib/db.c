@@ -218,6 +218,20 @@ static void checkpoint_if_due(tl_store *s)
   s->busy_ms = busy;
 }
 
+/* BEGIN IMMEDIATE and COMMIT run on every write: prepared once, like every other statement. */
+static int step_cached(tl_store *s, const char *sql)
+{
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, sql, NULL) != TL_OK)
+    return sqlite3_errcode(s->db) ? sqlite3_errcode(s->db) : SQLITE_ERROR;
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static const char begin_sql[] = "BEGIN IMMEDIATE";
+static const char commit_sql[] = "COMMIT";
+
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err)
 {
   if (s->tx_where)
@@ -225,7 +239,7 @@ tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err)
   if (s->readonly)
     return tl__err(err, TL_EIO, 0, "%s: %s is open read-only (%s); nothing can be written", where, s->path,
                    s->readonly_why ? s->readonly_why : "as asked, or a read-only file");
-  if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+  if (step_cached(s, begin_sql) != SQLITE_OK)
     return tl__err_db(err, s, where);
   s->tx_where = where;
   return TL_OK;
@@ -235,7 +249,7 @@ tl_status tl__tx_commit(tl_store *s, tl_error *err)
 {
   const char *where = s->tx_where ? s->tx_where : "commit";
   s->sync_failed = 0;
-  if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+  if (step_cached(s, commit_sql) != SQLITE_OK) {
     tl_status rc;
     if (s->sync_failed) /* committed (others may see it), but the disk did not confirm it */
       rc = tl__err(err, TL_EIO, s->sync_failed,

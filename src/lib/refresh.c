@@ -1230,8 +1230,8 @@ static void rejected_message(tl_store *s, const claim *cl, const tl__answer *a, 
   static const char prev_sql[] =
       "SELECT t.generation, a.owner_host || ':' || a.owner_pid, coalesce(a.owner_profile, '-'), "
       "coalesce(a.owner_command, '-'), strftime('%Y-%m-%dT%H:%M:%SZ', a.started_at / 1000.0, 'unixepoch') "
-      "FROM refresh_attempt a JOIN refresh_token t ON t.id = a.rt_id WHERE a.credential_id = :cred AND a.id < :att "
-      "ORDER BY a.id DESC LIMIT 1";
+      "FROM refresh_token t JOIN refresh_attempt a ON a.rt_id = t.id WHERE t.credential_id = :cred AND a.id < :att "
+      "ORDER BY a.id DESC LIMIT 1"; /* through the credential's RTs: only a rejection asks */
   /* The audit log, not the attempts (compact may have removed old ones), says how often we presented it. */
   static const char count_sql[] = "SELECT count(*) FROM audit_event WHERE credential_id = :cred AND rt_id = :rt AND "
                                   "event IN ('rt_presented', 'rt_represented')";

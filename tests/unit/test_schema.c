@@ -385,8 +385,9 @@ static void test_schema__refresh_lookups_never_scan_the_history(void **state)
        "refresh_attempt_one_in_flight"},
       {"SELECT id FROM refresh_token WHERE fingerprint = 'x'", "sqlite_autoindex_refresh_token_1"},
       {"SELECT count(*) FROM refresh_attempt WHERE rt_id = 1", "refresh_attempt_rt"},
-      {"SELECT id FROM refresh_attempt WHERE credential_id = 1 AND id < 9 ORDER BY id DESC LIMIT 1",
-       "refresh_attempt_credential"},
+      {"SELECT a.id FROM refresh_token t JOIN refresh_attempt a ON a.rt_id = t.id WHERE t.credential_id = 1 AND "
+       "a.id < 9 ORDER BY a.id DESC LIMIT 1",
+       "refresh_attempt_rt"},
       {"SELECT rt_generation FROM v_profile_status WHERE profile = 'p'", "refresh_token_state"},
   };
   for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
