@@ -218,6 +218,41 @@ static void checkpoint_if_due(tl_store *s)
   s->busy_ms = busy;
 }
 
+/*
+ * The ledger's change marker, read without a transaction: the WAL-index
+ * header at the start of the -shm (two copies of a 48-byte header; SQLite's
+ * walformat.html), read the way SQLite's own readers read it: the first copy,
+ * a barrier, the second, and they must agree (a writer writes the second copy
+ * first). Every commit, by any connection of any process, rewrites it (a
+ * change counter, the last valid frame, checksums), and every change to the
+ * ledger is a commit: an unchanged marker means an unchanged ledger. Only a
+ * connection that has the WAL open reads it, through SQLite's own handle of
+ * the shared memory (xShmMap of SQLITE_FCNTL_FILE_POINTER, never extending
+ * or creating it). 0: no marker now (no shared memory, as for a read-only
+ * or frozen ledger; a commit half-published); the caller then reads the
+ * ledger itself.
+ */
+int tl__db_marker(tl_store *s, unsigned char out[TL_DB_MARKER_LEN])
+{
+  sqlite3_file *db = NULL, *wal = NULL;
+  void volatile *shm = NULL;
+  if (s->readonly || sqlite3_file_control(s->db, "main", SQLITE_FCNTL_FILE_POINTER, &db) != SQLITE_OK || !db ||
+      !db->pMethods || db->pMethods->iVersion < 2 ||
+      sqlite3_file_control(s->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) != SQLITE_OK || !wal ||
+      !wal->pMethods) /* the WAL (and so the shared memory) is not open yet */
+    return 0;
+  if (db->pMethods->xShmMap(db, 0, 32768, 0, &shm) != SQLITE_OK || !shm)
+    return 0;
+  const volatile unsigned char *hdr = shm;
+  int same = 1;
+  for (size_t i = 0; i < TL_DB_MARKER_LEN; i++)
+    out[i] = hdr[i];
+  db->pMethods->xShmBarrier(db);
+  for (size_t i = 0; i < TL_DB_MARKER_LEN; i++)
+    same &= out[i] == hdr[TL_DB_MARKER_LEN + i];
+  return same && out[12] /* isInit */;
+}
+
 /* BEGIN IMMEDIATE and COMMIT run on every write: prepared once, like every other statement. */
 static int step_cached(tl_store *s, const char *sql)
 {
@@ -841,6 +876,7 @@ void tl_store_free(tl_store *s)
   for (size_t i = 0; i < s->ncache; i++)
     sqlite3_finalize(s->cache[i].st);
   sqlite3_close(s->db);
+  tl__token_cache_clear(s);
   tl__rescue_unreserve(s);
   tl__actor_clear(&s->actor);
   free(s->path);

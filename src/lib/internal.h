@@ -51,11 +51,11 @@ struct tl_store {
   int rescue_fd;            /* space reserved for a rescue file (refresh.c), or -1 */
   char *rescue_reserve;     /* its path */
   struct {
-    char provider[130];
-    int64_t skew_ms, loaded_at; /* the hot path's provider skew, re-read after a second */
-  } skew;
-  int coop;                /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
-  char coop_spent_fp[65];  /* set by it: an RT the server rotated that the ledger could not record */
+    struct tl__cached_token *slots; /* open addressing by (profile, provider); refresh.c */
+    size_t cap, used;
+  } tokens; /* the hot path's answers, each valid while the ledger's change marker is the one it was read at */
+  int coop;               /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
+  char coop_spent_fp[65]; /* set by it: an RT the server rotated that the ledger could not record */
   int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
   tl__actor actor;
   tl_http_fn http;
@@ -130,6 +130,9 @@ tl_status tl__schema_check(tl_store *s, int version, tl_error *err);
 
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);
+/* The ledger's change marker (db.c): equal markers, equal ledger. 0 if none can be read now. */
+#define TL_DB_MARKER_LEN 48
+int tl__db_marker(tl_store *s, unsigned char out[TL_DB_MARKER_LEN]);
 /* Makes everything written to the WAL so far durable (the group commit's sync; db.c). TL_EIO if the disk fails. */
 tl_status tl__wal_sync(tl_store *s, tl_error *err);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
@@ -194,6 +197,8 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
                            int64_t ahead_ms, tl_error *err);
 /* hermes_sync.c: every Hermes file holding the credential brought in step (its locks, adopt, write back). */
 tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err);
+/* refresh.c: burns and frees the hot path's cached answers (tl_store_free). */
+void tl__token_cache_clear(tl_store *s);
 /* refresh.c: releases the store's rescue-file reservation (tl_store_free). */
 void tl__rescue_unreserve(tl_store *s);
 

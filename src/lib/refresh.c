@@ -348,41 +348,167 @@ tl_status tl_credential_find(int64_t *out, tl_store *s, const char *profile, con
  * The hot path: with fill_first (no strategy row), the first selectable entry
  * by priority, if its access token is fresh. One indexed query, one row, no
  * write. Anything else (not fresh, another strategy) takes the full path,
- * which picks exactly the same entry when this one is fresh.
+ * which picks exactly the same entry when this one is fresh. The query also
+ * reads the provider's skew and the end of the earliest cooldown among the
+ * profile's entries for the provider: until then, only a change to the ledger
+ * can change the answer.
  */
 static const char fast_sql[] =
-    "SELECT e.entry_id, c.id, c.access_token, c.expires_at, c.base_url "
+    "SELECT e.entry_id, c.id, c.access_token, c.expires_at, c.base_url, pv.skew_s * 1000, "
+    "(SELECT min(o.cooldown_until) FROM pool_entry o WHERE o.profile_id = p.id AND o.provider = :provider AND "
+    "o.cooldown_until > :now) "
     "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
-    "JOIN credential c ON c.id = e.credential_id "
+    "JOIN credential c ON c.id = e.credential_id JOIN provider pv ON pv.name = e.provider "
     "WHERE p.name = :profile AND (e.cooldown_until IS NULL OR e.cooldown_until <= :now) "
     "AND e.last_status IS NOT 'dead' AND c.status <> 'needs_reauth' "
     "AND NOT EXISTS (SELECT 1 FROM pool_strategy ps WHERE ps.profile_id = p.id AND ps.provider = :provider) "
     "ORDER BY e.priority, e.id LIMIT 1";
 
+/*
+ * The hot path's answers, per store. An answer is kept with the ledger's
+ * change marker (tl__db_marker) read before and after the query that found
+ * it (kept only if both agree: no commit in between) and with the moment it
+ * stops being the answer on its own: its access token's expiry minus the
+ * provider's skew, or the end of the profile's earliest cooldown. It is handed
+ * out again only while the marker is still the same, so any commit by any
+ * process (a refresh, a cooldown, a dead entry, a re-login, a new strategy)
+ * sends the next call back to the ledger at once, and only until that moment.
+ * Access tokens in it are burned when it is cleared.
+ */
+struct tl__cached_token {
+  char *profile, *provider; /* NULL: an empty slot */
+  unsigned char marker[TL_DB_MARKER_LEN];
+  int64_t until; /* ms: the answer is not handed out from here at or after this */
+  tl_token tok;  /* access_token SECRET */
+};
+#define TOKEN_CACHE_MAX 65536
+
+static uint64_t cache_hash(const char *profile, const char *provider)
+{
+  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+  for (const char *p = profile; *p; p++)
+    h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+  h = (h ^ 0xff) * 1099511628211ULL;
+  for (const char *p = provider; *p; p++)
+    h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+  return h;
+}
+
+static void cached_clear(struct tl__cached_token *c)
+{
+  free(c->profile);
+  free(c->provider);
+  tl_secret_free(c->tok.access_token);
+  free(c->tok.entry_id);
+  free(c->tok.base_url);
+  memset(c, 0, sizeof *c);
+}
+
+void tl__token_cache_clear(tl_store *s)
+{
+  for (size_t i = 0; i < s->tokens.cap; i++)
+    cached_clear(&s->tokens.slots[i]);
+  free(s->tokens.slots);
+  memset(&s->tokens, 0, sizeof s->tokens);
+}
+
+/* The slot of (profile, provider): its entry, or the empty slot where it would go; NULL without a table. */
+static struct tl__cached_token *cache_slot(tl_store *s, const char *profile, const char *provider)
+{
+  if (!s->tokens.cap)
+    return NULL;
+  size_t mask = s->tokens.cap - 1;
+  for (size_t i = (size_t)cache_hash(profile, provider) & mask;; i = (i + 1) & mask) {
+    struct tl__cached_token *c = &s->tokens.slots[i];
+    if (!c->profile || (strcmp(c->profile, profile) == 0 && strcmp(c->provider, provider) == 0))
+      return c;
+  }
+}
+
+/* A fresh answer for (profile, provider) while the ledger is as it was when the answer was read. */
+static int cached_token(tl_token **out, tl_store *s, const char *profile, const char *provider)
+{
+  unsigned char now_marker[TL_DB_MARKER_LEN];
+  struct tl__cached_token *c = cache_slot(s, profile, provider);
+  if (!c || !c->profile || tl__now_ms() >= c->until || !tl__db_marker(s, now_marker) ||
+      memcmp(now_marker, c->marker, sizeof now_marker) != 0)
+    return 0;
+  tl_token *t = calloc(1, sizeof *t);
+  if (!t)
+    return 0;
+  *t = c->tok;
+  t->access_token = tl__strdup(c->tok.access_token);
+  t->entry_id = tl__strdup(c->tok.entry_id);
+  t->base_url = tl__strdup(c->tok.base_url);
+  if (!t->access_token || !t->entry_id || (c->tok.base_url && !t->base_url)) {
+    tl_token_free(t);
+    return 0;
+  }
+  *out = t;
+  return 1;
+}
+
+/* Keeps t as the answer for (profile, provider) at marker until the given moment (best effort: memory). */
+static void cache_put(tl_store *s, const char *profile, const char *provider, const unsigned char *marker,
+                      int64_t until, const tl_token *t)
+{
+  if (s->tokens.used + 1 > s->tokens.cap / 2) {
+    size_t cap = s->tokens.cap ? s->tokens.cap * 2 : 64;
+    if (s->tokens.used >= TOKEN_CACHE_MAX)
+      cap = s->tokens.cap; /* full: start over rather than grow without bound */
+    struct tl__cached_token *old = s->tokens.slots, *slots = calloc(cap, sizeof *slots);
+    size_t oldcap = s->tokens.cap;
+    if (!slots)
+      return;
+    s->tokens.slots = slots;
+    s->tokens.cap = cap;
+    s->tokens.used = 0;
+    for (size_t i = 0; i < oldcap; i++) {
+      if (old[i].profile && s->tokens.used < TOKEN_CACHE_MAX / 2) {
+        *cache_slot(s, old[i].profile, old[i].provider) = old[i];
+        s->tokens.used++;
+      } else {
+        cached_clear(&old[i]);
+      }
+    }
+    free(old);
+  }
+  struct tl__cached_token *c = cache_slot(s, profile, provider);
+  if (!c->profile)
+    s->tokens.used++;
+  cached_clear(c);
+  c->profile = tl__strdup(profile);
+  c->provider = tl__strdup(provider);
+  c->tok = *t;
+  c->tok.access_token = tl__strdup(t->access_token);
+  c->tok.entry_id = tl__strdup(t->entry_id);
+  c->tok.base_url = tl__strdup(t->base_url);
+  memcpy(c->marker, marker, sizeof c->marker);
+  c->until = until;
+  if (!c->profile || !c->provider || !c->tok.access_token || !c->tok.entry_id || (t->base_url && !c->tok.base_url)) {
+    cached_clear(c); /* leaves an empty slot: a later probe stops there, as for a key never stored */
+    s->tokens.used--;
+  }
+}
+
 static int fast_token(tl_token **out, tl_store *s, const char *profile, const char *provider)
 {
-  static const char skew_sql[] = "SELECT skew_s * 1000 FROM provider WHERE name = :provider";
   sqlite3_stmt *st;
+  unsigned char before[TL_DB_MARKER_LEN], after[TL_DB_MARKER_LEN];
+  int marked = tl__db_marker(s, before);
   int64_t now = tl__now_ms();
   if (tl__prepare(&st, s, fast_sql, NULL) != TL_OK ||
       TL_BIND(st, NULL, TL_TEXT(":profile", profile), TL_TEXT(":provider", provider), TL_INT(":now", now)) != TL_OK)
     return 0; /* the full path reports what went wrong */
   int found = 0;
+  int64_t until = 0;
   if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 2) != SQLITE_NULL) {
-    int64_t exp = sqlite3_column_int64(st, 3);
-    /* The provider's skew changes rarely: a long-lived store re-reads it once a second. */
-    if (strcmp(s->skew.provider, provider) != 0 || now - s->skew.loaded_at > 1000) {
-      sqlite3_stmt *sk;
-      s->skew.skew_ms = 120000;
-      if (tl__prepare(&sk, s, skew_sql, NULL) == TL_OK && TL_BIND(sk, NULL, TL_TEXT(":provider", provider)) == TL_OK) {
-        if (sqlite3_step(sk) == SQLITE_ROW)
-          s->skew.skew_ms = sqlite3_column_int64(sk, 0);
-        sqlite3_reset(sk);
-      }
-      snprintf(s->skew.provider, sizeof s->skew.provider, "%s", provider);
-      s->skew.loaded_at = now;
-    }
-    if (exp > 0 && exp - s->skew.skew_ms > now && usable_at((const char *)sqlite3_column_text(st, 2))) {
+    int64_t exp = sqlite3_column_int64(st, 3), skew = sqlite3_column_int64(st, 5);
+    int64_t cooldown_ends = sqlite3_column_int64(st, 6); /* 0: none pending */
+    until = exp - skew;
+    if (cooldown_ends > 0 && cooldown_ends < until)
+      until = cooldown_ends;
+    if (exp > 0 && exp - skew > now && usable_at((const char *)sqlite3_column_text(st, 2))) {
       tl_token *t = calloc(1, sizeof *t);
       if (t) {
         t->entry_id = tl__col_dup(st, 0);
@@ -400,6 +526,9 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
     }
   }
   sqlite3_reset(st);
+  /* Kept only if no commit happened while it was read: then it is the ledger's answer at that marker. */
+  if (found && marked && tl__db_marker(s, after) && memcmp(before, after, sizeof before) == 0)
+    cache_put(s, profile, provider, before, until, *out);
   return found;
 }
 
@@ -414,7 +543,7 @@ tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const c
   if (!out || !s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "token: profile and provider are required");
   *out = NULL;
-  if (!(flags & TL_REFRESH_FORCE) && fast_token(out, s, profile, provider))
+  if (!(flags & TL_REFRESH_FORCE) && (cached_token(out, s, profile, provider) || fast_token(out, s, profile, provider)))
     return TL_OK;
   if ((rc = load_candidates(c, &n, strategy, s, profile, provider, err)) != TL_OK)
     goto done;

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 typedef struct canned {
   struct {
@@ -730,11 +732,141 @@ static void test_refresh__rotation_that_cannot_be_recorded_is_rescued(void **sta
   assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RESCUE, &err), TL_ENOTFOUND);
 }
 
+/* Another process: runs one change to the ledger per byte read from in, answers on out when it is committed. */
+static void other_process(const char *path, int in, int out)
+{
+  static const char *const changes[] = {
+      /* 1: entry of credential 1 cooling down for an hour */
+      "UPDATE pool_entry SET cooldown_until = CAST(strftime('%s','now') AS INTEGER) * 1000 + 3600000 "
+      "WHERE credential_id = 1",
+      /* 2: the cooldown lifted */
+      "UPDATE pool_entry SET cooldown_until = NULL WHERE credential_id = 1",
+      /* 3: a refresh elsewhere: a new access token for credential 1 */
+      "UPDATE credential SET access_token = 'at-1-new' WHERE id = 1",
+      /* 4: entry of credential 1 dead */
+      "UPDATE pool_entry SET last_status = 'dead' WHERE credential_id = 1",
+      /* 5: credential 2 needs a new login */
+      "UPDATE credential SET status = 'needs_reauth' WHERE id = 2",
+      /* 6: both alive again, and credential 1 re-logged in with another access token */
+      "UPDATE pool_entry SET last_status = NULL; UPDATE credential SET status = 'active', "
+      "access_token = 'at-1-relogin' WHERE id IN (1, 2); UPDATE credential SET access_token = 'at-2' WHERE id = 2",
+      /* 7: round robin for the profile */
+      "INSERT INTO pool_strategy (profile_id, provider, strategy) VALUES (1, 'nous', 'round_robin')",
+  };
+  tl_store *o = NULL;
+  tl_error err = {0};
+  if (tl_store_open(&o, path, 0, &err) != TL_OK)
+    _exit(2);
+  char k;
+  while (read(in, &k, 1) == 1) {
+    if (k < 1 || k > 7 || sqlite3_exec(o->db, changes[k - 1], NULL, NULL, NULL) != SQLITE_OK)
+      _exit(3);
+    if (write(out, &k, 1) != 1)
+      _exit(4);
+  }
+  tl_store_free(o);
+  _exit(0);
+}
+
+static const char *token_now(fx *f, char *buf, size_t n)
+{
+  tl_token *t = NULL;
+  tl_error err = {0};
+  tl_status rc = get(f, &t, &err);
+  snprintf(buf, n, "%s", rc == TL_OK ? t->access_token : tl_status_name(rc));
+  tl_token_free(t);
+  return buf;
+}
+
+/*
+ * The hot path keeps its answers between calls, and yet every change another process commits (a cooldown,
+ * its end, a refresh, a dead entry, a credential needing a new login, a re-login, a strategy) is seen by the
+ * very next call.
+ */
+static void test_refresh__hot_path_answers_follow_every_change_of_another_process(void **state)
+{
+  fx *f = *state;
+  fx_credential(f->s, "p", "rt-h1");
+  fx_credential(f->s, "p", "rt-h2");
+  assert_int_equal(fx_sql(f->s, "UPDATE credential SET access_token = 'at-' || id, expires_at = 9999999999999"),
+                   SQLITE_OK);
+  char buf[64];
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-1");
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-1");
+  assert_int_equal(f->s->tokens.used, 1); /* kept */
+  int to[2], from[2];
+  assert_int_equal(pipe(to), 0);
+  assert_int_equal(pipe(from), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    close(to[1]);
+    close(from[0]);
+    other_process(f->path, to[0], from[1]);
+  }
+  close(to[0]);
+  close(from[1]);
+  static const char *const expect[] = {"at-2",         "at-1", "at-1-new", "at-2", "needs re-authentication",
+                                       "at-1-relogin", NULL};
+  for (char k = 1; k <= 7; k++) {
+    char done = 0;
+    assert_int_equal(write(to[1], &k, 1), 1);
+    assert_int_equal(read(from[0], &done, 1), 1);
+    assert_int_equal(done, k);
+    if (expect[k - 1])
+      assert_string_equal(token_now(f, buf, sizeof buf), expect[k - 1]);
+  }
+  /* round robin: the next two calls alternate (and write), as without any cache */
+  char first[64], second[64];
+  token_now(f, first, sizeof first);
+  token_now(f, second, sizeof second);
+  assert_string_not_equal(first, second);
+  close(to[1]);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  close(from[0]);
+}
+
+/* A kept answer ends on its own when the token stops being fresh or an earlier entry's cooldown ends. */
+static void test_refresh__hot_path_answers_end_with_expiry_and_cooldown(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-e1"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-e0");
+  fx_credential(f->s, "p", "rt-f0");
+  int64_t now = tl__now_ms();
+  char sql[256], buf[64];
+  /* credential 1 cools down for 300 ms: credential 2 is the answer until then, then credential 1 again */
+  snprintf(sql, sizeof sql,
+           "UPDATE credential SET access_token = 'at-' || id, expires_at = 9999999999999; UPDATE pool_entry SET "
+           "cooldown_until = %lld WHERE credential_id = 1",
+           (long long)(now + 300));
+  assert_int_equal(fx_sql(f->s, sql), SQLITE_OK);
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-2");
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-2");
+  usleep(400000);
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-1");
+  /* credential 1's token stops being fresh (skew 120 s) 300 ms from now: then it is refreshed */
+  now = tl__now_ms();
+  snprintf(sql, sizeof sql, "UPDATE credential SET expires_at = %lld WHERE id = 1", (long long)(now + 120000 + 300));
+  assert_int_equal(fx_sql(f->s, sql), SQLITE_OK);
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-1");
+  assert_int_equal(c.calls, 0);
+  usleep(400000);
+  assert_string_equal(token_now(f, buf, sizeof buf), "at-rt-e1");
+  assert_int_equal(c.calls, 1);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
   const struct CMUnitTest tests[] = {
       T(test_refresh__rotation_records_child_and_erases_parent),
+      T(test_refresh__hot_path_answers_follow_every_change_of_another_process),
+      T(test_refresh__hot_path_answers_end_with_expiry_and_cooldown),
       T(test_refresh__rt_in_body_when_provider_says_so),
       T(test_refresh__answer_without_rt_keeps_the_current_one),
       T(test_refresh__reuse_answer_needs_reauth_and_names_outside_process),
