@@ -8,8 +8,9 @@
  * Invariants:
  *   - TLS peer and host verification are always on; the only knob is a CA
  *     bundle (TOKENLEDGER_CA_BUNDLE, else SSL_CERT_FILE), never "insecure".
- *     SSLKEYLOGFILE is removed from the environment before libcurl's global
- *     initialisation, so TLS session keys are never written to a file.
+ *     libcurl is loaded on first use (lazy.c), which removes SSLKEYLOGFILE
+ *     from the environment before libcurl's global initialisation, so TLS
+ *     session keys are never written to a file.
  *   - Redirects are never followed, so no credential can travel to another
  *     host; a 3xx is just a status the caller classifies.
  *   - Plain http only to a loopback address: an IP literal in 127.0.0.0/8,
@@ -26,9 +27,9 @@
  *   - The header line that carries an RT is burned after the transfer.
  */
 #include "internal.h"
+#include "lazy.h"
 
 #include <arpa/inet.h>
-#include <curl/curl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -39,16 +40,6 @@
 #include <unistd.h>
 
 #define TL_RESPONSE_MAX (1024 * 1024)
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void)
-{
-  /* libcurl (with OpenSSL) opens SSLKEYLOGFILE during its global initialisation and appends every TLS
-   * session key to it: a refresh's keys would let anyone holding a capture read the refresh token.
-   * Remove it before libcurl can look. (A host that initialised libcurl itself has decided already.) */
-  unsetenv("SSLKEYLOGFILE");
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 /* ---- which URLs may carry a token --------------------------------------- */
 
@@ -77,17 +68,21 @@ tl_status tl__url_classify(int *out_loopback, const char *url, tl_error *err)
 {
   tl_status rc = TL_OK;
   char *scheme = NULL, *host = NULL, *user = NULL, *zone = NULL;
-  CURLU *u = curl_url();
+  const tl__curl_api *cu = tl__curl();
   *out_loopback = 0;
+  if (!cu)
+    return tl__err(err, TL_ERROR, 0, "cannot check URL '%.200s': libcurl could not be loaded (%s)", url ? url : "",
+                   tl__lazy_error());
+  CURLU *u = cu->url();
   if (!u)
     return tl__oom(err);
-  if (!url || strlen(url) > 2048 || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+  if (!url || strlen(url) > 2048 || cu->url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      cu->url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      cu->url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
     rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' is not a valid absolute URL", url ? url : "");
     goto done;
   }
-  if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK) {
+  if (cu->url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK) {
     rc = tl__err(err, TL_EINVAL, 0, "URL '%.200s' carries user information; a token endpoint never does", url);
     goto done;
   }
@@ -103,7 +98,7 @@ tl_status tl__url_classify(int *out_loopback, const char *url, tl_error *err)
   size_t sl = strlen(scheme), hl = strlen(host);
   int canonical = strncasecmp(url, scheme, sl) == 0 && strncmp(url + sl, "://", 3) == 0 &&
                   strncmp(url + sl + 3, host, hl) == 0 && strchr(":/?#", url[sl + 3 + hl]);
-  int has_zone = curl_url_get(u, CURLUPART_ZONEID, &zone, 0) == CURLUE_OK;
+  int has_zone = cu->url_get(u, CURLUPART_ZONEID, &zone, 0) == CURLUE_OK;
   int loopback = 0;
   if (canonical && !has_zone) {
     if (strcmp(host, "localhost") == 0) {
@@ -125,12 +120,24 @@ tl_status tl__url_classify(int *out_loopback, const char *url, tl_error *err)
   }
   *out_loopback = loopback;
 done:
-  curl_free(scheme);
-  curl_free(host);
-  curl_free(user);
-  curl_free(zone);
-  curl_url_cleanup(u);
+  cu->free(scheme);
+  cu->free(host);
+  cu->free(user);
+  cu->free(zone);
+  cu->url_cleanup(u);
   return rc;
+}
+
+char *tl__url_escape(const char *text)
+{
+  const tl__curl_api *cu = tl__curl();
+  char *e = cu ? cu->easy_escape(NULL, text, 0) : NULL;
+  char *copy = e ? strdup(e) : NULL;
+  if (e) {
+    tl_burn(e, strlen(e)); /* text may be a secret */
+    cu->free(e);
+  }
+  return copy;
 }
 
 /* RFC 7230 tchar: the only bytes a header name may hold. */
@@ -243,7 +250,8 @@ long tl__retry_after(const char *value, int64_t now_ms)
       v = v * 10 + (*p - '0');
     return v > 86400 ? 86400 : v;
   }
-  time_t t = curl_getdate(tmp, NULL);
+  const tl__curl_api *cu = tl__curl();
+  time_t t = cu ? cu->getdate(tmp, NULL) : -1;
   if (t <= 0)
     return -1;
   int64_t d = (int64_t)t - now_ms / 1000;
@@ -334,7 +342,7 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
   char *rtline = NULL;
   sink k = {0};
   peer_guard guard = {0};
-  pthread_once(&curl_once, curl_init_once);
+  const tl__curl_api *cu = tl__curl();
   resp->failure = TL_HTTP_NOT_SENT;
   resp->status = 0;
   resp->retry_after = -1;
@@ -343,19 +351,23 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
              "refusing to send: the refresh token header would carry a control character or an invalid name");
     return;
   }
-  h = curl_easy_init();
+  if (!cu) {
+    snprintf(resp->detail, sizeof resp->detail, "libcurl could not be loaded (%.200s)", tl__lazy_error());
+    return;
+  }
+  h = cu->easy_init();
   if (!h) {
     snprintf(resp->detail, sizeof resp->detail, "cannot initialise libcurl");
     return;
   }
-  hdrs = curl_slist_append(hdrs, "Accept: application/json");
-  hdrs = curl_slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
+  hdrs = cu->slist_append(hdrs, "Accept: application/json");
+  hdrs = cu->slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
   if (req->rt_header) {
     size_t n = strlen(req->rt_header) + strlen(req->rt_value) + 3;
     rtline = malloc(n);
     if (rtline) {
       snprintf(rtline, n, "%s: %s", req->rt_header, req->rt_value);
-      hdrs = curl_slist_append(hdrs, rtline);
+      hdrs = cu->slist_append(hdrs, rtline);
     }
   }
   if (!hdrs || (req->rt_header && !rtline)) {
@@ -365,39 +377,39 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
   const char *ca = getenv("TOKENLEDGER_CA_BUNDLE");
   if (!ca || !*ca)
     ca = getenv("SSL_CERT_FILE");
-  curl_easy_setopt(h, CURLOPT_URL, req->url);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_USERAGENT, "tokenledger/" TL_VERSION);
-  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+  cu->easy_setopt(h, CURLOPT_URL, req->url);
+  cu->easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
+  cu->easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  cu->easy_setopt(h, CURLOPT_USERAGENT, "tokenledger/" TL_VERSION);
+  cu->easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+  cu->easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  cu->easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+  cu->easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
   if (ca && *ca)
-    curl_easy_setopt(h, CURLOPT_CAINFO, ca);
+    cu->easy_setopt(h, CURLOPT_CAINFO, ca);
   if (loopback) {
     /* Never through a proxy, whatever http_proxy, HTTPS_PROXY, ALL_PROXY or NO_PROXY say, and only to a
      * loopback peer: checked on every address before connecting and on the connected peer before sending. */
-    curl_easy_setopt(h, CURLOPT_PROXY, "");
-    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &guard);
-    curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
-    curl_easy_setopt(h, CURLOPT_PREREQDATA, &guard);
+    cu->easy_setopt(h, CURLOPT_PROXY, "");
+    cu->easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    cu->easy_setopt(h, CURLOPT_OPENSOCKETDATA, &guard);
+    cu->easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
+    cu->easy_setopt(h, CURLOPT_PREREQDATA, &guard);
   }
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 5000L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 15000L);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &k);
-  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
+  cu->easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  cu->easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 5000L);
+  cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 15000L);
+  cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+  cu->easy_setopt(h, CURLOPT_WRITEDATA, &k);
+  cu->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+  cu->easy_setopt(h, CURLOPT_HEADERDATA, resp);
 
-  CURLcode cc = curl_easy_perform(h);
+  CURLcode cc = cu->easy_perform(h);
   long sent = 0;
-  curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
+  cu->easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
   if (cc == CURLE_OK) {
     resp->failure = TL_HTTP_DONE;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+    cu->easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
     resp->body = k.buf;
     resp->body_len = k.len;
     k.buf = NULL;
@@ -408,7 +420,7 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
   } else {
     resp->failure = sent > 0 ? TL_HTTP_LOST : TL_HTTP_NOT_SENT;
     snprintf(resp->detail, sizeof resp->detail, "%s%s", k.overflow ? "response larger than 1 MiB; " : "",
-             curl_easy_strerror(cc));
+             cu->easy_strerror(cc));
   }
 done:
   if (k.buf) {
@@ -422,6 +434,6 @@ done:
   /* curl_slist_append copied the line: burn the copy too. */
   for (struct curl_slist *p = hdrs; p; p = p->next)
     tl_burn(p->data, strlen(p->data));
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
+  cu->slist_free_all(hdrs);
+  cu->easy_cleanup(h);
 }

@@ -245,6 +245,9 @@ void tl__answer_clear(tl__answer *a);
 int tl__curl_post(void *ud, const tl_http_request *req, tl_http_response *resp);
 void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int loopback);
 void tl__http_response_clear(tl_http_response *resp);
+/* text form-encoded (libcurl's escaping) in a string to free with free() (burn it first if text was a
+ * secret); NULL if out of memory or libcurl cannot be loaded. */
+char *tl__url_escape(const char *text);
 /*
  * Checks a token endpoint URL: https, or plain http to a loopback address (an
  * IP literal in 127.0.0.0/8, [::1], or exactly localhost) in libcurl's

@@ -19,7 +19,6 @@
  */
 #include "internal.h"
 
-#include <curl/curl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,7 +122,7 @@ static int64_t bounded_seconds(json_t *v, int64_t dflt, int64_t max)
 static tl_status request_code(device_grant *g, tl_store *s, const endpoints *e, tl_error *err)
 {
   tl_status rc = TL_OK;
-  char *cid = curl_easy_escape(NULL, e->client_id, 0), *sc = curl_easy_escape(NULL, e->scope ? e->scope : "", 0);
+  char *cid = tl__url_escape(e->client_id), *sc = tl__url_escape(e->scope ? e->scope : "");
   char *body = NULL;
   json_t *j = NULL;
   tl_http_response resp;
@@ -131,8 +130,8 @@ static tl_status request_code(device_grant *g, tl_store *s, const endpoints *e, 
   size_t n = (cid ? strlen(cid) : 0) + (sc ? strlen(sc) : 0) + 32;
   if (cid && sc && (body = malloc(n)))
     snprintf(body, n, "client_id=%s&scope=%s", cid, sc);
-  curl_free(cid);
-  curl_free(sc);
+  free(cid);
+  free(sc);
   if (!body)
     return tl__oom(err);
   post(&resp, s, e->device_url, body);
@@ -164,7 +163,7 @@ done:
 /* The poll body: the device code goes in form-encoded; the result is a secret. */
 static char *poll_body(const endpoints *e, const device_grant *g)
 {
-  char *cid = curl_easy_escape(NULL, e->client_id, 0), *dce = curl_easy_escape(NULL, g->device_code, 0);
+  char *cid = tl__url_escape(e->client_id), *dce = tl__url_escape(g->device_code);
   char *body = NULL;
   size_t n = (cid ? strlen(cid) : 0) + (dce ? strlen(dce) : 0) + 128;
   if (cid && dce && (body = malloc(n)))
@@ -173,8 +172,8 @@ static char *poll_body(const endpoints *e, const device_grant *g)
              dce);
   if (dce)
     tl_burn(dce, strlen(dce));
-  curl_free(dce);
-  curl_free(cid);
+  free(dce);
+  free(cid);
   return body;
 }
 

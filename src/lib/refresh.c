@@ -24,7 +24,6 @@
 #define _GNU_SOURCE /* memmem */
 #include "internal.h"
 
-#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1896,18 +1895,18 @@ done:
 
 static char *form_body(const claim *cl)
 {
-  char *cid = curl_easy_escape(NULL, cl->client_id, 0);
-  char *rt = cl->rt_header ? NULL : curl_easy_escape(NULL, cl->secret, 0);
+  char *cid = tl__url_escape(cl->client_id);
+  char *rt = cl->rt_header ? NULL : tl__url_escape(cl->secret);
   char *body = NULL;
   if (cid && (cl->rt_header || rt)) {
     size_t n = strlen(cid) + (rt ? strlen(rt) : 0) + 64;
     if ((body = malloc(n)))
       snprintf(body, n, "grant_type=refresh_token&client_id=%s%s%s", cid, rt ? "&refresh_token=" : "", rt ? rt : "");
   }
-  curl_free(cid);
+  free(cid);
   if (rt) {
     tl_burn(rt, strlen(rt));
-    curl_free(rt);
+    free(rt);
   }
   return body;
 }

@@ -45,15 +45,14 @@
  * or an error (fingerprint prefixes only); buffers that held one are burned.
  */
 #include "internal.h"
+#include "lazy.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
-#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -258,7 +257,7 @@ static void peer_lookup(peer *p, struct MHD_Connection *c, int server_port)
   p->looked_up = 1;
   p->pid = p->uid = -1;
   p->comm[0] = '\0';
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  const union MHD_ConnectionInfo *ci = tl__mhd()->get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
   unsigned long inode = 0;
   if (!ci || !ci->client_addr || !peer_socket(&inode, &p->uid, ci->client_addr, server_port))
     return;
@@ -279,7 +278,7 @@ static void peer_lookup(peer *p, struct MHD_Connection *c, int server_port)
 
 static peer *conn_peer(struct MHD_Connection *c)
 {
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  const union MHD_ConnectionInfo *ci = tl__mhd()->get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
   conn *k = ci ? ci->socket_context : NULL;
   return k ? &k->who : NULL;
 }
@@ -303,22 +302,22 @@ static enum MHD_Result reply(struct MHD_Connection *c, request *r, unsigned stat
     text = strdup("{\"error\":\"server_error\",\"error_description\":\"out of memory\"}");
   if (!text)
     return MHD_NO;
-  struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, burn_free);
+  struct MHD_Response *resp = tl__mhd()->create_response_from_buffer_with_free_callback(strlen(text), text, burn_free);
   if (!resp) {
     burn_free(text);
     return MHD_NO;
   }
-  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-  MHD_add_response_header(resp, "Pragma", "no-cache");
+  tl__mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  tl__mhd()->add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  tl__mhd()->add_response_header(resp, "Pragma", "no-cache");
   if (retry_after >= 0) {
     char ra[24];
     snprintf(ra, sizeof ra, "%ld", retry_after);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    tl__mhd()->add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
   }
   r->status = status;
-  enum MHD_Result rc = MHD_queue_response(c, status, resp);
-  MHD_destroy_response(resp);
+  enum MHD_Result rc = tl__mhd()->queue_response(c, status, resp);
+  tl__mhd()->destroy_response(resp);
   return rc;
 }
 
@@ -356,7 +355,7 @@ static char *form_field(const char *body, const char *name, int *dup)
       for (char *q = found; *q; q++)
         if (*q == '+')
           *q = ' ';
-      found[MHD_http_unescape(found)] = '\0';
+      found[tl__mhd()->http_unescape(found)] = '\0';
     }
     p = amp ? amp + 1 : NULL;
   }
@@ -454,7 +453,7 @@ static enum MHD_Result refuse(struct MHD_Connection *c, request *r, const char *
 /* Takes the presented surrogate from the header or the form; NULL after queueing an error. */
 static char *presented_token(struct MHD_Connection *c, request *r, const char *body, enum MHD_Result *res)
 {
-  const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-nous-refresh-token");
+  const char *hdr = tl__mhd()->lookup_connection_value(c, MHD_HEADER_KIND, "x-nous-refresh-token");
   int dup = 0;
   char *field = form_field(body, "refresh_token", &dup);
   char *rt = NULL;
@@ -736,7 +735,7 @@ static enum MHD_Result pass_error(struct MHD_Connection *c, request *r, const tl
 /* "<head>&<na>=<a>&<nb>=<b>", values form-encoded (new; burn it: b may be a device code). */
 static char *form_pair(const char *head, const char *na, const char *a, const char *nb, const char *b)
 {
-  char *ea = curl_easy_escape(NULL, a, 0), *eb = curl_easy_escape(NULL, b ? b : "", 0);
+  char *ea = tl__url_escape(a), *eb = tl__url_escape(b ? b : "");
   char *out = NULL;
   if (ea && eb) {
     size_t n = strlen(head) + strlen(na) + strlen(ea) + strlen(nb) + strlen(eb) + 8;
@@ -745,8 +744,8 @@ static char *form_pair(const char *head, const char *na, const char *a, const ch
   }
   if (eb)
     tl_burn(eb, strlen(eb));
-  curl_free(ea);
-  curl_free(eb);
+  free(ea);
+  free(eb);
   return out;
 }
 
@@ -953,7 +952,7 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
     r->outcome = "refused";
     return oauth_error(c, r, 413, "invalid_request", "request body too large", -1);
   }
-  const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+  const char *ct = tl__mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
   if (r->len && ct && strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
     r->outcome = "refused";
     return oauth_error(c, r, 400, "invalid_request", "expected an application/x-www-form-urlencoded body", -1);
@@ -1346,6 +1345,8 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
     return tl__err(err, TL_EINVAL, 0, "serve: a store and a stop callback are required");
   if (o->threads < 0 || o->threads > THREADS_MAX)
     return tl__err(err, TL_EINVAL, 0, "serve: threads must be 1-%d", THREADS_MAX);
+  if (!tl__mhd()) /* loaded here, before the daemon exists: every tl__mhd() below finds it */
+    return tl__err(err, TL_ERROR, 0, "serve: libmicrohttpd could not be loaded (%s)", tl__lazy_error());
   memset(&sv, 0, sizeof sv);
   sv.o = o;
   sv.store = s;
@@ -1366,10 +1367,10 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
     goto done;
   unsigned flags =
       MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | (strchr(host, ':') ? MHD_USE_IPv6 : 0);
-  d = MHD_start_daemon(flags, 0, on_accept, NULL, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
-                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, &sv, MHD_OPTION_NOTIFY_CONNECTION, on_connection, &sv,
-                       MHD_OPTION_CONNECTION_LIMIT, (unsigned)sv.max, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                       MHD_OPTION_END);
+  d = tl__mhd()->start_daemon(flags, 0, on_accept, NULL, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, &sv, MHD_OPTION_NOTIFY_CONNECTION,
+                              on_connection, &sv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)sv.max,
+                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
   if (!d) {
     rc = tl__err(err, TL_EIO, errno, "cannot start the HTTP server on %s port %d", host, sv.port);
     goto done;
@@ -1395,7 +1396,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
 done:
   s->lock_timeout_ms = lock_timeout;
   if (d)
-    MHD_stop_daemon(d); /* waits for every connection thread */
+    tl__mhd()->stop_daemon(d); /* waits for every connection thread */
   if (lfd >= 0)
     close(lfd);
   if (pfd >= 0) {

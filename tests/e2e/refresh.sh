@@ -21,10 +21,16 @@ tl $D token nous --profile alice; expect 0 "token refreshes a credential without
 check '[ "$(counter refreshes)" = 1 ]' "exactly one refresh reached the portal"
 tl $D token nous --profile alice; expect 0 "second token"
 check '[ "$(counter refreshes)" = 1 ]' "a fresh token needs no refresh"
+# libcurl and libmicrohttpd load only when they are used (src/lib/lazy.c): not for a fresh token
+check '! LD_DEBUG=libs "$TL_BIN" $D token nous --profile alice 2>&1 >/dev/null | grep -q "libcurl\|libmicrohttpd\|libgnutls"' \
+  "a fresh token loads neither libcurl nor libmicrohttpd"
+check 'LD_DEBUG=libs "$TL_BIN" $D refresh nous --profile alice --force 2>&1 >/dev/null | grep -q "calling init:.*libcurl"' \
+  "a refresh loads libcurl"
+check '[ "$(counter refreshes)" = 2 ]' "that refresh reached the portal"
 tl $D refresh nous --profile alice; expect 0 "refresh when not due"; contains "already fresh" "says nothing was due"
 tl $D refresh nous --profile alice --force; expect 0 "forced refresh"; contains "refreshed" "says it refreshed"
-check '[ "$(counter refreshes)" = 2 ]' "forced refresh reached the portal"
-check '[ "$(q "SELECT max(generation) FROM refresh_token")" = 2 ]' "lineage has generation 2"
+check '[ "$(counter refreshes)" = 3 ]' "forced refresh reached the portal"
+check '[ "$(q "SELECT max(generation) FROM refresh_token")" = 3 ]' "lineage has generation 3"
 check '[ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome=\"rotated\"")" = "$(counter refreshes)" ]' "ledger rotations equal the portal's"
 tlin "$WORK/rt-a" $D check-rt; expect 4 "the seed RT is spent now"
 tl $D refresh nous --profile alice --json; expect 0 "refresh --json"; lacks "access_token" "refresh prints no token"
