@@ -33,6 +33,7 @@
  *     when their holder dies; a copied file carries none), with a busy handler
  *     that sleeps in short jittered steps until the deadline.
  */
+#define _GNU_SOURCE /* O_PATH, AT_EMPTY_PATH */
 #include "internal.h"
 
 #include <errno.h>
@@ -42,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -486,29 +488,87 @@ done:
   return rc;
 }
 
-/* Opens the file itself, never following a symlink: read-write, or read-only if asked or forced (*ro). */
+/*
+ * The ledger file itself, checked without opening it for reading or writing:
+ * an O_PATH descriptor, which fstat and fstatfs accept and whose close, unlike
+ * any other descriptor's, releases none of the POSIX locks this process holds
+ * on the file (fcntl(2): closing any descriptor of a file drops them all, and
+ * another store of this process may hold SQLite's). Never follows a symlink.
+ * Read-write unless asked for read-only or the file or filesystem is read-only
+ * (*ro, *ro_fs): then what the ledger holds is still served.
+ */
 static tl_status open_file(int *ro, int *ro_fs, const char *path, tl_error *err)
 {
-  int fd = open(path, (*ro ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0 && !*ro && (errno == EROFS || errno == EACCES)) {
-    /* A read-only filesystem or file: still serve what the ledger holds (a valid access token). */
-    *ro_fs = errno == EROFS;
-    *ro = 1;
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
-  }
+  int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
     if (e == ENOENT)
       return tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here; create one with 'tokenledger init'", path);
-    if (e == ELOOP)
-      return tl__err(err, TL_EINSECURE, e, "%s: is a symbolic link; refusing to follow it", path);
     if (e == ENOTDIR)
       return tl__err(err, TL_EIO, e, "%s: a component of the path is not a directory", path);
     return tl__err(err, TL_EIO, e, "%s: cannot open: %s", path, strerror(e));
   }
-  tl_status rc = check_file(fd, path, err);
+  struct stat st;
+  struct statvfs vfs;
+  tl_status rc = TL_OK;
+  if (fstat(fd, &st) == 0 && S_ISLNK(st.st_mode)) /* O_PATH|O_NOFOLLOW opens the link itself */
+    rc = tl__err(err, TL_EINSECURE, ELOOP, "%s: is a symbolic link; refusing to follow it", path);
+  else if ((rc = check_file(fd, path, err)) != TL_OK)
+    ;
+  else if (faccessat(fd, "", R_OK, AT_EMPTY_PATH | AT_EACCESS) != 0)
+    rc = tl__err(err, TL_EIO, errno, "%s: cannot open: %s", path, strerror(errno));
+  else if (!*ro && fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY))
+    *ro = *ro_fs = 1;
+  else if (!*ro && faccessat(fd, "", W_OK, AT_EMPTY_PATH | AT_EACCESS) != 0) {
+    if (errno != EACCES && errno != EROFS)
+      rc = tl__err(err, TL_EIO, errno, "%s: cannot open: %s", path, strerror(errno));
+    *ro = 1;
+    *ro_fs = errno == EROFS;
+  }
   close(fd);
   return rc;
+}
+
+/*
+ * Whether any process holds a POSIX or open-file-description lock on path
+ * that covers byte `at`: 1 (with its pid in *pid when known), 0 if none, -1
+ * if it cannot be told. Read from /proc/locks, so no descriptor of the file is
+ * opened (see open_file: closing one would release this process's locks on
+ * it). Unlike F_GETLK, it also sees this process's own locks. A lock is
+ * matched by inode number alone, the conservative way: a file elsewhere with
+ * the same number can only make a lock appear held.
+ */
+int tl__lock_held(long *pid, const char *path, int64_t at)
+{
+  struct stat st;
+  if (lstat(path, &st) != 0)
+    return errno == ENOENT ? 0 : -1;
+  FILE *f = fopen("/proc/locks", "re");
+  if (!f)
+    return -1;
+  char line[256];
+  int held = 0;
+  while (!held && fgets(line, sizeof line, f)) {
+    char kind[16], rw[16], dev[64], end[32];
+    long owner = 0;
+    unsigned long long ino = 0;
+    long long start = 0;
+    /* "7: POSIX  ADVISORY  WRITE 4242 fd:01:1837046 120 120" (a waiting request has "->" and is skipped) */
+    if (strstr(line, "->") ||
+        sscanf(line, "%*[^:]: %15s %*s %15s %ld %63s %lld %31s", kind, rw, &owner, dev, &start, end) != 6)
+      continue;
+    const char *colon = strrchr(dev, ':');
+    if (!colon || sscanf(colon + 1, "%llu", &ino) != 1 || ino != (unsigned long long)st.st_ino)
+      continue;
+    if ((strcmp(kind, "POSIX") != 0 && strcmp(kind, "OFDLCK") != 0) || at < start ||
+        (strcmp(end, "EOF") != 0 && at > atoll(end)))
+      continue;
+    held = 1;
+    if (pid)
+      *pid = owner;
+  }
+  fclose(f);
+  return held;
 }
 
 /* Read-only identification, in one snapshot: ours, empty, or something else. */
@@ -651,7 +711,8 @@ static char *immutable_uri(const char *path)
 
 /*
  * 1 if no connection has the ledger open and its WAL is empty, so the main file alone is the whole ledger:
- * SQLite's dead-man-switch lock (byte 128 of the -shm, WAL-index format) is held by every open connection.
+ * SQLite's dead-man-switch lock (byte 128 of the -shm, WAL-index format) is held by every open connection,
+ * in any process, this one included. Asked after this store's own failed connection is closed.
  */
 static int ledger_quiet(const char *path)
 {
@@ -661,13 +722,7 @@ static int ledger_quiet(const char *path)
   if (lstat(side, &st) == 0 && st.st_size > 0)
     return 0;
   snprintf(side, sizeof side, "%s-shm", path);
-  int fd = open(side, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0)
-    return errno == ENOENT;
-  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 128, .l_len = 1};
-  int quiet = fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_UNLCK;
-  close(fd);
-  return quiet;
+  return tl__lock_held(NULL, side, 128) == 0;
 }
 
 static void configure(tl_store *s)
@@ -682,6 +737,14 @@ static void configure(tl_store *s)
    * which SQLite 3.40 does not mark innocuous; once proven ours, it is trusted by that proof.)
    */
   sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+}
+
+/* Closes this store's connection (it could not read the ledger) and tells whether the file alone is the ledger. */
+static int frozen_possible(tl_store *s)
+{
+  sqlite3_close(s->db);
+  s->db = NULL;
+  return ledger_quiet(s->path);
 }
 
 /*
@@ -710,7 +773,6 @@ static tl_status open_frozen(tl_store *s, const char *why, tl_error *err)
 static tl_status connect(tl_store *s, int ro_fs, tl_error *err)
 {
   tl_status rc;
-  int quiet = ledger_quiet(s->path);
   int oflags =
       (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
   if (sqlite3_open_v2(s->path, &s->db, oflags, NULL) != SQLITE_OK)
@@ -718,7 +780,7 @@ static tl_status connect(tl_store *s, int ro_fs, tl_error *err)
   configure(s);
   tl_error first = {0};
   rc = identify(s, &first);
-  if (rc != TL_OK && quiet && (rc == TL_EIO || (first.sys & 0xff) == SQLITE_CANTOPEN))
+  if (rc != TL_OK && (rc == TL_EIO || (first.sys & 0xff) == SQLITE_CANTOPEN) && frozen_possible(s))
     rc = open_frozen(s, ro_fs ? "a read-only filesystem" : "a full or read-only disk", err);
   else if (rc != TL_OK && err && err->code == TL_OK)
     *err = first;

@@ -124,6 +124,9 @@ tl_status tl__step_row(int *found, tl_store *s, sqlite3_stmt *st, const char *wh
 /* The ledger's directory (ours or root's, writable by nobody else) and SQLite's files beside the ledger
  * (-wal, -shm, -journal: regular, ours, no group/other access, no symlink) pass before SQLite opens them. */
 tl_status tl__check_dir(const char *dir, tl_error *err);
+/* 1 if a process (this one too) holds a lock on path covering byte at (*pid: who, when known), 0 if none,
+ * -1 if it cannot be told; from /proc/locks, without opening path (closing would drop this process's locks). */
+int tl__lock_held(long *pid, const char *path, int64_t at);
 tl_status tl__check_sidecars(const char *path, tl_error *err);
 /* The schema is exactly what migrations 1..version made (TL_EINSECURE naming the first difference). */
 tl_status tl__schema_check(tl_store *s, int version, tl_error *err);

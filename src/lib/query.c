@@ -10,6 +10,7 @@
  * Messages and details say what was found, not which command to run: the
  * tool adds that advice (src/cli/hint.c).
  */
+#define _GNU_SOURCE /* O_PATH */
 #include "internal.h"
 
 #include <dirent.h>
@@ -239,9 +240,14 @@ tl_status tl_rt_check(tl_report **out, tl_store *s, const char *rt, tl_error *er
 
 /* ---- doctor ------------------------------------------------------------- */
 
+/*
+ * Sets the mode of the ledger or a sidecar through an O_PATH descriptor: a FIFO cannot hang it, a symlink is
+ * not followed, and its close releases none of the POSIX locks this process holds on the file (SQLite's, if a
+ * store of this process has the ledger open; closing any other descriptor of the file would drop them).
+ */
 static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_error *err)
 {
-  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK); /* a FIFO must not hang us */
+  int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT && !must_exist)
       return TL_OK;
@@ -252,14 +258,18 @@ static tl_status fix_mode(const char *path, mode_t mode, int must_exist, tl_erro
                    errno, "%s: cannot open: %s", path, strerror(errno));
   }
   struct stat st;
+  char self[64];
   tl_status rc = TL_OK;
+  snprintf(self, sizeof self, "/proc/self/fd/%d", fd); /* the file this descriptor names, not a path again */
   if (fstat(fd, &st) != 0)
     rc = tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
+  else if (S_ISLNK(st.st_mode))
+    rc = tl__err(err, TL_EINSECURE, ELOOP, "%s: cannot open: %s", path, strerror(ELOOP));
   else if (!S_ISREG(st.st_mode))
     rc = tl__err(err, TL_EINSECURE, 0, "%s: not a regular file; not touching it", path);
   else if (st.st_uid != geteuid())
     rc = tl__err(err, TL_EINSECURE, 0, "%s: owned by uid %ld, not you; not touching it", path, (long)st.st_uid);
-  else if ((st.st_mode & 07777) != mode && fchmod(fd, mode) != 0)
+  else if ((st.st_mode & 07777) != mode && chmod(self, mode) != 0)
     rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", path, strerror(errno));
   close(fd);
   return rc;
@@ -329,7 +339,8 @@ static tl_status count_of(int64_t *out, tl_store *s, const char *sql, tl_error *
 
 /*
  * Who holds the write lock, if anyone holds it for long: SQLite's WAL write lock is an fcntl lock on byte 120
- * of the -shm file (WAL-index format), so F_GETLK names the holder. The lock is the kernel's: it goes with its
+ * of the -shm file (WAL-index format), so /proc/locks names the holder (read without opening the -shm: closing
+ * a descriptor of it would drop this process's own locks on it). The lock is the kernel's: it goes with its
  * holder, and a copied file carries none.
  */
 static tl_status write_lock_check(tl_report *r, int *problems, tl_store *s, tl_error *err)
@@ -343,13 +354,8 @@ static tl_status write_lock_check(tl_report *r, int *problems, tl_store *s, tl_e
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
   long pid = 0;
   snprintf(shm, sizeof shm, "%s-shm", s->path);
-  int fd = held ? open(shm, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) : -1;
-  if (fd >= 0) {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 120, .l_len = 1};
-    if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
-      pid = (long)fl.l_pid;
-    close(fd);
-  }
+  if (held && tl__lock_held(&pid, shm, 120) != 1)
+    pid = 0;
   if (!held)
     snprintf(detail, sizeof detail, "free (SQLite's own lock, released by the kernel when its holder ends)");
   else if (s->readonly)

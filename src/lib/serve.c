@@ -103,11 +103,11 @@ static void say(server *sv, const char *fmt, ...)
 }
 
 /*
- * The ledger, for one thread at a time. tl_store is not thread-safe, and a second store on
- * the same ledger in one process is not safe either (db.c opens and closes the ledger's file
- * to check it, which drops every POSIX lock the process's SQLite connections hold on it), so
- * every thread uses the caller's store in turn. A refresh in flight (one upstream round trip)
- * therefore delays other answers; keep-fresh makes that rare.
+ * The ledger, for one thread at a time: tl_store is not thread-safe, so every thread uses the
+ * caller's store in turn. A refresh in flight (one upstream round trip) therefore delays other
+ * answers; keep-fresh makes that rare. (A store per thread would be safe as well: nothing in the
+ * library closes a descriptor of the ledger or its -shm, which would drop the POSIX locks of
+ * every connection of the process; test_store proves it.)
  */
 static tl_store *store_get(server *sv)
 {

@@ -573,6 +573,64 @@ static void test_store__prepare_failure_keeps_its_status(void **state)
   tl_report_free(r);
 }
 
+/*
+ * Whether another process sees this one holding a lock on byte `at` (len bytes) of file: asked by a child
+ * with F_GETLK, as any other process would (F_GETLK never reports the asker's own locks).
+ */
+static int held_by_us(const char *file, off_t at, off_t len)
+{
+  pid_t me = getpid(), pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = at, .l_len = len};
+    _exit(fd >= 0 && fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK && fl.l_pid == me ? 1 : 0);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 1;
+}
+
+/*
+ * Two stores on one ledger in one process: while the first holds a transaction, a second store opens,
+ * runs doctor (its write-lock check, its permission repair) and closes. Closing any descriptor of a file
+ * releases every POSIX lock the process holds on it (fcntl(2)), SQLite's included; so nothing in the
+ * library may close a descriptor of the ledger or of its -shm: the first store's locks stay held, as
+ * another process sees them.
+ */
+static void test_store__a_second_store_in_the_process_leaves_the_first_ones_locks(void **state)
+{
+  fx *f = *state;
+  char shm[400];
+  snprintf(shm, sizeof shm, "%s-shm", f->path);
+  tl_error err = {0};
+  assert_int_equal(tl_profile_add(f->s, "p", NULL, &err), TL_OK);
+  /* a read transaction: the database file's shared lock (at 1 GiB + 2) and the -shm's (dead-man switch, 128) */
+  assert_int_equal(fx_sql(f->s, "BEGIN; SELECT count(*) FROM profile;"), SQLITE_OK);
+  assert_true(held_by_us(f->path, 0x40000002, 510));
+  assert_true(held_by_us(shm, 128, 1));
+  tl_store *other = NULL;
+  assert_int_equal(tl_store_open(&other, f->path, 0, &err), TL_OK);
+  assert_int_equal(tl_store_fix_permissions(f->path, &err), TL_OK);
+  tl_store_free(other);
+  assert_true(held_by_us(f->path, 0x40000002, 510));
+  assert_true(held_by_us(shm, 128, 1));
+  assert_int_equal(fx_sql(f->s, "COMMIT"), SQLITE_OK);
+  /* a write transaction: SQLite's WAL write lock (byte 120 of the -shm), which doctor finds held for 2 s */
+  assert_int_equal(tl__tx_begin(f->s, "test", &err), TL_OK);
+  assert_true(held_by_us(shm, 120, 1));
+  assert_int_equal(tl_store_open(&other, f->path, 0, &err), TL_OK);
+  tl_report *r = NULL;
+  int problems = 0;
+  assert_int_equal(tl_doctor(&r, &problems, other, 0, &err), TL_OK);
+  assert_true(problems > 0); /* the write lock is held */
+  tl_report_free(r);
+  tl_store_free(other);
+  assert_true(held_by_us(shm, 120, 1));
+  assert_true(held_by_us(shm, 128, 1));
+  assert_int_equal(tl__tx_commit(f->s, &err), TL_OK);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -605,6 +663,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_store__schema_changed_by_someone_else_is_refused, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_store__unknown_parameter_name_is_a_hard_error, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_store__prepare_failure_keeps_its_status, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_store__a_second_store_in_the_process_leaves_the_first_ones_locks, fx_setup,
+                                      fx_teardown),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
