@@ -14,6 +14,12 @@
  *   8. strict mode: `tokenledger serve` answering a refresh POST while the
  *      access token is fresh (p50/p99, and answers/s with 16 clients), beside
  *      tl-portal answering the same POST
+ *   9. Hermes alongside: with keep-fresh --watch running, the time until a
+ *      rotation Hermes writes into one profile reaches every sibling file and
+ *      the shared store
+ *  10. import cost: a file of 1000 pool rows (import, and a sync adopting 1000
+ *      rotations), a root of 10k profiles (time, peak RSS, 100k by a line)
+ * TL_BENCH_ONLY picks sections by their digit ("0" for 10).
  *
  * Usage: tl-bench [--quick] [--json FILE] [--dir DIR]
  * The portal (tl-portal) and the CLI (tokenledger) are found beside tl-bench.
@@ -32,6 +38,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -317,24 +324,58 @@ static void bench_hot(void)
     sqlite3_reset(q);
     ref[i] = now_ns() - a;
   }
+  /* After another connection commits (any change, here a provider's updated_at), the next call reads the ledger
+   * again: the cost of the answer that is not kept. */
+  int nfirst = quick ? 2000 : 20000;
+  int64_t *first = malloc(sizeof(int64_t) * (size_t)nfirst), *cold = malloc(sizeof(int64_t) * (size_t)nfirst);
+  sqlite3 *writer = NULL;
+  sqlite3_open_v2(path, &writer, SQLITE_OPEN_READWRITE, NULL);
+  sqlite3_exec(writer, "PRAGMA synchronous=OFF", NULL, NULL, NULL);
+  for (int i = 0; i < nfirst; i++) {
+    sqlite3_exec(writer, "UPDATE provider SET updated_at = updated_at + 1 WHERE name = 'nous'", NULL, NULL, NULL);
+    snprintf(name, sizeof name, "p%d", rand() % profiles + 1);
+    tl_token *t = NULL;
+    int64_t a = now_ns();
+    if (tl_token_get(&t, s, name, "nous", 0, &err) != TL_OK)
+      die("hot path after a commit", &err);
+    first[i] = now_ns() - a;
+    tl_token_free(t);
+    sqlite3_exec(writer, "UPDATE provider SET updated_at = updated_at + 1 WHERE name = 'nous'", NULL, NULL, NULL);
+    a = now_ns(); /* the reference after a commit elsewhere: its page cache is gone too */
+    sqlite3_bind_int(q, 1, rand() % creds + 1);
+    if (sqlite3_step(q) == SQLITE_ROW)
+      snprintf(copy, sizeof copy, "%s", sqlite3_column_text(q, 0));
+    sqlite3_reset(q);
+    cold[i] = now_ns() - a;
+  }
+  sqlite3_close(writer);
   sqlite3_finalize(q);
   sqlite3_close(raw);
   tl_store_free(s);
   int64_t o50 = pct(ours, (size_t)n, 0.5), o99 = pct(ours, (size_t)n, 0.99);
   int64_t r50 = pct(ref, (size_t)n, 0.5), r99 = pct(ref, (size_t)n, 0.99);
+  int64_t f50 = pct(first, (size_t)nfirst, 0.5), f99 = pct(first, (size_t)nfirst, 0.99);
+  int64_t c50 = pct(cold, (size_t)nfirst, 0.5), c99 = pct(cold, (size_t)nfirst, 0.99);
+  free(cold);
   free(ours);
   free(ref);
-  double ratio = (double)o50 / (double)r50;
+  free(first);
+  double ratio = (double)o50 / (double)r50, fratio = (double)f50 / (double)c50;
   printf("1. hot path (%d profiles, %d pool entries, %d lineage rows; built in %.1f s)\n", profiles, profiles * per,
          creds * gens, build_s);
   printf("   tl_token_get, valid token     p50 %7lld ns  p99 %7lld ns\n", (long long)o50, (long long)o99);
   printf("   raw indexed point read        p50 %7lld ns  p99 %7lld ns\n", (long long)r50, (long long)r99);
-  printf("   ratio p50 %.2fx (budget <= 2x) %s\n\n", ratio, ratio <= 2.0 ? "MET" : "MISSED");
+  printf("   ratio p50 %.2fx (budget <= 1.5x) %s\n", ratio, ratio <= 1.5 ? "MET" : "MISSED");
+  printf("   after a commit elsewhere: tl_token_get p50 %lld ns p99 %lld ns, raw point read p50 %lld ns p99 %lld ns "
+         "(%.2fx; both read the ledger again)\n\n",
+         (long long)f50, (long long)f99, (long long)c50, (long long)c99, fratio);
   record("hot_path",
-         json_pack("{s:i, s:i, s:i, s:f, s:I, s:I, s:I, s:I, s:f, s:b}", "profiles", profiles, "pool_entries",
-                   profiles * per, "lineage_rows", creds * gens, "build_s", build_s, "token_get_p50_ns",
+         json_pack("{s:i, s:i, s:i, s:f, s:I, s:I, s:I, s:I, s:f, s:b, s:I, s:I, s:I, s:f}", "profiles", profiles,
+                   "pool_entries", profiles * per, "lineage_rows", creds * gens, "build_s", build_s, "token_get_p50_ns",
                    (json_int_t)o50, "token_get_p99_ns", (json_int_t)o99, "raw_read_p50_ns", (json_int_t)r50,
-                   "raw_read_p99_ns", (json_int_t)r99, "ratio", ratio, "met", ratio <= 2.0));
+                   "raw_read_p99_ns", (json_int_t)r99, "ratio", ratio, "met", ratio <= 1.5, "after_commit_p50_ns",
+                   (json_int_t)f50, "after_commit_p99_ns", (json_int_t)f99, "after_commit_raw_p50_ns", (json_int_t)c50,
+                   "after_commit_ratio", fratio));
 }
 
 /* ---- 2. refresh overhead ------------------------------------------------------------ */
@@ -491,7 +532,7 @@ static void bench_contention(void)
   char url[200];
   snprintf(url, sizeof url, "%s/api/oauth/token", portal_url);
   tl_store *s = open_store("contention.db", TL_OPEN_CREATE);
-  for (int p = 0; p < 16; p++) {
+  for (int p = 0; p < 64; p++) {
     char name[16];
     snprintf(name, sizeof name, "c%d", p);
     char *rt = seed_rt();
@@ -501,7 +542,9 @@ static void bench_contention(void)
   tl_store_free(s);
   slot *sh = mmap(NULL, sizeof(slot) * 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   json_t *rows = json_array();
-  printf("4. contention: N processes x 16 profiles, forced refreshes against the loopback portal, %.1f s each\n", secs);
+  printf("4. contention: N processes, 64 profiles (each process its own), forced refreshes against the loopback "
+         "portal, %.1f s each\n",
+         secs);
   int all_met = 1, realistic_met = 1;
   int latencies[] = {0, 20};
   for (int li = 0; li < 2; li++) {
@@ -540,12 +583,12 @@ static void bench_contention(void)
           http_ns = 0;
           int64_t start = now_ns(), end = start + (int64_t)(secs * 1e9);
           int64_t calls = 0;
-          /* Worker c owns the profiles p with p % N == c % N: disjoint while N <= 16, so it never waits for a
-           * peer's refresh of the same grant; at N = 64 four workers share each profile. */
-          int mine = n < 16 ? 16 / n : 1;
+          /* Worker c owns the profiles p with p % N == c: disjoint, so it never waits for a peer's refresh of
+           * the same grant (that would be single-flight, section 3, not contention). */
+          int mine = 64 / n;
           for (int i = 0; now_ns() < end; i++) {
             char name[16];
-            snprintf(name, sizeof name, "c%d", n < 16 ? (c % n) + n * (i % mine) : c % 16);
+            snprintf(name, sizeof name, "c%d", c + n * (i % mine));
             int64_t cred = 0;
             tl_error e2 = {0};
             if (tl_credential_find(&cred, cs, name, "nous", &e2) == TL_OK)
@@ -575,7 +618,10 @@ static void bench_contention(void)
         all_met &= met;
       printf("     N=%-3d tokenledger %7.0f rotations/s  portal capacity %7.0f/s  ratio %5.1f%%  time in store %4.1f%% "
              " %s\n",
-             n, ours, capacity, ratio * 100, store_share * 100, met ? "MET" : "MISSED");
+             n, ours, capacity, ratio * 100, store_share * 100,
+             !latency ? "(no budget)"
+             : met    ? "MET"
+                      : "MISSED");
       json_array_append_new(rows, json_pack("{s:i, s:i, s:f, s:f, s:f, s:f, s:b}", "portal_latency_ms", latency, "n", n,
                                             "rotations_per_s", ours, "portal_capacity_per_s", capacity, "ratio", ratio,
                                             "store_time_share", store_share, "met", met));
@@ -665,7 +711,9 @@ static void bench_alternative(void)
   slot *sh = mmap(NULL, sizeof(slot) * 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   json_t *rows = json_array();
   printf("5. the alternative users have today: auth.json files with flock'ed read-modify-write and fsync'd rename\n");
-  printf("   (rotations without HTTP: canned answers for tokenledger, a local rewrite for auth.json)\n");
+  printf("   (rotations without HTTP: canned answers for tokenledger, a local rewrite for auth.json; budgets: reads "
+         ">= 5x, rotations >= 1.0x)\n");
+  int reads_met = 1, rotations_met = 1;
   for (int ni = 0; ni < 3; ni++) {
     int n = ns[ni];
     double rate[4];
@@ -680,7 +728,9 @@ static void bench_alternative(void)
             tl_store_set_transport(cs, canned, tag);
           int64_t end = now_ns() + (int64_t)(secs * 1e9), ops = 0;
           for (long i = c; now_ns() < end; i++) {
-            int p = (int)(i % 16);
+            /* reads: every process over all 16 profiles; rotations: each process its own profiles (p % N == c),
+             * for both, so that neither waits for a peer rotating the same grant or file */
+            int p = mode == 0 || mode == 1 ? (int)(i % 16) : c + n * (int)(i % (16 / n));
             char name[16], file[PATH_MAX + 32], lock[PATH_MAX + 32];
             snprintf(name, sizeof name, "a%d", p);
             snprintf(file, sizeof file, "%s/auth-%d.json", dir, p);
@@ -695,7 +745,7 @@ static void bench_alternative(void)
             else if (mode == 2) {
               int64_t cred = 0;
               ok = tl_credential_find(&cred, cs, name, "nous", &e2) == TL_OK &&
-                   tl_refresh(&t, cs, cred, TL_REFRESH_FORCE, &e2) == TL_OK;
+                   tl_refresh(&t, cs, cred, TL_REFRESH_FORCE, &e2) == TL_OK && t->refreshed;
               if (!ok && getenv("TL_BENCH_DEBUG"))
                 fprintf(stderr, "alt rotate: %s\n", e2.message);
             } else
@@ -714,16 +764,21 @@ static void bench_alternative(void)
         ops += sh[c].calls;
       rate[mode] = (double)ops / secs;
     }
-    printf("   N=%-3d token reads/s: tokenledger %9.0f  auth.json %9.0f   rotations/s: tokenledger %7.0f  auth.json "
-           "%7.0f\n",
-           n, rate[0], rate[1], rate[2], rate[3]);
-    json_array_append_new(rows, json_pack("{s:i, s:f, s:f, s:f, s:f}", "n", n, "tokenledger_reads_per_s", rate[0],
-                                          "authjson_reads_per_s", rate[1], "tokenledger_rotations_per_s", rate[2],
-                                          "authjson_rotations_per_s", rate[3]));
+    double rr = rate[1] > 0 ? rate[0] / rate[1] : 0, wr = rate[3] > 0 ? rate[2] / rate[3] : 0;
+    reads_met &= rr >= 5.0;
+    rotations_met &= wr >= 1.0;
+    printf("   N=%-3d token reads/s: tokenledger %9.0f  auth.json %9.0f  %5.1fx %-6s  rotations/s: tokenledger %6.0f  "
+           "auth.json %6.0f  %4.2fx %s\n",
+           n, rate[0], rate[1], rr, rr >= 5.0 ? "MET" : "MISSED", rate[2], rate[3], wr, wr >= 1.0 ? "MET" : "MISSED");
+    json_array_append_new(rows,
+                          json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f}", "n", n, "tokenledger_reads_per_s", rate[0],
+                                    "authjson_reads_per_s", rate[1], "reads_ratio", rr, "tokenledger_rotations_per_s",
+                                    rate[2], "authjson_rotations_per_s", rate[3], "rotations_ratio", wr));
   }
   printf("\n");
   munmap(sh, sizeof(slot) * 64);
-  record("alternative", json_pack("{s:o}", "rows", rows));
+  record("alternative",
+         json_pack("{s:o, s:b, s:b}", "rows", rows, "reads_met", reads_met, "rotations_met", rotations_met));
 }
 
 /* ---- 6. whole process ------------------------------------------------------------------ */
@@ -746,41 +801,111 @@ static int64_t run_ns(char *const argv[])
   return now_ns() - a;
 }
 
+/* Rotating workers for section 6: each rotates its own credential with canned answers until *stop. */
+static void rotate_until(const char *db_name, int64_t cred, const char *tag, volatile int *stop, int64_t *count)
+{
+  tl_store *cs = open_store(db_name, 0);
+  tl_store_set_transport(cs, canned, (void *)tag);
+  int64_t n = 0;
+  while (!*stop) {
+    tl_token *t = NULL;
+    tl_error e = {0};
+    if (tl_refresh(&t, cs, cred, TL_REFRESH_FORCE, &e) == TL_OK && t && t->refreshed)
+      n++;
+    tl_token_free(t);
+  }
+  __atomic_add_fetch(count, n, __ATOMIC_RELAXED);
+  tl_store_free(cs);
+}
+
+/* n runs of `tokenledger token` on profiles p1..p100 of hot.db, into v. */
+static void token_runs(int64_t *v, int n, const char *tl, const char *db)
+{
+  for (int i = 0; i < n; i++) {
+    char prof[32];
+    snprintf(prof, sizeof prof, "p%d", i % 100 + 1);
+    char *ta[] = {(char *)tl, "--db", (char *)db, "token", "nous", "--profile", prof, NULL};
+    if ((v[i] = run_ns(ta)) < 0)
+      die("tokenledger token failed", NULL);
+  }
+}
+
 static void bench_process(void)
 {
   char tl[PATH_MAX + 32], db[PATH_MAX + 16], sql[256];
   snprintf(tl, sizeof tl, "%s/tokenledger", bindir);
   snprintf(db, sizeof db, "%s/hot.db", dir);
   int n = quick ? 30 : 200;
-  int64_t *a = malloc(sizeof(int64_t) * (size_t)n), *b = malloc(sizeof(int64_t) * (size_t)n);
+  int64_t *a = malloc(sizeof(int64_t) * (size_t)n), *b = malloc(sizeof(int64_t) * (size_t)n),
+          *c = malloc(sizeof(int64_t) * (size_t)n);
   int have_sqlite = 1;
+  token_runs(a, n, tl, db);
   for (int i = 0; i < n; i++) {
-    char prof[32];
-    snprintf(prof, sizeof prof, "p%d", i % 100 + 1);
-    char *ta[] = {tl, "--db", db, "token", "nous", "--profile", prof, NULL};
-    a[i] = run_ns(ta);
-    if (a[i] < 0)
-      die("tokenledger token failed", NULL);
     snprintf(sql, sizeof sql,
              "SELECT c.access_token FROM profile p JOIN pool_entry e ON e.profile_id = p.id JOIN credential c ON c.id "
-             "= e.credential_id WHERE p.name = '%s' AND e.provider = 'nous' ORDER BY e.priority LIMIT 1",
-             prof);
+             "= e.credential_id WHERE p.name = 'p%d' AND e.provider = 'nous' ORDER BY e.priority LIMIT 1",
+             i % 100 + 1);
     char *sa[] = {"sqlite3", db, sql, NULL};
     b[i] = run_ns(sa);
     if (b[i] < 0)
       have_sqlite = 0;
   }
-  int64_t a50 = pct(a, (size_t)n, 0.5), b50 = have_sqlite ? pct(b, (size_t)n, 0.5) : 0;
-  printf("6. whole process, median of %d runs on the hot-path ledger\n", n);
-  printf("   tokenledger token             %6.2f ms\n", a50 / 1e6);
+  /* The same runs while 16 processes rotate 16 other credentials of the same ledger. */
+  tl_store *s = open_store("hot.db", 0);
+  int64_t creds[16];
+  for (int r = 0; r < 16; r++) {
+    char name[16], rt[32];
+    snprintf(name, sizeof name, "r%d", r);
+    snprintf(rt, sizeof rt, "rt-load-root-%d", r);
+    tl_error err = {0};
+    if (tl_profile_add(s, name, NULL, &err) != TL_OK)
+      die("profile", &err);
+    tl_credential_spec spec = {.provider = "nous", .profile = name, .refresh_token = rt};
+    if (tl_credential_add(&creds[r], s, &spec, &err) != TL_OK)
+      die("credential", &err);
+  }
+  tl_store_free(s);
+  int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  int64_t *rotated = (int64_t *)(void *)(stop + 16);
+  static char tags[16][8];
+  for (int r = 0; r < 16; r++) {
+    snprintf(tags[r], sizeof tags[r], "ld%d", r);
+    if (spawn() == 0) {
+      rotate_until("hot.db", creds[r], tags[r], stop, rotated);
+      _exit(0);
+    }
+  }
+  usleep(200000);
+  int64_t t0 = now_ns();
+  token_runs(c, n, tl, db);
+  double load_secs = (double)(now_ns() - t0) / 1e9;
+  __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+  wait_workers();
+  double load_rate = (double)*rotated / (load_secs + 0.2);
+  munmap(stop, 4096);
+  int64_t a50 = pct(a, (size_t)n, 0.5), a99 = pct(a, (size_t)n, 0.99);
+  int64_t b50 = have_sqlite ? pct(b, (size_t)n, 0.5) : 0, b99 = have_sqlite ? pct(b, (size_t)n, 0.99) : 0;
+  int64_t c50 = pct(c, (size_t)n, 0.5), c99 = pct(c, (size_t)n, 0.99);
+  double ratio = have_sqlite ? (double)a50 / (double)b50 : 0;
+  printf("6. whole process, %d runs each on the hot-path ledger\n", n);
+  printf("   tokenledger token               p50 %6.2f ms  p99 %6.2f ms\n", a50 / 1e6, a99 / 1e6);
   if (have_sqlite)
-    printf("   sqlite3 shell, same query     %6.2f ms\n\n", b50 / 1e6);
+    printf("   sqlite3 shell, same query       p50 %6.2f ms  p99 %6.2f ms   ratio p50 %.2fx (budget <= 1.5x) %s\n",
+           b50 / 1e6, b99 / 1e6, ratio, ratio <= 1.5 ? "MET" : "MISSED");
   else
-    printf("   sqlite3 shell not available\n\n");
-  record("whole_process", json_pack("{s:i, s:f, s:o}", "runs", n, "tokenledger_token_ms", a50 / 1e6, "sqlite3_shell_ms",
-                                    have_sqlite ? json_real(b50 / 1e6) : json_null()));
+    printf("   sqlite3 shell not available\n");
+  printf("   tokenledger token, while 16 processes rotate (%.0f rotations/s meanwhile)  p50 %6.2f ms  p99 %6.2f ms\n\n",
+         load_rate, c50 / 1e6, c99 / 1e6);
+  record("whole_process", json_pack("{s:i, s:f, s:f, s:o, s:o, s:o, s:b, s:f, s:f, s:f}", "runs", n,
+                                    "tokenledger_token_ms", a50 / 1e6, "tokenledger_token_p99_ms", a99 / 1e6,
+                                    "sqlite3_shell_ms", have_sqlite ? json_real(b50 / 1e6) : json_null(),
+                                    "sqlite3_shell_p99_ms", have_sqlite ? json_real(b99 / 1e6) : json_null(), "ratio",
+                                    have_sqlite ? json_real(ratio) : json_null(), "met", have_sqlite && ratio <= 1.5,
+                                    "token_ms_while_16_rotate", c50 / 1e6, "token_p99_ms_while_16_rotate", c99 / 1e6,
+                                    "rotations_per_s_meanwhile", load_rate));
   free(a);
   free(b);
+  free(c);
 }
 
 /* ---- 7. growth ------------------------------------------------------------------------ */
@@ -1018,6 +1143,364 @@ static void bench_serve(void)
                             "upstream_refreshes", upstream, "met", met));
 }
 
+/* ---- helpers for Hermes' files (sections 9 and 10) ------------------------------------------- */
+
+/* A time as Hermes writes it: 2026-11-30T10:00:00.123456+00:00 */
+static void hermes_time(char *out, size_t n, int64_t ms)
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char base[32];
+  strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out, n, "%s.%06lld+00:00", base, (long long)(ms % 1000) * 1000);
+}
+
+/* The Nous singleton as Hermes writes it after a login or a refresh. */
+static json_t *hermes_singleton(const char *portal, const char *at, const char *rt, int64_t obtained_ms)
+{
+  char obtained[64], expires[64];
+  hermes_time(obtained, sizeof obtained, obtained_ms);
+  hermes_time(expires, sizeof expires, obtained_ms + 3600000);
+  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:{s:b, s:n}, s:s, s:n, s:s, s:i, s:b, s:s}",
+                   "portal_base_url", portal, "inference_base_url", "https://inference-api.nousresearch.com/v1",
+                   "client_id", "hermes-cli", "scope", "inference:invoke", "token_type", "Bearer", "access_token", at,
+                   "refresh_token", rt, "obtained_at", obtained, "expires_at", expires, "expires_in", 3600, "tls",
+                   "insecure", 0, "ca_bundle", "agent_key", at, "agent_key_id", "agent_key_expires_at", expires,
+                   "agent_key_expires_in", 3599, "agent_key_reused", 0, "agent_key_obtained_at", obtained);
+}
+
+/* A pool row of the same grant, as Hermes keeps it beside the singleton. */
+static json_t *hermes_row(const char *id, const char *source, int priority, const char *at, const char *rt,
+                          int64_t obtained_ms)
+{
+  char obtained[64], expires[64];
+  hermes_time(obtained, sizeof obtained, obtained_ms);
+  hermes_time(expires, sizeof expires, obtained_ms + 3600000);
+  return json_pack("{s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:n, s:n, s:n, s:n, s:n, s:n, s:s, s:s, s:s, s:s, s:i, s:s}",
+                   "id", id, "label", "bench@example.com", "auth_type", "oauth", "priority", priority, "source", source,
+                   "access_token", at, "refresh_token", rt, "last_status", "last_status_at", "last_error_code",
+                   "last_error_reason", "last_error_message", "last_error_reset_at", "expires_at", expires,
+                   "inference_base_url", "https://inference-api.nousresearch.com/v1", "agent_key", at,
+                   "agent_key_expires_at", expires, "request_count", 0, "obtained_at", obtained);
+}
+
+/* Writes doc to path as Hermes does: a temporary file in the same directory, 0600, fsync, rename, dir fsync. */
+static void hermes_write(const char *path, json_t *doc, size_t flags)
+{
+  char tmp[PATH_MAX + 32], dirname[PATH_MAX];
+  snprintf(dirname, sizeof dirname, "%s", path);
+  *strrchr(dirname, '/') = '\0';
+  snprintf(tmp, sizeof tmp, "%s/.auth_XXXXXX.tmp", dirname);
+  int fd = mkstemps(tmp, 4);
+  char *text = json_dumps(doc, flags);
+  if (fd < 0 || !text || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || fsync(fd) != 0 || close(fd) != 0 ||
+      rename(tmp, path) != 0)
+    die("writing a Hermes file", NULL);
+  free(text);
+  int d = open(dirname, O_RDONLY | O_DIRECTORY);
+  if (d >= 0) {
+    fsync(d);
+    close(d);
+  }
+}
+
+/* Runs the CLI (stdout and stderr to /dev/null); its exit status, elapsed ns and peak RSS (KiB). */
+static int run_cli(int64_t *ns, long *rss_kb, char *const argv[])
+{
+  int64_t a = now_ns();
+  pid_t p = fork();
+  if (p == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  int status = 0;
+  struct rusage ru;
+  memset(&ru, 0, sizeof ru);
+  wait4(p, &status, 0, &ru);
+  if (ns)
+    *ns = now_ns() - a;
+  if (rss_kb)
+    *rss_kb = ru.ru_maxrss;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static void mkdir_or_die(const char *path)
+{
+  if (mkdir(path, 0700) != 0)
+    die(path, NULL);
+}
+
+static char *json_rt(const char *path)
+{
+  json_t *j = json_load_file(path, 0, NULL);
+  json_t *n = json_object_get(json_object_get(j, "providers"), "nous");
+  const char *rt = json_string_value(json_object_get(n ? n : j, "refresh_token"));
+  char *out = tl__strdup(rt);
+  json_decref(j);
+  return out;
+}
+
+/* ---- 9. Hermes alongside: a rotation Hermes writes into one profile reaches every file ---------- */
+
+/* What Hermes does when it refreshes in one profile: under its auth.lock, the file's RT at the portal, the new pair
+ * written into the singleton and the device_code row, atomically. Returns the new RT (new). */
+static char *hermes_rotation(const char *home)
+{
+  char lock[2 * PATH_MAX + 16], file[2 * PATH_MAX + 16];
+  snprintf(lock, sizeof lock, "%s/auth.lock", home);
+  snprintf(file, sizeof file, "%s/auth.json", home);
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 || flock(fd, LOCK_EX) != 0)
+    die("auth.lock", NULL);
+  json_t *doc = json_load_file(file, 0, NULL);
+  json_t *nous = json_object_get(json_object_get(doc, "providers"), "nous");
+  json_t *ans = http("/api/oauth/token", "grant_type=refresh_token&client_id=hermes-cli",
+                     json_string_value(json_object_get(nous, "refresh_token")));
+  const char *at = json_string_value(json_object_get(ans, "access_token"));
+  const char *rt = json_string_value(json_object_get(ans, "refresh_token"));
+  if (!doc || !nous || !at || !rt) {
+    char *why = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
+    fprintf(stderr, "tl-bench: the portal answered %s\n", why ? why : "nothing");
+    free(why);
+    die("a Hermes-like refresh at the portal", NULL);
+  }
+  int64_t now = (int64_t)time(NULL) * 1000 + (now_ns() / 1000000) % 1000;
+  json_object_set_new(json_object_get(doc, "providers"), "nous", hermes_singleton(portal_url, at, rt, now));
+  json_t *pool = json_object_get(json_object_get(doc, "credential_pool"), "nous");
+  json_array_set_new(pool, 0, hermes_row("a1b2c3", "device_code", 0, at, rt, now));
+  hermes_write(file, doc, JSON_INDENT(2));
+  char *out = tl__strdup(rt);
+  json_decref(ans);
+  json_decref(doc);
+  flock(fd, LOCK_UN);
+  close(fd);
+  return out;
+}
+
+static void bench_hermes(void)
+{
+  int rounds = quick ? 3 : 20;
+  char root[PATH_MAX + 16], path[3 * PATH_MAX], db[PATH_MAX + 16], tl[PATH_MAX + 32], homes[4][2 * PATH_MAX];
+  snprintf(tl, sizeof tl, "%s/tokenledger", bindir);
+  snprintf(root, sizeof root, "%s/hroot", dir);
+  snprintf(db, sizeof db, "%s/hermes.db", dir);
+  mkdir_or_die(root);
+  snprintf(path, sizeof path, "%s/profiles", root);
+  mkdir_or_die(path);
+  snprintf(path, sizeof path, "%s/shared", root);
+  mkdir_or_die(path);
+  json_t *seed = http("/admin/seed", "", NULL);
+  const char *at = json_string_value(json_object_get(seed, "access_token"));
+  const char *rt = json_string_value(json_object_get(seed, "refresh_token"));
+  int64_t t0 = ((int64_t)time(NULL) - 60) * 1000;
+  for (int k = 0; k < 4; k++) {
+    snprintf(homes[k], sizeof homes[k], "%s/profiles/h%d", root, k);
+    mkdir_or_die(homes[k]);
+    json_t *doc =
+        json_pack("{s:i, s:{s:o}, s:s, s:{s:[o]}, s:s}", "version", 1, "providers", "nous",
+                  hermes_singleton(portal_url, at, rt, t0), "active_provider", "nous", "credential_pool", "nous",
+                  hermes_row("a1b2c3", "device_code", 0, at, rt, t0), "updated_at", "2026-11-30T00:00:00.000000+00:00");
+    snprintf(path, sizeof path, "%.8000s/auth.json", homes[k]);
+    hermes_write(path, doc, JSON_INDENT(2));
+    json_decref(doc);
+  }
+  char obtained[64], expires[64];
+  hermes_time(obtained, sizeof obtained, t0);
+  hermes_time(expires, sizeof expires, t0 + 3600000);
+  json_t *shared =
+      json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "_schema", 1, "access_token", at,
+                "refresh_token", rt, "token_type", "Bearer", "scope", "inference:invoke", "client_id", "hermes-cli",
+                "portal_base_url", portal_url, "inference_base_url", "https://inference-api.nousresearch.com/v1",
+                "obtained_at", obtained, "expires_at", expires, "updated_at", obtained);
+  snprintf(path, sizeof path, "%s/shared/nous_auth.json", root);
+  hermes_write(path, shared, JSON_INDENT(2) | JSON_SORT_KEYS);
+  json_decref(shared);
+  json_decref(seed);
+  char *init[] = {tl, "--db", db, "init", NULL};
+  char *import[] = {tl, "--db", db, "import", root, "--all-profiles", NULL};
+  if (run_cli(NULL, NULL, init) != 0 || run_cli(NULL, NULL, import) != 0)
+    die("importing the Hermes root", NULL);
+  int64_t reuse_before = counter("reuse_detections");
+  unsetenv("HERMES_SHARED_AUTH_DIR");
+  snprintf(path, sizeof path, "%s/keep-fresh.log", dir);
+  pid_t watcher = fork();
+  if (watcher == 0) {
+    int log = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(log, 1);
+    dup2(log, 2);
+    execl(tl, tl, "--db", db, "keep-fresh", "--watch", "--interval", "3600", (char *)NULL);
+    _exit(127);
+  }
+  usleep(1000000); /* its first round, then its watches */
+  int64_t *lat = malloc(sizeof(int64_t) * (size_t)rounds);
+  int reached = 0;
+  char *sync_all[] = {tl, "--db", db, "sync", "--all", NULL};
+  int64_t wait_ns = quick ? 2000000000LL : 5000000000LL;
+  for (int r = 0; r < rounds; r++) {
+    char *fresh = hermes_rotation(homes[r % 4]);
+    int64_t a = now_ns(), end = a + wait_ns;
+    int all = 0;
+    while (!all && now_ns() < end) {
+      all = 1;
+      for (int k = 0; k < 5 && all; k++) {
+        if (k == 4)
+          snprintf(path, sizeof path, "%s/shared/nous_auth.json", root);
+        else
+          snprintf(path, sizeof path, "%.8000s/auth.json", homes[k]);
+        char *have = json_rt(path);
+        all = have && strcmp(have, fresh) == 0;
+        free(have);
+      }
+      if (!all)
+        usleep(1000);
+    }
+    lat[r] = all ? now_ns() - a : -1;
+    reached += all;
+    free(fresh);
+    /* Not there: bring every file up to date, or the next round's Hermes would present a spent token. */
+    if (!all && run_cli(NULL, NULL, sync_all) != 0)
+      die("sync --all after a round that did not reach every file", NULL);
+    usleep(100000);
+  }
+  kill(watcher, SIGTERM);
+  waitpid(watcher, NULL, 0);
+  int64_t reuse = counter("reuse_detections") - reuse_before;
+  size_t ok = 0;
+  for (int r = 0; r < rounds; r++)
+    if (lat[r] >= 0)
+      lat[ok++] = lat[r];
+  int64_t p50 = pct(lat, ok, 0.5), worst = ok ? lat[ok - 1] : 0;
+  free(lat);
+  printf("9. Hermes alongside: a root of 4 profiles sharing one grant, keep-fresh --watch running; Hermes rotates in "
+         "one profile (auth.lock, atomic rename), %d rounds\n",
+         rounds);
+  if (ok)
+    printf("   until every sibling auth.json and shared/nous_auth.json hold the new RT:  p50 %6.1f ms  max %6.1f ms  "
+           "(%d of %d rounds reached every file within %.0f s; reuse at the portal: %lld)\n\n",
+           p50 / 1e6, worst / 1e6, reached, rounds, wait_ns / 1e9, (long long)reuse);
+  else
+    printf(
+        "   until every sibling auth.json and shared/nous_auth.json hold the new RT:  not within %.0f s in any of %d "
+        "rounds (keep-fresh --watch adopted each rotation; the files came up to date with the next 'sync --all'); "
+        "reuse at the portal: %lld\n\n",
+        wait_ns / 1e9, rounds, (long long)reuse);
+  record("hermes_alongside",
+         json_pack("{s:i, s:i, s:f, s:o, s:o, s:I, s:b}", "rounds", rounds, "reached", reached, "wait_limit_s",
+                   wait_ns / 1e9, "propagation_p50_ms", ok ? json_real(p50 / 1e6) : json_null(), "propagation_max_ms",
+                   ok ? json_real(worst / 1e6) : json_null(), "reuse_detections", (json_int_t)reuse, "within_a_second",
+                   reached == rounds && worst <= 1000000000));
+}
+
+/* ---- 10. import cost ----------------------------------------------------------------------------- */
+
+/* A home whose auth.json holds n grants: the singleton (row 0's) and n pool rows; generation gen of each. */
+static void write_pool_home(const char *home, int n, int gen, int64_t obtained_ms)
+{
+  json_t *pool = json_array();
+  char at[64], rt[64], id[16];
+  for (int i = 0; i < n; i++) {
+    snprintf(at, sizeof at, "eyJhbGciOiJSUzI1NiJ9.bench-%d-%d.sig", i, gen);
+    snprintf(rt, sizeof rt, "rt-bench-pool-%d-gen-%d", i, gen);
+    snprintf(id, sizeof id, "%06x", i + 1);
+    json_array_append_new(pool, hermes_row(id, i ? "manual:device_code" : "device_code", i, at, rt, obtained_ms));
+  }
+  snprintf(at, sizeof at, "eyJhbGciOiJSUzI1NiJ9.bench-0-%d.sig", gen);
+  snprintf(rt, sizeof rt, "rt-bench-pool-0-gen-%d", gen);
+  json_t *doc = json_pack("{s:i, s:{s:o}, s:s, s:{s:o}, s:s}", "version", 1, "providers", "nous",
+                          hermes_singleton("https://portal.nousresearch.com", at, rt, obtained_ms), "active_provider",
+                          "nous", "credential_pool", "nous", pool, "updated_at", "2026-11-30T00:00:00.000000+00:00");
+  char path[PATH_MAX + 48];
+  snprintf(path, sizeof path, "%s/auth.json", home);
+  hermes_write(path, doc, JSON_INDENT(2));
+  json_decref(doc);
+}
+
+/* A root of n profiles, each with its own grant; imported with --all-profiles: *ns and *rss_kb. */
+static void import_root(int64_t *ns, long *rss_kb, int n, const char *tl)
+{
+  char root[PATH_MAX + 16], path[2 * PATH_MAX], db[PATH_MAX + 32];
+  snprintf(root, sizeof root, "%s/root%d", dir, n);
+  snprintf(db, sizeof db, "%s/root%d.db", dir, n);
+  mkdir_or_die(root);
+  snprintf(path, sizeof path, "%s/profiles", root);
+  mkdir_or_die(path);
+  int64_t t = ((int64_t)time(NULL) - 60) * 1000;
+  for (int i = 0; i < n; i++) {
+    char at[64], rt[64];
+    snprintf(path, sizeof path, "%s/profiles/p%d", root, i);
+    mkdir_or_die(path);
+    snprintf(at, sizeof at, "eyJhbGciOiJSUzI1NiJ9.root-%d.sig", i);
+    snprintf(rt, sizeof rt, "rt-bench-root-%d-%d", n, i);
+    json_t *doc = json_pack("{s:i, s:{s:o}, s:s, s:{s:[o]}}", "version", 1, "providers", "nous",
+                            hermes_singleton("https://portal.nousresearch.com", at, rt, t), "active_provider", "nous",
+                            "credential_pool", "nous", hermes_row("a1b2c3", "device_code", 0, at, rt, t));
+    snprintf(path, sizeof path, "%s/profiles/p%d/auth.json", root, i);
+    if (json_dump_file(doc, path, JSON_INDENT(2)) != 0 || chmod(path, 0600) != 0)
+      die("writing a profile", NULL);
+    json_decref(doc);
+  }
+  char *init[] = {(char *)tl, "--db", db, "init", NULL};
+  char *import[] = {(char *)tl, "--db", db, "import", root, "--all-profiles", NULL};
+  if (run_cli(NULL, NULL, init) != 0 || run_cli(ns, rss_kb, import) != 0)
+    die("importing a root", NULL);
+}
+
+static void bench_import(void)
+{
+  int rows = quick ? 200 : 1000, big = quick ? 1000 : 10000;
+  char tl[PATH_MAX + 32], home[PATH_MAX + 16], db[PATH_MAX + 16];
+  snprintf(tl, sizeof tl, "%s/tokenledger", bindir);
+  snprintf(home, sizeof home, "%s/poolhome", dir);
+  snprintf(db, sizeof db, "%s/import.db", dir);
+  mkdir_or_die(home);
+  int64_t t = ((int64_t)time(NULL) - 120) * 1000;
+  write_pool_home(home, rows, 0, t);
+  int64_t import_ns = 0, sync_ns = 0;
+  long import_rss = 0, sync_rss = 0;
+  char *init[] = {tl, "--db", db, "init", NULL};
+  char *import[] = {tl, "--db", db, "import", home, "--profile", "pool", NULL};
+  char *sync[] = {tl, "--db", db, "sync", "--profile", "pool", NULL};
+  if (run_cli(NULL, NULL, init) != 0 || run_cli(&import_ns, &import_rss, import) != 0)
+    die("importing the pool file", NULL);
+  write_pool_home(home, rows, 1, t + 60000); /* Hermes rotated every grant */
+  if (run_cli(&sync_ns, &sync_rss, sync) != 0)
+    die("sync adopting the rotations", NULL);
+  tl_store *s = open_store("import.db", 0);
+  int64_t adopted = 0;
+  sqlite3_stmt *st = NULL;
+  sqlite3_prepare_v2(s->db, "SELECT count(*) FROM refresh_token WHERE origin = 'external'", -1, &st, NULL);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    adopted = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  tl_store_free(s);
+  int64_t small_ns = 0, big_ns = 0;
+  long small_rss = 0, big_rss = 0;
+  import_root(&small_ns, &small_rss, big / 10, tl);
+  import_root(&big_ns, &big_rss, big, tl);
+  /* a straight line through the two roots, at 100k profiles */
+  double per_ns = (double)(big_ns - small_ns) / (big - big / 10),
+         per_kb = (double)(big_rss - small_rss) / (big - big / 10);
+  double x_s = (big_ns + per_ns * (100000 - big)) / 1e9, x_mb = (big_rss + per_kb * (100000 - big)) / 1024.0;
+  printf("10. import cost\n");
+  printf("   a file with %d pool rows (%d grants): import %6.3f s (%ld MiB peak); sync adopting %d new tokens %6.3f s "
+         "(%lld external rotations recorded, %ld MiB)\n",
+         rows, rows, import_ns / 1e9, import_rss / 1024, rows, sync_ns / 1e9, (long long)adopted, sync_rss / 1024);
+  printf("   a root of %d profiles: import --all-profiles %6.2f s, %ld MiB peak (%d profiles: %.2f s, %ld MiB); "
+         "at 100000, by a straight line: %.1f s, %.0f MiB\n\n",
+         big, big_ns / 1e9, big_rss / 1024, big / 10, small_ns / 1e9, small_rss / 1024, x_s, x_mb);
+  record("import_cost",
+         json_pack("{s:i, s:f, s:f, s:f, s:f, s:I, s:i, s:f, s:f, s:i, s:f, s:f, s:f, s:f}", "pool_rows", rows,
+                   "import_s", import_ns / 1e9, "import_peak_mib", import_rss / 1024.0, "sync_s", sync_ns / 1e9,
+                   "sync_peak_mib", sync_rss / 1024.0, "external_rotations", (json_int_t)adopted, "root_profiles", big,
+                   "root_import_s", big_ns / 1e9, "root_peak_mib", big_rss / 1024.0, "small_root_profiles", big / 10,
+                   "small_root_import_s", small_ns / 1e9, "small_root_peak_mib", small_rss / 1024.0,
+                   "extrapolated_100k_s", x_s, "extrapolated_100k_mib", x_mb));
+}
+
 int main(int argc, char **argv)
 {
   const char *json_out = NULL, *where = NULL;
@@ -1079,6 +1562,8 @@ int main(int argc, char **argv)
   RUN('6', bench_process);
   RUN('7', bench_growth);
   RUN('8', bench_serve);
+  RUN('9', bench_hermes);
+  RUN('0', bench_import); /* section 10 */
 #undef RUN
   kill(portal_pid, SIGTERM);
   waitpid(portal_pid, NULL, 0);
