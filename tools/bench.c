@@ -1268,7 +1268,9 @@ static char *hermes_rotation(const char *home)
     free(why);
     die("a Hermes-like refresh at the portal", NULL);
   }
-  int64_t now = (int64_t)time(NULL) * 1000 + (now_ns() / 1000000) % 1000;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts); /* Hermes' obtained_at: wall-clock time, later with every rotation */
+  int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   json_object_set_new(json_object_get(doc, "providers"), "nous", hermes_singleton(portal_url, at, rt, now));
   json_t *pool = json_object_get(json_object_get(doc, "credential_pool"), "nous");
   json_array_set_new(pool, 0, hermes_row("a1b2c3", "device_code", 0, at, rt, now));
@@ -1360,6 +1362,9 @@ static void bench_hermes(void)
     }
     lat[r] = all ? now_ns() - a : -1;
     reached += all;
+    if (getenv("TL_BENCH_DEBUG"))
+      fprintf(stderr, "hermes round %d (profile h%d): %s %.1f ms\n", r, r % 4, all ? "reached" : "NOT reached",
+              (now_ns() - a) / 1e6);
     free(fresh);
     /* Not there: bring every file up to date, or the next round's Hermes would present a spent token. */
     if (!all && run_cli(NULL, NULL, sync_all) != 0)
