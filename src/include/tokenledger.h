@@ -427,8 +427,9 @@ TL_EXTERN tl_status tl_rt_check(tl_report **out, tl_store *store, const char *rt
 TL_EXTERN tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *store, int fix, tl_error *err);
 
 /**
- * Retention: deletes settled refresh attempts older than keep_ms whose RT is
- * spent (rotated, rejected, retired), then VACUUMs. Never deletes a refresh
+ * Retention: deletes settled refresh attempts finished keep_ms or more ago
+ * (with 0, every settled one, up to this millisecond) whose RT is spent
+ * (rotated, rejected, retired), then VACUUMs. Never deletes a refresh
  * token row (fingerprints are what catches reuse) nor an audit row.
  * *out_deleted: attempts removed; *out_bytes_before/after: file size.
  */

@@ -587,7 +587,7 @@ tl_status tl_compact(int64_t *out_deleted, int64_t *out_before, int64_t *out_aft
 {
   tl_error_clear(err);
   static const char sql[] =
-      "DELETE FROM refresh_attempt WHERE outcome NOT IN ('in_flight', 'unknown') AND finished_at < :cutoff AND rt_id "
+      "DELETE FROM refresh_attempt WHERE outcome NOT IN ('in_flight', 'unknown') AND finished_at <= :cutoff AND rt_id "
       "IN (SELECT id FROM refresh_token WHERE state IN ('rotated', 'rejected', 'retired'))";
   tl_status rc;
   if (!s || keep_ms < 0)
