@@ -54,8 +54,8 @@ struct tl_store {
     struct tl__cached_token *slots; /* open addressing by (profile, provider); refresh.c */
     size_t cap, used;
   } tokens; /* the hot path's answers, each valid while the ledger's change marker is the one it was read at */
-  int coop;               /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
-  char coop_spent_fp[65]; /* set by it: an RT the server rotated that the ledger could not record */
+  int coop; /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
+  char coop_spent_fp[65];  /* set by it: an RT the server rotated that the ledger could not record */
   int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
   tl__actor actor;
   tl_http_fn http;
@@ -88,6 +88,17 @@ const char *tl__num_i64(int64_t *out, const json_t *v, int64_t min, int64_t max)
 /* A time in every form Hermes writes (ISO 8601, epoch s or ms, number or text) -> ms. */
 const char *tl__num_time(int64_t *out, const json_t *v);
 const char *tl__num_time_text(int64_t *out, const char *text);
+
+/* lazy.c: libcrypto, loaded on first use. Each returns what its OpenSSL function returns (EVP_Digest and
+ * HMAC with SHA-256: 1 on success; RAND_bytes; EVP_EncodeBlock's length; EVP_DecodeBlock's; CRYPTO_memcmp;
+ * OPENSSL_hexchar2int), or its failure value (0, 0, 0, 0, -1, non-zero, -1) when libcrypto cannot be loaded. */
+int tl__sha256(unsigned char md[32], const void *data, size_t len);
+int tl__hmac_sha256(unsigned char md[32], const void *key, int key_len, const unsigned char *msg, size_t len);
+int tl__rand_bytes(unsigned char *buf, int n);
+int tl__b64_encode(unsigned char *out, const unsigned char *in, int n);
+int tl__b64_decode(unsigned char *out, const unsigned char *in, int n);
+int tl__memcmp_ct(const void *a, const void *b, size_t n);
+int tl__hexchar2int(unsigned char c);
 
 /* secret.c: a token is 1-16384 bytes of RFC 6749 VSCHAR (0x20-0x7E) with no
  * leading or trailing space, wherever it comes from (file, server, stdin). */

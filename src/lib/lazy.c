@@ -1,15 +1,20 @@
 /*
- * lazy.c - libcurl and libmicrohttpd, loaded when first needed.
+ * lazy.c - libcurl, libmicrohttpd and libcrypto, loaded when first needed.
  *
  * `tokenledger token` with a fresh access token needs neither: it opens the
  * ledger and reads one row. Loading libcurl at process start (with GnuTLS,
  * Kerberos, LDAP, SSH, RTMP and the rest of its dependencies) and
  * libmicrohttpd cost about four milliseconds, more than everything else such
- * a process does. So the library calls them through tables filled on first
- * use, by dlopen of the soname the build linked against (TL_LIBCURL_SONAME,
- * TL_LIBMHD_SONAME, read from the libraries by CMake) and dlsym of each
- * function; the command-line tool is linked --as-needed, so nothing loads
- * them before a refresh, a login or serve does.
+ * a process does; libcrypto alone (its 21,000 relocations) cost a millisecond,
+ * and such a process hashes nothing. So the library calls them through tables
+ * filled on first use, by dlopen of the soname the build linked against
+ * (TL_LIBCURL_SONAME, TL_LIBMHD_SONAME, TL_LIBCRYPTO_SONAME, read from the
+ * libraries by CMake) and dlsym of each function; the command-line tool is
+ * linked --as-needed, so nothing loads them before a refresh, a login, an
+ * import or serve needs them. libcrypto's few functions have wrappers below,
+ * each with its failure value when the library cannot be loaded (then nothing
+ * that needs a hash, a MAC or randomness succeeds, and tl_fingerprint gives
+ * the impossible value the schema refuses).
  *
  * Invariants: a table is filled once per process (pthread_once) and is then
  * read-only; it is published only when every function was found, so a caller
@@ -24,6 +29,10 @@
 #include "internal.h"
 
 #include <dlfcn.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +43,9 @@
 #endif
 #ifndef TL_LIBMHD_SONAME
 #define TL_LIBMHD_SONAME "libmicrohttpd.so.12"
+#endif
+#ifndef TL_LIBCRYPTO_SONAME
+#define TL_LIBCRYPTO_SONAME "libcrypto.so.3"
 #endif
 
 static char lazy_why[256];
@@ -115,6 +127,95 @@ const tl__mhd_api *tl__mhd(void)
 {
   pthread_once(&mhd_once, mhd_load);
   return mhd_ready;
+}
+
+/* ---- libcrypto ------------------------------------------------------------ */
+
+typedef struct crypto_api {
+  const EVP_MD *(*sha256)(void);
+  int (*digest)(const void *data, size_t count, unsigned char *md, unsigned int *size, const EVP_MD *type,
+                ENGINE *impl);
+  unsigned char *(*hmac)(const EVP_MD *evp_md, const void *key, int key_len, const unsigned char *data, size_t data_len,
+                         unsigned char *md, unsigned int *md_len);
+  int (*rand_bytes)(unsigned char *buf, int num);
+  int (*encode_block)(unsigned char *t, const unsigned char *f, int n);
+  int (*decode_block)(unsigned char *t, const unsigned char *f, int n);
+  int (*ct_memcmp)(const void *in_a, const void *in_b, size_t len);
+  int (*hex2int)(unsigned char c);
+} crypto_api;
+
+static crypto_api crypto;
+static const crypto_api *crypto_ready;
+static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
+
+static void crypto_load(void)
+{
+  const char *so = TL_LIBCRYPTO_SONAME;
+  crypto_api a;
+  void *h = open_library(so);
+  if (!h || !sym(h, so, "EVP_sha256", &a.sha256, sizeof a.sha256) ||
+      !sym(h, so, "EVP_Digest", &a.digest, sizeof a.digest) || !sym(h, so, "HMAC", &a.hmac, sizeof a.hmac) ||
+      !sym(h, so, "RAND_bytes", &a.rand_bytes, sizeof a.rand_bytes) ||
+      !sym(h, so, "EVP_EncodeBlock", &a.encode_block, sizeof a.encode_block) ||
+      !sym(h, so, "EVP_DecodeBlock", &a.decode_block, sizeof a.decode_block) ||
+      !sym(h, so, "CRYPTO_memcmp", &a.ct_memcmp, sizeof a.ct_memcmp) ||
+      !sym(h, so, "OPENSSL_hexchar2int", &a.hex2int, sizeof a.hex2int))
+    return;
+  crypto = a;
+  crypto_ready = &crypto;
+}
+
+static const crypto_api *crypto_get(void)
+{
+  pthread_once(&crypto_once, crypto_load);
+  return crypto_ready;
+}
+
+int tl__sha256(unsigned char md[32], const void *data, size_t len)
+{
+  const crypto_api *c = crypto_get();
+  unsigned int n = 0;
+  return c && c->digest(data, len, md, &n, c->sha256(), NULL) == 1 && n == 32;
+}
+
+int tl__hmac_sha256(unsigned char md[32], const void *key, int key_len, const unsigned char *msg, size_t len)
+{
+  const crypto_api *c = crypto_get();
+  unsigned int n = 0;
+  return c && c->hmac(c->sha256(), key, key_len, msg, len, md, &n) && n == 32;
+}
+
+int tl__rand_bytes(unsigned char *buf, int n)
+{
+  const crypto_api *c = crypto_get();
+  return c ? c->rand_bytes(buf, n) : 0;
+}
+
+int tl__b64_encode(unsigned char *out, const unsigned char *in, int n)
+{
+  const crypto_api *c = crypto_get();
+  int len = c ? c->encode_block(out, in, n) : 0;
+  if (len <= 0)
+    out[0] = '\0';
+  return len > 0 ? len : 0;
+}
+
+int tl__b64_decode(unsigned char *out, const unsigned char *in, int n)
+{
+  const crypto_api *c = crypto_get();
+  return c ? c->decode_block(out, in, n) : -1;
+}
+
+int tl__memcmp_ct(const void *a, const void *b, size_t n)
+{
+  const crypto_api *c = crypto_get();
+  return c ? c->ct_memcmp(a, b, n) : 1; /* without libcrypto, nothing is equal */
+}
+
+int tl__hexchar2int(unsigned char ch)
+{
+  const crypto_api *c = crypto_get();
+  return c ? c->hex2int(ch) : -1;
 }
 
 const char *tl__lazy_error(void)

@@ -17,7 +17,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -440,7 +439,7 @@ static void random_entry_id(char out[7])
 {
   unsigned char b[3] = {0};
   static const char hex[] = "0123456789abcdef";
-  if (RAND_bytes(b, sizeof b) != 1) {
+  if (tl__rand_bytes(b, sizeof b) != 1) {
     int64_t t = tl__now_ms();
     memcpy(b, &t, sizeof b);
   }

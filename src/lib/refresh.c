@@ -27,9 +27,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,7 +274,7 @@ static int pick(const candidate *c, size_t n, const char *strategy)
   }
   if (strcmp(strategy, "random") == 0) {
     unsigned r = 0;
-    if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+    if (tl__rand_bytes((unsigned char *)&r, sizeof r) != 1)
       r = (unsigned)now;
     return usable[r % k];
   }
@@ -909,7 +906,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   /* The plaintext must be the token the ledger thinks it is. */
   char check[65];
   tl_fingerprint(check, cl->secret, strlen(cl->secret));
-  if (CRYPTO_memcmp(check, cl->fp, 64) != 0) {
+  if (tl__memcmp_ct(check, cl->fp, 64) != 0) {
     rc = tl__err(err, TL_ECORRUPT, 0,
                  "credential %lld: stored refresh token does not match its fingerprint; not "
                  "presenting it",
@@ -1033,10 +1030,10 @@ int64_t tl__jwt_exp_ms(const char *jwt)
     in[i] = a[1 + i] == '-' ? '+' : a[1 + i] == '_' ? '/' : a[1 + i];
   while (n % 4)
     in[n++] = '=';
-  int len = EVP_DecodeBlock(outb, (unsigned char *)in, (int)n);
+  int len = tl__b64_decode(outb, (unsigned char *)in, (int)n);
   if (len > 0) {
     while (len > 0 && outb[len - 1] == '\0')
-      len--; /* EVP_DecodeBlock counts padding as zero bytes */
+      len--; /* base64 decoding counts padding as zero bytes */
     json_t *j = json_loadb((const char *)outb, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
     json_t *e = j ? json_object_get(j, "exp") : NULL;
     int64_t secs = 0;
@@ -1088,8 +1085,8 @@ static void mark_echoes(unsigned char *hide, const char *text, size_t tlen, cons
   for (size_t i = 0; i < tlen;) {
     int hi, lo;
     from[n] = i;
-    if (decode && text[i] == '%' && i + 2 < tlen && (hi = OPENSSL_hexchar2int((unsigned char)text[i + 1])) >= 0 &&
-        (lo = OPENSSL_hexchar2int((unsigned char)text[i + 2])) >= 0) {
+    if (decode && text[i] == '%' && i + 2 < tlen && (hi = tl__hexchar2int((unsigned char)text[i + 1])) >= 0 &&
+        (lo = tl__hexchar2int((unsigned char)text[i + 2])) >= 0) {
       dec[n] = (unsigned char)(hi * 16 + lo);
       i += 3;
     } else {
@@ -1753,7 +1750,7 @@ static void store_reserve(tl_store *s)
   if (s->rescue_fd >= 0)
     return;
   unsigned char rnd[6];
-  if (RAND_bytes(rnd, sizeof rnd) != 1)
+  if (tl__rand_bytes(rnd, sizeof rnd) != 1)
     return;
   size_t n = strlen(s->path) + 64;
   char *path = malloc(n);
@@ -1823,7 +1820,7 @@ static tl_status rescue_write(tl_store *s, claim *cl, const tl__answer *a, tl_er
   if (a->extra)
     json_object_set(o, "extra", a->extra);
   if (a->raw && a->raw_len <= TL_RESCUE_MAX / 2 && (b64 = malloc(4 * (a->raw_len / 3 + 1) + 1))) {
-    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)a->raw, (int)a->raw_len);
+    tl__b64_encode((unsigned char *)b64, (const unsigned char *)a->raw, (int)a->raw_len);
     json_object_set_new(o, "raw_answer_base64", json_string(b64));
   }
   text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);

@@ -35,10 +35,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +64,7 @@ tl_status tl__strict_key_create(tl_store *s, tl_error *err)
   unsigned char key[KEY_LEN];
   tl_status rc;
   assert(s->tx_where); /* inside the migration's (or the caller's) write transaction */
-  if (RAND_bytes(key, sizeof key) != 1)
+  if (tl__rand_bytes(key, sizeof key) != 1)
     return tl__err(err, TL_ERROR, 0, "strict mode: the system's random generator failed; no surrogate key created");
   sqlite3_stmt *st;
   if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) {
@@ -126,7 +122,7 @@ static tl_status key_ensure(unsigned char key[KEY_LEN], tl_store *s, tl_error *e
 /* Unpadded base64url of n bytes into out (needs 4*ceil(n/3)+1). */
 static void b64url(char *out, const unsigned char *in, size_t n)
 {
-  int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+  int len = tl__b64_encode((unsigned char *)out, in, (int)n);
   while (len > 0 && out[len - 1] == '=')
     len--;
   out[len] = '\0';
@@ -140,11 +136,10 @@ static tl_status mac_of(char out[MAC_CHARS + 2], const unsigned char key[KEY_LEN
 {
   char msg[256];
   unsigned char md[32];
-  unsigned int mdlen = 0;
   int n = snprintf(msg, sizeof msg, "%s|%lld", body, (long long)created);
   if (n < 0 || (size_t)n >= sizeof msg)
     return tl__err(err, TL_EINVAL, 0, "surrogate: too long");
-  if (!HMAC(EVP_sha256(), key, KEY_LEN, (const unsigned char *)msg, (size_t)n, md, &mdlen) || mdlen != sizeof md)
+  if (tl__hmac_sha256(md, key, KEY_LEN, (const unsigned char *)msg, (size_t)n) != 1)
     return tl__err(err, TL_ERROR, 0, "surrogate: HMAC-SHA256 failed");
   b64url(out, md, sizeof md);
   tl_burn(md, sizeof md);
@@ -312,7 +307,7 @@ tl_status tl__strict_verify(int64_t *out_cred, int64_t *out_profile, int64_t *ou
   body[body_len] = '\0';
   rc = mac_of(mac, key, body, born, err); /* computed even for a missing profile: no shortcut to time */
   tl_burn(key, sizeof key);
-  int same = rc == TL_OK && CRYPTO_memcmp(mac, rt + body_len + 1, MAC_CHARS) == 0;
+  int same = rc == TL_OK && tl__memcmp_ct(mac, rt + body_len + 1, MAC_CHARS) == 0;
   tl_burn(mac, sizeof mac);
   tl_burn(body, sizeof body);
   if (rc != TL_OK)

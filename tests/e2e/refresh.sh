@@ -21,9 +21,9 @@ tl $D token nous --profile alice; expect 0 "token refreshes a credential without
 check '[ "$(counter refreshes)" = 1 ]' "exactly one refresh reached the portal"
 tl $D token nous --profile alice; expect 0 "second token"
 check '[ "$(counter refreshes)" = 1 ]' "a fresh token needs no refresh"
-# libcurl and libmicrohttpd load only when they are used (src/lib/lazy.c): not for a fresh token
-check '! LD_DEBUG=libs "$TL_BIN" $D token nous --profile alice 2>&1 >/dev/null | grep -q "libcurl\|libmicrohttpd\|libgnutls"' \
-  "a fresh token loads neither libcurl nor libmicrohttpd"
+# libcurl, libmicrohttpd and libcrypto load only when they are used (src/lib/lazy.c): not for a fresh token
+check '! LD_DEBUG=libs "$TL_BIN" $D token nous --profile alice 2>&1 >/dev/null | grep -q "libcurl\|libmicrohttpd\|libgnutls\|libcrypto"' \
+  "a fresh token loads none of libcurl, libmicrohttpd, libcrypto"
 check 'LD_DEBUG=libs "$TL_BIN" $D refresh nous --profile alice --force 2>&1 >/dev/null | grep -q "calling init:.*libcurl"' \
   "a refresh loads libcurl"
 check '[ "$(counter refreshes)" = 2 ]' "that refresh reached the portal"
