@@ -39,8 +39,8 @@
  *     tl_fingerprint, tl_strategy_parse, tl_status_name, tl_version, tl_burn,
  *     ...) are reentrant; tl_secret_read("-") reads the process's standard
  *     input, which threads share.
- *   - There is no global initialisation to call. libcurl and libmicrohttpd
- *     are loaded (dlopen) the first time a request or serve needs them, and
+ *   - There is no global initialisation to call. libcurl, libmicrohttpd and
+ *     libcrypto are loaded (dlopen) the first time a call needs them, and
  *     libcurl's global init runs then, once, under pthread_once; SQLite, OpenSSL and
  *     Jansson initialise themselves thread-safely. So the host must not call
  *     curl_global_cleanup() while a store may still make a request, must not
