@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -48,6 +49,7 @@
 static int quick;
 static char dir[PATH_MAX], bindir[PATH_MAX], portal_url[128];
 static pid_t portal_pid;
+static pid_t long_child; /* keep-fresh --watch or serve while a section runs */
 static json_t *results;
 
 static int64_t now_ns(void)
@@ -60,6 +62,8 @@ static int64_t now_ns(void)
 static void die(const char *what, const tl_error *err)
 {
   fprintf(stderr, "tl-bench: %s: %s\n", what, err ? err->message : strerror(errno));
+  if (long_child > 0)
+    kill(long_child, SIGTERM);
   if (portal_pid > 0)
     kill(portal_pid, SIGTERM);
   exit(1);
@@ -133,6 +137,7 @@ static void start_portal(void)
   snprintf(pf, sizeof pf, "%s/portal.port", dir);
   portal_pid = fork();
   if (portal_pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     int null = open("/dev/null", O_WRONLY);
     dup2(null, 1);
     execl(path, path, "--port-file", pf, "--at-lifetime", "3600", (char *)NULL);
@@ -1099,12 +1104,14 @@ static void bench_serve(void)
   tl_store_free(s); /* serve is another process; this one keeps no connection open */
   pid_t serve = fork();
   if (serve == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the bench, however it ends */
     int null = open("/dev/null", O_WRONLY);
     dup2(null, 1);
     dup2(null, 2);
     execl(tl, tl, "--db", db, "serve", "--quiet", "--no-keep-fresh", (char *)NULL);
     _exit(127);
   }
+  long_child = serve;
   for (int i = 0; i < 400 && !serve_url[0]; i++) {
     json_t *j = json_load_file(pf, 0, NULL);
     if (json_is_string(json_object_get(j, "url")) && json_integer_value(json_object_get(j, "pid")) == serve)
@@ -1126,6 +1133,7 @@ static void bench_serve(void)
   double prps = throughput(portal_url, NULL, secs);
   kill(serve, SIGTERM);
   waitpid(serve, NULL, 0);
+  long_child = 0;
   tl_secret_free(sur);
   int met = s50 <= 1000000;
   printf("8. strict mode: a refresh POST with a fresh access token, %d sequential on one keep-alive connection, "
@@ -1331,12 +1339,14 @@ static void bench_hermes(void)
   snprintf(path, sizeof path, "%s/keep-fresh.log", dir);
   pid_t watcher = fork();
   if (watcher == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the bench, however it ends */
     int log = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     dup2(log, 1);
     dup2(log, 2);
     execl(tl, tl, "--db", db, "keep-fresh", "--watch", "--interval", "3600", (char *)NULL);
     _exit(127);
   }
+  long_child = watcher;
   usleep(1000000); /* its first round, then its watches */
   int64_t *lat = malloc(sizeof(int64_t) * (size_t)rounds);
   int reached = 0;
@@ -1373,6 +1383,7 @@ static void bench_hermes(void)
   }
   kill(watcher, SIGTERM);
   waitpid(watcher, NULL, 0);
+  long_child = 0;
   int64_t reuse = counter("reuse_detections") - reuse_before;
   size_t ok = 0;
   for (int r = 0; r < rounds; r++)
