@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 5).
+-- tokenledger canonical schema (user_version 6).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -24,7 +24,7 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;
 
 -- Rules on a column's values are written `x = 'a' OR x = 'b' OR ...`, not
 -- `x IN ('a', 'b', ...)`: SQLite builds a temporary b-tree for an IN list of three
@@ -373,13 +373,18 @@ SELECT a.id AS attempt, a.credential_id AS credential, t.generation AS generatio
  WHERE a.outcome IN ('in_flight', 'unknown');
 
 -- What each profile would get for each provider, entry by entry, and whether
--- the profile is in strict mode.
+-- the profile is in strict mode. access_token follows `tokenledger status`:
+-- api_key, borrowed, needs_login, unknown_outcome, unknown, valid or expired;
+-- reason says why a credential is not active.
 CREATE VIEW v_profile_status AS
 SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priority AS priority,
        e.source AS source, e.auth_type AS auth_type, coalesce(e.label, c.label) AS label,
        e.credential_id AS credential, c.status AS credential_status,
        strftime('%Y-%m-%dT%H:%M:%SZ', c.expires_at / 1000.0, 'unixepoch') AS access_expires,
-       CASE WHEN c.id IS NULL THEN NULL
+       CASE WHEN e.auth_type = 'api_key' THEN 'api_key'
+            WHEN c.id IS NULL THEN 'borrowed'
+            WHEN c.status = 'needs_reauth' THEN 'needs_login'
+            WHEN c.status = 'uncertain' THEN 'unknown_outcome'
             WHEN c.expires_at IS NULL THEN 'unknown'
             WHEN c.expires_at > CAST(strftime('%s', 'now') AS INTEGER) * 1000 THEN 'valid'
             ELSE 'expired' END AS access_token,
@@ -387,7 +392,8 @@ SELECT p.name AS profile, e.provider AS provider, e.entry_id AS entry, e.priorit
        e.last_status AS last_status,
        strftime('%Y-%m-%dT%H:%M:%SZ', e.cooldown_until / 1000.0, 'unixepoch') AS cooldown_until,
        e.request_count AS request_count,
-       EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict
+       EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict,
+       CASE WHEN c.status <> 'active' THEN c.status_reason END AS reason
   FROM pool_entry e
   JOIN profile p ON p.id = e.profile_id
   LEFT JOIN credential c ON c.id = e.credential_id

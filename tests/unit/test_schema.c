@@ -414,10 +414,62 @@ static void test_schema__refresh_lookups_never_scan_the_history(void **state)
   }
 }
 
+/*
+ * The forensic view says what `tokenledger status` says about the access token
+ * (migration 0006): a revoked grant or one whose last presentation has no known
+ * outcome is never 'valid' in sqlite3 either, whatever its expiry.
+ */
+static void test_schema__profile_status_view_agrees_with_status(void **state)
+{
+  fx *f = *state;
+  tl_error err = {0};
+  int64_t id = fx_credential(f->s, "p", "rt-view-0123456789");
+  static const struct {
+    const char *status, *expires, *want;
+  } c[] = {
+      {"active", "4102444800000", "valid"},
+      {"active", "1000", "expired"},
+      {"active", "NULL", "unknown"},
+      {"needs_reauth", "4102444800000", "needs_login"},
+      {"needs_reauth", "1000", "needs_login"},
+      {"uncertain", "4102444800000", "unknown_outcome"},
+      {"uncertain", "NULL", "unknown_outcome"},
+  };
+  for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "UPDATE credential SET status = '%s', status_reason = %s, expires_at = %s WHERE id = %lld", c[i].status,
+             strcmp(c[i].status, "active") ? "'server said so'" : "NULL", c[i].expires, (long long)id);
+    assert_int_equal(fx_sql(f->s, sql), SQLITE_OK);
+    tl_report *r = NULL;
+    assert_int_equal(tl_status_report(&r, f->s, "p", &err), TL_OK);
+    assert_int_equal(tl_report_rows(r), 1);
+    const char *lib = tl_report_get(r, 0, "access_token");
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(f->s->db,
+                                        "SELECT access_token, reason FROM v_profile_status WHERE profile = 'p'", -1,
+                                        &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    const char *view = (const char *)sqlite3_column_text(st, 0);
+    if (!view || strcmp(view, c[i].want) || !lib || strcmp(lib, c[i].want))
+      fail_msg("%s, expires %s: view says %s, status says %s, want %s", c[i].status, c[i].expires, view ? view : "NULL",
+               lib ? lib : "NULL", c[i].want);
+    /* reason: only for a credential that is not active */
+    if (strcmp(c[i].status, "active") == 0)
+      assert_int_equal(sqlite3_column_type(st, 1), SQLITE_NULL);
+    else
+      assert_string_equal((const char *)sqlite3_column_text(st, 1), "server said so");
+    sqlite3_finalize(st);
+    tl_report_free(r);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_schema__migrations_replay_equals_canonical_schema, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_schema__profile_status_view_agrees_with_status, fx_setup, fx_teardown),
       cmocka_unit_test(test_schema__expected_rows_equal_a_replay_here),
       cmocka_unit_test_setup_teardown(test_schema__connection_is_wal_fk_secure_delete_and_syncs_commits, fx_setup,
                                       fx_teardown),
