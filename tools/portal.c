@@ -292,6 +292,8 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, con
  *   hostile_echo_rt       400 invalid_request whose description echoes the presented RT plainly, percent-encoded
  *                         and in part
  *   hostile_retry_after   429 with Retry-After: 99999999999999999999
+ * (hostile_squat, handled before: 200 with a new grant of the portal's own for any token at all, as a
+ * program holding serve's port while serve is down could answer Hermes.)
  * Returns 0 if kind is none of them.
  */
 static int hostile_unspent(enum MHD_Result *out, struct MHD_Connection *c, const char *kind, const char *rt)
@@ -401,6 +403,14 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
     pthread_mutex_unlock(&mu);
     free(rt);
     return reply_json(c, 500, json_pack("{s:s}", "error", "server_error"), -1);
+  }
+  if (faulted && strcmp(kind, "hostile_squat") == 0) {
+    /* Whoever holds serve's port while it is down: any token is "refreshed" with a grant of its own. */
+    int fam = new_family();
+    json_t *a = token_answer(fam, issue_rt(fam, 0));
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return reply_json(c, 200, a, -1);
   }
   if (faulted && hostile_unspent(&result, c, kind, rt)) {
     pthread_mutex_unlock(&mu);

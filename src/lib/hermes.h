@@ -119,7 +119,13 @@ tl_status tl__hf_write(const char *target, const char *text, tl_error *err);
  * adoption skips it, and the next write-back fills the slot. *out_n: how many
  * string values were overwritten. Only a regular file of the caller's. */
 #define TL_HF_SPENT_PREFIX "tl-spent-"
+/* The shortest token defused: the marker and at least four more characters. */
+#define TL_HF_DEFUSE_MIN (sizeof TL_HF_SPENT_PREFIX - 1 + 4)
 int tl__hf_is_defused(const char *rt);
+/* The portal a Nous slot refreshes through (its own portal_base_url, else the file's Nous
+ * state's) if that is plain http to a loopback address, else NULL: where a strict file sends
+ * Hermes (serve), and where anyone on the machine could stand while serve is down. */
+const char *tl__hf_slot_loopback_portal(json_t *doc, const tl__slot *sl);
 tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, size_t nrts, tl_error *err);
 /* Removes a file (the shared store on a terminal failure); absent is fine. */
 tl_status tl__hf_remove(const char *target, tl_error *err);
@@ -197,6 +203,14 @@ tl_status tl__place_set(tl_store *s, int64_t profile, const char *place, int64_t
 /* ---- file sets under Hermes' locks (hermes_sync.c) ---------------------------------- */
 
 tl_status tl__hfset_lock(tl__hfset *set, int64_t deadline_ms, tl_error *err);
+/* The strict profile whose surrogates the file holds (0: not a strict file). A shared store is
+ * strict when one of its profiles is. */
+tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_error *err);
+/* 1 if the slot of a strict file refreshes through a loopback portal that is not its grant's
+ * own (cred's token URL): only serve, or whoever held serve's port while it was down, answers
+ * there, so a real-looking refresh token in the slot is foreign, never Hermes' rotation. */
+tl_status tl__hf_strict_foreign(int *out, tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred,
+                                tl_error *err);
 void tl__hfset_unlock(tl__hfset *set);
 /* Adds every file that holds credential cred (profile homes and shared stores). */
 tl_status tl__hfset_for_credential(tl__hfset *set, tl_store *s, int64_t cred, tl_error *err);

@@ -841,6 +841,37 @@ static tl_status push_pending(pending **v, size_t *n, size_t *cap, tl__hf *f, tl
   return TL_OK;
 }
 
+/*
+ * A strict file never holds a real refresh token: serve hands Hermes surrogates only. A
+ * foreign token (tl__hf_strict_foreign) came from whoever answered on serve's port while
+ * serve was down (any local user can bind it); adopting it as Hermes' rotation would retire
+ * the only copy of the real refresh token. Import refuses the file; sync leaves the grant as
+ * it is and the write-back puts the strict form back.
+ */
+static tl_status refuse_foreign(tl__adopt *a, tl__hf *f, tl__slot *sl, const char *fp, tl_error *err)
+{
+  if (a->import)
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: %s.refresh_token: a strict profile's file holds a refresh token that is not this ledger's "
+                   "surrogate, answered by whatever listened on its loopback portal; not adopted",
+                   f->path, sl->path);
+  int64_t cred = 0;
+  tl_status rc = place_cred(&cred, a->s, f, sl, err);
+  if (rc != TL_OK)
+    return rc;
+  tl__ids ids = {.profile = f->profile, .credential = cred};
+  char fp12[13];
+  snprintf(fp12, sizeof fp12, "%.12s", fp);
+  if ((rc = tl__audit(a->s, "strict_foreign_token", &ids,
+                      json_pack("{s:s, s:s, s:s}", "file", f->path, "path", sl->path, "fingerprint", fp12), err)) !=
+      TL_OK)
+    return rc;
+  return row(a, f, sl, cred, "foreign_refused",
+             "a refresh token that is not this ledger's surrogate, from whatever answered on serve's port; not "
+             "adopted, the strict form is written back",
+             err);
+}
+
 static int by_cred(const void *x, const void *y)
 {
   const pending *a = x, *b = y;
@@ -882,7 +913,8 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
       }
       char fp[65];
       tl_fingerprint(fp, rt, strlen(rt));
-      int64_t known_rt = 0, known_cred = 0;
+      int64_t known_rt = 0, known_cred = 0, placed = 0;
+      int foreign = 0;
       tl_error probe = {0};
       tl_status look = tl__rt_lookup(&known_rt, &known_cred, a->s, fp, &probe);
       if (look == TL_OK && known_rt)
@@ -891,6 +923,11 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
         rc = adopt_known(a, f, sl, fp, known_cred, 0, err);
       else if (look != TL_OK)
         rc = tl__err(err, look, probe.sys, "%s", probe.message);
+      else if ((rc = place_cred(&placed, a->s, f, sl, err)) != TL_OK ||
+               (rc = tl__hf_strict_foreign(&foreign, a->s, f, sl, placed, err)) != TL_OK)
+        break;
+      else if (foreign)
+        rc = refuse_foreign(a, f, sl, fp, err);
       else {
         int64_t mapped = 0;
         if ((rc = live_place_cred(&mapped, a->s, f, sl, err)) == TL_OK)

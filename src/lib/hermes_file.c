@@ -981,6 +981,22 @@ int tl__hf_is_defused(const char *rt)
   return rt && strncmp(rt, TL_HF_SPENT_PREFIX, sizeof TL_HF_SPENT_PREFIX - 1) == 0;
 }
 
+const char *tl__hf_slot_loopback_portal(json_t *doc, const tl__slot *sl)
+{
+  if (strcmp(sl->provider, "nous") != 0)
+    return NULL;
+  /* A pool row without a portal of its own refreshes through the file's Nous state (Hermes' resolver). */
+  const char *url = json_string_value(json_object_get(sl->obj, "portal_base_url"));
+  if (!url)
+    url = json_string_value(
+        json_object_get(json_object_get(json_object_get(doc, "providers"), "nous"), "portal_base_url"));
+  int loopback = 0;
+  tl_error ignore = {0};
+  return url && strncmp(url, "http://", 7) == 0 && tl__url_classify(&loopback, url, &ignore) == TL_OK && loopback
+             ? url
+             : NULL;
+}
+
 /* 1 if the JSON string literal buf[0..len) (quotes included) decodes to one of rts. */
 static int literal_is_one_of(const char *buf, size_t len, const char *const *rts, size_t nrts)
 {
@@ -1012,10 +1028,21 @@ static tl_status pwrite_all(int fd, const char *p, size_t n, off_t off, const ch
 tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, size_t nrts, tl_error *err)
 {
   *out_n = 0;
-  int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  /* The same rules as a write (tl__hf_write): the file and its directory are the user's and
+   * nobody else can swap them; the resolved path is opened without following a link. */
+  char real[PATH_MAX], dir[PATH_MAX];
+  if (!realpath(path, real))
+    return errno == ENOENT ? TL_OK : tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
+  snprintf(dir, sizeof dir, "%s", real);
+  char *slash = strrchr(dir, '/');
+  if (slash)
+    slash == dir ? (void)(dir[1] = '\0') : (void)(*slash = '\0');
+  tl_status rc = check_owner(dir, 1, err);
+  if (rc != TL_OK || (rc = check_owner(real, 0, err)) != TL_OK)
+    return rc;
+  int fd = open(real, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
   if (fd < 0)
     return errno == ENOENT ? TL_OK : tl__err(err, TL_EIO, errno, "%s: cannot open: %s", path, strerror(errno));
-  tl_status rc = TL_OK;
   char *buf = NULL;
   size_t len = 0;
   struct stat st;
@@ -1044,8 +1071,13 @@ tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, si
       j += buf[j] == '\\' ? 2 : 1;
     if (j >= len)
       break;
-    size_t inner = j - i - 1;
-    if (literal_is_one_of(buf + i, j - i + 1, rts, nrts)) {
+    size_t inner = j - i - 1, k = j + 1;
+    while (k < len && (buf[k] == ' ' || buf[k] == '\t' || buf[k] == '\n' || buf[k] == '\r'))
+      k++;
+    int is_key = k < len && buf[k] == ':';
+    /* Values only (a key that happens to equal a token is left alone), and only where the whole
+     * marker fits: a shorter token could not be recognised as defused afterwards. */
+    if (!is_key && inner >= TL_HF_DEFUSE_MIN && literal_is_one_of(buf + i, j - i + 1, rts, nrts)) {
       char *m = buf + i + 1;
       memset(m, 'x', inner);
       memcpy(m, TL_HF_SPENT_PREFIX, inner < sizeof TL_HF_SPENT_PREFIX - 1 ? inner : sizeof TL_HF_SPENT_PREFIX - 1);

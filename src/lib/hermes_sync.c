@@ -743,7 +743,7 @@ int tl__strict_url(char *out, size_t n, tl_store *s)
 }
 
 /* Is the file in strict mode, and whose surrogates does it hold? A shared store is when one of its profiles is. */
-static tl_status strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_error *err)
+tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_error *err)
 {
   static const char shared_sql[] =
       "SELECT sp.profile_id FROM strict_profile sp JOIN pool_entry e ON e.profile_id = sp.profile_id JOIN grant_place "
@@ -759,10 +759,40 @@ static tl_status strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_err
   return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place));
 }
 
+tl_status tl__hf_strict_foreign(int *out, tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
+{
+  static const char sql[] = "SELECT token_url FROM credential WHERE id = :c";
+  int64_t owner = 0;
+  *out = 0;
+  const char *url = tl__hf_slot_loopback_portal(f->doc, sl);
+  if (!url)
+    return TL_OK;
+  tl_status rc = tl__hf_strict_owner(&owner, s, f, err);
+  if (rc != TL_OK || !owner)
+    return rc;
+  char *token_url = NULL;
+  if (cred) {
+    sqlite3_stmt *st;
+    int found = 0;
+    if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
+        (rc = tl__step_row(&found, s, st, "credential", err)) != TL_OK)
+      return rc;
+    token_url = found ? tl__col_dup(st, 0) : NULL;
+    sqlite3_reset(st);
+  }
+  /* The grant's own portal on loopback (a test portal, a local proxy the user set): Hermes refreshing it. */
+  size_t n = strlen(url);
+  while (n > 0 && url[n - 1] == '/')
+    n--;
+  *out = !(token_url && strncmp(token_url, url, n) == 0 && strcmp(token_url + n, "/api/oauth/token") == 0);
+  free(token_url);
+  return TL_OK;
+}
+
 static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *err)
 {
   wb w = {.s = s, .f = f, .report = report, .now = tl__now_ms()};
-  tl_status rc = strict_owner(&w.strict_profile, s, f, err);
+  tl_status rc = tl__hf_strict_owner(&w.strict_profile, s, f, err);
   if (rc != TL_OK)
     return rc;
   if (w.strict_profile) {
@@ -826,6 +856,8 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
     }
     if (rt && !tl__strict_is_surrogate(rt) && (rc = known_token(&known, s, rt, err)) != TL_OK)
       break;
+    if (!known && w.strict && (rc = tl__hf_strict_foreign(&known, s, f, sl, cred, err)) != TL_OK)
+      break; /* known: a strict file's foreign token (adopt refused it), overwritten with the strict form */
     if (!known)
       continue; /* never overwrite a token the ledger does not know */
     if ((rc = resolve_refs(s, sl, cred, synced, err)) != TL_OK)
@@ -951,26 +983,33 @@ out:
 tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
 {
   tl_status rc = TL_OK;
+  tl_status *wrc = calloc(set->n ? set->n : 1, sizeof *wrc);
+  if (!wrc)
+    return tl__oom(err);
   /* Profiles first: a shared store follows the grant its profiles moved to. Every file
-   * is tried even after one fails: each one written is one less copy of a spent token. */
+   * is tried even after one fails: each one written is one less copy of a spent token.
+   * Only a file that could not be written (disk full, I/O error) is defused; a file
+   * refused (another user's, a bad directory, not a regular file) is never touched. */
   for (int shared = 0; shared < 2; shared++)
     for (size_t i = 0; i < set->n; i++) {
       if (set->v[i].shared != shared)
         continue;
       tl_error one = {0};
-      tl_status wrc = write_one(s, &set->v[i], report, &one);
-      if (wrc == TL_OK)
+      if ((wrc[i] = write_one(s, &set->v[i], report, &one)) == TL_OK)
         continue;
-      defuse_spent(s, &set->v[i], NULL, report);
+      if (wrc[i] == TL_EIO)
+        defuse_spent(s, &set->v[i], NULL, report);
       if (rc == TL_OK) {
-        rc = wrc;
+        rc = wrc[i];
         if (err)
           *err = one;
       }
     }
   if (s->coop_spent_fp[0])
     for (size_t i = 0; i < set->n; i++)
-      defuse_spent(s, &set->v[i], s->coop_spent_fp, report);
+      if (wrc[i] == TL_OK || wrc[i] == TL_EIO)
+        defuse_spent(s, &set->v[i], s->coop_spent_fp, report);
+  free(wrc);
   if (rc != TL_OK)
     return rc;
   int any = 0;
@@ -1053,7 +1092,7 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
    */
   for (size_t i = 0; rc == TL_OK && i < set.n;) {
     int64_t owner = 0;
-    if ((rc = strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner)
+    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner)
       tl__hfset_remove(&set, i);
     else
       i++;

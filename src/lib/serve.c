@@ -55,6 +55,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,7 @@ typedef struct server {
   pthread_mutex_t dev_mu;
   device_login dev[DEVICE_MAX];
   int port;
+  _Atomic int64_t refused_said; /* when a refused peer was last logged (once a minute at most) */
 } server;
 
 static void say(server *sv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1085,15 +1087,40 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
   }
 }
 
-/* Only loopback peers: the socket is bound to loopback, this says so twice. */
+/*
+ * Only loopback peers (the socket is bound to loopback, this says so twice), and only
+ * this user's: a surrogate is worth the real access token, and any local user can reach
+ * a loopback port, capture a surrogate by holding the port while serve is down, or fill
+ * the connection slots and the audit log. A peer whose socket cannot be found in
+ * /proc/net/tcp{,6} is refused too. Nothing is read from a refused connection and
+ * nothing is written to the ledger for it.
+ */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
 {
-  (void)cls;
+  server *sv = cls;
   (void)len;
+  int loopback = 0;
   if (addr->sa_family == AF_INET)
-    return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127 ? MHD_YES : MHD_NO;
-  if (addr->sa_family == AF_INET6)
-    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)addr)->sin6_addr) ? MHD_YES : MHD_NO;
+    loopback = (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127;
+  else if (addr->sa_family == AF_INET6)
+    loopback = IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)addr)->sin6_addr);
+  if (!loopback)
+    return MHD_NO;
+  unsigned long inode = 0;
+  long uid = -1;
+  if (peer_socket(&inode, &uid, addr, sv->port) && uid == (long)geteuid())
+    return MHD_YES;
+  int64_t now = tl__now_ms(), prev = atomic_load(&sv->refused_said);
+  if (now - prev < 60000 || !atomic_compare_exchange_strong(&sv->refused_said, &prev, now))
+    return MHD_NO;
+  if (uid < 0)
+    say(sv,
+        "refused a connection whose user cannot be known (no /proc/net/tcp entry): serve answers only its own "
+        "user (uid %ld); said once a minute at most",
+        (long)geteuid());
+  else
+    say(sv, "refused a connection from uid %ld: serve answers only its own user (uid %ld); said once a minute at most",
+        uid, (long)geteuid());
   return MHD_NO;
 }
 
@@ -1367,10 +1394,10 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
     goto done;
   unsigned flags =
       MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | (strchr(host, ':') ? MHD_USE_IPv6 : 0);
-  d = tl__mhd()->start_daemon(flags, 0, on_accept, NULL, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
+  d = tl__mhd()->start_daemon(flags, 0, on_accept, &sv, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, &sv, MHD_OPTION_NOTIFY_CONNECTION,
                               on_connection, &sv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)sv.max,
-                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+                              MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
   if (!d) {
     rc = tl__err(err, TL_EIO, errno, "cannot start the HTTP server on %s port %d", host, sv.port);
     goto done;

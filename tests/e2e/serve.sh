@@ -155,6 +155,25 @@ check '[ "$(lineage)" = "$L0" ]' "the lineage did not change"
 check 'wait_audits $((n0 + k))' "every refusal is audited"
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = \"serve_request\" AND json_extract(detail, \"$.outcome\") = \"refused\" AND credential_id IS NULL")" -ge $k ]' "refusals name no credential"
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE json_extract(detail, \"$.why\") LIKE \"%never forwarded%\"")" = 2 ]' "a real RT presented to serve is called out, never forwarded"
+# Another user of the machine (any local user can reach a loopback port): refused before a byte is
+# read, with a valid surrogate too (one captured while holding serve's port, say), nothing audited,
+# nothing sent upstream, and the connection slots stay free for the owner.
+if [ "$(id -u)" = 0 ] && command -v setpriv > /dev/null; then
+  n0=$(audits); r0=$(counter requests)
+  as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+  code=$(as_nobody curl -s -o /dev/null -w '%{http_code}' -X POST "$SURL/api/oauth/token" \
+    -H "x-nous-refresh-token: $(cat "$WORK/s-alice")" -d grant_type=refresh_token) || true
+  check '[ "$code" = 000 ]' "another user's valid surrogate: the connection is closed unanswered (HTTP $code)"
+  hogs=""
+  for _ in $(seq 80); do as_nobody curl -s -m 20 -o /dev/null "$SURL/api/oauth/token" -d grant_type=x & hogs="$hogs $!"; done
+  post "$WORK/s-alice"; check '[ "$CODE" = 200 ]' "80 connections of another user take no slot from the owner"
+  wait $hogs 2> /dev/null || true
+  sleep 0.3
+  check 'wait_audits $((n0 + 1)) && [ "$(audits)" = "$((n0 + 1))" ] && [ "$(counter requests)" = "$r0" ]' "only the owner's call is on record; nothing of theirs, nothing upstream"
+  check '[ "$(grep -c "refused a connection from uid 65534" "$SLOG")" = 1 ]' "serve says so, once a minute at most"
+else
+  echo "skipped: another user's connections (needs root and setpriv to act as uid 65534)"
+fi
 # A removed profile, and a profile that no longer uses the credential.
 tl $D profile rm carol; expect 0 "carol removed"
 post "$WORK/s-carol"; check '[ "$CODE" = 400 ] && err_is invalid_grant' "a removed profile's surrogate is refused"

@@ -4,8 +4,10 @@
 # Hermes-faithful writer (tl-hermes, refreshing at the file's portal_base_url
 # as Hermes does) in four profiles sharing one grant while serve and a sync
 # loop run, the incident replayed (the token an outside script finds in a
-# strict file means nothing to the real portal), serve restarted, and strict
-# switched off again (the real token and portal written back).
+# strict file means nothing to the real portal), serve restarted, its port held
+# by another program while it was down (what Hermes stored from there is never
+# adopted), and strict switched off again (the real token and portal written
+# back).
 . "$(dirname "$0")/lib.sh"
 set -e
 : "${TL_PORTAL:?}" "${TL_DRIVER:?}" "${TL_HERMES:?}"
@@ -99,6 +101,33 @@ stop_serve; old=$SURL; start_serve
 check '[ "$SURL" = "$old" ]' "a restart binds the address the files name"
 hermes refresh "$R" gamma file --force-current
 check '[ "$HRC" = 0 ]' "Hermes refreshes through the restarted serve"
+
+# --- 5b. serve's port held by another program while serve is down (any local user can bind it):
+# Hermes refreshes there and stores the tokens it is given. They are not Hermes rotating the grant:
+# never adopted (the ledger holds the only real refresh token), and the strict form is put back.
+real=$(current); L0=$(q "SELECT id, state, generation FROM refresh_token ORDER BY id" | sha256sum)
+stop_serve; SPORT=${SURL##*:}
+"$TL_PORTAL" --port "$SPORT" > "$WORK/squat.log" 2>&1 & SQ=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "$SURL/admin/counters" && break; sleep 0.05; done
+curl -sf -o /dev/null -X POST "$SURL/admin/fault" -d kind=hostile_squat -d count=100
+hermes refresh "$R" alpha file --force-current
+kill "$SQ"; wait "$SQ" 2> /dev/null || true
+A="$(auth "$R" alpha)"; foreign=$(jq -r .providers.nous.refresh_token "$A")
+check '[ "$HRC" = 0 ] && [ "${foreign#tlsurr1.}" = "$foreign" ] && [ "$(rt_of "$S")" = "$foreign" ]' "Hermes stored the squatter's token in alpha and the shared store ($(cat "$WORK/h.out"))"
+cp "$A" "$WORK/squatted.json"
+tl $D import "$WORK/squatted.json" --profile alpha; expect 9 "import refuses a strict file holding a foreign token"
+contains "not this ledger's surrogate" "and says why"
+check '[ "$(current)" = "$real" ]' "the ledger's real refresh token is still current"
+tl $D sync --all --json; expect 0 "sync"
+check 'jq -e "any(.[]; .action == \"foreign_refused\")" "$OUT" > /dev/null' "reports the foreign token as refused, not adopted"
+check '[ "$(current)" = "$real" ] && [ "$(q "SELECT id, state, generation FROM refresh_token ORDER BY id" | sha256sum)" = "$L0" ]' "the lineage is as it was: the real refresh token current"
+check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'strict_foreign_token'"'")" -ge 2 ]' "strict_foreign_token on record for the profile file and the shared store"
+check 'jq -e ".providers.nous.refresh_token | startswith(\"tlsurr1.\")" "$A" > /dev/null && jq -e ".refresh_token | startswith(\"tlsurr1.\")" "$S" > /dev/null' "the strict form is back in alpha and the shared store"
+check '! grep -rqF "$foreign" "$R"' "the squatter's token is in no file of the root"
+start_serve
+hermes refresh "$R" alpha file --force-current
+check '[ "$HRC" = 0 ]' "Hermes refreshes through serve again"
+check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "and the real grant was never touched"
 
 # --- 6. strict off: the real token and portal written back
 tl $D profile strict --all off; expect 0 "strict off for the whole root"

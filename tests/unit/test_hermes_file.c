@@ -3,8 +3,10 @@
  * ledger: defusing a spent refresh token in place. Every JSON string whose
  * value is the token is overwritten (however it is escaped), nothing else is,
  * the file keeps its size and parses to the same document but for the token,
- * and hostile files (a FIFO, another user's file, a missing one, a string cut
- * off at the end) are refused or left alone without blocking.
+ * and hostile files (a FIFO, another user's file, a missing one, a link into a
+ * directory others can write, a string cut off at the end, a key equal to the
+ * token, a token too short for the marker) are refused or left alone without
+ * blocking.
  */
 #include "fixture.h"
 #include "hermes.h"
@@ -99,19 +101,28 @@ static void test_defuse__every_copy_however_escaped_and_nothing_else(void **stat
   assert_int_equal(n, 0);
 }
 
-static void test_defuse__short_token_and_cut_off_string(void **state)
+static void test_defuse__short_token_key_and_cut_off_string(void **state)
 {
   (void)state;
   char path[300];
   snprintf(path, sizeof path, "%s/short.json", dir);
-  put(path, "{\"refresh_token\": \"abc\", \"x\": \"abc");
+  /* A token too short for the whole marker is left alone (a cut marker would not read as defused). */
+  put(path, "{\"refresh_token\": \"abcdefghijkl\", \"x\": \"abc");
   int n = -1;
   tl_error err = {0};
-  const char *rts[] = {"abc"};
+  const char *shorty[] = {"abcdefghijkl"};
+  assert_int_equal(tl__hf_defuse(&n, path, shorty, 1, &err), TL_OK);
+  assert_int_equal(n, 0);
+  size_t len = 0;
+  assert_string_equal(get(path, &len), "{\"refresh_token\": \"abcdefghijkl\", \"x\": \"abc");
+  /* The shortest one defused, and a key that equals the token is a key, not a value. */
+  put(path, "{\"abcdefghijklm\" : 1, \"refresh_token\": \"abcdefghijklm\", \"x\": \"abc");
+  const char *rts[] = {"abcdefghijklm"};
   assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_OK);
   assert_int_equal(n, 1);
-  size_t len = 0;
-  assert_string_equal(get(path, &len), "{\"refresh_token\": \"tl-\", \"x\": \"abc");
+  const char *after = get(path, &len);
+  assert_string_equal(after, "{\"abcdefghijklm\" : 1, \"refresh_token\": \"tl-spent-xxxx\", \"x\": \"abc");
+  assert_true(tl__hf_is_defused("tl-spent-xxxx"));
 }
 
 static void test_defuse__hostile_files(void **state)
@@ -157,13 +168,29 @@ static void test_defuse__hostile_files(void **state)
   struct stat st;
   assert_int_equal(lstat(path, &st), 0);
   assert_true(S_ISLNK(st.st_mode));
+  /* A link into a directory others can write (they could swap the file under us): refused, the
+   * target left byte for byte as it was. The same rule as a write. */
+  char open_dir[300];
+  snprintf(open_dir, sizeof open_dir, "%s/open", dir);
+  assert_int_equal(mkdir(open_dir, 0700), 0);
+  assert_int_equal(chmod(open_dir, 0777), 0);
+  snprintf(target, sizeof target, "%s/open/auth.json", dir);
+  snprintf(path, sizeof path, "%s/link2.json", dir);
+  put(target, "{\"refresh_token\": \"rt-secret-000\"}");
+  assert_int_equal(symlink(target, path), 0);
+  tl_error_clear(&err);
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_EINSECURE);
+  assert_int_equal(n, 0);
+  assert_non_null(strstr(err.message, "writable by group or others"));
+  size_t len = 0;
+  assert_string_equal(get(target, &len), "{\"refresh_token\": \"rt-secret-000\"}");
 }
 
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defuse__every_copy_however_escaped_and_nothing_else),
-      cmocka_unit_test(test_defuse__short_token_and_cut_off_string),
+      cmocka_unit_test(test_defuse__short_token_key_and_cut_off_string),
       cmocka_unit_test(test_defuse__hostile_files),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
