@@ -96,7 +96,9 @@ static int run_init(const cli_cmd *c, cli_args *a)
     const int num[] = {0, 1};
     return cli_print_object(2, keys, vals, num);
   }
-  printf("ledger ready at %s (schema version %d)\n", path, TL_SCHEMA_VERSION);
+  char shown_path[4096 * 6 + 2];
+  tl_text_escape(shown_path, sizeof shown_path, path); /* a path may hold terminal controls */
+  printf("ledger ready at %s (schema version %d)\n", shown_path, TL_SCHEMA_VERSION);
   return EXIT_OK;
 }
 
@@ -751,13 +753,16 @@ static int run_doctor(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   cli_ctx ctx = {0};
   const char *path = cli_db_path(buf, sizeof buf);
+  char shown_path[4096 * 6 + 2];
   int fix = opt_on(a, "fix");
   if (!path)
     return usage_error("%s", "no database: give --db PATH or set TOKENLEDGER_DB");
   tl_status rc = tl_store_open(&s, path, 0, &err);
   if (rc == TL_EINSECURE && fix) {
-    if (!o.json)
-      printf("repairing file modes of %s\n", path);
+    if (!o.json) {
+      tl_text_escape(shown_path, sizeof shown_path, path);
+      printf("repairing file modes of %s\n", shown_path);
+    }
     tl_error_clear(&err);
     if ((rc = tl_store_fix_permissions(path, &err)) == TL_OK)
       rc = tl_store_open(&s, path, 0, &err);

@@ -100,10 +100,14 @@ const char *cli_tilde(char *buf, size_t n, const char *path)
   size_t hl = home ? strlen(home) : 0;
   while (hl > 1 && home[hl - 1] == '/')
     hl--;
-  if (path && hl > 1 && strncmp(path, home, hl) == 0 && (path[hl] == '/' || path[hl] == '\0'))
-    snprintf(buf, n, "~%s", path + hl);
-  else
-    snprintf(buf, n, "%s", path ? path : "");
+  /* Paths come from the file system: terminal controls in them are shown escaped. */
+  if (path && hl > 1 && strncmp(path, home, hl) == 0 && (path[hl] == '/' || path[hl] == '\0')) {
+    buf[0] = '~';
+    if (n > 1)
+      tl_text_escape(buf + 1, n - 1, path + hl);
+  } else {
+    tl_text_escape(buf, n, path);
+  }
   return buf;
 }
 

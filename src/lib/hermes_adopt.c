@@ -1329,15 +1329,19 @@ static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, con
   static const char ins[] = "INSERT INTO profile (name, home, created_at) VALUES (:n, :h, :now)";
   static const char upd[] = "UPDATE profile SET home = :h WHERE id = :id AND (home IS NULL OR home <> :h)";
   tl_error probe = {0};
-  if (tl__profile_id(out, s, name, &probe) == TL_OK) {
-    if (!home)
-      return TL_OK;
-    return TL_Q_EXEC(s, upd, "profile home", err, TL_TEXT(":h", home), TL_INT(":id", *out));
-  }
+  char other[80] = "";
+  int known = tl__profile_id(out, s, name, &probe) == TL_OK;
+  tl_status rc;
+  if (home && (rc = tl__home_owner(other, sizeof other, s, home, known ? *out : 0, err)) != TL_OK)
+    return rc;
+  if (other[0]) /* two profiles writing one auth.json would swap its grant back and forth */
+    return tl__err(err, TL_EEXISTS, 0, "%s: already the home of profile '%s'; a Hermes home belongs to one profile",
+                   home, other);
+  if (known)
+    return home ? TL_Q_EXEC(s, upd, "profile home", err, TL_TEXT(":h", home), TL_INT(":id", *out)) : TL_OK;
   if (!tl_profile_name_valid(name))
     return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", name);
-  tl_status rc =
-      TL_Q_EXEC(s, ins, "profile", err, TL_TEXT(":n", name), TL_TEXT(":h", home), TL_INT(":now", tl__now_ms()));
+  rc = TL_Q_EXEC(s, ins, "profile", err, TL_TEXT(":n", name), TL_TEXT(":h", home), TL_INT(":now", tl__now_ms()));
   *out = sqlite3_last_insert_rowid(s->db);
   if (rc == TL_OK) {
     tl__ids ids = {.profile = *out};

@@ -188,6 +188,8 @@ typedef struct tl__ids {
 /* Appends an audit row as the store's actor. Steals detail (may be NULL). */
 tl_status tl__audit(tl_store *s, const char *event, const tl__ids *ids, json_t *detail, tl_error *err);
 tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *err);
+/* The profile (other than `except`) whose home is `home` or its real path: name[0] is '\0' if none. */
+tl_status tl__home_owner(char *name, size_t n, tl_store *s, const char *home, int64_t except, tl_error *err);
 /* Provider ids: 1-128 of A-Z a-z 0-9 . _ : - + @ (safe in messages and JSON). */
 int tl__provider_name_valid(const char *name);
 /*

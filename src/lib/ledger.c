@@ -100,7 +100,46 @@ static tl_status check_home(char abs[PATH_MAX], const char *home, int create, tl
   if (st.st_uid != geteuid())
     return tl__err(err, TL_EINSECURE, 0, "profile home %s: owned by uid %ld, not by you (uid %ld)", home,
                    (long)st.st_uid, (long)geteuid());
+  static const char *const system_dirs[] = {"/dev", "/proc", "/sys", "/run"};
+  for (size_t i = 0; i < sizeof system_dirs / sizeof *system_dirs; i++) {
+    size_t n = strlen(system_dirs[i]);
+    if (strcmp(abs, "/") == 0 || (strncmp(abs, system_dirs[i], n) == 0 && (abs[n] == '/' || abs[n] == '\0')))
+      return tl__err(err, TL_EINVAL, 0, "profile home %s: %s is a system directory, not a Hermes home", home, abs);
+  }
   return TL_OK;
+}
+
+tl_status tl__home_owner(char *name, size_t n, tl_store *s, const char *home, int64_t except, tl_error *err)
+{
+  static const char sql[] = "SELECT name FROM profile WHERE (home = :home OR home = :real) AND id <> :except";
+  char real[PATH_MAX];
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  name[0] = '\0';
+  if (!realpath(home, real))
+    snprintf(real, sizeof real, "%s", home);
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_TEXT(":home", home), TL_TEXT(":real", real), TL_INT(":except", except))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "profile home", err)) != TL_OK)
+    return rc;
+  if (found)
+    snprintf(name, n, "%s", (const char *)sqlite3_column_text(st, 0));
+  sqlite3_reset(st);
+  return TL_OK;
+}
+
+/* One Hermes home is one profile's: two profiles writing one auth.json would swap its grant back and forth. */
+static tl_status home_free(tl_store *s, const char *home, int64_t except, tl_error *err)
+{
+  char other[80];
+  tl_status rc = tl__home_owner(other, sizeof other, s, home, except, err);
+  if (rc == TL_OK && other[0])
+    rc = tl__err(err, TL_EEXISTS, 0,
+                 "profile home %s: already the home of profile '%s'; a Hermes home belongs to one "
+                 "profile",
+                 home, other);
+  return rc;
 }
 
 tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_error *err)
@@ -134,7 +173,7 @@ tl_status tl_profile_add(tl_store *s, const char *name, const char *home, tl_err
     tl__tx_rollback(s);
     return tl__err(err, rc, probe.sys, "%s", probe.message);
   }
-  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+  if ((home && (rc = home_free(s, home, 0, err)) != TL_OK) || (rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
       (rc = TL_BIND(st, err, TL_TEXT(":name", name), TL_TEXT(":home", home), TL_INT(":now", tl__now_ms()))) != TL_OK ||
       (rc = tl__step_done(s, st, "profile add", err)) != TL_OK)
     goto fail;
@@ -161,7 +200,8 @@ tl_status tl_profile_set_home(tl_store *s, const char *name, const char *home, i
   if ((rc = tl__tx_begin(s, "profile set-home", err)) != TL_OK)
     return rc;
   sqlite3_stmt *st;
-  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK || (rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK || (home && (rc = home_free(s, abs, id, err)) != TL_OK) ||
+      (rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
       (rc = TL_BIND(st, err, TL_TEXT(":home", home ? abs : NULL), TL_INT(":id", id))) != TL_OK ||
       (rc = tl__step_done(s, st, "profile set-home", err)) != TL_OK)
     goto fail;

@@ -108,9 +108,16 @@ tl_status tl__report_add_row(tl_report *r, const char *const *cells, const int *
     r->num[base + c] = is_num ? (unsigned char)is_num[c] : 0;
   }
   r->nrows++;
+  /* Every cell is stored escaped, whoever built the row: paths, directory names and profile
+   * names come from the file system and may hold terminal controls (an idempotent step for
+   * cells escaped already). */
   for (size_t c = 0; c < r->ncols; c++) {
-    if (cells[c] && !(r->cells[base + c] = strdup(cells[c])))
+    if (!cells[c])
+      continue;
+    size_t cap = 6 * strlen(cells[c]) + 1;
+    if (!(r->cells[base + c] = malloc(cap)))
       return tl__oom(err);
+    tl_text_escape(r->cells[base + c], cap, cells[c]);
   }
   return TL_OK;
 }

@@ -140,6 +140,14 @@ tl $D profile set-home restored "$WORK/newhome"; expect 0 "set a home explicitly
 tl $D profile add fresh --home "$WORK/not-yet"; expect 3 "a missing home is an error"; contains "create" "mentions --create"
 tl $D profile add fresh --home "$WORK/not-yet" --create; expect 0 "--create makes the home"
 check '[ "$(stat -c %a "$WORK/not-yet")" = 700 ]' "0700"
+# One Hermes home is one profile's (two writing one auth.json would swap its grant back and forth).
+ln -s "$WORK/newhome" "$WORK/alias"; p0=$(q "SELECT name, home FROM profile ORDER BY id" | sha256sum)
+tl $D profile set-home fresh "$WORK/alias"; expect 12 "another profile's home, through a symlink"
+contains "already the home of profile 'restored'" "names the profile"
+tl $D profile set-home fresh "$WORK/newhome/"; expect 12 "and with a trailing slash"
+tl $D profile add third --home "$WORK/newhome"; expect 12 "profile add --home too"
+tl $D profile set-home fresh /dev; expect "$([ "$(id -u)" = 0 ] && echo 2 || echo 9)" "a system directory is not a Hermes home (for root too)"
+check '[ "$(q "SELECT name, home FROM profile ORDER BY id" | sha256sum)" = "$p0" ]' "the profiles are as they were"
 
 # --- 8. hostile files while Hermes' lock is in play
 R="$WORK/r8"; make_root "$R" alpha; DB="$WORK/r8.db"; D="--db $DB"

@@ -27,7 +27,7 @@ start_portal --at-lifetime 3600
 export TOKENLEDGER_HTTP_TIMEOUT_MS=8000
 mkdir -m 700 "$WORK/small"
 mount -t tmpfs -o size=2m,mode=0700 tmpfs "$WORK/small"
-trap 'umount "$WORK/ro" 2>/dev/null || true; umount "$WORK/small" 2>/dev/null || true; cleanup' EXIT
+trap '[ "${BASHPID:-$$}" = "$$" ] || exit 0; umount "$WORK/ro" 2>/dev/null || true; umount "$WORK/small" 2>/dev/null || true; cleanup' EXIT
 DB="$WORK/small/ledger.db"
 D="--db $DB"
 fill() { dd if=/dev/zero of="$WORK/small/fill" bs=16k 2>/dev/null || true; }

@@ -108,6 +108,21 @@ check '[ "$(sqlite3 "$DB" .dump | grep -c X-Injected)" = 0 ]' "the injected head
 tl $D token nous --profile crlf; expect 6 "not presented again"
 check '[ $(( $(counter requests) - r )) = 1 ]' "one request only: nothing smuggled"
 
+# --- terminal controls in names the file system gives: a profile directory, the ledger's path
+. "$(dirname "$0")/hermes_root.sh"
+make_root "$WORK/root" alpha
+evil="$(printf 'x\033]2;OWNED\007\033[2J')"
+mkdir -p "$WORK/root/profiles/$evil" && cp "$WORK/root/profiles/alpha/auth.json" "$WORK/root/profiles/$evil/"
+tl --db "$WORK/h.db" init; expect 0 "a second ledger"
+tl --db "$WORK/h.db" import "$WORK/root" --all-profiles; expect 0 "import skips the oddly named directory"
+contains 'u001b]2;OWNED\\u0007' "and names it escaped"
+tl --db "$WORK/h.db" import "$WORK/root" --all-profiles --json; expect 0 "the same as JSON"
+evildir="$WORK/d$(printf '\033[31mRED\nfake-line')"
+mkdir -m 0700 "$evildir"
+tl --db "$evildir/t.db" init; expect 0 "init where the path holds ESC and a newline"
+contains 'u001b\[31mRED\\u000afake-line' "the path is shown escaped"
+tl --db "$evildir/t.db" doctor; expect 0 "doctor on it"
+
 # --- nothing unescaped reached the terminal, and no token was printed but by 'token'
 check '! LC_ALL=C grep -q "$(printf "[\033\007\177]")" "$ALL"' "no ESC, BEL or DEL in any output"
 check '! LC_ALL=C grep -qP "\xc2[\x80-\x9f]|\xe2\x80[\xaa-\xae]|\xe2\x81[\xa6-\xa9]" "$ALL"' "no C1 control or bidi override in any output"

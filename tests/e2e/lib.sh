@@ -18,6 +18,10 @@ ALL="$WORK/all-output" # every stdout/stderr of every command, for the secret sc
 PORTAL_PID=""
 
 cleanup() {
+  # Only the script itself: a child forked for `cmd &` is still this shell, with this trap, until
+  # it execs, and a signal a test sends it in that moment (the SIGTERM loops) must not make it
+  # kill the portal and remove $WORK under the running script.
+  [ "${BASHPID:-$$}" = "$$" ] || return 0
   if [ -n "$PORTAL_PID" ]; then kill "$PORTAL_PID" 2>/dev/null; wait "$PORTAL_PID" 2>/dev/null; fi
   rm -rf "$WORK"
 }

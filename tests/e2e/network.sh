@@ -76,7 +76,7 @@ check 'echo "$out" | grep -q "^1 0 refusing to send: URL"' "through the URL rule
 PROXY_PORTAL_PID=""
 "$TL_PORTAL" --port-file "$WORK/proxy-port" > "$WORK/proxy.log" 2>&1 &
 PROXY_PORTAL_PID=$!
-trap 'kill $PROXY_PORTAL_PID 2>/dev/null || true; wait $PROXY_PORTAL_PID 2>/dev/null || true; cleanup' EXIT
+trap '[ "${BASHPID:-$$}" = "$$" ] || exit 0; kill $PROXY_PORTAL_PID 2>/dev/null || true; wait $PROXY_PORTAL_PID 2>/dev/null || true; cleanup' EXIT
 for _ in $(seq 100); do [ -s "$WORK/proxy-port" ] && break; sleep 0.05; done
 PROXY="http://127.0.0.1:$(cat "$WORK/proxy-port")"
 proxied() { curl -sf "$PROXY/admin/counters" | jq -r .requests; }

@@ -17,7 +17,7 @@ PATH="$(dirname "$TL_BIN"):$PATH"
 export PATH
 SERVE_PID=""
 stop_serve() { if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2> /dev/null || true; wait "$SERVE_PID" 2> /dev/null || true; fi; SERVE_PID=""; }
-trap 'stop_serve; cleanup' EXIT
+trap '[ "${BASHPID:-$$}" = "$$" ] || exit 0; stop_serve; cleanup' EXIT
 make_root "$ROOT" default work
 
 awk '/<!-- five-minutes:begin -->/ { on = 1; next } /<!-- five-minutes:end -->/ { on = 0 } on' "$TL_SRC/README.md" |

@@ -34,7 +34,7 @@ stop_serve() {
   fi
   SERVE_PID=""
 }
-trap 'stop_serve; cleanup' EXIT
+trap '[ "${BASHPID:-$$}" = "$$" ] || exit 0; stop_serve; cleanup' EXIT
 # start_serve ARGS... : tokenledger serve in the background; SURL once its port file names it.
 start_serve() {
   "$TL_BIN" --db "$DB" serve --interval 3600 "$@" >> "$SLOG" 2>&1 &

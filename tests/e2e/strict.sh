@@ -33,7 +33,7 @@ portal_is_ledger() {
 }
 SERVE_PID=""
 stop_serve() { if [ -n "$SERVE_PID" ]; then kill -TERM "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; fi; SERVE_PID=""; }
-trap 'stop_serve; cleanup' EXIT
+trap '[ "${BASHPID:-$$}" = "$$" ] || exit 0; stop_serve; cleanup' EXIT
 start_serve() {
   "$TL_BIN" --db "$DB" serve --interval 1 --ahead 124 >> "$WORK/serve.log" 2>&1 &
   SERVE_PID=$!
