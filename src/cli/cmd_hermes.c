@@ -145,8 +145,6 @@ static int run_export(const cli_cmd *c, cli_args *a)
   tl_status rc = tl_export(&r, s, profile, opt_str(a, "output"), opt_str(a, "shared-nous"), &err);
   cli_ctx ctx = {s, profile, NULL, 0};
   int code = finish_files(NULL, rc, r, &err, &ctx, &o);
-  if (rc == TL_ENOTFOUND && strstr(err.message, "no Hermes home") && !strstr(err.message, "set-home"))
-    fprintf(stderr, "hint: give --output FILE, or set the home with 'tokenledger profile set-home %s DIR'\n", profile);
   tl_store_free(s);
   return code;
 }

@@ -6,7 +6,12 @@
  * real profile, provider and credential ("hint: log in again with 'tokenledger
  * login nous --profile work'"). A hint is looked up in the ledger only on the
  * failure path, never changes it, and is left out when the library's message
- * already carries that very command (messages of modules not yet converted).
+ * already carries that very command. The library's messages name no command of
+ * this tool (only serve's OAuth answers to Hermes do, for Hermes' user), so the
+ * advice is keyed here on the status and on the situation the message states
+ * ("no ledger here", "rescue file", "has no Hermes home", ...); the real
+ * profile, provider and credential come from the command line, the ledger, or
+ * the names the message quotes.
  */
 #include "cli.h"
 
@@ -73,6 +78,72 @@ static void credential_of(tl_store *s, int64_t id, char *provider, size_t pn, ch
   tl_report_free(r);
 }
 
+/* The text after the first `key` in a message, up to `end` (empty when absent). */
+static void text_after(char *buf, size_t n, const char *msg, const char *key, const char *end)
+{
+  const char *p = strstr(msg, key);
+  buf[0] = '\0';
+  if (p) {
+    p += strlen(key);
+    snprintf(buf, n, "%.*s", (int)strcspn(p, end), p);
+  }
+}
+
+/* The first "credential N" a message names, 0 if none. */
+static int64_t credential_in(const char *msg)
+{
+  for (const char *p = strstr(msg, "credential "); p; p = strstr(p + 1, "credential "))
+    if (p[11] >= '1' && p[11] <= '9')
+      return strtoll(p + 11, NULL, 10);
+  return 0;
+}
+
+/*
+ * Advice keyed on the situation the library's message describes rather than on the status alone (the
+ * library says what happened and why; the commands are the tool's). 1 when a hint was given.
+ */
+static int situation_hint(const tl_error *err, tl_status rc, const char *provider, const char *profile, int64_t cred)
+{
+  const char *m = err ? err->message : "";
+  const char *f = *profile ? profile : "PROFILE";
+  if (strstr(m, "no ledger here")) {
+    hint(err, "create one with 'tokenledger init'");
+  } else if (cred && (strstr(m, "rescue file") || strstr(m, "until the ledger is writable again"))) {
+    if (rc == TL_EREAUTH)
+      hint(err,
+           "log in again with 'tokenledger login %s --profile %s', then 'tokenledger recover --credential %lld "
+           "--mark-dead'",
+           *provider ? provider : "PROVIDER", f, (long long)cred);
+    else
+      hint(err, "take the answer back with 'tokenledger recover --credential %lld --rescue'%s", (long long)cred,
+           strstr(m, "could not record it") ? " once the ledger is writable again" : "");
+  } else if (strstr(m, "outcome is unknown")) {
+    hint(err, "'tokenledger recover --help' explains how to resolve an unknown outcome");
+  } else if (rc == TL_ENOTFOUND && *provider && strstr(m, "no token endpoint or client id")) {
+    hint(err, "configure it with 'tokenledger provider set %s --token-url URL --client-id ID'", provider);
+  } else if (rc == TL_EINVAL && *provider && strstr(m, "stored token endpoint is refused")) {
+    hint(err, "set a valid one with 'tokenledger provider set %s' (or import the profile again)", provider);
+  } else if (rc == TL_ENOTFOUND && *provider && *profile && strstr(m, "credential; add one")) {
+    hint(err, "add one with 'tokenledger credential add %s --profile %s' or import its auth.json", provider, profile);
+  } else if (strstr(m, "serve has never run")) {
+    hint(err, "start 'tokenledger serve' first (or 'systemctl --user start tokenledger-serve')");
+  } else if (strstr(m, "has no Hermes home")) {
+    hint(err, "%sset the home with 'tokenledger profile set-home %s DIR'",
+         strstr(m, "no output file") ? "give --output FILE, or " : "", f);
+  } else if (rc == TL_EINVAL && strstr(m, "refresh token the ledger does not know")) {
+    hint(err,
+         "if this is the profile's own auth.json, 'tokenledger sync --profile %s' adopts it; otherwise export to "
+         "another file",
+         f);
+  } else if (rc == TL_EREUSE && strstr(m, "The file is stale")) {
+    hint(err, "'tokenledger sync --profile %s' rewrites a profile's own auth.json with the ledger's current tokens", f);
+    return 0; /* the reuse hint follows */
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
 int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
 {
   int code = tl_cli_fail(err, rc);
@@ -83,6 +154,12 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
   if (ctx && ctx->profile)
     snprintf(profile, sizeof profile, "%s", ctx->profile);
   int64_t cred = ctx ? ctx->credential : 0;
+  if (!cred && err)
+    cred = credential_in(err->message);
+  if (!*profile && err)
+    text_after(profile, sizeof profile, err->message, "profile '", "'");
+  if (!*provider && err)
+    text_after(provider, sizeof provider, err->message, "provider '", "'");
   if (s && !cred && *profile && *provider) {
     tl_error ignore = {0};
     if (tl_credential_find(&cred, s, profile, provider, &ignore) != TL_OK)
@@ -96,6 +173,8 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
     if (!*profile)
       snprintf(profile, sizeof profile, "%s", f);
   }
+  if (situation_hint(err, rc, provider, profile, cred))
+    return code;
   switch (rc) {
   case TL_EREAUTH:
     if (*provider && *profile)

@@ -349,9 +349,7 @@ static tl_status check_stat(const struct stat *st, const char *path, const char 
                    "%s: %s owned by uid %ld, not by you (uid %ld); refusing a ledger another user controls", path, what,
                    (long)st->st_uid, (long)geteuid());
   if (st->st_mode & 077)
-    return tl__err(err, TL_EINSECURE, 0,
-                   "%s: %s has mode %04o, which lets group or others read it; run 'chmod 600 %s' or 'tokenledger "
-                   "doctor --fix'",
+    return tl__err(err, TL_EINSECURE, 0, "%s: %s has mode %04o, which lets group or others read it; run 'chmod 600 %s'",
                    path, what, (unsigned)(st->st_mode & 07777), path);
   return TL_OK;
 }
@@ -416,7 +414,7 @@ tl_status tl__check_dir(const char *dir, tl_error *err)
   if (st.st_mode & 022)
     return tl__err(err, TL_EINSECURE, 0,
                    "%s: the ledger's directory has mode %04o: others can create, replace or plant files beside the "
-                   "ledger; run 'chmod go-w %s' (or 'tokenledger doctor --fix'), or keep the ledger elsewhere",
+                   "ledger; run 'chmod go-w %s', or keep the ledger elsewhere",
                    dir, (unsigned)(st.st_mode & 07777), dir);
   return TL_OK;
 }
@@ -457,8 +455,7 @@ static tl_status locate(char **out_dir, char **out_path, int *made, const char *
         goto done;
       }
     } else if (e == ENOENT) {
-      rc = tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here (no directory %s); create one with 'tokenledger init'",
-                   path, dir);
+      rc = tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here (no directory %s)", path, dir);
       goto done;
     } else {
       rc = tl__err(err, TL_EIO, e, "%s: %s", dir,
@@ -503,7 +500,7 @@ static tl_status open_file(int *ro, int *ro_fs, const char *path, tl_error *err)
   if (fd < 0) {
     int e = errno;
     if (e == ENOENT)
-      return tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here; create one with 'tokenledger init'", path);
+      return tl__err(err, TL_ENOTFOUND, e, "%s: no ledger here", path);
     if (e == ENOTDIR)
       return tl__err(err, TL_EIO, e, "%s: a component of the path is not a directory", path);
     return tl__err(err, TL_EIO, e, "%s: cannot open: %s", path, strerror(e));

@@ -1414,8 +1414,7 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
       if (rc == TL_EREUSE && err) {
         size_t l = strlen(err->message);
         snprintf(err->message + l, sizeof err->message - l,
-                 ". The file is stale (a backup or a copy); nothing was imported. 'tokenledger sync' rewrites a "
-                 "profile's own auth.json with the ledger's current tokens");
+                 ". The file is stale (a backup or a copy); nothing was imported");
       }
     }
   }

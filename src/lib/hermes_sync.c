@@ -800,7 +800,7 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
     if (!tl__strict_url(w.portal, sizeof w.portal, s))
       return tl__err(err, TL_ENOTFOUND, 0,
                      "%s: its profile is in strict mode but tokenledger serve has never run for this ledger, so there "
-                     "is no loopback portal to point Hermes at; start 'tokenledger serve' first",
+                     "is no loopback portal to point Hermes at yet",
                      f->path);
   }
   int created = f->created;
@@ -1186,8 +1186,7 @@ static tl_status export_copy(tl_store *s, const profinfo *p, const char *output,
     if (!known) {
       rc = tl__err(err, TL_EINVAL, 0,
                    "%s: %s.refresh_token holds a refresh token the ledger does not know (perhaps Hermes rotated it); "
-                   "refusing to write over it. If this is a profile's own auth.json, run 'tokenledger sync --profile "
-                   "%s' to adopt it; otherwise export to another file",
+                   "refusing to write over it (profile '%s')",
                    output, f->ss.v[i].path, p->name);
       goto done;
     }
@@ -1303,10 +1302,7 @@ tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const cha
   if (output && strcmp(out_real, home_file) != 0) {
     rc = export_copy(s, &p, output, r, err);
   } else if (!p.home[0]) {
-    rc = tl__err(err, TL_EINVAL, 0,
-                 "profile '%s' has no Hermes home; give --output FILE, or set one with 'tokenledger profile set-home "
-                 "%s DIR'",
-                 profile, profile);
+    rc = tl__err(err, TL_EINVAL, 0, "profile '%s' has no Hermes home and no output file was given", profile);
   } else {
     tl__hfset set = {0};
     rc = set_for_profile(&set, s, p.id, p.name, p.home, err);
@@ -1413,9 +1409,7 @@ tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *e
     if ((rc = load_profile(&p, s, profile, err)) != TL_OK)
       goto done;
     if (!p.home[0]) {
-      rc = tl__err(err, TL_EINVAL, 0,
-                   "profile '%s' has no Hermes home to sync; set one with 'tokenledger profile set-home %s DIR'",
-                   profile, profile);
+      rc = tl__err(err, TL_EINVAL, 0, "profile '%s' has no Hermes home to sync", profile);
       goto done;
     }
     rc = set_for_profile(&set, s, p.id, p.name, p.home, err);

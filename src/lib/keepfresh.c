@@ -62,15 +62,13 @@ static tl_status survey(due **out, size_t *n, tl_report *r, tl_store *s, int64_t
     const char *status = (const char *)sqlite3_column_text(st, 2);
     char detail[300];
     if (strcmp(status, "uncertain") == 0) {
-      rc = add(r, id, provider, "attention", exp, "unknown outcome: see 'tokenledger recover'", err);
+      rc = add(r, id, provider, "attention", exp, "unknown outcome: it waits for a decision", err);
     } else if (strcmp(status, "active") != 0) {
-      snprintf(detail, sizeof detail, "needs a new login: 'tokenledger login %s --profile ...'", provider);
-      rc = add(r, id, provider, "attention", exp, detail, err);
+      rc = add(r, id, provider, "attention", exp, "needs a new login", err);
     } else if (exp && exp - ahead_ms > now) {
       rc = add(r, id, provider, "fresh", exp, NULL, err);
     } else if (!sqlite3_column_int(st, 4)) {
-      snprintf(detail, sizeof detail, "provider %s has no token endpoint or client id: 'tokenledger provider set %s'",
-               provider, provider);
+      snprintf(detail, sizeof detail, "provider %s has no token endpoint or client id", provider);
       rc = add(r, id, provider, "attention", exp, detail, err);
     } else if (nb > now) {
       snprintf(detail, sizeof detail, "the token endpoint asked to wait %lld s more", (long long)((nb - now) / 1000));

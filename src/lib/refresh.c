@@ -186,20 +186,15 @@ static tl_status why_none(tl_store *s, const char *profile, const char *provider
   }
   sqlite3_reset(st);
   if (total == 0)
-    return tl__err(err, TL_ENOTFOUND, 0,
-                   "profile '%s' has no %s credential; add one with 'tokenledger credential "
-                   "add %s --profile %s' or import its auth.json",
-                   profile, provider, provider, profile);
+    return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has no %s credential; add one or import its auth.json", profile,
+                   provider);
   if (cooling > 0 && dead + cooling + keyless >= total)
     return tl__err(err, TL_ETRANSIENT, 0,
                    "every %s entry of profile '%s' is cooling down; the first is usable in "
                    "%lld s",
                    provider, profile, (long long)((until - now + 999) / 1000));
   if (dead > 0)
-    return tl__err(err, TL_EREAUTH, 0,
-                   "every %s credential of profile '%s' needs a new login; run 'tokenledger "
-                   "login %s --profile %s' (or log in with Hermes and import)",
-                   provider, profile, provider, profile);
+    return tl__err(err, TL_EREAUTH, 0, "every %s credential of profile '%s' needs a new login", provider, profile);
   return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has only API-key or borrowed %s entries; nothing to refresh",
                  profile, provider);
 }
@@ -328,9 +323,7 @@ tl_status tl_credential_find(int64_t *out, tl_store *s, const char *profile, con
   tl_status rc = load_candidates(c, &n, strategy, s, profile, provider, err);
   int i = rc == TL_OK ? pick(c, n, "fill_first") : -1;
   if (rc == TL_OK && i < 0)
-    rc = n ? tl__err(err, TL_EUNKNOWN, 0,
-                     "every %s credential of profile '%s' has an unknown refresh outcome; "
-                     "see 'tokenledger recover --help'",
+    rc = n ? tl__err(err, TL_EUNKNOWN, 0, "every %s credential of profile '%s' has an unknown refresh outcome",
                      provider, profile)
            : why_none(s, profile, provider, err);
   if (rc == TL_OK)
@@ -547,8 +540,7 @@ tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const c
   if (i < 0) {
     rc = n ? tl__err(err, TL_EUNKNOWN, 0,
                      "no usable %s token for profile '%s': the last refresh of its credential %lld has an unknown "
-                     "outcome, so its refresh token is not presented again automatically; see 'tokenledger "
-                     "recover --help'",
+                     "outcome, so its refresh token is not presented again automatically",
                      provider, profile, (long long)c[0].credential)
            : why_none(s, profile, provider, err);
     goto done;
@@ -799,10 +791,8 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
     goto fail;
   }
   if (!cl->token_url || !cl->client_id) {
-    rc = tl__err(err, TL_ENOTFOUND, 0,
-                 "credential %lld: provider '%s' has no token endpoint or client id configured; run 'tokenledger "
-                 "provider set %s --token-url URL --client-id ID'",
-                 (long long)cred, cl->provider, cl->provider);
+    rc = tl__err(err, TL_ENOTFOUND, 0, "credential %lld: provider '%s' has no token endpoint or client id configured",
+                 (long long)cred, cl->provider);
     goto fail;
   }
   /* An endpoint stored before today's rules (or edited in the file) is checked again before anything is sent. */
@@ -811,17 +801,14 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   if (tl_url_check(cl->token_url, &why) != TL_OK || bad_header) {
     rc = tl__err(err, TL_EINVAL, 0,
                  "credential %lld (%s): its stored token endpoint is refused, so the refresh token was not sent: "
-                 "%s; set a valid one with 'tokenledger provider set %s' (or import the profile again)",
+                 "%s",
                  (long long)cred, cl->provider,
-                 bad_header ? "the refresh token header name is not acceptable" : why.message, cl->provider);
+                 bad_header ? "the refresh token header name is not acceptable" : why.message);
     goto fail;
   }
   if (strcmp(status, "needs_reauth") == 0) {
-    rc = tl__err(err, TL_EREAUTH, 0,
-                 "credential %lld (%s%s%s) needs a new login: %s. Run 'tokenledger login %s --profile PROFILE', or "
-                 "log in with Hermes ('hermes auth add %s') and import the profile again",
-                 (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason, cl->provider,
-                 cl->provider);
+    rc = tl__err(err, TL_EREAUTH, 0, "credential %lld (%s%s%s) needs a new login: %s", (long long)cred, cl->provider,
+                 cl->label ? ", " : "", cl->label ? cl->label : "", reason);
     goto fail;
   }
 
@@ -875,22 +862,22 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
 
   if (strcmp(rtstate, "unknown") == 0 || strcmp(status, "uncertain") == 0) {
     if (!retry_unknown && rescue_pending(s, cred)) {
-      rc = tl__err(err, TL_EUNKNOWN, 0,
-                   "credential %lld (%s%s%s): %s, but the server's answer to it is kept in a rescue file beside the "
-                   "ledger, so nothing is lost: take it back with 'tokenledger recover --credential %lld --rescue'; "
-                   "until then its refresh token (generation %lld, %.12s...) is not presented again",
-                   (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
-                   (long long)cred, (long long)cl->generation, cl->fp);
+      rc = tl__err(
+          err, TL_EUNKNOWN, 0,
+          "credential %lld (%s%s%s): %s, but the server's answer to it is kept in a rescue file beside the "
+          "ledger, so nothing is lost; until it is taken back, its refresh token (generation %lld, %.12s...) is not "
+          "presented again",
+          (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
+          (long long)cl->generation, cl->fp);
       goto commit_fail;
     }
     if (!retry_unknown) {
       rc = tl__err(err, TL_EUNKNOWN, 0,
                    "credential %lld (%s%s%s): %s. Its refresh token (generation %lld, %.12s...) may already have "
                    "been spent, so it is not presented again automatically: presenting a spent token makes the "
-                   "server revoke the login. Decide with 'tokenledger recover --credential %lld --assume-not-sent' "
-                   "(retry once) or '--mark-dead' (log in again)",
+                   "server revoke the login. It waits for a decision: retry once, or give the login up",
                    (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
-                   (long long)cl->generation, cl->fp, (long long)cred);
+                   (long long)cl->generation, cl->fp);
       goto commit_fail; /* the dead owner's attempt must stay recorded as unknown */
     }
   } else if (strcmp(rtstate, "current") != 0) {
@@ -1386,12 +1373,10 @@ static void rejected_message(tl_store *s, const claim *cl, const tl__answer *a, 
              (long long)cl->generation);
   tl__err(err, TL_EREAUTH, 0,
           "%s rejected refresh token generation %lld (%.12s...) of credential %lld%s%s%s: HTTP %ld %s%s%s. "
-          "Before this presentation (by %s:%ld), %s.%s The credential needs a new login: 'tokenledger login %s "
-          "--profile PROFILE' (or 'hermes auth add %s', then import).",
+          "Before this presentation (by %s:%ld), %s.%s The credential needs a new login.",
           cl->provider, (long long)cl->generation, cl->fp, (long long)cl->credential, cl->label ? " (" : "",
           cl->label ? cl->label : "", cl->label ? ")" : "", a->status, a->error ? a->error : "(no error code)",
-          a->desc ? ": " : "", a->desc ? a->desc : "", s->actor.host, s->actor.pid, prev, outside, cl->provider,
-          cl->provider);
+          a->desc ? ": " : "", a->desc ? a->desc : "", s->actor.host, s->actor.pid, prev, outside);
 }
 
 /* Shows a failed refresh on every pool entry of the credential (what Hermes' export carries). */
@@ -1600,11 +1585,9 @@ static tl_status outcome_message(tl_store *s, const claim *cl, const tl__answer 
   case TL__A_UNKNOWN:
     return tl__err(msg, TL_EUNKNOWN, 0,
                    "credential %lld (%s): response to generation %lld lost or unusable: %.200s.%s%s%s The server may "
-                   "have rotated the refresh token, so it is not presented again automatically; decide with "
-                   "'tokenledger recover --credential %lld --assume-not-sent' or '--mark-dead'",
+                   "have rotated the refresh token, so it is not presented again automatically until someone decides",
                    (long long)cl->credential, cl->provider, (long long)cl->generation, a->desc ? a->desc : "no detail",
-                   *kept ? " The raw answer is kept in " : "", kept, *kept ? " (0600) for inspection." : "",
-                   (long long)cl->credential);
+                   *kept ? " The raw answer is kept in " : "", kept, *kept ? " (0600) for inspection." : "");
   }
   return TL_ERROR;
 }
@@ -1960,13 +1943,11 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, tl__
     if (wrc == TL_OK)
       return tl__err(err, rc, fail.sys,
                      "credential %lld (%s): the server answered (%s) but the ledger could not record it: %s. Nothing "
-                     "is lost: the answer is kept in %s (0600); once the ledger is writable again run 'tokenledger "
-                     "recover --credential %lld --rescue'",
-                     (long long)cl->credential, cl->provider, kind_names[a->kind], fail.message, cl->rescue,
-                     (long long)cl->credential);
+                     "is lost: the answer is kept in %s (0600) until the ledger is writable again",
+                     (long long)cl->credential, cl->provider, kind_names[a->kind], fail.message, cl->rescue);
     return tl__err(err, rc, fail.sys,
                    "credential %lld (%s): the server answered (%s) but the ledger could not record it (%s) nor keep "
-                   "the answer (%s); its refresh token's outcome is unknown: see 'tokenledger recover --help'",
+                   "the answer (%s); its refresh token's outcome is unknown",
                    (long long)cl->credential, cl->provider, kind_names[a->kind], fail.message, why.message);
   }
   if (rc != TL_OK && err && err->code == TL_OK)
@@ -2336,8 +2317,7 @@ static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_er
     if (rc == TL_OK && (rc = rescue_answer(&a, f[i].doc, f[i].path, &why)) == TL_OK && a.kind == TL__A_UNKNOWN)
       rc = tl__err(&why, TL_EREAUTH, 0,
                    "%s holds the server's answer to attempt %lld, but its new refresh token cannot be used (%s); the "
-                   "grant is lost: log in again ('tokenledger login') and 'recover --mark-dead'; the file stays for "
-                   "inspection",
+                   "grant is lost and the credential needs a new login; the file stays for inspection",
                    f[i].path, (long long)f[i].attempt, a.desc ? a.desc : "unusable answer");
     if (rc == TL_OK) {
       int recorded = 0;
@@ -2430,9 +2410,9 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
     if (rescue_pending(s, cred))
       return tl__err(err, TL_EREUSE, 0,
                      "credential %lld: a rescue file beside the ledger holds the server's answer to its last "
-                     "presentation, so presenting the same refresh token again would be reuse; take the answer back "
-                     "with 'tokenledger recover --credential %lld --rescue'",
-                     (long long)cred, (long long)cred);
+                     "presentation, so presenting the same refresh token again would be reuse; its answer must be "
+                     "taken back instead",
+                     (long long)cred);
     tl_token *t = NULL;
     rc = tl__coop_refresh(&t, s, cred, TL_REFRESH_FORCE, 1, 0, err);
     if (out)

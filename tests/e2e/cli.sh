@@ -147,6 +147,9 @@ sqlite3 "$DB" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
 cp "$DB" "$WORK/open.db"; chmod 644 "$WORK/open.db"
 b=$(bytes "$WORK/open.db")
 tl --db "$WORK/open.db" status; expect 9 "world-readable ledger"; contains "chmod 600" "says how to fix"
+contains "hint: 'tokenledger doctor --fix'" "the tool adds its own repair"
+tl --db "$WORK/none/x.db" status; expect 3 "no ledger"; contains "no ledger here" "says what is missing"
+contains "hint: create one with 'tokenledger init'" "the hint says how to make one"
 check '[ "$b" = "$(bytes "$WORK/open.db")" ] && [ "$(stat -c %a "$WORK/open.db")" = 644 ]' "insecure file untouched"
 tl --db "$WORK/open.db" doctor --fix; expect 0 "doctor --fix repairs the mode"
 check '[ "$(stat -c %a "$WORK/open.db")" = 600 ]' "mode is 0600 after doctor --fix"

@@ -135,6 +135,7 @@ tl $D import "$WORK/backups/alpha-2026-11-01.json" --profile restored; expect 0 
 check '[ -z "$(q "SELECT home FROM profile WHERE name = '"'"'restored'"'"'")" ]' "the profile has no home"
 check '[ ! -e "$WORK/backups/auth.lock" ] && [ ! -e "$WORK/backups/alpha-2026-11-01.lock" ]' "no lock file beside the copy"
 tl $D sync --profile restored; expect 2 "nothing to sync"; contains "set-home" "says how to set a home"
+contains "^hint: .*'tokenledger profile set-home restored DIR'" "the hint names the real profile"
 mkdir -p "$WORK/newhome"
 tl $D profile set-home restored "$WORK/newhome"; expect 0 "set a home explicitly"
 tl $D profile add fresh --home "$WORK/not-yet"; expect 3 "a missing home is an error"; contains "create" "mentions --create"

@@ -87,7 +87,7 @@ static void test_store__missing_ledger_is_not_found_and_nothing_is_created(void 
   tl_error err = {0};
   char *before = listing(f->dir);
   assert_int_equal(tl_store_open(&s, f->path, 0, &err), TL_ENOTFOUND);
-  assert_non_null(strstr(err.message, "tokenledger init"));
+  assert_non_null(strstr(err.message, "no ledger here"));
   char *after = listing(f->dir);
   assert_string_equal(before, after);
   free(before);
