@@ -213,7 +213,7 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
                            int64_t ahead_ms, tl_error *err);
 /* hermes_sync.c: every Hermes file holding the credential brought in step (its locks, adopt, write back). */
 tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err);
-/* refresh.c: burns and frees the hot path's cached answers (tl_store_free). */
+/* select.c: burns and frees the hot path's cached answers (tl_store_free). */
 void tl__token_cache_clear(tl_store *s);
 /* refresh.c: releases the store's rescue-file reservation (tl_store_free). */
 void tl__rescue_unreserve(tl_store *s);
@@ -221,11 +221,11 @@ void tl__rescue_unreserve(tl_store *s);
 /* refresh.c: marks in-flight attempts whose owner is gone as unknown (with fix). */
 tl_status tl__reap_dead_attempts(int64_t *out_reaped, tl_store *s, int fix, tl_error *err);
 
-/* refresh.c: expiry (ms) from a JWT access token's exp claim; 0 if unreadable or out of range. */
+/* oauth.c: expiry (ms) from a JWT access token's exp claim; 0 if unreadable or out of range. */
 int64_t tl__jwt_exp_ms(const char *jwt);
 
 /*
- * refresh.c: a token endpoint's answer, parsed and classified (the one parser
+ * oauth.c: a token endpoint's answer, parsed and classified (the one parser
  * for refresh and login answers, and the libFuzzer target's entry point).
  * Tokens are RFC 6749 VSCHAR or not taken; server text is cut to 512 bytes
  * and scrubbed of every echo of the tokens involved; numbers are range
@@ -240,6 +240,8 @@ typedef enum tl__answer_kind {
   TL__A_NOT_SENT,  /* nothing reached the server */
   TL__A_UNKNOWN    /* the server may have rotated, and we cannot use what it said */
 } tl__answer_kind;
+/* The access token lifetime assumed when the server states none usably and the token carries no JWT exp. */
+#define TL_LIFETIME_ASSUMED_S 900
 typedef struct tl__answer {
   tl__answer_kind kind;
   long status;                        /* HTTP status, 0 if none */
@@ -255,6 +257,14 @@ typedef struct tl__answer {
 } tl__answer;
 void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent_rt);
 void tl__answer_clear(tl__answer *a);
+/* oauth.c: 1 if a rejection's words say the refresh token was used before (reuse detected). */
+int tl__answer_reuse(const char *error, const char *desc);
+/* oauth.c: "k1=v1&k2=v2..." with each value form-encoded, pairs whose value is NULL left out (at most 8);
+ * new (burn it before free: a value may be a secret); NULL if out of memory. */
+char *tl__oauth_form(size_t n, const char *const *keys, const char *const *vals);
+#define TL_GRANT_DEVICE_CODE "urn:ietf:params:oauth:grant-type:device_code"
+/* oauth.c: one POST over the store's transport (tl_store_set_transport, else libcurl); *resp is reset first. */
+void tl__oauth_post(tl_http_response *resp, tl_store *s, const tl_http_request *req);
 
 /* http.c: the libcurl transport (tl_http_fn), and the transfer itself after the URL rules; with
  * loopback set, no proxy is used and every peer that is not a loopback address is refused unsent. */

@@ -89,10 +89,8 @@ static tl_status load_endpoints(endpoints *e, tl_store *s, const char *provider,
 
 static void post(tl_http_response *resp, tl_store *s, const char *url, const char *body)
 {
-  memset(resp, 0, sizeof *resp);
-  resp->retry_after = -1;
   tl_http_request req = {.url = url, .body = body, .connect_timeout_ms = 5000, .timeout_ms = s->http_timeout_ms};
-  s->http(s->http_ud, &req, resp);
+  tl__oauth_post(resp, s, &req);
 }
 
 /* A string field the user will see: printable, bounded; NULL if absent or not so. */
@@ -122,16 +120,11 @@ static int64_t bounded_seconds(json_t *v, int64_t dflt, int64_t max)
 static tl_status request_code(device_grant *g, tl_store *s, const endpoints *e, tl_error *err)
 {
   tl_status rc = TL_OK;
-  char *cid = tl__url_escape(e->client_id), *sc = tl__url_escape(e->scope ? e->scope : "");
-  char *body = NULL;
+  const char *keys[] = {"client_id", "scope"}, *vals[] = {e->client_id, e->scope ? e->scope : ""};
+  char *body = tl__oauth_form(2, keys, vals);
   json_t *j = NULL;
   tl_http_response resp;
   memset(&resp, 0, sizeof resp);
-  size_t n = (cid ? strlen(cid) : 0) + (sc ? strlen(sc) : 0) + 32;
-  if (cid && sc && (body = malloc(n)))
-    snprintf(body, n, "client_id=%s&scope=%s", cid, sc);
-  free(cid);
-  free(sc);
   if (!body)
     return tl__oom(err);
   post(&resp, s, e->device_url, body);
@@ -163,18 +156,9 @@ done:
 /* The poll body: the device code goes in form-encoded; the result is a secret. */
 static char *poll_body(const endpoints *e, const device_grant *g)
 {
-  char *cid = tl__url_escape(e->client_id), *dce = tl__url_escape(g->device_code);
-  char *body = NULL;
-  size_t n = (cid ? strlen(cid) : 0) + (dce ? strlen(dce) : 0) + 128;
-  if (cid && dce && (body = malloc(n)))
-    snprintf(body, n,
-             "grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Adevice_code&client_id=%s&device_code=%s", cid,
-             dce);
-  if (dce)
-    tl_burn(dce, strlen(dce));
-  free(dce);
-  free(cid);
-  return body;
+  const char *keys[] = {"grant_type", "client_id", "device_code"};
+  const char *vals[] = {TL_GRANT_DEVICE_CODE, e->client_id, g->device_code};
+  return tl__oauth_form(3, keys, vals);
 }
 
 /* Polls until the user approved (TL_OK with a usable answer in *a), refused, or the code expired. */

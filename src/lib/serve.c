@@ -701,10 +701,8 @@ static int portal_load(portal *p, tl_store *s)
 /* POSTs body to url over the store's transport; the answer as a JSON object (or NULL). */
 static json_t *forward(tl_store *s, const char *url, const char *body, tl_http_response *resp)
 {
-  memset(resp, 0, sizeof *resp);
-  resp->retry_after = -1;
   tl_http_request req = {.url = url, .body = body, .connect_timeout_ms = 5000, .timeout_ms = s->http_timeout_ms};
-  s->http(s->http_ud, &req, resp);
+  tl__oauth_post(resp, s, &req);
   json_t *j = resp->failure == TL_HTTP_DONE && resp->body ? json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
   if (j && !json_is_object(j)) {
     json_decref(j);
@@ -734,23 +732,6 @@ static enum MHD_Result pass_error(struct MHD_Connection *c, request *r, const tl
   return reply(c, r, (unsigned)resp->status, out, resp->retry_after);
 }
 
-/* "<head>&<na>=<a>&<nb>=<b>", values form-encoded (new; burn it: b may be a device code). */
-static char *form_pair(const char *head, const char *na, const char *a, const char *nb, const char *b)
-{
-  char *ea = tl__url_escape(a), *eb = tl__url_escape(b ? b : "");
-  char *out = NULL;
-  if (ea && eb) {
-    size_t n = strlen(head) + strlen(na) + strlen(ea) + strlen(nb) + strlen(eb) + 8;
-    if ((out = malloc(n)))
-      snprintf(out, n, "%s%s%s=%s&%s=%s", head, *head ? "&" : "", na, ea, nb, eb);
-  }
-  if (eb)
-    tl_burn(eb, strlen(eb));
-  free(ea);
-  free(eb);
-  return out;
-}
-
 static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, request *r, tl_store *s,
                                           const char *body)
 {
@@ -777,7 +758,9 @@ static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, 
                        "provider nous has no device authorization endpoint configured in the ledger", -1);
   }
   char *scope = form_field(body, "scope", &dup);
-  char *fwd = form_pair("", "client_id", pt.client_id, "scope", scope && *scope ? scope : pt.scope);
+  const char *keys[] = {"client_id", "scope"};
+  const char *vals[] = {pt.client_id, scope && *scope ? scope : pt.scope ? pt.scope : ""};
+  char *fwd = tl__oauth_form(2, keys, vals);
   free(scope);
   json_t *j = fwd ? forward(s, pt.device_url, fwd, &resp) : NULL;
   free(fwd);
@@ -912,8 +895,9 @@ static enum MHD_Result handle_device_token(server *sv, struct MHD_Connection *c,
     r->outcome = "refused";
     return oauth_error(c, r, 400, "invalid_request", "provider nous has no token endpoint configured", -1);
   }
-  char *fwd = form_pair("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code", "client_id", pt.client_id,
-                        "device_code", code);
+  const char *keys[] = {"grant_type", "client_id", "device_code"};
+  const char *vals[] = {TL_GRANT_DEVICE_CODE, pt.client_id, code ? code : ""};
+  char *fwd = tl__oauth_form(3, keys, vals);
   burn_free(code);
   json_t *j = fwd ? forward(s, pt.token_url, fwd, &resp) : NULL;
   burn_free(fwd);
