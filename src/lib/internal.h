@@ -338,6 +338,10 @@ tl_status tl__serve_port_path(char *out, size_t n, const tl_store *s, tl_error *
 int tl__serve_host_valid(const char *host);
 /* http://host:port (brackets for IPv6); 0 if it does not fit. */
 int tl__serve_url(char *out, size_t n, const char *host, int port);
+/* The socket address of an IP literal host and a port, for serve's bind and the probe's connect; 0 if host is
+ * not an IP literal (never resolved). */
+struct sockaddr_storage;
+unsigned tl__serve_sockaddr(struct sockaddr_storage *ss, const char *host, int port);
 /* hermes_sync.c: serve's URL for strict files: the running serve's, else where it last listened. 0 if none. */
 int tl__strict_url(char *out, size_t n, tl_store *s);
 

@@ -1154,21 +1154,9 @@ bad:
 static tl_status bind_listen(int *out_fd, int *out_port, const char *host, int port, tl_error *err)
 {
   struct sockaddr_storage ss;
-  socklen_t len;
-  memset(&ss, 0, sizeof ss);
-  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-    a4->sin_family = AF_INET;
-    a4->sin_port = htons((uint16_t)port);
-    len = sizeof *a4;
-  } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons((uint16_t)port);
-    len = sizeof *a6;
-  } else {
+  socklen_t len = tl__serve_sockaddr(&ss, host, port);
+  if (!len)
     return tl__err(err, TL_EINVAL, 0, "'%s' is not an address", host);
-  }
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
   if (fd < 0)
     return tl__err(err, TL_EIO, errno, "socket: %s", strerror(errno));
@@ -1189,7 +1177,8 @@ static tl_status bind_listen(int *out_fd, int *out_port, const char *host, int p
     close(fd);
     return tl__err(err, TL_EIO, e, "getsockname: %s", strerror(e));
   }
-  *out_port = ntohs(ss.ss_family == AF_INET ? a4->sin_port : a6->sin6_port);
+  *out_port =
+      ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port : ((struct sockaddr_in6 *)&ss)->sin6_port);
   *out_fd = fd;
   return TL_OK;
 }

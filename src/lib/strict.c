@@ -502,6 +502,24 @@ tl_status tl__serve_probe(tl__serve_live *out, tl_store *s, tl_error *err)
   return TL_OK;
 }
 
+unsigned tl__serve_sockaddr(struct sockaddr_storage *ss, const char *host, int port)
+{
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    return sizeof *a4;
+  }
+  if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    return sizeof *a6;
+  }
+  return 0;
+}
+
 int tl__serve_url(char *out, size_t n, const char *host, int port)
 {
   int len = snprintf(out, n, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, port);
@@ -589,21 +607,9 @@ tl_status tl_serve_status(tl_report **out, tl_store *s, tl_error *err)
 static int answers(const char *host, int port, int timeout_ms)
 {
   struct sockaddr_storage ss;
-  socklen_t len;
-  memset(&ss, 0, sizeof ss);
-  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-    a4->sin_family = AF_INET;
-    a4->sin_port = htons((uint16_t)port);
-    len = sizeof *a4;
-  } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons((uint16_t)port);
-    len = sizeof *a6;
-  } else {
+  socklen_t len = tl__serve_sockaddr(&ss, host, port);
+  if (!len)
     return 0;
-  }
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return 0;
