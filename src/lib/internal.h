@@ -263,6 +263,14 @@ int tl__answer_reuse(const char *error, const char *desc);
  * new (burn it before free: a value may be a secret); NULL if out of memory. */
 char *tl__oauth_form(size_t n, const char *const *keys, const char *const *vals);
 #define TL_GRANT_DEVICE_CODE "urn:ietf:params:oauth:grant-type:device_code"
+/* login.c: a provider's device-login endpoints (new strings; free with tl__device_endpoints_clear). TL_ENOTFOUND
+ * unless the provider has a device authorization endpoint, a token endpoint and a client id. Shared by login and
+ * serve's forwarding of Hermes' own logins. */
+typedef struct tl__device_endpoints {
+  char *token_url, *device_url, *client_id, *scope;
+} tl__device_endpoints;
+tl_status tl__device_endpoints_load(tl__device_endpoints *e, tl_store *s, const char *provider, tl_error *err);
+void tl__device_endpoints_clear(tl__device_endpoints *e);
 /* oauth.c: one POST over the store's transport (tl_store_set_transport, else libcurl); *resp is reset first. */
 void tl__oauth_post(tl_http_response *resp, tl_store *s, const tl_http_request *req);
 

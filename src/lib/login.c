@@ -9,6 +9,9 @@
  * back off by Retry-After (at most 60 s), until the code expires. The answer's
  * refresh token becomes the root of a new lineage (origin `login`) through
  * tl_credential_add, so a token the ledger has seen spent is refused even here.
+ * The wire format (form bodies, the POST, the answer parser) is oauth.c's; the
+ * provider's device endpoints are read here for serve's forwarding of Hermes'
+ * own logins too (tl__device_endpoints_load).
  *
  * Invariants: the device code and the tokens are burned after use and never
  * reach a message; every answer is read by the one token-answer parser
@@ -35,11 +38,9 @@ static void pause_s(long s)
     ;
 }
 
-typedef struct endpoints {
-  char *token_url, *device_url, *client_id, *scope;
-} endpoints;
+typedef tl__device_endpoints endpoints;
 
-static void endpoints_clear(endpoints *e)
+void tl__device_endpoints_clear(tl__device_endpoints *e)
 {
   free(e->token_url);
   free(e->device_url);
@@ -65,12 +66,13 @@ static void device_grant_clear(device_grant *g)
   memset(g, 0, sizeof *g);
 }
 
-static tl_status load_endpoints(endpoints *e, tl_store *s, const char *provider, tl_error *err)
+tl_status tl__device_endpoints_load(tl__device_endpoints *e, tl_store *s, const char *provider, tl_error *err)
 {
   static const char prov_sql[] = "SELECT token_url, device_url, client_id, scope FROM provider WHERE name = :n";
   sqlite3_stmt *st;
   tl_status rc;
   int found = 0;
+  memset(e, 0, sizeof *e);
   if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":n", provider))) != TL_OK ||
       (rc = tl__step_row(&found, s, st, "login", err)) != TL_OK)
     return rc;
@@ -307,8 +309,8 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
   int64_t pid;
   if (!s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "login: profile and provider are required");
-  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK || (rc = load_endpoints(&e, s, provider, err)) != TL_OK ||
-      (rc = request_code(&g, s, &e, err)) != TL_OK)
+  if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK ||
+      (rc = tl__device_endpoints_load(&e, s, provider, err)) != TL_OK || (rc = request_code(&g, s, &e, err)) != TL_OK)
     goto done;
   if (prompt)
     prompt(ud, g.uri, g.uri_complete, g.user_code, (int)g.expires_in);
@@ -332,6 +334,6 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
 done:
   tl__answer_clear(&a);
   device_grant_clear(&g);
-  endpoints_clear(&e);
+  tl__device_endpoints_clear(&e);
   return rc;
 }

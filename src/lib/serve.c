@@ -668,35 +668,7 @@ static int64_t login_profile(tl_store *s, const peer *p, char *name, size_t nn)
   return id;
 }
 
-typedef struct portal {
-  char *device_url, *token_url, *client_id, *scope;
-} portal;
-
-static void portal_clear(portal *p)
-{
-  free(p->device_url);
-  free(p->token_url);
-  free(p->client_id);
-  free(p->scope);
-  memset(p, 0, sizeof *p);
-}
-
-/* The real portal: Nous' provider endpoints. */
-static int portal_load(portal *p, tl_store *s)
-{
-  static const char sql[] = "SELECT device_url, token_url, client_id, scope FROM provider WHERE name = 'nous'";
-  sqlite3_stmt *st = NULL;
-  memset(p, 0, sizeof *p);
-  if (tl__prepare(&st, s, sql, NULL) == TL_OK && sqlite3_step(st) == SQLITE_ROW) {
-    p->device_url = tl__col_dup(st, 0);
-    p->token_url = tl__col_dup(st, 1);
-    p->client_id = tl__col_dup(st, 2);
-    p->scope = tl__col_dup(st, 3);
-  }
-  if (st)
-    sqlite3_reset(st);
-  return p->device_url && p->token_url && p->client_id;
-}
+typedef tl__device_endpoints portal;
 
 /* POSTs body to url over the store's transport; the answer as a JSON object (or NULL). */
 static json_t *forward(tl_store *s, const char *url, const char *body, tl_http_response *resp)
@@ -751,8 +723,8 @@ static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, 
                        "--profile NAME'",
                        -1);
   }
-  if (!portal_load(&pt, s)) {
-    portal_clear(&pt);
+  if (tl__device_endpoints_load(&pt, s, "nous", NULL) != TL_OK) {
+    tl__device_endpoints_clear(&pt);
     r->outcome = "refused";
     return oauth_error(c, r, 400, "invalid_request",
                        "provider nous has no device authorization endpoint configured in the ledger", -1);
@@ -797,7 +769,7 @@ static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, 
   json_decref(j);
   if (fwd)
     tl__http_response_clear(&resp);
-  portal_clear(&pt);
+  tl__device_endpoints_clear(&pt);
   return res;
 }
 
@@ -889,9 +861,9 @@ static enum MHD_Result handle_device_token(server *sv, struct MHD_Connection *c,
                        "login again",
                        -1);
   }
-  if (!portal_load(&pt, s)) {
+  if (tl__device_endpoints_load(&pt, s, "nous", NULL) != TL_OK) {
     burn_free(code);
-    portal_clear(&pt);
+    tl__device_endpoints_clear(&pt);
     r->outcome = "refused";
     return oauth_error(c, r, 400, "invalid_request", "provider nous has no token endpoint configured", -1);
   }
@@ -915,7 +887,7 @@ static enum MHD_Result handle_device_token(server *sv, struct MHD_Connection *c,
   json_decref(j);
   if (fwd)
     tl__http_response_clear(&resp);
-  portal_clear(&pt);
+  tl__device_endpoints_clear(&pt);
   return res;
 }
 
