@@ -134,6 +134,15 @@ tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_erro
   return tl__err_db(err, s, what);
 }
 
+tl_status tl__run(tl_store *s, const char *sql, const char *what, tl_error *err, size_t n, const tl__arg *args)
+{
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = tl__bind(st, err, n, args)) != TL_OK)
+    return rc;
+  return tl__step_done(s, st, what, err);
+}
+
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err)
 {
   if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK)

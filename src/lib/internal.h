@@ -144,6 +144,12 @@ tl_status tl__schema_check(tl_store *s, int version, tl_error *err);
 
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);
+/* One statement that returns no rows (or whose rows are not wanted): prepare, bind by name, step. */
+tl_status tl__run(tl_store *s, const char *sql, const char *what, tl_error *err, size_t n, const tl__arg *args)
+    __attribute__((warn_unused_result));
+#define TL_RUN(s, sql, what, err, ...)                                                                                 \
+  tl__run((s), (sql), (what), (err), sizeof((const tl__arg[]){__VA_ARGS__}) / sizeof(tl__arg),                         \
+          (const tl__arg[]){__VA_ARGS__})
 /* The ledger's change marker (db.c): equal markers, equal ledger. 0 if none can be read now. */
 #define TL_DB_MARKER_LEN 48
 int tl__db_marker(tl_store *s, unsigned char out[TL_DB_MARKER_LEN]);

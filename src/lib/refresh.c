@@ -189,41 +189,34 @@ static const char cred_sql[] =
     "c.base_url, coalesce(c.refresh_not_before, 0) "
     "FROM credential c JOIN provider pv ON pv.name = c.provider WHERE c.id = :id";
 
-/*
- * One claim transaction. retry_unknown allows presenting an RT in state
- * `unknown` (operator decision, or the grace-window retry).
- */
-static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_t *wait_for, tl_store *s, int64_t cred,
-                            unsigned flags, int retry_unknown, int waited, int64_t ahead_ms, tl_error *err)
-{
-  static const char live_sql[] =
-      "SELECT id, secret, fingerprint, generation, coalesce(family_id, id), state FROM refresh_token "
-      "WHERE credential_id = :cred AND (state = 'current' OR state = 'presented' OR state = 'unknown')"; /* one_open */
-  static const char ins_sql[] =
-      "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
-      "owner_profile, owner_command, started_at, lease_until) VALUES (:cred, :rt, :host, :boot, :pid, :start, "
-      ":profile, :command, :now, :lease)";
-  static const char pres_sql[] = "UPDATE refresh_token SET state = 'presented', retired_at = NULL WHERE id = :id";
-  static const char reopen_sql[] = "UPDATE credential SET status = 'active', status_reason = NULL, updated_at = :now "
-                                   "WHERE id = :id AND status = 'uncertain'";
-  tl_status rc;
-  sqlite3_stmt *st;
-  int64_t now;
+/* What the credential's row said when the claim read it (a dead owner's attempt changes it). */
+typedef struct claim_view {
+  char status[16];  /* active, uncertain or needs_reauth */
+  char reason[300]; /* why it is not active */
+  int64_t not_before;
+} claim_view;
 
-  if ((rc = tl__tx_begin(s, "refresh claim", err)) != TL_OK)
-    return rc;
-  now = tl__now_ms();
+/*
+ * Claim step 1: re-reads the credential. An access token someone else just
+ * obtained is fresh enough (single-flight): *fresh gets it. Else cl gets the
+ * credential's endpoints and v its state.
+ */
+static tl_status claim_read_credential(tl_token **fresh, claim *cl, claim_view *v, tl_store *s, int64_t cred,
+                                       unsigned flags, int retry_unknown, int waited, int64_t ahead_ms, int64_t now,
+                                       tl_error *err)
+{
+  sqlite3_stmt *st;
+  tl_status rc;
   int found = 0;
+  *fresh = NULL;
   if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK ||
       (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
-    goto fail;
+    return rc;
   if (!found) {
     sqlite3_reset(st);
-    rc = tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
-    goto fail;
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
   }
-  char status[16];
-  snprintf(status, sizeof status, "%s", (const char *)sqlite3_column_text(st, 0));
+  snprintf(v->status, sizeof v->status, "%s", (const char *)sqlite3_column_text(st, 0));
   int64_t exp = sqlite3_column_int64(st, 2), skew = sqlite3_column_int64(st, 3);
   if (ahead_ms > skew)
     skew = ahead_ms; /* keep-fresh: fresh means fresh for longer than its horizon */
@@ -240,16 +233,9 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
     sqlite3_reset(st);
     if (!t || !t->access_token) {
       tl_token_free(t);
-      rc = tl__oom(err);
-      goto fail;
+      return tl__oom(err);
     }
-    *res = SATISFIED;
-    /* Another process's record: durable before its token is handed out here too (its own sync may still run). */
-    if ((rc = tl__tx_commit(s, err)) != TL_OK || (rc = tl__wal_sync(s, err)) != TL_OK) {
-      tl_token_free(t);
-      return rc;
-    }
-    *out = t;
+    *fresh = t;
     return TL_OK;
   }
   cl->credential = cred;
@@ -259,75 +245,97 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   cl->provider = tl__col_dup(st, 7);
   cl->label = tl__col_dup(st, 8);
   cl->grace_ms = sqlite3_column_int64(st, 9);
-  char reason[300];
-  snprintf(reason, sizeof reason, "%s",
+  snprintf(v->reason, sizeof v->reason, "%s",
            sqlite3_column_text(st, 10) ? (const char *)sqlite3_column_text(st, 10) : "no reason recorded");
-  int64_t not_before = sqlite3_column_int64(st, 12);
+  v->not_before = sqlite3_column_int64(st, 12);
   sqlite3_reset(st);
-  if (!cl->provider) {
-    rc = tl__oom(err);
-    goto fail;
-  }
-  if (!cl->token_url || !cl->client_id) {
-    rc = tl__err(err, TL_ENOTFOUND, 0, "credential %lld: provider '%s' has no token endpoint or client id configured",
-                 (long long)cred, cl->provider);
-    goto fail;
-  }
+  return cl->provider ? TL_OK : tl__oom(err);
+}
+
+/* Claim step 2: the credential may be refreshed now: a valid endpoint, no login needed, no back-off asked. */
+static tl_status claim_check_credential(const claim *cl, const claim_view *v, int retry_unknown, int64_t now,
+                                        tl_error *err)
+{
+  long long cred = (long long)cl->credential;
+  if (!cl->token_url || !cl->client_id)
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld: provider '%s' has no token endpoint or client id configured",
+                   cred, cl->provider);
   /* An endpoint stored before today's rules (or edited in the file) is checked again before anything is sent. */
   tl_error why = {0};
   const char *bad_header = cl->rt_header ? tl__rt_header_invalid(cl->rt_header) : NULL;
-  if (tl_url_check(cl->token_url, &why) != TL_OK || bad_header) {
-    rc = tl__err(err, TL_EINVAL, 0,
-                 "credential %lld (%s): its stored token endpoint is refused, so the refresh token was not sent: "
-                 "%s",
-                 (long long)cred, cl->provider,
-                 bad_header ? "the refresh token header name is not acceptable" : why.message);
-    goto fail;
-  }
-  if (strcmp(status, "needs_reauth") == 0) {
-    rc = tl__err(err, TL_EREAUTH, 0, "credential %lld (%s%s%s) needs a new login: %s", (long long)cred, cl->provider,
-                 cl->label ? ", " : "", cl->label ? cl->label : "", reason);
-    goto fail;
-  }
+  if (tl_url_check(cl->token_url, &why) != TL_OK || bad_header)
+    return tl__err(err, TL_EINVAL, 0,
+                   "credential %lld (%s): its stored token endpoint is refused, so the refresh token was not sent: %s",
+                   cred, cl->provider, bad_header ? "the refresh token header name is not acceptable" : why.message);
+  if (strcmp(v->status, "needs_reauth") == 0)
+    return tl__err(err, TL_EREAUTH, 0, "credential %lld (%s%s%s) needs a new login: %s", cred, cl->provider,
+                   cl->label ? ", " : "", cl->label ? cl->label : "", v->reason);
+  if (v->not_before > now && !retry_unknown && strcmp(v->status, "active") == 0)
+    return tl__err(err, TL_ETRANSIENT, 0,
+                   "credential %lld (%s): the token endpoint asked to back off; the next refresh may be attempted "
+                   "in %lld s",
+                   cred, cl->provider, (long long)((v->not_before - now + 999) / 1000));
+  return TL_OK;
+}
 
-  if (not_before > now && !retry_unknown && strcmp(status, "active") == 0) {
-    rc = tl__err(err, TL_ETRANSIENT, 0,
-                 "credential %lld (%s): the token endpoint asked to back off; the next refresh may be attempted "
-                 "in %lld s",
-                 (long long)cred, cl->provider, (long long)((not_before - now + 999) / 1000));
-    goto fail;
-  }
-
-  /* Someone presenting right now? */
+/*
+ * Claim step 3: is someone presenting right now? A live owner: *wait_for gets
+ * its attempt. A dead owner's attempt becomes unknown (and so does the
+ * credential, in v too).
+ */
+static tl_status claim_check_in_flight(int64_t *wait_for, claim_view *v, tl_store *s, int64_t cred, int64_t now,
+                                       tl_error *err)
+{
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  *wait_for = 0;
   if ((rc = tl__prepare(&st, s, stale_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":cred", cred))) != TL_OK ||
       (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
-    goto fail;
-  if (found) {
-    int64_t att = sqlite3_column_int64(st, 0);
-    int dead = attempt_dead(s, st, now);
-    sqlite3_reset(st);
-    if (!dead) {
-      *wait_for = att;
-      *res = WAIT;
-      return tl__tx_commit(s, err);
-    }
-    if ((rc = mark_unknown(s, att, "the presenting process died or its lease expired before it recorded an outcome",
-                           err)) != TL_OK)
-      goto fail;
-    snprintf(status, sizeof status, "uncertain");
-    snprintf(reason, sizeof reason, "the process presenting its refresh token died mid-request");
-  } else {
-    sqlite3_reset(st);
-  }
-
-  if ((rc = tl__prepare(&st, s, live_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":cred", cred))) != TL_OK ||
-      (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
-    goto fail;
+    return rc;
   if (!found) {
     sqlite3_reset(st);
-    rc = tl__err(err, TL_EREAUTH, 0, "credential %lld (%s) holds no usable refresh token; log in again",
-                 (long long)cred, cl->provider);
-    goto fail;
+    return TL_OK;
+  }
+  int64_t att = sqlite3_column_int64(st, 0);
+  int dead = attempt_dead(s, st, now);
+  sqlite3_reset(st);
+  if (!dead) {
+    *wait_for = att;
+    return TL_OK;
+  }
+  if ((rc = mark_unknown(s, att, "the presenting process died or its lease expired before it recorded an outcome",
+                         err)) != TL_OK)
+    return rc;
+  snprintf(v->status, sizeof v->status, "uncertain");
+  snprintf(v->reason, sizeof v->reason, "the process presenting its refresh token died mid-request");
+  return TL_OK;
+}
+
+/*
+ * Claim step 4: the RT to present: `current` (or `unknown` with
+ * retry_unknown), its plaintext kept and matching its fingerprint. *keep: the
+ * refusal must commit what the claim recorded (a dead owner's attempt stays
+ * unknown).
+ */
+static tl_status claim_load_rt(int *keep, claim *cl, const claim_view *v, tl_store *s, int retry_unknown, tl_error *err)
+{
+  static const char live_sql[] =
+      "SELECT id, secret, fingerprint, generation, coalesce(family_id, id), state FROM refresh_token "
+      "WHERE credential_id = :cred AND (state = 'current' OR state = 'presented' OR state = 'unknown')"; /* one_open */
+  sqlite3_stmt *st;
+  tl_status rc;
+  int found = 0;
+  long long cred = (long long)cl->credential;
+  *keep = 0;
+  if ((rc = tl__prepare(&st, s, live_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":cred", cl->credential))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "refresh claim", err)) != TL_OK)
+    return rc;
+  if (!found) {
+    sqlite3_reset(st);
+    return tl__err(err, TL_EREAUTH, 0, "credential %lld (%s) holds no usable refresh token; log in again", cred,
+                   cl->provider);
   }
   cl->rt = sqlite3_column_int64(st, 0);
   cl->secret = tl__col_dup(st, 1);
@@ -338,78 +346,119 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
   snprintf(rtstate, sizeof rtstate, "%s", (const char *)sqlite3_column_text(st, 5));
   sqlite3_reset(st);
 
-  if (strcmp(rtstate, "unknown") == 0 || strcmp(status, "uncertain") == 0) {
-    if (!retry_unknown && rescue_pending(s, cred)) {
-      rc = tl__err(
+  if (strcmp(rtstate, "unknown") == 0 || strcmp(v->status, "uncertain") == 0) {
+    if (!retry_unknown && rescue_pending(s, cl->credential)) {
+      *keep = 1;
+      return tl__err(
           err, TL_EUNKNOWN, 0,
           "credential %lld (%s%s%s): %s, but the server's answer to it is kept in a rescue file beside the "
           "ledger, so nothing is lost; until it is taken back, its refresh token (generation %lld, %.12s...) is not "
           "presented again",
-          (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
-          (long long)cl->generation, cl->fp);
-      goto commit_fail;
+          cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", v->reason, (long long)cl->generation,
+          cl->fp);
     }
     if (!retry_unknown) {
-      rc = tl__err(err, TL_EUNKNOWN, 0,
-                   "credential %lld (%s%s%s): %s. Its refresh token (generation %lld, %.12s...) may already have "
-                   "been spent, so it is not presented again automatically: presenting a spent token makes the "
-                   "server revoke the login. It waits for a decision: retry once, or give the login up",
-                   (long long)cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", reason,
-                   (long long)cl->generation, cl->fp);
-      goto commit_fail; /* the dead owner's attempt must stay recorded as unknown */
+      *keep = 1;
+      return tl__err(err, TL_EUNKNOWN, 0,
+                     "credential %lld (%s%s%s): %s. Its refresh token (generation %lld, %.12s...) may already have "
+                     "been spent, so it is not presented again automatically: presenting a spent token makes the "
+                     "server revoke the login. It waits for a decision: retry once, or give the login up",
+                     cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", v->reason,
+                     (long long)cl->generation, cl->fp);
     }
   } else if (strcmp(rtstate, "current") != 0) {
-    rc = tl__err(err, TL_ERROR, 0, "credential %lld: refresh token in state %s cannot be presented", (long long)cred,
-                 rtstate);
-    goto fail;
+    return tl__err(err, TL_ERROR, 0, "credential %lld: refresh token in state %s cannot be presented", cred, rtstate);
   }
-  if (!cl->secret) {
-    rc = tl__err(err, TL_EREAUTH, 0, "credential %lld: the refresh token's plaintext is gone; log in again",
-                 (long long)cred);
-    goto fail;
-  }
+  if (!cl->secret)
+    return tl__err(err, TL_EREAUTH, 0, "credential %lld: the refresh token's plaintext is gone; log in again", cred);
   /* The plaintext must be the token the ledger thinks it is. */
   char check[65];
   tl_fingerprint(check, cl->secret, strlen(cl->secret));
-  if (tl__memcmp_ct(check, cl->fp, 64) != 0) {
-    rc = tl__err(err, TL_ECORRUPT, 0,
-                 "credential %lld: stored refresh token does not match its fingerprint; not "
-                 "presenting it",
-                 (long long)cred);
-    goto fail;
-  }
+  if (tl__memcmp_ct(check, cl->fp, 64) != 0)
+    return tl__err(err, TL_ECORRUPT, 0,
+                   "credential %lld: stored refresh token does not match its fingerprint; not presenting it", cred);
+  return TL_OK;
+}
 
-  if ((rc = tl__prepare(&st, s, ins_sql, err)) != TL_OK ||
-      (rc = TL_BIND(st, err, TL_INT(":cred", cred), TL_INT(":rt", cl->rt), TL_TEXT(":host", s->actor.host),
-                    TL_TEXT(":boot", s->actor.boot), TL_INT(":pid", s->actor.pid), TL_INT(":start", s->actor.start),
-                    TL_TEXT(":profile", s->actor.profile), TL_TEXT(":command", s->actor.command), TL_INT(":now", now),
-                    TL_INT(":lease", now + http_timeout(s) + LEASE_MARGIN_MS))) != TL_OK ||
-      (rc = tl__step_done(s, st, "claim", err)) != TL_OK)
-    goto fail;
+/* Claim step 5: the attempt, in_flight, owned by this process and leased; the RT `presented`; the audit row. */
+static tl_status claim_insert_attempt(claim *cl, tl_store *s, int retry_unknown, int64_t now, tl_error *err)
+{
+  static const char ins_sql[] =
+      "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
+      "owner_profile, owner_command, started_at, lease_until) VALUES (:cred, :rt, :host, :boot, :pid, :start, "
+      ":profile, :command, :now, :lease)";
+  static const char pres_sql[] = "UPDATE refresh_token SET state = 'presented', retired_at = NULL WHERE id = :id";
+  static const char reopen_sql[] = "UPDATE credential SET status = 'active', status_reason = NULL, updated_at = :now "
+                                   "WHERE id = :id AND status = 'uncertain'";
+  tl_status rc;
+  if ((rc = TL_RUN(s, ins_sql, "claim", err, TL_INT(":cred", cl->credential), TL_INT(":rt", cl->rt),
+                   TL_TEXT(":host", s->actor.host), TL_TEXT(":boot", s->actor.boot), TL_INT(":pid", s->actor.pid),
+                   TL_INT(":start", s->actor.start), TL_TEXT(":profile", s->actor.profile),
+                   TL_TEXT(":command", s->actor.command), TL_INT(":now", now),
+                   TL_INT(":lease", now + http_timeout(s) + LEASE_MARGIN_MS))) != TL_OK)
+    return rc;
   cl->attempt = sqlite3_last_insert_rowid(s->db);
   cl->started = now;
-  if ((rc = tl__prepare(&st, s, pres_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cl->rt))) != TL_OK ||
-      (rc = tl__step_done(s, st, "claim", err)) != TL_OK)
+  if ((rc = TL_RUN(s, pres_sql, "claim", err, TL_INT(":id", cl->rt))) != TL_OK)
+    return rc;
+  if (retry_unknown &&
+      (rc = TL_RUN(s, reopen_sql, "claim", err, TL_INT(":now", now), TL_INT(":id", cl->credential))) != TL_OK)
+    return rc;
+  tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
+  return tl__audit(s, retry_unknown ? "rt_represented" : "rt_presented", &ids,
+                   json_pack("{s:I, s:I, s:s%}", "attempt", (json_int_t)cl->attempt, "generation",
+                             (json_int_t)cl->generation, "fingerprint", cl->fp, (size_t)12),
+                   err);
+}
+
+/*
+ * One claim transaction, as a list of steps. retry_unknown allows presenting
+ * an RT in state `unknown` (operator decision, or the grace-window retry).
+ */
+static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_t *wait_for, tl_store *s, int64_t cred,
+                            unsigned flags, int retry_unknown, int waited, int64_t ahead_ms, tl_error *err)
+{
+  tl_status rc;
+  tl_token *fresh = NULL;
+  claim_view v;
+  int64_t att = 0;
+  int keep = 0;
+  if ((rc = tl__tx_begin(s, "refresh claim", err)) != TL_OK)
+    return rc;
+  int64_t now = tl__now_ms();
+  if ((rc = claim_read_credential(&fresh, cl, &v, s, cred, flags, retry_unknown, waited, ahead_ms, now, err)) != TL_OK)
     goto fail;
-  if (retry_unknown) {
-    if ((rc = tl__prepare(&st, s, reopen_sql, err)) != TL_OK ||
-        (rc = TL_BIND(st, err, TL_INT(":now", now), TL_INT(":id", cred))) != TL_OK ||
-        (rc = tl__step_done(s, st, "claim", err)) != TL_OK)
-      goto fail;
+  if (fresh) {
+    *res = SATISFIED;
+    /* Another process's record: durable before its token is handed out here too (its own sync may still run). */
+    if ((rc = tl__tx_commit(s, err)) != TL_OK || (rc = tl__wal_sync(s, err)) != TL_OK) {
+      tl_token_free(fresh);
+      return rc;
+    }
+    *out = fresh;
+    return TL_OK;
   }
-  tl__ids ids = {.credential = cred, .rt = cl->rt};
-  if ((rc = tl__audit(s, retry_unknown ? "rt_represented" : "rt_presented", &ids,
-                      json_pack("{s:I, s:I, s:s%}", "attempt", (json_int_t)cl->attempt, "generation",
-                                (json_int_t)cl->generation, "fingerprint", cl->fp, (size_t)12),
-                      err)) != TL_OK)
+  if ((rc = claim_check_credential(cl, &v, retry_unknown, now, err)) != TL_OK ||
+      (rc = claim_check_in_flight(&att, &v, s, cred, now, err)) != TL_OK)
+    goto fail;
+  if (att) {
+    *wait_for = att;
+    *res = WAIT;
+    return tl__tx_commit(s, err);
+  }
+  if ((rc = claim_load_rt(&keep, cl, &v, s, retry_unknown, err)) != TL_OK)
+    goto refused;
+  if ((rc = claim_insert_attempt(cl, s, retry_unknown, now, err)) != TL_OK)
     goto fail;
   if ((rc = tl__tx_commit(s, err)) != TL_OK)
     return rc;
   *res = CLAIMED;
   return TL_OK;
-commit_fail:
-  tl__tx_commit(s, NULL); /* keep what the claim recorded (a dead owner's attempt) */
-  return rc;
+refused:
+  if (keep) {
+    tl__tx_commit(s, NULL); /* keep what the claim recorded (a dead owner's attempt) */
+    return rc;
+  }
 fail:
   tl__tx_rollback(s);
   return rc;
@@ -443,17 +492,6 @@ static tl_status wait_attempt(tl_store *s, int64_t attempt, tl_error *err)
 }
 
 /* ---- record ------------------------------------------------------------- */
-
-static tl_status exec_bound(tl_store *s, const char *sql, const char *what, tl_error *err, int nbind,
-                            const char *const *names, const int64_t *ints, const char *const *texts)
-{
-  sqlite3_stmt *st;
-  tl_status rc = tl__prepare(&st, s, sql, err);
-  for (int i = 0; rc == TL_OK && i < nbind; i++)
-    rc = texts && texts[i] ? TL_BIND(st, err, TL_SECRET(names[i], texts[i]))
-                           : TL_BIND(st, err, TL_INT(names[i], ints[i]));
-  return rc == TL_OK ? tl__step_done(s, st, what, err) : rc;
-}
 
 /* An answer taken back from a rescue file settles an attempt the reaper already called unknown. */
 static const char finish_sql[] =
@@ -542,7 +580,7 @@ static const char rotate_old_sql[] = "UPDATE refresh_token SET state = 'rotated'
 static const char back_sql[] = "UPDATE refresh_token SET state = 'current', retired_at = NULL WHERE id = :id";
 
 /* 200: the child RT (if any), the access token (if usable), the entries' status; *out gets the new token. */
-static tl_status record_tokens(tl_token **out, tl_store *s, const claim *cl, tl__answer *a, int64_t now, tl_error *err)
+static tl_status record_rotated(tl_token **out, tl_store *s, const claim *cl, tl__answer *a, int64_t now, tl_error *err)
 {
   static const char child_sql[] =
       "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, secret, "
@@ -564,22 +602,14 @@ static tl_status record_tokens(tl_token **out, tl_store *s, const claim *cl, tl_
   tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
   if (a->kind == TL__A_ROTATED) {
     tl_fingerprint(childfp, a->refresh_token, strlen(a->refresh_token));
-    const char *n1[] = {":now", ":id"};
-    int64_t v1[] = {now, cl->rt};
-    if ((rc = exec_bound(s, rotate_old_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
-      return rc;
-    if ((rc = tl__prepare(&st, s, child_sql, err)) != TL_OK ||
-        (rc = TL_BIND(st, err, TL_INT(":cred", cl->credential), TL_INT(":parent", cl->rt),
-                      TL_INT(":family", cl->family), TL_INT(":gen", cl->generation + 1), TL_TEXT(":fp", childfp),
-                      TL_SECRET(":secret", a->refresh_token), TL_INT(":now", now))) != TL_OK ||
-        (rc = tl__step_done(s, st, "record child", err)) != TL_OK)
+    if ((rc = TL_RUN(s, rotate_old_sql, "record", err, TL_INT(":now", now), TL_INT(":id", cl->rt))) != TL_OK ||
+        (rc = TL_RUN(s, child_sql, "record child", err, TL_INT(":cred", cl->credential), TL_INT(":parent", cl->rt),
+                     TL_INT(":family", cl->family), TL_INT(":gen", cl->generation + 1), TL_TEXT(":fp", childfp),
+                     TL_SECRET(":secret", a->refresh_token), TL_INT(":now", now))) != TL_OK)
       return rc;
     child = sqlite3_last_insert_rowid(s->db);
-  } else {
-    const char *n1[] = {":id"};
-    int64_t v1[] = {cl->rt};
-    if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
-      return rc;
+  } else if ((rc = TL_RUN(s, back_sql, "record", err, TL_INT(":id", cl->rt))) != TL_OK) {
+    return rc;
   }
   char *extra = a->extra ? json_dumps(a->extra, JSON_COMPACT) : NULL;
   if ((rc = tl__prepare(&st, s, cred_ok_sql, err)) == TL_OK &&
@@ -590,9 +620,7 @@ static tl_status record_tokens(tl_token **out, tl_store *s, const claim *cl, tl_
   free(extra);
   if (rc != TL_OK)
     return rc;
-  const char *n2[] = {":now", ":cred"};
-  int64_t v2[] = {now, cl->credential};
-  if ((rc = exec_bound(s, entries_ok_sql, "record", err, 2, n2, v2, NULL)) != TL_OK ||
+  if ((rc = TL_RUN(s, entries_ok_sql, "record", err, TL_INT(":now", now), TL_INT(":cred", cl->credential))) != TL_OK ||
       (rc = finish_attempt(s, cl, "rotated", a, child, err)) != TL_OK)
     return rc;
   ids.rt = child ? child : cl->rt;
@@ -634,18 +662,13 @@ static tl_status record_rejected(tl_store *s, const claim *cl, const tl__answer 
   static const char reauth_sql[] = "UPDATE credential SET status = 'needs_reauth', status_reason = :why, "
                                    "updated_at = :now WHERE id = :id";
   tl_status rc;
-  sqlite3_stmt *st;
   tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
-  const char *n1[] = {":now", ":id"};
-  int64_t v1[] = {now, cl->rt};
-  if ((rc = exec_bound(s, reject_sql, "record", err, 2, n1, v1, NULL)) != TL_OK)
-    return rc;
   char why[300];
   snprintf(why, sizeof why, "server rejected generation %lld: HTTP %ld %s%s%.200s", (long long)cl->generation,
            a->status, a->error ? a->error : "", a->desc ? ": " : "", a->desc ? a->desc : "");
-  if ((rc = tl__prepare(&st, s, reauth_sql, err)) != TL_OK ||
-      (rc = TL_BIND(st, err, TL_TEXT(":why", why), TL_INT(":now", now), TL_INT(":id", cl->credential))) != TL_OK ||
-      (rc = tl__step_done(s, st, "record", err)) != TL_OK ||
+  if ((rc = TL_RUN(s, reject_sql, "record", err, TL_INT(":now", now), TL_INT(":id", cl->rt))) != TL_OK ||
+      (rc = TL_RUN(s, reauth_sql, "record", err, TL_TEXT(":why", why), TL_INT(":now", now),
+                   TL_INT(":id", cl->credential))) != TL_OK ||
       (rc = mark_entries(s, cl->credential, "dead", a, now, err)) != TL_OK ||
       (rc = finish_attempt(s, cl, "rejected", a, 0, err)) != TL_OK)
     return rc;
@@ -658,24 +681,21 @@ static tl_status record_rejected(tl_store *s, const claim *cl, const tl__answer 
 }
 
 /* Not sent, transient or a configuration error: the RT is current again; a server that answered is backed off. */
-static tl_status record_back(tl_store *s, const claim *cl, const tl__answer *a, int64_t now, long *wait_s,
-                             tl_error *err)
+static tl_status record_retryable(tl_store *s, const claim *cl, const tl__answer *a, int64_t now, long *wait_s,
+                                  tl_error *err)
 {
   static const char backoff_sql[] = "UPDATE credential SET refresh_not_before = :until WHERE id = :id";
   tl_status rc;
   tl__ids ids = {.credential = cl->credential, .rt = cl->rt};
-  const char *n1[] = {":id"};
-  int64_t v1[] = {cl->rt};
-  if ((rc = exec_bound(s, back_sql, "record", err, 1, n1, v1, NULL)) != TL_OK)
+  if ((rc = TL_RUN(s, back_sql, "record", err, TL_INT(":id", cl->rt))) != TL_OK)
     return rc;
   *wait_s = a->retry_after >= 0 ? a->retry_after : TRANSIENT_COOLDOWN_S;
   if (*wait_s > 86400)
     *wait_s = 86400;
   if (a->kind != TL__A_NOT_SENT) {
     /* Back off the refresh (the credential), not the entries: their access tokens stay usable. */
-    const char *nb[] = {":until", ":id"};
-    int64_t vb[] = {now + (int64_t)*wait_s * 1000, cl->credential};
-    if ((rc = exec_bound(s, backoff_sql, "record", err, 2, nb, vb, NULL)) != TL_OK ||
+    if ((rc = TL_RUN(s, backoff_sql, "record", err, TL_INT(":until", now + (int64_t)*wait_s * 1000),
+                     TL_INT(":id", cl->credential))) != TL_OK ||
         (rc = mark_entries(s, cl->credential, "exhausted", a, now, err)) != TL_OK)
       return rc;
   }
@@ -685,9 +705,7 @@ static tl_status record_back(tl_store *s, const claim *cl, const tl__answer *a, 
     /* The reaper had made the credential uncertain; the rescued answer says the RT was not spent. */
     static const char reopen_sql[] = "UPDATE credential SET status = 'active', status_reason = NULL WHERE id = :id "
                                      "AND status = 'uncertain'";
-    const char *nr[] = {":id"};
-    int64_t vr[] = {cl->credential};
-    if ((rc = exec_bound(s, reopen_sql, "record", err, 1, nr, vr, NULL)) != TL_OK)
+    if ((rc = TL_RUN(s, reopen_sql, "record", err, TL_INT(":id", cl->credential))) != TL_OK)
       return rc;
   }
   return tl__audit(s, a->kind == TL__A_NOT_SENT ? "refresh_not_sent" : "refresh_transient", &ids,
@@ -735,10 +753,69 @@ static tl_status outcome_message(tl_store *s, const claim *cl, const tl__answer 
   return TL_ERROR;
 }
 
+/* An answer that cannot be used: the RT's outcome is unknown and it is never presented again automatically. */
+static tl_status record_unknown(tl_store *s, const claim *cl, const tl__answer *a, tl_error *err)
+{
+  char why[300];
+  snprintf(why, sizeof why, "response to generation %lld lost or unusable: %.200s", (long long)cl->generation,
+           a->desc ? a->desc : "no detail");
+  return mark_unknown(s, cl->attempt, why, err);
+}
+
+/* A new RT the ledger already holds is not stored twice: the answer becomes unknown. */
+static tl_status check_child_is_new(tl_store *s, tl__answer *a, tl_error *err)
+{
+  char childfp[65];
+  int64_t known_rt = 0, known_cred = 0;
+  tl_error probe = {0};
+  if (a->kind != TL__A_ROTATED)
+    return TL_OK;
+  tl_fingerprint(childfp, a->refresh_token, strlen(a->refresh_token));
+  tl_status rc = tl__rt_lookup(&known_rt, &known_cred, s, childfp, &probe);
+  if (rc != TL_OK && rc != TL_EREUSE)
+    return tl__err(err, rc, probe.sys, "%s", probe.message);
+  if (known_rt) {
+    a->kind = TL__A_UNKNOWN;
+    free(a->desc);
+    a->desc = strdup("server returned a refresh token that is already in the ledger");
+  }
+  return TL_OK;
+}
+
+/* The outcome's writes, inside the record transaction: exactly one of the record_* steps. */
+static tl_status record_outcome(tl_token **out, long *wait_s, tl_store *s, const claim *cl, tl__answer *a, int64_t now,
+                                tl_error *err)
+{
+  tl_status rc;
+  if ((rc = check_child_is_new(s, a, err)) != TL_OK)
+    return rc;
+  switch (a->kind) {
+  case TL__A_ROTATED:
+  case TL__A_SAME_RT: return record_rotated(out, s, cl, a, now, err);
+  case TL__A_REJECTED: return record_rejected(s, cl, a, now, err);
+  case TL__A_TRANSIENT:
+  case TL__A_CONFIG:
+  case TL__A_NOT_SENT: return record_retryable(s, cl, a, now, wait_s, err);
+  case TL__A_UNKNOWN: return record_unknown(s, cl, a, err);
+  }
+  return tl__err(err, TL_ERROR, 0, "record: answer of unknown kind %d", (int)a->kind);
+}
+
+/* BEGIN IMMEDIATE for the record; never gives up early: a long busy wait is better than an unknown. */
+static tl_status record_begin(tl_store *s, tl_error *err)
+{
+  int busy = s->busy_ms;
+  s->busy_ms = busy > 60000 ? busy : 60000;
+  tl_status rc = tl__tx_begin(s, "refresh record", err);
+  s->busy_ms = busy;
+  return rc;
+}
+
 /*
  * Records the outcome in one transaction. *recorded tells whether it
  * committed; the return value is then the outcome for the caller (TL_OK, or
- * rejected/transient/unknown with a message). Not recorded: the failure.
+ * rejected/transient/unknown with a message). Not recorded: the failure, and
+ * the attempt stays in_flight (the caller keeps the answer in the rescue file).
  */
 static tl_status record(tl_token **out, int *recorded, tl_store *s, const claim *cl, tl__answer *a, tl_error *err)
 {
@@ -747,60 +824,20 @@ static tl_status record(tl_token **out, int *recorded, tl_store *s, const claim 
   long wait_s = 0;
   tl_error msg = {0};
   *recorded = 0;
-
-  /* Never give up on recording early: a long busy wait is better than an unknown. */
-  int busy = s->busy_ms;
-  s->busy_ms = busy > 60000 ? busy : 60000;
-  rc = tl__tx_begin(s, "refresh record", err);
-  s->busy_ms = busy;
-  if (rc != TL_OK)
-    return rc; /* the attempt stays in_flight: the caller keeps the answer in the rescue file */
-
-  if (a->kind == TL__A_ROTATED) {
-    char childfp[65];
-    tl_fingerprint(childfp, a->refresh_token, strlen(a->refresh_token));
-    int64_t known_rt = 0, known_cred = 0;
-    tl_error probe = {0};
-    if ((rc = tl__rt_lookup(&known_rt, &known_cred, s, childfp, &probe)) != TL_OK && rc != TL_EREUSE) {
-      tl__err(err, rc, probe.sys, "%s", probe.message);
-      goto fail;
-    }
-    if (known_rt) {
-      /* The server handed out a token the ledger already holds: do not store it twice. */
-      a->kind = TL__A_UNKNOWN;
-      free(a->desc);
-      a->desc = strdup("server returned a refresh token that is already in the ledger");
-    }
-  }
-  switch (a->kind) {
-  case TL__A_ROTATED:
-  case TL__A_SAME_RT: rc = record_tokens(out, s, cl, a, now, err); break;
-  case TL__A_REJECTED: rc = record_rejected(s, cl, a, now, err); break;
-  case TL__A_TRANSIENT:
-  case TL__A_CONFIG:
-  case TL__A_NOT_SENT: rc = record_back(s, cl, a, now, &wait_s, err); break;
-  case TL__A_UNKNOWN: {
-    char why[300];
-    snprintf(why, sizeof why, "response to generation %lld lost or unusable: %.200s", (long long)cl->generation,
-             a->desc ? a->desc : "no detail");
-    rc = mark_unknown(s, cl->attempt, why, err);
-    break;
-  }
-  }
-  if (rc != TL_OK)
-    goto fail;
-  if ((rc = tl__tx_commit(s, err)) != TL_OK) {
-    tl_token_free(*out);
-    *out = NULL;
+  if ((rc = record_begin(s, err)) != TL_OK)
     return rc;
+  if ((rc = record_outcome(out, &wait_s, s, cl, a, now, err)) != TL_OK) {
+    tl__tx_rollback(s);
+    goto discard;
   }
+  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+    goto discard;
   *recorded = 1;
   rc = outcome_message(s, cl, a, wait_s, &msg);
   if (rc != TL_OK && err && err->code == TL_OK)
     *err = msg;
   return rc;
-fail:
-  tl__tx_rollback(s);
+discard:
   tl_token_free(*out);
   *out = NULL;
   return rc;
@@ -1554,10 +1591,9 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
   }
   if ((rc = tl__tx_begin(s, "recover", err)) != TL_OK)
     return rc;
-  const char *n[] = {":now", ":cred"};
-  int64_t v[] = {tl__now_ms(), cred};
-  if ((rc = exec_bound(s, dead_rt_sql, "recover", err, 2, n, v, NULL)) != TL_OK ||
-      (rc = exec_bound(s, dead_cred_sql, "recover", err, 2, n, v, NULL)) != TL_OK)
+  int64_t now = tl__now_ms();
+  if ((rc = TL_RUN(s, dead_rt_sql, "recover", err, TL_INT(":now", now), TL_INT(":cred", cred))) != TL_OK ||
+      (rc = TL_RUN(s, dead_cred_sql, "recover", err, TL_INT(":now", now), TL_INT(":cred", cred))) != TL_OK)
     goto fail;
   tl__ids ids = {.credential = cred};
   if ((rc = tl__audit(s, "recover_mark_dead", &ids, NULL, err)) != TL_OK)
