@@ -132,7 +132,7 @@ tl_status tl__bind(sqlite3_stmt *st, tl_error *err, size_t n, const tl__arg *arg
 tl_status tl__step_row(int *found, tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err)
     __attribute__((warn_unused_result));
 
-/* The ledger's directory (ours or root's, writable by nobody else) and SQLite's files beside the ledger
+/* store_open.c: the ledger's directory (ours or root's, writable by nobody else) and SQLite's files beside the ledger
  * (-wal, -shm, -journal: regular, ours, no group/other access, no symlink) pass before SQLite opens them. */
 tl_status tl__check_dir(const char *dir, tl_error *err);
 /* 1 if a process (this one too) holds a lock on path covering byte at (*pid: who, when known), 0 if none,
@@ -155,6 +155,8 @@ tl_status tl__run(tl_store *s, const char *sql, const char *what, tl_error *err,
 int tl__db_marker(tl_store *s, unsigned char out[TL_DB_MARKER_LEN]);
 /* Makes everything written to the WAL so far durable (the group commit's sync; db.c). TL_EIO if the disk fails. */
 tl_status tl__wal_sync(tl_store *s, tl_error *err);
+/* db.c: the WAL hook every connection gets (store_open.c): the checkpoint after a commit, when one is due. */
+int tl__on_wal(void *ud, sqlite3 *db, const char *name, int pages);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
 tl_status tl__tx_commit(tl_store *s, tl_error *err);
 void tl__tx_rollback(tl_store *s);

@@ -6,7 +6,7 @@
  * the database from user_version i-1 to i, in its own BEGIN IMMEDIATE
  * transaction that also sets user_version, so a crash leaves the database at
  * a whole version. A database newer than TL_SCHEMA_VERSION never reaches this
- * code (db.c refuses it read-only).
+ * code (store_open.c refuses it read-only).
  */
 #include "internal.h"
 
