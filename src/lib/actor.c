@@ -6,10 +6,9 @@
  * id against reboots. Liveness is only decided for owners on this host and
  * boot; for any other owner the attempt's lease deadline decides.
  *
- * Also the one place that defers the signals a user sends to stop a process
- * (SIGINT, SIGTERM, SIGHUP, SIGQUIT) across a critical section: between a
- * claim and its record, and while a temporary file holds tokens. A deferred
- * signal is delivered when the section ends, so the process still stops.
+ * Also the one sleep of the library (tl__sleep_us), and the one place that defers the signals a user sends to stop a
+ * process (SIGINT, SIGTERM, SIGHUP, SIGQUIT) across a critical section: between a claim and its record, and while a
+ * temporary file holds tokens. A deferred signal is delivered when the section ends, so the process still stops.
  */
 #include "internal.h"
 
@@ -21,6 +20,15 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+void tl__sleep_us(int64_t us)
+{
+  if (us <= 0)
+    return;
+  struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000L};
+  while (nanosleep(&ts, &ts) != 0)
+    ; /* a signal does not cut the pause short: callers poll for what they wait on */
+}
 
 int64_t tl__now_ms(void)
 {

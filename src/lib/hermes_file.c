@@ -816,13 +816,6 @@ int64_t tl__hf_lock_timeout_ms(void)
   return 15000;
 }
 
-static void nap_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0)
-    ;
-}
-
 tl_status tl__hf_lock(int *out, const char *lock, int64_t deadline, int64_t poll_limit, tl_error *err)
 {
   *out = -1;
@@ -856,7 +849,7 @@ tl_status tl__hf_lock(int *out, const char *lock, int64_t deadline, int64_t poll
                      "try again",
                      lock);
     }
-    nap_ms(delay);
+    tl__sleep_us((int64_t)delay * 1000);
     if (delay < 50)
       delay = delay * 2;
   }

@@ -60,13 +60,6 @@ static int lock_order(const void *x, const void *y)
   return strcmp(a->lock, b->lock);
 }
 
-static void nap_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0)
-    ;
-}
-
 void tl__hfset_unlock(tl__hfset *set)
 {
   for (size_t i = set->n; i-- > 0;) {
@@ -116,7 +109,7 @@ tl_status tl__hfset_lock(tl__hfset *set, int64_t deadline, tl_error *err)
         *err = sub;
       return rc;
     }
-    nap_ms(10 + (long)((round * 7919u + (unsigned)getpid()) % 40));
+    tl__sleep_us((10 + (int64_t)((round * 7919u + (unsigned)getpid()) % 40)) * 1000);
   }
 }
 

@@ -72,6 +72,8 @@ tl_status tl__oom(tl_error *err);
 
 /* time and actor (actor.c) */
 int64_t tl__now_ms(void);
+/* actor.c: the library's one pause, in microseconds; the whole of it, whatever signals arrive. */
+void tl__sleep_us(int64_t us);
 /* Defers SIGINT/SIGTERM/SIGHUP/SIGQUIT across a critical section; restore delivers them. */
 void tl__signals_defer(sigset_t *old);
 void tl__signals_restore(const sigset_t *old);

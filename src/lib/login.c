@@ -33,9 +33,7 @@
 
 static void pause_s(long s)
 {
-  struct timespec ts = {s, 0};
-  while (nanosleep(&ts, &ts) != 0)
-    ;
+  tl__sleep_us((int64_t)s * 1000000);
 }
 
 typedef tl__device_endpoints endpoints;

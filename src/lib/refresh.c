@@ -42,13 +42,6 @@
 #define CONNECT_TIMEOUT_MS   5000
 #define TRANSIENT_COOLDOWN_S 60
 
-static void sleep_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0)
-    ;
-}
-
 /* ---- the protocol ------------------------------------------------------- */
 
 typedef struct claim {
@@ -485,7 +478,7 @@ static tl_status wait_attempt(tl_store *s, int64_t attempt, tl_error *err)
     sqlite3_reset(st);
     if (settled || tl__now_ms() > lease)
       return TL_OK; /* the next claim decides what an expired lease means */
-    sleep_ms(delay);
+    tl__sleep_us((int64_t)delay * 1000);
     if (delay < 50)
       delay = delay * 3 / 2 + 1;
   }

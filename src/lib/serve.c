@@ -1361,8 +1361,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
       store_put(&sv);
       next = tl__now_ms() + (o->interval_ms > 0 ? o->interval_ms : 60000);
     }
-    struct timespec ts = {0, 100000000};
-    nanosleep(&ts, NULL);
+    tl__sleep_us(100000);
   }
   rc = TL_OK;
 done:

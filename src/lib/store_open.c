@@ -431,8 +431,7 @@ static int on_busy(void *ud, int count)
     return 0;
   long us = count < 6 ? 50L << count : 2000;
   us += (long)((unsigned)(count * 7919 + s->actor.pid) % 50);
-  struct timespec ts = {0, us * 1000};
-  nanosleep(&ts, NULL);
+  tl__sleep_us(us);
   return 1;
 }
 

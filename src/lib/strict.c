@@ -492,8 +492,7 @@ tl_status tl__serve_probe(tl__serve_live *out, tl_store *s, tl_error *err)
   }
   /* Held: serve is up. It writes the record right after binding; give it a moment. */
   for (int i = 0; i < 100 && !port_record(out, fd); i++) {
-    struct timespec ts = {0, 10000000};
-    nanosleep(&ts, NULL);
+    tl__sleep_us(10000);
   }
   out->running = out->port > 0;
   close(fd);
