@@ -20,13 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define OPEN_OR_RETURN(store, flags, profile)                                                                          \
-  do {                                                                                                                 \
-    int orc_ = cli_open(&(store), (flags), (profile));                                                                 \
-    if (orc_ >= 0)                                                                                                     \
-      return orc_;                                                                                                     \
-  } while (0)
-
 /* The report of import, export and sync: one row per place in a file. */
 static const cli_col files_cols[] = {{"profile", NULL, COL_DEFAULT},
                                      {"file", NULL, COL_DEFAULT | COL_PATH},
@@ -84,7 +77,9 @@ static int run_import(const cli_cmd *c, cli_args *a)
   if (mrc >= 0)
     return mrc;
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, profile);
+  int orc = cli_open(&s, 0, profile);
+  if (orc >= 0)
+    return orc;
   tl_import_opts io = {.profile = profile, .all_profiles = opt_on(a, "all-profiles"), .dry_run = opt_on(a, "dry-run")};
   tl_report *r = NULL;
   tl_error err = {0};
@@ -139,7 +134,9 @@ static int run_export(const cli_cmd *c, cli_args *a)
   if (prc >= 0)
     return prc;
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, profile);
+  int orc = cli_open(&s, 0, profile);
+  if (orc >= 0)
+    return orc;
   tl_report *r = NULL;
   tl_error err = {0};
   tl_status rc = tl_export(&r, s, profile, opt_str(a, "output"), opt_str(a, "shared-nous"), &err);
@@ -177,7 +174,9 @@ static int run_sync(const cli_cmd *c, cli_args *a)
   if (prc >= 0)
     return prc;
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, profile);
+  int orc = cli_open(&s, 0, profile);
+  if (orc >= 0)
+    return orc;
   tl_report *r = NULL;
   tl_error err = {0};
   tl_status rc = tl_sync(&r, s, profile, &err);
@@ -461,7 +460,9 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
   if (opt_on(a, "once"))
     rounds = 1;
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   int code = EXIT_OK, table = opt_on(a, "once");
@@ -565,7 +566,9 @@ static int serve_status(const cli_out *o)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, TL_OPEN_READONLY, NULL);
+  int orc = cli_open(&s, TL_OPEN_READONLY, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_serve_status(&r, s, &err);
   cli_ctx ctx = {s, NULL, NULL, 0};
   int code = rc == TL_OK ? cli_print(r, serve_cols, o, TL_JSON_OBJECT) : cli_fail(&ctx, &err, rc);
@@ -601,7 +604,9 @@ static int run_serve(const cli_cmd *c, cli_args *a)
   if (threads && (nthreads < 1 || nthreads > 256))
     return usage_error("%s", "--threads is 1-256");
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   signal(SIGHUP, on_stop);

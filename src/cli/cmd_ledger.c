@@ -48,13 +48,6 @@ int cli_open(tl_store **out, unsigned flags, const char *profile)
   return -1;
 }
 
-#define OPEN_OR_RETURN(store, flags, profile)                                                                          \
-  do {                                                                                                                 \
-    int orc_ = cli_open(&(store), (flags), (profile));                                                                 \
-    if (orc_ >= 0)                                                                                                     \
-      return orc_;                                                                                                     \
-  } while (0)
-
 const char *cli_default_profile(tl_store *s, const char *given)
 {
   if (given)
@@ -86,7 +79,9 @@ static int run_init(const cli_cmd *c, cli_args *a)
 {
   (void)c;
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, TL_OPEN_CREATE, NULL);
+  int orc = cli_open(&s, TL_OPEN_CREATE, NULL);
+  if (orc >= 0)
+    return orc;
   char buf[4096], ver[16];
   const char *path = cli_db_path(buf, sizeof buf);
   tl_store_free(s);
@@ -139,7 +134,9 @@ static int run_profile_add(const cli_cmd *c, cli_args *a)
     return mrc;
   tl_store *s = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, name);
+  int orc = cli_open(&s, 0, name);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_profile_add(s, name, create ? NULL : home, &err);
   if (rc == TL_OK && create && (rc = tl_profile_set_home(s, name, home, 1, &err)) != TL_OK) {
     tl_error ignore = {0};
@@ -170,7 +167,9 @@ static int run_profile_set_home(const cli_cmd *c, cli_args *a)
     return mrc;
   tl_store *s = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, name);
+  int orc = cli_open(&s, 0, name);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_profile_set_home(s, name, home, create, &err);
   int code;
   if (rc != TL_OK) {
@@ -201,7 +200,9 @@ static int run_profile_list(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_profile_list(&r, s, &err);
   cli_ctx ctx = {s, NULL, NULL, 0};
   return finish(s, rc, r, &err, &ctx, profile_cols, &o, 0);
@@ -213,7 +214,9 @@ static int run_profile_rm(const cli_cmd *c, cli_args *a)
   const char *name = a->pos[0];
   tl_store *s = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, name);
+  int orc = cli_open(&s, 0, name);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_profile_remove(s, name, &err);
   cli_ctx ctx = {s, name, NULL, 0};
   const char *keys[] = {"profile", "action"}, *vals[] = {name, "removed"};
@@ -266,7 +269,9 @@ static int run_profile_strict(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_error err = {0};
   tl_report *r = NULL;
-  OPEN_OR_RETURN(s, 0, all ? NULL : a->pos[0]);
+  int orc = cli_open(&s, 0, all ? NULL : a->pos[0]);
+  if (orc >= 0)
+    return orc;
   int on = strcmp(sw, "on") == 0, code = EXIT_OK, done = 0;
   tl_status rc = all ? tl_profile_list(&r, s, &err) : TL_OK;
   size_t n = all ? (r ? tl_report_rows(r) : 0) : 1;
@@ -382,7 +387,9 @@ static int run_provider_set(const cli_cmd *c, cli_args *a)
                    .grace_s = (int)gr};
   tl_store *s = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   int exists = provider_exists(s, name);
   if (!exists && (!p.token_url || !p.client_id)) {
     tl_store_free(s);
@@ -419,7 +426,9 @@ static int run_provider_list(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_provider_list(&r, s, &err);
   cli_ctx ctx = {s, NULL, NULL, 0};
   return finish(s, rc, r, &err, &ctx, provider_cols, &o, 0);
@@ -537,7 +546,9 @@ static int run_credential_rm(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_error err = {0};
   tl_report *r = NULL;
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_credential_remove(&r, s, id, opt_on(a, "force"), &err);
   cli_ctx ctx = {s, NULL, NULL, id};
   int code;
@@ -592,7 +603,9 @@ static int run_credential_list(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_credential_list(&r, s, &err);
   cli_ctx ctx = {s, NULL, NULL, 0};
   return finish(s, rc, r, &err, &ctx, credential_cols, &o, 0);
@@ -657,7 +670,9 @@ static int run_pool_strategy(const cli_cmd *c, cli_args *a)
   if (name && (rc = tl_strategy_parse(&st, name, &err)) != TL_OK)
     return cli_fail(&ctx, &err, rc);
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, profile);
+  int orc = cli_open(&s, 0, profile);
+  if (orc >= 0)
+    return orc;
   ctx.store = s;
   rc = name ? tl_strategy_set(s, profile, provider, st, &err) : tl_strategy_get(&st, s, profile, provider, &err);
   int code;
@@ -816,7 +831,9 @@ static int run_compact(const cli_cmd *c, cli_args *a)
   if (days > 36500)
     return usage_error("%s", "--keep-days is at most 36500");
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_error err = {0};
   int64_t deleted = 0, before = 0, after = 0;
   progress_begin("compacting the ledger", 0);

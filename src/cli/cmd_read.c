@@ -11,13 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define OPEN_OR_RETURN(store, flags, profile)                                                                          \
-  do {                                                                                                                 \
-    int orc_ = cli_open(&(store), (flags), (profile));                                                                 \
-    if (orc_ >= 0)                                                                                                     \
-      return orc_;                                                                                                     \
-  } while (0)
-
 static int credential_arg(int64_t *out, const cli_args *a)
 {
   const char *cred = opt_str(a, "credential");
@@ -110,7 +103,9 @@ static int run_status(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_status_report(&r, s, profile, &err);
   int code;
   if (rc != TL_OK) {
@@ -410,7 +405,9 @@ static int run_lineage(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = tl_lineage_report(&r, s, id, &err);
   int code = EXIT_OK, tree_mode = opt_on(a, "tree"), dot = opt_on(a, "dot");
   if (rc != TL_OK) {
@@ -506,7 +503,9 @@ static int run_audit(const cli_cmd *c, cli_args *a)
   tl_store *s = NULL;
   tl_report *r = NULL;
   tl_error err = {0};
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_status rc = history ? tl_history_report(&r, s, id, lim, &err) : tl_audit_report(&r, s, id, lim, &err);
   int code;
   if (rc != TL_OK) {

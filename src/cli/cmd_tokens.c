@@ -18,13 +18,6 @@
 /* Printable ASCII (RFC 6749 VSCHAR): what a token may hold. */
 #define PRINTABLE " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"
 
-#define OPEN_OR_RETURN(store, flags, profile)                                                                          \
-  do {                                                                                                                 \
-    int orc_ = cli_open(&(store), (flags), (profile));                                                                 \
-    if (orc_ >= 0)                                                                                                     \
-      return orc_;                                                                                                     \
-  } while (0)
-
 /* --profile, else the ledger's 'default' profile; NULL (and a usage error printed) if neither. */
 static const char *profile_or_default(tl_store *s, const cli_args *a)
 {
@@ -64,7 +57,9 @@ static int run_token(const cli_cmd *c, cli_args *a)
   int is_refresh = strcmp(c->name, "refresh") == 0;
   const char *provider = a->pos[0];
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, opt_str(a, "profile"));
+  int orc = cli_open(&s, 0, opt_str(a, "profile"));
+  if (orc >= 0)
+    return orc;
   const char *profile = profile_or_default(s, a);
   if (!profile) {
     tl_store_free(s);
@@ -151,7 +146,9 @@ static int run_login(const cli_cmd *c, cli_args *a)
   (void)c;
   const char *provider = a->pos[0];
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, opt_str(a, "profile"));
+  int orc = cli_open(&s, 0, opt_str(a, "profile"));
+  if (orc >= 0)
+    return orc;
   const char *profile = profile_or_default(s, a);
   if (!profile) {
     tl_store_free(s);
@@ -216,7 +213,9 @@ static int run_recover(const cli_cmd *c, cli_args *a)
     return prc;
   int retry = opt_on(a, "assume-not-sent"), rescue = opt_on(a, "rescue");
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, NULL);
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
   tl_error err = {0};
   tl_token *t = NULL;
   tl_status rc = tl_recover(&t, s, id,
@@ -331,7 +330,9 @@ static int run_report(const cli_cmd *c, cli_args *a)
   if (reset && (rc = tl_time_parse(&at, reset, &err)) != TL_OK)
     return cli_fail(&ctx, &err, rc);
   tl_store *s = NULL;
-  OPEN_OR_RETURN(s, 0, profile);
+  int orc = cli_open(&s, 0, profile);
+  if (orc >= 0)
+    return orc;
   ctx.store = s;
   rc = tl_entry_report(s, profile, provider, entry, (int)code, at, &err);
   int out;
@@ -436,6 +437,18 @@ static tl_status read_typed(char **out, tl_error *err)
   return rc;
 }
 
+/* A check-rt verdict as the status it stands for, so its exit code comes from the one mapping (output.c). */
+static tl_status verdict_status(const char *verdict)
+{
+  if (strcmp(verdict, "spent") == 0)
+    return TL_EREUSE;
+  if (strcmp(verdict, "unknown_to_ledger") == 0)
+    return TL_ENOTFOUND;
+  if (strcmp(verdict, "unknown_outcome") == 0)
+    return TL_EUNKNOWN;
+  return TL_OK;
+}
+
 static int run_check_rt(const cli_cmd *c, cli_args *a)
 {
   (void)c;
@@ -468,12 +481,7 @@ static int run_check_rt(const cli_cmd *c, cli_args *a)
     return code;
   }
   const char *verdict = tl_report_get(r, 0, "verdict");
-  if (strcmp(verdict, "spent") == 0)
-    code = EXIT_REUSE;
-  else if (strcmp(verdict, "unknown_to_ledger") == 0)
-    code = EXIT_NOTFOUND;
-  else if (strcmp(verdict, "unknown_outcome") == 0)
-    code = EXIT_UNKNOWN;
+  code = tl_cli_exit_code(verdict_status(verdict));
   if (opt_on(a, "json")) {
     cli_out o = {1, 0, NULL};
     cli_print(r, NULL, &o, TL_JSON_OBJECT);
