@@ -223,6 +223,10 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
                            int64_t ahead_ms, tl_error *err);
 /* hermes_sync.c: every Hermes file holding the credential brought in step (its locks, adopt, write back). */
 tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err);
+/* select.c: the one constructor of a tl_token (every string copied; entry_id and base_url may be NULL); NULL if
+ * out of memory. */
+tl_token *tl__token_new(const char *access_token, int64_t expires_at_ms, int64_t credential, const char *entry_id,
+                        const char *base_url, int refreshed);
 /* select.c: burns and frees the hot path's cached answers (tl_store_free). */
 void tl__token_cache_clear(tl_store *s);
 /* refresh.c: releases the store's rescue-file reservation (tl_store_free). */

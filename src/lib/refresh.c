@@ -216,18 +216,10 @@ static tl_status claim_read_credential(tl_token **fresh, claim *cl, claim_view *
   const char *at = (const char *)sqlite3_column_text(st, 1);
   int have_at = at && tl__token_valid(at, strlen(at)); /* never hand out one that is not printable */
   if (have_at && exp - skew > now && (!(flags & TL_REFRESH_FORCE) || waited) && !retry_unknown) {
-    tl_token *t = calloc(1, sizeof *t);
-    if (t) {
-      t->access_token = tl__col_dup(st, 1);
-      t->base_url = tl__col_dup(st, 11);
-      t->expires_at_ms = exp;
-      t->credential = cred;
-    }
+    tl_token *t = tl__token_new(at, exp, cred, NULL, (const char *)sqlite3_column_text(st, 11), 0);
     sqlite3_reset(st);
-    if (!t || !t->access_token) {
-      tl_token_free(t);
+    if (!t)
       return tl__oom(err);
-    }
     *fresh = t;
     return TL_OK;
   }
@@ -632,17 +624,10 @@ static tl_status record_rotated(tl_token **out, tl_store *s, const claim *cl, tl
     return rc;
   if (a->at_unusable)
     return TL_OK; /* nothing to hand out; record() says why */
-  tl_token *t = calloc(1, sizeof *t);
-  if (!t || !(t->access_token = tl__strdup(a->access_token))) {
-    free(t);
-    return tl__oom(err);
-  }
-  t->expires_at_ms = a->expires_at;
-  t->credential = cl->credential;
-  t->refreshed = 1;
   json_t *bu = a->extra ? json_object_get(a->extra, "inference_base_url") : NULL;
-  if (json_is_string(bu))
-    t->base_url = tl__strdup(json_string_value(bu));
+  tl_token *t = tl__token_new(a->access_token, a->expires_at, cl->credential, NULL, json_string_value(bu), 1);
+  if (!t)
+    return tl__oom(err);
   *out = t;
   return TL_OK;
 }

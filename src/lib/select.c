@@ -21,6 +21,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,25 @@ void tl_token_free(tl_token *t)
   free(t->entry_id);
   free(t->base_url);
   free(t);
+}
+
+tl_token *tl__token_new(const char *access_token, int64_t expires_at_ms, int64_t credential, const char *entry_id,
+                        const char *base_url, int refreshed)
+{
+  tl_token *t = calloc(1, sizeof *t);
+  if (!t)
+    return NULL;
+  t->access_token = tl__strdup(access_token);
+  t->entry_id = entry_id ? tl__strdup(entry_id) : NULL;
+  t->base_url = base_url ? tl__strdup(base_url) : NULL;
+  t->expires_at_ms = expires_at_ms;
+  t->credential = credential;
+  t->refreshed = refreshed;
+  if (!t->access_token || (entry_id && !t->entry_id) || (base_url && !t->base_url)) {
+    tl_token_free(t);
+    return NULL;
+  }
+  return t;
 }
 
 /* ---- strategies --------------------------------------------------------- */
@@ -275,18 +295,10 @@ static tl_status note_use(tl_store *s, const candidate *c, const char *strategy,
 
 static tl_status token_from(tl_token **out, const candidate *c, tl_error *err)
 {
-  tl_token *t = calloc(1, sizeof *t);
+  assert(c->entry_id);
+  tl_token *t = tl__token_new(c->access_token, c->expires_at, c->credential, c->entry_id, c->base_url, 0);
   if (!t)
     return tl__oom(err);
-  t->access_token = tl__strdup(c->access_token);
-  t->entry_id = tl__strdup(c->entry_id);
-  t->base_url = tl__strdup(c->base_url);
-  t->expires_at_ms = c->expires_at;
-  t->credential = c->credential;
-  if (!t->access_token || !t->entry_id || (c->base_url && !t->base_url)) {
-    tl_token_free(t);
-    return tl__oom(err);
-  }
   *out = t;
   return TL_OK;
 }
@@ -401,17 +413,10 @@ static int cached_token(tl_token **out, tl_store *s, const char *profile, const 
   if (!c || !c->profile || tl__now_ms() >= c->until || !tl__db_marker(s, now_marker) ||
       memcmp(now_marker, c->marker, sizeof now_marker) != 0)
     return 0;
-  tl_token *t = calloc(1, sizeof *t);
+  tl_token *t = tl__token_new(c->tok.access_token, c->tok.expires_at_ms, c->tok.credential, c->tok.entry_id,
+                              c->tok.base_url, c->tok.refreshed);
   if (!t)
     return 0;
-  *t = c->tok;
-  t->access_token = tl__strdup(c->tok.access_token);
-  t->entry_id = tl__strdup(c->tok.entry_id);
-  t->base_url = tl__strdup(c->tok.base_url);
-  if (!t->access_token || !t->entry_id || (c->tok.base_url && !t->base_url)) {
-    tl_token_free(t);
-    return 0;
-  }
   *out = t;
   return 1;
 }
@@ -477,19 +482,13 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
     if (cooldown_ends > 0 && cooldown_ends < until)
       until = cooldown_ends;
     if (exp > 0 && exp - skew > now && usable_at((const char *)sqlite3_column_text(st, 2))) {
-      tl_token *t = calloc(1, sizeof *t);
+      const char *entry = (const char *)sqlite3_column_text(st, 0);
+      tl_token *t = entry ? tl__token_new((const char *)sqlite3_column_text(st, 2), exp, sqlite3_column_int64(st, 1),
+                                          entry, (const char *)sqlite3_column_text(st, 4), 0)
+                          : NULL;
       if (t) {
-        t->entry_id = tl__col_dup(st, 0);
-        t->credential = sqlite3_column_int64(st, 1);
-        t->access_token = tl__col_dup(st, 2);
-        t->expires_at_ms = exp;
-        t->base_url = tl__col_dup(st, 4);
-        if (t->entry_id && t->access_token) {
-          *out = t;
-          found = 1;
-        } else {
-          tl_token_free(t);
-        }
+        *out = t;
+        found = 1;
       }
     }
   }
