@@ -141,6 +141,16 @@ static int fresh(const candidate *c, int64_t now)
 }
 
 /*
+ * The rule of a selectable pool entry, written once (e: pool_entry, c: its
+ * credential, :now the moment): not cooling down, and live: not marked dead,
+ * its credential not waiting for a new login. select_sql and fast_sql select
+ * by it; why_none counts the entries it refuses.
+ */
+#define ENTRY_READY      "(e.cooldown_until IS NULL OR e.cooldown_until <= :now)"
+#define ENTRY_LIVE       "(e.last_status IS NOT 'dead' AND c.status <> 'needs_reauth')"
+#define ENTRY_SELECTABLE ENTRY_READY " AND " ENTRY_LIVE
+
+/*
  * Loads the selectable entries of (profile, provider) in priority order, at
  * most max. Entries in cooldown, dead, or whose credential needs a new login
  * are skipped. Counts what was skipped for the error message.
@@ -152,13 +162,12 @@ static const char select_sql[] =
     "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
     "JOIN credential c ON c.id = e.credential_id JOIN provider pv ON pv.name = e.provider "
     "LEFT JOIN pool_strategy ps ON ps.profile_id = p.id AND ps.provider = e.provider "
-    "WHERE p.name = :profile AND (e.cooldown_until IS NULL OR e.cooldown_until <= :now) "
-    "AND e.last_status IS NOT 'dead' AND c.status <> 'needs_reauth' ORDER BY e.priority, e.id";
+    "WHERE p.name = :profile AND " ENTRY_SELECTABLE " ORDER BY e.priority, e.id";
 
 static tl_status why_none(tl_store *s, const char *profile, const char *provider, tl_error *err)
 {
   static const char sql[] =
-      "SELECT count(*), sum(c.status = 'needs_reauth' OR e.last_status IS 'dead'), "
+      "SELECT count(*), sum(NOT " ENTRY_LIVE "), "
       "sum(e.cooldown_until > :now), min(CASE WHEN e.cooldown_until > :now THEN e.cooldown_until END), "
       "sum(e.credential_id IS NULL) "
       "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
@@ -339,8 +348,7 @@ static const char fast_sql[] =
     "o.cooldown_until > :now) "
     "FROM profile p JOIN pool_entry e ON e.profile_id = p.id AND e.provider = :provider "
     "JOIN credential c ON c.id = e.credential_id JOIN provider pv ON pv.name = e.provider "
-    "WHERE p.name = :profile AND (e.cooldown_until IS NULL OR e.cooldown_until <= :now) "
-    "AND e.last_status IS NOT 'dead' AND c.status <> 'needs_reauth' "
+    "WHERE p.name = :profile AND " ENTRY_SELECTABLE " "
     "AND NOT EXISTS (SELECT 1 FROM pool_strategy ps WHERE ps.profile_id = p.id AND ps.provider = :provider) "
     "ORDER BY e.priority, e.id LIMIT 1";
 
