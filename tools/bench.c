@@ -220,17 +220,18 @@ static void bench_hot(void)
   tl_error err = {0};
   tl__exec(s, "PRAGMA synchronous=OFF; BEGIN IMMEDIATE;", &err);
   sqlite3_stmt *pst, *cst, *est, *rst;
-  sqlite3_prepare_v2(s->db, "INSERT INTO profile (id, name, created_at) VALUES (?1, 'p' || ?1, 0)", -1, &pst, NULL);
-  sqlite3_prepare_v2(s->db,
+  sqlite3_prepare_v2(tl__store_db(s), "INSERT INTO profile (id, name, created_at) VALUES (?1, 'p' || ?1, 0)", -1, &pst,
+                     NULL);
+  sqlite3_prepare_v2(tl__store_db(s),
                      "INSERT INTO credential (id, provider, client_id, token_url, access_token, expires_at, "
                      "created_at, updated_at) VALUES (?1, 'nous', 'hermes-cli', 'https://portal.example/t', "
                      "'at-' || ?1 || '-eyJhbGciOiJSUzI1NiJ9.payload.signature', 4102444800000, 0, 0)",
                      -1, &cst, NULL);
-  sqlite3_prepare_v2(s->db,
+  sqlite3_prepare_v2(tl__store_db(s),
                      "INSERT INTO pool_entry (profile_id, provider, credential_id, entry_id, priority, source) "
                      "VALUES (?1, 'nous', ?2, printf('%06x', ?3), ?4, 'device_code')",
                      -1, &est, NULL);
-  sqlite3_prepare_v2(s->db,
+  sqlite3_prepare_v2(tl__store_db(s),
                      "INSERT INTO refresh_token (id, credential_id, parent_id, family_id, generation, fingerprint, "
                      "state, origin, secret, issued_at, retired_at) VALUES (?1, ?2, ?3, ?4, ?5, printf('%064x', ?1), "
                      "?6, ?7, ?8, 0, ?9)",
@@ -270,7 +271,7 @@ static void bench_hot(void)
       else
         sqlite3_bind_int(rst, 9, 1);
       if (sqlite3_step(rst) != SQLITE_DONE)
-        die(sqlite3_errmsg(s->db), NULL);
+        die(sqlite3_errmsg(tl__store_db(s)), NULL);
       sqlite3_reset(rst);
     }
   }
@@ -401,7 +402,7 @@ static void bench_refresh(void)
   int n = quick ? 200 : 1000;
   tl_error err = {0};
   int64_t *v = malloc(sizeof(int64_t) * (size_t)n);
-  sqlite3_commit_hook(s->db, count_commit, NULL);
+  sqlite3_commit_hook(tl__store_db(s), count_commit, NULL);
   for (int i = 0; i < n; i++) {
     tl_token *t = NULL;
     int64_t a = now_ns();
@@ -410,7 +411,7 @@ static void bench_refresh(void)
     v[i] = now_ns() - a;
     tl_token_free(t);
   }
-  sqlite3_commit_hook(s->db, NULL, NULL);
+  sqlite3_commit_hook(tl__store_db(s), NULL, NULL);
   double per_refresh = (double)commits / n;
   int64_t o50 = pct(v, (size_t)n, 0.5), o99 = pct(v, (size_t)n, 0.99);
   tl_store_free(s);
@@ -921,7 +922,8 @@ static int64_t db_bytes(tl_store *s)
   tl__exec(s, "PRAGMA wal_checkpoint(TRUNCATE)", &err);
   sqlite3_stmt *st = NULL;
   int64_t n = 0;
-  sqlite3_prepare_v2(s->db, "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size", -1, &st, NULL);
+  sqlite3_prepare_v2(tl__store_db(s), "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size", -1, &st,
+                     NULL);
   if (sqlite3_step(st) == SQLITE_ROW)
     n = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
@@ -945,13 +947,13 @@ static void bench_growth(void)
   int64_t after = db_bytes(s);
   json_t *tables = json_object();
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(s->db, "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 6", -1, &st,
-                         NULL) == SQLITE_OK)
+  if (sqlite3_prepare_v2(tl__store_db(s), "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 6",
+                         -1, &st, NULL) == SQLITE_OK)
     while (sqlite3_step(st) == SQLITE_ROW)
       json_object_set_new(tables, (const char *)sqlite3_column_text(st, 0), json_integer(sqlite3_column_int64(st, 1)));
   sqlite3_finalize(st);
   int64_t fps = 0;
-  sqlite3_prepare_v2(s->db, "SELECT count(*) FROM refresh_token", -1, &st, NULL);
+  sqlite3_prepare_v2(tl__store_db(s), "SELECT count(*) FROM refresh_token", -1, &st, NULL);
   if (sqlite3_step(st) == SQLITE_ROW)
     fps = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
@@ -959,7 +961,7 @@ static void bench_growth(void)
   if (tl_compact(&deleted, &cb, &ca, s, 0, &err) != TL_OK)
     die("compact", &err);
   int64_t fps_after = 0;
-  sqlite3_prepare_v2(s->db, "SELECT count(*) FROM refresh_token", -1, &st, NULL);
+  sqlite3_prepare_v2(tl__store_db(s), "SELECT count(*) FROM refresh_token", -1, &st, NULL);
   if (sqlite3_step(st) == SQLITE_ROW)
     fps_after = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
@@ -1488,7 +1490,7 @@ static void bench_import(void)
   tl_store *s = open_store("import.db", 0);
   int64_t adopted = 0;
   sqlite3_stmt *st = NULL;
-  sqlite3_prepare_v2(s->db, "SELECT count(*) FROM refresh_token WHERE origin = 'external'", -1, &st, NULL);
+  sqlite3_prepare_v2(tl__store_db(s), "SELECT count(*) FROM refresh_token WHERE origin = 'external'", -1, &st, NULL);
   if (sqlite3_step(st) == SQLITE_ROW)
     adopted = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);

@@ -143,6 +143,9 @@ int tl__lock_held(long *pid, const char *path, int64_t at);
 tl_status tl__check_sidecars(const char *path, tl_error *err);
 /* The schema is exactly what migrations 1..version made (TL_EINSECURE naming the first difference). */
 tl_status tl__schema_check(tl_store *s, int version, tl_error *err);
+/* store_open.c: the store's SQLite connection, for tools/bench.c's seeding and measuring only (the library's own
+ * code uses s->db; nothing else outside src/lib may touch a connection). */
+sqlite3 *tl__store_db(tl_store *s);
 
 tl_status tl__exec(tl_store *s, const char *sql, tl_error *err);
 tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_error *err);

@@ -708,6 +708,11 @@ int tl_store_schema_version_found(const tl_store *s)
   return s ? s->found_version : 0;
 }
 
+sqlite3 *tl__store_db(tl_store *s)
+{
+  return s->db;
+}
+
 void tl_store_set_transport(tl_store *s, tl_http_fn fn, void *ud)
 {
   if (!s)
