@@ -1298,7 +1298,8 @@ static tl_status plan_import(plan **v, size_t *n, size_t *cap, tl_report *warn, 
   const char *profile = o && o->profile ? o->profile : "default";
   if (!is_dir(abs)) {
     if (o && o->all_profiles)
-      return tl__err(err, TL_EINVAL, 0, "%s: --all-profiles needs a Hermes root directory", path);
+      return tl__err(err, TL_EINVAL, 0, "%s: not a directory; importing every profile needs a Hermes root directory",
+                     path);
     /* A file is where the grant came from; only a home (or root) makes a sync target. */
     char home[PATH_MAX], dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", abs);
