@@ -273,6 +273,12 @@ typedef struct tl__answer {
   size_t raw_len;
 } tl__answer;
 void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent_rt);
+/* What of an answer's other fields is kept (token_type, inference_base_url, scope; printable,
+ * at most 2 KiB each): the same rule for a server's answer and a rescue file's. */
+json_t *tl__answer_extra(const json_t *src);
+/* 1 if a rescue file beside the ledger holds a server's answer for the credential with a usable
+ * refresh token (or cannot be read): nothing may give that credential up until it is taken back. */
+int tl__rescue_live(tl_store *s, int64_t cred);
 void tl__answer_clear(tl__answer *a);
 /* oauth.c: 1 if a rejection's words say the refresh token was used before (reuse detected). */
 int tl__answer_reuse(const char *error, const char *desc);

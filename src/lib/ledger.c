@@ -749,6 +749,13 @@ tl_status tl_credential_remove(tl_report **out, tl_store *s, int64_t cred, int f
                  (long long)cred);
     goto fail;
   }
+  if (tl__rescue_live(s, cred)) {
+    rc = tl__err(err, TL_EREUSE, 0,
+                 "credential %lld: a rescue file beside the ledger holds the server's answer to its last "
+                 "presentation with a usable refresh token; not removed while that answer waits to be taken back",
+                 (long long)cred);
+    goto fail;
+  }
   if (strcmp(status, "needs_reauth") != 0 && files) {
     /* Hermes keeps using it: the ledger would retire a token the files go on spending (and refuse them). */
     rc = tl__err(err, TL_EINVAL, 0,

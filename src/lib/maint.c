@@ -77,6 +77,12 @@ static tl_status fix_dir(const char *path, tl_error *err)
   else if (st.st_uid != geteuid() && (st.st_mode & 022))
     rc = tl__err(err, TL_EINSECURE, 0, "%s: owned by uid %ld, not you, and writable by others; not touching it", dir,
                  (long)st.st_uid);
+  else if ((st.st_mode & S_ISVTX) && (st.st_mode & 022))
+    /* A directory others share (/tmp): taking their write access away is not ours to do. */
+    rc = tl__err(err, TL_EINSECURE, 0,
+                 "%s: a directory shared with others (permissions %04o); not changed: keep the ledger in a directory "
+                 "of your own",
+                 dir, (unsigned)(st.st_mode & 07777));
   else if (st.st_uid == geteuid() && (st.st_mode & 022) && fchmod(fd, st.st_mode & 07755) != 0)
     rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", dir, strerror(errno));
   close(fd);
@@ -90,6 +96,9 @@ tl_status tl_store_fix_permissions(const char *path, tl_error *err)
   char side[PATH_MAX];
   if (!path)
     return tl__err(err, TL_EINVAL, 0, "doctor: no path");
+  struct stat st;
+  if (lstat(path, &st) != 0) /* nothing is changed for a ledger that is not there */
+    return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "%s: %s", path, strerror(errno));
   tl_status rc = fix_dir(path, err);
   if (rc == TL_OK)
     rc = fix_mode(path, 0600, 1, err);

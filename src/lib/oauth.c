@@ -285,14 +285,20 @@ static void classify_200(tl__answer *a, const tl_http_response *r, json_t *j, co
   a->kind = rt == TOKEN_USABLE && strcmp(a->refresh_token, sent_rt ? sent_rt : "") != 0 ? TL__A_ROTATED : TL__A_SAME_RT;
   a->at_unusable = at != TOKEN_USABLE;
   answer_expiry(a, j, tl__now_ms());
-  a->extra = json_object();
+  a->extra = tl__answer_extra(j);
+}
+
+json_t *tl__answer_extra(const json_t *src)
+{
   static const char *const keep[] = {"token_type", "inference_base_url", "scope"};
-  for (size_t i = 0; a->extra && i < sizeof keep / sizeof *keep; i++) {
-    json_t *v = json_object_get(j, keep[i]);
+  json_t *extra = json_object();
+  for (size_t i = 0; extra && i < sizeof keep / sizeof *keep; i++) {
+    json_t *v = json_object_get(src, keep[i]);
     if (json_is_string(v) && json_string_length(v) <= 2048 &&
         tl__token_valid(json_string_value(v), json_string_length(v)))
-      json_object_set(a->extra, keep[i], v);
+      json_object_set(extra, keep[i], v);
   }
+  return extra;
 }
 
 void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent_rt)

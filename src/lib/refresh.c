@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -57,6 +58,7 @@ typedef struct claim {
 
 static void rescue_release(claim *c);
 static int rescue_pending(tl_store *s, int64_t cred);
+static int rescue_names(tl_store *s, int64_t cred, const char *fp);
 
 static void claim_clear(claim *c)
 {
@@ -353,6 +355,15 @@ static tl_status claim_load_rt(int *keep, claim *cl, const claim_view *v, tl_sto
     }
   } else if (strcmp(rtstate, "current") != 0) {
     return tl__err(err, TL_ERROR, 0, "credential %lld: refresh token in state %s cannot be presented", cred, rtstate);
+  } else if (rescue_names(s, cl->credential, cl->fp)) {
+    /* The ledger says current, a rescue file says the server answered it: the ledger is older than the
+     * file (restored from a copy, or its last record lost). The file is the later truth. */
+    return tl__err(err, TL_EUNKNOWN, 0,
+                   "credential %lld (%s%s%s): a rescue file beside the ledger holds the server's answer to its current "
+                   "refresh token (generation %lld, %.12s...), so that token was spent already (was the ledger "
+                   "restored from an earlier copy?); it is not presented again until the answer is taken back",
+                   cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", (long long)cl->generation,
+                   cl->fp);
   }
   if (!cl->secret)
     return tl__err(err, TL_EREAUTH, 0, "credential %lld: the refresh token's plaintext is gone; log in again", cred);
@@ -861,8 +872,10 @@ static void fsync_dir_of(const char *path)
 
 /*
  * Space for a rescue file, reserved once per store (<ledger>-rescue-reserve-<pid>-<random>, 96 KiB) and kept
- * for the next refresh when unused, so a refresh pays nothing for it. Reservations of processes that died are
- * removed when the next one is made.
+ * for the next refresh when unused, so a refresh pays nothing for it. Its owner holds an flock on it for as
+ * long as it lives (the kernel drops it with the process); a reservation nobody holds, last written a minute ago or
+ * more, is a dead process's and is removed when the next one is made. A pid says nothing across PID namespaces (a
+ * containerised keep-fresh sharing the directory), a lock does.
  */
 static void sweep_reservations(const tl_store *s)
 {
@@ -874,12 +887,16 @@ static void sweep_reservations(const tl_store *s)
   for (struct dirent *e; d && (e = readdir(d));) {
     if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, "-rescue-reserve-", 16) != 0)
       continue;
-    long pid = strtol(e->d_name + bl + 16, NULL, 10);
-    if (pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
-      char path[PATH_MAX + 256];
-      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-      unlink(path);
-    }
+    char path[PATH_MAX + 256];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0)
+      continue;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && st.st_mtime + 60 <= time(NULL) &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0)
+      unlink(path); /* nobody holds it, and it is not one being made this moment */
+    close(fd);
   }
   if (d)
     closedir(d);
@@ -901,7 +918,7 @@ static void store_reserve(tl_store *s)
            rnd[3], rnd[4], rnd[5]);
   sweep_reservations(s);
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-  if (fd >= 0 && posix_fallocate(fd, 0, TL_RESCUE_RESERVE) == 0) {
+  if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 && posix_fallocate(fd, 0, TL_RESCUE_RESERVE) == 0) {
     s->rescue_fd = fd;
     s->rescue_reserve = path;
     return;
@@ -983,6 +1000,7 @@ static tl_status rescue_write(tl_store *s, claim *cl, const tl__answer *a, tl_er
     rc = tl__oom(err);
     goto done;
   }
+again:
   /* The reserved space if the answer fits (it always does but for a huge raw answer), else a new file. */
   fd =
       reserved ? s->rescue_fd : open(cl->rescue, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
@@ -1012,6 +1030,12 @@ static tl_status rescue_write(tl_store *s, claim *cl, const tl__answer *a, tl_er
     s->rescue_fd = -1;
     free(s->rescue_reserve);
     s->rescue_reserve = NULL;
+    if (rc != TL_OK) {
+      /* The reservation was removed under us (or could not be written): a file of its own, if the disk lets us. */
+      reserved = 0;
+      rc = TL_OK;
+      goto again;
+    }
   } else {
     close(fd);
   }
@@ -1374,7 +1398,7 @@ static tl_status rescue_answer(tl__answer *a, json_t *doc, const char *path, tl_
   a->access_token = at ? strdup(json_string_value(at)) : NULL;
   a->refresh_token = rt ? strdup(json_string_value(rt)) : NULL;
   json_t *x = json_object_get(doc, "extra");
-  a->extra = json_is_object(x) ? json_incref(x) : NULL;
+  a->extra = json_is_object(x) ? tl__answer_extra(x) : NULL; /* a file is input: the server's rule */
   if ((at && !a->access_token) || (rt && !a->refresh_token)) {
     tl__answer_clear(a);
     return tl__oom(err);
@@ -1431,6 +1455,80 @@ static tl_status rescue_claim(claim *cl, tl_store *s, int64_t cred, int64_t atte
   return TL_OK;
 }
 
+/*
+ * A rescue file whose attempt the ledger does not have (the ledger was restored from a copy taken before it,
+ * or lost its last commits), while the refresh token the file names is still open in the ledger: the file is
+ * the later truth. The attempt is put back as `unknown` (the token `unknown`, the credential `uncertain`,
+ * audited `attempt_restored`), exactly what the lost claim and a lost answer would have left, so the answer
+ * can be recorded on it. *attempt: the attempt to record on (0: the file is not such a case).
+ */
+static tl_status restore_lost_attempt(int64_t *attempt, tl_store *s, int64_t cred, json_t *doc, const char *path,
+                                      tl_error *err)
+{
+  static const char rt_sql[] = "SELECT count(*) FROM refresh_token WHERE id = :rt AND credential_id = :cred AND "
+                               "fingerprint = :fp AND (state = 'current' OR state = 'presented')";
+  static const char busy_sql[] =
+      "SELECT count(*) FROM refresh_attempt WHERE credential_id = :cred AND outcome = 'in_flight'";
+  static const char ins_sql[] =
+      "INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, "
+      "owner_profile, owner_command, started_at, lease_until, finished_at, outcome, error_description) VALUES "
+      "(:cred, :rt, :host, :boot, :pid, :start, :profile, :command, :saved, :saved, :now, 'unknown', :why)";
+  static const char rt_unknown_sql[] = "UPDATE refresh_token SET state = 'unknown', retired_at = :now WHERE id = :rt";
+  static const char uncertain_sql[] =
+      "UPDATE credential SET status = 'uncertain', status_reason = :why, updated_at = :now WHERE id = :cred";
+  static const char why[] = "restored from a rescue file: the ledger had lost this presentation";
+  const char *fp = json_string_value(json_object_get(doc, "fingerprint"));
+  int64_t rt = 0, saved = 0, open_rt = 0, busy = 0, now = tl__now_ms();
+  tl_status rc;
+  *attempt = 0;
+  if (!fp || tl__num_i64(&rt, json_object_get(doc, "rt"), 1, INT64_MAX) ||
+      tl__num_i64(&saved, json_object_get(doc, "saved_at"), 0, TL_MS_MAX))
+    return TL_OK;
+  if ((rc = tl__tx_begin(s, "recover", err)) != TL_OK)
+    return rc;
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, rt_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":rt", rt), TL_INT(":cred", cred), TL_TEXT(":fp", fp))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "recover", err)) != TL_OK)
+    goto fail;
+  open_rt = found ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if ((rc = tl__prepare(&st, s, busy_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":cred", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "recover", err)) != TL_OK)
+    goto fail;
+  busy = found ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (!open_rt || busy) {
+    tl__tx_rollback(s);
+    return TL_OK;
+  }
+  if ((rc =
+           TL_RUN(s, ins_sql, "recover", err, TL_INT(":cred", cred), TL_INT(":rt", rt), TL_TEXT(":host", s->actor.host),
+                  TL_TEXT(":boot", s->actor.boot), TL_INT(":pid", s->actor.pid), TL_INT(":start", s->actor.start),
+                  TL_TEXT(":profile", s->actor.profile), TL_TEXT(":command", s->actor.command), TL_INT(":saved", saved),
+                  TL_INT(":now", now), TL_TEXT(":why", why))) != TL_OK)
+    goto fail;
+  int64_t att = sqlite3_last_insert_rowid(s->db);
+  if ((rc = TL_RUN(s, rt_unknown_sql, "recover", err, TL_INT(":now", now), TL_INT(":rt", rt))) != TL_OK ||
+      (rc = TL_RUN(s, uncertain_sql, "recover", err, TL_TEXT(":why", why), TL_INT(":now", now),
+                   TL_INT(":cred", cred))) != TL_OK)
+    goto fail;
+  tl__ids ids = {.credential = cred, .rt = rt};
+  if ((rc = tl__audit(s, "attempt_restored", &ids,
+                      json_pack("{s:s, s:I, s:I}", "file", path, "attempt_in_file",
+                                (json_int_t)json_integer_value(json_object_get(doc, "attempt")), "attempt",
+                                (json_int_t)att),
+                      err)) != TL_OK ||
+      (rc = tl__tx_commit(s, err)) != TL_OK)
+    goto fail;
+  *attempt = att;
+  return TL_OK;
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
 /* recover --rescue: records what a rescue file kept, exactly as the interrupted record would have. */
 static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_error *err)
 {
@@ -1454,7 +1552,22 @@ static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_er
       rc = rc == TL_ENOMEM ? rc : TL_OK;
       continue;
     }
-    if ((rc = rescue_claim(&cl, s, cred, f[i].attempt, f[i].doc, f[i].path, &why)) == TL_EEXISTS) {
+    rc = rescue_claim(&cl, s, cred, f[i].attempt, f[i].doc, f[i].path, &why);
+    if (rc == TL_EINVAL) {
+      /* The attempt is not in the ledger (or is another): lost with a restored or damaged ledger? */
+      int64_t restored = 0;
+      tl_error lost = {0};
+      if ((rc = restore_lost_attempt(&restored, s, cred, f[i].doc, f[i].path, &lost)) != TL_OK)
+        why = lost;
+      else if (restored) {
+        claim_clear(&cl);
+        memset(&cl, 0, sizeof cl);
+        tl_error_clear(&why);
+        rc = rescue_claim(&cl, s, cred, restored, f[i].doc, f[i].path, &why);
+      } else
+        rc = TL_EINVAL;
+    }
+    if (rc == TL_EEXISTS) {
       rescue_remove(f[i].path); /* recorded meanwhile: the file is a stale copy */
       claim_clear(&cl);
       rc = TL_OK;
@@ -1498,6 +1611,22 @@ static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_er
   return result;
 }
 
+int tl__rescue_live(tl_store *s, int64_t cred)
+{
+  rescue_file *f = NULL;
+  size_t n = 0;
+  tl_error ignored = {0};
+  int live = 0;
+  if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
+    return 1; /* unreadable: assume the worst */
+  for (size_t i = 0; i < n; i++) {
+    const char *kind = f[i].doc ? json_string_value(json_object_get(f[i].doc, "kind")) : NULL;
+    live |= kind && (strcmp(kind, "rotated") == 0 || strcmp(kind, "same_rt") == 0);
+  }
+  rescue_files_free(f, n);
+  return live;
+}
+
 /* 1 if a rescue file holds a server's answer for cred: re-presenting its RT would be reuse. */
 static int rescue_pending(tl_store *s, int64_t cred)
 {
@@ -1515,6 +1644,25 @@ static int rescue_pending(tl_store *s, int64_t cred)
       pending = 1;
   rescue_files_free(f, n);
   return pending;
+}
+
+/* 1 if a rescue file holds a server's answer to the refresh token with fingerprint fp (or cannot be read). */
+static int rescue_names(tl_store *s, int64_t cred, const char *fp)
+{
+  rescue_file *f = NULL;
+  size_t n = 0;
+  tl_error ignored = {0};
+  int named = 0;
+  if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
+    return 1; /* unreadable: assume the worst */
+  for (size_t i = 0; i < n; i++) {
+    const char *kind = f[i].doc ? json_string_value(json_object_get(f[i].doc, "kind")) : NULL;
+    const char *named_fp = f[i].doc ? json_string_value(json_object_get(f[i].doc, "fingerprint")) : NULL;
+    if (named_fp && strcmp(named_fp, fp) == 0 && !(kind && strcmp(kind, "not_sent") == 0))
+      named = 1;
+  }
+  rescue_files_free(f, n);
+  return named;
 }
 
 tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_action action, tl_error *err)
@@ -1567,6 +1715,12 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
       tl_token_free(t);
     return rc;
   }
+  if (tl__rescue_live(s, cred)) /* it holds a live grant: giving the login up would throw it away */
+    return tl__err(err, TL_EREUSE, 0,
+                   "credential %lld: a rescue file beside the ledger holds the server's answer to its last "
+                   "presentation with a usable refresh token; the login is not given up while that answer waits to "
+                   "be taken back",
+                   (long long)cred);
   if ((rc = tl__tx_begin(s, "recover", err)) != TL_OK)
     return rc;
   int64_t now = tl__now_ms();

@@ -156,6 +156,11 @@ tl_status tl__check_dir(const char *dir, tl_error *err)
                    "%s: the ledger's directory is owned by uid %ld, not by you (uid %ld); another user could replace "
                    "the ledger or plant files beside it",
                    dir, (long)st.st_uid, (long)geteuid());
+  if ((st.st_mode & S_ISVTX) && (st.st_mode & 022))
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: the ledger's directory is shared with others (permissions %04o, like /tmp): they can create "
+                   "files beside the ledger; keep the ledger in a directory of your own, such as ~/.hermes",
+                   dir, (unsigned)(st.st_mode & 07777));
   if (st.st_mode & 022)
     return tl__err(err, TL_EINSECURE, 0,
                    "%s: the ledger's directory has mode %04o: others can create, replace or plant files beside the "

@@ -153,6 +153,14 @@ contains "hint: create one with 'tokenledger init'" "the hint says how to make o
 check '[ "$b" = "$(bytes "$WORK/open.db")" ] && [ "$(stat -c %a "$WORK/open.db")" = 644 ]' "insecure file untouched"
 tl --db "$WORK/open.db" doctor --fix; expect 0 "doctor --fix repairs the mode"
 check '[ "$(stat -c %a "$WORK/open.db")" = 600 ]' "mode is 0600 after doctor --fix"
+# A directory others share (like /tmp): never taken from them; nothing changes for a missing ledger.
+mkdir "$WORK/pub"; chmod 1777 "$WORK/pub"
+tl --db "$WORK/pub/t.db" init; expect 9 "no ledger in a directory others share"
+contains "keep the ledger in a directory of your own" "says where to put it"; lacks "doctor --fix" "and offers no repair"
+tl --db "$WORK/pub/t.db" doctor --fix; expect 3 "doctor --fix without a ledger"
+cp "$WORK/copy.db" "$WORK/pub/t.db"; chmod 600 "$WORK/pub/t.db"
+tl --db "$WORK/pub/t.db" doctor --fix; expect 9 "doctor --fix with a ledger there"
+check '[ "$(stat -c %a "$WORK/pub")" = 1777 ]' "the shared directory keeps its mode"
 printf 'hello, not a database at all\n' > "$WORK/text.db"; chmod 600 "$WORK/text.db"
 b=$(bytes "$WORK/text.db")
 tl --db "$WORK/text.db" status; expect 11 "not a database"

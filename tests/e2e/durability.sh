@@ -4,7 +4,10 @@
 #   1. a full disk: 'token' with a valid access token still answers;
 #   2. the disk fills while the RT is at the server: the refresh keeps the
 #      answer in its rescue file (space reserved before sending), and
-#      'recover --rescue' takes it back once there is room again;
+#      'recover --rescue' takes it back once there is room again; nothing gives
+#      the login up while the answer waits; a ledger restored from an earlier
+#      copy never presents the token the file answered, and recover puts the
+#      lost attempt back; a reservation another process holds is never swept;
 #   3. a read-only filesystem: 'token' answers, a refresh sends nothing;
 #   4. SIGTERM and SIGINT between send and record: the process records the
 #      rotation first, then stops;
@@ -77,12 +80,48 @@ contains "rescue" "points at the rescue file"
 check '[ "$(counter refreshes)" = 2 ]' "no second presentation"
 tl $D doctor; expect 1 "doctor sees the waiting answer"; contains "rescue_files" "names it"
 tl $D recover --credential 1 --assume-not-sent; expect 4 "presenting the same RT again is refused"
+tl $D recover --credential 1 --mark-dead; expect 4 "giving the login up is refused: the answer may hold a live grant"
+contains "rescue file" "says why"
+tl $D credential rm 1 --force; expect 4 "so is removing the credential"
+check '[ -e "$rescue" ] && [ "$(q "SELECT status FROM credential WHERE id = 1")" = uncertain ]' "the file and the credential are as they were"
+# The file is input too: what it carries besides the tokens passes the server's rule.
+jq '.extra.inference_base_url = "https://evil\u001b[2J.example/v1" | .extra.planted = "x"' "$rescue" > "$WORK/r.json"
+cat "$WORK/r.json" > "$rescue"; rm -f "$WORK/r.json"
 tl $D recover --credential 1 --rescue; expect 0 "recover takes the answer back"
+check '[ "$(q "SELECT json_extract(extra, \"$.planted\") IS NULL AND coalesce(json_extract(extra, \"$.inference_base_url\"), \"\") NOT LIKE \"%evil%\" FROM credential WHERE id = 1")" = 1 ]' "a rescue file's other fields are filtered as a server's answer is"
 check '[ ! -e "$rescue" ]' "and removes the file"
 check '[ "$(q "SELECT max(generation) FROM refresh_token WHERE state = \"current\"")" = 2 ]' "generation 2 is current"
 tl $D refresh nous --profile alice --force; expect 0 "the next refresh presents the rescued RT"
 check '[ "$(counter reuse_detections)" = 0 ]' "the portal never saw a spent RT"
 check '[ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = \"rotated\"")" = "$(counter refreshes)" ]' "every rotation is on record"
+
+# --- 2b. the ledger restored from an earlier copy beside a rescue file: the file is the later truth
+sqlite3 "$DB" ".backup '$WORK/backup.db'"
+admin fault "kind=slow&ms=1500&count=1" >/dev/null
+r=$(counter refreshes)
+"$TL_BIN" $D refresh nous --profile alice --force > /dev/null 2>&1 & bg=$!
+check 'rotated_above $r' "the refresh reached the portal"
+fill; wait $bg || true; unfill
+rescue=$(ls "$WORK"/small/ledger.db-rescue-1-* 2>/dev/null | head -n 1)
+check '[ -n "$rescue" ]' "its answer is in a rescue file"
+rm -f "$DB" "$DB-wal" "$DB-shm"; cp "$WORK/backup.db" "$DB"; chmod 600 "$DB"
+n=$(counter refreshes)
+tl $D refresh nous --profile alice --force; expect 6 "the restored ledger's current RT is not presented: the server answered it already"
+contains "restored from an earlier copy" "says why"
+check '[ "$(counter refreshes)" = "$n" ] && [ "$(counter reuse_detections)" = 0 ]' "nothing was sent"
+tl $D recover --credential 1 --rescue; expect 0 "recover puts the lost attempt back and records the answer on it"
+check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = \"attempt_restored\"")" = 1 ] && [ ! -e "$rescue" ]' "attempt_restored on record, the file removed"
+tl $D refresh nous --profile alice --force; expect 0 "the next refresh presents the rescued RT"
+check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "the portal never saw a spent RT"
+# Reservations: one another process holds (in another PID namespace its pid means nothing) is never swept;
+# an old one nobody holds is.
+held="$DB-rescue-reserve-999999-aaaaaaaaaaaa"; stale="$DB-rescue-reserve-999998-bbbbbbbbbbbb"
+: > "$held"; : > "$stale"; chmod 600 "$held" "$stale"; touch -d '-2 minutes' "$held" "$stale"
+( exec 9< "$held"; flock -x 9; exec sleep 30 ) & holder=$!   # one process holds the lock: killing it ends it
+for _ in $(seq 100); do ! flock -n "$held" true && break; sleep 0.02; done
+tl $D refresh nous --profile alice --force; expect 0 "a refresh (it makes its reservation and sweeps)"
+check '[ -e "$held" ] && [ ! -e "$stale" ]' "the held reservation stays, the stale one is gone"
+kill "$holder" 2> /dev/null || true; wait "$holder" 2> /dev/null || true; rm -f "$held"
 
 # --- 3. a read-only filesystem
 mkdir -m 700 "$WORK/ro"

@@ -317,9 +317,19 @@ static void test_store__directory_others_can_write_is_refused(void **state)
   static const mode_t modes[] = {0777, 01777, 0775, 0757};
   for (size_t i = 0; i < sizeof modes / sizeof *modes; i++) {
     assert_int_equal(chmod(f->dir, modes[i]), 0);
-    expect_refused_untouched(f, f->path, 0, TL_EINSECURE, "chmod go-w");
-    expect_refused_untouched(f, f->path, TL_OPEN_CREATE, TL_EINSECURE, "others can create");
+    /* A sticky directory is shared by design (/tmp): the advice is to move, never to chmod it. */
+    expect_refused_untouched(f, f->path, 0, TL_EINSECURE, modes[i] & 01000 ? "a directory of your own" : "chmod go-w");
+    expect_refused_untouched(f, f->path, TL_OPEN_CREATE, TL_EINSECURE,
+                             modes[i] & 01000 ? "shared with others" : "others can create");
   }
+  /* doctor's repair leaves a shared directory as it is */
+  tl_error shared_err = {0};
+  assert_int_equal(chmod(f->dir, 01777), 0);
+  assert_int_equal(tl_store_fix_permissions(f->path, &shared_err), TL_EINSECURE);
+  struct stat shared_st;
+  assert_int_equal(stat(f->dir, &shared_st), 0);
+  assert_int_equal(shared_st.st_mode & 07777, 01777);
+  assert_int_equal(chmod(f->dir, 0757), 0);
   /* init in such a directory creates nothing */
   char path[400];
   snprintf(path, sizeof path, "%s/new.db", f->dir);
