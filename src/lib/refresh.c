@@ -1611,58 +1611,44 @@ static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_er
   return result;
 }
 
-int tl__rescue_live(tl_store *s, int64_t cred)
+/*
+ * 1 if a rescue file of cred holds a server's answer (usable: with a token to take back), to the
+ * refresh token with fingerprint fp if fp is given; 1 too if the files cannot be read (assume the worst).
+ */
+static int rescue_holds(tl_store *s, int64_t cred, const char *fp, int usable)
 {
   rescue_file *f = NULL;
   size_t n = 0;
   tl_error ignored = {0};
-  int live = 0;
+  int holds = 0;
   if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
-    return 1; /* unreadable: assume the worst */
+    return 1;
   for (size_t i = 0; i < n; i++) {
     const char *kind = f[i].doc ? json_string_value(json_object_get(f[i].doc, "kind")) : NULL;
-    live |= kind && (strcmp(kind, "rotated") == 0 || strcmp(kind, "same_rt") == 0);
+    const char *named = f[i].doc ? json_string_value(json_object_get(f[i].doc, "fingerprint")) : NULL;
+    int answered = f[i].doc && !(kind && strcmp(kind, "not_sent") == 0);
+    int live = kind && (strcmp(kind, "rotated") == 0 || strcmp(kind, "same_rt") == 0);
+    holds |= (usable ? live : answered) && (!fp || (named && strcmp(named, fp) == 0));
   }
   rescue_files_free(f, n);
-  return live;
+  return holds;
+}
+
+int tl__rescue_live(tl_store *s, int64_t cred)
+{
+  return rescue_holds(s, cred, NULL, 1);
 }
 
 /* 1 if a rescue file holds a server's answer for cred: re-presenting its RT would be reuse. */
 static int rescue_pending(tl_store *s, int64_t cred)
 {
-  rescue_file *f = NULL;
-  size_t n = 0;
-  tl_error ignored = {0};
-  int pending = 0;
-  if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
-    return 1; /* unreadable: assume the worst */
-  for (size_t i = 0; i < n; i++)
-    if (f[i].doc && strcmp(json_string_value(json_object_get(f[i].doc, "kind"))
-                               ? json_string_value(json_object_get(f[i].doc, "kind"))
-                               : "",
-                           "not_sent") != 0)
-      pending = 1;
-  rescue_files_free(f, n);
-  return pending;
+  return rescue_holds(s, cred, NULL, 0);
 }
 
-/* 1 if a rescue file holds a server's answer to the refresh token with fingerprint fp (or cannot be read). */
+/* 1 if a rescue file holds a server's answer to the refresh token with fingerprint fp. */
 static int rescue_names(tl_store *s, int64_t cred, const char *fp)
 {
-  rescue_file *f = NULL;
-  size_t n = 0;
-  tl_error ignored = {0};
-  int named = 0;
-  if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
-    return 1; /* unreadable: assume the worst */
-  for (size_t i = 0; i < n; i++) {
-    const char *kind = f[i].doc ? json_string_value(json_object_get(f[i].doc, "kind")) : NULL;
-    const char *named_fp = f[i].doc ? json_string_value(json_object_get(f[i].doc, "fingerprint")) : NULL;
-    if (named_fp && strcmp(named_fp, fp) == 0 && !(kind && strcmp(kind, "not_sent") == 0))
-      named = 1;
-  }
-  rescue_files_free(f, n);
-  return named;
+  return rescue_holds(s, cred, fp, 0);
 }
 
 tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_action action, tl_error *err)
