@@ -722,7 +722,9 @@ tl_status tl_credential_remove(tl_report **out, tl_store *s, int64_t cred, int f
   tl_status rc;
   if (!s || cred <= 0)
     return tl__err(err, TL_EINVAL, 0, "credential rm: a credential id is required");
-  if ((rc = tl__tx_begin(s, "credential rm", err)) != TL_OK)
+  int64_t reaped = 0; /* an attempt whose owner died is unknown, not "being presented right now" */
+  if ((rc = tl__reap_dead_attempts(&reaped, s, 1, err)) != TL_OK ||
+      (rc = tl__tx_begin(s, "credential rm", err)) != TL_OK)
     return rc;
   if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
       (rc = tl__step_row(&found, s, st, "credential rm", err)) != TL_OK)

@@ -246,6 +246,14 @@ check '[ "$(q "SELECT count(*) FROM pool_entry WHERE credential_id = $B")" = 0 ]
 tl audit --credential "$B" --json
 check 'jq -e "any(.[]; .event == \"credential_removed\")" "$OUT" > /dev/null' "audited"
 tl credential rm 99999; expect 3 "an unknown credential"
+# An attempt whose owner died (its lease long gone) is not "being presented right now": it is settled unknown first.
+tl profile add gone
+seed_rt "$WORK/rt-gone"
+tl credential add nous --profile gone --refresh-token-file "$WORK/rt-gone"; expect 0 "another grant by hand"
+G=$(q "SELECT credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = 'gone'")
+q "UPDATE refresh_token SET state = 'presented' WHERE credential_id = $G; INSERT INTO refresh_attempt (credential_id, rt_id, owner_host, owner_boot, owner_pid, owner_start, started_at, lease_until) SELECT $G, id, 'elsewhere', 'boot', 1, 1, 1000, 2000 FROM refresh_token WHERE credential_id = $G"
+tl credential rm "$G" --force; expect 0 "a dead owner's attempt does not block the removal"
+check '[ "$(q "SELECT outcome FROM refresh_attempt WHERE credential_id = $G")" = unknown ]' "its attempt is on record as unknown"
 
 # --- check-rt asks on a terminal, without echo
 seed_rt "$WORK/rt-typed"
