@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 6).
+-- tokenledger canonical schema (user_version 7).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -24,7 +24,7 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 6;
+PRAGMA user_version = 7;
 
 -- Rules on a column's values are written `x = 'a' OR x = 'b' OR ...`, not
 -- `x IN ('a', 'b', ...)`: SQLite builds a temporary b-tree for an IN list of three
@@ -66,6 +66,8 @@ CREATE TABLE profile (
   home        TEXT,                           -- absolute path of the Hermes home, if known
   created_at  INTEGER NOT NULL
 ) STRICT;
+-- A home belongs to one profile (kept in C; not UNIQUE, older ledgers may hold one twice).
+CREATE INDEX profile_home ON profile(home) WHERE home IS NOT NULL;
 
 -- One OAuth grant at one provider. Shared by every profile whose pool holds it.
 CREATE TABLE credential (

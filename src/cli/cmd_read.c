@@ -285,8 +285,10 @@ static void tree_walk(const tree *t, size_t i, const char *first, const char *re
     for (size_t k = 1; k < n; k++)
       if (t->height[t->by_parent[k0 + k]] >= t->height[main])
         main = t->by_parent[k0 + k];
-    snprintf(branch, sizeof branch, "%s%s", rest, t->utf8 ? "\xe2\x94\x9c\xe2\x94\x80" : "+-");
-    snprintf(cont, sizeof cont, "%s%s", rest, t->utf8 ? "\xe2\x94\x82 " : "| ");
+    /* At most 64 levels of at most 6 bytes: never cut, and a cut prefix would only shorten the drawing. */
+    if (snprintf(branch, sizeof branch, "%s%s", rest, t->utf8 ? "\xe2\x94\x9c\xe2\x94\x80" : "+-") < 0 ||
+        snprintf(cont, sizeof cont, "%s%s", rest, t->utf8 ? "\xe2\x94\x82 " : "| ") < 0)
+      return;
     for (size_t k = 0; k < n; k++) {
       size_t kid = t->by_parent[k0 + k];
       if (kid == main)

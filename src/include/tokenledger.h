@@ -176,7 +176,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 6
+#define TL_SCHEMA_VERSION 7
 
 /**
  * Opens (or creates) the ledger at path.

@@ -389,6 +389,8 @@ static void test_schema__refresh_lookups_never_scan_the_history(void **state)
        "a.id < 9 ORDER BY a.id DESC LIMIT 1",
        "refresh_attempt_rt"},
       {"SELECT rt_generation FROM v_profile_status WHERE profile = 'p'", "refresh_token_state"},
+      /* whose home is this (tl__home_owner, once per imported profile) */
+      {"SELECT name FROM profile WHERE (home = '/h' OR home = '/r') AND id <> 0", "profile_home"},
   };
   for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
     char sql[512], plan[2048] = "";
