@@ -712,7 +712,11 @@ static void doctor_hints(const tl_report *r, tl_store *s)
     const char *check = tl_report_get(r, i, "check"), *ok = tl_report_get(r, i, "ok");
     if (!check || !ok || strcmp(ok, "1") == 0)
       continue;
-    if (strcmp(check, "rescue_files") == 0)
+    const char *detail = tl_report_get(r, i, "detail");
+    if (strcmp(check, "rescue_files") == 0 && detail && strstr(detail, "cannot be read"))
+      fprintf(stderr, "hint: rescue_files: look at the file the detail names: if tokenledger did not write it, move "
+                      "it out of the ledger's directory; 'tokenledger recover --help' explains rescue files\n");
+    else if (strcmp(check, "rescue_files") == 0)
       fprintf(stderr, "hint: rescue_files: take the answer back with 'tokenledger recover --credential ID --rescue' "
                       "(ID as the detail names it)\n");
     else if (strcmp(check, "stale_in_flight") == 0)

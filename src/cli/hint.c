@@ -108,6 +108,14 @@ static int situation_hint(const tl_error *err, tl_status rc, const char *provide
   const char *f = *profile ? profile : "PROFILE";
   if (strstr(m, "no ledger here")) {
     hint(err, "create one with 'tokenledger init'");
+  } else if (strstr(m, "cannot be read as a rescue file") || strstr(m, "not a tokenledger rescue file") ||
+             strstr(m, "not a regular 0600 file of yours")) {
+    hint(err, "look at the file the message names: if it is not one tokenledger wrote, move it out of the "
+              "ledger's directory; if it is, 'tokenledger recover --help' explains what it holds");
+  } else if (strstr(m, "nor keep the answer") || strstr(m, "outcome is unknown")) {
+    hint(err, "'tokenledger recover --help' explains how to resolve an unknown outcome");
+  } else if (strstr(m, "no rescue file with an answer")) {
+    hint(err, "nothing waits to be taken back; 'tokenledger status' shows the credential's state");
   } else if (cred && (strstr(m, "rescue file") || strstr(m, "until the ledger is writable again"))) {
     if (rc == TL_EREAUTH)
       hint(err,
@@ -117,8 +125,6 @@ static int situation_hint(const tl_error *err, tl_status rc, const char *provide
     else
       hint(err, "take the answer back with 'tokenledger recover --credential %lld --rescue'%s", (long long)cred,
            strstr(m, "could not record it") ? " once the ledger is writable again" : "");
-  } else if (strstr(m, "outcome is unknown")) {
-    hint(err, "'tokenledger recover --help' explains how to resolve an unknown outcome");
   } else if (rc == TL_ENOTFOUND && *provider && strstr(m, "no token endpoint or client id")) {
     hint(err, "configure it with 'tokenledger provider set %s --token-url URL --client-id ID'", provider);
   } else if (rc == TL_EINVAL && *provider && strstr(m, "stored token endpoint is refused")) {

@@ -752,6 +752,36 @@ tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_err
   return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place));
 }
 
+/* The port of a plain-http loopback URL (80 if none is given), -1 for anything else. */
+static int loopback_port(const char *url)
+{
+  int loopback = 0;
+  tl_error ignore = {0};
+  if (!url || strncmp(url, "http://", 7) != 0 || tl__url_classify(&loopback, url, &ignore) != TL_OK || !loopback)
+    return -1;
+  const char *host = url + 7, *end = host + strcspn(host, "/?#");
+  const char *colon = NULL;
+  for (const char *p = host; p < end; p++)
+    if (*p == ':')
+      colon = p;
+  if (host[0] == '[') {
+    const char *close = memchr(host, ']', (size_t)(end - host));
+    colon = close && close + 1 < end && close[1] == ':' ? close + 1 : NULL;
+  }
+  if (!colon)
+    return 80;
+  int port = 0;
+  size_t len = (size_t)(end - colon - 1);
+  if (len == 0 || len > 5) /* libcurl's canonical form (tl__url_classify) has a decimal port */
+    return -1;
+  for (const char *p = colon + 1; p < end; p++) {
+    if (*p < '0' || *p > '9')
+      return -1;
+    port = port * 10 + (*p - '0');
+  }
+  return port >= 1 && port <= 65535 ? port : -1;
+}
+
 tl_status tl__hf_strict_foreign(int *out, tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
 {
   static const char sql[] = "SELECT token_url FROM credential WHERE id = :c";
@@ -773,11 +803,10 @@ tl_status tl__hf_strict_foreign(int *out, tl_store *s, const tl__hf *f, const tl
     token_url = found ? tl__col_dup(st, 0) : NULL;
     sqlite3_reset(st);
   }
-  /* The grant's own portal on loopback (a test portal, a local proxy the user set): Hermes refreshing it. */
-  size_t n = strlen(url);
-  while (n > 0 && url[n - 1] == '/')
-    n--;
-  *out = !(token_url && strncmp(token_url, url, n) == 0 && strcmp(token_url + n, "/api/oauth/token") == 0);
+  /* The grant's own portal on loopback (a test portal, a local proxy the user set), however its loopback
+   * host is spelled (localhost, 127.0.0.1, [::1]): Hermes refreshing it, never foreign. */
+  int own = loopback_port(url);
+  *out = !(token_url && own > 0 && loopback_port(token_url) == own);
   free(token_url);
   return TL_OK;
 }

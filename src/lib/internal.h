@@ -276,9 +276,13 @@ void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent
 /* What of an answer's other fields is kept (token_type, inference_base_url, scope; printable,
  * at most 2 KiB each): the same rule for a server's answer and a rescue file's. */
 json_t *tl__answer_extra(const json_t *src);
-/* 1 if a rescue file beside the ledger holds a server's answer for the credential with a usable
- * refresh token (or cannot be read): nothing may give that credential up until it is taken back. */
-int tl__rescue_live(tl_store *s, int64_t cred);
+/* TL_EREUSE (saying `what` did not happen, and why) if a rescue file beside the ledger holds a
+ * server's answer for the credential with a usable refresh token, or a file named as one cannot be
+ * read: nothing may give that credential up until the answer is taken back. */
+tl_status tl__rescue_refuse(tl_store *s, int64_t cred, const char *what, tl_error *err);
+/* Every rescue file beside the ledger: *pending holds a server's answer (the first for credential
+ * *first); bad gets the first file named as a rescue file that cannot be read as one. */
+tl_status tl__rescue_scan(int64_t *pending, int64_t *first, tl_error *bad, tl_store *s);
 void tl__answer_clear(tl__answer *a);
 /* oauth.c: 1 if a rejection's words say the refresh token was used before (reuse detected). */
 int tl__answer_reuse(const char *error, const char *desc);

@@ -129,11 +129,41 @@ tl_status tl__home_owner(char *name, size_t n, tl_store *s, const char *home, in
   return TL_OK;
 }
 
+/*
+ * The profile (other than except) whose stored home is the same directory as home, however either is
+ * spelled now (a root moved and a symlink kept its old name): one stat per profile with a home, for the
+ * commands that set one home by hand.
+ */
+static tl_status home_same_dir(char *name, size_t n, tl_store *s, const char *home, int64_t except, tl_error *err)
+{
+  static const char sql[] = "SELECT name, home FROM profile WHERE home IS NOT NULL AND id <> :except";
+  struct stat want, st;
+  sqlite3_stmt *q;
+  tl_status rc;
+  int found = 0;
+  name[0] = '\0';
+  if (stat(home, &want) != 0)
+    return TL_OK;
+  if ((rc = tl__prepare(&q, s, sql, err)) != TL_OK || (rc = TL_BIND(q, err, TL_INT(":except", except))) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, q, "profile homes", err)) == TL_OK && found) {
+    const char *h = (const char *)sqlite3_column_text(q, 1);
+    if (h && stat(h, &st) == 0 && st.st_dev == want.st_dev && st.st_ino == want.st_ino) {
+      snprintf(name, n, "%s", (const char *)sqlite3_column_text(q, 0));
+      break;
+    }
+  }
+  sqlite3_reset(q);
+  return rc;
+}
+
 /* One Hermes home is one profile's: two profiles writing one auth.json would swap its grant back and forth. */
 static tl_status home_free(tl_store *s, const char *home, int64_t except, tl_error *err)
 {
   char other[80];
   tl_status rc = tl__home_owner(other, sizeof other, s, home, except, err);
+  if (rc == TL_OK && !other[0])
+    rc = home_same_dir(other, sizeof other, s, home, except, err);
   if (rc == TL_OK && other[0])
     rc = tl__err(err, TL_EEXISTS, 0,
                  "profile home %s: already the home of profile '%s'; a Hermes home belongs to one "
@@ -751,13 +781,8 @@ tl_status tl_credential_remove(tl_report **out, tl_store *s, int64_t cred, int f
                  (long long)cred);
     goto fail;
   }
-  if (tl__rescue_live(s, cred)) {
-    rc = tl__err(err, TL_EREUSE, 0,
-                 "credential %lld: a rescue file beside the ledger holds the server's answer to its last "
-                 "presentation with a usable refresh token; not removed while that answer waits to be taken back",
-                 (long long)cred);
+  if ((rc = tl__rescue_refuse(s, cred, "not removed", err)) != TL_OK)
     goto fail;
-  }
   if (strcmp(status, "needs_reauth") != 0 && files) {
     /* Hermes keeps using it: the ledger would retire a token the files go on spending (and refuse them). */
     rc = tl__err(err, TL_EINVAL, 0,

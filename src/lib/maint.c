@@ -162,42 +162,27 @@ static tl_status write_lock_check(tl_report *r, int *problems, tl_store *s, tl_e
   return add_check(r, problems, "write_lock", !held || s->readonly, detail, err);
 }
 
-/* Rescue files beside the ledger that hold a server's answer not yet on record. */
+/* Rescue files beside the ledger that hold a server's answer not yet on record, or cannot be read. */
 static tl_status rescue_check(tl_report *r, int *problems, tl_store *s, tl_error *err)
 {
-  char detail[512], dir[PATH_MAX];
-  const char *slash = strrchr(s->path, '/');
-  const char *base = slash ? slash + 1 : s->path;
-  snprintf(dir, sizeof dir, "%.*s", slash ? (slash == s->path ? 1 : (int)(slash - s->path)) : 1, slash ? s->path : ".");
+  char detail[900];
   int64_t pending = 0, first = 0;
-  DIR *d = opendir(dir);
-  for (struct dirent *e; d && (e = readdir(d));) {
-    size_t bl = strlen(base);
-    if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, "-rescue-", 8) != 0)
-      continue;
-    char path[PATH_MAX + 260];
-    struct stat st;
-    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
-      int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-      char c = 0;
-      if (fd >= 0 && read(fd, &c, 1) == 1 && c == '{') {
-        if (!pending++)
-          first = strtoll(e->d_name + bl + 8, NULL, 10);
-      }
-      if (fd >= 0)
-        close(fd);
-    }
-  }
-  if (d)
-    closedir(d);
-  if (pending)
+  tl_error bad = {0};
+  tl_status rc = tl__rescue_scan(&pending, &first, &bad, s);
+  if (rc != TL_OK && rc != TL_EIO)
+    return tl__err(err, rc, bad.sys, "%s", bad.message);
+  if (bad.code != TL_OK)
+    snprintf(detail, sizeof detail,
+             "a file named as a rescue file cannot be read as one (%.600s): inspect it; one tokenledger did not "
+             "write can be moved away",
+             bad.message);
+  else if (pending)
     snprintf(detail, sizeof detail,
              "%lld rescue file(s) hold a server's answer not yet on record (the first for credential %lld)",
              (long long)pending, (long long)first);
   else
     snprintf(detail, sizeof detail, "no answer waiting in a rescue file");
-  return add_check(r, problems, "rescue_files", pending == 0, detail, err);
+  return add_check(r, problems, "rescue_files", pending == 0 && bad.code == TL_OK, detail, err);
 }
 
 tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl_error *err)

@@ -58,7 +58,7 @@ typedef struct claim {
 
 static void rescue_release(claim *c);
 static int rescue_pending(tl_store *s, int64_t cred);
-static int rescue_names(tl_store *s, int64_t cred, const char *fp);
+static int rescue_holds(tl_store *s, int64_t cred, const char *fp, int usable, tl_error *why);
 
 static void claim_clear(claim *c)
 {
@@ -314,6 +314,8 @@ static tl_status claim_load_rt(int *keep, claim *cl, const claim_view *v, tl_sto
   tl_status rc;
   int found = 0;
   long long cred = (long long)cl->credential;
+  int named = 0;
+  tl_error why = {0};
   *keep = 0;
   if ((rc = tl__prepare(&st, s, live_sql, err)) != TL_OK ||
       (rc = TL_BIND(st, err, TL_INT(":cred", cl->credential))) != TL_OK ||
@@ -355,7 +357,13 @@ static tl_status claim_load_rt(int *keep, claim *cl, const claim_view *v, tl_sto
     }
   } else if (strcmp(rtstate, "current") != 0) {
     return tl__err(err, TL_ERROR, 0, "credential %lld: refresh token in state %s cannot be presented", cred, rtstate);
-  } else if (rescue_names(s, cl->credential, cl->fp)) {
+  } else if ((named = rescue_holds(s, cl->credential, cl->fp, 0, &why)) < 0) {
+    return tl__err(err, TL_EUNKNOWN, 0,
+                   "credential %lld (%s%s%s): a file beside the ledger is named as its rescue file but cannot be read "
+                   "as a rescue file (%s); it may hold the server's answer to the refresh token, so the token is not "
+                   "presented until that file is inspected and moved away",
+                   cred, cl->provider, cl->label ? ", " : "", cl->label ? cl->label : "", why.message);
+  } else if (named) {
     /* The ledger says current, a rescue file says the server answered it: the ledger is older than the
      * file (restored from a copy, or its last record lost). The file is the later truth. */
     return tl__err(err, TL_EUNKNOWN, 0,
@@ -1038,6 +1046,8 @@ again:
     }
   } else {
     close(fd);
+    if (rc != TL_OK)
+      unlink(cl->rescue); /* an empty or partial file would read as an answer that is not there */
   }
   if (rc == TL_OK) {
     cl->rescued = 1;
@@ -1228,19 +1238,23 @@ typedef struct rescue_file {
   json_t *doc; /* NULL: only a reservation */
 } rescue_file;
 
+/* Frees a rescue file's document, its tokens burned first. */
+static void rescue_doc_free(json_t *doc)
+{
+  static const char *const secrets[] = {"refresh_token", "access_token"};
+  for (size_t k = 0; doc && k < 2; k++) {
+    json_t *v = json_object_get(doc, secrets[k]);
+    if (json_is_string(v))
+      tl_burn((void *)(uintptr_t)json_string_value(v), json_string_length(v));
+  }
+  json_decref(doc);
+}
+
 static void rescue_files_free(rescue_file *f, size_t n)
 {
   for (size_t i = 0; i < n; i++) {
     free(f[i].path);
-    if (f[i].doc) {
-      json_t *v = json_object_get(f[i].doc, "refresh_token");
-      if (json_is_string(v))
-        tl_burn((void *)(uintptr_t)json_string_value(v), json_string_length(v));
-      v = json_object_get(f[i].doc, "access_token");
-      if (json_is_string(v))
-        tl_burn((void *)(uintptr_t)json_string_value(v), json_string_length(v));
-      json_decref(f[i].doc);
-    }
+    rescue_doc_free(f[i].doc);
   }
   free(f);
 }
@@ -1613,16 +1627,16 @@ static tl_status recover_rescue(tl_token **out, tl_store *s, int64_t cred, tl_er
 
 /*
  * 1 if a rescue file of cred holds a server's answer (usable: with a token to take back), to the
- * refresh token with fingerprint fp if fp is given; 1 too if the files cannot be read (assume the worst).
+ * refresh token with fingerprint fp if fp is given; -1 if a file named as one of cred's rescue files
+ * cannot be read as one (why says which and why): it may hold an answer, so the caller assumes the worst.
  */
-static int rescue_holds(tl_store *s, int64_t cred, const char *fp, int usable)
+static int rescue_holds(tl_store *s, int64_t cred, const char *fp, int usable, tl_error *why)
 {
   rescue_file *f = NULL;
   size_t n = 0;
-  tl_error ignored = {0};
   int holds = 0;
-  if (rescue_files(&f, &n, s, cred, &ignored) != TL_OK)
-    return 1;
+  if (rescue_files(&f, &n, s, cred, why) != TL_OK)
+    return -1;
   for (size_t i = 0; i < n; i++) {
     const char *kind = f[i].doc ? json_string_value(json_object_get(f[i].doc, "kind")) : NULL;
     const char *named = f[i].doc ? json_string_value(json_object_get(f[i].doc, "fingerprint")) : NULL;
@@ -1634,21 +1648,66 @@ static int rescue_holds(tl_store *s, int64_t cred, const char *fp, int usable)
   return holds;
 }
 
-int tl__rescue_live(tl_store *s, int64_t cred)
+tl_status tl__rescue_scan(int64_t *pending, int64_t *first, tl_error *bad, tl_store *s)
 {
-  return rescue_holds(s, cred, NULL, 1);
+  const char *slash = strrchr(s->path, '/');
+  char *dir = slash ? strndup(s->path, (size_t)(slash - s->path)) : strdup(".");
+  const char *base = slash ? slash + 1 : s->path;
+  size_t bl = strlen(base);
+  DIR *d = dir ? opendir(*dir ? dir : "/") : NULL;
+  *pending = *first = 0;
+  if (!d) {
+    tl_status rc = dir ? tl__err(bad, TL_EIO, errno, "%s: %s", dir, strerror(errno)) : tl__oom(bad);
+    free(dir);
+    return rc;
+  }
+  for (struct dirent *e; (e = readdir(d));) {
+    const char *rest = e->d_name + bl, *num = rest + 8;
+    if (strncmp(e->d_name, base, bl) != 0 || strncmp(rest, "-rescue-", 8) != 0 || !(*num >= '0' && *num <= '9'))
+      continue; /* reservations (-rescue-reserve-...) are nobody's answer */
+    char path[PATH_MAX + 260];
+    snprintf(path, sizeof path, "%s/%s", *dir ? dir : "", e->d_name);
+    json_t *doc = NULL;
+    tl_error why = {0};
+    if (rescue_load(&doc, path, &why) != TL_OK) {
+      if (bad && bad->code == TL_OK)
+        *bad = why;
+      continue;
+    }
+    const char *kind = doc ? json_string_value(json_object_get(doc, "kind")) : NULL;
+    if (doc && !(kind && strcmp(kind, "not_sent") == 0) && !(*pending)++)
+      *first = strtoll(num, NULL, 10);
+    rescue_doc_free(doc);
+  }
+  closedir(d);
+  free(dir);
+  return TL_OK;
+}
+
+tl_status tl__rescue_refuse(tl_store *s, int64_t cred, const char *what, tl_error *err)
+{
+  tl_error why = {0};
+  int held = rescue_holds(s, cred, NULL, 1, &why);
+  if (held < 0)
+    return tl__err(err, TL_EREUSE, 0,
+                   "credential %lld: %s: a file beside the ledger is named as its rescue file but cannot be read as "
+                   "a rescue file (%s); it may hold the server's answer, so nothing gives the login up until that "
+                   "file is inspected and moved away",
+                   (long long)cred, what, why.message);
+  if (held)
+    return tl__err(err, TL_EREUSE, 0,
+                   "credential %lld: %s: a rescue file beside the ledger holds the server's answer to its last "
+                   "presentation with a usable refresh token; the login is not given up while that answer waits to "
+                   "be taken back",
+                   (long long)cred, what);
+  return TL_OK;
 }
 
 /* 1 if a rescue file holds a server's answer for cred: re-presenting its RT would be reuse. */
 static int rescue_pending(tl_store *s, int64_t cred)
 {
-  return rescue_holds(s, cred, NULL, 0);
-}
-
-/* 1 if a rescue file holds a server's answer to the refresh token with fingerprint fp. */
-static int rescue_names(tl_store *s, int64_t cred, const char *fp)
-{
-  return rescue_holds(s, cred, fp, 0);
+  tl_error ignore = {0};
+  return rescue_holds(s, cred, NULL, 0, &ignore) != 0;
 }
 
 tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_action action, tl_error *err)
@@ -1701,13 +1760,9 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
       tl_token_free(t);
     return rc;
   }
-  if (tl__rescue_live(s, cred)) /* it holds a live grant: giving the login up would throw it away */
-    return tl__err(err, TL_EREUSE, 0,
-                   "credential %lld: a rescue file beside the ledger holds the server's answer to its last "
-                   "presentation with a usable refresh token; the login is not given up while that answer waits to "
-                   "be taken back",
-                   (long long)cred);
-  if ((rc = tl__tx_begin(s, "recover", err)) != TL_OK)
+  /* A rescued answer holds a live grant: giving the login up would throw it away. */
+  if ((rc = tl__rescue_refuse(s, cred, "not given up", err)) != TL_OK ||
+      (rc = tl__tx_begin(s, "recover", err)) != TL_OK)
     return rc;
   int64_t now = tl__now_ms();
   if ((rc = TL_RUN(s, dead_rt_sql, "recover", err, TL_INT(":now", now), TL_INT(":cred", cred))) != TL_OK ||

@@ -147,6 +147,11 @@ tl $D profile set-home fresh "$WORK/alias"; expect 12 "another profile's home, t
 contains "already the home of profile 'restored'" "names the profile"
 tl $D profile set-home fresh "$WORK/newhome/"; expect 12 "and with a trailing slash"
 tl $D profile add third --home "$WORK/newhome"; expect 12 "profile add --home too"
+# The same directory under a name the ledger never saw (a root moved, a symlink keeping the old name).
+mkdir -p "$WORK/data/h"; tl $D profile add moved --home "$WORK/data/h"; expect 0 "a home"
+mv "$WORK/data" "$WORK/data2"; ln -s "$WORK/data2" "$WORK/data"
+tl $D profile set-home fresh "$WORK/data2/h"; expect 12 "the same directory by its new real path"
+p0=$(q "SELECT name, home FROM profile ORDER BY id" | sha256sum)
 tl $D profile set-home fresh /dev; expect "$([ "$(id -u)" = 0 ] && echo 2 || echo 9)" "a system directory is not a Hermes home (for root too)"
 check '[ "$(q "SELECT name, home FROM profile ORDER BY id" | sha256sum)" = "$p0" ]' "the profiles are as they were"
 

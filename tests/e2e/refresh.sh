@@ -118,5 +118,21 @@ tl $D provider set nous --device-url "http://127.0.0.1:9/device"
 tl $D login nous --profile dora; expect 7 "an unreachable device endpoint is transient"
 tl $D login nous --profile ghost; expect 3 "login for an unknown profile"
 
+# --- a file named like a rescue file that is not one: it blocks presenting (it might hold an answer),
+# and everything that refuses names it and says the way out
+A=$(q "SELECT e.credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id JOIN credential c ON c.id = e.credential_id WHERE p.name = 'dora' AND c.status = 'active'")
+tl $D recover --credential "$A" --rescue; expect 3 "recover --rescue with nothing to take back"
+contains "hint: nothing waits to be taken back" "does not send the user to itself"
+printf 'junk\n' > "$DB-rescue-$A-77"; chmod 600 "$DB-rescue-$A-77"
+r=$(counter refreshes)
+tl $D refresh nous --profile dora --force; expect 6 "a junk file named as a rescue file blocks presenting"
+contains "rescue-$A-77" "names the file"; contains "cannot be read as a rescue file" "says what is wrong with it"
+contains "move it out of the ledger" "and the way out"
+check '[ "$(counter refreshes)" = "$r" ]' "nothing was sent"
+tl $D doctor; expect 1 "doctor sees it"; contains "cannot be read as one" "and says so"
+tl $D credential rm "$A" --force; expect 4 "nothing gives the login up meanwhile"
+rm "$DB-rescue-$A-77"
+tl $D refresh nous --profile dora --force; expect 0 "moved away, the grant refreshes again"
+
 no_secret_leak "$WORK/rt-a" "$WORK/rt-b" "$WORK/rt-c" "$WORK/rt-d" "$WORK/rt-d1"
 finish

@@ -141,5 +141,18 @@ hermes refresh "$R" alpha file --force-current
 check '[ "$HRC" = 0 ]' "Hermes refreshes at the real portal again"
 tl $D sync --all; expect 0 "tokenledger adopts it"
 check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse, before, during and after strict mode"
+
+# --- 7. Hermes rotating at the grant's own loopback portal, its host spelled another way, just before
+# strict goes on: a genuine rotation, adopted (never refused as foreign), so nothing spent is presented
+A="$(auth "$R" alpha)"; f0=$(q "SELECT count(*) FROM audit_event WHERE event = 'strict_foreign_token'")
+jq --arg u "http://localhost:${URL##*:}" '.providers.nous.portal_base_url = $u' "$A" > "$WORK/a.json"
+cat "$WORK/a.json" > "$A"
+hermes refresh "$R" alpha file --force-current
+new=$(rt_of "$A")
+check '[ "$HRC" = 0 ] && [ "$new" != "$(current)" ]' "Hermes rotated at http://localhost:PORT ($(cat "$WORK/h.out"))"
+tl $D profile strict alpha on; expect 0 "strict on right after"
+check '[ "$(current)" = "$new" ] && [ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'strict_foreign_token'"'")" = "$f0" ]' "Hermes' rotation is adopted, not refused as foreign"
+tl $D refresh nous --profile alpha --force; expect 0 "the grant refreshes from it"
+check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "no reuse"
 no_secret_leak "$WORK/rt-real"
 finish
