@@ -728,8 +728,7 @@ static tl_status outcome_message(tl_store *s, const claim *cl, const tl__answer 
                    a->kind == TL__A_ROTATED ? "; its new refresh token was recorded" : "; the refresh token stays");
   case TL__A_REJECTED: rejected_message(s, cl, a, msg); return TL_EREAUTH;
   case TL__A_NOT_SENT:
-    return tl__err(msg, TL_ETRANSIENT, 0,
-                   "%s token endpoint unreachable (%s); the refresh token was not sent and stays current", cl->provider,
+    return tl__err(msg, TL_ETRANSIENT, 0, "%s: the refresh token was not sent (%s) and stays current", cl->provider,
                    a->desc ? a->desc : "no detail");
   case TL__A_TRANSIENT:
     return tl__err(msg, TL_ETRANSIENT, 0,
@@ -1110,7 +1109,16 @@ static tl_status present_and_record(tl_token **out, tl_store *s, claim *cl, tl__
   int recorded = 0;
   tl_error fail = {0}, why = {0};
   rescue_reserve(s, cl);
-  present(s, cl, a);
+  if (s->rescue_fd < 0) {
+    /* No room kept for the server's answer: if the record then failed, a rotation would be lost. */
+    memset(a, 0, sizeof *a);
+    a->kind = TL__A_NOT_SENT;
+    a->retry_after = -1;
+    a->desc = strdup("no room beside the ledger to keep the server's answer should its record fail (a 96 KiB "
+                     "reservation could not be made: is the disk full?); not presented");
+  } else {
+    present(s, cl, a);
+  }
   if (a->raw && rescue_write(s, cl, a, &why) != TL_OK)
     tl_error_clear(&why); /* evidence only: the outcome is recorded as unknown either way */
   tl_status rc = record(out, &recorded, s, cl, a, &fail);

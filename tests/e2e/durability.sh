@@ -113,6 +113,15 @@ tl $D recover --credential 1 --rescue; expect 0 "recover puts the lost attempt b
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = \"attempt_restored\"")" = 1 ] && [ ! -e "$rescue" ]' "attempt_restored on record, the file removed"
 tl $D refresh nous --profile alice --force; expect 0 "the next refresh presents the rescued RT"
 check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "the portal never saw a spent RT"
+# No room to keep an answer (under 96 KiB free): nothing is presented, so no rotation can be lost.
+dd if=/dev/zero of="$WORK/small/pad" bs=88k count=1 2>/dev/null || true
+fill; rm -f "$WORK/small/pad"
+n=$(counter refreshes); before=$(q "SELECT fingerprint FROM refresh_token WHERE state = 'current'")
+tl $D refresh nous --profile alice --force; expect 7 "no room for a rescue file: not presented (transient)"
+contains "not sent" "says the token was not sent"; contains "96 KiB" "and why"
+check '[ "$(counter refreshes)" = "$n" ] && [ "$(q "SELECT fingerprint FROM refresh_token WHERE state = '"'current'"'")" = "$before" ]' "the portal saw nothing; the token is still current"
+unfill
+tl $D refresh nous --profile alice --force; expect 0 "with room again, the refresh goes through"
 # Reservations: one another process holds (in another PID namespace its pid means nothing) is never swept;
 # an old one nobody holds is.
 held="$DB-rescue-reserve-999999-aaaaaaaaaaaa"; stale="$DB-rescue-reserve-999998-bbbbbbbbbbbb"
