@@ -35,7 +35,9 @@ expect 0 "after the hammer: no reuse, every issued RT accounted for"
 cat "$OUT"
 check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse at the portal"
 check '[ "$(counter refreshes)" = "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome=\"rotated\"")" ]' "portal rotations equal ledger rotations"
-check '[ "$(counter refreshes)" -gt "$CALLS" ]' "the hammer really rotated (more rotations than calls per process)"
+# Forced refreshes that meet a peer's refresh of the same credential take its result (single-flight), so how many
+# rotate depends on timing (121 of ~530 under ASan on a loaded machine): the check is only that it rotated a lot.
+check '[ "$(counter refreshes)" -ge "$((CALLS / 10))" ]' "the hammer really rotated (at least $((CALLS / 10)) rotations)"
 
 # 2. the crowd: 16 processes, one expired credential, one refresh
 tl $D profile add crowd
