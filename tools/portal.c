@@ -677,12 +677,6 @@ static void on_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MH
   *con_cls = NULL;
 }
 
-static void on_signal(int sig)
-{
-  (void)sig;
-  stop = 1;
-}
-
 int main(int argc, char **argv)
 {
   int port = 0;
@@ -714,6 +708,14 @@ int main(int argc, char **argv)
     fprintf(stderr, "tl-portal: --addr must be an IPv4 address in 127.0.0.0/8\n");
     return 2;
   }
+  /* SIGTERM and SIGINT are taken by the main thread alone, with sigwait: a handler that set a flag could
+   * run on one of libmicrohttpd's threads while the main thread slept in pause() for good. */
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, NULL); /* inherited by every thread the daemon starts */
+  signal(SIGPIPE, SIG_IGN);
   struct MHD_Daemon *d =
       MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0, NULL,
                        NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL,
@@ -736,11 +738,10 @@ int main(int argc, char **argv)
   }
   printf("tl-portal listening on http://%s:%d\n", bind_addr, bound);
   fflush(stdout);
-  signal(SIGTERM, on_signal);
-  signal(SIGINT, on_signal);
-  signal(SIGPIPE, SIG_IGN);
-  while (!stop)
-    pause();
+  int sig = 0;
+  while (sigwait(&stop_signals, &sig) != 0)
+    ;
+  stop = 1; /* a connection held by the hang fault lets go */
   MHD_stop_daemon(d);
   return 0;
 }
