@@ -183,6 +183,8 @@ typedef struct cli_ctx {
 } cli_ctx;
 /* Prints the failure and, when there is one, what to run next; returns the exit code. */
 int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc);
+/* 1 if the ledger has a provider of that name (hint.c). */
+int cli_has_provider(tl_store *s, const char *name);
 
 /* ---- progress (progress.c): a status line on a terminal only ---------------- */
 

@@ -73,6 +73,24 @@ static int finish(tl_store *s, tl_status rc, tl_report *r, const tl_error *err, 
   return code;
 }
 
+/* A whole-ledger list command: check the columns asked for, open the ledger, list, print. */
+static int run_list(cli_args *a, const cli_col *cols, tl_status (*list)(tl_report **, tl_store *, tl_error *))
+{
+  cli_out o = cli_out_of(a);
+  int prc = cli_check_columns(&o, cols);
+  if (prc >= 0)
+    return prc;
+  tl_store *s = NULL;
+  tl_report *r = NULL;
+  tl_error err = {0};
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
+  tl_status rc = list(&r, s, &err);
+  cli_ctx ctx = {s, NULL, NULL, 0};
+  return finish(s, rc, r, &err, &ctx, cols, &o, 0);
+}
+
 /* ---- init ------------------------------------------------------------------- */
 
 static int run_init(const cli_cmd *c, cli_args *a)
@@ -193,19 +211,7 @@ static const cli_col profile_cols[] = {{"name", NULL, COL_DEFAULT},
 static int run_profile_list(const cli_cmd *c, cli_args *a)
 {
   (void)c;
-  cli_out o = cli_out_of(a);
-  int prc = cli_check_columns(&o, profile_cols);
-  if (prc >= 0)
-    return prc;
-  tl_store *s = NULL;
-  tl_report *r = NULL;
-  tl_error err = {0};
-  int orc = cli_open(&s, 0, NULL);
-  if (orc >= 0)
-    return orc;
-  tl_status rc = tl_profile_list(&r, s, &err);
-  cli_ctx ctx = {s, NULL, NULL, 0};
-  return finish(s, rc, r, &err, &ctx, profile_cols, &o, 0);
+  return run_list(a, profile_cols, tl_profile_list);
 }
 
 static int run_profile_rm(const cli_cmd *c, cli_args *a)
@@ -353,18 +359,6 @@ const cli_cmd cli_cmd_profile = {"profile",
 
 /* ---- provider --------------------------------------------------------------- */
 
-static int provider_exists(tl_store *s, const char *name)
-{
-  tl_report *r = NULL;
-  tl_error err = {0};
-  int found = 0;
-  if (tl_provider_list(&r, s, &err) == TL_OK)
-    for (size_t i = 0; i < tl_report_rows(r) && !found; i++)
-      found = strcmp(tl_report_get(r, i, "name"), name) == 0;
-  tl_report_free(r);
-  return found;
-}
-
 static int run_provider_set(const cli_cmd *c, cli_args *a)
 {
   (void)c;
@@ -390,7 +384,7 @@ static int run_provider_set(const cli_cmd *c, cli_args *a)
   int orc = cli_open(&s, 0, NULL);
   if (orc >= 0)
     return orc;
-  int exists = provider_exists(s, name);
+  int exists = cli_has_provider(s, name);
   if (!exists && (!p.token_url || !p.client_id)) {
     tl_store_free(s);
     return usage_error("provider %s is new: give --token-url URL and --client-id ID", shown(&(shown_arg){{0}}, name));
@@ -419,19 +413,7 @@ static const cli_col provider_cols[] = {{"name", NULL, COL_DEFAULT},
 static int run_provider_list(const cli_cmd *c, cli_args *a)
 {
   (void)c;
-  cli_out o = cli_out_of(a);
-  int prc = cli_check_columns(&o, provider_cols);
-  if (prc >= 0)
-    return prc;
-  tl_store *s = NULL;
-  tl_report *r = NULL;
-  tl_error err = {0};
-  int orc = cli_open(&s, 0, NULL);
-  if (orc >= 0)
-    return orc;
-  tl_status rc = tl_provider_list(&r, s, &err);
-  cli_ctx ctx = {s, NULL, NULL, 0};
-  return finish(s, rc, r, &err, &ctx, provider_cols, &o, 0);
+  return run_list(a, provider_cols, tl_provider_list);
 }
 
 static const cli_opt provider_set_opts[] = {
@@ -596,19 +578,7 @@ static const cli_col credential_cols[] = {{"credential", "id", COL_DEFAULT},
 static int run_credential_list(const cli_cmd *c, cli_args *a)
 {
   (void)c;
-  cli_out o = cli_out_of(a);
-  int prc = cli_check_columns(&o, credential_cols);
-  if (prc >= 0)
-    return prc;
-  tl_store *s = NULL;
-  tl_report *r = NULL;
-  tl_error err = {0};
-  int orc = cli_open(&s, 0, NULL);
-  if (orc >= 0)
-    return orc;
-  tl_status rc = tl_credential_list(&r, s, &err);
-  cli_ctx ctx = {s, NULL, NULL, 0};
-  return finish(s, rc, r, &err, &ctx, credential_cols, &o, 0);
+  return run_list(a, credential_cols, tl_credential_list);
 }
 
 static const cli_opt credential_add_opts[] = {

@@ -37,28 +37,27 @@ __attribute__((format(printf, 2, 3))) static void hint(const tl_error *err, cons
   fprintf(stderr, "hint: %s\n", text);
 }
 
-static int has_profile(tl_store *s, const char *name)
+/* 1 if a name is in a list the ledger gives (its "name" column). */
+static int listed(tl_store *s, tl_status (*list)(tl_report **, tl_store *, tl_error *), const char *name)
 {
   tl_report *r = NULL;
   tl_error err = {0};
   int found = 0;
-  if (tl_profile_list(&r, s, &err) == TL_OK)
+  if (list(&r, s, &err) == TL_OK)
     for (size_t i = 0; i < tl_report_rows(r) && !found; i++)
       found = strcmp(tl_report_get(r, i, "name"), name) == 0;
   tl_report_free(r);
   return found;
 }
 
-static int has_provider(tl_store *s, const char *name)
+static int has_profile(tl_store *s, const char *name)
 {
-  tl_report *r = NULL;
-  tl_error err = {0};
-  int found = 0;
-  if (tl_provider_list(&r, s, &err) == TL_OK)
-    for (size_t i = 0; i < tl_report_rows(r) && !found; i++)
-      found = strcmp(tl_report_get(r, i, "name"), name) == 0;
-  tl_report_free(r);
-  return found;
+  return listed(s, tl_profile_list, name);
+}
+
+int cli_has_provider(tl_store *s, const char *name)
+{
+  return listed(s, tl_provider_list, name);
 }
 
 /* The credential's provider and first profile, from the ledger (buffers may stay empty). */
@@ -203,7 +202,7 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
       break;
     if (*profile && tl_profile_name_valid(profile) && !has_profile(s, profile))
       hint(err, "add it with 'tokenledger profile add %s' (or import its Hermes home)", profile);
-    else if (*provider && !has_provider(s, provider))
+    else if (*provider && !cli_has_provider(s, provider))
       hint(err, "configure it with 'tokenledger provider set %s --token-url URL --client-id ID'", provider);
     break;
   case TL_EREUSE:
