@@ -252,10 +252,13 @@ static int strict_failed(tl_store *s, const tl_error *err, tl_status rc, const c
 {
   cli_ctx ctx = {s, name, NULL, 0};
   int code = cli_fail(&ctx, err, rc);
-  if (strict_is(s, name, on))
+  if (on && strict_is(s, name, on))
     fprintf(stderr,
             "hint: the switch is recorded; once that is fixed, 'tokenledger sync --profile %s' writes it into "
-            "Hermes' files\n",
+            "Hermes' files ('tokenledger doctor' shows it unfinished until then)\n",
+            name);
+  else if (!on && strict_is(s, name, 1))
+    fprintf(stderr, "hint: nothing was switched; once that is fixed, run 'tokenledger profile strict %s off' again\n",
             name);
   else if (rc == TL_ENOTFOUND && on && strstr(err->message, "serve"))
     fprintf(stderr, "hint: start 'tokenledger serve' once (or 'systemctl --user start tokenledger-serve'), then "
@@ -694,6 +697,9 @@ static void doctor_hints(const tl_report *r, tl_store *s)
     else if (strcmp(check, "strict_serve") == 0)
       fprintf(stderr, "hint: strict_serve: start or restart 'tokenledger serve' (or 'systemctl --user restart "
                       "tokenledger-serve')\n");
+    else if (strcmp(check, "strict_files") == 0)
+      fprintf(stderr, "hint: strict_files: 'tokenledger sync --all' finishes the switch once Hermes no longer holds "
+                      "the file's lock (until then the file is locked and adopted like any Hermes file)\n");
     else if (strcmp(check, "file_mode") == 0 || strcmp(check, "sqlite_files") == 0)
       fprintf(stderr, "hint: %s: 'tokenledger doctor --fix' repairs the modes of your own files\n", check);
     else if (strcmp(check, "unknown_outcomes") == 0 || strcmp(check, "needs_reauth") == 0) {

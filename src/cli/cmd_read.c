@@ -46,6 +46,15 @@ static void status_hints(const tl_report *r)
 {
   int64_t seen[64];
   size_t nseen = 0;
+  const char *last = NULL;
+  for (size_t i = 0; i < tl_report_rows(r); i++) {
+    const char *p = tl_report_get(r, i, "profile"), *u = tl_report_get(r, i, "strict_unfinished");
+    if (p && u && strcmp(u, "1") == 0 && (!last || strcmp(last, p) != 0))
+      printf("profile %s: a strict switch is unfinished (its Hermes file disagrees with the flag): 'tokenledger sync "
+             "--profile %s' finishes it\n",
+             p, p);
+    last = p;
+  }
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *access = tl_report_get(r, i, "access_token"), *cred = tl_report_get(r, i, "credential");
     if (!access || !cred || (strcmp(access, "needs_login") != 0 && strcmp(access, "unknown_outcome") != 0))
@@ -88,6 +97,7 @@ static const cli_col status_cols[] = {{"profile", NULL, COL_DEFAULT},
                                       {"cooling_until", "cooldown", COL_DEFAULT | COL_TIME | COL_OPTIONAL},
                                       {"request_count", NULL, 0},
                                       {"strict", NULL, COL_DEFAULT | COL_BOOL | COL_OPTIONAL},
+                                      {"strict_unfinished", NULL, COL_BOOL},
                                       {"strategy", NULL, 0},
                                       {"reason", NULL, 0},
                                       {0}};

@@ -494,6 +494,29 @@ static tl_status strict_grant(wb *w, const credinfo *c, tl__grant *g, char **sur
   return TL_OK;
 }
 
+/*
+ * The grant as it goes into this file: in strict form (a surrogate and serve's
+ * URL) when the file is strict, whichever command writes it (sync, export, a
+ * login, a refresh's write-back). *surrogate is freed by the caller.
+ */
+static tl_status file_grant(wb *w, const credinfo *c, tl__grant *g, char **surrogate, tl_error *err)
+{
+  *g = grant_of(c, w->now);
+  *surrogate = NULL;
+  if (w->strict && strcmp(c->provider, "nous") == 0)
+    return strict_grant(w, c, g, surrogate, err);
+  return TL_OK;
+}
+
+/* Fills a slot with the grant in the file's form; 1 if anything changed. */
+static int fill_form(wb *w, tl__slot *sl, const tl__grant *g, const char *surrogate)
+{
+  int changed = tl__hf_fill(sl, g);
+  if (surrogate)
+    changed |= tl__hf_set_portal(sl, w->portal);
+  return changed;
+}
+
 static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_error *err)
 {
   credinfo c;
@@ -512,8 +535,15 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
       /* A new login replaces the dead grant at this place. */
       credinfo n;
       if ((rc = load_cred(&n, w->s, next, err)) == TL_OK) {
-        tl__grant g = grant_of(&n, w->now);
-        w->changed |= tl__hf_fill(sl, &g);
+        tl__grant g;
+        char *surrogate = NULL;
+        if ((rc = file_grant(w, &n, &g, &surrogate, err)) != TL_OK) {
+          credinfo_clear(&n);
+          credinfo_clear(&c);
+          return rc;
+        }
+        w->changed |= fill_form(w, sl, &g, surrogate);
+        tl_secret_free(surrogate);
         if (sl->kind == TL_SLOT_SINGLETON)
           w->login = next;
         char place[PATH_MAX + 16];
@@ -531,18 +561,14 @@ static tl_status fill_slot(wb *w, tl__slot *sl, int64_t cred, int *removed, tl_e
       w->changed |= tl__hf_quarantine(sl, w->now);
     }
   } else if (usable(&c)) {
-    tl__grant g = grant_of(&c, w->now);
+    tl__grant g;
     int was_empty = !tl__hf_slot_rt(sl) && !tl__hf_ref_cred(json_object_get(sl->obj, "refresh_token"));
     char *surrogate = NULL;
-    if (w->strict && strcmp(c.provider, "nous") == 0) {
-      if ((rc = strict_grant(w, &c, &g, &surrogate, err)) != TL_OK) {
-        credinfo_clear(&c);
-        return rc;
-      }
+    if ((rc = file_grant(w, &c, &g, &surrogate, err)) != TL_OK) {
+      credinfo_clear(&c);
+      return rc;
     }
-    w->changed |= tl__hf_fill(sl, &g);
-    if (surrogate)
-      w->changed |= tl__hf_set_portal(sl, w->portal);
+    w->changed |= fill_form(w, sl, &g, surrogate);
     tl_secret_free(surrogate);
     if (was_empty && sl->kind == TL_SLOT_SINGLETON && strcmp(sl->provider, "nous") == 0)
       w->login = cred; /* a quarantined singleton takes a new login: its device_code row comes too */
@@ -599,9 +625,15 @@ static tl_status ensure_nous(wb *w, tl_error *err)
     credinfo_clear(&c);
     return TL_OK;
   }
-  tl__grant g = grant_of(&c, w->now);
+  tl__grant g;
+  char *surrogate = NULL;
+  if ((rc = file_grant(w, &c, &g, &surrogate, err)) != TL_OK) {
+    credinfo_clear(&c);
+    return rc;
+  }
   json_t *nous = child(child(f->doc, "providers", 0), "nous", 0);
   if (!nous) {
+    tl_secret_free(surrogate);
     credinfo_clear(&c);
     return tl__oom(err);
   }
@@ -610,7 +642,7 @@ static tl_status ensure_nous(wb *w, tl_error *err)
   tl__slot sl = {.kind = TL_SLOT_SINGLETON, .obj = nous};
   snprintf(sl.provider, sizeof sl.provider, "nous");
   snprintf(sl.place, sizeof sl.place, "singleton:nous");
-  w->changed |= tl__hf_fill(&sl, &g);
+  w->changed |= fill_form(w, &sl, &g, surrogate);
   json_t *active = json_object_get(f->doc, "active_provider");
   if (!active || json_is_null(active)) {
     json_object_set_new(f->doc, "active_provider", json_string("nous"));
@@ -624,7 +656,8 @@ static tl_status ensure_nous(wb *w, tl_error *err)
   json_array_foreach(rows, i, r)
   {
     if (json_is_string(json_object_get(r, "refresh_token")) &&
-        strcmp(json_string_value(json_object_get(r, "refresh_token")), c.rt) == 0) {
+        strcmp(json_string_value(json_object_get(r, "refresh_token")), g.refresh_token) == 0) {
+      tl_secret_free(surrogate);
       credinfo_clear(&c);
       return rc;
     }
@@ -652,6 +685,7 @@ static tl_status ensure_nous(wb *w, tl_error *err)
     }
     sqlite3_reset(st);
   }
+  tl_secret_free(surrogate);
   credinfo_clear(&c);
   return rc;
 }
@@ -740,16 +774,96 @@ tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_err
 {
   static const char shared_sql[] =
       "SELECT sp.profile_id FROM strict_profile sp JOIN pool_entry e ON e.profile_id = sp.profile_id JOIN grant_place "
-      "g ON g.credential_id = e.credential_id WHERE g.profile_id IS NULL AND g.place = :place ORDER BY sp.profile_id "
-      "LIMIT 1";
+      "g ON g.credential_id = e.credential_id WHERE g.profile_id IS NULL AND g.place = :place AND sp.profile_id <> "
+      ":leaving ORDER BY sp.profile_id LIMIT 1";
   *out = 0;
   if (!f->shared) {
-    *out = f->profile && tl__strict_profile(s, f->profile) ? f->profile : 0;
+    *out = f->profile && f->profile != s->strict_leaving && tl__strict_profile(s, f->profile) ? f->profile : 0;
     return TL_OK;
   }
   char place[PATH_MAX + 16];
   snprintf(place, sizeof place, "shared:%s", f->path);
-  return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place));
+  return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place), TL_INT(":leaving", s->strict_leaving));
+}
+
+/*
+ * Does the file, as it is on disk now, hold a real refresh token (one that is
+ * neither a surrogate nor defused)? Read without its lock: a snapshot is
+ * enough to decide whether the file must be locked and adopted. A file that
+ * cannot be read is taken as holding one (the caller then locks it and the
+ * adopt step reports why it cannot be read).
+ */
+static int holds_real_rt(const tl__hf *f)
+{
+  json_t *doc = NULL;
+  char sha[65];
+  tl_error ignore = {0};
+  tl__slots ss = {0};
+  tl_status rc = tl__hf_load(&doc, sha, NULL, f->path, &ignore);
+  if (rc == TL_ENOTFOUND)
+    return 0;
+  int real = rc != TL_OK || tl__hf_walk(&ss, doc, f->path, f->shared ? TL_WALK_SHARED : 0, &ignore) != TL_OK;
+  for (size_t k = 0; !real && k < ss.n; k++) {
+    const char *rt = tl__hf_slot_rt(&ss.v[k]);
+    real = rt && !tl__strict_is_surrogate(rt) && !tl__hf_is_defused(rt);
+  }
+  tl__hf_slots_free(&ss);
+  json_decref(doc);
+  return real;
+}
+
+/*
+ * Does the profile's home file agree with its strict flag? A strict profile
+ * whose file still holds a real Nous refresh token (a switch on that stopped
+ * halfway), or a plain profile whose file holds a surrogate (a switch off
+ * that stopped halfway), disagrees: *out = 0 and why names the place. The
+ * next sync finishes the switch. A missing or unreadable file agrees (other
+ * checks report it).
+ */
+tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int64_t profile, tl_error *err)
+{
+  static const char sql[] = "SELECT home FROM profile WHERE id = :p";
+  char *home = NULL, file[PATH_MAX + 16];
+  *out = 1;
+  if (why && n)
+    why[0] = '\0';
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":p", profile))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "profile", err)) != TL_OK)
+    return rc;
+  home = found ? tl__col_dup(st, 0) : NULL;
+  sqlite3_reset(st);
+  if (!home)
+    return TL_OK;
+  int fit = snprintf(file, sizeof file, "%s/auth.json", home) < (int)sizeof file;
+  free(home);
+  json_t *doc = NULL;
+  char sha[65];
+  tl_error ignore = {0};
+  tl__slots ss = {0};
+  if (!fit || tl__hf_load(&doc, sha, NULL, file, &ignore) != TL_OK ||
+      tl__hf_walk(&ss, doc, file, 0, &ignore) != TL_OK) {
+    json_decref(doc);
+    return TL_OK;
+  }
+  int strict = tl__strict_profile(s, profile);
+  for (size_t k = 0; k < ss.n && *out; k++) {
+    const char *rt = tl__hf_slot_rt(&ss.v[k]);
+    if (!rt || strcmp(ss.v[k].provider, "nous") != 0 || tl__hf_is_defused(rt))
+      continue;
+    if (strict != tl__strict_is_surrogate(rt)) {
+      *out = 0;
+      if (why && n)
+        snprintf(why, n, "%s: %s holds %s", file, ss.v[k].path,
+                 strict ? "a real refresh token although the profile is strict"
+                        : "a surrogate although the profile is not strict");
+    }
+  }
+  tl__hf_slots_free(&ss);
+  json_decref(doc);
+  return TL_OK;
 }
 
 /* The port of a plain-http loopback URL (80 if none is given), -1 for anything else. */
@@ -1107,14 +1221,19 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
   tl__hfset set = {0};
   tl_status rc = tl__hfset_for_credential(&set, s, cred, err);
   /*
-   * Strict files hold no refresh token: nothing there to adopt, and a strict
-   * profile's Hermes may be the very caller of this refresh (through serve),
-   * holding its own locks while it waits for the answer. They are left to the
-   * next sync, which takes their locks outside any request.
+   * A strict file in strict form holds no refresh token: nothing there to
+   * adopt, and its profile's Hermes may be the very caller of this refresh
+   * (through serve), holding its own locks while it waits for the answer. Such
+   * files are left to the next sync, which takes their locks outside any
+   * request. What decides is what the file holds, never the flag alone: a
+   * strict profile's file that still holds a real refresh token (a switch
+   * that stopped halfway, a foreign token) is locked and adopted like any
+   * other Hermes file, or Hermes' own rotation of it would make this
+   * presentation a reuse.
    */
   for (size_t i = 0; rc == TL_OK && i < set.n;) {
     int64_t owner = 0;
-    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner)
+    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner && !holds_real_rt(&set.v[i]))
       tl__hfset_remove(&set, i);
     else
       i++;

@@ -57,6 +57,7 @@ struct tl_store {
   int coop; /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
   char coop_spent_fp[65];  /* set by it: an RT the server rotated that the ledger could not record */
   int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
+  int64_t strict_leaving;  /* `profile strict NAME off` writes this profile's files in plain form first (strict.c) */
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
@@ -379,5 +380,8 @@ struct sockaddr_storage;
 unsigned tl__serve_sockaddr(struct sockaddr_storage *ss, const char *host, int port);
 /* hermes_sync.c: serve's URL for strict files: the running serve's, else where it last listened. 0 if none. */
 int tl__strict_url(char *out, size_t n, tl_store *s);
+/* hermes_sync.c: does the profile's home file agree with its strict flag (no real Nous RT in a strict
+ * profile's file, no surrogate in a plain one's)? why (may be NULL) names the place that disagrees. */
+tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int64_t profile, tl_error *err);
 
 #endif

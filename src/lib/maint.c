@@ -185,6 +185,36 @@ static tl_status rescue_check(tl_report *r, int *problems, tl_store *s, tl_error
   return add_check(r, problems, "rescue_files", pending == 0 && bad.code == TL_OK, detail, err);
 }
 
+/* The profiles whose home file disagrees with their strict flag, named in one detail. */
+static tl_status strict_files_check(tl_report *r, int *problems, tl_store *s, tl_error *err)
+{
+  static const char sql[] = "SELECT id, name FROM profile WHERE home IS NOT NULL ORDER BY name";
+  char detail[1100] = "", why[600] = "";
+  int bad = 0, found = 0;
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "profiles", err)) == TL_OK && found) {
+    int agree = 1;
+    char name[80];
+    snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(st, 1));
+    if ((rc = tl__strict_files_agree(&agree, why, sizeof why, s, sqlite3_column_int64(st, 0), err)) != TL_OK)
+      break;
+    if (!agree && bad++ == 0)
+      snprintf(detail, sizeof detail, "a strict switch of profile %s is unfinished: %s", name, why);
+  }
+  sqlite3_reset(st);
+  if (rc != TL_OK)
+    return rc;
+  if (bad > 1) {
+    size_t l = strlen(detail);
+    snprintf(detail + l, sizeof detail - l, " (and %d more profile(s))", bad - 1);
+  } else if (!bad)
+    snprintf(detail, sizeof detail, "every profile's Hermes file agrees with its strict flag");
+  return add_check(r, problems, "strict_files", bad == 0, detail, err);
+}
+
 tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl_error *err)
 {
   tl_error_clear(err);
@@ -340,6 +370,10 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
     if ((rc = add_check(r, &problems, "strict_serve", ok, detail, err)) != TL_OK)
       goto done;
   }
+
+  /* 8. Every profile's home file agrees with its strict flag (a switch that stopped halfway does not). */
+  if ((rc = strict_files_check(r, &problems, s, err)) != TL_OK)
+    goto done;
 done:
   if (rc != TL_OK) {
     tl_report_free(r);

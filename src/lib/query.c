@@ -26,6 +26,29 @@
  * credential that needs a new login or whose last refresh has an unknown outcome says so instead, and an
  * API-key or borrowed entry (no lineage, nothing tokenledger refreshes) says what it is.
  */
+/* ",id,id,": the profiles whose home file disagrees with their strict flag (a switch that stopped halfway). */
+static tl_status unfinished_switches(char *out, size_t n, tl_store *s, tl_error *err)
+{
+  static const char sql[] = "SELECT id FROM profile WHERE home IS NOT NULL ORDER BY id";
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  snprintf(out, n, ",");
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK)
+    return rc;
+  while ((rc = tl__step_row(&found, s, st, "profiles", err)) == TL_OK && found) {
+    int agree = 1;
+    int64_t id = sqlite3_column_int64(st, 0);
+    if ((rc = tl__strict_files_agree(&agree, NULL, 0, s, id, err)) != TL_OK)
+      break;
+    size_t l = strlen(out);
+    if (!agree && l + 24 < n)
+      snprintf(out + l, n - l, "%lld,", (long long)id);
+  }
+  sqlite3_reset(st);
+  return rc;
+}
+
 tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl_error *err)
 {
   tl_error_clear(err);
@@ -47,6 +70,7 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
       "'unixepoch') END AS cooling_until, "
       "e.request_count AS request_count, "
       "EXISTS (SELECT 1 FROM strict_profile sp WHERE sp.profile_id = p.id) AS strict, "
+      "instr(:unfinished, ',' || p.id || ',') > 0 AS strict_unfinished, "
       "coalesce(ps.strategy, 'fill_first') AS strategy, "
       "CASE WHEN c.status <> 'active' THEN c.status_reason END AS reason "
       "FROM pool_entry e JOIN profile p ON p.id = e.profile_id "
@@ -64,8 +88,12 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
   }
   sqlite3_stmt *st;
   tl_status rc;
+  char unfinished[2048];
+  if ((rc = unfinished_switches(unfinished, sizeof unfinished, s, err)) != TL_OK)
+    return rc;
   if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK ||
-      (rc = TL_BIND(st, err, TL_TEXT(":profile", profile), TL_INT(":now", tl__now_ms()))) != TL_OK)
+      (rc = TL_BIND(st, err, TL_TEXT(":profile", profile), TL_INT(":now", tl__now_ms()),
+                    TL_TEXT(":unfinished", unfinished))) != TL_OK)
     return rc;
   return tl__report_from_stmt(out, s, st, err);
 }

@@ -355,35 +355,77 @@ static int profile_has_home(tl_store *s, const char *name)
   return home;
 }
 
-/* The profile's files (and every file holding its grants) take the switch at once, under Hermes' locks. */
-static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, tl_error *err)
+/*
+ * The profile's files (and every file holding its grants) take the switch at
+ * once, under Hermes' locks. With leaving set, they are written in plain form
+ * although the flag is still on (strict off writes the files first).
+ */
+static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, int leaving, tl_error *err)
 {
-  static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE id = :id";
-  sqlite3_stmt *st;
-  tl_status prc;
-  if ((prc = tl__prepare(&st, s, sql, err)) != TL_OK || (prc = TL_BIND(st, err, TL_INT(":id", id))) != TL_OK)
-    return prc;
-  int home = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
-  sqlite3_reset(st);
-  if (!home)
+  if (!profile_has_home(s, name))
     return TL_OK;
   tl_report *r = NULL;
+  s->strict_leaving = leaving ? id : 0;
   tl_status rc = tl_sync(&r, s, name, err);
+  s->strict_leaving = 0;
   tl_report_free(r);
-  if (rc != TL_OK && err) {
-    size_t l = strlen(err->message);
-    snprintf(err->message + l, sizeof err->message - l,
-             " (the switch is recorded, but profile %s's Hermes files were not updated)", name);
-  }
   return rc;
 }
 
-tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err)
+static tl_status flag_set(tl_store *s, int64_t *id, const char *name, int on, tl_error *err)
 {
-  tl_error_clear(err);
   static const char on_sql[] =
       "INSERT INTO strict_profile (profile_id, since) VALUES (:id, :now) ON CONFLICT (profile_id) DO NOTHING";
   static const char off_sql[] = "DELETE FROM strict_profile WHERE profile_id = :id";
+  tl_status rc;
+  if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
+    return rc;
+  if ((rc = tl__profile_id(id, s, name, err)) != TL_OK)
+    goto fail;
+  sqlite3_stmt *st;
+  if ((rc = tl__prepare(&st, s, on ? on_sql : off_sql, err)) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":id", *id))) != TL_OK ||
+      (on && (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) ||
+      (rc = tl__step_done(s, st, "profile strict", err)) != TL_OK)
+    goto fail;
+  if (sqlite3_changes(s->db) == 0) {
+    tl__tx_rollback(s); /* already so: nothing to record */
+    return TL_OK;
+  }
+  tl__ids ids = {.profile = *id};
+  if ((rc = tl__audit(s, on ? "profile_strict_on" : "profile_strict_off", &ids, json_pack("{s:s}", "profile", name),
+                      err)) != TL_OK)
+    goto fail;
+  return tl__tx_commit(s, err);
+fail:
+  tl__tx_rollback(s);
+  return rc;
+}
+
+static void append(tl_error *err, const char *text)
+{
+  if (!err)
+    return;
+  size_t l = strlen(err->message);
+  snprintf(err->message + l, sizeof err->message - l, "%s", text);
+}
+
+/*
+ * The switch and the files agree, or the difference is safe and visible:
+ *
+ *  on   the flag first (serve honours the profile's surrogates from then on),
+ *       then the files. If they cannot be reached (Hermes holds auth.lock, a
+ *       full disk), the profile is strict with files that still hold the real
+ *       token: the cooperative refresh decides by what a file holds, so they
+ *       are locked and adopted like any Hermes file until the next sync writes
+ *       the strict form (doctor and status name them meanwhile).
+ *  off  the files first, in plain form under their locks, the flag only once
+ *       they are written: a switch off that fails leaves the profile strict
+ *       and its surrogates honoured, never surrogates without strict mode.
+ */
+tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err)
+{
+  tl_error_clear(err);
   int64_t id = 0;
   tl_status rc;
   char url[300];
@@ -393,30 +435,24 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
     return tl__err(err, TL_ENOTFOUND, 0,
                    "profile strict: tokenledger serve has never run for this ledger, so there is no loopback portal "
                    "to point the profile's Hermes files at yet");
-  if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
+  if (on) {
+    if ((rc = flag_set(s, &id, name, 1, err)) != TL_OK)
+      return rc;
+    if ((rc = strict_reach_files(s, id, name, 0, err)) != TL_OK)
+      append(err, " (the profile is strict, but its Hermes files still hold the real token: until the next sync "
+                  "writes the strict form they are locked and adopted before every presentation like any Hermes file)");
     return rc;
-  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
-    goto fail;
-  sqlite3_stmt *st;
-  if ((rc = tl__prepare(&st, s, on ? on_sql : off_sql, err)) != TL_OK ||
-      (rc = TL_BIND(st, err, TL_INT(":id", id))) != TL_OK ||
-      (on && (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) ||
-      (rc = tl__step_done(s, st, "profile strict", err)) != TL_OK)
-    goto fail;
-  if (sqlite3_changes(s->db) == 0) {
-    tl__tx_rollback(s); /* already so: nothing to record */
-    return TL_OK;
   }
-  tl__ids ids = {.profile = id};
-  if ((rc = tl__audit(s, on ? "profile_strict_on" : "profile_strict_off", &ids, json_pack("{s:s}", "profile", name),
-                      err)) != TL_OK)
-    goto fail;
-  if ((rc = tl__tx_commit(s, err)) != TL_OK)
+  if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
     return rc;
-  return strict_reach_files(s, id, name, err);
-fail:
-  tl__tx_rollback(s);
-  return rc;
+  if (!tl__strict_profile(s, id))
+    return strict_reach_files(s, id, name, 0, err); /* already off: a sync finishes a half-done switch */
+  if ((rc = strict_reach_files(s, id, name, 1, err)) != TL_OK) {
+    append(err, " (strict mode stays on for this profile: the flag goes only once its files are written in plain "
+                "form; its surrogates are still honoured)");
+    return rc;
+  }
+  return flag_set(s, &id, name, 0, err);
 }
 
 /* ---- serve's port file --------------------------------------------------------- */

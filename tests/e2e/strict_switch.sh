@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# strict_switch.sh - a strict switch that stops halfway, and every write into a
+# strict profile's files. Hermes holds a profile's auth.lock while `profile
+# strict NAME on` runs (the switch cannot reach the file), then refreshes the
+# grant itself at the real portal, as the file it still holds tells it to; then
+# `refresh --force`, keep-fresh and serve's own round run: the portal must see
+# no reuse (the ledger decides by what the file holds, not by the flag), status
+# and doctor name the unfinished switch, and the next sync finishes it. The
+# same for `strict off`, and for a login into a strict profile: no real refresh
+# token in any of the profile's files after any command.
+. "$(dirname "$0")/lib.sh"
+set -e
+: "${TL_PORTAL:?}" "${TL_HERMES:?}"
+start_portal
+export TOKENLEDGER_HTTP_TIMEOUT_MS=3000
+unset HERMES_SHARED_AUTH_DIR
+. "$(dirname "$0")/hermes_root.sh"
+DB="$WORK/ledger.db"; D="--db $DB"; PF="$DB-serve"
+q() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
+current() { q "SELECT secret FROM refresh_token WHERE state = 'current' AND credential_id = 1"; }
+rt_of() { jq -r '.providers.nous.refresh_token // .refresh_token' "$1"; }
+hermes() { set +e; "$TL_HERMES" "$@" > "$WORK/h.out" 2>&1; HRC=$?; set -e; cat "$WORK/h.out" >> "$ALL"; }
+SERVE_PID=""
+HOLD_PID=""
+stop_serve() { if [ -n "$SERVE_PID" ]; then kill -TERM "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; fi; SERVE_PID=""; }
+release() { if [ -n "$HOLD_PID" ]; then kill "$HOLD_PID" 2>/dev/null || true; wait "$HOLD_PID" 2>/dev/null || true; fi; HOLD_PID=""; }
+trap '[ "${BASHPID:-$$}" = "$$" ] || exit 0; release; stop_serve; cleanup' EXIT
+start_serve() { # no keep-fresh rounds of its own unless asked ($1 = interval)
+  if [ -n "${1:-}" ]; then set -- --interval "$1" --ahead 86400; else set -- --interval 3600; fi
+  "$TL_BIN" --db "$DB" serve "$@" >> "$WORK/serve.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 200); do [ "$(jq -r .pid "$PF" 2>/dev/null)" = "$SERVE_PID" ] && break; sleep 0.05; done
+  SURL=$(jq -r .url "$PF")
+}
+# hold FILE: holds Hermes' lock beside FILE (flock on <stem>.lock) until release.
+hold() {
+  local lock="${1%.json}.lock"
+  rm -f "$WORK/held"
+  ( exec 9> "$lock"; flock -x 9; touch "$WORK/held"; exec sleep 60 ) &
+  HOLD_PID=$!
+  for _ in $(seq 100); do [ -e "$WORK/held" ] && break; sleep 0.05; done
+}
+# no_real_rt FILE...: no real refresh token of the ledger in any of the files.
+no_real_rt() {
+  local t
+  for t in $(q "SELECT secret FROM refresh_token WHERE secret IS NOT NULL"); do
+    for f in "$@"; do [ -e "$f" ] && grep -qF "$t" "$f" && return 1; done
+  done
+  return 0
+}
+
+R="$WORK/root"
+make_root "$R" default alpha
+A=$(auth "$R" alpha); S="$R/shared/nous_auth.json"
+tl $D init; tl $D import "$R" --all-profiles; expect 0 "import the root"
+start_serve
+
+# --- 1. `strict on` while Hermes holds alpha's auth.lock: the switch stops halfway
+hold "$A"
+TOKENLEDGER_LOCK_TIMEOUT_MS=300 tl $D profile strict alpha on
+check '[ "$RC" != 0 ]' "the switch could not reach alpha's file (exit $RC)"
+contains "sync" "the message says the next sync finishes it"
+release
+check '[ "$(jq -r .providers.nous.portal_base_url "$A")" = "$URL" ] && [ "${A}" ] && ! rt_of "$A" | grep -q "^tlsurr1\."' "alpha's file still holds the real token and the real portal"
+tl $D status --json
+check 'jq -e "[.[] | select(.profile == \"alpha\") | .strict_unfinished] | all(. == 1 or . == true)" "$OUT" > /dev/null && jq -e "[.[] | select(.profile == \"default\") | .strict_unfinished] | all(. == 0 or . == false)" "$OUT" > /dev/null' "status --json names the unfinished switch (alpha only)"
+tl $D status
+contains "strict switch is unfinished" "status says it under the table"
+tl $D doctor
+check '[ "$RC" != 0 ] && grep -q "strict" "$OUT" "$ERR"' "doctor fails on the unfinished switch and says so"
+contains "tokenledger sync" "with the command that finishes it"
+
+# Hermes rotates by itself at the real portal, as its file tells it to; then each of tokenledger's
+# refreshers runs: each must adopt Hermes' token before it presents (and finishes the switch).
+before=$(counter reuse_detections)
+# half_done: alpha plain, then `strict on` while Hermes holds its lock, then Hermes' own rotation.
+half_done() {
+  tl $D profile strict alpha off
+  hold "$A"; TOKENLEDGER_LOCK_TIMEOUT_MS=300 tl $D profile strict alpha on; release
+  check '[ "$RC" != 0 ] && ! rt_of "$A" | grep -q "^tlsurr1\."' "$1: the switch stopped halfway again"
+  hermes refresh "$R" alpha file --force-current
+  check '[ "$HRC" = 0 ] && grep -q refreshed "$WORK/h.out"' "$1: Hermes refreshed the grant itself ($(cat "$WORK/h.out"))"
+}
+hermes refresh "$R" alpha file --force-current
+check '[ "$HRC" = 0 ] && grep -q refreshed "$WORK/h.out"' "Hermes refreshed the grant itself ($(cat "$WORK/h.out"))"
+tl $D refresh nous --profile default --force; expect 0 "refresh --force after Hermes' own rotation"
+check '[ "$(counter reuse_detections)" = "$before" ]' "refresh: the portal saw no reuse (the ledger adopted Hermes' token first)"
+half_done keep-fresh
+tl $D keep-fresh --once --ahead 86400; expect 0 "keep-fresh after Hermes' own rotation"
+check '[ "$(counter reuse_detections)" = "$before" ]' "keep-fresh: the portal saw no reuse"
+half_done serve
+rot=$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'")
+stop_serve; start_serve 1
+for _ in $(seq 100); do [ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'")" -gt "$rot" ] && break; sleep 0.1; done
+check '[ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = '"'rotated'"'")" -gt "$rot" ]' "serve's own round refreshed"
+stop_serve; start_serve
+check '[ "$(counter reuse_detections)" = "$before" ] && [ "$(counter families_revoked)" = 0 ]' "serve's round: the portal saw no reuse, no family revoked"
+half_done sync
+tl $D sync --all; expect 0 "the next sync"
+check 'rt_of "$A" | grep -q "^tlsurr1\." && [ "$(jq -r .providers.nous.portal_base_url "$A")" = "$SURL" ]' "finishes the switch: alpha's file in strict form"
+check 'no_real_rt "$A"' "no real refresh token left in alpha's file"
+tl $D doctor; expect 0 "doctor is green again"
+
+# --- 2. `strict off` while Hermes holds the lock: nothing half-done
+hold "$A"
+TOKENLEDGER_LOCK_TIMEOUT_MS=300 tl $D profile strict alpha off
+check '[ "$RC" != 0 ]' "strict off could not reach alpha's file (exit $RC)"
+release
+check '[ "$(q "SELECT count(*) FROM strict_profile sp JOIN profile p ON p.id = sp.profile_id WHERE p.name = '"'alpha'"'")" = 1 ]' "alpha stays strict: the flag goes only when the files are plain"
+check 'rt_of "$A" | grep -q "^tlsurr1\."' "alpha's file still holds its surrogate (which serve still honours)"
+hermes refresh "$R" alpha file --force-current
+check '[ "$HRC" = 0 ]' "Hermes still refreshes through serve ($(cat "$WORK/h.out"))"
+tl $D profile strict alpha off; expect 0 "strict off without the lock held"
+check '! rt_of "$A" | grep -q "^tlsurr1\." && [ "$(rt_of "$A")" = "$(current)" ] && [ "$(jq -r .providers.nous.portal_base_url "$A")" = "$URL" ]' "alpha's file holds the real token and portal again"
+check '[ "$(counter reuse_detections)" = "$before" ]' "no reuse through all of it"
+
+# --- 3. a login into a strict profile writes the strict form
+tl $D profile strict alpha on; expect 0 "alpha strict again"
+tl $D provider set nous --token-url "$URL/api/oauth/token" --device-url "$URL/api/oauth/device/code"
+admin config "approve_after=1" > /dev/null
+tl $D login nous --profile alpha; expect 0 "a new login into the strict profile"
+check 'rt_of "$A" | grep -q "^tlsurr1\." && [ "$(jq -r .providers.nous.portal_base_url "$A")" = "$SURL" ]' "login wrote alpha's file in strict form"
+check 'no_real_rt "$A" "$R/profiles/alpha/"*.json' "no real refresh token in any of alpha's files after login"
+check 'jq -e "all(.credential_pool.nous[]?; .refresh_token | startswith(\"tlsurr1.\"))" "$A" > /dev/null' "the pool rows too"
+tl $D sync --all; tl $D export --profile alpha; tl $D keep-fresh --once --ahead 86400
+check 'no_real_rt "$A" "$R/profiles/alpha/"*.json' "nor after sync, export and keep-fresh"
+check '[ "$(counter reuse_detections)" = "$before" ]' "and the portal saw no reuse"
+
+finish
