@@ -62,6 +62,12 @@ void tl__hf_slots_free(tl__slots *ss);
  * the bytes; mtime_ms may be NULL. */
 tl_status tl__hf_load(json_t **out, char sha[65], int64_t *mtime_ms, const char *path, tl_error *err);
 
+/* The trust rules every file operation here applies (see hermes_file.c): every directory from / to
+ * the file yours or root's and writable by nobody else, links only yours or root's, the file's
+ * directory and the file yours. TL_EINSECURE naming the path, the culprit and its owner, else
+ * TL_OK (a missing or unreadable file is for the operation itself to report). */
+tl_status tl__hf_check(const char *path, tl_error *err);
+
 /* The keys whose string values are secrets wherever they appear in a Hermes file
  * (NULL-terminated): templates and original_json never keep them in plain text. */
 extern const char *const tl__secret_keys[];
