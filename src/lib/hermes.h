@@ -172,11 +172,18 @@ typedef struct tl__hf {
 typedef struct tl__hfset {
   tl__hf *v;
   size_t n, cap;
+  size_t refused;   /* files left out because they failed tl__hf_check */
+  tl_error refusal; /* the first one's reason */
 } tl__hfset;
 
 void tl__hfset_free(tl__hfset *set);
+/* TL_EINSECURE with the first refusal's reason if tl__hfset_add left a file out, else TL_OK.
+ * Operations on several files call it after doing the rest: a refused home stops no other. */
+tl_status tl__hfset_refused(const tl__hfset *set, const char *done, tl_error *err);
 /* Drops file i from the set (its lock released, its memory freed). */
 void tl__hfset_remove(tl__hfset *set, size_t i);
+/* Adds a file to the set, unless it fails tl__hf_check (another user's home or file, a link of
+ * theirs, a directory others can write): then it is left out and counted in set->refused. */
 tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
                         int is_home, tl_error *err);
 

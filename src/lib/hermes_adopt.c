@@ -111,12 +111,29 @@ static int is_root_home(const char *file)
   return strcmp(parent, "profiles") != 0;
 }
 
+tl_status tl__hfset_refused(const tl__hfset *set, const char *done, tl_error *err)
+{
+  if (!set->refused)
+    return TL_OK;
+  if (set->refused == 1)
+    return tl__err(err, TL_EINSECURE, 0, "%s%s%s", set->refusal.message, done ? "; " : "", done ? done : "");
+  return tl__err(err, TL_EINSECURE, 0, "%s (and %zu more files refused)%s%s", set->refusal.message, set->refused - 1,
+                 done ? "; " : "", done ? done : "");
+}
+
 tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
                         int is_home, tl_error *err)
 {
   for (size_t i = 0; i < set->n; i++)
     if (strcmp(set->v[i].path, path) == 0)
       return TL_OK;
+  tl_error why = {0};
+  if (tl__hf_check(path, &why) != TL_OK) {
+    /* Never read, locked or written: whoever can change it could show us anything. */
+    if (!set->refused++)
+      set->refusal = why;
+    return TL_OK;
+  }
   if (strlen(path) >= PATH_MAX)
     return tl__err(err, TL_EINVAL, 0, "%.200s...: path longer than %d bytes", path, PATH_MAX - 1);
   if (set->n == set->cap) {
@@ -1325,6 +1342,52 @@ static tl_status plan_import(plan **v, size_t *n, size_t *cap, tl_report *warn, 
   return add_plan(v, n, cap, profile, abs, file, 0, err);
 }
 
+/*
+ * Every planned file against the rules of the Hermes file layer (tl__hf_check): a home or file
+ * of another user, a link of theirs, a directory others can write is never imported, since
+ * whoever can change it decides what we would read (a link to another user's auth.json) and
+ * where its grant would be sent. A single file or home: refused. A whole root: the others are
+ * imported, the refused ones reported as rows and in *refusal (the first one's reason).
+ */
+static tl_status screen_plans(plan *v, size_t *n, tl_report *r, int many, tl_error *refusal, tl_error *err)
+{
+  size_t kept = 0, refused = 0;
+  tl_status rc = TL_OK;
+  for (size_t i = 0; i < *n; i++) {
+    tl_error why = {0};
+    if (tl__hf_check(v[i].file, &why) == TL_OK) {
+      v[kept++] = v[i];
+      continue;
+    }
+    if (!many) {
+      rc = tl__err(err, why.code, 0, "%s", why.message);
+      for (size_t k = i; k < *n; k++)
+        v[kept++] = v[k]; /* freed by the caller */
+      break;
+    }
+    const char *cells[7] = {v[i].shared ? "(shared)" : v[i].profile, v[i].file, "$", "", NULL, "refused", why.message};
+    const int num[7] = {0};
+    if (!refused++)
+      *refusal = why;
+    rc = tl__report_add_row(r, cells, num, err);
+    free(v[i].home);
+    free(v[i].file);
+    if (rc != TL_OK) {
+      for (size_t k = i + 1; k < *n; k++)
+        v[kept++] = v[k];
+      break;
+    }
+  }
+  *n = kept;
+  if (rc == TL_OK && refused > 1) {
+    size_t l = strlen(refusal->message);
+    snprintf(refusal->message + l, sizeof refusal->message - l, " (and %zu more refused)", refused - 1);
+  }
+  if (rc == TL_OK && refused && kept == 0)
+    rc = tl__err(err, refusal->code, 0, "%s; nothing was imported", refusal->message);
+  return rc;
+}
+
 static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, const char *home, tl_error *err)
 {
   static const char ins[] = "INSERT INTO profile (name, home, created_at) VALUES (:n, :h, :now)";
@@ -1361,6 +1424,7 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
   tl_report *r = NULL;
   tl__hfset set = {0};
   tl__adopt a;
+  tl_error refusal = {0};
   memset(&a, 0, sizeof a);
   if (!out || !s || !path)
     return tl__err(err, TL_EINVAL, 0, "import: no path");
@@ -1369,12 +1433,14 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
     return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", o->profile);
   if ((rc = tl__report_kv(&r, report_cols, 7, err)) != TL_OK)
     return rc;
-  if ((rc = plan_import(&plans, &np, &pcap, r, s, path, o, err)) != TL_OK)
+  if ((rc = plan_import(&plans, &np, &pcap, r, s, path, o, err)) != TL_OK ||
+      (rc = screen_plans(plans, &np, r, o && o->all_profiles, &refusal, err)) != TL_OK)
     goto done;
   for (size_t i = 0; i < np; i++)
     if ((rc = tl__hfset_add(&set, plans[i].file, 0, plans[i].shared ? NULL : plans[i].profile, plans[i].shared,
-                            plans[i].home != NULL, err)) != TL_OK)
-      goto done;
+                            plans[i].home != NULL, err)) != TL_OK ||
+        (rc = tl__hfset_refused(&set, NULL, err)) != TL_OK)
+      goto done; /* changed since it was screened: nothing is imported */
   /* Read and check every file before touching the ledger: a bad file changes nothing. */
   if ((rc = tl__hfset_read(NULL, &set, err)) != TL_OK)
     goto done;
@@ -1418,6 +1484,13 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
                  ". The file is stale (a backup or a copy); nothing was imported");
       }
     }
+  }
+  if (rc == TL_OK && refusal.code != TL_OK) {
+    /* The other homes are imported; the refused one is named, and the exit is not 0. */
+    size_t l = strlen(refusal.message);
+    snprintf(refusal.message + l, sizeof refusal.message - l, "; not imported (the other %zu file%s %s)", np,
+             np == 1 ? "" : "s", o && o->dry_run ? "would be" : "were");
+    rc = tl__err(err, refusal.code, 0, "%s", refusal.message);
   }
 done:
   tl__hfset_free(&set);
