@@ -172,8 +172,9 @@ typedef struct tl__hf {
 typedef struct tl__hfset {
   tl__hf *v;
   size_t n, cap;
-  size_t refused;   /* files left out because they failed tl__hf_check */
-  tl_error refusal; /* the first one's reason */
+  size_t refused;       /* files left out because they failed tl__hf_check */
+  char **refused_paths; /* their paths, each counted once */
+  tl_error refusal;     /* the first one's reason */
 } tl__hfset;
 
 void tl__hfset_free(tl__hfset *set);

@@ -84,6 +84,9 @@ void tl__hfset_free(tl__hfset *set)
   for (size_t i = 0; i < set->n; i++)
     hf_clear(&set->v[i]);
   free(set->v);
+  for (size_t i = 0; i < set->refused; i++)
+    free(set->refused_paths[i]);
+  free(set->refused_paths);
   memset(set, 0, sizeof *set);
 }
 
@@ -127,9 +130,19 @@ tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const
   for (size_t i = 0; i < set->n; i++)
     if (strcmp(set->v[i].path, path) == 0)
       return TL_OK;
+  for (size_t i = 0; i < set->refused; i++)
+    if (strcmp(set->refused_paths[i], path) == 0)
+      return TL_OK;
   tl_error why = {0};
   if (tl__hf_check(path, &why) != TL_OK) {
     /* Never read, locked or written: whoever can change it could show us anything. */
+    char **nv = realloc(set->refused_paths, (set->refused + 1) * sizeof *nv);
+    if (!nv || !(nv[set->refused] = strdup(path))) {
+      if (nv)
+        set->refused_paths = nv;
+      return tl__oom(err);
+    }
+    set->refused_paths = nv;
     if (!set->refused++)
       set->refusal = why;
     return TL_OK;
@@ -1488,8 +1501,12 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
   if (rc == TL_OK && refusal.code != TL_OK) {
     /* The other homes are imported; the refused one is named, and the exit is not 0. */
     size_t l = strlen(refusal.message);
-    snprintf(refusal.message + l, sizeof refusal.message - l, "; not imported (the other %zu file%s %s)", np,
-             np == 1 ? "" : "s", o && o->dry_run ? "would be" : "were");
+    char others[64];
+    if (np == 1)
+      snprintf(others, sizeof others, "the other file %s", o && o->dry_run ? "would be" : "was");
+    else
+      snprintf(others, sizeof others, "the other %zu files %s", np, o && o->dry_run ? "would be" : "were");
+    snprintf(refusal.message + l, sizeof refusal.message - l, "; not imported (%s imported)", others);
     rc = tl__err(err, refusal.code, 0, "%s", refusal.message);
   }
 done:

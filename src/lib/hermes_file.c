@@ -96,7 +96,7 @@ static tl_status check_dir(const char *path, const char *shown, const struct sta
   if (!S_ISDIR(st->st_mode))
     return tl__err(err, TL_EIO, ENOTDIR, "%s: %s is not a directory", path, shown);
   if (st->st_uid != geteuid() && (last || st->st_uid != 0))
-    return not_yours(path, last ? "the directory" : "the directory on its way", shown, st->st_uid, err);
+    return not_yours(path, "the directory", shown, st->st_uid, err);
   if ((st->st_mode & 022) && !(st->st_mode & S_ISVTX))
     return tl__err(err, TL_EINSECURE, 0,
                    "%s: the directory %s is writable by group or others, who could swap what it holds; refusing to "
