@@ -902,6 +902,57 @@ static tl_status refuse_foreign(tl__adopt *a, tl__hf *f, tl__slot *sl, const cha
              err);
 }
 
+/*
+ * A new token at a place of credential cred is adopted as its rotation only if the file sends it
+ * where the credential does: the endpoint the slot's own settings name (a Nous portal_base_url,
+ * else the provider's) is the credential's token URL. Otherwise the token would leave for an
+ * endpoint its own file never named (another grant's token, copied or linked in, sent to the
+ * server of whoever set this credential up): refused, nothing adopted, nothing presented.
+ * Strict files point at serve and have their own rule (tl__hf_strict_foreign).
+ */
+static tl_status endpoint_agrees(tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
+{
+  static const char cred_sql[] = "SELECT coalesce(c.token_url, p.token_url) FROM credential c LEFT JOIN provider p ON "
+                                 "p.name = c.provider WHERE c.id = :c";
+  static const char prov_sql[] = "SELECT token_url FROM provider WHERE name = :n";
+  char url[2100] = "";
+  int64_t strict = 0;
+  tl_status rc;
+  if (!cred || strcmp(sl->provider, "nous") != 0)
+    return TL_OK; /* other providers' files name no endpoint: the ledger's is the only one */
+  if ((rc = tl__hf_strict_owner(&strict, s, f, err)) != TL_OK || strict)
+    return rc;
+  if ((rc = nous_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), f->path, sl->path, err)) != TL_OK)
+    return rc;
+  char *mine = NULL, *theirs = NULL;
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "credential", err)) != TL_OK)
+    return rc;
+  mine = found ? tl__col_dup(st, 0) : NULL;
+  sqlite3_reset(st);
+  if (!url[0]) {
+    if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_TEXT(":n", sl->provider))) != TL_OK ||
+        (rc = tl__step_row(&found, s, st, "provider", err)) != TL_OK) {
+      free(mine);
+      return rc;
+    }
+    theirs = found ? tl__col_dup(st, 0) : NULL;
+    sqlite3_reset(st);
+  }
+  const char *file_url = url[0] ? url : theirs;
+  if (mine && file_url && strcmp(mine, file_url) != 0)
+    rc = tl__err(err, TL_EINSECURE, 0,
+                 "%s: %s.refresh_token: a new refresh token where credential %lld lives, but this file refreshes it "
+                 "at %s, not at the credential's %s; not adopted (a token goes only where its own file sends it)",
+                 f->path, sl->path, (long long)cred, file_url, mine);
+  free(mine);
+  free(theirs);
+  return rc;
+}
+
 static int by_cred(const void *x, const void *y)
 {
   const pending *a = x, *b = y;
@@ -960,7 +1011,8 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
         rc = refuse_foreign(a, f, sl, fp, err);
       else {
         int64_t mapped = 0;
-        if ((rc = live_place_cred(&mapped, a->s, f, sl, err)) == TL_OK)
+        if ((rc = live_place_cred(&mapped, a->s, f, sl, err)) == TL_OK &&
+            (rc = endpoint_agrees(a->s, f, sl, mapped, err)) == TL_OK)
           rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, mapped, err);
       }
     }

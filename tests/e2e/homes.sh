@@ -13,7 +13,10 @@
 #   (d) an auth.json that is a hard link to another user's file, and a hard link to one of ours
 #       in a directory others can write: refused, nothing adopted;
 #   (e) tlother running tokenledger: a link in its home to a root-owned file, a home others can
-#       write: refused; a link to its own file outside the home still works.
+#       write: refused; a link to its own file outside the home still works;
+#   (f) a file of ours whose new token names another endpoint than the credential it would
+#       rotate (the victim's file copied over the attacker-endpoint grant's): not adopted, and
+#       the victim's token never reaches the credential's (attacker's) endpoint.
 # Needs root and useradd: skipped (77) otherwise.
 . "$(dirname "$0")/lib.sh"
 set -e
@@ -121,6 +124,18 @@ tl $D import "$PUB/sticky" --profile sticky; expect 9 "(d) a second name of our 
 contains "hard links" "(d) says why"
 check '[ "$(att requests)" = 0 ]' "(d) still nothing reached the attacker's portal"
 
+# --- (f) a file of our own whose new token names another endpoint than its credential's: not adopted
+HF="$PUB/hf"; mkdir -m 0700 "$HF"; put_doc "$ATT_URL" f@example.com "$HF/auth.json"
+tl $D import "$HF" --profile copied; expect 0 "(f) a grant whose endpoint is the attacker's portal"
+V3="$WORK/victim/.hermes/auth-f.json"; put_doc "$REAL_URL" v3@example.com "$V3"; rt_of "$V3" > "$WORK/rt-victim3"
+cp "$V3" "$HF/auth.json"      # the victim's file copied over it (a restored backup, a mistake)
+ext0=$(q "SELECT count(*) FROM audit_event WHERE event = 'external_rotation'")
+tl $D sync --profile copied; expect 9 "(f) a token whose file names another endpoint is not a rotation"
+contains "not adopted" "(f) says so"; contains "$REAL_URL" "(f) naming the file's endpoint"
+tl $D keep-fresh --once --ahead 86400; expect 7 "(f) keep-fresh presents nothing for it"
+check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = \"external_rotation\"")" = "$ext0" ]' "(f) nothing adopted"
+check '[ "$(att unknown_rt)" = 0 ]' "(f) the victim's token never reached the attacker's portal"
+
 # --- (e) tlother running tokenledger itself
 TD="$TLH/l"; as_other mkdir -m 0700 "$TD"
 mkdir -m 0755 "$PUB/rootcfg"; put_doc "$REAL_URL" backup@example.com "$PUB/rootcfg/auth.json"; chmod 0644 "$PUB/rootcfg/auth.json"
@@ -141,5 +156,5 @@ TL_WRAP=$OT tl --db "$TD/l.db" import "$TLH/h2" --profile h2; expect 0 "(e) a li
 TL_WRAP=$OT tl --db "$TD/l.db" sync --all; expect 0 "(e) and synced"
 check '[ -L "$TLH/h2/auth.json" ]' "(e) the link stays a link"
 
-no_secret_leak "$WORK/rt-victim"
+no_secret_leak "$WORK/rt-victim" "$WORK/rt-victim3"
 finish
