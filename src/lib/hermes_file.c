@@ -12,12 +12,14 @@
  *     trusted walk (walk_to): the path is opened from / one component at a
  *     time on directory descriptors (openat, O_NOFOLLOW). Every directory on
  *     the way is owned by you or root and writable by nobody else (sticky
- *     ones aside); a symbolic link is followed only if you or root own it,
- *     and it lives in such a directory; the file's own directory and the file
- *     are yours. So a home another user owns or can write, a link they put
- *     in one, a file of theirs or a hard link to one is never read, written,
- *     defused or removed, and the file is then opened, replaced (renameat)
- *     or unlinked relative to the descriptor of the directory checked.
+ *     ones aside); a symbolic link is followed only if you or root own it
+ *     and it lives in a directory nobody else can write (sticky or not); the
+ *     file's own directory and the file are yours, with no second name in a
+ *     directory others can write. So a home another user owns or can write,
+ *     a link they put in one, a file of theirs or a hard link to one is never
+ *     read, locked, written, defused or removed; the file is opened, replaced
+ *     (renameat) or unlinked relative to the descriptor of the directory
+ *     checked, so nothing swapped in after the walk is followed.
  *   - A file is read only if it is a regular file: a FIFO, device or directory
  *     is refused without ever blocking (opened O_NONBLOCK, checked by fstat).
  *     An I/O error is never read as an empty store.
@@ -214,6 +216,13 @@ static tl_status walk_to(hfpath *out, const char *path, tl_error *err)
       shown_push(at, name);
       if (st.st_uid != geteuid() && st.st_uid != 0) {
         rc = not_yours(path, "the symbolic link", at, st.st_uid, err);
+        break;
+      }
+      struct stat here;
+      if (fstat(fd, &here) != 0 || (here.st_mode & 022)) {
+        /* Even a sticky one (/tmp): no link that lives where others can write is followed. */
+        rc = tl__err(err, TL_EINSECURE, 0,
+                     "%s: the symbolic link %s lives in a directory others can write; not followed", path, at);
         break;
       }
       if (++links > 40) {
