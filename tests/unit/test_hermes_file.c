@@ -231,6 +231,14 @@ static void test_walk__other_users_links_homes_and_open_directories(void **state
   assert_int_equal(chmod(sub, 0777), 0);
   snprintf(path, sizeof path, "%s/auth.json", sub);
   refused_everywhere(path, path, "writable by group or others");
+  /* Our own link, but in a sticky directory others can write (/tmp-like): not followed either. */
+  snprintf(sub, sizeof sub, "%s/sticky", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  assert_int_equal(chmod(sub, 01777), 0);
+  snprintf(target, sizeof target, "%s/sticky-target.json", dir);
+  snprintf(path, sizeof path, "%s/auth.json", sub);
+  assert_int_equal(symlink(target, path), 0);
+  refused_everywhere(path, target, "lives in a directory others can write");
   if (geteuid() != 0)
     return; /* the rest needs a second owner */
   /* A home owned by another user, holding a file of ours (the user can replace it). */
