@@ -17,6 +17,11 @@
  *     (external rotations), and one older than the ledger's own current token
  *     is recorded retired, never made current;
  *   - a token new to the ledger at a new place: a new grant (new credential).
+ * A new token becomes a credential's rotation only if its file names the
+ * credential's endpoint (endpoint_agrees); otherwise nothing is adopted.
+ * A file another user owns or can change (tl__hf_check) never enters a file
+ * set: import refuses it (a whole root: the other homes are imported), the
+ * other operations leave it out and report it after doing the rest.
  * A credential with a presentation of ours in flight is never adopted into
  * (deferred; the file is not marked in step, so the next sync tries again). A
  * credential whose last presentation had an unknown outcome is resolved by
