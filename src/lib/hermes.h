@@ -62,6 +62,12 @@ void tl__hf_slots_free(tl__slots *ss);
  * the bytes; mtime_ms may be NULL. */
 tl_status tl__hf_load(json_t **out, char sha[65], int64_t *mtime_ms, const char *path, tl_error *err);
 
+/* The trust rules every file operation here applies (see hermes_file.c): every directory from / to
+ * the file yours or root's and writable by nobody else, links only yours or root's, the file's
+ * directory and the file yours. TL_EINSECURE naming the path, the culprit and its owner, else
+ * TL_OK (a missing or unreadable file is for the operation itself to report). */
+tl_status tl__hf_check(const char *path, tl_error *err);
+
 /* The keys whose string values are secrets wherever they appear in a Hermes file
  * (NULL-terminated): templates and original_json never keep them in plain text. */
 extern const char *const tl__secret_keys[];
@@ -166,11 +172,19 @@ typedef struct tl__hf {
 typedef struct tl__hfset {
   tl__hf *v;
   size_t n, cap;
+  size_t refused;       /* files left out because they failed tl__hf_check */
+  char **refused_paths; /* their paths, each counted once */
+  tl_error refusal;     /* the first one's reason */
 } tl__hfset;
 
 void tl__hfset_free(tl__hfset *set);
+/* TL_EINSECURE with the first refusal's reason if tl__hfset_add left a file out, else TL_OK.
+ * Operations on several files call it after doing the rest: a refused home stops no other. */
+tl_status tl__hfset_refused(const tl__hfset *set, const char *done, tl_error *err);
 /* Drops file i from the set (its lock released, its memory freed). */
 void tl__hfset_remove(tl__hfset *set, size_t i);
+/* Adds a file to the set, unless it fails tl__hf_check (another user's home or file, a link of
+ * theirs, a directory others can write): then it is left out and counted in set->refused. */
 tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
                         int is_home, tl_error *err);
 

@@ -17,6 +17,11 @@
  *     (external rotations), and one older than the ledger's own current token
  *     is recorded retired, never made current;
  *   - a token new to the ledger at a new place: a new grant (new credential).
+ * A new token becomes a credential's rotation only if its file names the
+ * credential's endpoint (endpoint_agrees); otherwise nothing is adopted.
+ * A file another user owns or can change (tl__hf_check) never enters a file
+ * set: import refuses it (a whole root: the other homes are imported), the
+ * other operations leave it out and report it after doing the rest.
  * A credential with a presentation of ours in flight is never adopted into
  * (deferred; the file is not marked in step, so the next sync tries again). A
  * credential whose last presentation had an unknown outcome is resolved by
@@ -84,6 +89,9 @@ void tl__hfset_free(tl__hfset *set)
   for (size_t i = 0; i < set->n; i++)
     hf_clear(&set->v[i]);
   free(set->v);
+  for (size_t i = 0; i < set->refused; i++)
+    free(set->refused_paths[i]);
+  free(set->refused_paths);
   memset(set, 0, sizeof *set);
 }
 
@@ -111,12 +119,39 @@ static int is_root_home(const char *file)
   return strcmp(parent, "profiles") != 0;
 }
 
+tl_status tl__hfset_refused(const tl__hfset *set, const char *done, tl_error *err)
+{
+  if (!set->refused)
+    return TL_OK;
+  if (set->refused == 1)
+    return tl__err(err, TL_EINSECURE, 0, "%s%s%s", set->refusal.message, done ? "; " : "", done ? done : "");
+  return tl__err(err, TL_EINSECURE, 0, "%s (and %zu more files refused)%s%s", set->refusal.message, set->refused - 1,
+                 done ? "; " : "", done ? done : "");
+}
+
 tl_status tl__hfset_add(tl__hfset *set, const char *path, int64_t profile, const char *profile_name, int shared,
                         int is_home, tl_error *err)
 {
   for (size_t i = 0; i < set->n; i++)
     if (strcmp(set->v[i].path, path) == 0)
       return TL_OK;
+  for (size_t i = 0; i < set->refused; i++)
+    if (strcmp(set->refused_paths[i], path) == 0)
+      return TL_OK;
+  tl_error why = {0};
+  if (tl__hf_check(path, &why) != TL_OK) {
+    /* Never read, locked or written: whoever can change it could show us anything. */
+    char **nv = realloc(set->refused_paths, (set->refused + 1) * sizeof *nv);
+    if (!nv || !(nv[set->refused] = strdup(path))) {
+      if (nv)
+        set->refused_paths = nv;
+      return tl__oom(err);
+    }
+    set->refused_paths = nv;
+    if (!set->refused++)
+      set->refusal = why;
+    return TL_OK;
+  }
   if (strlen(path) >= PATH_MAX)
     return tl__err(err, TL_EINVAL, 0, "%.200s...: path longer than %d bytes", path, PATH_MAX - 1);
   if (set->n == set->cap) {
@@ -872,6 +907,57 @@ static tl_status refuse_foreign(tl__adopt *a, tl__hf *f, tl__slot *sl, const cha
              err);
 }
 
+/*
+ * A new token at a place of credential cred is adopted as its rotation only if the file sends it
+ * where the credential does: the endpoint the slot's own settings name (a Nous portal_base_url,
+ * else the provider's) is the credential's token URL. Otherwise the token would leave for an
+ * endpoint its own file never named (another grant's token, copied or linked in, sent to the
+ * server of whoever set this credential up): refused, nothing adopted, nothing presented.
+ * Strict files point at serve and have their own rule (tl__hf_strict_foreign).
+ */
+static tl_status endpoint_agrees(tl_store *s, const tl__hf *f, const tl__slot *sl, int64_t cred, tl_error *err)
+{
+  static const char cred_sql[] = "SELECT coalesce(c.token_url, p.token_url) FROM credential c LEFT JOIN provider p ON "
+                                 "p.name = c.provider WHERE c.id = :c";
+  static const char prov_sql[] = "SELECT token_url FROM provider WHERE name = :n";
+  char url[2100] = "";
+  int64_t strict = 0;
+  tl_status rc;
+  if (!cred || strcmp(sl->provider, "nous") != 0)
+    return TL_OK; /* other providers' files name no endpoint: the ledger's is the only one */
+  if ((rc = tl__hf_strict_owner(&strict, s, f, err)) != TL_OK || strict)
+    return rc;
+  if ((rc = nous_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), f->path, sl->path, err)) != TL_OK)
+    return rc;
+  char *mine = NULL, *theirs = NULL;
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, cred_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "credential", err)) != TL_OK)
+    return rc;
+  mine = found ? tl__col_dup(st, 0) : NULL;
+  sqlite3_reset(st);
+  if (!url[0]) {
+    if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK ||
+        (rc = TL_BIND(st, err, TL_TEXT(":n", sl->provider))) != TL_OK ||
+        (rc = tl__step_row(&found, s, st, "provider", err)) != TL_OK) {
+      free(mine);
+      return rc;
+    }
+    theirs = found ? tl__col_dup(st, 0) : NULL;
+    sqlite3_reset(st);
+  }
+  const char *file_url = url[0] ? url : theirs;
+  if (mine && file_url && strcmp(mine, file_url) != 0)
+    rc = tl__err(err, TL_EINSECURE, 0,
+                 "%s: %s.refresh_token: a new refresh token where credential %lld lives, but this file refreshes it "
+                 "at %s, not at the credential's %s; not adopted (a token goes only where its own file sends it)",
+                 f->path, sl->path, (long long)cred, file_url, mine);
+  free(mine);
+  free(theirs);
+  return rc;
+}
+
 static int by_cred(const void *x, const void *y)
 {
   const pending *a = x, *b = y;
@@ -930,7 +1016,8 @@ tl_status tl__adopt_set(tl__adopt *a, tl__hfset *set, tl_error *err)
         rc = refuse_foreign(a, f, sl, fp, err);
       else {
         int64_t mapped = 0;
-        if ((rc = live_place_cred(&mapped, a->s, f, sl, err)) == TL_OK)
+        if ((rc = live_place_cred(&mapped, a->s, f, sl, err)) == TL_OK &&
+            (rc = endpoint_agrees(a->s, f, sl, mapped, err)) == TL_OK)
           rc = push_pending(&pv, &pn, &pcap, f, sl, rt, fp, mapped, err);
       }
     }
@@ -1325,6 +1412,52 @@ static tl_status plan_import(plan **v, size_t *n, size_t *cap, tl_report *warn, 
   return add_plan(v, n, cap, profile, abs, file, 0, err);
 }
 
+/*
+ * Every planned file against the rules of the Hermes file layer (tl__hf_check): a home or file
+ * of another user, a link of theirs, a directory others can write is never imported, since
+ * whoever can change it decides what we would read (a link to another user's auth.json) and
+ * where its grant would be sent. A single file or home: refused. A whole root: the others are
+ * imported, the refused ones reported as rows and in *refusal (the first one's reason).
+ */
+static tl_status screen_plans(plan *v, size_t *n, tl_report *r, int many, tl_error *refusal, tl_error *err)
+{
+  size_t kept = 0, refused = 0;
+  tl_status rc = TL_OK;
+  for (size_t i = 0; i < *n; i++) {
+    tl_error why = {0};
+    if (tl__hf_check(v[i].file, &why) == TL_OK) {
+      v[kept++] = v[i];
+      continue;
+    }
+    if (!many) {
+      rc = tl__err(err, why.code, 0, "%s", why.message);
+      for (size_t k = i; k < *n; k++)
+        v[kept++] = v[k]; /* freed by the caller */
+      break;
+    }
+    const char *cells[7] = {v[i].shared ? "(shared)" : v[i].profile, v[i].file, "$", "", NULL, "refused", why.message};
+    const int num[7] = {0};
+    if (!refused++)
+      *refusal = why;
+    rc = tl__report_add_row(r, cells, num, err);
+    free(v[i].home);
+    free(v[i].file);
+    if (rc != TL_OK) {
+      for (size_t k = i + 1; k < *n; k++)
+        v[kept++] = v[k];
+      break;
+    }
+  }
+  *n = kept;
+  if (rc == TL_OK && refused > 1) {
+    size_t l = strlen(refusal->message);
+    snprintf(refusal->message + l, sizeof refusal->message - l, " (and %zu more refused)", refused - 1);
+  }
+  if (rc == TL_OK && refused && kept == 0)
+    rc = tl__err(err, refusal->code, 0, "%s; nothing was imported", refusal->message);
+  return rc;
+}
+
 static tl_status ensure_profile(int64_t *out, tl_store *s, const char *name, const char *home, tl_error *err)
 {
   static const char ins[] = "INSERT INTO profile (name, home, created_at) VALUES (:n, :h, :now)";
@@ -1361,6 +1494,7 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
   tl_report *r = NULL;
   tl__hfset set = {0};
   tl__adopt a;
+  tl_error refusal = {0};
   memset(&a, 0, sizeof a);
   if (!out || !s || !path)
     return tl__err(err, TL_EINVAL, 0, "import: no path");
@@ -1369,12 +1503,14 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
     return tl__err(err, TL_EINVAL, 0, "profile name '%.64s' is invalid", o->profile);
   if ((rc = tl__report_kv(&r, report_cols, 7, err)) != TL_OK)
     return rc;
-  if ((rc = plan_import(&plans, &np, &pcap, r, s, path, o, err)) != TL_OK)
+  if ((rc = plan_import(&plans, &np, &pcap, r, s, path, o, err)) != TL_OK ||
+      (rc = screen_plans(plans, &np, r, o && o->all_profiles, &refusal, err)) != TL_OK)
     goto done;
   for (size_t i = 0; i < np; i++)
     if ((rc = tl__hfset_add(&set, plans[i].file, 0, plans[i].shared ? NULL : plans[i].profile, plans[i].shared,
-                            plans[i].home != NULL, err)) != TL_OK)
-      goto done;
+                            plans[i].home != NULL, err)) != TL_OK ||
+        (rc = tl__hfset_refused(&set, NULL, err)) != TL_OK)
+      goto done; /* changed since it was screened: nothing is imported */
   /* Read and check every file before touching the ledger: a bad file changes nothing. */
   if ((rc = tl__hfset_read(NULL, &set, err)) != TL_OK)
     goto done;
@@ -1418,6 +1554,17 @@ tl_status tl_import(tl_report **out, tl_store *s, const char *path, const tl_imp
                  ". The file is stale (a backup or a copy); nothing was imported");
       }
     }
+  }
+  if (rc == TL_OK && refusal.code != TL_OK) {
+    /* The other homes are imported; the refused one is named, and the exit is not 0. */
+    size_t l = strlen(refusal.message);
+    char others[64];
+    if (np == 1)
+      snprintf(others, sizeof others, "the other file %s", o && o->dry_run ? "would be" : "was");
+    else
+      snprintf(others, sizeof others, "the other %zu files %s", np, o && o->dry_run ? "would be" : "were");
+    snprintf(refusal.message + l, sizeof refusal.message - l, "; not imported (%s imported)", others);
+    rc = tl__err(err, refusal.code, 0, "%s", refusal.message);
   }
 done:
   tl__hfset_free(&set);

@@ -8,6 +8,18 @@
  * layer alone.
  *
  * Invariants kept here:
+ *   - Every file operation (load, lock, write, defuse, remove) goes through one
+ *     trusted walk (walk_to): the path is opened from / one component at a
+ *     time on directory descriptors (openat, O_NOFOLLOW). Every directory on
+ *     the way is owned by you or root and writable by nobody else (sticky
+ *     ones aside); a symbolic link is followed only if you or root own it
+ *     and it lives in a directory nobody else can write (sticky or not); the
+ *     file's own directory and the file are yours, with no second name in a
+ *     directory others can write. So a home another user owns or can write,
+ *     a link they put in one, a file of theirs or a hard link to one is never
+ *     read, locked, written, defused or removed; the file is opened, replaced
+ *     (renameat) or unlinked relative to the descriptor of the directory
+ *     checked, so nothing swapped in after the walk is followed.
  *   - A file is read only if it is a regular file: a FIFO, device or directory
  *     is refused without ever blocking (opened O_NONBLOCK, checked by fstat).
  *     An I/O error is never read as an empty store.
@@ -16,24 +28,318 @@
  *     stored templates hold references.
  *   - Every number read from a file goes through num.c's checked conversions.
  *   - A file is replaced only by renaming a complete, fsynced 0600 temporary
- *     file of the same directory onto the symlink-resolved target; targets and
- *     directories owned by another user are refused; stop signals are deferred
- *     while the temporary file exists, so it never outlives the process.
+ *     file of the same directory onto the (trusted-)link-resolved target; stop
+ *     signals are deferred while the temporary file exists, so it never
+ *     outlives the process.
  *   - A slot written here is what Hermes would write: its device_code pool row,
  *     singleton and shared store agree on every field Hermes compares, so
  *     Hermes never rewrites a file of ours for format reasons alone.
  */
+#define _GNU_SOURCE /* O_PATH */
 #include "hermes.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+/* ---- the trusted walk ------------------------------------------------------------ */
+
+/*
+ * Where a path leads, checked: dir is the descriptor (O_PATH) of the directory
+ * holding the final entry, base that entry's name (never a symbolic link when
+ * walk_to returns: a trusted one was followed), shown the physical path walked,
+ * for messages. The entry itself may not exist.
+ */
+typedef struct hfpath {
+  int dir;
+  int shared_dir; /* the directory is writable by others (sticky): they can add names, not replace ours */
+  char base[256];
+  char shown[PATH_MAX];
+} hfpath;
+
+static void hfpath_close(hfpath *p)
+{
+  if (p->dir >= 0)
+    close(p->dir);
+  p->dir = -1;
+}
+
+static void who(char *out, size_t n, uid_t uid)
+{
+  struct passwd pw, *res = NULL;
+  char buf[1024];
+  if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res)
+    snprintf(out, n, "%s (uid %ld)", res->pw_name, (long)uid);
+  else
+    snprintf(out, n, "uid %ld", (long)uid);
+}
+
+static tl_status not_yours(const char *path, const char *what, const char *shown, uid_t uid, tl_error *err)
+{
+  char owner[128], me[128];
+  who(owner, sizeof owner, uid);
+  who(me, sizeof me, geteuid());
+  return tl__err(err, TL_EINSECURE, 0,
+                 "%s: %s %s is owned by %s, not by you (%s); another user's home or file is never read or written",
+                 path, what, shown, owner, me);
+}
+
+/* A directory on the way: yours or root's, and nobody else can rename what is in it. */
+static tl_status check_dir(const char *path, const char *shown, const struct stat *st, int last, tl_error *err)
+{
+  if (!S_ISDIR(st->st_mode))
+    return tl__err(err, TL_EIO, ENOTDIR, "%s: %s is not a directory", path, shown);
+  if (st->st_uid != geteuid() && (last || st->st_uid != 0))
+    return not_yours(path, "the directory", shown, st->st_uid, err);
+  if ((st->st_mode & 022) && !(st->st_mode & S_ISVTX))
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: the directory %s is writable by group or others, who could swap what it holds; refusing to "
+                   "read or write tokens there",
+                   path, shown);
+  return TL_OK;
+}
+
+static void shown_push(char *shown, const char *name)
+{
+  size_t l = strlen(shown);
+  snprintf(shown + l, PATH_MAX - l, "%s%s", l && shown[l - 1] == '/' ? "" : "/", name);
+}
+
+static void shown_pop(char *shown)
+{
+  char *slash = strrchr(shown, '/');
+  if (slash && slash != shown)
+    *slash = '\0';
+  else
+    snprintf(shown, PATH_MAX, "/");
+}
+
+static int open_root(void)
+{
+  return open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+}
+
+/*
+ * Walks path from / (a relative path from the working directory's physical
+ * path) on directory descriptors, checking every directory (check_dir) and
+ * following only links you or root own, at most 40. The final directory must
+ * be yours. The final entry is not opened.
+ */
+static tl_status walk_to(hfpath *out, const char *path, tl_error *err)
+{
+  char todo[2 * PATH_MAX + 2], next[2 * PATH_MAX + 2], target[PATH_MAX];
+  struct stat st;
+  tl_status rc = TL_OK;
+  int links = 0;
+  memset(out, 0, sizeof *out);
+  out->dir = -1;
+  if (!path || !*path)
+    return tl__err(err, TL_EINVAL, 0, "an empty path");
+  if (path[0] == '/') {
+    if (snprintf(todo, sizeof todo, "%s", path) >= PATH_MAX)
+      return tl__err(err, TL_EINVAL, 0, "%.200s...: path too long", path);
+  } else {
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+      return tl__err(err, TL_EIO, errno, "%s: the working directory: %s", path, strerror(errno));
+    if (snprintf(todo, sizeof todo, "%s/%s", cwd, path) >= PATH_MAX)
+      return tl__err(err, TL_EINVAL, 0, "%.200s...: path too long", path);
+  }
+  int fd = open_root();
+  if (fd < 0)
+    return tl__err(err, TL_EIO, errno, "/: %s", strerror(errno));
+  snprintf(out->shown, sizeof out->shown, "/");
+  char *p = todo;
+  for (;;) {
+    while (*p == '/')
+      p++;
+    if (!*p) {
+      rc = tl__err(err, TL_EINVAL, 0, "%s: names a directory, not a file", path);
+      break;
+    }
+    char *end = strchr(p, '/');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    char *rest = end;
+    while (rest && *rest == '/')
+      rest++;
+    int last = !rest || !*rest;
+    char name[256];
+    if (len >= sizeof name) {
+      rc = tl__err(err, TL_EINVAL, ENAMETOOLONG, "%s: a name longer than 255 bytes", path);
+      break;
+    }
+    memcpy(name, p, len);
+    name[len] = '\0';
+    p = rest ? rest : p + len;
+    if (strcmp(name, ".") == 0 && !last)
+      continue;
+    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+      if (last) {
+        rc = tl__err(err, TL_EINVAL, 0, "%s: names a directory, not a file", path);
+        break;
+      }
+      int up = openat(fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (up < 0 || fstat(up, &st) != 0) {
+        rc = tl__err(err, TL_EIO, errno, "%s: %s/..: %s", path, out->shown, strerror(errno));
+        if (up >= 0)
+          close(up);
+        break;
+      }
+      close(fd);
+      fd = up;
+      shown_pop(out->shown);
+      if ((rc = check_dir(path, out->shown, &st, 0, err)) != TL_OK)
+        break;
+      continue;
+    }
+    if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      int e = errno;
+      if (e == ENOENT && last) {
+        snprintf(out->base, sizeof out->base, "%s", name);
+        break; /* a new file */
+      }
+      shown_push(out->shown, name);
+      rc = tl__err(err, e == ENOENT ? TL_ENOTFOUND : TL_EIO, e, "%s: %s: %s", path, out->shown, strerror(e));
+      break;
+    }
+    if (S_ISLNK(st.st_mode)) {
+      char at[PATH_MAX];
+      snprintf(at, sizeof at, "%s", out->shown);
+      shown_push(at, name);
+      if (st.st_uid != geteuid() && st.st_uid != 0) {
+        rc = not_yours(path, "the symbolic link", at, st.st_uid, err);
+        break;
+      }
+      struct stat here;
+      if (fstat(fd, &here) != 0 || (here.st_mode & 022)) {
+        /* Even a sticky one (/tmp): no link that lives where others can write is followed. */
+        rc = tl__err(err, TL_EINSECURE, 0,
+                     "%s: the symbolic link %s lives in a directory others can write; not followed", path, at);
+        break;
+      }
+      if (++links > 40) {
+        rc = tl__err(err, TL_EINVAL, ELOOP, "%s: symbolic link loop", path);
+        break;
+      }
+      ssize_t n = readlinkat(fd, name, target, sizeof target - 1);
+      if (n <= 0) {
+        rc = tl__err(err, TL_EIO, errno, "%s: %s: %s", path, at, n == 0 ? "an empty link" : strerror(errno));
+        break;
+      }
+      target[n] = '\0';
+      if (snprintf(next, sizeof next, "%s%s%s", target, last ? "" : "/", last ? "" : p) >= PATH_MAX) {
+        rc = tl__err(err, TL_EINVAL, 0, "%.200s...: path too long", path);
+        break;
+      }
+      snprintf(todo, sizeof todo, "%s", next);
+      p = todo;
+      if (target[0] == '/') {
+        close(fd);
+        if ((fd = open_root()) < 0) {
+          rc = tl__err(err, TL_EIO, errno, "/: %s", strerror(errno));
+          break;
+        }
+        snprintf(out->shown, sizeof out->shown, "/");
+      }
+      continue;
+    }
+    if (last) {
+      snprintf(out->base, sizeof out->base, "%s", name);
+      break;
+    }
+    int sub = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    shown_push(out->shown, name);
+    if (sub < 0 || fstat(sub, &st) != 0) {
+      int e = errno;
+      if (sub >= 0)
+        close(sub);
+      rc = tl__err(err,
+                   e == ENOENT  ? TL_ENOTFOUND
+                   : e == ELOOP ? TL_EINSECURE
+                                : TL_EIO,
+                   e, "%s: %s: %s", path, out->shown,
+                   e == ELOOP ? "replaced by a symbolic link while it was walked" : strerror(e));
+      break;
+    }
+    close(fd);
+    fd = sub;
+    if ((rc = check_dir(path, out->shown, &st, 0, err)) != TL_OK)
+      break;
+  }
+  if (rc == TL_OK) {
+    /* The file's own directory: yours (root's is not enough), as a write needs it. */
+    if (fstat(fd, &st) != 0)
+      rc = tl__err(err, TL_EIO, errno, "%s: %s: %s", path, out->shown, strerror(errno));
+    else
+      rc = check_dir(path, out->shown, &st, 1, err);
+    out->shared_dir = (st.st_mode & 022) != 0;
+  }
+  if (rc != TL_OK) {
+    close(fd);
+    return rc;
+  }
+  out->dir = fd;
+  return TL_OK;
+}
+
+/* The final entry, opened or looked at through walk_to's directory: a regular file of yours, one name only
+ * where others could have added one. */
+static tl_status check_file(const char *path, const hfpath *hp, const struct stat *st, tl_error *err)
+{
+  char at[PATH_MAX];
+  snprintf(at, sizeof at, "%s", hp->shown);
+  shown_push(at, hp->base);
+  if (!S_ISREG(st->st_mode))
+    return tl__err(err, TL_EINVAL, 0, "%s: not a regular file (%s)", path,
+                   S_ISFIFO(st->st_mode)  ? "a FIFO"
+                   : S_ISDIR(st->st_mode) ? "a directory"
+                   : S_ISLNK(st->st_mode) ? "a symbolic link that appeared while it was walked"
+                                          : "a device or socket");
+  if (st->st_uid != geteuid())
+    return not_yours(path, "the file", at, st->st_uid, err);
+  if (st->st_nlink > 1 && hp->shared_dir)
+    return tl__err(err, TL_EINSECURE, 0,
+                   "%s: %s has %ld names (hard links) in a directory others can write; refusing to read or write "
+                   "tokens there",
+                   path, at, (long)st->st_nlink);
+  return TL_OK;
+}
+
+/* walk_to, where a missing directory on the way is nothing to do (hp->dir < 0, TL_OK). */
+static tl_status walk_gone_ok(hfpath *hp, const char *path, tl_error *err)
+{
+  tl_error sub = {0};
+  tl_status rc = walk_to(hp, path, &sub);
+  if (rc == TL_ENOTFOUND)
+    return TL_OK;
+  if (rc != TL_OK && err && err->code == TL_OK)
+    *err = sub;
+  return rc;
+}
+
+tl_status tl__hf_check(const char *path, tl_error *err)
+{
+  hfpath hp;
+  struct stat st;
+  tl_error sub = {0};
+  tl_status rc = walk_to(&hp, path, &sub);
+  if (rc == TL_OK && fstatat(hp.dir, hp.base, &st, AT_SYMLINK_NOFOLLOW) == 0)
+    rc = check_file(path, &hp, &st, &sub);
+  hfpath_close(&hp);
+  if (rc != TL_EINSECURE)
+    return TL_OK; /* anything else is for the operation itself to report */
+  if (err && err->code == TL_OK)
+    *err = sub;
+  return rc;
+}
 
 /* ---- loading -------------------------------------------------------------------- */
 
@@ -111,15 +417,19 @@ tl_status tl__hf_load(json_t **out, char sha[65], int64_t *mtime_ms, const char 
   tl_status rc = TL_OK;
   char *buf = NULL;
   size_t len = 0;
+  hfpath hp;
   *out = NULL;
+  if ((rc = walk_to(&hp, path, err)) != TL_OK)
+    return rc;
   /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below. */
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  int fd = openat(hp.dir, hp.base, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
   if (fd < 0) {
     int e = errno;
+    hfpath_close(&hp);
     if (e == ENOENT)
       return tl__err(err, TL_ENOTFOUND, e, "%s: no such file", path);
     if (e == ELOOP)
-      return tl__err(err, TL_EINVAL, e, "%s: symbolic link loop", path);
+      return tl__err(err, TL_EINSECURE, e, "%s: became a symbolic link while it was walked; not followed", path);
     if (e == ENXIO)
       return tl__err(err, TL_EINVAL, e, "%s: not a regular file (a socket or device)", path);
     return tl__err(err, TL_EIO, e, "%s: cannot open: %s", path, strerror(e));
@@ -129,13 +439,8 @@ tl_status tl__hf_load(json_t **out, char sha[65], int64_t *mtime_ms, const char 
     rc = tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
     goto done;
   }
-  if (!S_ISREG(st.st_mode)) {
-    rc = tl__err(err, TL_EINVAL, 0, "%s: not a regular file (%s)", path,
-                 S_ISFIFO(st.st_mode)  ? "a FIFO"
-                 : S_ISDIR(st.st_mode) ? "a directory"
-                                       : "a device or socket");
+  if ((rc = check_file(path, &hp, &st, err)) != TL_OK)
     goto done;
-  }
   if (st.st_size > TL_HERMES_MAX_FILE) {
     rc = tl__err(err, TL_EINVAL, 0, "%s: %lld bytes; an auth.json is at most %d MiB", path, (long long)st.st_size,
                  TL_HERMES_MAX_FILE / (1024 * 1024));
@@ -185,6 +490,7 @@ done:
     free(buf);
   }
   close(fd);
+  hfpath_close(&hp);
   return rc;
 }
 
@@ -819,7 +1125,12 @@ int64_t tl__hf_lock_timeout_ms(void)
 tl_status tl__hf_lock(int *out, const char *lock, int64_t deadline, int64_t poll_limit, tl_error *err)
 {
   *out = -1;
-  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0600);
+  hfpath hp;
+  tl_status wrc = walk_to(&hp, lock, err);
+  if (wrc != TL_OK)
+    return wrc;
+  int fd = openat(hp.dir, hp.base, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK, 0600);
+  hfpath_close(&hp);
   if (fd < 0) {
     int e = errno;
     return tl__err(err,
@@ -867,69 +1178,74 @@ void tl__hf_unlock(int fd)
 
 /* ---- writing files ---------------------------------------------------------------------------- */
 
-static tl_status check_owner(const char *path, int dir, tl_error *err)
+/* The entry walk_to found, if it exists: a regular file of yours (else it is not replaced or removed). */
+static tl_status check_existing(const char *path, const hfpath *hp, tl_error *err)
 {
   struct stat st;
-  if (lstat(path, &st) != 0)
+  if (fstatat(hp->dir, hp->base, &st, AT_SYMLINK_NOFOLLOW) != 0)
     return errno == ENOENT ? TL_OK : tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
-  if (st.st_uid != geteuid())
-    return tl__err(err, TL_EINSECURE, 0,
-                   "%s: %s is owned by uid %ld, not by you (uid %ld); refusing to write tokens there", path,
-                   dir ? "the directory" : "the file", (long)st.st_uid, (long)geteuid());
-  if (dir && !S_ISDIR(st.st_mode))
-    return tl__err(err, TL_EIO, ENOTDIR, "%s: not a directory", path);
-  if (!dir && !S_ISREG(st.st_mode))
-    return tl__err(err, TL_EINVAL, 0, "%s: not a regular file", path);
-  if (dir && (st.st_mode & 022) && !(st.st_mode & S_ISVTX))
-    return tl__err(err, TL_EINSECURE, 0, "%s: the directory is writable by group or others; refusing to write tokens",
-                   path);
-  return TL_OK;
+  return check_file(path, hp, &st, err);
+}
+
+/* A temporary file beside the target, created through the checked directory (never through a link). */
+static int create_temp(char *name, size_t n, const hfpath *hp)
+{
+  char stem[80];
+  snprintf(stem, sizeof stem, "%.64s", hp->base);
+  char *dot = strrchr(stem, '.');
+  if (dot && dot != stem)
+    *dot = '\0';
+  static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  for (int tries = 0; tries < 100; tries++) {
+    unsigned char r[6];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+      return -1;
+    char sfx[7];
+    for (size_t i = 0; i < 6; i++)
+      sfx[i] = abc[r[i] % (sizeof abc - 1)];
+    sfx[6] = '\0';
+    snprintf(name, n, ".%s_%s.tmp", stem, sfx);
+    int fd = openat(hp->dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+    if (fd >= 0 || errno != EEXIST)
+      return fd;
+  }
+  errno = EEXIST;
+  return -1;
+}
+
+static void sync_dir(const hfpath *hp)
+{
+  int dfd = openat(hp->dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
 }
 
 tl_status tl__hf_write(const char *target, const char *text, tl_error *err)
 {
-  char real[PATH_MAX], dir[PATH_MAX], tmp[PATH_MAX + 64];
-  tl_status rc;
-  if (!realpath(target, real)) {
-    if (errno != ENOENT)
-      return tl__err(err, TL_EIO, errno, "%s: %s", target, strerror(errno));
-    /* A new file (or a dangling link): written where asked, never through a link. */
-    struct stat lst;
-    if (lstat(target, &lst) == 0)
-      return tl__err(err, TL_EINSECURE, 0, "%s: a symbolic link to a missing file; refusing to follow it", target);
-    snprintf(real, sizeof real, "%s", target);
-  }
-  snprintf(dir, sizeof dir, "%s", real);
-  char *slash = strrchr(dir, '/');
-  const char *base = slash ? slash + 1 : real;
-  if (slash == dir)
-    dir[1] = '\0';
-  else if (slash)
-    *slash = '\0';
-  else
-    snprintf(dir, sizeof dir, ".");
-  if ((rc = check_owner(dir, 1, err)) != TL_OK || (rc = check_owner(real, 0, err)) != TL_OK)
+  char tmp[128];
+  hfpath hp;
+  tl_status rc = walk_to(&hp, target, err);
+  if (rc != TL_OK)
     return rc;
-  char stem[PATH_MAX];
-  snprintf(stem, sizeof stem, "%s", base);
-  char *dot = strrchr(stem, '.');
-  if (dot && dot != stem)
-    *dot = '\0';
-  if (snprintf(tmp, sizeof tmp, "%s/.%.64s_XXXXXX.tmp", dir, stem) >= (int)sizeof tmp)
-    return tl__err(err, TL_EINVAL, 0, "%s: path too long", target);
+  if ((rc = check_existing(target, &hp, err)) != TL_OK) {
+    hfpath_close(&hp);
+    return rc;
+  }
   sigset_t old;
   tl__signals_defer(&old); /* the temporary file holds tokens: it must not outlive us */
-  int fd = mkstemps(tmp, 4);
+  int fd = create_temp(tmp, sizeof tmp, &hp);
   if (fd < 0) {
     int e = errno;
     tl__signals_restore(&old);
-    return tl__err(err, e == ENOENT ? TL_ENOTFOUND : TL_EIO, e, "%s: cannot create a temporary file: %s", dir,
+    hfpath_close(&hp);
+    return tl__err(err, e == ENOENT ? TL_ENOTFOUND : TL_EIO, e, "%s: cannot create a temporary file: %s", hp.shown,
                    strerror(e));
   }
   size_t len = strlen(text), off = 0;
-  rc = TL_OK;
   if (fchmod(fd, 0600) != 0) {
-    rc = tl__err(err, TL_EIO, errno, "%s: chmod: %s", tmp, strerror(errno));
+    rc = tl__err(err, TL_EIO, errno, "%s/%s: chmod: %s", hp.shown, tmp, strerror(errno));
     goto fail;
   }
   while (off < len) {
@@ -937,33 +1253,31 @@ tl_status tl__hf_write(const char *target, const char *text, tl_error *err)
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
-      rc = tl__err(err, TL_EIO, errno, "%s: write: %s", tmp, strerror(errno));
+      rc = tl__err(err, TL_EIO, errno, "%s/%s: write: %s", hp.shown, tmp, strerror(errno));
       goto fail;
     }
     off += (size_t)n;
   }
   if (fsync(fd) != 0) {
-    rc = tl__err(err, TL_EIO, errno, "%s: fsync: %s", tmp, strerror(errno));
+    rc = tl__err(err, TL_EIO, errno, "%s/%s: fsync: %s", hp.shown, tmp, strerror(errno));
     goto fail;
   }
   close(fd);
   fd = -1;
-  if (rename(tmp, real) != 0) {
-    rc = tl__err(err, TL_EIO, errno, "%s: rename: %s", real, strerror(errno));
+  if (renameat(hp.dir, tmp, hp.dir, hp.base) != 0) {
+    rc = tl__err(err, TL_EIO, errno, "%s: rename: %s", target, strerror(errno));
     goto fail;
   }
   tl__signals_restore(&old);
-  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
-  }
+  sync_dir(&hp);
+  hfpath_close(&hp);
   return TL_OK;
 fail:
   if (fd >= 0)
     close(fd);
-  unlink(tmp);
+  unlinkat(hp.dir, tmp, 0);
   tl__signals_restore(&old);
+  hfpath_close(&hp);
   return rc;
 }
 
@@ -1021,21 +1335,19 @@ static tl_status pwrite_all(int fd, const char *p, size_t n, off_t off, const ch
 tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, size_t nrts, tl_error *err)
 {
   *out_n = 0;
-  /* The same rules as a write (tl__hf_write): the file and its directory are the user's and
-   * nobody else can swap them; the resolved path is opened without following a link. */
-  char real[PATH_MAX], dir[PATH_MAX];
-  if (!realpath(path, real))
-    return errno == ENOENT ? TL_OK : tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
-  snprintf(dir, sizeof dir, "%s", real);
-  char *slash = strrchr(dir, '/');
-  if (slash)
-    slash == dir ? (void)(dir[1] = '\0') : (void)(*slash = '\0');
-  tl_status rc = check_owner(dir, 1, err);
-  if (rc != TL_OK || (rc = check_owner(real, 0, err)) != TL_OK)
+  /* The same walk as a write (tl__hf_write): the file and its directory are yours and nobody
+   * else can swap them; the file is opened through the checked directory, never through a link. */
+  hfpath hp;
+  tl_status rc = walk_gone_ok(&hp, path, err);
+  if (rc != TL_OK || hp.dir < 0)
     return rc;
-  int fd = open(real, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
-  if (fd < 0)
-    return errno == ENOENT ? TL_OK : tl__err(err, TL_EIO, errno, "%s: cannot open: %s", path, strerror(errno));
+  int fd = openat(hp.dir, hp.base, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
+  if (fd < 0) {
+    int e = errno;
+    hfpath_close(&hp);
+    return e == ENOENT ? TL_OK
+                       : tl__err(err, e == ELOOP ? TL_EINSECURE : TL_EIO, e, "%s: cannot open: %s", path, strerror(e));
+  }
   char *buf = NULL;
   size_t len = 0;
   struct stat st;
@@ -1043,9 +1355,10 @@ tl_status tl__hf_defuse(int *out_n, const char *path, const char *const *rts, si
     rc = tl__err(err, TL_EIO, errno, "%s: %s", path, strerror(errno));
     goto done;
   }
-  if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_size > TL_HERMES_MAX_FILE) {
-    rc = tl__err(err, TL_EINSECURE, 0, "%s: not a regular file of yours of at most %d MiB; left alone", path,
-                 TL_HERMES_MAX_FILE / (1024 * 1024));
+  if ((rc = check_file(path, &hp, &st, err)) != TL_OK)
+    goto done;
+  if (st.st_size > TL_HERMES_MAX_FILE) {
+    rc = tl__err(err, TL_EINVAL, 0, "%s: larger than %d MiB; left alone", path, TL_HERMES_MAX_FILE / (1024 * 1024));
     goto done;
   }
   if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0 ||
@@ -1087,14 +1400,20 @@ done:
     free(buf);
   }
   close(fd);
+  hfpath_close(&hp);
   return rc;
 }
 
 tl_status tl__hf_remove(const char *target, tl_error *err)
 {
-  if (unlink(target) != 0 && errno != ENOENT)
-    return tl__err(err, TL_EIO, errno, "%s: cannot remove: %s", target, strerror(errno));
-  return TL_OK;
+  hfpath hp;
+  tl_status rc = walk_gone_ok(&hp, target, err);
+  if (rc != TL_OK || hp.dir < 0)
+    return rc;
+  if ((rc = check_existing(target, &hp, err)) == TL_OK && unlinkat(hp.dir, hp.base, 0) != 0 && errno != ENOENT)
+    rc = tl__err(err, TL_EIO, errno, "%s: cannot remove: %s", target, strerror(errno));
+  hfpath_close(&hp);
+  return rc;
 }
 
 char *tl__hf_dump(const json_t *doc, int shared)

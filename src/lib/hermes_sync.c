@@ -1211,6 +1211,8 @@ tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err)
   tl_status rc = tl__hfset_for_credential(&set, s, cred, err);
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, NULL, err);
+  if (rc == TL_OK)
+    rc = tl__hfset_refused(&set, "the other files were synced", err);
   tl__hfset_free(&set);
   return rc;
 }
@@ -1220,6 +1222,9 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
 {
   tl__hfset set = {0};
   tl_status rc = tl__hfset_for_credential(&set, s, cred, err);
+  /* A file of the grant that cannot be trusted cannot be locked or adopted: nothing is presented. */
+  if (rc == TL_OK)
+    rc = tl__hfset_refused(&set, "the refresh token was not presented", err);
   /*
    * A strict file in strict form holds no refresh token: nothing there to
    * adopt, and its profile's Hermes may be the very caller of this refresh
@@ -1311,8 +1316,12 @@ static tl_status export_copy(tl_store *s, const profinfo *p, const char *output,
 {
   tl__hfset set = {0};
   tl_status rc = tl__hfset_add(&set, output, p->id, p->name, 0, 0, err);
-  if (rc != TL_OK)
+  if (rc == TL_OK)
+    rc = tl__hfset_refused(&set, NULL, err);
+  if (rc != TL_OK) {
+    tl__hfset_free(&set);
     return rc;
+  }
   tl__hf *f = &set.v[0];
   if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__lock_timeout(s), err)) != TL_OK)
     goto done;
@@ -1369,6 +1378,8 @@ static tl_status export_shared(tl_store *s, const profinfo *p, const char *dir, 
     return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' has no usable nous grant to write to %s", p->name, path);
   tl__hfset set = {0};
   tl_status rc = tl__hfset_add(&set, path, 0, NULL, 1, 1, err);
+  if (rc == TL_OK)
+    rc = tl__hfset_refused(&set, NULL, err);
   if (rc == TL_OK)
     rc = tl__hfset_lock(&set, tl__now_ms() + tl__lock_timeout(s), err);
   if (rc == TL_OK)
@@ -1447,8 +1458,10 @@ tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const cha
   } else {
     tl__hfset set = {0};
     rc = set_for_profile(&set, s, p.id, p.name, p.home, err);
-    if (rc == TL_OK)
+    if (rc == TL_OK && set.n)
       rc = run_sync(s, &set, r, err);
+    if (rc == TL_OK)
+      rc = tl__hfset_refused(&set, "the other files were written", err);
     tl__hfset_free(&set);
   }
   if (rc == TL_OK && shared_dir)
@@ -1528,6 +1541,8 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
     rc = tl__hfset_for_credential(&all, s, creds[i], err);
   if (rc == TL_OK && all.n)
     rc = run_sync(s, &all, r, err);
+  if (rc == TL_OK && (rc = tl__hfset_refused(&set, "the other files were synced", err)) == TL_OK)
+    rc = tl__hfset_refused(&all, "the other files were synced", err);
   free(creds);
   tl__hfset_free(&all);
   tl__hfset_free(&set);
@@ -1559,6 +1574,8 @@ tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *e
   }
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
+  if (rc == TL_OK)
+    rc = tl__hfset_refused(&set, "the other files were synced", err);
 done:
   tl__hfset_free(&set);
   if (rc == TL_OK)

@@ -6,7 +6,10 @@
  * and hostile files (a FIFO, another user's file, a missing one, a link into a
  * directory others can write, a string cut off at the end, a key equal to the
  * token, a token too short for the marker) are refused or left alone without
- * blocking.
+ * blocking. And the one walk every operation takes: a link of another user's, a
+ * directory others can write, a home of another user, a hard link of another
+ * user's file are refused by load, lock, write, defuse and remove alike, and
+ * what they point at is left byte for byte as it was.
  */
 #include "fixture.h"
 #include "hermes.h"
@@ -186,9 +189,106 @@ static void test_defuse__hostile_files(void **state)
   assert_string_equal(get(target, &len), "{\"refresh_token\": \"rt-secret-000\"}");
 }
 
+/* Every operation of the layer on path: each refused with TL_EINSECURE, target unchanged. */
+static void refused_everywhere(const char *path, const char *target, const char *why)
+{
+  static const char text[] = "{\"refresh_token\": \"rt-secret-000\"}";
+  const char *rts[] = {"rt-secret-000"};
+  tl_error err = {0};
+  json_t *doc = NULL;
+  char sha[65], lock[400];
+  int n = 0, fd = -1;
+  size_t len = 0;
+  put(target, text);
+  assert_int_equal(tl__hf_load(&doc, sha, NULL, path, &err), TL_EINSECURE);
+  assert_null(doc);
+  if (!strstr(err.message, why))
+    fail_msg("load %s: '%s' lacks '%s'", path, err.message, why);
+  tl_error_clear(&err);
+  assert_int_equal(tl__hf_check(path, &err), TL_EINSECURE);
+  tl_error_clear(&err);
+  assert_int_equal(tl__hf_write(path, "{\"refresh_token\": \"rt-live-111\"}", &err), TL_EINSECURE);
+  tl_error_clear(&err);
+  assert_int_equal(tl__hf_defuse(&n, path, rts, 1, &err), TL_EINSECURE);
+  assert_int_equal(n, 0);
+  tl_error_clear(&err);
+  assert_int_equal(tl__hf_remove(path, &err), TL_EINSECURE);
+  tl_error_clear(&err);
+  tl__hf_lock_path(lock, sizeof lock, path);
+  if (tl__hf_lock(&fd, lock, tl__now_ms() + 1000, 0, &err) == TL_OK)
+    tl__hf_unlock(fd); /* a lock beside a link of ours in our directory is fine; elsewhere it is refused */
+  tl_error_clear(&err);
+  assert_string_equal(get(target, &len), text);
+}
+
+static void test_walk__other_users_links_homes_and_open_directories(void **state)
+{
+  (void)state;
+  char sub[300], path[400], target[400];
+  /* A directory others can write, holding a file of ours: anyone could swap it. */
+  snprintf(sub, sizeof sub, "%s/open-home", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  assert_int_equal(chmod(sub, 0777), 0);
+  snprintf(path, sizeof path, "%s/auth.json", sub);
+  refused_everywhere(path, path, "writable by group or others");
+  /* Our own link, but in a sticky directory others can write (/tmp-like): not followed either. */
+  snprintf(sub, sizeof sub, "%s/sticky", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  assert_int_equal(chmod(sub, 01777), 0);
+  snprintf(target, sizeof target, "%s/sticky-target.json", dir);
+  snprintf(path, sizeof path, "%s/auth.json", sub);
+  assert_int_equal(symlink(target, path), 0);
+  refused_everywhere(path, target, "lives in a directory others can write");
+  if (geteuid() != 0)
+    return; /* the rest needs a second owner */
+  /* A home owned by another user, holding a file of ours (the user can replace it). */
+  snprintf(sub, sizeof sub, "%s/their-home", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  snprintf(path, sizeof path, "%s/auth.json", sub);
+  put(path, "{}");
+  assert_int_equal(chown(sub, 65534, 65534), 0);
+  refused_everywhere(path, path, "is owned by");
+  /* A link of another user's in our own directory, pointing at a file of ours. */
+  snprintf(target, sizeof target, "%s/victim.json", dir);
+  snprintf(path, sizeof path, "%s/their-link.json", dir);
+  put(target, "{}");
+  assert_int_equal(symlink(target, path), 0);
+  assert_int_equal(lchown(path, 65534, 65534), 0);
+  refused_everywhere(path, target, "the symbolic link");
+  /* A link in a directory of ours above the home, owned by another user. */
+  snprintf(sub, sizeof sub, "%s/real-root", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  snprintf(target, sizeof target, "%s/auth.json", sub);
+  snprintf(path, sizeof path, "%s/linked-root", dir);
+  assert_int_equal(symlink(sub, path), 0);
+  assert_int_equal(lchown(path, 65534, 65534), 0);
+  snprintf(path, sizeof path, "%s/linked-root/auth.json", dir);
+  refused_everywhere(path, target, "the symbolic link");
+  /* A hard link to another user's file in a home of ours. */
+  snprintf(target, sizeof target, "%s/theirs.json", dir);
+  snprintf(path, sizeof path, "%s/hard.json", dir);
+  put(target, "{}");
+  assert_int_equal(chown(target, 65534, 65534), 0);
+  assert_int_equal(link(target, path), 0);
+  refused_everywhere(path, target, "owned by");
+  /* Our own link to our own file: followed, and it stays a link. */
+  snprintf(target, sizeof target, "%s/mine.json", dir);
+  snprintf(path, sizeof path, "%s/my-link.json", dir);
+  put(target, "{}");
+  assert_int_equal(symlink(target, path), 0);
+  tl_error err = {0};
+  assert_int_equal(tl__hf_write(path, "{\"version\": 1}", &err), TL_OK);
+  struct stat st;
+  assert_int_equal(lstat(path, &st), 0);
+  assert_true(S_ISLNK(st.st_mode));
+  size_t len = 0;
+  assert_string_equal(get(target, &len), "{\"version\": 1}");
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_walk__other_users_links_homes_and_open_directories),
       cmocka_unit_test(test_defuse__every_copy_however_escaped_and_nothing_else),
       cmocka_unit_test(test_defuse__short_token_key_and_cut_off_string),
       cmocka_unit_test(test_defuse__hostile_files),
