@@ -83,6 +83,7 @@ const char *tl__hf_slot_rt(const tl__slot *sl);
 typedef struct tl__grant {
   const char *provider;
   const char *access_token, *refresh_token; /* secrets */
+  const char *id_token;                     /* secret; NULL: none known (the slot keeps its own) */
   int64_t expires_ms, obtained_ms, now_ms;
   const char *scope, *token_type, *client_id, *portal_base_url, *inference_base_url;
 } tl__grant;

@@ -664,6 +664,10 @@ static int fill_other(tl__slot *sl, const tl__grant *g)
     changed |= put_present(o, "expires_at_ms", json_integer(g->expires_ms));
   }
   if (sl->kind == TL_SLOT_TOKENS) {
+    /* Codex's tokens object: the id_token of the last answer goes with its pair, as the Codex CLI writes it
+     * (Hermes keeps the one it had; a stale one names the account all the same). */
+    if (g->id_token)
+      changed |= put(o, "id_token", json_string(g->id_token));
     changed |= put(sl->holder, "last_refresh", iso_json(g->obtained_ms, 1, 1));
     changed |= drop(sl->holder, "last_auth_error");
   } else {

@@ -295,7 +295,7 @@ static tl_status set_for_profile(tl__hfset *set, tl_store *s, int64_t profile, c
 typedef struct credinfo {
   int64_t id, exp, obtained;
   char status[16], rtstate[16], provider[130];
-  char *at, *rt; /* secrets */
+  char *at, *rt, *idt; /* secrets */
   char *scope, *client_id, *token_url, *label;
   json_t *extra;
   char portal[2100];
@@ -305,6 +305,7 @@ static void credinfo_clear(credinfo *c)
 {
   tl_secret_free(c->at);
   tl_secret_free(c->rt);
+  tl_secret_free(c->idt);
   free(c->scope);
   free(c->client_id);
   free(c->token_url);
@@ -317,7 +318,8 @@ static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
 {
   static const char sql[] =
       "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), coalesce(c.obtained_at, 0), c.extra, t.secret, "
-      "t.state, c.provider, c.scope, c.client_id, c.token_url, c.label FROM credential c LEFT JOIN refresh_token t "
+      "t.state, c.provider, c.scope, c.client_id, c.token_url, c.label, c.id_token FROM credential c LEFT JOIN "
+      "refresh_token t "
       "ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown') WHERE c.id = :id";
   memset(c, 0, sizeof *c);
   sqlite3_stmt *st;
@@ -342,6 +344,7 @@ static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
   c->client_id = tl__col_dup(st, 9);
   c->token_url = tl__col_dup(st, 10);
   c->label = tl__col_dup(st, 11);
+  c->idt = tl__col_dup(st, 12);
   sqlite3_reset(st);
   const char *u = c->token_url ? strstr(c->token_url, "/api/oauth/token") : NULL;
   if (u && strcmp(c->provider, "nous") == 0)
@@ -359,6 +362,7 @@ static tl__grant grant_of(const credinfo *c, int64_t now)
   tl__grant g = {.provider = c->provider,
                  .access_token = c->at,
                  .refresh_token = c->rt,
+                 .id_token = c->idt,
                  .expires_ms = c->exp,
                  .obtained_ms = c->obtained ? c->obtained : now,
                  .now_ms = now,
