@@ -737,6 +737,15 @@ int tl__hf_fill(tl__slot *sl, const tl__grant *g)
   return changed;
 }
 
+int tl__hf_fill_anthropic_pkce(json_t *doc, const tl__grant *g)
+{
+  int changed = put(doc, "accessToken", json_string(g->access_token));
+  changed |= put(doc, "refreshToken", json_string(g->refresh_token));
+  if (g->expires_ms)
+    changed |= put(doc, "expiresAt", json_integer(g->expires_ms));
+  return changed;
+}
+
 int tl__hf_set_portal(tl__slot *sl, const char *url)
 {
   if (!url || strcmp(sl->provider, "nous") != 0)

@@ -1006,6 +1006,53 @@ out:
   json_decref(doc);
 }
 
+/*
+ * Hermes' Anthropic login file beside a profile's auth.json: Hermes seeds its hermes_pkce pool row from it
+ * at every load, so a file left holding a rotated token puts a spent token back into the pool
+ * (hermes-agent#92606). A file holding a token the ledger knows as no longer current gets the grant's
+ * current tokens; a token the ledger does not know (a new login) is left alone, and so is a grant that is
+ * not usable now. Best effort: failing to write it is reported, it never undoes the rest.
+ */
+static tl_status anthropic_pkce_step(tl_store *s, const tl__hf *f, tl_report *report, tl_error *err)
+{
+  static const char sql[] = "SELECT t.credential_id FROM refresh_token t JOIN credential c ON c.id = t.credential_id "
+                            "WHERE t.fingerprint = :fp AND t.state <> 'current' AND c.provider = 'anthropic'";
+  char path[PATH_MAX], sha[65], fp[65];
+  const char *slash = strrchr(f->path, '/');
+  json_t *doc = NULL;
+  tl_error ignore = {0};
+  tl_status rc = TL_OK;
+  if (f->shared || !f->profile || !slash ||
+      snprintf(path, sizeof path, "%.*s/%s", (int)(slash - f->path), f->path, TL_HF_ANTHROPIC_PKCE) >= (int)sizeof path)
+    return TL_OK;
+  if (access(path, F_OK) != 0 || tl__hf_load(&doc, sha, NULL, path, &ignore) != TL_OK)
+    return TL_OK; /* none (the usual case), or not one we can read: Hermes' business */
+  json_t *rt = json_object_get(doc, "refreshToken");
+  int64_t cred = 0;
+  if (json_is_string(rt) && json_string_length(rt) > 0) {
+    tl_fingerprint(fp, json_string_value(rt), json_string_length(rt));
+    rc = TL_Q_INT(&cred, s, sql, err, TL_TEXT(":fp", fp));
+  }
+  credinfo c;
+  if (rc == TL_OK && cred && (rc = load_cred(&c, s, cred, err)) == TL_OK) {
+    tl__grant g = grant_of(&c, tl__now_ms());
+    char *text = NULL;
+    if (usable(&c) && tl__hf_fill_anthropic_pkce(doc, &g) && (text = tl__hf_dump(doc, 0))) {
+      tl_error why = {0};
+      tl__hf pk = *f;
+      pk.path = path;
+      if (tl__hf_write(path, text, &why) == TL_OK)
+        rc = report_file(report, &pk, "written", "Hermes' Anthropic login file, in step with the grant", err);
+      else
+        rc = report_file(report, &pk, "not_written", why.message, err);
+    }
+    tl_secret_free(text);
+    credinfo_clear(&c);
+  }
+  json_decref(doc);
+  return rc;
+}
+
 tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
 {
   tl_status rc = TL_OK;
@@ -1035,6 +1082,9 @@ tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, t
     for (size_t i = 0; i < set->n; i++)
       if (wrc[i] == TL_OK || wrc[i] == TL_EIO)
         defuse_spent(s, &set->v[i], s->coop_spent_fp, report);
+  for (size_t i = 0; rc == TL_OK && i < set->n; i++)
+    if (wrc[i] == TL_OK)
+      rc = anthropic_pkce_step(s, &set->v[i], report, err);
   free(wrc);
   if (rc != TL_OK)
     return rc;

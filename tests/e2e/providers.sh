@@ -133,4 +133,53 @@ check '[ "$(jq -r '"'"'.providers."openai-codex".tokens.refresh_token'"'"' "$H2/
 no_secret_leak "$WORK/rt0" "$WORK/rt-t"
 kill "$PORTAL_PID"; wait "$PORTAL_PID" 2>/dev/null || true; PORTAL_PID=""; rm -f "$WORK/port"
 
+# --- 6. Anthropic: Hermes' hermes_pkce pool row and its .anthropic_oauth.json, a JSON body
+start_portal --provider anthropic --at-lifetime 28800
+DB="$WORK/anthropic.db"; D="--db $DB"
+tl $D init
+tl $D provider set anthropic --token-url "$URL/v1/oauth/token"; expect 0 "point anthropic at the loopback portal"
+HA="$WORK/hermes-an"; mkdir -p "$HA"
+seed=$(admin seed)
+jq -r .refresh_token <<< "$seed" > "$WORK/an-rt0"
+jq -n --arg rt "$(cat "$WORK/an-rt0")" '{version: 1, providers: {}, credential_pool: {anthropic: [{id: "an0001",
+  label: "pkce", auth_type: "oauth", priority: 0, source: "hermes_pkce", access_token: "sk-ant-oat01-old",
+  refresh_token: $rt, last_status: null, last_status_at: null, last_error_code: null, last_error_reason: null,
+  last_error_message: null, last_error_reset_at: null, expires_at_ms: 1700000000000, request_count: 4}]},
+  updated_at: "2026-09-22T00:00:00+00:00"}' > "$HA/auth.json"
+jq -n --arg rt "$(cat "$WORK/an-rt0")" '{accessToken: "sk-ant-oat01-old", refreshToken: $rt, expiresAt: 1700000000000,
+  hermes_note: "kept"}' > "$HA/.anthropic_oauth.json"
+chmod 600 "$HA/auth.json" "$HA/.anthropic_oauth.json"
+tl $D import "$HA" --profile an; expect 0 "import a Hermes home with an Anthropic PKCE login"
+admin config "latency_ms=300" > /dev/null
+pids=""
+for i in 1 2 3 4; do
+  ( r=0; "$TL_BIN" $D token anthropic --profile an > "$WORK/an$i.out" 2> "$WORK/an$i.err" || r=$?; echo $r > "$WORK/an$i.rc" ) &
+  pids="$pids $!"
+done
+wait $pids
+admin config "latency_ms=0" > /dev/null
+cat "$WORK"/an*.out "$WORK"/an*.err >> "$ALL"
+check '[ "$(cat "$WORK"/an?.rc | sort -u)" = 0 ] && [ "$(sort -u "$WORK"/an?.out | wc -l)" = 1 ]' "four processes get the same Anthropic token"
+check '[ "$(counter refreshes)" = 1 ] && [ "$(counter reuse_detections)" = 0 ]' "one rotation, no reuse"
+check '[ "$(counter json_bodies)" = 1 ] && [ "$(counter form_bodies)" = 0 ] && [ "$(counter bad_client)" = 0 ]' "a JSON body with Anthropic's client id"
+at=$(cat "$WORK/an1.out")
+check '[ "$(jq -r ".credential_pool.anthropic[0].access_token" "$HA/auth.json")" = "$at" ] && [ "$(jq -r ".credential_pool.anthropic[0].refresh_token" "$HA/auth.json")" != "$(cat "$WORK/an-rt0")" ]' "the hermes_pkce row holds the new pair"
+exp=$(q "SELECT expires_at FROM credential WHERE provider = 'anthropic'")
+check '[ "$(jq -r ".credential_pool.anthropic[0].expires_at_ms" "$HA/auth.json")" = "$exp" ] && [ "$exp" -gt "$(( ($(date +%s) + 28000) * 1000 ))" ]' "expires_at_ms from expires_in"
+check '[ "$(jq -r .refreshToken "$HA/.anthropic_oauth.json")" = "$(jq -r ".credential_pool.anthropic[0].refresh_token" "$HA/auth.json")" ] && [ "$(jq -r .accessToken "$HA/.anthropic_oauth.json")" = "$at" ] && [ "$(jq -r .expiresAt "$HA/.anthropic_oauth.json")" = "$exp" ]' ".anthropic_oauth.json is in step (Hermes re-seeds its pool row from it)"
+check '[ "$(jq -r .hermes_note "$HA/.anthropic_oauth.json")" = kept ] && [ "$(stat -c %a "$HA/.anthropic_oauth.json")" = 600 ]' "its other keys kept, 0600"
+# a new login Hermes wrote into the file is not overwritten
+jq '.refreshToken = "sk-ant-ort01-new-login-unknown"' "$HA/.anthropic_oauth.json" > "$WORK/x" && mv "$WORK/x" "$HA/.anthropic_oauth.json"
+tl $D sync --profile an; expect 0 "sync"
+check '[ "$(jq -r .refreshToken "$HA/.anthropic_oauth.json")" = sk-ant-ort01-new-login-unknown ]' "a token the ledger does not know is left alone"
+# another client spends the grant: 400 invalid_grant is terminal
+cur=$(jq -r ".credential_pool.anthropic[0].refresh_token" "$HA/auth.json")
+curl -sf "$URL/v1/oauth/token" -H 'Content-Type: application/json' \
+  -d "{\"grant_type\":\"refresh_token\",\"client_id\":\"9d1c250a-e61b-44d9-88ed-5944d1962f5e\",\"refresh_token\":\"$cur\"}" > /dev/null
+tl $D refresh anthropic --profile an --force; expect 5 "Anthropic's invalid_grant: a new login is needed"
+contains "invalid_grant" "names the server's answer"
+curl -s "$URL/v1/oauth/token" -d "grant_type=refresh_token&client_id=9d1c250a-e61b-44d9-88ed-5944d1962f5e&refresh_token=x" > "$WORK/form-answer"
+check 'grep -q "Invalid request format" "$WORK/form-answer"' "the anthropic portal refuses a form body, as platform.claude.com does"
+no_secret_leak "$WORK/an-rt0"
+
 finish
