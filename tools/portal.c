@@ -37,6 +37,12 @@
  *              400 "Invalid request format"), client_id 9d1c250a-... required; sk-ant-
  *              tokens, expires_in; every refused RT gets 400 invalid_grant "Refresh token
  *              not found or invalid"
+ *   xai        POST /oauth2/token as auth.x.ai: form, client_id b1a00492-... required; id_token,
+ *              expires_in; a refused RT gets 400 invalid_grant "Refresh token has been revoked"
+ *              (unknown: "Refresh token not found or invalid"); fault kind=403: the tier gate
+ *   minimax    POST /oauth/token as api.minimax.io: form, client_id 78257093-... required;
+ *              200 {"status":"success", ..., "expired_in": <epoch ms>}; a refused RT gets
+ *              200 {"status":"error","base_resp":{...}}
  * /admin/config reuse_mode=revoke_family (default: a spent RT kills its family) or
  * reject_only (only the stale presenter is refused); the counters add json_bodies,
  * form_bodies and bad_client.
@@ -96,10 +102,13 @@ static struct {
 } cfg = {3600, 0, 1, 0};
 
 /* Whose authorization server this is (--provider). */
-enum personality { P_NOUS, P_CODEX, P_ANTHROPIC };
+enum personality { P_NOUS, P_CODEX, P_ANTHROPIC, P_XAI, P_MINIMAX };
 static enum personality who = P_NOUS;
 #define CODEX_CLIENT     "app_EMoamEEZ73f0CkXaXp7hrann"
 #define ANTHROPIC_CLIENT "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+#define XAI_CLIENT       "b1a00492-073a-47ea-816f-4c329264a828"
+#define MINIMAX_CLIENT   "78257093-7e40-4613-99e0-527b14b39113"
+static const char *const clients[] = {NULL, CODEX_CLIENT, ANTHROPIC_CLIENT, XAI_CLIENT, MINIMAX_CLIENT};
 
 static struct {
   char kind[32];
@@ -202,10 +211,10 @@ static char *access_token_kind(int fam, long exp, int id_token)
 
 static char *access_token(int fam, long exp)
 {
-  if (who == P_ANTHROPIC) {
+  if (who == P_ANTHROPIC || who == P_MINIMAX) { /* opaque: the expiry is only in the answer */
     char rnd[33], *out = malloc(64);
     random_hex(rnd, 16);
-    snprintf(out, 64, "sk-ant-oat01-%d-%s", fam, rnd);
+    snprintf(out, 64, "%s%d-%s", who == P_ANTHROPIC ? "sk-ant-oat01-" : "mm-at-", fam, rnd);
     return out;
   }
   return access_token_kind(fam, exp, 0);
@@ -226,6 +235,21 @@ static json_t *token_answer(int fam, rt_rec *rt)
   if (who == P_ANTHROPIC) {
     json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", at, "refresh_token", rt->token, "expires_in",
                           cfg.at_lifetime, "token_type", "Bearer", "scope", "user:inference user:profile");
+    free(at);
+    return o;
+  }
+  if (who == P_XAI) {
+    char *idt = access_token_kind(fam, exp, 1);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "access_token", at, "refresh_token", rt->token, "id_token",
+                          idt, "expires_in", cfg.at_lifetime, "token_type", "Bearer", "scope",
+                          "openid profile email offline_access grok-cli:access api:access");
+    free(idt);
+    free(at);
+    return o;
+  }
+  if (who == P_MINIMAX) { /* expired_in: an absolute time in ms */
+    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:s}", "status", "success", "access_token", at, "refresh_token",
+                          rt->token, "expired_in", (json_int_t)exp * 1000, "token_type", "Bearer");
     free(at);
     return o;
   }
@@ -324,6 +348,14 @@ static enum MHD_Result refuse_rt(struct MHD_Connection *c, enum refusal why)
   }
   if (who == P_ANTHROPIC)
     return oauth_error(c, 400, "invalid_grant", "Refresh token not found or invalid");
+  if (who == P_XAI)
+    return oauth_error(c, 400, "invalid_grant",
+                       why == R_UNKNOWN ? "Refresh token not found or invalid" : "Refresh token has been revoked");
+  if (who == P_MINIMAX)
+    return reply_json(c, 200,
+                      json_pack("{s:s, s:{s:i, s:s}}", "status", "error", "base_resp", "status_code", 1004,
+                                "status_msg", "refresh token invalid"),
+                      -1);
   static const char *const desc[] = {"Unknown or invalid refresh token.", "Refresh session has been revoked",
                                      "Refresh token reuse detected"};
   return oauth_error(c, 400, "invalid_grant", desc[why]);
@@ -489,7 +521,7 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
   }
   if (who != P_NOUS) {
     char *client = body_field(c, body, "client_id");
-    int ok = client && strcmp(client, who == P_CODEX ? CODEX_CLIENT : ANTHROPIC_CLIENT) == 0;
+    int ok = client && strcmp(client, clients[who]) == 0;
     free(client);
     if (!ok) {
       free(rt);
@@ -512,6 +544,11 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
     pthread_mutex_unlock(&mu);
     free(rt);
     return reply_json(c, 500, json_pack("{s:s}", "error", who == P_CODEX ? "temporary-failure" : "server_error"), -1);
+  }
+  if (faulted && strcmp(kind, "403") == 0) { /* xAI's tier gate: not a login problem */
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return reply_json(c, 403, json_pack("{s:s, s:s}", "code", "permission_denied", "error", "tier not allowed"), -1);
   }
   if (faulted && strcmp(kind, "hostile_squat") == 0) {
     /* Whoever holds serve's port while it is down: any token is "refreshed" with a grant of its own. */
@@ -767,9 +804,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return oauth_error(c, 405, "invalid_request", "POST only");
   if (strcmp(url, "/api/oauth/device/code") == 0)
     return handle_device_code(c);
-  const char *token_path = who == P_CODEX       ? "/oauth/token"
-                           : who == P_ANTHROPIC ? "/v1/oauth/token"
-                                                : "/api/oauth/token";
+  static const char *const token_paths[] = {"/api/oauth/token", "/oauth/token", "/v1/oauth/token", "/oauth2/token",
+                                            "/oauth/token"};
+  const char *token_path = token_paths[who];
   if (strcmp(url, token_path) == 0) {
     pthread_mutex_lock(&mu);
     if (json_request(c))
@@ -827,9 +864,13 @@ int main(int argc, char **argv)
       who = P_ANTHROPIC;
     else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "nous") == 0 && ++i)
       who = P_NOUS;
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "xai") == 0 && ++i)
+      who = P_XAI;
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "minimax") == 0 && ++i)
+      who = P_MINIMAX;
     else {
       fprintf(stderr, "usage: tl-portal [--port N] [--port-file FILE] [--addr 127.X.Y.Z] [--at-lifetime SECONDS] "
-                      "[--latency-ms MS] [--provider nous|codex|anthropic]\n"
+                      "[--latency-ms MS] [--provider nous|codex|anthropic|xai|minimax]\n"
                       "A loopback stand-in for Nous Portal's OAuth endpoints (binds 127.0.0.1, or another "
                       "127.0.0.0/8 address, only).\n");
       return strcmp(argv[i], "--help") == 0 ? 0 : 2;

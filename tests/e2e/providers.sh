@@ -181,5 +181,64 @@ contains "invalid_grant" "names the server's answer"
 curl -s "$URL/v1/oauth/token" -d "grant_type=refresh_token&client_id=9d1c250a-e61b-44d9-88ed-5944d1962f5e&refresh_token=x" > "$WORK/form-answer"
 check 'grep -q "Invalid request format" "$WORK/form-answer"' "the anthropic portal refuses a form body, as platform.claude.com does"
 no_secret_leak "$WORK/an-rt0"
+kill "$PORTAL_PID"; wait "$PORTAL_PID" 2>/dev/null || true; PORTAL_PID=""; rm -f "$WORK/port"
+
+# --- 7. xAI through provider set (discovery is pinned to https on x.ai): tokens and id_token, the 403 tier gate
+start_portal --provider xai --at-lifetime 21600
+DB="$WORK/xai.db"; D="--db $DB"
+tl $D init
+tl $D provider set xai-oauth --token-url "$URL/oauth2/token"; expect 0 "point xai-oauth at the loopback portal"
+HX="$WORK/hermes-xai"; mkdir -p "$HX"
+seed=$(admin seed)
+jq -r .refresh_token <<< "$seed" > "$WORK/x-rt0"
+jq -n --arg rt "$(cat "$WORK/x-rt0")" --arg at "$EXPIRED_JWT" '{version: 1, providers: {"xai-oauth": {tokens: {access_token: $at,
+  refresh_token: $rt, id_token: "eyJold.id.x", expires_in: 21600, token_type: "Bearer"}, last_refresh: "2026-10-02T00:00:00Z",
+  auth_mode: "oauth_device_code", discovery: {token_endpoint: "https://auth.x.ai/oauth2/token"}, redirect_uri: null}},
+  credential_pool: {}}' > "$HX/auth.json"
+chmod 600 "$HX/auth.json"
+tl $D import "$HX" --profile gx; expect 0 "import a Hermes home holding xai-oauth"
+tl $D token xai-oauth --profile gx; expect 0 "token: the expired xAI access token is refreshed"
+check '[ "$(counter refreshes)" = 1 ] && [ "$(counter form_bodies)" = 1 ] && [ "$(counter bad_client)" = 0 ]' "one refresh, a form body, the Grok CLI's client id"
+check '[ "$(jq -r '"'"'.providers."xai-oauth".tokens.access_token'"'"' "$HX/auth.json")" = "$(cat "$OUT")" ] && [ "$(jq -r '"'"'.providers."xai-oauth".tokens.id_token'"'"' "$HX/auth.json")" != eyJold.id.x ]' "Hermes' xai-oauth tokens hold the new pair and id_token"
+check '[ "$(jq -c '"'"'.providers."xai-oauth".discovery'"'"' "$HX/auth.json")" = "{\"token_endpoint\":\"https://auth.x.ai/oauth2/token\"}" ]' "discovery kept as Hermes wrote it"
+seed=$(admin seed)
+jq -r .refresh_token <<< "$seed" > "$WORK/x-rt-gate"
+tl $D profile add gate
+tl $D credential add xai-oauth --profile gate --refresh-token-file "$WORK/x-rt-gate"; expect 0 "a second xAI grant"
+admin fault "kind=403&count=1" > /dev/null
+tl $D refresh xai-oauth --profile gate --force; expect 1 "the 403 tier gate is not a login problem"
+check '[ "$(q "SELECT status FROM credential WHERE id = (SELECT max(id) FROM credential)")" = active ] && [ "$(q "SELECT state FROM refresh_token WHERE credential_id = (SELECT max(id) FROM credential)")" = current ]' "the grant stays active, its token current"
+cur=$(jq -r '.providers."xai-oauth".tokens.refresh_token' "$HX/auth.json")
+curl -sf "$URL/oauth2/token" -d "grant_type=refresh_token&client_id=b1a00492-073a-47ea-816f-4c329264a828&refresh_token=$cur" > /dev/null
+tl $D refresh xai-oauth --profile gx --force; expect 5 "xAI's revoked token: a new login is needed"
+contains "revoked" "names the server's answer"
+no_secret_leak "$WORK/x-rt0" "$WORK/x-rt-gate"
+kill "$PORTAL_PID"; wait "$PORTAL_PID" 2>/dev/null || true; PORTAL_PID=""; rm -f "$WORK/port"
+
+# --- 8. MiniMax: portal_base_url in Hermes' state (as Hermes refreshes it), expired_in in epoch ms, 200 status error
+start_portal --provider minimax --at-lifetime 900
+DB="$WORK/minimax.db"; D="--db $DB"
+tl $D init
+HM="$WORK/hermes-mm"; mkdir -p "$HM"
+seed=$(admin seed)
+jq -r .refresh_token <<< "$seed" > "$WORK/mm-rt0"
+jq -n --arg rt "$(cat "$WORK/mm-rt0")" --arg url "$URL" '{version: 1, providers: {"minimax-oauth": {provider: "minimax-oauth",
+  region: "global", portal_base_url: $url, inference_base_url: "https://api.minimax.io/anthropic",
+  client_id: "78257093-7e40-4613-99e0-527b14b39113", scope: "group_id profile model.completion", token_type: "Bearer",
+  access_token: "mm-at-old", refresh_token: $rt, resource_url: null, obtained_at: "2026-01-01T00:00:00.000000+00:00",
+  expires_at: "2026-01-01T00:15:00.000000+00:00", expires_in: 900}}, active_provider: "minimax-oauth", credential_pool: {}}' > "$HM/auth.json"
+chmod 600 "$HM/auth.json"
+tl $D import "$HM" --profile mm; expect 0 "import a Hermes home holding minimax-oauth"
+check '[ "$(q "SELECT token_url FROM credential WHERE provider = \"minimax-oauth\"")" = "$URL/oauth/token" ]' "the grant refreshes at {portal_base_url}/oauth/token, as Hermes does"
+tl $D token minimax-oauth --profile mm; expect 0 "token: the expired MiniMax access token is refreshed"
+exp=$(q "SELECT expires_at FROM credential WHERE provider = 'minimax-oauth'")
+now=$(date +%s)
+check '[ "$exp" -gt $(( (now + 700) * 1000 )) ] && [ "$exp" -lt $(( (now + 1100) * 1000 )) ]' "expired_in read as an epoch in ms (15 minutes ahead)"
+check '[ "$(jq -r '"'"'.providers."minimax-oauth".access_token'"'"' "$HM/auth.json")" = "$(cat "$OUT")" ] && [ "$(jq -r '"'"'.providers."minimax-oauth".portal_base_url'"'"' "$HM/auth.json")" = "$URL" ]' "Hermes' state holds the new token, its portal unchanged"
+cur=$(jq -r '.providers."minimax-oauth".refresh_token' "$HM/auth.json")
+curl -sf "$URL/oauth/token" -d "grant_type=refresh_token&client_id=78257093-7e40-4613-99e0-527b14b39113&refresh_token=$cur" > /dev/null
+tl $D refresh minimax-oauth --profile mm --force; expect 5 "MiniMax's 200 {\"status\": \"error\"} is final"
+check '[ "$(q "SELECT status FROM credential WHERE provider = \"minimax-oauth\"")" = needs_reauth ]' "the grant needs a login"
+no_secret_leak "$WORK/mm-rt0"
 
 finish
