@@ -23,7 +23,10 @@
  *   - A slot is only ever filled with a grant its profile holds (a pool entry
  *     or a place of that profile) or, for a shared store, the grant its place
  *     names. The shared store is rewritten with every change of its grant and
- *     removed when the grant dies, as Hermes does.
+ *     removed when the grant dies, as Hermes does. Hermes' Anthropic login file
+ *     beside a home's auth.json (.anthropic_oauth.json) is rewritten only when
+ *     it holds a token the ledger knows as spent (Hermes re-seeds its pool row
+ *     from it).
  *   - A file is rewritten only when something other than the derived
  *     expires_in / agent_key_expires_in fields changes.
  */
