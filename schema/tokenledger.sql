@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 7).
+-- tokenledger canonical schema (user_version 8).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -8,8 +8,8 @@
 -- Conventions
 --   * Every time is INTEGER milliseconds since the Unix epoch, UTC.
 --   * Secrets (access tokens, refresh-token plaintext, other secrets of Hermes files, the
---     surrogate key) live only in the columns named `access_token` and `secret`. No view
---     selects either of them.
+--     surrogate key) live only in the columns named `access_token`, `id_token` and `secret`.
+--     No view selects any of them.
 --   * A refresh token (RT) is identified forever by its fingerprint: the
 --     lowercase hex SHA-256 of its exact bytes.
 --
@@ -24,7 +24,7 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 7;
+PRAGMA user_version = 8;
 
 -- Rules on a column's values are written `x = 'a' OR x = 'b' OR ...`, not
 -- `x IN ('a', 'b', ...)`: SQLite builds a temporary b-tree for an IN list of three
@@ -48,7 +48,8 @@ CREATE TABLE provider (
               CHECK (grace_s >= 0),
   scope       TEXT,                           -- scope requested at login
   updated_at  INTEGER NOT NULL                -- last change of this row
-) STRICT;
+  -- how a refresh request is written: form (RFC 6749) or json (Anthropic) (migration 0008)
+, body        TEXT NOT NULL DEFAULT 'form' CHECK (body = 'form' OR body = 'json')) STRICT;
 
 -- Built-in provider defaults (data, not schema). Nous Portal carries the RT in
 -- the x-nous-refresh-token header and declares no reuse grace window.
@@ -56,6 +57,19 @@ INSERT INTO provider (name, token_url, device_url, client_id, rt_header, skew_s,
 VALUES ('nous', 'https://portal.nousresearch.com/api/oauth/token',
         'https://portal.nousresearch.com/api/oauth/device/code', 'hermes-cli', 'x-nous-refresh-token',
         120, 0, 'inference:invoke', 0);
+-- The other rotating grants Hermes holds (migration 0008): Codex and Anthropic
+-- (Anthropic's endpoint takes JSON), xAI and MiniMax. Skews stay ahead of
+-- Hermes' own where Hermes refreshes without a lock (Anthropic, MiniMax).
+INSERT INTO provider (name, token_url, device_url, client_id, rt_header, skew_s, grace_s, scope, updated_at, body)
+VALUES ('openai-codex', 'https://auth.openai.com/oauth/token', NULL, 'app_EMoamEEZ73f0CkXaXp7hrann', NULL, 600, 0,
+        'openid profile email offline_access', 0, 'form'),
+       ('anthropic', 'https://platform.claude.com/v1/oauth/token', NULL, '9d1c250a-e61b-44d9-88ed-5944d1962f5e', NULL,
+        600, 0, 'user:inference user:profile', 0, 'json'),
+       ('xai-oauth', 'https://auth.x.ai/oauth2/token', 'https://auth.x.ai/oauth2/device/code',
+        'b1a00492-073a-47ea-816f-4c329264a828', NULL, 120, 0,
+        'openid profile email offline_access grok-cli:access api:access', 0, 'form'),
+       ('minimax-oauth', 'https://api.minimax.io/oauth/token', NULL, '78257093-7e40-4613-99e0-527b14b39113', NULL,
+        300, 0, 'group_id profile model.completion', 0, 'form');
 
 -- A Hermes profile: 'default' is the Hermes root, others are profiles/<name>.
 CREATE TABLE profile (
@@ -90,7 +104,8 @@ CREATE TABLE credential (
                 (json_extract(extra, '$.inference_base_url')) STORED,
   created_at    INTEGER NOT NULL,
   updated_at    INTEGER NOT NULL
-) STRICT;
+  -- SECRET: the OpenID id_token the last answer carried (Codex writes it back to Hermes) (migration 0008)
+, id_token      TEXT) STRICT;
 
 -- A credential's place in one profile's pool for one provider. API-key and
 -- borrowed entries have no credential and so no lineage.

@@ -24,6 +24,28 @@
  * "lose" rotates and then drops the connection without an answer, like a
  * response lost on the way back. The server binds 127.0.0.1 (or, with --addr,
  * another address in 127.0.0.0/8) and nothing else.
+ *
+ * --provider NAME gives it another authorization server's personality (the
+ * admin routes stay the same; a form or a JSON body is read by its
+ * Content-Type):
+ *   codex      POST /oauth/token as auth.openai.com: form or JSON body, client_id
+ *              app_EMoamEEZ73f0CkXaXp7hrann required; answers id_token and a JWT access
+ *              token (exp, https://api.openai.com/auth claims; no expires_in), OpenAI's
+ *              nested errors: 401 {"error":{"code":"refresh_token_reused"|
+ *              "refresh_token_invalidated",...}}, 500 {"error":"temporary-failure"}
+ *   anthropic  POST /v1/oauth/token as platform.claude.com: JSON body only (a form gets
+ *              400 "Invalid request format"), client_id 9d1c250a-... required; sk-ant-
+ *              tokens, expires_in; every refused RT gets 400 invalid_grant "Refresh token
+ *              not found or invalid"
+ *   xai        POST /oauth2/token as auth.x.ai: form, client_id b1a00492-... required; id_token,
+ *              expires_in; a refused RT gets 400 invalid_grant "Refresh token has been revoked"
+ *              (unknown: "Refresh token not found or invalid"); fault kind=403: the tier gate
+ *   minimax    POST /oauth/token as api.minimax.io: form, client_id 78257093-... required;
+ *              200 {"status":"success", ..., "expired_in": <epoch ms>}; a refused RT gets
+ *              200 {"status":"error","base_resp":{...}}
+ * /admin/config reuse_mode=revoke_family (default: a spent RT kills its family) or
+ * reject_only (only the stale presenter is refused); the counters add json_bodies,
+ * form_bodies and bad_client.
  */
 #define _DEFAULT_SOURCE
 #include <arpa/inet.h>
@@ -69,13 +91,24 @@ static size_t n_families, cap_families;
 
 static struct {
   long requests, refreshes, reuse_detections, families_revoked, unknown_rt, revoked_uses, device_grants, faults;
+  long json_bodies, form_bodies, bad_client;
 } ctr;
 
 static struct {
   int at_lifetime;
   int latency_ms;
   int approve_after;
-} cfg = {3600, 0, 1};
+  int reject_only; /* reuse_mode=reject_only: a spent RT is refused, its family lives on */
+} cfg = {3600, 0, 1, 0};
+
+/* Whose authorization server this is (--provider). */
+enum personality { P_NOUS, P_CODEX, P_ANTHROPIC, P_XAI, P_MINIMAX };
+static enum personality who = P_NOUS;
+#define CODEX_CLIENT     "app_EMoamEEZ73f0CkXaXp7hrann"
+#define ANTHROPIC_CLIENT "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+#define XAI_CLIENT       "b1a00492-073a-47ea-816f-4c329264a828"
+#define MINIMAX_CLIENT   "78257093-7e40-4613-99e0-527b14b39113"
+static const char *const clients[] = {NULL, CODEX_CLIENT, ANTHROPIC_CLIENT, XAI_CLIENT, MINIMAX_CLIENT};
 
 static struct {
   char kind[32];
@@ -123,7 +156,7 @@ static rt_rec *issue_rt(int fam, int gen)
 {
   char rnd[33], buf[96];
   random_hex(rnd, 16);
-  snprintf(buf, sizeof buf, "rt-%d-%d-%s", fam, gen, rnd);
+  snprintf(buf, sizeof buf, "%s%d-%d-%s", who == P_ANTHROPIC ? "sk-ant-ort01-" : "rt-", fam, gen, rnd);
   rt_rec *r = calloc(1, sizeof *r);
   r->token = strdup(buf);
   r->family = fam;
@@ -150,14 +183,21 @@ static int new_family(void)
   return (int)n_families++;
 }
 
-/* A JWT-shaped access token whose payload carries exp and scope. */
-static char *access_token(int fam, long exp)
+/* A JWT-shaped token (three non-empty parts, base64url without padding) whose payload carries exp and scope,
+ * and for Codex the ChatGPT account claims (id_token: the e-mail too). */
+static char *access_token_kind(int fam, long exp, int id_token)
 {
-  char payload[256], rnd[17];
+  char payload[512], rnd[17];
   random_hex(rnd, 8);
-  snprintf(payload, sizeof payload, "{\"sub\":\"family-%d\",\"scope\":\"inference:invoke\",\"exp\":%ld,\"jti\":\"%s\"}",
-           fam, exp, rnd);
-  unsigned char enc[512];
+  if (who == P_CODEX)
+    snprintf(payload, sizeof payload,
+             "{%s\"https://api.openai.com/auth\":{\"chatgpt_account_id\":\"acct-%d\",\"chatgpt_plan_type\":"
+             "\"plus\",\"chatgpt_user_id\":\"user-%d\"},\"exp\":%ld,\"jti\":\"%s\"}",
+             id_token ? "\"email\":\"family@example.com\"," : "", fam, fam, exp, rnd);
+  else
+    snprintf(payload, sizeof payload,
+             "{\"sub\":\"family-%d\",\"scope\":\"inference:invoke\",\"exp\":%ld,\"jti\":\"%s\"}", fam, exp, rnd);
+  unsigned char enc[1024];
   int n = EVP_EncodeBlock(enc, (const unsigned char *)payload, (int)strlen(payload));
   for (int i = 0; i < n; i++)
     enc[i] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : enc[i];
@@ -169,10 +209,50 @@ static char *access_token(int fam, long exp)
   return out;
 }
 
+static char *access_token(int fam, long exp)
+{
+  if (who == P_ANTHROPIC || who == P_MINIMAX) { /* opaque: the expiry is only in the answer */
+    char rnd[33], *out = malloc(64);
+    random_hex(rnd, 16);
+    snprintf(out, 64, "%s%d-%s", who == P_ANTHROPIC ? "sk-ant-oat01-" : "mm-at-", fam, rnd);
+    return out;
+  }
+  return access_token_kind(fam, exp, 0);
+}
+
 static json_t *token_answer(int fam, rt_rec *rt)
 {
   long exp = (long)time(NULL) + cfg.at_lifetime;
   char *at = access_token(fam, exp);
+  if (who == P_CODEX) { /* the expiry is the JWT's exp alone */
+    char *idt = access_token_kind(fam, exp, 1);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id_token", idt, "access_token", at, "refresh_token", rt->token,
+                          "token_type", "Bearer");
+    free(idt);
+    free(at);
+    return o;
+  }
+  if (who == P_ANTHROPIC) {
+    json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", at, "refresh_token", rt->token, "expires_in",
+                          cfg.at_lifetime, "token_type", "Bearer", "scope", "user:inference user:profile");
+    free(at);
+    return o;
+  }
+  if (who == P_XAI) {
+    char *idt = access_token_kind(fam, exp, 1);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "access_token", at, "refresh_token", rt->token, "id_token",
+                          idt, "expires_in", cfg.at_lifetime, "token_type", "Bearer", "scope",
+                          "openid profile email offline_access grok-cli:access api:access");
+    free(idt);
+    free(at);
+    return o;
+  }
+  if (who == P_MINIMAX) { /* expired_in: an absolute time in ms */
+    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:s}", "status", "success", "access_token", at, "refresh_token",
+                          rt->token, "expired_in", (json_int_t)exp * 1000, "token_type", "Bearer");
+    free(at);
+    return o;
+  }
   json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "access_token", at, "refresh_token", rt->token, "token_type",
                         "Bearer", "expires_in", cfg.at_lifetime, "scope", "inference:invoke", "inference_base_url",
                         "https://inference-api.nousresearch.com/v1");
@@ -230,6 +310,55 @@ static char *form_field(const char *body, const char *name)
     p = amp ? amp + 1 : NULL;
   }
   return NULL;
+}
+
+static int json_request(struct MHD_Connection *c)
+{
+  const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+  return ct && strncmp(ct, "application/json", 16) == 0;
+}
+
+/* A field of the request body: a JSON object's string member or a form field, by Content-Type; new. */
+static char *body_field(struct MHD_Connection *c, const char *body, const char *name)
+{
+  if (!json_request(c))
+    return form_field(body, name);
+  json_t *j = json_loads(body, JSON_REJECT_DUPLICATES, NULL);
+  json_t *v = json_object_get(j, name);
+  char *out = json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+  json_decref(j);
+  return out;
+}
+
+/* Why a refresh token is refused, in the personality's own words and status. */
+enum refusal { R_UNKNOWN, R_REVOKED, R_REUSED };
+static enum MHD_Result refuse_rt(struct MHD_Connection *c, enum refusal why)
+{
+  if (who == P_CODEX) {
+    static const char *const code[] = {"refresh_token_invalidated", "refresh_token_invalidated",
+                                       "refresh_token_reused"};
+    static const char *const msg[] = {"Your session has ended. Please log in again.",
+                                      "Your session has ended. Please log in again.",
+                                      "Your refresh token has already been used to generate a new access token. "
+                                      "Please try signing in again."};
+    return reply_json(c, 401,
+                      json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", msg[why], "type",
+                                "invalid_request_error", "param", "code", code[why]),
+                      -1);
+  }
+  if (who == P_ANTHROPIC)
+    return oauth_error(c, 400, "invalid_grant", "Refresh token not found or invalid");
+  if (who == P_XAI)
+    return oauth_error(c, 400, "invalid_grant",
+                       why == R_UNKNOWN ? "Refresh token not found or invalid" : "Refresh token has been revoked");
+  if (who == P_MINIMAX)
+    return reply_json(c, 200,
+                      json_pack("{s:s, s:{s:i, s:s}}", "status", "error", "base_resp", "status_code", 1004,
+                                "status_msg", "refresh token invalid"),
+                      -1);
+  static const char *const desc[] = {"Unknown or invalid refresh token.", "Refresh session has been revoked",
+                                     "Refresh token reuse detected"};
+  return oauth_error(c, 400, "invalid_grant", desc[why]);
 }
 
 static int take_fault(char kind[32], int *retry_after)
@@ -381,14 +510,26 @@ static int hostile_rotated(enum MHD_Result *out, struct MHD_Connection *c, const
 
 static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body)
 {
-  const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-nous-refresh-token");
-  char *rt = hdr ? strdup(hdr) : form_field(body, "refresh_token");
+  const char *hdr = who == P_NOUS ? MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-nous-refresh-token") : NULL;
+  char *rt = hdr ? strdup(hdr) : body_field(c, body, "refresh_token");
   char kind[32] = "";
   int retry_after = -1;
   enum MHD_Result result;
   if (!rt || !*rt) {
     free(rt);
     return oauth_error(c, 400, "invalid_request", "Missing refresh token");
+  }
+  if (who != P_NOUS) {
+    char *client = body_field(c, body, "client_id");
+    int ok = client && strcmp(client, clients[who]) == 0;
+    free(client);
+    if (!ok) {
+      free(rt);
+      pthread_mutex_lock(&mu);
+      ctr.bad_client++;
+      pthread_mutex_unlock(&mu);
+      return oauth_error(c, who == P_CODEX ? 401 : 400, "invalid_client", "Unknown client");
+    }
   }
   pthread_mutex_lock(&mu);
   int faulted = take_fault(kind, &retry_after);
@@ -402,7 +543,12 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
   if (faulted && strcmp(kind, "500") == 0) {
     pthread_mutex_unlock(&mu);
     free(rt);
-    return reply_json(c, 500, json_pack("{s:s}", "error", "server_error"), -1);
+    return reply_json(c, 500, json_pack("{s:s}", "error", who == P_CODEX ? "temporary-failure" : "server_error"), -1);
+  }
+  if (faulted && strcmp(kind, "403") == 0) { /* xAI's tier gate: not a login problem */
+    pthread_mutex_unlock(&mu);
+    free(rt);
+    return reply_json(c, 403, json_pack("{s:s, s:s}", "code", "permission_denied", "error", "tier not allowed"), -1);
   }
   if (faulted && strcmp(kind, "hostile_squat") == 0) {
     /* Whoever holds serve's port while it is down: any token is "refreshed" with a grant of its own. */
@@ -428,13 +574,18 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
   if (!r) {
     ctr.unknown_rt++;
     pthread_mutex_unlock(&mu);
-    return oauth_error(c, 400, "invalid_grant", "Unknown or invalid refresh token.");
+    return refuse_rt(c, R_UNKNOWN);
   }
   family *f = &families[r->family];
   if (f->revoked) {
     ctr.revoked_uses++;
     pthread_mutex_unlock(&mu);
-    return oauth_error(c, 400, "invalid_grant", "Refresh session has been revoked");
+    return refuse_rt(c, R_REVOKED);
+  }
+  if (r->state != 0 && cfg.reject_only) {
+    ctr.reuse_detections++; /* only the stale presenter is refused */
+    pthread_mutex_unlock(&mu);
+    return refuse_rt(c, R_REUSED);
   }
   if (r->state != 0) {
     /* A spent RT: theft as far as the server can tell. Revoke the family. */
@@ -445,7 +596,7 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, const char *body
       if (all_rts[i]->family == r->family)
         all_rts[i]->state = 2;
     pthread_mutex_unlock(&mu);
-    return oauth_error(c, 400, "invalid_grant", "Refresh token reuse detected");
+    return refuse_rt(c, R_REUSED);
   }
   r->state = 1;
   f->generation++;
@@ -527,12 +678,13 @@ static enum MHD_Result handle_admin(struct MHD_Connection *c, const char *url, c
 {
   if (strcmp(url, "/admin/counters") == 0) {
     pthread_mutex_lock(&mu);
-    json_t *j =
-        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "requests", (json_int_t)ctr.requests,
-                  "refreshes", (json_int_t)ctr.refreshes, "reuse_detections", (json_int_t)ctr.reuse_detections,
-                  "families_revoked", (json_int_t)ctr.families_revoked, "unknown_rt", (json_int_t)ctr.unknown_rt,
-                  "revoked_uses", (json_int_t)ctr.revoked_uses, "device_grants", (json_int_t)ctr.device_grants,
-                  "faults", (json_int_t)ctr.faults, "families", (json_int_t)n_families, "issued", (json_int_t)n_rts);
+    json_t *j = json_pack(
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "requests", (json_int_t)ctr.requests,
+        "refreshes", (json_int_t)ctr.refreshes, "reuse_detections", (json_int_t)ctr.reuse_detections,
+        "families_revoked", (json_int_t)ctr.families_revoked, "unknown_rt", (json_int_t)ctr.unknown_rt, "revoked_uses",
+        (json_int_t)ctr.revoked_uses, "device_grants", (json_int_t)ctr.device_grants, "faults", (json_int_t)ctr.faults,
+        "families", (json_int_t)n_families, "issued", (json_int_t)n_rts, "json_bodies", (json_int_t)ctr.json_bodies,
+        "form_bodies", (json_int_t)ctr.form_bodies, "bad_client", (json_int_t)ctr.bad_client);
     pthread_mutex_unlock(&mu);
     return reply_json(c, 200, j, -1);
   }
@@ -582,8 +734,11 @@ static enum MHD_Result handle_admin(struct MHD_Connection *c, const char *url, c
   }
   if (strcmp(url, "/admin/config") == 0) {
     char *a = form_field(body, "at_lifetime"), *l = form_field(body, "latency_ms"),
-         *p = form_field(body, "approve_after");
+         *p = form_field(body, "approve_after"), *m = form_field(body, "reuse_mode");
     pthread_mutex_lock(&mu);
+    if (m)
+      cfg.reject_only = strcmp(m, "reject_only") == 0;
+    free(m);
     if (a)
       cfg.at_lifetime = atoi(a);
     if (l)
@@ -649,8 +804,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return oauth_error(c, 405, "invalid_request", "POST only");
   if (strcmp(url, "/api/oauth/device/code") == 0)
     return handle_device_code(c);
-  if (strcmp(url, "/api/oauth/token") == 0) {
-    char *grant = form_field(body, "grant_type");
+  static const char *const token_paths[] = {"/api/oauth/token", "/oauth/token", "/v1/oauth/token", "/oauth2/token",
+                                            "/oauth/token"};
+  const char *token_path = token_paths[who];
+  if (strcmp(url, token_path) == 0) {
+    pthread_mutex_lock(&mu);
+    if (json_request(c))
+      ctr.json_bodies++;
+    else
+      ctr.form_bodies++;
+    pthread_mutex_unlock(&mu);
+    if (who == P_ANTHROPIC && !json_request(c))
+      return oauth_error(c, 400, "invalid_request", "Invalid request format");
+    char *grant = body_field(c, body, "grant_type");
     enum MHD_Result rc;
     if (grant && strcmp(grant, "refresh_token") == 0)
       rc = handle_refresh(c, body);
@@ -692,9 +858,19 @@ int main(int argc, char **argv)
       cfg.at_lifetime = atoi(argv[++i]);
     else if (strcmp(argv[i], "--latency-ms") == 0 && i + 1 < argc)
       cfg.latency_ms = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "codex") == 0 && ++i)
+      who = P_CODEX;
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "anthropic") == 0 && ++i)
+      who = P_ANTHROPIC;
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "nous") == 0 && ++i)
+      who = P_NOUS;
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "xai") == 0 && ++i)
+      who = P_XAI;
+    else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "minimax") == 0 && ++i)
+      who = P_MINIMAX;
     else {
       fprintf(stderr, "usage: tl-portal [--port N] [--port-file FILE] [--addr 127.X.Y.Z] [--at-lifetime SECONDS] "
-                      "[--latency-ms MS]\n"
+                      "[--latency-ms MS] [--provider nous|codex|anthropic|xai|minimax]\n"
                       "A loopback stand-in for Nous Portal's OAuth endpoints (binds 127.0.0.1, or another "
                       "127.0.0.0/8 address, only).\n");
       return strcmp(argv[i], "--help") == 0 ? 0 : 2;

@@ -176,7 +176,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 7
+#define TL_SCHEMA_VERSION 8
 
 /**
  * Opens (or creates) the ledger at path.
@@ -680,11 +680,12 @@ TL_EXTERN tl_status tl_serve_status(tl_report **out, tl_store *store, tl_error *
 /** What the transport must send. All strings borrowed for the call. */
 typedef struct tl_http_request {
   const char *url;
-  const char *body;        /**< application/x-www-form-urlencoded; may hold a secret */
-  const char *rt_header;   /**< header name for the RT, or NULL */
-  const char *rt_value;    /**< SECRET, or NULL */
-  long connect_timeout_ms; /**< suggested */
-  long timeout_ms;         /**< suggested */
+  const char *body;         /**< see content_type; may hold a secret */
+  const char *rt_header;    /**< header name for the RT, or NULL */
+  const char *rt_value;     /**< SECRET, or NULL */
+  long connect_timeout_ms;  /**< suggested */
+  long timeout_ms;          /**< suggested */
+  const char *content_type; /**< of body; NULL: application/x-www-form-urlencoded */
 } tl_http_request;
 
 /** How far a failed request got. */

@@ -89,6 +89,7 @@ const char *tl__hf_slot_rt(const tl__slot *sl);
 typedef struct tl__grant {
   const char *provider;
   const char *access_token, *refresh_token; /* secrets */
+  const char *id_token;                     /* secret; NULL: none known (the slot keeps its own) */
   int64_t expires_ms, obtained_ms, now_ms;
   const char *scope, *token_type, *client_id, *portal_base_url, *inference_base_url;
 } tl__grant;
@@ -97,6 +98,10 @@ typedef struct tl__grant {
  * already holds the grant's tokens is left as Hermes wrote it. Returns 1 if
  * anything but the derived expires_in / agent_key_expires_in changed. */
 int tl__hf_fill(tl__slot *sl, const tl__grant *g);
+/* Hermes' Anthropic login file (<HERMES_HOME>/.anthropic_oauth.json: accessToken, refreshToken, expiresAt in
+ * epoch ms) filled with the grant, every other key kept. Returns 1 if changed. */
+#define TL_HF_ANTHROPIC_PKCE ".anthropic_oauth.json"
+int tl__hf_fill_anthropic_pkce(json_t *doc, const tl__grant *g);
 /* Points a Nous slot at a portal (strict mode: serve's loopback URL). Returns 1 if changed. */
 int tl__hf_set_portal(tl__slot *sl, const char *url);
 /* Hermes' quarantine of a dead grant in a singleton: tokens out, last_auth_error in. */

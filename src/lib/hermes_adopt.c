@@ -430,25 +430,31 @@ static tl_status upsert_entry(tl__adopt *a, const tl__hf *f, const tl__slot *sl,
 
 /* ---- new grants and external rotations ------------------------------------------------------ */
 
-/* Where a Nous grant refreshes, from the slot's portal_base_url (Hermes' rules). */
-static tl_status nous_token_url(char *out, size_t n, json_t *obj, json_t *fallback, const char *file, const char *path,
-                                tl_error *err)
+/* Where a Nous grant refreshes, from the slot's portal_base_url (Hermes' rules); a MiniMax grant likewise
+ * ({portal_base_url}/oauth/token, Hermes' _refresh_minimax_oauth_state), its region's host otherwise. */
+static tl_status portal_token_url(char *out, size_t n, json_t *obj, json_t *fallback, int minimax, const char *file,
+                                  const char *path, tl_error *err)
 {
   json_t *v = json_object_get(obj, "portal_base_url");
   if (!json_is_string(v))
     v = fallback; /* Hermes refreshes every Nous row through the singleton's portal */
   out[0] = '\0';
+  json_t *region = json_object_get(obj, "region");
+  if (!json_is_string(v) && minimax && json_is_string(region) && strcmp(json_string_value(region), "cn") == 0) {
+    snprintf(out, n, "https://api.minimaxi.com/oauth/token");
+    return TL_OK;
+  }
   if (!json_is_string(v))
     return TL_OK; /* the provider's default */
   const char *base = json_string_value(v);
-  if (strstr(base, "://api.nousresearch.com"))
+  if (!minimax && strstr(base, "://api.nousresearch.com"))
     base = "https://portal.nousresearch.com"; /* the dead host Hermes rewrites */
   size_t len = strlen(base);
   while (len && base[len - 1] == '/')
     len--;
   if (len > 2000)
     return tl__err(err, TL_EINVAL, 0, "%s: %s.portal_base_url: longer than 2000 characters", file, path);
-  snprintf(out, n, "%.*s/api/oauth/token", (int)len, base);
+  snprintf(out, n, "%.*s%s", (int)len, base, minimax ? "/oauth/token" : "/api/oauth/token");
   tl_error sub = {0};
   if (tl_url_check(out, &sub) != TL_OK)
     return tl__err(err, TL_EINVAL, 0, "%s: %s.portal_base_url: %s", file, path, sub.message);
@@ -480,8 +486,14 @@ static tl_status new_credential(int64_t *out, tl__adopt *a, const tl__hf *f, con
   if ((rc = ensure_provider(s, sl->provider, err)) != TL_OK)
     return rc;
   if (strcmp(sl->provider, "nous") == 0 &&
-      (rc = nous_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), f->path, sl->path, err)) != TL_OK)
+      (rc = portal_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), 0, f->path, sl->path, err)) != TL_OK)
     return rc;
+  if (strcmp(sl->provider, "minimax-oauth") == 0) {
+    json_t *state = json_object_get(json_object_get(f->doc, "providers"), "minimax-oauth");
+    if ((rc = portal_token_url(url, sizeof url, sl->obj, json_object_get(state, "portal_base_url"), 1, f->path,
+                               sl->path, err)) != TL_OK)
+      return rc;
+  }
   sqlite3_stmt *st;
   int found = 0;
   if ((rc = tl__prepare(&st, s, prov_sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_TEXT(":name", sl->provider))) ||

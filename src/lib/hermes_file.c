@@ -970,6 +970,10 @@ static int fill_other(tl__slot *sl, const tl__grant *g)
     changed |= put_present(o, "expires_at_ms", json_integer(g->expires_ms));
   }
   if (sl->kind == TL_SLOT_TOKENS) {
+    /* Codex's tokens object: the id_token of the last answer goes with its pair, as the Codex CLI writes it
+     * (Hermes keeps the one it had; a stale one names the account all the same). */
+    if (g->id_token)
+      changed |= put(o, "id_token", json_string(g->id_token));
     changed |= put(sl->holder, "last_refresh", iso_json(g->obtained_ms, 1, 1));
     changed |= drop(sl->holder, "last_auth_error");
   } else {
@@ -1036,6 +1040,15 @@ int tl__hf_fill(tl__slot *sl, const tl__grant *g)
   changed = fill_other(sl, g);
   if (changed && sl->kind == TL_SLOT_POOL)
     clear_status(sl->obj);
+  return changed;
+}
+
+int tl__hf_fill_anthropic_pkce(json_t *doc, const tl__grant *g)
+{
+  int changed = put(doc, "accessToken", json_string(g->access_token));
+  changed |= put(doc, "refreshToken", json_string(g->refresh_token));
+  if (g->expires_ms)
+    changed |= put(doc, "expiresAt", json_integer(g->expires_ms));
   return changed;
 }
 

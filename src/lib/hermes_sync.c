@@ -23,7 +23,10 @@
  *   - A slot is only ever filled with a grant its profile holds (a pool entry
  *     or a place of that profile) or, for a shared store, the grant its place
  *     names. The shared store is rewritten with every change of its grant and
- *     removed when the grant dies, as Hermes does.
+ *     removed when the grant dies, as Hermes does. Hermes' Anthropic login file
+ *     beside a home's auth.json (.anthropic_oauth.json) is rewritten only when
+ *     it holds a token the ledger knows as spent (Hermes re-seeds its pool row
+ *     from it).
  *   - A file is rewritten only when something other than the derived
  *     expires_in / agent_key_expires_in fields changes.
  */
@@ -295,7 +298,7 @@ static tl_status set_for_profile(tl__hfset *set, tl_store *s, int64_t profile, c
 typedef struct credinfo {
   int64_t id, exp, obtained;
   char status[16], rtstate[16], provider[130];
-  char *at, *rt; /* secrets */
+  char *at, *rt, *idt; /* secrets */
   char *scope, *client_id, *token_url, *label;
   json_t *extra;
   char portal[2100];
@@ -305,6 +308,7 @@ static void credinfo_clear(credinfo *c)
 {
   tl_secret_free(c->at);
   tl_secret_free(c->rt);
+  tl_secret_free(c->idt);
   free(c->scope);
   free(c->client_id);
   free(c->token_url);
@@ -317,7 +321,8 @@ static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
 {
   static const char sql[] =
       "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), coalesce(c.obtained_at, 0), c.extra, t.secret, "
-      "t.state, c.provider, c.scope, c.client_id, c.token_url, c.label FROM credential c LEFT JOIN refresh_token t "
+      "t.state, c.provider, c.scope, c.client_id, c.token_url, c.label, c.id_token FROM credential c LEFT JOIN "
+      "refresh_token t "
       "ON t.credential_id = c.id AND t.state IN ('current', 'presented', 'unknown') WHERE c.id = :id";
   memset(c, 0, sizeof *c);
   sqlite3_stmt *st;
@@ -342,6 +347,7 @@ static tl_status load_cred(credinfo *c, tl_store *s, int64_t id, tl_error *err)
   c->client_id = tl__col_dup(st, 9);
   c->token_url = tl__col_dup(st, 10);
   c->label = tl__col_dup(st, 11);
+  c->idt = tl__col_dup(st, 12);
   sqlite3_reset(st);
   const char *u = c->token_url ? strstr(c->token_url, "/api/oauth/token") : NULL;
   if (u && strcmp(c->provider, "nous") == 0)
@@ -359,6 +365,7 @@ static tl__grant grant_of(const credinfo *c, int64_t now)
   tl__grant g = {.provider = c->provider,
                  .access_token = c->at,
                  .refresh_token = c->rt,
+                 .id_token = c->idt,
                  .expires_ms = c->exp,
                  .obtained_ms = c->obtained ? c->obtained : now,
                  .now_ms = now,
@@ -1116,6 +1123,53 @@ out:
   json_decref(doc);
 }
 
+/*
+ * Hermes' Anthropic login file beside a profile's auth.json: Hermes seeds its hermes_pkce pool row from it
+ * at every load, so a file left holding a rotated token puts a spent token back into the pool
+ * (hermes-agent#92606). A file holding a token the ledger knows as no longer current gets the grant's
+ * current tokens; a token the ledger does not know (a new login) is left alone, and so is a grant that is
+ * not usable now. Best effort: failing to write it is reported, it never undoes the rest.
+ */
+static tl_status anthropic_pkce_step(tl_store *s, const tl__hf *f, tl_report *report, tl_error *err)
+{
+  static const char sql[] = "SELECT t.credential_id FROM refresh_token t JOIN credential c ON c.id = t.credential_id "
+                            "WHERE t.fingerprint = :fp AND t.state <> 'current' AND c.provider = 'anthropic'";
+  char path[PATH_MAX], sha[65], fp[65];
+  const char *slash = strrchr(f->path, '/');
+  json_t *doc = NULL;
+  tl_error ignore = {0};
+  tl_status rc = TL_OK;
+  if (f->shared || !f->profile || !slash ||
+      snprintf(path, sizeof path, "%.*s/%s", (int)(slash - f->path), f->path, TL_HF_ANTHROPIC_PKCE) >= (int)sizeof path)
+    return TL_OK;
+  if (access(path, F_OK) != 0 || tl__hf_load(&doc, sha, NULL, path, &ignore) != TL_OK)
+    return TL_OK; /* none (the usual case), or not one we can read: Hermes' business */
+  json_t *rt = json_object_get(doc, "refreshToken");
+  int64_t cred = 0;
+  if (json_is_string(rt) && json_string_length(rt) > 0) {
+    tl_fingerprint(fp, json_string_value(rt), json_string_length(rt));
+    rc = TL_Q_INT(&cred, s, sql, err, TL_TEXT(":fp", fp));
+  }
+  credinfo c;
+  if (rc == TL_OK && cred && (rc = load_cred(&c, s, cred, err)) == TL_OK) {
+    tl__grant g = grant_of(&c, tl__now_ms());
+    char *text = NULL;
+    if (usable(&c) && tl__hf_fill_anthropic_pkce(doc, &g) && (text = tl__hf_dump(doc, 0))) {
+      tl_error why = {0};
+      tl__hf pk = *f;
+      pk.path = path;
+      if (tl__hf_write(path, text, &why) == TL_OK)
+        rc = report_file(report, &pk, "written", "Hermes' Anthropic login file, in step with the grant", err);
+      else
+        rc = report_file(report, &pk, "not_written", why.message, err);
+    }
+    tl_secret_free(text);
+    credinfo_clear(&c);
+  }
+  json_decref(doc);
+  return rc;
+}
+
 tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
 {
   tl_status rc = TL_OK;
@@ -1145,6 +1199,9 @@ tl_status tl__hfset_write_back(tl_store *s, tl__hfset *set, tl_report *report, t
     for (size_t i = 0; i < set->n; i++)
       if (wrc[i] == TL_OK || wrc[i] == TL_EIO)
         defuse_spent(s, &set->v[i], s->coop_spent_fp, report);
+  for (size_t i = 0; rc == TL_OK && i < set->n; i++)
+    if (wrc[i] == TL_OK)
+      rc = anthropic_pkce_step(s, &set->v[i], report, err);
   free(wrc);
   if (rc != TL_OK)
     return rc;

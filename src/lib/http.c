@@ -361,7 +361,9 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
     return;
   }
   hdrs = cu->slist_append(hdrs, "Accept: application/json");
-  hdrs = cu->slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
+  hdrs = cu->slist_append(hdrs, req->content_type && strcmp(req->content_type, "application/json") == 0
+                                    ? "Content-Type: application/json"
+                                    : "Content-Type: application/x-www-form-urlencoded");
   if (req->rt_header) {
     size_t n = strlen(req->rt_header) + strlen(req->rt_value) + 3;
     rtline = malloc(n);

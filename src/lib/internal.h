@@ -265,6 +265,7 @@ typedef struct tl__answer {
   long status;                        /* HTTP status, 0 if none */
   char *error, *desc;                 /* server text or local detail; may hold control characters */
   char *access_token, *refresh_token; /* SECRET; usable (VSCHAR) or NULL */
+  char *id_token;                     /* SECRET: an OpenID id_token the 200 carried (Codex), usable or NULL */
   int at_unusable;                    /* a 200 whose access token was missing or not printable */
   int64_t expires_at;                 /* ms; always set for a 200 with tokens */
   int expiry_assumed;                 /* no usable expires_in or JWT exp: TL_LIFETIME_ASSUMED_S */
@@ -290,6 +291,9 @@ int tl__answer_reuse(const char *error, const char *desc);
 /* oauth.c: "k1=v1&k2=v2..." with each value form-encoded, pairs whose value is NULL left out (at most 8);
  * new (burn it before free: a value may be a secret); NULL if out of memory. */
 char *tl__oauth_form(size_t n, const char *const *keys, const char *const *vals);
+/* oauth.c: the same pairs as a JSON object {"k1":"v1",...} (Anthropic's token endpoint takes JSON only); new, burn
+ * it before free; NULL if out of memory. */
+char *tl__oauth_json(size_t n, const char *const *keys, const char *const *vals);
 #define TL_GRANT_DEVICE_CODE "urn:ietf:params:oauth:grant-type:device_code"
 /* login.c: a provider's device-login endpoints (new strings; free with tl__device_endpoints_clear). TL_ENOTFOUND
  * unless the provider has a device authorization endpoint, a token endpoint and a client id. Shared by login and

@@ -710,7 +710,7 @@ static tl_status remove_rows(tl_store *s, int64_t cred, int64_t now, int64_t *en
                                "WHERE credential_id = :c AND state IN ('current', 'unknown')";
   static const char cred_sql[] =
       "UPDATE credential SET status = 'needs_reauth', status_reason = 'removed from the ledger (credential rm)', "
-      "access_token = NULL, refresh_not_before = NULL, updated_at = :now WHERE id = :c";
+      "access_token = NULL, id_token = NULL, refresh_not_before = NULL, updated_at = :now WHERE id = :c";
   static const char entries_sql[] = "DELETE FROM pool_entry WHERE credential_id = :c";
   static const char places_sql[] = "DELETE FROM grant_place WHERE credential_id = :c";
   const char *const sqls[] = {rt_sql, cred_sql, entries_sql, places_sql};

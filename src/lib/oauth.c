@@ -1,10 +1,13 @@
 /*
  * oauth.c - the OAuth 2.0 token endpoint's wire format, shared by the refresh
  * protocol (refresh.c), the device login (login.c) and strict mode's
- * forwarding (serve.c): form bodies, the POST over the store's transport,
- * the classification of every answer into one outcome, the access token's
- * expiry (expires_in, else the JWT's exp claim), and the redaction of a token
- * a server echoes back.
+ * forwarding (serve.c): form and JSON bodies, the POST over the store's
+ * transport, the classification of every answer into one outcome (the RFC
+ * 6749 error shape, OpenAI's nested {"error": {"code", "message"}}, MiniMax's
+ * 200 {"status": "error"}), the access token's expiry (the earlier of
+ * expires_in - MiniMax: expired_in, an epoch in ms - and the JWT's exp claim),
+ * the id_token an answer carries, and the redaction of a token a server
+ * echoes back.
  *
  * Invariants kept here:
  *   - Every answer is exactly one of rotated / same_rt / rejected / transient
@@ -46,8 +49,10 @@ static int contains_ci(const char *hay, const char *needle)
 /* Terminal for the lineage: never retry, never re-present (server reference). */
 static int terminal_answer(const char *error, const char *desc)
 {
-  static const char *const codes[] = {"invalid_grant", "invalid_token", "refresh_token_reused", "token_invalidated",
-                                      "token_revoked", "token_expired", "unauthorized_client"};
+  static const char *const codes[] = {
+      "invalid_grant",         "invalid_token",     "refresh_token_reused", "refresh_token_invalidated",
+      "refresh_token_expired", "token_invalidated", "token_revoked",        "token_expired",
+      "unauthorized_client"};
   static const char *const words[] = {"reuse",       "already used",          "revoked",
                                       "stale token", "invalid refresh token", "expired"};
   for (size_t i = 0; error && i < sizeof codes / sizeof *codes; i++)
@@ -110,6 +115,7 @@ void tl__answer_clear(tl__answer *a)
   free(a->desc);
   tl_secret_free(a->access_token);
   tl_secret_free(a->refresh_token);
+  tl_secret_free(a->id_token);
   json_decref(a->extra);
   if (a->raw) {
     tl_burn(a->raw, a->raw_len);
@@ -219,28 +225,47 @@ static enum token_field token_field(char **out, char **raw, json_t *o, const cha
 /* Longest access-token lifetime taken from a server; a longer one is not believed. */
 #define TL_LIFETIME_MAX_S (10LL * 365 * 86400)
 
+/* A lifetime in seconds in [1, ten years] as an expiry in ms from now; 0 if v is not one. */
+static int64_t lifetime_at(const json_t *v, int64_t now)
+{
+  int64_t secs = 0;
+  if (json_is_integer(v) && !tl__num_i64(&secs, v, 1, TL_LIFETIME_MAX_S))
+    return now + secs * 1000;
+  if (json_is_real(v) && !tl__num_f2i(&secs, json_real_value(v), 1, TL_LIFETIME_MAX_S))
+    return now + secs * 1000;
+  return 0;
+}
+
+/* MiniMax's expired_in: an absolute epoch in ms in practice, a lifetime in seconds in older answers (Hermes
+ * tells them apart the same way: more than half of now in ms is a time). 0 if neither. */
+static int64_t minimax_expired_in(const json_t *v, int64_t now)
+{
+  int64_t ms = 0;
+  if (!json_is_number(v))
+    return 0;
+  if (json_number_value(v) > (double)now / 2)
+    return tl__num_f2i(&ms, json_number_value(v), now + 1, now + TL_LIFETIME_MAX_S * 1000) ? 0 : ms;
+  return lifetime_at(v, now);
+}
+
 /*
- * When the access token expires: expires_in if it is a number of seconds in
- * [1, ten years]; else the JWT exp claim if it lies ahead; else
+ * When the access token expires: the earlier of expires_in (seconds in
+ * [1, ten years]; MiniMax's expired_in, see above) and the JWT exp claim if
+ * it lies ahead (Codex's tokens say their expiry there); else
  * TL_LIFETIME_ASSUMED_S from now, flagged. Never in the past from the
  * server's say-so, never an overflow, never "unknown" (that would refresh on
  * every call).
  */
 static void answer_expiry(tl__answer *a, json_t *j, int64_t now)
 {
-  json_t *ei = json_object_get(j, "expires_in");
-  int64_t secs = 0;
-  if (json_is_integer(ei) && !tl__num_i64(&secs, ei, 1, TL_LIFETIME_MAX_S)) {
-    a->expires_at = now + secs * 1000;
-    return;
-  }
-  if (json_is_real(ei) && !tl__num_f2i(&secs, json_real_value(ei), 1, TL_LIFETIME_MAX_S)) {
-    a->expires_at = now + secs * 1000;
-    return;
-  }
+  int64_t at = lifetime_at(json_object_get(j, "expires_in"), now);
+  if (!at && !json_object_get(j, "expires_in"))
+    at = minimax_expired_in(json_object_get(j, "expired_in"), now);
   int64_t jwt = a->access_token ? tl__jwt_exp_ms(a->access_token) : 0;
-  if (jwt > now && jwt <= now + TL_LIFETIME_MAX_S * 1000) {
-    a->expires_at = jwt;
+  if (jwt > now && jwt <= now + TL_LIFETIME_MAX_S * 1000 && (!at || jwt < at))
+    at = jwt;
+  if (at) {
+    a->expires_at = at;
     return;
   }
   a->expires_at = now + TL_LIFETIME_ASSUMED_S * 1000;
@@ -268,6 +293,17 @@ static void classify_200(tl__answer *a, const tl_http_response *r, json_t *j, co
   }
   enum token_field at = token_field(&a->access_token, raw_at, j, "access_token");
   enum token_field rt = token_field(&a->refresh_token, raw_rt, j, "refresh_token");
+  json_t *status = json_object_get(j, "status");
+  if (at == TOKEN_ABSENT && rt == TOKEN_ABSENT && json_is_string(status) &&
+      strcmp(json_string_value(status), "error") == 0) {
+    /* MiniMax refuses a refresh with a 200 {"status": "error"}: no token issued, and Hermes takes it as final. */
+    a->kind = TL__A_REJECTED;
+    a->error = strdup("status_error");
+    a->desc = server_text(json_object_get(j, "base_resp"), "status_msg");
+    if (!a->desc)
+      a->desc = strdup("200 answer with \"status\": \"error\" and no token");
+    return;
+  }
   if (rt == TOKEN_UNUSABLE) {
     /* Rotated, but the new RT cannot be stored or sent: never guess. The raw answer goes to the rescue file. */
     a->kind = TL__A_UNKNOWN;
@@ -284,6 +320,10 @@ static void classify_200(tl__answer *a, const tl_http_response *r, json_t *j, co
   }
   a->kind = rt == TOKEN_USABLE && strcmp(a->refresh_token, sent_rt ? sent_rt : "") != 0 ? TL__A_ROTATED : TL__A_SAME_RT;
   a->at_unusable = at != TOKEN_USABLE;
+  if (token_field(&a->id_token, NULL, j, "id_token") != TOKEN_USABLE) {
+    tl_secret_free(a->id_token); /* an id_token is kept if usable; without one the grant is no less good */
+    a->id_token = NULL;
+  }
   answer_expiry(a, j, tl__now_ms());
   a->extra = tl__answer_extra(j);
 }
@@ -330,16 +370,31 @@ void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent
     j = NULL;
   }
   if (j) {
-    a->error = server_text(j, "error");
-    a->desc = server_text(j, "error_description");
+    json_t *e = json_object_get(j, "error");
+    if (json_is_object(e)) {
+      /* OpenAI: {"error": {"message", "type", "param", "code"}}; the code says what happened, else the type. */
+      a->error = server_text(e, "code");
+      if (!a->error)
+        a->error = server_text(e, "type");
+      a->desc = server_text(e, "message");
+    } else {
+      a->error = server_text(j, "error");
+      a->desc = server_text(j, "error_description");
+      if (!a->desc)
+        a->desc = server_text(j, "message");
+    }
+    if (!a->error)
+      a->error = server_text(j, "code"); /* a top-level code, as the Codex CLI also reads it */
     if (!a->desc)
-      a->desc = server_text(j, "message");
+      a->desc = server_text(json_object_get(j, "base_resp"), "status_msg"); /* MiniMax */
   }
   if (r->status == 200) {
     free(a->error); /* a 200 is judged by its tokens, not by what else it says */
     free(a->desc);
     a->error = a->desc = NULL;
     classify_200(a, r, j, sent_rt, &raw_at, &raw_rt);
+    if (a->kind == TL__A_REJECTED)
+      goto done; /* a refusal carried by a 200 (MiniMax); the rest is about issued tokens */
   } else if (r->status == 429 || r->status >= 500 || (a->error && strcmp(a->error, "temporarily_unavailable") == 0)) {
     a->kind = TL__A_TRANSIENT;
   } else if (r->status >= 400 && r->status < 500 && terminal_answer(a->error, a->desc)) {
@@ -355,11 +410,12 @@ void tl__answer_parse(tl__answer *a, const tl_http_response *r, const char *sent
       a->desc = strdup(d);
     }
   }
+done:
   json_decref(j);
 scrub:
   /* What a server says never carries a token into our records or messages. */
   {
-    const char *secrets[] = {sent_rt, a->refresh_token, a->access_token, raw_rt, raw_at};
+    const char *secrets[] = {sent_rt, a->refresh_token, a->access_token, a->id_token, raw_rt, raw_at};
     for (size_t i = 0; i < sizeof secrets / sizeof *secrets; i++) {
       redact(a->error, secrets[i]);
       redact(a->desc, secrets[i]);
@@ -398,6 +454,44 @@ done:
       tl_burn(esc[i], strlen(esc[i])); /* a value may be a token or a device code */
       free(esc[i]);
     }
+  return body;
+}
+
+char *tl__oauth_json(size_t n, const char *const *keys, const char *const *vals)
+{
+  size_t len = 3;
+  for (size_t i = 0; i < n; i++)
+    if (vals[i])
+      len += strlen(keys[i]) + 6 * strlen(vals[i]) + 6; /* "k":"v", with every byte escaped at worst */
+  char *body = malloc(len), *o = body;
+  if (!body)
+    return NULL;
+  *o++ = '{';
+  for (size_t i = 0; i < n; i++) {
+    if (!vals[i])
+      continue;
+    if (o > body + 1)
+      *o++ = ',';
+    for (int part = 0; part < 2; part++) {
+      const unsigned char *v = (const unsigned char *)(part ? vals[i] : keys[i]);
+      *o++ = '"';
+      for (; *v; v++) {
+        if (*v == '"' || *v == '\\') {
+          *o++ = '\\';
+          *o++ = (char)*v;
+        } else if (*v < 0x20 || *v == 0x7f) {
+          o += snprintf(o, 7, "\\u%04x", *v);
+        } else {
+          *o++ = (char)*v;
+        }
+      }
+      *o++ = '"';
+      if (!part)
+        *o++ = ':';
+    }
+  }
+  *o++ = '}';
+  *o = '\0';
   return body;
 }
 

@@ -51,6 +51,7 @@ typedef struct claim {
   char *secret; /* the RT plaintext (secret) */
   char *token_url, *client_id, *rt_header, *provider, *label;
   int64_t grace_ms;
+  int json_body;   /* the provider takes the refresh request as JSON (Anthropic), not as a form */
   char *rescue;    /* where the answer goes if it cannot be recorded: <ledger>-rescue-<cred>-<attempt> */
   int rescued;     /* the answer was written to it */
   int from_rescue; /* recording an answer taken back from a rescue file (recover) */
@@ -181,7 +182,7 @@ typedef enum claim_result {
 static const char cred_sql[] =
     "SELECT c.status, c.access_token, coalesce(c.expires_at, 0), pv.skew_s * 1000, c.token_url, c.client_id, "
     "pv.rt_header, c.provider, c.label, pv.grace_s * 1000, c.status_reason, "
-    "c.base_url, coalesce(c.refresh_not_before, 0) "
+    "c.base_url, coalesce(c.refresh_not_before, 0), pv.body = 'json' "
     "FROM credential c JOIN provider pv ON pv.name = c.provider WHERE c.id = :id";
 
 /* What the credential's row said when the claim read it (a dead owner's attempt changes it). */
@@ -235,6 +236,7 @@ static tl_status claim_read_credential(tl_token **fresh, claim *cl, claim_view *
   snprintf(v->reason, sizeof v->reason, "%s",
            sqlite3_column_text(st, 10) ? (const char *)sqlite3_column_text(st, 10) : "no reason recorded");
   v->not_before = sqlite3_column_int64(st, 12);
+  cl->json_body = sqlite3_column_int(st, 13);
   sqlite3_reset(st);
   return cl->provider ? TL_OK : tl__oom(err);
 }
@@ -590,7 +592,8 @@ static tl_status record_rotated(tl_token **out, tl_store *s, const claim *cl, tl
       "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, secret, "
       "issued_at) VALUES (:cred, :parent, :family, :gen, :fp, 'current', 'refresh', :secret, :now)";
   static const char cred_ok_sql[] =
-      "UPDATE credential SET access_token = coalesce(:at, access_token), "
+      "UPDATE credential SET access_token = coalesce(:at, access_token), id_token = CASE WHEN :at IS NULL THEN "
+      "id_token ELSE :idt END, "
       "expires_at = CASE WHEN :at IS NULL THEN expires_at ELSE nullif(:exp, 0) END, "
       "obtained_at = CASE WHEN :at IS NULL THEN obtained_at ELSE :now END, "
       "scope = coalesce(json_extract(:extra, '$.scope'), scope), status = 'active', status_reason = NULL, "
@@ -617,9 +620,9 @@ static tl_status record_rotated(tl_token **out, tl_store *s, const claim *cl, tl
   }
   char *extra = a->extra ? json_dumps(a->extra, JSON_COMPACT) : NULL;
   if ((rc = tl__prepare(&st, s, cred_ok_sql, err)) == TL_OK &&
-      (rc = TL_BIND(st, err, TL_SECRET(":at", a->at_unusable ? NULL : a->access_token), TL_INT(":exp", a->expires_at),
-                    TL_INT(":now", now), TL_TEXT(":extra", extra ? extra : "{}"), TL_INT(":id", cl->credential))) ==
-          TL_OK)
+      (rc = TL_BIND(st, err, TL_SECRET(":at", a->at_unusable ? NULL : a->access_token), TL_SECRET(":idt", a->id_token),
+                    TL_INT(":exp", a->expires_at), TL_INT(":now", now), TL_TEXT(":extra", extra ? extra : "{}"),
+                    TL_INT(":id", cl->credential))) == TL_OK)
     rc = tl__step_done(s, st, "record credential", err);
   free(extra);
   if (rc != TL_OK)
@@ -1064,12 +1067,13 @@ done:
   return rc;
 }
 
-/* The refresh request's body; the RT goes in it unless the provider takes it in a header. */
+/* The refresh request's body, a form or JSON as the provider takes it; the RT goes in it unless the provider
+ * takes it in a header. */
 static char *form_body(const claim *cl)
 {
   const char *keys[] = {"grant_type", "client_id", "refresh_token"};
   const char *vals[] = {"refresh_token", cl->client_id, cl->rt_header ? NULL : cl->secret};
-  return tl__oauth_form(3, keys, vals);
+  return cl->json_body ? tl__oauth_json(3, keys, vals) : tl__oauth_form(3, keys, vals);
 }
 
 /* Sends the claimed RT and turns whatever came back into an answer. */
@@ -1090,7 +1094,8 @@ static void present(tl_store *s, claim *cl, tl__answer *a)
                          .rt_header = cl->rt_header,
                          .rt_value = cl->rt_header ? cl->secret : NULL,
                          .connect_timeout_ms = CONNECT_TIMEOUT_MS,
-                         .timeout_ms = http_timeout(s)};
+                         .timeout_ms = http_timeout(s),
+                         .content_type = cl->json_body ? "application/json" : NULL};
   tl__oauth_post(&resp, s, &req);
   tl_burn(body, strlen(body));
   free(body);

@@ -83,7 +83,7 @@ PATH="$(dirname "$TL_BIN"):$PATH"
 export PATH
 check '[ "$(completes tokenledger --db "$DB" status --profile "" | sort | tr "\n" " ")" = "play work " ]' \
   "profiles complete from the ledger"
-check '[ "$(completes tokenledger --db "$DB" token "")" = nous ]' "providers complete from the ledger"
+check '[ "$(completes tokenledger --db "$DB" token "" | sort | tr "\n" " ")" = "anthropic minimax-oauth nous openai-codex xai-oauth " ]' "providers complete from the ledger (the built-in ones)"
 check '[ "$(completes tokenledger --db "$DB" token --profile w)" = work ]' "a profile prefix completes"
 check '[ -z "$(completes tokenledger --db "$WORK/none.db" status --profile "")" ] && [ ! -e "$WORK/none.db" ]' \
   "a missing ledger completes nothing and is not created"

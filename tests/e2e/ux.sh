@@ -42,21 +42,23 @@ one_json() {
   [ "$(wc -l < "$OUT")" = 1 ] && jq -e '[.. | select(. == "")] | length == 0' "$OUT" > /dev/null
 }
 
-# --- a Hermes root: default and work share the portal's grant, codex has a grant without an endpoint,
+# --- a Hermes root: default and work share the portal's grant, codex has a grant without an endpoint
+# (qwen-oauth: the one Hermes provider with a refresh token and no built-in endpoint),
 # keys holds API keys and a borrowed Claude login
 make_root "$ROOT" default work
 mkdir -p "$ROOT/profiles/codex" "$ROOT/profiles/keys"
-cp "$CORPUS/03_codex_tokens.json" "$ROOT/profiles/codex/auth.json"
+jq '.providers = {"qwen-oauth": .providers."openai-codex".tokens} | .active_provider = "qwen-oauth"' \
+  "$CORPUS/03_codex_tokens.json" > "$ROOT/profiles/codex/auth.json"
 cp "$CORPUS/06_api_keys_custom.json" "$ROOT/profiles/keys/auth.json"
 chmod 600 "$ROOT"/profiles/*/auth.json
 tl init; expect 0 "init"
 tl provider set nous --token-url "$URL/api/oauth/token" --device-url "$URL/api/oauth/device/code"; expect 0 "nous at the portal"
 tl import "$ROOT" --all-profiles; expect 0 "import the root"
-contains "note: openai-codex grants are kept and written back, but not refreshed until 'tokenledger provider set openai-codex" \
+contains "note: qwen-oauth grants are kept and written back, but not refreshed until 'tokenledger provider set qwen-oauth" \
   "import names the provider that cannot refresh yet"
 check '! grep -q "$HOME" "$OUT" && grep -q "~/.hermes/profiles/work/auth.json" "$OUT"' "paths under HOME shown as ~"
 tl provider list --json
-check 'jq -e "(map({(.name): .refreshes}) | add) as \$r | \$r.nous == \"configured\" and \$r[\"openai-codex\"] == \"not_configured\" and \$r.openrouter == \"api_keys_only\"" "$OUT" > /dev/null' \
+check 'jq -e "(map({(.name): .refreshes}) | add) as \$r | \$r.nous == \"configured\" and \$r[\"qwen-oauth\"] == \"not_configured\" and \$r.openrouter == \"api_keys_only\"" "$OUT" > /dev/null' \
   "provider list says which providers are refreshed, and that API-key providers never are"
 
 # --- status: what each entry can give
@@ -290,9 +292,9 @@ check 'grep -qF "$ESC[K" "$RAW"' "and erases its line"
 tl keep-fresh --once --ahead 86400 --json; expect 0 "a provider without an endpoint is not a failure"
 check one_json "one JSON line"
 check 'jq -e "all(.[]; .provider != null)" "$OUT" > /dev/null' "every row names its provider"
-check 'jq -e "any(.[]; .provider == \"openai-codex\" and .action == \"attention\" and (.detail | test(\"endpoint\")))" "$OUT" > /dev/null' \
+check 'jq -e "any(.[]; .provider == \"qwen-oauth\" and .action == \"attention\" and (.detail | test(\"endpoint\")))" "$OUT" > /dev/null' \
   "the grant without an endpoint needs attention"
-tl keep-fresh --once --ahead 0; expect 0 "--once"; contains "hint: 'tokenledger provider set openai-codex --token-url URL --client-id ID'\|tokenledger provider set openai-codex" "says what to run"
+tl keep-fresh --once --ahead 0; expect 0 "--once"; contains "hint: 'tokenledger provider set qwen-oauth --token-url URL --client-id ID'\|tokenledger provider set qwen-oauth" "says what to run"
 "$TL_BIN" keep-fresh --interval 1 --ahead 0 > "$WORK/kf.out" 2> "$WORK/kf.err" &
 kf=$!
 for _ in $(seq 200); do [ "$(grep -c " round [0-9]*:" "$WORK/kf.out")" -ge 3 ] && break; sleep 0.05; done
@@ -305,7 +307,7 @@ check '! grep -v "^  " "$WORK/kf.out" | grep -vqE "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[
 first=$(awk '/ round 1:/ { on = 1; next } / round 2:/ { on = 0 } on && /: attention/' "$WORK/kf.out" | wc -l)
 check '[ "$first" -ge 1 ] && [ "$(grep -c ": attention" "$WORK/kf.out")" = "$first" ]' \
   "what needs attention is listed after the first round and not repeated ($first lines)"
-check 'grep -q "(openai-codex): attention: .*endpoint" "$WORK/kf.out"' "with the reason"
+check 'grep -q "(qwen-oauth): attention: .*endpoint" "$WORK/kf.out"' "with the reason"
 check 'grep -qE "round 1: .*needs? attention \(credential " "$WORK/kf.out"' "the round line counts it"
 check '! grep -q "failed" "$WORK/kf.out"' "nothing failed"
 # a failing round, then SIGTERM: still exit 0

@@ -10,7 +10,9 @@
  * the parser's promises: tokens are RFC 6749 VSCHAR, a rotation carries a new
  * RT, an expiry is ahead and within ten years, Retry-After is at most a day,
  * server text is bounded and holds no run of 8 characters of the RT that was
- * sent, and escaped text holds no control character. Seeds: tests/fuzz/answer/.
+ * sent, and escaped text holds no control character. Seeds: tests/fuzz/answer/
+ * (Nous, and the shapes of Codex - OpenAI's nested error, id_token, expiry
+ * from the JWT -, Anthropic, xAI and MiniMax - expired_in, 200 "status").
  */
 #include "internal.h"
 
@@ -71,6 +73,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   if (a.access_token && !tl__token_valid(a.access_token, strlen(a.access_token)))
     abort();
   if (a.refresh_token && !tl__token_valid(a.refresh_token, strlen(a.refresh_token)))
+    abort();
+  if (a.id_token && (!tl__token_valid(a.id_token, strlen(a.id_token)) || r.status != 200))
     abort();
   if (a.kind == TL__A_ROTATED && (!a.refresh_token || strcmp(a.refresh_token, sent_rt) == 0))
     abort();
