@@ -935,11 +935,15 @@ static tl_status endpoint_agrees(tl_store *s, const tl__hf *f, const tl__slot *s
   char url[2100] = "";
   int64_t strict = 0;
   tl_status rc;
-  if (!cred || strcmp(sl->provider, "nous") != 0)
+  int minimax = strcmp(sl->provider, "minimax-oauth") == 0;
+  if (!cred || (strcmp(sl->provider, "nous") != 0 && !minimax))
     return TL_OK; /* other providers' files name no endpoint: the ledger's is the only one */
   if ((rc = tl__hf_strict_owner(&strict, s, f, err)) != TL_OK || strict)
     return rc;
-  if ((rc = nous_token_url(url, sizeof url, sl->obj, doc_nous_portal(f->doc), f->path, sl->path, err)) != TL_OK)
+  json_t *fallback = minimax ? json_object_get(json_object_get(json_object_get(f->doc, "providers"), "minimax-oauth"),
+                                               "portal_base_url")
+                             : doc_nous_portal(f->doc);
+  if ((rc = portal_token_url(url, sizeof url, sl->obj, fallback, minimax, f->path, sl->path, err)) != TL_OK)
     return rc;
   char *mine = NULL, *theirs = NULL;
   sqlite3_stmt *st;
