@@ -92,6 +92,8 @@ extern const char *g_cmd;
 /* --db PATH from anywhere on the command line. */
 extern const char *g_db;
 
+/* Prints "tokenledger VERSION (schema N)"; returns EXIT_OK. */
+int cli_version(void);
 /* Parses argv (argv[0] is the command's name) and runs the command or its subcommand. */
 int cli_run(const cli_cmd *c, const char *parent, int argc, char **argv);
 /* The top-level help: the commands and what each does. */
@@ -113,6 +115,12 @@ typedef struct shown_arg {
 } shown_arg;
 const char *shown(shown_arg *buf, const char *arg);
 int unexpected(const char *a);
+/* Edit distance of two words (a swap of neighbours counts one); SIZE_MAX for words over 64 bytes. */
+size_t cli_distance(const char *a, const char *b);
+/* The candidate a typo of word most likely meant (one to three edits by length, or the one it begins), or NULL. */
+const char *cli_closest(const char *word, const char *const *cands, size_t n);
+/* "hint: did you mean <before><candidate><after>?" on stderr when a candidate is close; 1 if said. */
+int cli_did_you_mean(const char *before, const char *after, const char *word, const char *const *cands, size_t n);
 /* A path argument that names nothing, said without echoing a long one (a token pasted where a file belongs):
  * -1 if the path exists (or is short or "-": the library says what is wrong), else EXIT_NOTFOUND. */
 int missing_path(const char *what, const char *path, const char *hint);
@@ -135,7 +143,9 @@ enum {
   COL_BOOL = 1 << 5,     /* 1 shows as "yes", 0 as "-" */
   COL_STATE = 1 << 6,    /* a state word: coloured on a terminal */
   COL_OK = 1 << 7,       /* 1 shows as "ok", 0 as "FAIL" */
-  COL_TILDE = 1 << 8     /* text that holds paths: $HOME shown as ~ (cut like COL_SHRINK text) */
+  COL_TILDE = 1 << 8,    /* text that holds paths: $HOME shown as ~ (cut like COL_SHRINK text) */
+  COL_EXTRA = 1 << 9,    /* left out first when the terminal is too narrow (after columns with one value) */
+  COL_WRAP = 1 << 10     /* as the last column: the row's explanation, continued on the next lines, never cut */
 };
 typedef struct cli_col {
   const char *name;   /* the report's column */
@@ -160,7 +170,8 @@ int cli_print_object(size_t n, const char *const *keys, const char *const *vals,
 int cli_result(const cli_args *a, size_t n, const char *const *keys, const char *const *vals, const int *num,
                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-/* The terminal: width of stdout (0 if it is not a terminal), colours allowed, UTF-8 drawing allowed. */
+/* The terminal: width to fit ($COLUMNS if set, else stdout's terminal, 0 for neither), colours allowed, UTF-8
+ * drawing allowed. */
 int cli_term_width(void);
 int cli_colour(void);
 int cli_utf8(void);

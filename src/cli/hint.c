@@ -60,6 +60,35 @@ int cli_has_provider(tl_store *s, const char *name)
   return listed(s, tl_provider_list, name);
 }
 
+/*
+ * "did you mean profile 'work'?" when a name the ledger does not know is a typo of one it does, so that no
+ * hint goes on to create the misspelled name. 1 when said.
+ */
+static int near_name(tl_store *s, tl_status (*list)(tl_report **, tl_store *, tl_error *), const char *what,
+                     const char *name)
+{
+  tl_report *r = NULL;
+  tl_error err = {0};
+  int said = 0;
+  if (!*name || list(&r, s, &err) != TL_OK)
+    return 0;
+  size_t n = tl_report_rows(r);
+  const char **names = calloc(n + 1, sizeof *names);
+  int known = 0;
+  for (size_t i = 0; names && i < n; i++) {
+    names[i] = tl_report_get(r, i, "name");
+    known |= names[i] && strcmp(names[i], name) == 0;
+  }
+  if (names && !known) {
+    char before[32];
+    snprintf(before, sizeof before, "%s '", what);
+    said = cli_did_you_mean(before, "'", name, names, n);
+  }
+  free(names);
+  tl_report_free(r);
+  return said;
+}
+
 /* The credential's provider and first profile, from the ledger (buffers may stay empty). */
 static void credential_of(tl_store *s, int64_t id, char *provider, size_t pn, char *profile, size_t fn)
 {
@@ -178,6 +207,9 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
     if (!*profile)
       snprintf(profile, sizeof profile, "%s", f);
   }
+  if (rc == TL_ENOTFOUND && s &&
+      (near_name(s, tl_profile_list, "profile", profile) || near_name(s, tl_provider_list, "provider", provider)))
+    return code;
   if (situation_hint(err, rc, provider, profile, cred))
     return code;
   switch (rc) {

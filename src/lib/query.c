@@ -38,7 +38,7 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
       "CASE WHEN e.auth_type = 'api_key' THEN 'api_key' WHEN c.id IS NULL THEN 'borrowed' "
       "WHEN c.status = 'needs_reauth' THEN 'needs_login' WHEN c.status = 'uncertain' THEN 'unknown_outcome' "
       "WHEN c.expires_at IS NULL THEN 'unknown' WHEN c.expires_at > :now THEN 'valid' ELSE 'expired' END "
-      "AS access_token, "
+      "AS access_token_state, "
       "CASE WHEN c.expires_at IS NOT NULL THEN (c.expires_at - :now) / 1000 END AS expires_in_s, "
       "t.generation AS rt_generation, t.state AS rt_state, substr(t.fingerprint, 1, 12) AS rt_fingerprint, "
       "e.last_status AS last_status, "

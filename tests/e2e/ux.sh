@@ -61,20 +61,20 @@ check 'jq -e "(map({(.name): .refreshes}) | add) as \$r | \$r.nous == \"configur
 
 # --- status: what each entry can give
 tl status --json; expect 0 "status --json"; check one_json "status --json is one line, no empty strings"
-check 'jq -e "map(select(.kind == \"api_key\")) | length >= 2 and all(.access_token == \"api_key\")" "$OUT" > /dev/null' \
+check 'jq -e "map(select(.kind == \"api_key\")) | length >= 2 and all(.access_token_state == \"api_key\")" "$OUT" > /dev/null' \
   "API-key rows say they are API keys"
-check 'jq -e "map(select(.kind == \"borrowed\")) | length == 1 and all(.access_token == \"borrowed\")" "$OUT" > /dev/null' \
+check 'jq -e "map(select(.kind == \"borrowed\")) | length == 1 and all(.access_token_state == \"borrowed\")" "$OUT" > /dev/null' \
   "a borrowed login says so"
 W=$(q "SELECT credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = 'work' AND provider = 'nous' LIMIT 1")
 q "UPDATE credential SET status = 'needs_reauth', status_reason = 'test' WHERE id = $W"
 tl status --json
-check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | length >= 2 and all(.access_token == \"needs_login\")" "$OUT" > /dev/null' \
+check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | length >= 2 and all(.access_token_state == \"needs_login\")" "$OUT" > /dev/null' \
   "a grant that needs a login is never called valid"
 tl status
 contains "credential $W needs a new login: 'tokenledger login nous --profile default'" "status says what to run"
 q "UPDATE credential SET status = 'uncertain' WHERE id = $W"
 tl status --json
-check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | all(.access_token == \"unknown_outcome\")" "$OUT" > /dev/null' \
+check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | all(.access_token_state == \"unknown_outcome\")" "$OUT" > /dev/null' \
   "an unknown outcome is not called valid either"
 q "UPDATE credential SET status = 'active', status_reason = NULL WHERE id = $W"
 
