@@ -4,8 +4,9 @@
  * mutually exclusive options.
  *
  * Invariants: an argument longer than SHOWN_MAX characters is never echoed in
- * a message, whatever its place (command, option, value), and a short one only
- * with control characters escaped; an option that would carry a secret on
+ * a message, whatever its place (command, option, value), except the value of
+ * a path option that does not look like a token (shown_path: "~/..."), and a
+ * short one only with control characters escaped; an option that would carry a secret on
  * argv (--refresh-token, --access-token, ...) is refused with a pointer to its
  * -file form; --db PATH and --help are accepted anywhere; the usage line and
  * the help are generated from the same table the parser reads, so every
@@ -63,6 +64,62 @@ const char *shown(shown_arg *buf, const char *arg)
              "history; tokens are read from a file or standard input)",
              n);
   }
+  return buf->text;
+}
+
+/* A class of character for cli_token_like: 1 lower, 2 upper, 3 digit, 0 anything else. */
+static int char_class(char c)
+{
+  return c >= 'a' && c <= 'z' ? 1 : c >= 'A' && c <= 'Z' ? 2 : c >= '0' && c <= '9' ? 3 : 0;
+}
+
+int cli_token_like(const char *v)
+{
+  size_t n = strlen(v);
+  if (n <= SHOWN_MAX)
+    return 0;
+  if (!strchr(v, '/')) {
+    /* no directory: only a file name with a short extension (auth-backup-2026.json) is a name */
+    const char *dot = strrchr(v, '.');
+    size_t ext = dot ? strlen(dot + 1) : 0;
+    if (!dot || ext < 1 || ext > 5)
+      return 1;
+    for (const char *p = dot + 1; *p; p++)
+      if (!char_class(*p))
+        return 1;
+  }
+  /* a run of 16 token characters that often changes between lower case, upper case and digits is random */
+  size_t run = 0;
+  int changes = 0, last = 0;
+  for (const char *p = v;; p++) {
+    int k = char_class(*p);
+    if (*p && (k || *p == '-' || *p == '_' || *p == '+' || *p == '=' || *p == '~')) {
+      run++;
+      if (k && last && k != last)
+        changes++;
+      if (k)
+        last = k;
+      continue;
+    }
+    if (run >= 16 && changes >= 4)
+      return 1;
+    if (!*p)
+      return 0;
+    run = 0;
+    changes = 0;
+    last = 0;
+  }
+}
+
+const char *shown_path(shown_arg *buf, const char *path)
+{
+  if (strcmp(path, "-") == 0)
+    return "'-' (standard input)";
+  if (cli_token_like(path))
+    return shown(buf, path);
+  buf->text[0] = '\'';
+  cli_tilde(buf->text + 1, sizeof buf->text - 2, path);
+  strcat(buf->text, "'");
   return buf->text;
 }
 
@@ -135,7 +192,7 @@ int missing_path(const char *what, const char *path, const char *hint)
   if (strcmp(path, "-") == 0 || strlen(path) <= SHOWN_MAX || lstat(path, &st) == 0)
     return -1;
   shown_arg b;
-  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s%s\n", g_cmd, what, shown(&b, path),
+  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s%s\n", g_cmd, what, shown_path(&b, path),
           hint ? hint : "");
   return EXIT_NOTFOUND;
 }

@@ -51,8 +51,9 @@ int tl_cli_exit_code(tl_status rc)
 
 int tl_cli_fail(const tl_error *err, tl_status rc)
 {
+  char text[sizeof err->message + 16];
   if (err && err->message[0])
-    fprintf(stderr, "tokenledger: %s\n", err->message);
+    fprintf(stderr, "tokenledger: %s\n", cli_tilde_text(text, sizeof text, err->message));
   else
     fprintf(stderr, "tokenledger: %s\n", tl_status_name(rc));
   return tl_cli_exit_code(rc);
@@ -119,6 +120,28 @@ const char *cli_tilde(char *buf, size_t n, const char *path)
   } else {
     tl_text_escape(buf, n, path);
   }
+  return buf;
+}
+
+const char *cli_tilde_text(char *buf, size_t n, const char *text)
+{
+  const char *home = getenv("HOME");
+  size_t hl = home ? strlen(home) : 0, len = 0;
+  while (hl > 1 && home[hl - 1] == '/')
+    hl--;
+  if (!n)
+    return buf;
+  for (const char *p = text; *p && len + 1 < n;) {
+    /* at the start of a path: the text's start, or after a space, quote, '=', '(' or ':' */
+    int start = p == text || strchr(" '\"=(:", p[-1]);
+    if (hl > 1 && start && strncmp(p, home, hl) == 0 && (strchr("/ '\",:)", p[hl]) || p[hl] == '\0')) {
+      buf[len++] = '~';
+      p += hl;
+    } else {
+      buf[len++] = *p++;
+    }
+  }
+  buf[len] = '\0';
   return buf;
 }
 
@@ -360,24 +383,8 @@ static char *cell_text(const char *v, const cli_col *sp, int raw)
     return strdup(no ? "FAIL" : "ok");
   if (sp->flags & COL_TIME)
     return strdup(cli_time(buf, sizeof buf, v));
-  if (sp->flags & (COL_PATH | COL_TILDE)) {
-    /* every path in the text, not only a leading one */
-    const char *home = getenv("HOME");
-    size_t hl = home ? strlen(home) : 0;
-    if (hl < 2)
-      return strdup(v);
-    size_t len = 0;
-    for (const char *p = v; *p && len + 2 < sizeof buf;) {
-      if (strncmp(p, home, hl) == 0 && (p[hl] == '/' || p[hl] == '\0' || p[hl] == ' ')) {
-        buf[len++] = '~';
-        p += hl;
-      } else {
-        buf[len++] = *p++;
-      }
-    }
-    buf[len] = '\0';
-    return strdup(buf);
-  }
+  if (sp->flags & (COL_PATH | COL_TILDE))
+    return strdup(cli_tilde_text(buf, sizeof buf, v)); /* every path in the text, not only a leading one */
   return strdup(v);
 }
 
