@@ -111,6 +111,18 @@ static int run_status(const cli_cmd *c, cli_args *a)
   if (rc != TL_OK) {
     cli_ctx ctx = {s, profile, NULL, 0};
     code = cli_fail(&ctx, &err, rc);
+  } else if (!o.json && tl_report_rows(r) == 0) {
+    /* nothing to show: say what puts a credential here */
+    if (profile)
+      printf("profile %s has no credential yet; log in:\n  tokenledger login nous -p %s\nor import its Hermes "
+             "home:\n  tokenledger import DIR -p %s\n",
+             profile, profile, profile);
+    else
+      printf("no credential yet; take over a Hermes root (every profile and the shared login):\n"
+             "  tokenledger import ~/.hermes --all-profiles\n"
+             "or log in anew:\n  tokenledger profile add NAME && tokenledger login nous -p NAME\n");
+    serve_footer(s);
+    code = EXIT_OK;
   } else {
     code = cli_print(r, status_cols, &o, 0);
     if (code == EXIT_OK && !o.json) {
