@@ -634,13 +634,25 @@ static int print_table(const tl_report *r, const cli_col *spec, const cli_out *o
       rest += k;
     }
   }
-  /* what the columns left out for having one value said */
-  int said = 0;
-  for (size_t c = 0; code == EXIT_OK && c < n; c++)
-    if (cols[c].constant && nr && strcmp(cells[c], "-") != 0) {
-      printf("%s%s %s", said++ ? ", " : "every row: ", cols[c].header, cells[c]);
+  /* what the columns left out for having one value said, in lines that fit too */
+  size_t at = 0;
+  for (size_t c = 0; code == EXIT_OK && c < n; c++) {
+    if (!cols[c].constant || !nr || strcmp(cells[c], "-") == 0)
+      continue;
+    const char *lead = at ? ", " : "every row: ";
+    size_t need = text_width(cols[c].header) + 1 + text_width(cells[c]);
+    if (at && at + 2 + need > term) {
+      fputs(",\n", stdout);
+      lead = "  ";
+      at = 0;
     }
-  if (said)
+    at += text_width(lead) + text_width(cols[c].header) + 1;
+    char *v = at + 1 < term ? cut(cells[c], term - at - 1, flag(&cols[c], COL_PATH)) : strdup(""); /* and a comma */
+    printf("%s%s %s", lead, cols[c].header, v ? v : "");
+    at += v ? text_width(v) : 0;
+    free(v);
+  }
+  if (at)
     fputc('\n', stdout);
   for (size_t i = 0; i < nr * n; i++)
     free(cells[i]);
