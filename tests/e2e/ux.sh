@@ -343,11 +343,11 @@ tl --db "$WDB" status; expect 0 "status of an empty ledger"
 contains "no credential yet" "status with no credential says so"
 contains "tokenledger import ~/.hermes --all-profiles" "and what to run"
 tl --db "$WDB" provider set nous --token-url "$URL/api/oauth/token"; expect 0 "nous for the wide ledger"
-tl --db "$WDB" profile add empty; tl --db "$WDB" status -p empty; expect 0 "status of a profile without credentials"
+tl --db "$WDB" profile add empty; tl --db "$WDB" status --profile empty; expect 0 "status of a profile without credentials"
 contains "tokenledger login nous -p empty" "says how to log one in"
 tl --db "$WDB" import "$WROOT" --all-profiles; expect 0 "import a root with long profile names"
-for _ in 1 2; do tl --db "$WDB" refresh nous -p "$L2" --force; done
-expect 0 "-p is --profile"
+tl --db "$WDB" refresh nous --profile "$L2" --force; expect 0 "a refresh for the longest profile name"
+tl --db "$WDB" refresh nous -p "$L2" --force; expect 0 "-p is --profile"
 # Hermes rotates by itself in one profile: the audit's summary gets a time
 ans=$(curl -sf -X POST "$URL/api/oauth/token" -H "x-nous-refresh-token: $(rt_of "$(auth "$WROOT" "$L1")")" -d grant_type=refresh_token -d client_id=hermes-cli)
 jq --arg rt "$(jq -r .refresh_token <<< "$ans")" --arg at "$(jq -r .access_token <<< "$ans")" --arg now "$(date -u +%Y-%m-%dT%H:%M:%S.%6N+00:00)" \
@@ -356,7 +356,7 @@ jq --arg rt "$(jq -r .refresh_token <<< "$ans")" --arg at "$(jq -r .access_token
   "$(auth "$WROOT" "$L1")" > "$WORK/ext.json" && cat "$WORK/ext.json" > "$(auth "$WROOT" "$L1")"
 tl --db "$WDB" sync --all; expect 0 "sync adopts Hermes' rotation"
 tl --db "$WDB" audit --json
-check 'jq -e "any(.[]; .event == \"profile_added\" and .profile != null and .profile == .detail.profile)" "$OUT" > /dev/null' \
+check 'jq -e "[.[] | select(.event == \"profile_added\")] | length >= 5 and all(.profile == .detail.profile)" "$OUT" > /dev/null' \
   "the audit's profile column names the profile an event is about"
 tl --db "$WDB" audit
 check 'grep -qE "obtained_at=20[0-9]{2}-[0-9]{2}-[0-9]{2}T" "$OUT" && ! grep -qE "obtained_at=[0-9]{12}" "$OUT"' \
@@ -415,13 +415,13 @@ check 'jq -e "all(.[]; (.strict | type) == \"boolean\") and all(.[]; has(\"acces
   "status: strict is a boolean; access_token_state, no access_token key"
 tl --db "$WDB" profile list --json; check 'jq -e "all(.[]; .strict == false)" "$OUT" > /dev/null' "profile list: strict is false"
 tl --db "$WDB" doctor --json; check 'jq -e "all(.[]; (.ok | type) == \"boolean\")" "$OUT" > /dev/null' "doctor: ok is a boolean"
-tl --db "$WDB" refresh nous -p "$L1" --json; check 'jq -e ".refreshed | type == \"boolean\"" "$OUT" > /dev/null' "refresh: refreshed is a boolean"
+tl --db "$WDB" refresh nous --profile "$L1" --json; check 'jq -e ".refreshed | type == \"boolean\"" "$OUT" > /dev/null' "refresh: refreshed is a boolean"
 
 # --- paths are shown, tokens are not
 tl --db "$WDB" profile add zed --home "$HOME/no/such/directory/for/this/profile"; expect 3 "a missing home"
 contains "'~/no/such/directory/for/this/profile'" "a path option is shown, as ~/..."
 lacks "shell history" "without the token warning"
-tl --db "$WDB" credential add nous -p zed --refresh-token-file "$HOME/no/such/directory/refresh-token.txt"; expect 3 "a missing token file"
+tl --db "$WDB" credential add nous --profile zed --refresh-token-file "$HOME/no/such/directory/refresh-token.txt"; expect 3 "a missing token file"
 contains "'~/no/such/directory/refresh-token.txt'" "--refresh-token-file is shown"
 tl --db "$WORK/no/such/directory/for/the/ledger.db" status; expect 3 "a missing ledger"
 lacks "$WORK/home" "the path is not printed with \$HOME spelled out"
@@ -432,11 +432,11 @@ lacks "eyJhbGciOiJIUzI1Ni" "a value that looks like a token is not echoed"; cont
 tl stauts; expect 2 "a misspelled command"; contains "did you mean 'tokenledger status'" "suggests the command"
 tl --db "$WDB" status --profil "$L1"; expect 2 "a misspelled option"; contains "did you mean --profile" "suggests the option"
 tl --db "$WDB" profile ad zed; expect 2 "a misspelled subcommand"; contains "did you mean 'tokenledger profile add'" "suggests it"
-tl --db "$WDB" token nous -p defualt; expect 3 "a misspelled profile"; contains "did you mean profile 'default'" "suggests the profile"
+tl --db "$WDB" token nous --profile defualt; expect 3 "a misspelled profile"; contains "did you mean profile 'default'" "suggests the profile"
 lacks "profile add defualt" "and does not suggest creating the misspelled one"
-tl --db "$WDB" token nuos -p default; expect 3 "a misspelled provider"; contains "did you mean provider 'nous'" "suggests the provider"
+tl --db "$WDB" token nuos --profile default; expect 3 "a misspelled provider"; contains "did you mean provider 'nous'" "suggests the provider"
 lacks "credential add nuos\|provider set nuos" "and does not suggest creating it"
-tl --db "$WDB" pool strategy nuos -p default; expect 3 "a misspelled provider (pool)"; contains "did you mean provider 'nous'" "suggests it"
+tl --db "$WDB" pool strategy nuos --profile default; expect 3 "a misspelled provider (pool)"; contains "did you mean provider 'nous'" "suggests it"
 tl --db "$WDB" provider set nuos --skew 60; expect 2 "provider set of a misspelled provider"; contains "did you mean provider 'nous'" "suggests it"
 tl --db "$WDB" status --profile ghost; expect 3 "a profile with no near name"; contains "profile add ghost" "the add hint stays"
 tl status --version; expect 0 "--version after a command"; contains "^tokenledger [0-9]" "prints the version"
@@ -446,14 +446,14 @@ tl --db "$WDB" status -p "$L1" --json; check 'jq -e "length >= 1 and all(.[]; .p
 # --- refresh --force when another process just refreshed (a grant without Hermes files: the claim waits for it)
 tl --db "$WDB" profile add solo; tl --db "$WDB" profile add duo
 seed_rt "$WORK/rt-solo"
-tl --db "$WDB" credential add nous -p solo --refresh-token-file "$WORK/rt-solo"; expect 0 "a grant by hand"
-tl --db "$WDB" credential add nous -p duo --refresh-token-file "$WORK/rt-solo"; expect 0 "shared by a second profile"
-tl --db "$WDB" refresh nous -p solo; expect 0 "its first refresh"
+tl --db "$WDB" credential add nous --profile solo --refresh-token-file "$WORK/rt-solo"; expect 0 "a grant by hand"
+tl --db "$WDB" credential add nous --profile duo --refresh-token-file "$WORK/rt-solo"; expect 0 "shared by a second profile"
+tl --db "$WDB" refresh nous --profile solo; expect 0 "its first refresh"
 admin fault "kind=slow&ms=2000&count=1" > /dev/null
-"$TL_BIN" --db "$WDB" refresh nous -p solo --force > "$WORK/first.out" 2>&1 &
+"$TL_BIN" --db "$WDB" refresh nous --profile solo --force > "$WORK/first.out" 2>&1 &
 fp=$!
 for _ in $(seq 200); do [ "$(sqlite3 "$WDB" "SELECT count(*) FROM refresh_attempt WHERE outcome = 'in_flight'" 2> /dev/null)" = 1 ] && break; sleep 0.05; done
-tl --db "$WDB" refresh nous -p duo --force; expect 0 "a forced refresh while another process refreshes the same grant"
+tl --db "$WDB" refresh nous --profile duo --force; expect 0 "a forced refresh while another process refreshes the same grant"
 set +e; wait $fp; FRC=$?; set -e
 cat "$WORK/first.out" >> "$ALL"
 contains "refreshed by another process just now" "says another process refreshed it, not 'already fresh (use --force)'"
@@ -463,17 +463,17 @@ check '[ "$FRC" = 0 ] && grep -q "refreshed;" "$WORK/first.out"' "the first one 
 # --- token falls back to the next usable pool entry (as Hermes' pool does)
 tl --db "$WDB" profile add pool2
 seed_rt "$WORK/rt-p1"; seed_rt "$WORK/rt-p2"
-tl --db "$WDB" credential add nous -p pool2 --refresh-token-file "$WORK/rt-p1" --label first; expect 0 "first entry"
-tl --db "$WDB" credential add nous -p pool2 --refresh-token-file "$WORK/rt-p2" --label second; expect 0 "second entry"
+tl --db "$WDB" credential add nous --profile pool2 --refresh-token-file "$WORK/rt-p1" --label first; expect 0 "first entry"
+tl --db "$WDB" credential add nous --profile pool2 --refresh-token-file "$WORK/rt-p2" --label second; expect 0 "second entry"
 P1=$(sqlite3 "$WDB" "SELECT credential_id FROM pool_entry e JOIN credential c ON c.id = e.credential_id WHERE c.label = 'first'")
 printf 'x-nous-refresh-token: %s\n' "$(cat "$WORK/rt-p1")" > "$WORK/hdr1"
 curl -s -o /dev/null -X POST "$URL/api/oauth/token" -H @"$WORK/hdr1" --data-binary 'grant_type=refresh_token&client_id=hermes-cli'
-tl --db "$WDB" token nous -p pool2; expect 0 "the first grant is dead: token falls back to the second"
+tl --db "$WDB" token nous --profile pool2; expect 0 "the first grant is dead: token falls back to the second"
 check '[ -n "$(cat "$OUT")" ]' "and prints a token"
 check '[ "$(sqlite3 "$WDB" "SELECT status FROM credential WHERE id = $P1")" = needs_reauth ]' "the first grant is on record as needing a login"
-tl --db "$WDB" token nous -p pool2 --json
+tl --db "$WDB" token nous --profile pool2 --json
 check 'jq -e ".credential != '"$P1"'" "$OUT" > /dev/null' "the next call goes to the live entry"
-tl --db "$WDB" status -p pool2; contains "needs a new login" "status says the first one needs a login"
+tl --db "$WDB" status --profile pool2; contains "needs a new login" "status says the first one needs a login"
 
 no_secret_leak "$WORK/rt-w" "$WORK/rt-typed" "$WORK/rt-p1" "$WORK/rt-p2" "$WORK/rt-solo"
-cp -r "$WORK" /tmp/ux-keep 2>/dev/null || true; finish
+finish
