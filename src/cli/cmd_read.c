@@ -2,6 +2,10 @@
  * cmd_read.c - the read commands: status, lineage (a table, a tree, or
  * Graphviz), audit, history.
  *
+ * status with nothing to show says what to run to get a credential instead of
+ * an empty table; lineage --tree fits the terminal (a shorter time, then who
+ * presented a token cut).
+ *
  * Invariants: nothing here writes to the ledger; every value shown comes from
  * a report (already escaped, never a secret); Graphviz output quotes every
  * string it writes, so a label from a file cannot break out of its attribute.

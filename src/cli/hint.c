@@ -11,7 +11,9 @@
  * advice is keyed here on the status and on the situation the message states
  * ("no ledger here", "rescue file", "has no Hermes home", ...); the real
  * profile, provider and credential come from the command line, the ledger, or
- * the names the message quotes.
+ * the names the message quotes. A profile or provider the ledger does not know
+ * but nearly does (an edit or two away) gets "did you mean" instead, so no
+ * hint ever goes on to create a misspelled name.
  */
 #include "cli.h"
 

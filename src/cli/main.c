@@ -3,7 +3,9 @@
  *
  * Parses what comes before the command (--db, --help, --version), finds the
  * command in the table below and hands it the rest (args.c parses it against
- * the command's own option table; --db is accepted there too, anywhere).
+ * the command's own option table; --db and --version are accepted there too,
+ * anywhere). An unknown command or option that is a typo of a real one gets
+ * "did you mean".
  * Invariants: the process is not dumpable and libcurl gets no SSLKEYLOGFILE;
  * an unknown command or option is never echoed if it is long (it may be a
  * pasted token); every command has --help; every failure ends in an exit code
