@@ -301,7 +301,16 @@ int cli_check_columns(const cli_out *o, const cli_col *spec)
     if (!spec_find(spec, name)) {
       shown_arg b;
       column_names(list, sizeof list, spec);
-      return usage_error("--columns: no column %s; the columns are: %s", shown(&b, name), list);
+      int code = usage_error("--columns: no column %s; the columns are: %s", shown(&b, name), list);
+      const char *names[128];
+      size_t k = 0;
+      for (size_t i = 0; spec && spec[i].name && k + 2 <= 128; i++) {
+        names[k++] = spec[i].name;
+        if (spec[i].header)
+          names[k++] = spec[i].header;
+      }
+      cli_did_you_mean("", "", name, names, k);
+      return code;
     }
     p += n;
     if (*p == ',')

@@ -438,6 +438,7 @@ tl --db "$WDB" token nuos --profile default; expect 3 "a misspelled provider"; c
 lacks "credential add nuos\|provider set nuos" "and does not suggest creating it"
 tl --db "$WDB" pool strategy nuos --profile default; expect 3 "a misspelled provider (pool)"; contains "did you mean provider 'nous'" "suggests it"
 tl --db "$WDB" provider set nuos --skew 60; expect 2 "provider set of a misspelled provider"; contains "did you mean provider 'nous'" "suggests it"
+tl --db "$WDB" status --columns profile,acess; expect 2 "a misspelled column"; contains "did you mean access?" "suggests the column"
 tl --db "$WDB" status --profile ghost; expect 3 "a profile with no near name"; contains "profile add ghost" "the add hint stays"
 tl status --version; expect 0 "--version after a command"; contains "^tokenledger [0-9]" "prints the version"
 tl version; expect 0 "tokenledger version"
