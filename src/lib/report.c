@@ -249,7 +249,7 @@ done:
 /* The yes/no columns of every report: rendered as true/false in JSON. */
 static int flag_column(const char *name)
 {
-  static const char *const flag_columns[] = {"strict", "ok", "running", "refreshed", NULL};
+  static const char *const flag_columns[] = {"strict", "strict_unfinished", "ok", "running", "refreshed", NULL};
   for (size_t i = 0; flag_columns[i]; i++)
     if (strcmp(name, flag_columns[i]) == 0)
       return 1;
