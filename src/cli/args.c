@@ -4,8 +4,9 @@
  * mutually exclusive options.
  *
  * Invariants: an argument longer than SHOWN_MAX characters is never echoed in
- * a message, whatever its place (command, option, value), and a short one only
- * with control characters escaped; an option that would carry a secret on
+ * a message, whatever its place (command, option, value), except the value of
+ * a path option that does not look like a token (shown_path: "~/..."), and a
+ * short one only with control characters escaped; an option that would carry a secret on
  * argv (--refresh-token, --access-token, ...) is refused with a pointer to its
  * -file form; --db PATH and --help are accepted anywhere; the usage line and
  * the help are generated from the same table the parser reads, so every
@@ -22,7 +23,22 @@
 const char *g_cmd = "tokenledger";
 const char *g_db;
 
-#define HELP_WIDTH 100
+/* Help wraps at the terminal's width ($COLUMNS, else stdout's terminal), at most 80, at least 40. */
+static int help_width(void)
+{
+  static int width;
+  if (!width) {
+    int t = cli_term_width();
+    width = t <= 0 || t > 80 ? 80 : t < 40 ? 40 : t;
+  }
+  return width;
+}
+
+int cli_version(void)
+{
+  printf("tokenledger %s (schema %d)\n", tl_version(), TL_SCHEMA_VERSION);
+  return EXIT_OK;
+}
 
 int usage_error(const char *fmt, ...)
 {
@@ -51,6 +67,119 @@ const char *shown(shown_arg *buf, const char *arg)
   return buf->text;
 }
 
+/* A class of character for cli_token_like: 1 lower, 2 upper, 3 digit, 0 anything else. */
+static int char_class(char c)
+{
+  return c >= 'a' && c <= 'z' ? 1 : c >= 'A' && c <= 'Z' ? 2 : c >= '0' && c <= '9' ? 3 : 0;
+}
+
+int cli_token_like(const char *v)
+{
+  size_t n = strlen(v);
+  if (n <= SHOWN_MAX)
+    return 0;
+  if (!strchr(v, '/')) {
+    /* no directory: only a file name with a short extension (auth-backup-2026.json) is a name */
+    const char *dot = strrchr(v, '.');
+    size_t ext = dot ? strlen(dot + 1) : 0;
+    if (!dot || ext < 1 || ext > 5)
+      return 1;
+    for (const char *p = dot + 1; *p; p++)
+      if (!char_class(*p))
+        return 1;
+  }
+  /* a run of 16 token characters that often changes between lower case, upper case and digits is random */
+  size_t run = 0;
+  int changes = 0, last = 0;
+  for (const char *p = v;; p++) {
+    int k = char_class(*p);
+    if (*p && (k || *p == '-' || *p == '_' || *p == '+' || *p == '=' || *p == '~')) {
+      run++;
+      if (k && last && k != last)
+        changes++;
+      if (k)
+        last = k;
+      continue;
+    }
+    if (run >= 16 && changes >= 4)
+      return 1;
+    if (!*p)
+      return 0;
+    run = 0;
+    changes = 0;
+    last = 0;
+  }
+}
+
+const char *shown_path(shown_arg *buf, const char *path)
+{
+  if (strcmp(path, "-") == 0)
+    return "'-' (standard input)";
+  if (cli_token_like(path))
+    return shown(buf, path);
+  buf->text[0] = '\'';
+  cli_tilde(buf->text + 1, sizeof buf->text - 2, path);
+  strcat(buf->text, "'");
+  return buf->text;
+}
+
+/* Optimal string alignment distance (a swap of two neighbours counts one), in characters as bytes. */
+size_t cli_distance(const char *a, const char *b)
+{
+  size_t n = strlen(a), m = strlen(b);
+  if (n > 64 || m > 64)
+    return (size_t)-1;
+  size_t d[65][65];
+  for (size_t i = 0; i <= n; i++)
+    d[i][0] = i;
+  for (size_t j = 0; j <= m; j++)
+    d[0][j] = j;
+  for (size_t i = 1; i <= n; i++)
+    for (size_t j = 1; j <= m; j++) {
+      size_t cost = a[i - 1] != b[j - 1], v = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < v)
+        v = d[i][j - 1] + 1;
+      if (d[i - 1][j - 1] + cost < v)
+        v = d[i - 1][j - 1] + cost;
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v)
+        v = d[i - 2][j - 2] + 1;
+      d[i][j] = v;
+    }
+  return d[n][m];
+}
+
+const char *cli_closest(const char *word, const char *const *cands, size_t n)
+{
+  size_t len = strlen(word), best = (size_t)-1, prefixed = 0;
+  const char *pick = NULL, *prefix = NULL;
+  if (len == 0 || len > 64)
+    return NULL;
+  /* one or two typos, fewer for short words: 'stauts' is status, 'ls' is not 'rm' */
+  size_t limit = len <= 3 ? 1 : len <= 6 ? 2 : 3;
+  for (size_t i = 0; i < n; i++) {
+    if (!cands[i] || strcmp(cands[i], word) == 0)
+      continue;
+    size_t d = cli_distance(word, cands[i]);
+    if (d <= limit && d < best) {
+      best = d;
+      pick = cands[i];
+    }
+    if (len >= 3 && strncmp(cands[i], word, len) == 0) {
+      prefix = cands[i];
+      prefixed++;
+    }
+  }
+  return pick ? pick : prefixed == 1 ? prefix : NULL;
+}
+
+int cli_did_you_mean(const char *before, const char *after, const char *word, const char *const *cands, size_t n)
+{
+  const char *close = cli_closest(word, cands, n);
+  if (close)
+    fprintf(stderr, "hint: did you mean %s%s%s?\n", before, close, after);
+  return close != NULL;
+}
+
 int unexpected(const char *a)
 {
   shown_arg b;
@@ -63,7 +192,7 @@ int missing_path(const char *what, const char *path, const char *hint)
   if (strcmp(path, "-") == 0 || strlen(path) <= SHOWN_MAX || lstat(path, &st) == 0)
     return -1;
   shown_arg b;
-  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s%s\n", g_cmd, what, shown(&b, path),
+  fprintf(stderr, "tokenledger %s: %s: no such file or directory %s%s\n", g_cmd, what, shown_path(&b, path),
           hint ? hint : "");
   return EXIT_NOTFOUND;
 }
@@ -117,7 +246,7 @@ int opt_on(const cli_args *a, const char *name)
 
 /* ---- usage and help ----------------------------------------------------- */
 
-/* Appends text to a line that wraps at HELP_WIDTH, continuing at indent. */
+/* Appends text to a line that wraps at help_width(), continuing at indent. */
 typedef struct wrap {
   FILE *f;
   int col, indent;
@@ -125,7 +254,7 @@ typedef struct wrap {
 
 static void wrap_word(wrap *w, const char *word, size_t n)
 {
-  if (w->col > w->indent && w->col + 1 + (int)n > HELP_WIDTH) {
+  if (w->col > w->indent && w->col + 1 + (int)n > help_width()) {
     fprintf(w->f, "\n%*s", w->indent, "");
     w->col = w->indent;
   } else if (w->col > w->indent) {
@@ -189,7 +318,7 @@ static void usage_line(FILE *f, const cli_cmd *c, const char *path, const char *
   fputc('\n', f);
 }
 
-/* Text with words wrapped at HELP_WIDTH: a single newline is a space, an empty line starts a paragraph. */
+/* Text with words wrapped at help_width(): a single newline is a space, an empty line starts a paragraph. */
 static void print_wrapped(FILE *f, const char *text, int col, int indent)
 {
   wrap w = {f, col, indent};
@@ -216,11 +345,15 @@ static void print_wrapped(FILE *f, const char *text, int col, int indent)
 
 static void option_lines(FILE *f, const cli_opt *opts, int width)
 {
-  char one[160];
+  char one[170];
   for (int i = 0; opts && opts[i].name; i++) {
-    opt_usage(one, sizeof one, &opts[i]);
+    int p = strcmp(opts[i].name, "profile") == 0; /* the one short option */
+    if (p)
+      memcpy(one, "-p, ", 4);
+    opt_usage(one + (p ? 4 : 0), sizeof one - 4, &opts[i]);
+    int len = (int)strlen(one);
     fprintf(f, "  %-*s  ", width, one);
-    print_wrapped(f, opts[i].help, width + 4, width + 4);
+    print_wrapped(f, opts[i].help, (len > width ? len : width) + 4, width + 4);
     fputc('\n', f);
   }
 }
@@ -230,8 +363,9 @@ static int option_width(const cli_opt *opts, int width)
   char one[160];
   for (int i = 0; opts && opts[i].name; i++) {
     opt_usage(one, sizeof one, &opts[i]);
-    if ((int)strlen(one) > width)
-      width = (int)strlen(one);
+    int len = (int)strlen(one) + (strcmp(opts[i].name, "profile") == 0 ? 4 : 0);
+    if (len > width)
+      width = len;
   }
   return width > 26 ? 26 : width;
 }
@@ -283,19 +417,27 @@ void cli_cmd_help(const cli_cmd *c, const char *path)
 
 void cli_main_help(const cli_cmd *const *commands)
 {
-  printf("usage: tokenledger [--db PATH] COMMAND [ARGS]\n\n"
-         "Keeps the OAuth credentials of Hermes Agent profiles in one SQLite ledger and refreshes them so that\n"
-         "a refresh token leaves this machine at most once.\n\ncommands:\n");
+  printf("usage: tokenledger [--db PATH] COMMAND [ARGS]\n\n");
+  print_wrapped(stdout,
+                "Keeps the OAuth credentials of Hermes Agent profiles in one SQLite ledger and refreshes them so "
+                "that a refresh token leaves this machine at most once.",
+                0, 0);
+  printf("\n\ncommands:\n");
   for (size_t i = 0; commands[i]; i++) {
     printf("  %-11s ", commands[i]->name);
     print_wrapped(stdout, commands[i]->summary, 14, 14);
     fputc('\n', stdout);
   }
-  printf("\nThe ledger is --db PATH, else $TOKENLEDGER_DB, else ~/.hermes/tokenledger.db.\n"
-         "'tokenledger COMMAND --help' explains a command; 'man tokenledger' has them all.\n"
-         "Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 not found, 4 reuse blocked, 5 needs a new\n"
-         "login, 6 unknown outcome, 7 transient or network, 8 busy, 9 insecure file, 10 schema too new,\n"
-         "11 not a tokenledger database, 12 already exists, 13 I/O error.\n");
+  fputc('\n', stdout);
+  print_wrapped(stdout,
+                "The ledger is --db PATH, else $TOKENLEDGER_DB, else ~/.hermes/tokenledger.db. "
+                "'tokenledger COMMAND --help' explains a command; 'man tokenledger' has them all. "
+                "-p NAME is short for --profile NAME.\n\n"
+                "Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 not found, 4 reuse blocked, 5 needs a new "
+                "login, 6 unknown outcome, 7 transient or network, 8 busy, 9 insecure file, 10 schema too new, "
+                "11 not a tokenledger database, 12 already exists, 13 I/O error.",
+                0, 0);
+  fputc('\n', stdout);
 }
 
 /* ---- parsing ------------------------------------------------------------ */
@@ -345,7 +487,9 @@ static int run_sub(const cli_cmd *c, const char *path, int argc, char **argv)
       help = 1;
     else if (a[0] != '-' || a[1] == '\0')
       at = i;
-    else if (strcmp(a, "--db") == 0 || sub_option_takes_value(c, a))
+    else if (strcmp(a, "--version") == 0)
+      return cli_version();
+    else if (strcmp(a, "--db") == 0 || strcmp(a, "-p") == 0 || sub_option_takes_value(c, a))
       i++;
   }
   char names[200];
@@ -363,7 +507,15 @@ static int run_sub(const cli_cmd *c, const char *path, int argc, char **argv)
       sub = s;
   if (!sub) {
     shown_arg b;
-    return usage_error("unknown subcommand %s (%s)", shown(&b, argv[at]), names);
+    const char *cands[16];
+    size_t nc = 0;
+    for (const cli_cmd *s = c->subs; s->name && nc < 16; s++)
+      cands[nc++] = s->name;
+    int code = usage_error("unknown subcommand %s (%s)", shown(&b, argv[at]), names);
+    char before[160];
+    snprintf(before, sizeof before, "'tokenledger %s ", path);
+    cli_did_you_mean(before, "'", argv[at], cands, nc);
+    return code;
   }
   char **rest = calloc((size_t)argc + 1, sizeof *rest);
   if (!rest)
@@ -376,6 +528,26 @@ static int run_sub(const cli_cmd *c, const char *path, int argc, char **argv)
   int code = cli_run(sub, path, n, rest);
   free(rest);
   return code;
+}
+
+/* "did you mean --profile?" for an option the command does not have (exact: -json for --json). */
+static void option_hint(const cli_cmd *c, const char *name, int exact)
+{
+  const char *cands[CLI_MAX_OPTS + 4];
+  size_t n = 0;
+  for (int i = 0; c->opts && c->opts[i].name && n < CLI_MAX_OPTS; i++)
+    cands[n++] = c->opts[i].name;
+  cands[n++] = "db";
+  cands[n++] = "help";
+  cands[n++] = "version";
+  const char *close = NULL;
+  for (size_t i = 0; exact && i < n && !close; i++)
+    if (strcmp(cands[i], name) == 0)
+      close = cands[i];
+  if (!close)
+    close = cli_closest(name, cands, n);
+  if (close)
+    fprintf(stderr, "hint: did you mean --%s?\n", close);
 }
 
 /* The checks the table states: values not given twice, required options, exclusive groups. */
@@ -463,6 +635,8 @@ int cli_run(const cli_cmd *c, const char *parent, int argc, char **argv)
       help = 1;
       continue;
     }
+    if (strcmp(arg, "--version") == 0)
+      return cli_version();
     if (arg[0] != '-' || arg[1] == '\0') {
       if (a.npos >= c->maxpos || a.npos >= CLI_MAX_POS)
         return unexpected(arg);
@@ -470,8 +644,25 @@ int cli_run(const cli_cmd *c, const char *parent, int argc, char **argv)
       continue;
     }
     shown_arg b;
-    if (arg[1] != '-')
-      return usage_error("unknown option %s", shown(&b, arg));
+    if (strcmp(arg, "-p") == 0 && opt_index(c, "profile") >= 0) {
+      /* -p NAME: --profile, as Hermes spells it short */
+      int k = opt_index(c, "profile");
+      const char *v = i + 1 < argc ? argv[++i] : NULL;
+      if (!v)
+        return usage_error("option -p needs a value (%s)", c->opts[k].arg);
+      if (a.val[k] && strcmp(a.val[k], v) != 0)
+        return usage_error("%s", "option --profile is given twice");
+      a.val[k] = v;
+      continue;
+    }
+    if (arg[1] != '-') {
+      int code = usage_error("unknown option %s", shown(&b, arg));
+      if (strcmp(arg, "-p") == 0)
+        fprintf(stderr, "hint: 'tokenledger %s' acts for no single profile: it has no --profile\n", g_cmd);
+      else if (strlen(arg) <= SHOWN_MAX)
+        option_hint(c, arg + 1, 1);
+      return code;
+    }
     char name[64];
     const char *eq = strchr(arg + 2, '=');
     size_t len = eq ? (size_t)(eq - (arg + 2)) : strlen(arg + 2);
@@ -495,7 +686,10 @@ int cli_run(const cli_cmd *c, const char *parent, int argc, char **argv)
                 g_cmd, name, strcmp(name, "rt") == 0 ? "refresh-token" : name);
         return EXIT_USAGE;
       }
-      return usage_error("unknown option %s", shown(&b, arg));
+      int code = usage_error("unknown option %s", shown(&b, arg));
+      if (strlen(arg) <= SHOWN_MAX)
+        option_hint(c, name, 0);
+      return code;
     }
     const cli_opt *o = &c->opts[k];
     const char *v = "";

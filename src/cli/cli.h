@@ -92,6 +92,8 @@ extern const char *g_cmd;
 /* --db PATH from anywhere on the command line. */
 extern const char *g_db;
 
+/* Prints "tokenledger VERSION (schema N)"; returns EXIT_OK. */
+int cli_version(void);
 /* Parses argv (argv[0] is the command's name) and runs the command or its subcommand. */
 int cli_run(const cli_cmd *c, const char *parent, int argc, char **argv);
 /* The top-level help: the commands and what each does. */
@@ -109,12 +111,25 @@ int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* How an argument appears in a message: a long one (maybe a pasted token) is never echoed. */
 #define SHOWN_MAX 24
 typedef struct shown_arg {
-  char text[160];
+  char text[1024];
 } shown_arg;
 const char *shown(shown_arg *buf, const char *arg);
+/* 1 if a value longer than SHOWN_MAX looks like a pasted token rather than a path: no directory and no file
+ * extension, or a long run of characters that keeps changing between lower case, upper case and digits. */
+int cli_token_like(const char *v);
+/* How a path option's value appears (--home, --db, --output, --refresh-token-file): quoted, $HOME as ~,
+ * controls escaped; a value that looks like a token is not echoed (as shown() says). */
+const char *shown_path(shown_arg *buf, const char *path);
 int unexpected(const char *a);
-/* A path argument that names nothing, said without echoing a long one (a token pasted where a file belongs):
- * -1 if the path exists (or is short or "-": the library says what is wrong), else EXIT_NOTFOUND. */
+/* Edit distance of two words (a swap of neighbours counts one); SIZE_MAX for words over 64 bytes. */
+size_t cli_distance(const char *a, const char *b);
+/* The candidate a typo of word most likely meant (one to three edits by length, or the one it begins), or NULL. */
+const char *cli_closest(const char *word, const char *const *cands, size_t n);
+/* "hint: did you mean <before><candidate><after>?" on stderr when a candidate is close; 1 if said. */
+int cli_did_you_mean(const char *before, const char *after, const char *word, const char *const *cands, size_t n);
+/* A path argument that names nothing, said with the path as shown_path shows it (a token pasted where a file
+ * belongs is not echoed): -1 if the path exists (or is short or "-": the library says what is wrong), else
+ * EXIT_NOTFOUND. */
 int missing_path(const char *what, const char *path, const char *hint);
 /* Parses a non-negative whole number; -1 on success, else EXIT_USAGE (message printed). */
 int parse_int64(int64_t *out, const char *text, const char *what);
@@ -135,7 +150,9 @@ enum {
   COL_BOOL = 1 << 5,     /* 1 shows as "yes", 0 as "-" */
   COL_STATE = 1 << 6,    /* a state word: coloured on a terminal */
   COL_OK = 1 << 7,       /* 1 shows as "ok", 0 as "FAIL" */
-  COL_TILDE = 1 << 8     /* text that holds paths: $HOME shown as ~ (cut like COL_SHRINK text) */
+  COL_TILDE = 1 << 8,    /* text that holds paths: $HOME shown as ~ (cut like COL_SHRINK text) */
+  COL_EXTRA = 1 << 9,    /* left out first when the terminal is too narrow (after columns with one value) */
+  COL_WRAP = 1 << 10     /* as the last column: the row's explanation, continued on the next lines, never cut */
 };
 typedef struct cli_col {
   const char *name;   /* the report's column */
@@ -160,12 +177,15 @@ int cli_print_object(size_t n, const char *const *keys, const char *const *vals,
 int cli_result(const cli_args *a, size_t n, const char *const *keys, const char *const *vals, const int *num,
                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-/* The terminal: width of stdout (0 if it is not a terminal), colours allowed, UTF-8 drawing allowed. */
+/* The terminal: width to fit ($COLUMNS if set, else stdout's terminal, 0 for neither), colours allowed, UTF-8
+ * drawing allowed. */
 int cli_term_width(void);
 int cli_colour(void);
 int cli_utf8(void);
 /* Colour codes ("" when colours are off). */
 const char *cli_sgr(const char *code);
+/* Text with every path that starts with the user's home directory shown as ~/... (messages, table cells). */
+const char *cli_tilde_text(char *buf, size_t n, const char *text);
 /* A path with the user's home directory shown as ~. */
 const char *cli_tilde(char *buf, size_t n, const char *path);
 /* An ISO 8601 time as "YYYY-MM-DD HH:MM:SS" (a copy when it is not one). */

@@ -21,13 +21,13 @@
 #include <unistd.h>
 
 /* The report of import, export and sync: one row per place in a file. */
-static const cli_col files_cols[] = {{"profile", NULL, COL_DEFAULT},
+static const cli_col files_cols[] = {{"profile", NULL, COL_DEFAULT | COL_SHRINK},
                                      {"file", NULL, COL_DEFAULT | COL_PATH},
-                                     {"path", NULL, COL_DEFAULT | COL_SHRINK},
-                                     {"provider", NULL, COL_DEFAULT | COL_OPTIONAL},
+                                     {"path", NULL, COL_DEFAULT | COL_SHRINK | COL_EXTRA},
+                                     {"provider", NULL, COL_DEFAULT | COL_OPTIONAL | COL_SHRINK},
                                      {"credential", "cred", COL_DEFAULT | COL_OPTIONAL},
                                      {"action", NULL, COL_DEFAULT | COL_STATE},
-                                     {"note", NULL, COL_DEFAULT | COL_OPTIONAL | COL_SHRINK | COL_TILDE},
+                                     {"note", NULL, COL_DEFAULT | COL_OPTIONAL | COL_TILDE | COL_WRAP},
                                      {0}};
 
 static int finish_files(tl_store *s, tl_status rc, tl_report *r, const tl_error *err, const cli_ctx *ctx,
@@ -293,7 +293,7 @@ static const cli_col fresh_cols[] = {{"credential", "cred", COL_DEFAULT},
                                      {"provider", NULL, COL_DEFAULT},
                                      {"action", NULL, COL_DEFAULT | COL_STATE},
                                      {"expires", NULL, COL_DEFAULT | COL_TIME | COL_OPTIONAL},
-                                     {"detail", NULL, COL_DEFAULT | COL_OPTIONAL | COL_SHRINK | COL_TILDE},
+                                     {"detail", NULL, COL_DEFAULT | COL_OPTIONAL | COL_TILDE | COL_WRAP},
                                      {0}};
 
 /* Credential ids of rows with this action, "1, 4, 7" (at most a line's worth). */
@@ -575,7 +575,8 @@ static int serve_status(const cli_out *o)
   if (code == EXIT_OK && strcmp(tl_report_get(r, 0, "running"), "1") != 0) {
     code = EXIT_NOTFOUND;
     if (!o->json)
-      fprintf(stderr, "hint: start it with 'tokenledger serve' (or 'systemctl --user start tokenledger-serve')\n");
+      fprintf(stderr, "hint: start it with 'tokenledger serve'\n      (or as a service: 'systemctl --user start "
+                      "tokenledger-serve')\n");
   }
   tl_report_free(r);
   tl_store_free(s);

@@ -201,11 +201,11 @@ static int run_profile_set_home(const cli_cmd *c, cli_args *a)
   return code;
 }
 
-static const cli_col profile_cols[] = {{"name", NULL, COL_DEFAULT},
+static const cli_col profile_cols[] = {{"name", NULL, COL_DEFAULT | COL_SHRINK},
                                        {"home", NULL, COL_DEFAULT | COL_PATH},
                                        {"entries", NULL, COL_DEFAULT},
                                        {"strict", NULL, COL_DEFAULT | COL_BOOL},
-                                       {"created", NULL, COL_DEFAULT | COL_TIME},
+                                       {"created", NULL, COL_DEFAULT | COL_TIME | COL_EXTRA},
                                        {0}};
 
 static int run_profile_list(const cli_cmd *c, cli_args *a)
@@ -295,7 +295,6 @@ static int run_profile_strict(const cli_cmd *c, cli_args *a)
     const char *keys[] = {"profile", "strict"}, *vals[] = {name, on ? "true" : "false"};
     const int num[] = {0, 1};
     if (cli_out_of(a).json) {
-      vals[1] = on ? "1" : "0";
       code = cli_print_object(2, keys, vals, num);
     } else {
       printf(on ? "profile %s: strict mode on ('tokenledger serve' answers its refreshes)\n"
@@ -389,8 +388,19 @@ static int run_provider_set(const cli_cmd *c, cli_args *a)
     return orc;
   int exists = cli_has_provider(s, name);
   if (!exists && (!p.token_url || !p.client_id)) {
+    int code =
+        usage_error("provider %s is new: give --token-url URL and --client-id ID", shown(&(shown_arg){{0}}, name));
+    tl_report *r = NULL;
+    if (tl_provider_list(&r, s, &err) == TL_OK) {
+      const char *names[64];
+      size_t n = 0;
+      for (size_t i = 0; i < tl_report_rows(r) && n < 64; i++)
+        names[n++] = tl_report_get(r, i, "name");
+      cli_did_you_mean("provider '", "'", name, names, n);
+    }
+    tl_report_free(r);
     tl_store_free(s);
-    return usage_error("provider %s is new: give --token-url URL and --client-id ID", shown(&(shown_arg){{0}}, name));
+    return code;
   }
   tl_status rc = tl_provider_set(s, &p, &err);
   cli_ctx ctx = {s, NULL, name, 0};
@@ -400,13 +410,13 @@ static int run_provider_set(const cli_cmd *c, cli_args *a)
   return code;
 }
 
-static const cli_col provider_cols[] = {{"name", NULL, COL_DEFAULT},
+static const cli_col provider_cols[] = {{"name", NULL, COL_DEFAULT | COL_SHRINK},
                                         {"refreshes", NULL, COL_DEFAULT | COL_STATE},
                                         {"token_url", NULL, COL_DEFAULT | COL_SHRINK},
                                         {"client_id", NULL, COL_DEFAULT | COL_SHRINK},
                                         {"rt_in", NULL, COL_DEFAULT | COL_SHRINK},
-                                        {"skew_s", "skew", COL_DEFAULT},
-                                        {"grace_s", "grace", COL_DEFAULT},
+                                        {"skew_s", "skew", COL_DEFAULT | COL_EXTRA},
+                                        {"grace_s", "grace", COL_DEFAULT | COL_EXTRA},
                                         {"credentials", "grants", COL_DEFAULT},
                                         {"keys", NULL, COL_DEFAULT | COL_OPTIONAL},
                                         {"device_url", NULL, 0},
@@ -566,12 +576,12 @@ static int run_credential_rm(const cli_cmd *c, cli_args *a)
 }
 
 static const cli_col credential_cols[] = {{"credential", "id", COL_DEFAULT},
-                                          {"provider", NULL, COL_DEFAULT},
+                                          {"provider", NULL, COL_DEFAULT | COL_SHRINK},
                                           {"label", NULL, COL_DEFAULT | COL_SHRINK},
                                           {"status", NULL, COL_DEFAULT | COL_STATE},
                                           {"profiles", NULL, COL_DEFAULT | COL_SHRINK},
                                           {"entries", NULL, 0},
-                                          {"rt_generation", "gen", COL_DEFAULT},
+                                          {"rt_generation", "gen", COL_DEFAULT | COL_EXTRA},
                                           {"rt_state", "rt", COL_DEFAULT | COL_STATE},
                                           {"access_expires", "expires", COL_DEFAULT | COL_TIME},
                                           {"created", NULL, 0},
@@ -733,7 +743,7 @@ static void doctor_hints(const tl_report *r, tl_store *s)
 
 static const cli_col doctor_cols[] = {{"check", NULL, COL_DEFAULT},
                                       {"ok", NULL, COL_DEFAULT | COL_OK},
-                                      {"detail", NULL, COL_DEFAULT | COL_TILDE | COL_SHRINK},
+                                      {"detail", NULL, COL_DEFAULT | COL_TILDE | COL_WRAP},
                                       {0}};
 
 static int run_doctor(const cli_cmd *c, cli_args *a)

@@ -2,6 +2,10 @@
  * cmd_read.c - the read commands: status, lineage (a table, a tree, or
  * Graphviz), audit, history.
  *
+ * status with nothing to show says what to run to get a credential instead of
+ * an empty table; lineage --tree fits the terminal (a shorter time, then who
+ * presented a token cut).
+ *
  * Invariants: nothing here writes to the ledger; every value shown comes from
  * a report (already escaped, never a secret); Graphviz output quotes every
  * string it writes, so a label from a file cannot break out of its attribute.
@@ -56,7 +60,7 @@ static void status_hints(const tl_report *r)
     last = p;
   }
   for (size_t i = 0; i < tl_report_rows(r); i++) {
-    const char *access = tl_report_get(r, i, "access_token"), *cred = tl_report_get(r, i, "credential");
+    const char *access = tl_report_get(r, i, "access_token_state"), *cred = tl_report_get(r, i, "credential");
     if (!access || !cred || (strcmp(access, "needs_login") != 0 && strcmp(access, "unknown_outcome") != 0))
       continue;
     int64_t id = strtoll(cred, NULL, 10);
@@ -76,9 +80,9 @@ static void status_hints(const tl_report *r)
   }
 }
 
-static const cli_col status_cols[] = {{"profile", NULL, COL_DEFAULT},
+static const cli_col status_cols[] = {{"profile", NULL, COL_DEFAULT | COL_SHRINK},
                                       {"provider", NULL, COL_DEFAULT | COL_SHRINK},
-                                      {"entry", NULL, COL_DEFAULT | COL_SHRINK},
+                                      {"entry", NULL, COL_DEFAULT | COL_SHRINK | COL_EXTRA},
                                       {"priority", NULL, 0},
                                       {"source", NULL, 0},
                                       {"auth_type", NULL, 0},
@@ -86,10 +90,10 @@ static const cli_col status_cols[] = {{"profile", NULL, COL_DEFAULT},
                                       {"label", NULL, COL_DEFAULT | COL_SHRINK},
                                       {"credential", "cred", COL_DEFAULT},
                                       {"credential_status", NULL, 0},
-                                      {"access_token", "access", COL_DEFAULT | COL_STATE},
+                                      {"access_token_state", "access", COL_DEFAULT | COL_STATE},
                                       {"access_expires", "expires", COL_DEFAULT | COL_TIME | COL_OPTIONAL},
                                       {"expires_in_s", NULL, 0},
-                                      {"rt_generation", "gen", COL_DEFAULT | COL_OPTIONAL},
+                                      {"rt_generation", "gen", COL_DEFAULT | COL_OPTIONAL | COL_EXTRA},
                                       {"rt_state", "rt", COL_DEFAULT | COL_STATE | COL_OPTIONAL},
                                       {"rt_fingerprint", NULL, 0},
                                       {"last_status", "last", COL_DEFAULT | COL_STATE | COL_OPTIONAL},
@@ -121,6 +125,18 @@ static int run_status(const cli_cmd *c, cli_args *a)
   if (rc != TL_OK) {
     cli_ctx ctx = {s, profile, NULL, 0};
     code = cli_fail(&ctx, &err, rc);
+  } else if (!o.json && tl_report_rows(r) == 0) {
+    /* nothing to show: say what puts a credential here */
+    if (profile)
+      printf("profile %s has no credential yet; log in:\n  tokenledger login nous -p %s\nor import its Hermes "
+             "home:\n  tokenledger import DIR -p %s\n",
+             profile, profile, profile);
+    else
+      printf("no credential yet; take over a Hermes root (every profile and the shared login):\n"
+             "  tokenledger import ~/.hermes --all-profiles\n"
+             "or log in anew:\n  tokenledger profile add NAME && tokenledger login nous -p NAME\n");
+    serve_footer(s);
+    code = EXIT_OK;
   } else {
     code = cli_print(r, status_cols, &o, 0);
     if (code == EXIT_OK && !o.json) {
@@ -153,7 +169,7 @@ const cli_cmd cli_cmd_status = {
 
 static const cli_col lineage_cols[] = {{"credential", "cred", COL_DEFAULT},
                                        {"provider", NULL, COL_DEFAULT | COL_SHRINK},
-                                       {"label", NULL, COL_DEFAULT | COL_SHRINK},
+                                       {"label", NULL, COL_DEFAULT | COL_SHRINK | COL_EXTRA},
                                        {"family", NULL, 0},
                                        {"generation", "gen", COL_DEFAULT},
                                        {"state", NULL, COL_DEFAULT | COL_STATE},
@@ -186,6 +202,7 @@ typedef struct tree {
   size_t *height;    /* per node: generations below it (the longest line of descendants) */
   size_t n;
   int utf8;
+  size_t width; /* the terminal's, 0 for no limit */
 } tree;
 
 static const node *g_sort_nodes;
@@ -260,21 +277,54 @@ static int heights(tree *t)
   return 0;
 }
 
+/* Display width of UTF-8 text (the tree's drawing characters are one column each). */
+static size_t columns_of(const char *s)
+{
+  size_t n = 0;
+  for (; *s; s++)
+    n += ((unsigned char)*s & 0xC0) != 0x80;
+  return n;
+}
+
+/*
+ * One token's line. On a narrow terminal the time loses its year and seconds, "presented by" becomes "by",
+ * and what is left of the presenter is cut to fit (--json and a pipe keep it whole).
+ */
 static void tree_line(const tree *t, const char *prefix, size_t i)
 {
   const tl_report *r = t->r;
   size_t row = t->nodes[i].row;
-  char when[40];
+  char when[40], head[600], by[300];
   const char *state = tl_report_get(r, row, "state"), *presented = tl_report_get(r, row, "presented_by");
   const char *colour = strcmp(state, "current") == 0                                     ? "32"
                        : strcmp(state, "rejected") == 0 || strcmp(state, "unknown") == 0 ? "31"
                        : strcmp(state, "presented") == 0                                 ? "33"
                                                                                          : NULL;
-  printf("%s%s g%-3s %s%-9s%s %-8s %s  %s%s%s\n", prefix, t->utf8 ? "\xe2\x97\x8f" : "*",
-         tl_report_get(r, row, "generation"), colour ? cli_sgr(colour) : "", state, colour ? cli_sgr("0") : "",
-         tl_report_get(r, row, "origin"), tl_report_get(r, row, "fingerprint"),
-         cli_time(when, sizeof when, tl_report_get(r, row, "issued")), presented ? "  presented by " : "",
-         presented ? presented : "");
+  cli_time(when, sizeof when, tl_report_get(r, row, "issued"));
+  snprintf(head, sizeof head, "%s%s g%-3s ", prefix, t->utf8 ? "\xe2\x97\x8f" : "*",
+           tl_report_get(r, row, "generation"));
+  size_t fixed = columns_of(head) + 9 + 1 + 8 + 1 + strlen(tl_report_get(r, row, "fingerprint")) + 2;
+  const char *lead = "  presented by ";
+  if (t->width && fixed + strlen(when) + (presented ? strlen(lead) + strlen(presented) : 0) > t->width) {
+    if (strlen(when) == 19) {
+      memmove(when, when + 5, 11); /* YYYY-MM-DD HH:MM:SS -> MM-DD HH:MM */
+      when[11] = '\0';
+    }
+    lead = "  by ";
+  }
+  snprintf(by, sizeof by, "%s%s", presented ? lead : "", presented ? presented : "");
+  size_t used = fixed + strlen(when);
+  if (t->width && presented && used + strlen(by) > t->width) {
+    size_t room = t->width > used + 6 ? t->width - used : 0; /* "  by " and at least one character */
+    const char *el = t->utf8 ? "\xe2\x80\xa6" : "...";
+    size_t elw = t->utf8 ? 1 : 3;
+    if (room > elw + strlen(lead))
+      snprintf(by + room - elw, sizeof by - (room - elw), "%s", el);
+    else
+      by[0] = '\0';
+  }
+  printf("%s%s%-9s%s %-8s %s  %s%s\n", head, colour ? cli_sgr(colour) : "", state, colour ? cli_sgr("0") : "",
+         tl_report_get(r, row, "origin"), tl_report_get(r, row, "fingerprint"), when, by);
 }
 
 /*
@@ -315,7 +365,8 @@ static void tree_walk(const tree *t, size_t i, const char *first, const char *re
 
 static void print_tree(const tl_report *r, node *nodes, size_t n)
 {
-  tree t = {r, nodes, calloc(n + 1, sizeof(size_t)), calloc(n + 1, sizeof(size_t)), n, cli_utf8()};
+  tree t = {r, nodes,      calloc(n + 1, sizeof(size_t)), calloc(n + 1, sizeof(size_t)),
+            n, cli_utf8(), (size_t)cli_term_width()};
   if (!t.by_parent || !t.height || heights(&t) != 0) {
     free(t.by_parent);
     free(t.height);
@@ -477,18 +528,18 @@ static const cli_col audit_cols[] = {{"id", NULL, COL_DEFAULT},
                                      {"at", NULL, COL_DEFAULT | COL_TIME},
                                      {"event", NULL, COL_DEFAULT | COL_STATE},
                                      {"actor", NULL, 0},
-                                     {"profile", NULL, COL_DEFAULT | COL_OPTIONAL},
-                                     {"command", NULL, COL_DEFAULT | COL_OPTIONAL},
+                                     {"profile", NULL, COL_DEFAULT | COL_OPTIONAL | COL_SHRINK},
+                                     {"command", NULL, COL_DEFAULT | COL_OPTIONAL | COL_SHRINK | COL_EXTRA},
                                      {"credential", "cred", COL_DEFAULT | COL_OPTIONAL},
                                      {"rt_id", NULL, 0},
-                                     {"summary", NULL, COL_DEFAULT | COL_TILDE | COL_SHRINK},
+                                     {"summary", NULL, COL_DEFAULT | COL_TILDE | COL_WRAP},
                                      {"detail", NULL, 0},
                                      {0}};
 
 static const cli_col history_cols[] = {{"attempt", NULL, COL_DEFAULT},
                                        {"credential", "cred", COL_DEFAULT},
                                        {"started", NULL, COL_DEFAULT | COL_TIME},
-                                       {"duration_ms", "ms", COL_DEFAULT},
+                                       {"duration_ms", "ms", COL_DEFAULT | COL_EXTRA},
                                        {"generation", "gen", COL_DEFAULT},
                                        {"fingerprint", NULL, 0},
                                        {"outcome", NULL, COL_DEFAULT | COL_STATE},
@@ -497,8 +548,8 @@ static const cli_col history_cols[] = {{"attempt", NULL, COL_DEFAULT},
                                        {"error_description", "description", COL_DEFAULT | COL_OPTIONAL | COL_SHRINK},
                                        {"child_generation", NULL, 0},
                                        {"actor", NULL, 0},
-                                       {"profile", NULL, COL_DEFAULT | COL_OPTIONAL},
-                                       {"command", NULL, COL_DEFAULT},
+                                       {"profile", NULL, COL_DEFAULT | COL_OPTIONAL | COL_SHRINK},
+                                       {"command", NULL, COL_DEFAULT | COL_EXTRA},
                                        {0}};
 
 static int run_audit(const cli_cmd *c, cli_args *a)

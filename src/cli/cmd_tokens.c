@@ -78,8 +78,11 @@ static int run_token(const cli_cmd *c, cli_args *a)
   } else if (is_refresh) {
     char left[32];
     int64_t secs = t->expires_at_ms ? (t->expires_at_ms - cli_now_ms()) / 1000 : 0;
-    printf("credential %lld %s; access token valid for %s\n", (long long)t->credential,
-           t->refreshed ? "refreshed" : "already fresh (use --force to refresh anyway)",
+    /* Forced and not refreshed: another process refreshed it while this one waited (single flight). */
+    const char *what = t->refreshed         ? "refreshed"
+                       : opt_on(a, "force") ? "was refreshed by another process just now (not sent again)"
+                                            : "already fresh (use --force to refresh anyway)";
+    printf("credential %lld %s; access token valid for %s\n", (long long)t->credential, what,
            t->expires_at_ms ? cli_duration(left, sizeof left, secs) : "an unknown time");
   } else if (strspn(t->access_token, PRINTABLE) != strlen(t->access_token)) {
     /* The library never hands out such a token; a terminal must never receive one either. */

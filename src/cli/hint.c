@@ -11,7 +11,9 @@
  * advice is keyed here on the status and on the situation the message states
  * ("no ledger here", "rescue file", "has no Hermes home", ...); the real
  * profile, provider and credential come from the command line, the ledger, or
- * the names the message quotes.
+ * the names the message quotes. A profile or provider the ledger does not know
+ * but nearly does (an edit or two away) gets "did you mean" instead, so no
+ * hint ever goes on to create a misspelled name.
  */
 #include "cli.h"
 
@@ -58,6 +60,35 @@ static int has_profile(tl_store *s, const char *name)
 int cli_has_provider(tl_store *s, const char *name)
 {
   return listed(s, tl_provider_list, name);
+}
+
+/*
+ * "did you mean profile 'work'?" when a name the ledger does not know is a typo of one it does, so that no
+ * hint goes on to create the misspelled name. 1 when said.
+ */
+static int near_name(tl_store *s, tl_status (*list)(tl_report **, tl_store *, tl_error *), const char *what,
+                     const char *name)
+{
+  tl_report *r = NULL;
+  tl_error err = {0};
+  int said = 0;
+  if (!*name || list(&r, s, &err) != TL_OK)
+    return 0;
+  size_t n = tl_report_rows(r);
+  const char **names = calloc(n + 1, sizeof *names);
+  int known = 0;
+  for (size_t i = 0; names && i < n; i++) {
+    names[i] = tl_report_get(r, i, "name");
+    known |= names[i] && strcmp(names[i], name) == 0;
+  }
+  if (names && !known) {
+    char before[32];
+    snprintf(before, sizeof before, "%s '", what);
+    said = cli_did_you_mean(before, "'", name, names, n);
+  }
+  free(names);
+  tl_report_free(r);
+  return said;
 }
 
 /* The credential's provider and first profile, from the ledger (buffers may stay empty). */
@@ -178,6 +209,9 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
     if (!*profile)
       snprintf(profile, sizeof profile, "%s", f);
   }
+  if (rc == TL_ENOTFOUND && s &&
+      (near_name(s, tl_profile_list, "profile", profile) || near_name(s, tl_provider_list, "provider", provider)))
+    return code;
   if (situation_hint(err, rc, provider, profile, cred))
     return code;
   switch (rc) {

@@ -3,7 +3,9 @@
  *
  * Parses what comes before the command (--db, --help, --version), finds the
  * command in the table below and hands it the rest (args.c parses it against
- * the command's own option table; --db is accepted there too, anywhere).
+ * the command's own option table; --db and --version are accepted there too,
+ * anywhere). An unknown command or option that is a typo of a real one gets
+ * "did you mean".
  * Invariants: the process is not dumpable and libcurl gets no SSLKEYLOGFILE;
  * an unknown command or option is never echoed if it is long (it may be a
  * pasted token); every command has --help; every failure ends in an exit code
@@ -68,12 +70,17 @@ int main(int argc, char **argv)
     } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       cli_main_help(commands);
       return EXIT_OK;
-    } else if (strcmp(argv[i], "--version") == 0) {
-      printf("tokenledger %s (schema %d)\n", tl_version(), TL_SCHEMA_VERSION);
-      return EXIT_OK;
+    } else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+      return cli_version();
     } else if (argv[i][0] == '-') {
       shown_arg b;
       fprintf(stderr, "tokenledger: unknown option %s; see 'tokenledger --help'\n", shown(&b, argv[i]));
+      if (strlen(argv[i]) <= SHOWN_MAX) {
+        static const char *const globals[] = {"--db", "--help", "--version"};
+        if (!cli_did_you_mean("", "", argv[i], globals, 3) &&
+            (strcmp(argv[i], "-p") == 0 || !strncmp(argv[i], "--profile", 9)))
+          fprintf(stderr, "hint: --profile goes after the command ('tokenledger status -p NAME')\n");
+      }
       return EXIT_USAGE;
     } else {
       break;
@@ -83,6 +90,8 @@ int main(int argc, char **argv)
     cli_main_help(commands);
     return EXIT_USAGE;
   }
+  if (strcmp(argv[i], "version") == 0)
+    return cli_version();
   if (strcmp(argv[i], "help") == 0) {
     const cli_cmd *c = i + 1 < argc ? find(argv[i + 1]) : NULL;
     if (c)
@@ -96,5 +105,14 @@ int main(int argc, char **argv)
     return cli_run(c, NULL, argc - i, argv + i);
   shown_arg b;
   fprintf(stderr, "tokenledger: unknown command %s; see 'tokenledger --help'\n", shown(&b, argv[i]));
+  if (strlen(argv[i]) <= SHOWN_MAX) {
+    const char *names[64];
+    size_t n = 0;
+    for (size_t k = 0; commands[k] && n < 62; k++)
+      names[n++] = commands[k]->name;
+    names[n++] = "help";
+    names[n++] = "version";
+    cli_did_you_mean("'tokenledger ", "'", argv[i], names, n);
+  }
   return EXIT_USAGE;
 }

@@ -241,7 +241,8 @@ enum {
 /**
  * Renders the report as JSON on one line: an array of objects (one per row,
  * keys in column order), or with TL_JSON_OBJECT the first row alone. Numbers
- * stay numbers; a missing value (SQL NULL or empty text) is null. out is new;
+ * stay numbers; a flag (strict, strict_unfinished, ok, running, refreshed) is
+ * true or false; a missing value (SQL NULL or empty text) is null. out is new;
  * free().
  */
 TL_EXTERN tl_status tl_report_json(char **out, const tl_report *r, unsigned flags, tl_error *err);

@@ -61,7 +61,7 @@ tl_status tl_status_report(tl_report **out, tl_store *s, const char *profile, tl
       "CASE WHEN e.auth_type = 'api_key' THEN 'api_key' WHEN c.id IS NULL THEN 'borrowed' "
       "WHEN c.status = 'needs_reauth' THEN 'needs_login' WHEN c.status = 'uncertain' THEN 'unknown_outcome' "
       "WHEN c.expires_at IS NULL THEN 'unknown' WHEN c.expires_at > :now THEN 'valid' ELSE 'expired' END "
-      "AS access_token, "
+      "AS access_token_state, "
       "CASE WHEN c.expires_at IS NOT NULL THEN (c.expires_at - :now) / 1000 END AS expires_in_s, "
       "t.generation AS rt_generation, t.state AS rt_state, substr(t.fingerprint, 1, 12) AS rt_fingerprint, "
       "e.last_status AS last_status, "
@@ -205,17 +205,23 @@ tl_status tl_lineage_report(tl_report **out, tl_store *s, int64_t cred, tl_error
 }
 
 /*
- * The audit log. `summary` is the detail in words for a table: key=value pairs in the detail's order,
- * nested values as compact JSON, nulls left out; `detail` keeps the JSON object itself.
+ * The audit log. `profile` is the profile the acting command ran for, else the one the event names (a
+ * profile added, imported, switched). `summary` is the detail in words for a table: key=value pairs in
+ * the detail's order, nested values as compact JSON, times (keys ending in _at, epoch milliseconds) as
+ * ISO 8601, nulls left out; `detail` keeps the JSON object itself.
  */
 tl_status tl_audit_report(tl_report **out, tl_store *s, int64_t cred, int64_t limit, tl_error *err)
 {
   tl_error_clear(err);
   static const char sql[] =
       "SELECT * FROM (SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch') AS at, event, "
-      "actor_host || ':' || actor_pid AS actor, actor_profile AS profile, actor_command AS command, "
+      "actor_host || ':' || actor_pid AS actor, "
+      "coalesce(actor_profile, CASE WHEN json_type(detail, '$.profile') = 'text' THEN json_extract(detail, "
+      "'$.profile') END) AS profile, actor_command AS command, "
       "credential_id AS credential, rt_id, "
       "(SELECT group_concat(j.key || '=' || CASE WHEN j.type IN ('object', 'array') THEN json(j.value) "
+      "WHEN j.type = 'integer' AND (j.key LIKE '%\\_at' ESCAPE '\\' OR j.key LIKE '%until') AND j.value > 100000000000 "
+      "THEN strftime('%Y-%m-%dT%H:%M:%SZ', j.value / 1000.0, 'unixepoch') "
       "ELSE j.value END, ' ') FROM json_each(audit_event.detail) j WHERE j.type <> 'null') AS summary, "
       "detail FROM audit_event WHERE :cred = 0 OR credential_id = :cred "
       "ORDER BY id DESC LIMIT :limit) ORDER BY id";

@@ -12,7 +12,10 @@
  *
  * JSON has one style everywhere: one document on one line (JSON Lines when a
  * command streams), keys in column order, null for a missing value (an empty
- * text cell is null too, never "").
+ * text cell is null too, never ""). A flag (a yes/no fact: the columns named
+ * in flag_columns, whoever built the report) is a JSON boolean, never 0 or 1,
+ * which jq would take as true either way; its cell stays "0" or "1" for
+ * tl_report_get.
  */
 #include "internal.h"
 
@@ -243,6 +246,16 @@ done:
   return rc;
 }
 
+/* The yes/no columns of every report: rendered as true/false in JSON. */
+static int flag_column(const char *name)
+{
+  static const char *const flag_columns[] = {"strict", "strict_unfinished", "ok", "running", "refreshed", NULL};
+  for (size_t i = 0; flag_columns[i]; i++)
+    if (strcmp(name, flag_columns[i]) == 0)
+      return 1;
+  return 0;
+}
+
 static json_t *row_json(const tl_report *r, size_t row)
 {
   json_t *o = json_object();
@@ -253,6 +266,8 @@ static json_t *row_json(const tl_report *r, size_t row)
       j = json_null();
     else if (r->num[row * r->ncols + c] && (strcmp(v, "true") == 0 || strcmp(v, "false") == 0))
       j = json_boolean(v[0] == 't');
+    else if (r->num[row * r->ncols + c] && flag_column(r->cols[c]) && (strcmp(v, "0") == 0 || strcmp(v, "1") == 0))
+      j = json_boolean(v[0] == '1');
     else if (r->num[row * r->ncols + c])
       j = strpbrk(v, ".eE") ? json_real(strtod(v, NULL)) : json_integer(strtoll(v, NULL, 10));
     else if (strcmp(r->cols[c], "detail") == 0 && v[0] == '{' && (j = json_loads(v, 0, NULL)))

@@ -18,6 +18,11 @@
  *     cooldown): any commit by any process sends the next call to the ledger.
  *   - round_robin and least_used count a use in a write transaction of its
  *     own, before the token is returned; fill_first and random never write.
+ *   - A refresh that fails for its grant alone (needs a login, transient,
+ *     unknown outcome) falls back to the next entry the strategy picks, as
+ *     Hermes' pool does; every entry of a failed grant is passed over, and
+ *     the first failure is reported when no entry is left. --force never
+ *     falls back.
  */
 #include "internal.h"
 
@@ -118,6 +123,7 @@ typedef struct candidate {
   char *access_token; /* secret */
   char *entry_id, *base_url, *status;
   int64_t skew_ms, request_count, priority, not_before;
+  int failed; /* its refresh failed in this call: the pool falls back to the next entry */
 } candidate;
 
 static void candidate_clear(candidate *c)
@@ -259,12 +265,12 @@ static int pick(const candidate *c, size_t n, const char *strategy)
   int64_t now = tl__now_ms();
   /* Usable: a fresh access token, or a refresh that may be attempted now. */
   for (size_t i = 0; i < n; i++)
-    if (fresh(&c[i], now) || (strcmp(c[i].status, "active") == 0 && c[i].not_before <= now))
+    if (!c[i].failed && (fresh(&c[i], now) || (strcmp(c[i].status, "active") == 0 && c[i].not_before <= now)))
       usable[k++] = (int)i;
   /* Nothing usable now: fall back to an entry whose refresh is only backing off, so the
    * caller hears "try later" rather than "unknown". */
   for (size_t i = 0; k == 0 && i < n; i++)
-    if (strcmp(c[i].status, "active") == 0)
+    if (!c[i].failed && strcmp(c[i].status, "active") == 0)
       usable[k++] = (int)i;
   if (k == 0)
     return -1;
@@ -531,26 +537,53 @@ tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const c
            : why_none(s, profile, provider, err);
     goto done;
   }
-  if (strcmp(strategy, "round_robin") == 0 || strcmp(strategy, "least_used") == 0) {
-    if ((rc = tl__tx_begin(s, "token select", err)) != TL_OK)
-      goto done;
-    if ((rc = note_use(s, &c[i], strategy, err)) != TL_OK) {
-      tl__tx_rollback(s);
+  /*
+   * As Hermes' pool does, a refresh that fails for this grant alone (a dead grant, a server that cannot answer
+   * now, an unknown outcome) falls back to the next entry the strategy picks; the first failure is the one
+   * reported when none is left. A forced refresh is of the chosen entry only: it never falls back.
+   */
+  tl_error first = {0};
+  tl_status first_rc = TL_OK;
+  int none_left = 0;
+  for (;;) {
+    if (strcmp(strategy, "round_robin") == 0 || strcmp(strategy, "least_used") == 0) {
+      if ((rc = tl__tx_begin(s, "token select", err)) != TL_OK)
+        goto done;
+      if ((rc = note_use(s, &c[i], strategy, err)) != TL_OK) {
+        tl__tx_rollback(s);
+        goto done;
+      }
+      if ((rc = tl__tx_commit(s, err)) != TL_OK)
+        goto done;
+    }
+    if (!(flags & TL_REFRESH_FORCE) && fresh(&c[i], tl__now_ms())) {
+      rc = token_from(out, &c[i], err);
       goto done;
     }
-    if ((rc = tl__tx_commit(s, err)) != TL_OK)
-      goto done;
+    rc = tl_refresh(out, s, c[i].credential, flags, err);
+    if (rc == TL_OK && *out) {
+      free((*out)->entry_id);
+      (*out)->entry_id = tl__strdup(c[i].entry_id);
+      if (!(*out)->base_url && c[i].base_url)
+        (*out)->base_url = tl__strdup(c[i].base_url);
+    }
+    if ((flags & TL_REFRESH_FORCE) || (rc != TL_EREAUTH && rc != TL_ETRANSIENT && rc != TL_EUNKNOWN))
+      break;
+    if (first_rc == TL_OK) {
+      first_rc = rc;
+      first = *err;
+    }
+    for (size_t k = 0; k < n; k++) /* every entry of that grant failed with it */
+      c[k].failed |= c[k].credential == c[i].credential;
+    if ((i = pick(c, n, strategy)) < 0) {
+      none_left = 1;
+      break;
+    }
+    tl_error_clear(err);
   }
-  if (!(flags & TL_REFRESH_FORCE) && fresh(&c[i], tl__now_ms())) {
-    rc = token_from(out, &c[i], err);
-    goto done;
-  }
-  rc = tl_refresh(out, s, c[i].credential, flags, err);
-  if (rc == TL_OK && *out) {
-    free((*out)->entry_id);
-    (*out)->entry_id = tl__strdup(c[i].entry_id);
-    if (!(*out)->base_url && c[i].base_url)
-      (*out)->base_url = tl__strdup(c[i].base_url);
+  if (none_left) {
+    rc = first_rc;
+    *err = first;
   }
 done:
   for (size_t k = 0; k < n; k++)

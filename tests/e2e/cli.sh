@@ -73,7 +73,7 @@ tl $D credential add nous --profile alice --refresh-token-file "$WORK/rt1" --exp
 # --- read commands, text and JSON
 tl $D status; expect 0 "status"; contains "alice" "status lists alice"
 tl $D status --json; expect 0 "status --json"
-check 'jq -e "length == 2 and .[0].access_token == \"valid\" and .[0].rt_generation == 0" "$OUT" >/dev/null' "status JSON"
+check 'jq -e "length == 2 and .[0].access_token_state == \"valid\" and .[0].rt_generation == 0" "$OUT" >/dev/null' "status JSON"
 tl $D status --profile ghost; expect 3 "status of an unknown profile"
 tl $D lineage --json; expect 0 "lineage --json"
 check 'jq -e ".[0].state == \"current\" and .[0].origin == \"import\"" "$OUT" >/dev/null' "lineage JSON"
@@ -139,7 +139,7 @@ tl $D compact --keep-days x; expect 2 "compact with a bad --keep-days"
 
 # --- doctor
 tl $D doctor; expect 0 "doctor on a healthy ledger"
-tl $D doctor --json; check 'jq -e "all(.[]; .ok == 1)" "$OUT" >/dev/null' "doctor JSON all ok"
+tl $D doctor --json; check 'jq -e "all(.[]; .ok == true)" "$OUT" >/dev/null' "doctor JSON all ok"
 
 # --- refusals of bad files, each leaving bytes untouched
 cp "$DB" "$WORK/copy.db"; chmod 644 "$WORK/copy.db"; rm -f "$WORK/copy.db-wal" "$WORK/copy.db-shm"

@@ -10,7 +10,7 @@ FAIL=0
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tl-e2e-XXXXXX")
 export HOME="$WORK/home"
 mkdir -p "$HOME"
-unset TOKENLEDGER_DB
+unset TOKENLEDGER_DB COLUMNS # a table fits $COLUMNS even on a pipe: the scripts set it where they mean to
 OUT="$WORK/out"
 ERR="$WORK/err"
 ALL="$WORK/all-output" # every stdout/stderr of every command, for the secret scan

@@ -80,7 +80,7 @@ check '[ "$n" -ge 15 ]' "every line of the block was looked at ($n)"
 # --- what the block promises
 DB="$ROOT/tokenledger.db"
 tl profile list --json
-check 'jq -e "map(.name) == [\"default\", \"work\"] and all(.strict == 1)" "$OUT" > /dev/null' \
+check 'jq -e "map(.name) == [\"default\", \"work\"] and all(.strict == true)" "$OUT" > /dev/null' \
   "both profiles imported and in strict mode"
 surl=$(jq -r .url "$DB-serve")
 check '[ "$(jq -r .providers.nous.portal_base_url "$(auth "$ROOT" work)")" = "$surl" ]' "Hermes' files point at serve"

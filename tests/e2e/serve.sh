@@ -98,9 +98,9 @@ start_serve
 check '[ -n "$SURL" ] && [ "${SURL#http://127.0.0.1:}" != "$SURL" ]' "serve listens on 127.0.0.1"
 check '[ "$(stat -c %a "$PF")" = 600 ]' "the port file is 0600"
 tl $D serve --status --json; expect 0 "serve --status: up"
-check 'jq -e ".running == 1 and .strict == \"alice\"" "$OUT" > /dev/null' "status JSON: running, alice strict"
+check 'jq -e ".running == true and .strict == \"alice\"" "$OUT" > /dev/null' "status JSON: running, alice strict"
 tl $D status; contains "serve: up at $SURL" "status shows serve up"
-tl $D status --json; check 'jq -e "[.[] | select(.profile == \"alice\")][0].strict == 1" "$OUT" > /dev/null' "status JSON marks alice strict"
+tl $D status --json; check 'jq -e "[.[] | select(.profile == \"alice\")][0].strict == true" "$OUT" > /dev/null' "status JSON marks alice strict"
 tl $D doctor; expect 0 "doctor: serve answers for the strict profile"
 
 # --- 2. one serve per ledger, loopback only, a port of its own

@@ -63,20 +63,20 @@ check 'jq -e "(map({(.name): .refreshes}) | add) as \$r | \$r.nous == \"configur
 
 # --- status: what each entry can give
 tl status --json; expect 0 "status --json"; check one_json "status --json is one line, no empty strings"
-check 'jq -e "map(select(.kind == \"api_key\")) | length >= 2 and all(.access_token == \"api_key\")" "$OUT" > /dev/null' \
+check 'jq -e "map(select(.kind == \"api_key\")) | length >= 2 and all(.access_token_state == \"api_key\")" "$OUT" > /dev/null' \
   "API-key rows say they are API keys"
-check 'jq -e "map(select(.kind == \"borrowed\")) | length == 1 and all(.access_token == \"borrowed\")" "$OUT" > /dev/null' \
+check 'jq -e "map(select(.kind == \"borrowed\")) | length == 1 and all(.access_token_state == \"borrowed\")" "$OUT" > /dev/null' \
   "a borrowed login says so"
 W=$(q "SELECT credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = 'work' AND provider = 'nous' LIMIT 1")
 q "UPDATE credential SET status = 'needs_reauth', status_reason = 'test' WHERE id = $W"
 tl status --json
-check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | length >= 2 and all(.access_token == \"needs_login\")" "$OUT" > /dev/null' \
+check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | length >= 2 and all(.access_token_state == \"needs_login\")" "$OUT" > /dev/null' \
   "a grant that needs a login is never called valid"
 tl status
 contains "credential $W needs a new login: 'tokenledger login nous --profile default'" "status says what to run"
 q "UPDATE credential SET status = 'uncertain' WHERE id = $W"
 tl status --json
-check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | all(.access_token == \"unknown_outcome\")" "$OUT" > /dev/null' \
+check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | all(.access_token_state == \"unknown_outcome\")" "$OUT" > /dev/null' \
   "an unknown outcome is not called valid either"
 q "UPDATE credential SET status = 'active', status_reason = NULL WHERE id = $W"
 
@@ -328,5 +328,155 @@ admin fault "kind=500&count=0" > /dev/null
 "$TL_BIN" keep-fresh --interval 1 --count 2 --json > "$WORK/kf3.out" 2>&1 || true
 check '[ "$(wc -l < "$WORK/kf3.out")" = 2 ] && jq -e "type == \"array\"" "$WORK/kf3.out" > /dev/null' "--json: one report per round, one line each"
 
-no_secret_leak "$WORK/rt-w" "$WORK/rt-typed"
+# --- 80 columns, with Hermes' longest profile names: every table, the tree, serve --status and --help fit an
+# 80-column terminal and COLUMNS=80 on a pipe; columns with one value go first (and are said below), then
+# the extra ones, before any label is cut; the audit's summary wraps rather than being cut
+L1=research-assistant-for-the-customer-support-team
+L2=$(printf 'x%.0s' $(seq 64)); L2="zz-long-${L2:8}" # 64 characters, Hermes' longest
+WROOT="$HOME/wide-root"
+WDB="$WORK/wide.db"
+make_root "$WROOT" default "$L1" "$L2"
+mkdir -p "$WROOT/profiles/codex-$L1" "$WROOT/profiles/keys-$L1"
+cp "$CORPUS/03_codex_tokens.json" "$WROOT/profiles/codex-$L1/auth.json"
+cp "$CORPUS/06_api_keys_custom.json" "$WROOT/profiles/keys-$L1/auth.json"
+chmod 600 "$WROOT"/profiles/*/auth.json
+tl --db "$WDB" init; expect 0 "a second ledger"
+tl --db "$WDB" status; expect 0 "status of an empty ledger"
+contains "no credential yet" "status with no credential says so"
+contains "tokenledger import ~/.hermes --all-profiles" "and what to run"
+tl --db "$WDB" provider set nous --token-url "$URL/api/oauth/token"; expect 0 "nous for the wide ledger"
+tl --db "$WDB" profile add empty; tl --db "$WDB" status --profile empty; expect 0 "status of a profile without credentials"
+contains "tokenledger login nous -p empty" "says how to log one in"
+tl --db "$WDB" import "$WROOT" --all-profiles; expect 0 "import a root with long profile names"
+tl --db "$WDB" refresh nous --profile "$L2" --force; expect 0 "a refresh for the longest profile name"
+tl --db "$WDB" refresh nous -p "$L2" --force; expect 0 "-p is --profile"
+# Hermes rotates by itself in one profile: the audit's summary gets a time
+ans=$(curl -sf -X POST "$URL/api/oauth/token" -H "x-nous-refresh-token: $(rt_of "$(auth "$WROOT" "$L1")")" -d grant_type=refresh_token -d client_id=hermes-cli)
+jq --arg rt "$(jq -r .refresh_token <<< "$ans")" --arg at "$(jq -r .access_token <<< "$ans")" --arg now "$(date -u +%Y-%m-%dT%H:%M:%S.%6N+00:00)" \
+  '.providers.nous.refresh_token = $rt | .providers.nous.access_token = $at | .providers.nous.obtained_at = $now
+   | .credential_pool.nous[0].refresh_token = $rt | .credential_pool.nous[0].access_token = $at' \
+  "$(auth "$WROOT" "$L1")" > "$WORK/ext.json" && cat "$WORK/ext.json" > "$(auth "$WROOT" "$L1")"
+tl --db "$WDB" sync --all; expect 0 "sync adopts Hermes' rotation"
+tl --db "$WDB" audit --json
+check 'jq -e "[.[] | select(.event == \"profile_added\")] | length >= 5 and all(.profile == .detail.profile)" "$OUT" > /dev/null' \
+  "the audit's profile column names the profile an event is about"
+tl --db "$WDB" audit
+check 'grep -qE "obtained_at=20[0-9]{2}-[0-9]{2}-[0-9]{2}T" "$OUT" && ! grep -qE "obtained_at=[0-9]{12}" "$OUT"' \
+  "times in the audit's summary are readable"
+wide_cmds=("status" "lineage" "lineage --tree" "provider list" "serve --status" "audit" "history" "credential list"
+  "profile list" "doctor" "import $WROOT --all-profiles --dry-run" "sync --all" "keep-fresh --once --ahead 0")
+for c in "${wide_cmds[@]}"; do
+  want=0; [ "$c" = "serve --status" ] && want=3
+  # shellcheck disable=SC2086
+  COLUMNS=80 tl --db "$WDB" $c
+  expect "$want" "$c"
+  check '[ "$(LC_ALL=C.UTF-8 wc -L < "$OUT")" -le 80 ]' "COLUMNS=80 on a pipe: $c fits ($(LC_ALL=C.UTF-8 wc -L < "$OUT") columns)"
+  # shellcheck disable=SC2086
+  pty 80 --db "$WDB" $c
+  expect "$want" "$c on a terminal"
+  check '[ "$(widest)" -le 80 ]' "an 80-column terminal: $c fits ($(widest) columns)"
+  # shellcheck disable=SC2086
+  tl --db "$WDB" $c
+  cp "$OUT" "$WORK/piped"
+  check '[ "$(LC_ALL=C.UTF-8 wc -L < "$WORK/piped")" -gt 80 ] || [ "$c" = doctor ] || [ "$c" = "serve --status" ]' \
+    "without COLUMNS a pipe gets $c whole ($(LC_ALL=C.UTF-8 wc -L < "$WORK/piped") columns)"
+done
+pty 80 --db "$WDB" status
+check 'head -1 "$OUT" | grep -q "^profile  *provider  *label  *cred  *access"' "status at 80: profile, provider, label, cred, access"
+check '! head -1 "$OUT" | grep -qw "entry\|gen"' "the entry id and the generation go before any label is cut"
+check 'grep -q "^research-as" "$OUT"' "a long profile name keeps its head ($(sed -n 2p "$OUT"))"
+pty 80 --db "$WDB" lineage --credential 1
+check 'grep -q "^every row: .*cred 1" "$OUT" && ! head -1 "$OUT" | grep -qw cred' "a column with one value is said once, below the table"
+pty 80 --db "$WDB" audit
+check 'grep -q "Hermes rotated\|obtained_at=20" "$OUT"' "the audit's summary is not cut: it wraps"
+check '! grep -q "…" <(grep "external_rotation" -A3 "$OUT")' "no ellipsis in the summary"
+pty 80 --db "$WDB" lineage --tree
+check 'grep -q "by .*…" "$OUT"' "the tree cuts who presented a token, keeping the rest"
+COLUMNS=80 tl --db "$WDB" status --columns profile,entry,provider,label,cred,access,expires,gen,rt
+check 'head -1 "$OUT" | grep -qw entry && head -1 "$OUT" | grep -qw gen' "--columns keeps every column asked for"
+pty 200 status
+check 'head -1 "$OUT" | grep -qw entry' "a wide terminal shows the entry id"
+# --help: min(terminal, 80)
+for cols in 80 60; do
+  for c in "" status import "profile add" keep-fresh serve; do
+    # shellcheck disable=SC2086
+    pty "$cols" $c --help
+    check '[ "$(widest)" -le "$cols" ]' "'${c:-tokenledger} --help' wraps at $cols ($(widest))"
+  done
+done
+tl --help; check '[ "$(wc -L < "$OUT")" -le 80 ]' "piped --help wraps at 80 ($(wc -L < "$OUT"))"
+COLUMNS=200 tl serve --help; check '[ "$(wc -L < "$OUT")" -le 80 ] && [ "$(wc -L < "$OUT")" -ge 70 ]' "a wide terminal's help still wraps at 80"
+
+# --- JSON that scripts can trust: flags are booleans
+tl --db "$WDB" serve --status --json; expect 3 "serve is down"
+check 'jq -e ".running == false" "$OUT" > /dev/null' "serve --status --json: running is false"
+set +e; jq -e .running "$OUT" > /dev/null; JRC=$?; set -e
+check '[ "$JRC" = 1 ]' "jq -e .running fails while serve is down (jq exit $JRC)"
+tl --db "$WDB" status --json
+check 'jq -e "all(.[]; (.strict | type) == \"boolean\") and all(.[]; has(\"access_token_state\") and (has(\"access_token\") | not))" "$OUT" > /dev/null' \
+  "status: strict is a boolean; access_token_state, no access_token key"
+tl --db "$WDB" profile list --json; check 'jq -e "all(.[]; .strict == false)" "$OUT" > /dev/null' "profile list: strict is false"
+tl --db "$WDB" doctor --json; check 'jq -e "all(.[]; (.ok | type) == \"boolean\")" "$OUT" > /dev/null' "doctor: ok is a boolean"
+tl --db "$WDB" refresh nous --profile "$L1" --json; check 'jq -e ".refreshed | type == \"boolean\"" "$OUT" > /dev/null' "refresh: refreshed is a boolean"
+
+# --- paths are shown, tokens are not
+tl --db "$WDB" profile add zed --home "$HOME/no/such/directory/for/this/profile"; expect 3 "a missing home"
+contains "'~/no/such/directory/for/this/profile'" "a path option is shown, as ~/..."
+lacks "shell history" "without the token warning"
+tl --db "$WDB" credential add nous --profile zed --refresh-token-file "$HOME/no/such/directory/refresh-token.txt"; expect 3 "a missing token file"
+contains "'~/no/such/directory/refresh-token.txt'" "--refresh-token-file is shown"
+tl --db "$WORK/no/such/directory/for/the/ledger.db" status; expect 3 "a missing ledger"
+lacks "$WORK/home" "the path is not printed with \$HOME spelled out"
+tl --db "$WDB" import "$WORK/eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9x"; expect 3 "a token-like path"
+lacks "eyJhbGciOiJIUzI1Ni" "a value that looks like a token is not echoed"; contains "shell history" "and says why"
+
+# --- did you mean: commands, options, subcommands, profiles, providers; no hint creates a misspelled name
+tl stauts; expect 2 "a misspelled command"; contains "did you mean 'tokenledger status'" "suggests the command"
+tl --db "$WDB" status --profil "$L1"; expect 2 "a misspelled option"; contains "did you mean --profile" "suggests the option"
+tl --db "$WDB" profile ad zed; expect 2 "a misspelled subcommand"; contains "did you mean 'tokenledger profile add'" "suggests it"
+tl --db "$WDB" token nous --profile defualt; expect 3 "a misspelled profile"; contains "did you mean profile 'default'" "suggests the profile"
+lacks "profile add defualt" "and does not suggest creating the misspelled one"
+tl --db "$WDB" token nuos --profile default; expect 3 "a misspelled provider"; contains "did you mean provider 'nous'" "suggests the provider"
+lacks "credential add nuos\|provider set nuos" "and does not suggest creating it"
+tl --db "$WDB" pool strategy nuos --profile default; expect 3 "a misspelled provider (pool)"; contains "did you mean provider 'nous'" "suggests it"
+tl --db "$WDB" provider set nuos --skew 60; expect 2 "provider set of a misspelled provider"; contains "did you mean provider 'nous'" "suggests it"
+tl --db "$WDB" status --columns profile,acess; expect 2 "a misspelled column"; contains "did you mean access?" "suggests the column"
+tl --db "$WDB" status --profile ghost; expect 3 "a profile with no near name"; contains "profile add ghost" "the add hint stays"
+tl status --version; expect 0 "--version after a command"; contains "^tokenledger [0-9]" "prints the version"
+tl version; expect 0 "tokenledger version"
+tl --db "$WDB" status -p "$L1" --json; check 'jq -e "length >= 1 and all(.[]; .profile == \"'"$L1"'\")" "$OUT" > /dev/null' "-p selects the profile"
+
+# --- refresh --force when another process just refreshed (a grant without Hermes files: the claim waits for it)
+tl --db "$WDB" profile add solo; tl --db "$WDB" profile add duo
+seed_rt "$WORK/rt-solo"
+tl --db "$WDB" credential add nous --profile solo --refresh-token-file "$WORK/rt-solo"; expect 0 "a grant by hand"
+tl --db "$WDB" credential add nous --profile duo --refresh-token-file "$WORK/rt-solo"; expect 0 "shared by a second profile"
+tl --db "$WDB" refresh nous --profile solo; expect 0 "its first refresh"
+admin fault "kind=slow&ms=2000&count=1" > /dev/null
+"$TL_BIN" --db "$WDB" refresh nous --profile solo --force > "$WORK/first.out" 2>&1 &
+fp=$!
+for _ in $(seq 200); do [ "$(sqlite3 "$WDB" "SELECT count(*) FROM refresh_attempt WHERE outcome = 'in_flight'" 2> /dev/null)" = 1 ] && break; sleep 0.05; done
+tl --db "$WDB" refresh nous --profile duo --force; expect 0 "a forced refresh while another process refreshes the same grant"
+set +e; wait $fp; FRC=$?; set -e
+cat "$WORK/first.out" >> "$ALL"
+contains "refreshed by another process just now" "says another process refreshed it, not 'already fresh (use --force)'"
+lacks "use --force" "and does not tell to use the --force it was given"
+check '[ "$FRC" = 0 ] && grep -q "refreshed;" "$WORK/first.out"' "the first one refreshed"
+
+# --- token falls back to the next usable pool entry (as Hermes' pool does)
+tl --db "$WDB" profile add pool2
+seed_rt "$WORK/rt-p1"; seed_rt "$WORK/rt-p2"
+tl --db "$WDB" credential add nous --profile pool2 --refresh-token-file "$WORK/rt-p1" --label first; expect 0 "first entry"
+tl --db "$WDB" credential add nous --profile pool2 --refresh-token-file "$WORK/rt-p2" --label second; expect 0 "second entry"
+P1=$(sqlite3 "$WDB" "SELECT credential_id FROM pool_entry e JOIN credential c ON c.id = e.credential_id WHERE c.label = 'first'")
+printf 'x-nous-refresh-token: %s\n' "$(cat "$WORK/rt-p1")" > "$WORK/hdr1"
+curl -s -o /dev/null -X POST "$URL/api/oauth/token" -H @"$WORK/hdr1" --data-binary 'grant_type=refresh_token&client_id=hermes-cli'
+tl --db "$WDB" token nous --profile pool2; expect 0 "the first grant is dead: token falls back to the second"
+check '[ -n "$(cat "$OUT")" ]' "and prints a token"
+check '[ "$(sqlite3 "$WDB" "SELECT status FROM credential WHERE id = $P1")" = needs_reauth ]' "the first grant is on record as needing a login"
+tl --db "$WDB" token nous --profile pool2 --json
+check 'jq -e ".credential != '"$P1"'" "$OUT" > /dev/null' "the next call goes to the live entry"
+tl --db "$WDB" status --profile pool2; contains "needs a new login" "status says the first one needs a login"
+
+no_secret_leak "$WORK/rt-w" "$WORK/rt-typed" "$WORK/rt-p1" "$WORK/rt-p2" "$WORK/rt-solo"
 finish

@@ -462,7 +462,7 @@ static void test_ledger__status_says_what_each_entry_can_give(void **state)
     assert_int_equal(tl_status_report(&r, f->s, "a", &err), TL_OK);
     assert_int_equal(tl_report_rows(r), 3);
     for (size_t row = 0; row < 3; row++) {
-      const char *entry = tl_report_get(r, row, "entry"), *access = tl_report_get(r, row, "access_token");
+      const char *entry = tl_report_get(r, row, "entry"), *access = tl_report_get(r, row, "access_token_state");
       const char *want = strcmp(entry, "k1") == 0 ? "api_key" : strcmp(entry, "b1") == 0 ? "borrowed" : cases[i].want;
       assert_string_equal(access, want);
       assert_string_equal(tl_report_get(r, row, "kind"), strcmp(want, "api_key") == 0    ? "api_key"

@@ -446,7 +446,7 @@ static void test_schema__profile_status_view_agrees_with_status(void **state)
     tl_report *r = NULL;
     assert_int_equal(tl_status_report(&r, f->s, "p", &err), TL_OK);
     assert_int_equal(tl_report_rows(r), 1);
-    const char *lib = tl_report_get(r, 0, "access_token");
+    const char *lib = tl_report_get(r, 0, "access_token_state");
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(f->s->db,
                                         "SELECT access_token, reason FROM v_profile_status WHERE profile = 'p'", -1,

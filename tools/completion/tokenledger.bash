@@ -63,7 +63,7 @@ _tokenledger()
       compopt -o filenames 2> /dev/null
       COMPREPLY=($(compgen -d -- "$cur"))
       return 0 ;;
-    --profile)
+    --profile | -p)
       COMPREPLY=($(compgen -W "$(_tokenledger_names "$bin" "$db" profile)" -- "$cur"))
       return 0 ;;
     --origin)
