@@ -337,7 +337,8 @@ WROOT="$HOME/wide-root"
 WDB="$WORK/wide.db"
 make_root "$WROOT" default "$L1" "$L2"
 mkdir -p "$WROOT/profiles/codex-$L1" "$WROOT/profiles/keys-$L1"
-cp "$CORPUS/03_codex_tokens.json" "$WROOT/profiles/codex-$L1/auth.json"
+jq '.providers = {"qwen-oauth": .providers."openai-codex".tokens} | .active_provider = "qwen-oauth"' \
+  "$CORPUS/03_codex_tokens.json" > "$WROOT/profiles/codex-$L1/auth.json" # no endpoint: never refreshed here
 cp "$CORPUS/06_api_keys_custom.json" "$WROOT/profiles/keys-$L1/auth.json"
 chmod 600 "$WROOT"/profiles/*/auth.json
 tl --db "$WDB" init; expect 0 "a second ledger"
