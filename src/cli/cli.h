@@ -31,7 +31,8 @@ enum {
   EXIT_TOONEW = 10,
   EXIT_CORRUPT = 11,
   EXIT_EXISTS = 12,
-  EXIT_IO = 13
+  EXIT_IO = 13,
+  EXIT_BADFILE = 14
 };
 
 /* ---- options and commands (args.c) ---------------------------------------- */
@@ -168,6 +169,8 @@ int cli_utf8(void);
 const char *cli_sgr(const char *code);
 /* A path with the user's home directory shown as ~. */
 const char *cli_tilde(char *buf, size_t n, const char *path);
+/* One line per Hermes home that holds grants the ledger does not keep, with the exact import command. */
+void cli_new_homes_hints(tl_store *s, FILE *to, const char *prefix);
 /* An ISO 8601 time as "YYYY-MM-DD HH:MM:SS" (a copy when it is not one). */
 const char *cli_time(char *buf, size_t n, const char *iso);
 /* Seconds as "3h12m", "45s", "2d4h". */

@@ -55,6 +55,9 @@ static int has_profile(tl_store *s, const char *name)
   return listed(s, tl_profile_list, name);
 }
 
+/* The ledger the hint being given may look things up in (set by cli_fail for the situation hints). */
+static tl_store *cli_hint_store;
+
 int cli_has_provider(tl_store *s, const char *name)
 {
   return listed(s, tl_provider_list, name);
@@ -95,6 +98,38 @@ static int64_t credential_in(const char *msg)
     if (p[11] >= '1' && p[11] <= '9')
       return strtoll(p + 11, NULL, 10);
   return 0;
+}
+
+/*
+ * A Hermes file that cannot be read (its path starts the message): moving it aside and syncing rewrites it
+ * from the ledger, which keeps every grant and every key it held; the profile is the one whose home holds it.
+ */
+static void file_hint(const tl_error *err, const char *m)
+{
+  char path[4096], shown[4200], home[4096], profile[80] = "";
+  snprintf(path, sizeof path, "%.*s", (int)strcspn(m, " "), m);
+  size_t l = strlen(path);
+  if (l && path[l - 1] == ':')
+    path[--l] = '\0';
+  const char *base = strrchr(path, '/');
+  if (!base || (strcmp(base, "/auth.json") != 0 && strcmp(base, "/nous_auth.json") != 0)) {
+    hint(err, "look at the file the message names; 'tokenledger doctor' checks every Hermes file the ledger keeps");
+    return;
+  }
+  snprintf(home, sizeof home, "%.*s", (int)(base - path), path);
+  tl_store *s = cli_hint_store;
+  tl_report *r = NULL;
+  tl_error ignore = {0};
+  if (s && strcmp(base, "/auth.json") == 0 && tl_profile_list(&r, s, &ignore) == TL_OK)
+    for (size_t i = 0; i < tl_report_rows(r) && !*profile; i++)
+      if (tl_report_get(r, i, "home") && strcmp(tl_report_get(r, i, "home"), home) == 0)
+        snprintf(profile, sizeof profile, "%s", tl_report_get(r, i, "name"));
+  tl_report_free(r);
+  cli_tilde(shown, sizeof shown, path);
+  hint(err,
+       "the other files were synced; this one is left as it is. Move it aside and let the ledger rewrite it: 'mv %s "
+       "%s.bad && tokenledger sync %s%s'",
+       shown, shown, *profile ? "--profile " : "--all", profile);
 }
 
 /*
@@ -143,6 +178,8 @@ static int situation_hint(const tl_error *err, tl_status rc, const char *provide
   } else if (rc == TL_EREUSE && strstr(m, "The file is stale")) {
     hint(err, "'tokenledger sync --profile %s' rewrites a profile's own auth.json with the ledger's current tokens", f);
     return 0; /* the reuse hint follows */
+  } else if (rc == TL_EFILE) {
+    file_hint(err, m);
   } else {
     return 0;
   }
@@ -178,6 +215,7 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
     if (!*profile)
       snprintf(profile, sizeof profile, "%s", f);
   }
+  cli_hint_store = s;
   if (situation_hint(err, rc, provider, profile, cred))
     return code;
   switch (rc) {
