@@ -184,6 +184,9 @@ static int run_sync(const cli_cmd *c, cli_args *a)
   tl_error err = {0};
   tl_status rc = tl_sync(&r, s, profile, &err);
   cli_ctx ctx = {s, profile, NULL, 0};
+  /* Homes Hermes made that no profile keeps: named, with the import command; not adopted (README: sync). */
+  if (rc == TL_OK || r)
+    cli_new_homes_hints(s, stderr, "note: ");
   return finish_files(s, rc, r, &err, &ctx, &o);
 }
 
@@ -395,8 +398,11 @@ static void attention_hints(tl_store *s, const tl_report *r)
     if (strstr(d, "unknown outcome"))
       snprintf(cmd, sizeof cmd, "tokenledger recover --credential %s --assume-not-sent' or '--mark-dead", cred);
     else if (strstr(d, "login")) {
+      char advice[900];
       first_profile(profile, sizeof profile, s, cred);
-      snprintf(cmd, sizeof cmd, "tokenledger login %s --profile %s", p, *profile ? profile : "NAME");
+      cli_login_advice(advice, sizeof advice, s, strtoll(cred, NULL, 10), p, profile);
+      printf("    hint: %s\n", advice);
+      continue;
     } else if (strstr(d, "endpoint"))
       snprintf(cmd, sizeof cmd, "tokenledger provider set %s --token-url URL --client-id ID", p);
     if (*cmd && !strstr(d, cmd))
@@ -463,6 +469,25 @@ static void round_line(tl_store *s, const tl_report *r, int64_t round, char **la
   print_changes_of_round(r);
 }
 
+/* Homes Hermes made that no profile keeps, in a service's log: when the list changes, not every round. */
+static void new_homes_news(tl_store *s, char **last)
+{
+  char *text = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&text, &len);
+  if (!m)
+    return;
+  cli_new_homes_hints(s, m, "  note: ");
+  fclose(m);
+  if (text && (!*last || strcmp(text, *last) != 0)) {
+    fputs(text, stdout);
+    free(*last);
+    *last = text;
+  } else {
+    free(text);
+  }
+}
+
 static int run_keep_fresh(const cli_cmd *c, cli_args *a)
 {
   (void)c;
@@ -487,7 +512,7 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   int code = EXIT_OK, table = opt_on(a, "once");
-  char *last_attention = NULL;
+  char *last_attention = NULL, *last_homes = NULL;
   for (int64_t round = 1; !stop_requested && (rounds == 0 || round <= rounds); round++) {
     if (round > 1)
       wait_round(s, every, watch, o.json, round - 1);
@@ -510,8 +535,11 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
       cli_print(r, fresh_cols, &o, 0);
       if (table && !o.json)
         attention_hints(s, r);
+      if (table)
+        cli_new_homes_hints(s, stderr, "note: ");
     } else {
       round_line(s, r, round, &last_attention);
+      new_homes_news(s, &last_homes);
     }
     fflush(stdout);
     /* A file that cannot be read stays so until someone moves it: not transient. */
@@ -519,6 +547,7 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
     tl_report_free(r);
   }
   free(last_attention);
+  free(last_homes);
   tl_store_free(s);
   /* Stopped by a signal: the service did its job; the unit must not be marked failed. */
   return stop_requested ? EXIT_OK : code;

@@ -688,6 +688,11 @@ static void credential_hints(tl_store *s, int unknown)
     long long id = strtoll(tl_report_get(cr, k, "credential"), NULL, 10);
     if (!st || strcmp(st, unknown ? "uncertain" : "needs_reauth") != 0 || !profiles)
       continue; /* no profile uses it: nothing to do (the unused_credentials line) */
+    char who[600];
+    size_t len = 0;
+    for (const char *f = profiles; *f && len + 3 < sizeof who; f++) /* "default, work" */
+      len += (size_t)snprintf(who + len, sizeof who - len, *f == ',' ? ", " : "%c", *f);
+    profiles = who;
     if (unknown)
       fprintf(stderr,
               "hint: credential %lld (used by %s): decide with 'tokenledger recover --credential %lld "

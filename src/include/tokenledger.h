@@ -543,6 +543,20 @@ typedef void (*tl_login_prompt)(void *ud, const char *verification_uri, const ch
 TL_EXTERN tl_status tl_login(int64_t *out_credential, tl_store *store, const char *profile, const char *provider,
                              tl_login_prompt prompt, void *ud, tl_error *err);
 
+/**
+ * Logs in (as tl_login) in place of a dead credential, for every profile and
+ * shared store that used it: one login, one new grant. The new credential
+ * keeps the dead one's label; each profile's pool entry keeps its id and
+ * priority and now names the new grant, every grant place (a singleton, a
+ * shared Nous store) follows, and their Hermes files get it at once. The dead
+ * credential stays for its lineage, used by no profile.
+ * Errors: TL_ENOTFOUND (no such credential, no endpoints), TL_EINVAL (the
+ * credential is live, or no profile uses it), TL_EUNKNOWN (its last refresh
+ * has an unknown outcome: decide with tl_recover first), and tl_login's.
+ */
+TL_EXTERN tl_status tl_login_replace(int64_t *out_credential, tl_store *store, int64_t credential,
+                                     tl_login_prompt prompt, void *ud, tl_error *err);
+
 /* ------------------------------------------------------------------------ */
 /* Hermes interoperability                                                  */
 /* ------------------------------------------------------------------------ */

@@ -1566,8 +1566,10 @@ static tl_status home_grants(int *grants, int *unknown, tl_store *s, const char 
   tl_status rc = TL_OK;
   for (size_t i = 0; i < ss.n && rc == TL_OK; i++) {
     const char *rt = tl__hf_slot_rt(&ss.v[i]);
-    int known = 1;
-    if (!rt || tl__strict_is_surrogate(rt))
+    int known = 1, again = 0;
+    for (size_t k = 0; rt && k < i && !again; k++) /* one grant in the singleton and its pool row: one */
+      again = tl__hf_slot_rt(&ss.v[k]) && strcmp(tl__hf_slot_rt(&ss.v[k]), rt) == 0;
+    if (!rt || again || tl__strict_is_surrogate(rt))
       continue;
     (*grants)++;
     if ((rc = known_token(&known, s, rt, err)) == TL_OK && !known)

@@ -61,4 +61,90 @@ check 'jq -e ".credential_pool.nous | length == 1" "$RA" > /dev/null' "and Herme
 tl sync --all; expect 0 "sync --all is clean again"
 tl doctor; expect 0 "doctor is green again"
 
+# ====== items 1 and 8: a shared grant dies; doctor says what to run; one login replaces it everywhere ======
+admin config "approve_after=1" > /dev/null
+C=$(nous_cred default)
+check '[ "$(nous_cred work)" = "$C" ] && [ "$(nous_cred research)" = "$C" ]' "the three profiles share one grant"
+creds0=$(q "SELECT count(*) FROM credential")
+admin fault "kind=lose&count=1" > /dev/null
+tl refresh nous --profile work --force; expect 6 "a lost answer: unknown outcome"
+tl doctor --json; expect 1 "doctor fails while a credential in use waits for a decision"
+check '[ "$(check_ok unknown_outcomes)" = 0 ]' "the unknown_outcomes check fails"
+tl doctor; contains "hint: credential $C (used by default, research, work): decide with 'tokenledger recover --credential $C" \
+  "with the decision to make as its hint"
+tl recover --credential "$C" --mark-dead; expect 0 "give the grant up"
+contains "used by default, research, work: one login replaces it in all of them: 'tokenledger login nous --credential $C'" \
+  "recover says one login replaces the shared grant"
+tl doctor --json; expect 1 "doctor fails while a credential in use needs a login"
+check '[ "$(check_ok needs_reauth)" = 0 ] && [ "$(check_ok unknown_outcomes)" = 1 ]' "needs_reauth fails, unknown_outcomes no longer"
+tl doctor
+contains "hint: credential $C (nous, used by default, research, work): one login replaces it in all of them: 'tokenledger login nous --credential $C'" \
+  "doctor's hint: one login for the shared grant"
+tl token nous --profile research; expect 5 "the grant is dead"
+contains "one login replaces it in all of them: 'tokenledger login nous --credential $C'" "token's hint says the same"
+tl status; contains "credential $C needs a new login: used by default, research, work: one login replaces" "and status"
+entries_of() { q "SELECT group_concat(x, ' ') FROM (SELECT p.name || ':' || e.entry_id || ':' || e.priority AS x FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE e.credential_id = $1 ORDER BY 1)"; }
+entries0=$(entries_of "$C")
+tl login nous --credential "$C"; expect 0 "one login in place of the dead shared grant"
+N=$(nous_cred default)
+check '[ "$N" != "$C" ] && [ "$(nous_cred work)" = "$N" ] && [ "$(nous_cred research)" = "$N" ]' "every profile now uses the one new grant"
+check '[ "$(q "SELECT count(*) FROM credential")" = $((creds0 + 1)) ]' "exactly one new grant (not one per profile)"
+check '[ "$(counter device_grants)" = 1 ]' "after exactly one device login"
+check '[ "$(q "SELECT label FROM credential WHERE id = $N")" = alice@example.com ]' "the new grant keeps the label"
+check '[ "$(entries_of "$N")" = "$entries0" ]' \
+  "each profile's pool entry keeps its id and priority"
+check '[ "$(q "SELECT count(*) FROM pool_entry WHERE credential_id = $C") $(q "SELECT count(*) FROM grant_place WHERE credential_id = $C")" = "0 0" ]' \
+  "no profile or shared store uses the dead grant any more"
+LIVE=$(q "SELECT secret FROM refresh_token WHERE state = 'current' AND credential_id = $N")
+check '[ "$(rt_of "$ROOT/auth.json")" = "$LIVE" ] && [ "$(rt_of "$ROOT/profiles/work/auth.json")" = "$LIVE" ] && [ "$(rt_of "$RA")" = "$LIVE" ]' \
+  "every profile's auth.json holds the new grant"
+check '[ -e "$ROOT/shared/nous_auth.json" ] && [ "$(rt_of "$ROOT/shared/nous_auth.json")" = "$LIVE" ]' "so does the shared store"
+tl token nous --profile research; expect 0 "research works again"
+tl doctor --json; expect 0 "doctor is green again once no profile uses a dead grant"
+check 'check_detail unused_credentials | grep -q "^1 dead or undecided credential"' "the replaced grant is an informational line"
+tl login nous --credential "$N"; expect 2 "a live grant is not replaced"; contains "is live" "says why"
+tl login nous --credential "$C"; expect 2 "nor one no profile uses any more"; contains "used by no profile" "says why"
+
+# the portal revokes the new grant's family (a spent token presented outside); then one login per profile, as
+# the old hints led people to do: doctor turns green too, and a removed dead grant needs nobody either
+OLD_RT=$LIVE
+tl refresh nous --profile default --force; expect 0 "a rotation"
+curl -s -o /dev/null -X POST "$URL/api/oauth/token" -H "x-nous-refresh-token: $OLD_RT" -d grant_type=refresh_token -d client_id=hermes-cli
+tl refresh nous --profile default --force; expect 5 "the portal revoked the family: the grant is dead"
+tl doctor; expect 1 "doctor fails"
+for p in default work research; do tl login nous --profile "$p"; expect 0 "login for $p"; done
+tl doctor; expect 0 "every profile logged in again: doctor is green (it stayed red for good before)"
+check '[ "$(q "SELECT count(DISTINCT label) FROM credential WHERE status = '"'"'active'"'"'")" = 1 ] && [ "$(q "SELECT label FROM credential WHERE id = $(nous_cred work)")" = alice@example.com ]' \
+  "a profile's own login keeps the label too"
+W=$(nous_cred work)
+admin fault "kind=lose&count=1" > /dev/null
+tl refresh nous --profile work --force; expect 6 "an unknown outcome"
+tl recover --credential "$W" --mark-dead; expect 0 "marked dead"
+contains "log in again with 'tokenledger login nous --profile work'" "a profile's own grant: a profile's own login"
+tl credential rm "$W"; expect 0 "the dead grant removed"
+tl doctor --json; expect 0 "a removed dead grant needs nobody: doctor is green"
+
+# ====== item 3: a profile Hermes created after the import ======
+seed=$(admin seed)
+mkdir -p "$ROOT/profiles/newbie"
+hermes_doc "$seed" newbie@example.com 0e0e0e > "$ROOT/profiles/newbie/auth.json"; chmod 600 "$ROOT/profiles/newbie/auth.json"
+IMPORT="tokenledger import ~/.hermes/profiles/newbie --profile newbie"
+tl sync --all; expect 0 "sync --all does not adopt a new home"
+contains "note: ~/.hermes/profiles/newbie holds 1 grant(s) no profile of the ledger keeps" "but names it"
+contains "'$IMPORT'" "with the exact import command"
+check '[ "$(q "SELECT count(*) FROM profile WHERE name = '"'"'newbie'"'"'")" = 0 ]' "and adopts nothing"
+tl keep-fresh --once; contains "'$IMPORT'" "keep-fresh names it too"
+tl keep-fresh --count 1 --interval 1; contains "note: ~/.hermes/profiles/newbie holds 1 grant" "also as a service"
+tl doctor --json; expect 1 "doctor fails while Hermes refreshes a grant alone"
+check '[ "$(check_ok new_profiles)" = 0 ]' "the new_profiles check fails"
+tl doctor; contains "hint: new_profiles: ~/.hermes/profiles/newbie holds 1 grant" "with its hint"; contains "'$IMPORT'" "naming the import"
+tl sync --profile newbie; expect 3 "the ledger does not know the profile"
+contains "hint: Hermes has a profile newbie the ledger does not keep yet: import it with '$IMPORT'" "the does-not-exist hint names the import"
+tl import "$ROOT/profiles/newbie" --profile newbie; expect 0 "the import command works"
+tl doctor; expect 0 "doctor is green again"
+tl sync --all; expect 0 "sync --all"; lacks "note:" "and says nothing more about it"
+
+rt_of "$WORK/research.good" > "$WORK/rt0"; echo "$LIVE" > "$WORK/rt1"
+no_secret_leak "$WORK/rt0" "$WORK/rt1"
+
 finish
