@@ -290,8 +290,8 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
       hint(err, "'tokenledger recover --help' explains how to resolve an unknown outcome");
     break;
   case TL_ENOTFOUND:
-    if (!s)
-      break;
+    if (!s || strstr(err ? err->message : "", "profile home"))
+      break; /* the directory is missing, not the profile: the command's own hint says what to add */
     if (*profile && tl_profile_name_valid(profile) && !has_profile(s, profile)) {
       /* Hermes made the profile after the import: its home is there to import, grants and all. */
       tl_report *nh = NULL;
