@@ -26,6 +26,14 @@
  *     removed when the grant dies, as Hermes does.
  *   - A file is rewritten only when something other than the derived
  *     expires_in / agent_key_expires_in fields changes.
+ *   - One bad file never stops the rest: a file that cannot be read as a
+ *     Hermes file leaves the operation untouched (nothing adopted from it,
+ *     nothing written over it), is reported as "unreadable", and the others
+ *     are synced; the operation then returns TL_EFILE with its report.
+ *
+ * It also answers what a sync does not cover, for doctor and the CLI: the
+ * files it cannot read, and the Hermes homes under the ledger's roots that
+ * hold grants no profile keeps (tl_hermes_new_homes; reported, never adopted).
  */
 #include "hermes.h"
 
@@ -1471,12 +1479,16 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
       rc = add_home(&set, dir, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 1, err);
     sqlite3_reset(st);
   }
+  if (rc == TL_OK)
+    rc = drop_unreadable(&set, r, NULL, err); /* reported in r; the others go on */
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
   if (rc == TL_OK)
     rc = grants_of(&creds, &nc, s, &set, err);
   for (size_t i = 0; i < nc && rc == TL_OK; i++)
     rc = tl__hfset_for_credential(&all, s, creds[i], err);
+  if (rc == TL_OK)
+    rc = drop_unreadable(&all, NULL, NULL, err);
   if (rc == TL_OK && all.n)
     rc = run_sync(s, &all, r, err);
   free(creds);
