@@ -1094,9 +1094,12 @@ static tl_status adopt_locked(tl_store *s, tl__hfset *set, tl_report *report, tl
  * synced. It is only looked at here, without its lock: nothing is adopted from it and nothing written over it
  * (the locked read reads every remaining file again). *first gets the first such file's error, its status
  * TL_EFILE for a file that is not Hermes' shape (never transient: it stays bad until someone moves it). Only
- * running out of memory fails the call itself.
+ * running out of memory fails the call itself. With hermes_too (before a presentation), only a file Hermes
+ * could not read either leaves the set: not JSON, empty, not an object, not a regular file. One Hermes would
+ * still read (a duplicate key, a type it ignores, an oversized file) may hold a token Hermes rotated, so it
+ * stops the refresh as before: adopt before present.
  */
-static tl_status drop_unreadable(tl__hfset *set, tl_report *r, tl_error *first, tl_error *err)
+static tl_status drop_unreadable(tl__hfset *set, tl_report *r, tl_error *first, int hermes_too, tl_error *err)
 {
   for (size_t i = set->n; i-- > 0;) {
     tl__hf *f = &set->v[i];
@@ -1105,11 +1108,12 @@ static tl_status drop_unreadable(tl__hfset *set, tl_report *r, tl_error *first, 
     char sha[65];
     tl_error why = {0};
     tl_status rc = tl__hf_load(&doc, sha, NULL, f->path, &why);
+    int hermes_reads = rc != TL_EINVAL || strstr(why.message, "duplicate") || strstr(why.message, "at most");
     if (rc == TL_OK)
       rc = tl__hf_walk(&ss, doc, f->path, f->shared ? TL_WALK_SHARED : 0, &why);
     tl__hf_slots_free(&ss);
     json_decref(doc);
-    if (rc == TL_OK || rc == TL_ENOTFOUND)
+    if (rc == TL_OK || rc == TL_ENOTFOUND || (hermes_too && hermes_reads))
       continue;
     if (rc == TL_ENOMEM)
       return tl__oom(err);
@@ -1191,7 +1195,7 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
   }
   /* A file that cannot be read holds nothing to adopt and takes nothing: the grant's other files go on. */
   if (rc == TL_OK)
-    rc = drop_unreadable(&set, NULL, NULL, err);
+    rc = drop_unreadable(&set, NULL, NULL, 1, err);
   if (rc != TL_OK || set.n == 0) {
     tl__hfset_free(&set);
     return rc != TL_OK ? rc : tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
@@ -1403,7 +1407,7 @@ tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const cha
     tl__hfset set = {0};
     rc = set_for_profile(&set, s, p.id, p.name, p.home, err);
     if (rc == TL_OK)
-      rc = drop_unreadable(&set, r, &bad, err);
+      rc = drop_unreadable(&set, r, &bad, 0, err);
     if (rc == TL_OK && set.n)
       rc = run_sync(s, &set, r, err);
     tl__hfset_free(&set);
@@ -1480,7 +1484,7 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
     sqlite3_reset(st);
   }
   if (rc == TL_OK)
-    rc = drop_unreadable(&set, r, NULL, err); /* reported in r; the others go on */
+    rc = drop_unreadable(&set, r, NULL, 0, err); /* reported in r; the others go on */
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
   if (rc == TL_OK)
@@ -1488,7 +1492,7 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
   for (size_t i = 0; i < nc && rc == TL_OK; i++)
     rc = tl__hfset_for_credential(&all, s, creds[i], err);
   if (rc == TL_OK)
-    rc = drop_unreadable(&all, NULL, NULL, err);
+    rc = drop_unreadable(&all, NULL, NULL, 0, err);
   if (rc == TL_OK && all.n)
     rc = run_sync(s, &all, r, err);
   free(creds);
@@ -1522,7 +1526,7 @@ tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *e
     rc = set_for_all(&set, s, err);
   }
   if (rc == TL_OK)
-    rc = drop_unreadable(&set, r, &bad, err);
+    rc = drop_unreadable(&set, r, &bad, 0, err);
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
   if (rc == TL_OK)
@@ -1545,7 +1549,7 @@ tl_status tl__hermes_files_doctor(int *ok, char *detail, size_t n, tl_store *s, 
   tl_status rc = set_for_all(&set, s, err);
   size_t total = set.n;
   if (rc == TL_OK)
-    rc = drop_unreadable(&set, NULL, &bad, err);
+    rc = drop_unreadable(&set, NULL, &bad, 0, err);
   size_t nbad = total - set.n;
   tl__hfset_free(&set);
   if (rc != TL_OK)

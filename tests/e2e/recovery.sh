@@ -60,6 +60,17 @@ check '[ "$(rt_of "$RA")" = "$NEW_RT" ]' "with the ledger's current grant"
 check 'jq -e ".credential_pool.nous | length == 1" "$RA" > /dev/null' "and Hermes' shape"
 tl sync --all; expect 0 "sync --all is clean again"
 tl doctor; expect 0 "doctor is green again"
+# a file Hermes would still read (a duplicate key: Python's json keeps the last) may hold a token Hermes
+# rotated: sync goes on without it, but nothing is presented while it holds the grant (adopt before present)
+cp "$RA" "$WORK/research.now"
+{ printf '{"version": 1,\n'; tail -c +2 "$WORK/research.now"; } > "$RA"; chmod 600 "$RA"
+r=$(counter refreshes)
+tl refresh nous --profile default --force
+check '[ "$RC" != 0 ] && [ "$(counter refreshes)" = "$r" ]' "a file Hermes would read but the ledger cannot: nothing presented"
+contains "duplicate" "and says why"
+tl sync --all; expect 14 "sync --all still does the other files"
+cp "$WORK/research.now" "$RA"
+tl sync --all; expect 0 "the file back: all clean"
 
 # ====== items 1 and 8: a shared grant dies; doctor says what to run; one login replaces it everywhere ======
 admin config "approve_after=1" > /dev/null
