@@ -731,6 +731,18 @@ void cli_new_homes_hints(tl_store *s, FILE *to, const char *prefix)
   tl_report_free(r);
 }
 
+/* The checks that fail only when the ledger's own file or rows are damaged. */
+static int damaged_check(const char *check)
+{
+  static const char *const names[] = {"integrity",     "foreign_keys",       "wal",
+                                      "schema",        "unique_fingerprint", "one_live_rt",
+                                      "one_in_flight", "lineage_shape",      "spent_secrets_erased"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (strcmp(check, names[i]) == 0)
+      return 1;
+  return 0;
+}
+
 /* What to run for each failed check (the library says what it found): every failed check gets its next step. */
 static void doctor_hints(const tl_report *r, tl_store *s, const char *db)
 {
@@ -767,11 +779,14 @@ static void doctor_hints(const tl_report *r, tl_store *s, const char *db)
                       "('mv FILE FILE.bad') and syncing again rewrites it from the ledger\n");
     else if (strcmp(check, "new_profiles") == 0)
       cli_new_homes_hints(s, stderr, "hint: new_profiles: ");
-    else /* integrity, foreign_keys, wal, schema, the lineage invariants: the ledger itself is damaged */
+    else if (damaged_check(check)) /* the ledger itself is damaged */
       fprintf(stderr,
               "hint: %s: the ledger itself is damaged: stop keep-fresh and serve and keep a copy as evidence "
               "('cp %s %s.broken'); the detail says what is wrong, and nothing repairs it by guessing\n",
               check, shown, shown);
+    else /* a check this version has no advice for: where its meaning is written */
+      fprintf(stderr, "hint: %s: the detail says what is wrong; 'man tokenledger' (doctor) says what the check means\n",
+              check);
   }
 }
 

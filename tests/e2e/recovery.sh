@@ -155,6 +155,21 @@ tl import "$ROOT/profiles/newbie" --profile newbie; expect 0 "the import command
 tl doctor; expect 0 "doctor is green again"
 tl sync --all; expect 0 "sync --all"; lacks "note:" "and says nothing more about it"
 
+# ====== every failed check ends with its next step ======
+# damage the ledger (a reference to a credential that does not exist), give Hermes a truncated file and a
+# new home at once
+q "INSERT INTO grant_place (profile_id, place, credential_id, updated_at) VALUES (NULL, 'shared:/nonexistent/nous_auth.json', 99999, 0)"
+mkdir -p "$ROOT/profiles/late"; hermes_doc "$(admin seed)" late@example.com 1a1a1a > "$ROOT/profiles/late/auth.json"
+cp "$RA" "$WORK/research.keep"; head -c 50 "$WORK/research.keep" > "$RA"
+tl doctor --json; expect 1 "doctor with three problems"
+jq -r '.[] | select(.ok == 0) | .check' "$OUT" > "$WORK/failed"
+check '[ "$(sort "$WORK/failed" | tr "\n" " ")" = "foreign_keys hermes_files new_profiles " ]' "the three checks fail ($(tr "\n" " " < "$WORK/failed"))"
+tl doctor
+for c in $(cat "$WORK/failed"); do contains "^hint: $c: " "the failed check $c ends with a hint"; done
+contains "hint: foreign_keys: the ledger itself is damaged" "damage is called damage"
+q "DELETE FROM grant_place WHERE credential_id = 99999"
+cp "$WORK/research.keep" "$RA"; rm -r "$ROOT/profiles/late"
+tl doctor; expect 0 "and green once each is dealt with"
 rt_of "$WORK/research.good" > "$WORK/rt0"; echo "$LIVE" > "$WORK/rt1"
 no_secret_leak "$WORK/rt0" "$WORK/rt1"
 
