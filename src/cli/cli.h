@@ -31,7 +31,8 @@ enum {
   EXIT_TOONEW = 10,
   EXIT_CORRUPT = 11,
   EXIT_EXISTS = 12,
-  EXIT_IO = 13
+  EXIT_IO = 13,
+  EXIT_BADFILE = 14
 };
 
 /* ---- options and commands (args.c) ---------------------------------------- */
@@ -188,6 +189,11 @@ const char *cli_sgr(const char *code);
 const char *cli_tilde_text(char *buf, size_t n, const char *text);
 /* A path with the user's home directory shown as ~. */
 const char *cli_tilde(char *buf, size_t n, const char *path);
+/* What to run for a credential that needs a new login, naming every profile that uses it: a grant several profiles
+ * share gets one login in place of it ('login P --credential N'), a profile's own grant 'login P --profile X'. */
+void cli_login_advice(char *buf, size_t n, tl_store *s, int64_t cred, const char *provider, const char *profile);
+/* One line per Hermes home that holds grants the ledger does not keep, with the exact import command. */
+void cli_new_homes_hints(tl_store *s, FILE *to, const char *prefix);
 /* An ISO 8601 time as "YYYY-MM-DD HH:MM:SS" (a copy when it is not one). */
 const char *cli_time(char *buf, size_t n, const char *iso);
 /* Seconds as "3h12m", "45s", "2d4h". */

@@ -33,7 +33,10 @@ static const cli_col files_cols[] = {{"profile", NULL, COL_DEFAULT | COL_SHRINK}
 static int finish_files(tl_store *s, tl_status rc, tl_report *r, const tl_error *err, const cli_ctx *ctx,
                         const cli_out *o)
 {
-  int code = rc == TL_OK ? cli_print(r, files_cols, o, 0) : cli_fail(ctx, err, rc);
+  /* With a file that cannot be read, the others were synced: their table, then the bad file's error and hint. */
+  int code = rc == TL_OK || r ? cli_print(r, files_cols, o, 0) : EXIT_OK;
+  if (rc != TL_OK)
+    code = cli_fail(ctx, err, rc);
   tl_report_free(r);
   tl_store_free(s);
   return code;
@@ -181,6 +184,9 @@ static int run_sync(const cli_cmd *c, cli_args *a)
   tl_error err = {0};
   tl_status rc = tl_sync(&r, s, profile, &err);
   cli_ctx ctx = {s, profile, NULL, 0};
+  /* Homes Hermes made that no profile keeps: named, with the import command; not adopted (README: sync). */
+  if (rc == TL_OK || r)
+    cli_new_homes_hints(s, stderr, "note: ");
   return finish_files(s, rc, r, &err, &ctx, &o);
 }
 
@@ -301,7 +307,8 @@ static int ids_of(char *buf, size_t n, const tl_report *r, const char *action)
 {
   size_t len = 0;
   int count = 0;
-  buf[0] = '\0';
+  if (n)
+    buf[0] = '\0';
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action"), *cred = tl_report_get(r, i, "credential");
     if (!a || strcmp(a, action) != 0)
@@ -324,7 +331,8 @@ static char *attention_of(const tl_report *r)
   out[0] = '\0';
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action");
-    if (!a || (strcmp(a, "attention") != 0 && strcmp(a, "failed") != 0 && strcmp(a, "waiting") != 0))
+    if (!a || (strcmp(a, "attention") != 0 && strcmp(a, "failed") != 0 && strcmp(a, "waiting") != 0 &&
+               strcmp(a, "sync:unreadable") != 0))
       continue;
     const char *cred = tl_report_get(r, i, "credential"), *p = tl_report_get(r, i, "provider"),
                *d = tl_report_get(r, i, "detail");
@@ -371,14 +379,30 @@ static void attention_hints(tl_store *s, const tl_report *r)
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action"), *d = tl_report_get(r, i, "detail");
     const char *cred = tl_report_get(r, i, "credential"), *p = tl_report_get(r, i, "provider");
+    if (a && strcmp(a, "sync:unreadable") == 0 && d) {
+      /* "PROFILE PATH: why": the other files were synced; moving this one aside lets sync rewrite it */
+      const char *path = strchr(d, ' ');
+      char file[4096], shown[4200];
+      snprintf(file, sizeof file, "%.*s", path ? (int)strcspn(path + 1, " ") : 0, path ? path + 1 : "");
+      size_t l = strlen(file);
+      if (l && file[l - 1] == ':')
+        file[l - 1] = '\0';
+      cli_tilde(shown, sizeof shown, file);
+      printf("    hint: move it aside and let the ledger rewrite it: 'mv %s %s.bad && tokenledger sync %s%.*s'\n",
+             shown, shown, d[0] == '(' ? "--all" : "--profile ", d[0] == '(' ? 0 : (int)strcspn(d, " "), d);
+      continue;
+    }
     if (!a || strcmp(a, "attention") != 0 || !d || !p || !cred)
       continue;
     cmd[0] = '\0';
     if (strstr(d, "unknown outcome"))
       snprintf(cmd, sizeof cmd, "tokenledger recover --credential %s --assume-not-sent' or '--mark-dead", cred);
     else if (strstr(d, "login")) {
+      char advice[900];
       first_profile(profile, sizeof profile, s, cred);
-      snprintf(cmd, sizeof cmd, "tokenledger login %s --profile %s", p, *profile ? profile : "NAME");
+      cli_login_advice(advice, sizeof advice, s, strtoll(cred, NULL, 10), p, profile);
+      printf("    hint: %s\n", advice);
+      continue;
     } else if (strstr(d, "endpoint"))
       snprintf(cmd, sizeof cmd, "tokenledger provider set %s --token-url URL --client-id ID", p);
     if (*cmd && !strstr(d, cmd))
@@ -392,7 +416,7 @@ static void print_changes_of_round(const tl_report *r)
   char buf[4200];
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action"), *d = tl_report_get(r, i, "detail");
-    if (a && strncmp(a, "sync:", 5) == 0)
+    if (a && strncmp(a, "sync:", 5) == 0 && strcmp(a, "sync:unreadable") != 0)
       printf("  sync: %s: %s\n", cli_tilde(buf, sizeof buf, d ? d : "-"), a + 5);
   }
 }
@@ -407,6 +431,7 @@ static void round_line(tl_store *s, const tl_report *r, int64_t round, char **la
   int nwait = ids_of(line, sizeof line, r, "waiting");
   int natt = ids_of(attention, sizeof attention, r, "attention");
   int nfail = ids_of(failed, sizeof failed, r, "failed");
+  int nbad = ids_of(line, sizeof line, r, "sync:unreadable");
   int nsync = 0;
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action");
@@ -423,7 +448,9 @@ static void round_line(tl_store *s, const tl_report *r, int64_t round, char **la
     PART(" %d need%s attention (credential %s);", natt, natt == 1 ? "s" : "", attention);
   if (nfail)
     PART(" %d failed (credential %s);", nfail, failed);
-  PART(" %d file change%s synced", nsync, nsync == 1 ? "" : "s");
+  if (nbad)
+    PART(" %d Hermes file%s cannot be read;", nbad, nbad == 1 ? "" : "s");
+  PART(" %d file change%s synced", nsync - nbad, nsync - nbad == 1 ? "" : "s");
 #undef PART
   puts(line);
   char *now = attention_of(r);
@@ -440,6 +467,25 @@ static void round_line(tl_store *s, const tl_report *r, int64_t round, char **la
     *last_attention = now;
   }
   print_changes_of_round(r);
+}
+
+/* Homes Hermes made that no profile keeps, in a service's log: when the list changes, not every round. */
+static void new_homes_news(tl_store *s, char **last)
+{
+  char *text = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&text, &len);
+  if (!m)
+    return;
+  cli_new_homes_hints(s, m, "  note: ");
+  fclose(m);
+  if (text && (!*last || strcmp(text, *last) != 0)) {
+    fputs(text, stdout);
+    free(*last);
+    *last = text;
+  } else {
+    free(text);
+  }
 }
 
 static int run_keep_fresh(const cli_cmd *c, cli_args *a)
@@ -466,7 +512,7 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   int code = EXIT_OK, table = opt_on(a, "once");
-  char *last_attention = NULL;
+  char *last_attention = NULL, *last_homes = NULL;
   for (int64_t round = 1; !stop_requested && (rounds == 0 || round <= rounds); round++) {
     if (round > 1)
       wait_round(s, every, watch, o.json, round - 1);
@@ -489,14 +535,19 @@ static int run_keep_fresh(const cli_cmd *c, cli_args *a)
       cli_print(r, fresh_cols, &o, 0);
       if (table && !o.json)
         attention_hints(s, r);
+      if (table)
+        cli_new_homes_hints(s, stderr, "note: ");
     } else {
       round_line(s, r, round, &last_attention);
+      new_homes_news(s, &last_homes);
     }
     fflush(stdout);
+    /* A file that cannot be read stays so until someone moves it: not transient. */
+    code = ids_of(NULL, 0, r, "sync:unreadable") ? EXIT_BADFILE : failures ? EXIT_TRANSIENT : EXIT_OK;
     tl_report_free(r);
-    code = failures ? EXIT_TRANSIENT : EXIT_OK;
   }
   free(last_attention);
+  free(last_homes);
   tl_store_free(s);
   /* Stopped by a signal: the service did its job; the unit must not be marked failed. */
   return stop_requested ? EXIT_OK : code;

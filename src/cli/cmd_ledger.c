@@ -688,9 +688,79 @@ const cli_cmd cli_cmd_pool = {"pool",
 
 /* ---- doctor ---------------------------------------------------------------- */
 
-/* What to run for each failed check (the library says what it found). */
-static void doctor_hints(const tl_report *r, tl_store *s)
+/* The credentials of a doctor check that still need someone: one hint each, naming every profile that uses it. */
+static void credential_hints(tl_store *s, int unknown)
 {
+  tl_report *cr = NULL;
+  tl_error err = {0};
+  if (tl_credential_list(&cr, s, &err) != TL_OK)
+    return;
+  for (size_t k = 0; k < tl_report_rows(cr); k++) {
+    const char *st = tl_report_get(cr, k, "status"), *profiles = tl_report_get(cr, k, "profiles");
+    const char *provider = tl_report_get(cr, k, "provider");
+    long long id = strtoll(tl_report_get(cr, k, "credential"), NULL, 10);
+    if (!st || strcmp(st, unknown ? "uncertain" : "needs_reauth") != 0 || !profiles)
+      continue; /* no profile uses it: nothing to do (the unused_credentials line) */
+    char who[600];
+    size_t len = 0;
+    for (const char *f = profiles; *f && len + 3 < sizeof who; f++) /* "default, work" */
+      len += (size_t)snprintf(who + len, sizeof who - len, *f == ',' ? ", " : "%c", *f);
+    profiles = who;
+    if (unknown)
+      fprintf(stderr,
+              "hint: credential %lld (used by %s): decide with 'tokenledger recover --credential %lld "
+              "--assume-not-sent' or '--mark-dead' ('tokenledger recover --help')\n",
+              id, profiles, id);
+    else if (strchr(profiles, ','))
+      fprintf(stderr,
+              "hint: credential %lld (%s, used by %s): one login replaces it in all of them: 'tokenledger login %s "
+              "--credential %lld'\n",
+              id, provider, profiles, provider, id);
+    else
+      fprintf(stderr,
+              "hint: credential %lld (%s, used by %s): log in again with 'tokenledger login %s --credential %lld'\n",
+              id, provider, profiles, provider, id);
+  }
+  tl_report_free(cr);
+}
+
+/* Homes Hermes made that the ledger does not keep: the exact import command for each. */
+void cli_new_homes_hints(tl_store *s, FILE *to, const char *prefix)
+{
+  tl_report *r = NULL;
+  tl_error err = {0};
+  char shown[4200];
+  if (tl_hermes_new_homes(&r, s, &err) != TL_OK)
+    return;
+  for (size_t i = 0; i < tl_report_rows(r); i++) {
+    const char *home = tl_report_get(r, i, "home"), *name = tl_report_get(r, i, "profile");
+    const char *grants = tl_report_get(r, i, "grants");
+    cli_tilde(shown, sizeof shown, home);
+    fprintf(to,
+            "%s%s holds %s grant(s) no profile of the ledger keeps (Hermes refreshes them alone); import it with "
+            "'tokenledger import %s --profile %s'\n",
+            prefix, shown, grants, shown, name);
+  }
+  tl_report_free(r);
+}
+
+/* The checks that fail only when the ledger's own file or rows are damaged. */
+static int damaged_check(const char *check)
+{
+  static const char *const names[] = {"integrity",     "foreign_keys",       "wal",
+                                      "schema",        "unique_fingerprint", "one_live_rt",
+                                      "one_in_flight", "lineage_shape",      "spent_secrets_erased"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (strcmp(check, names[i]) == 0)
+      return 1;
+  return 0;
+}
+
+/* What to run for each failed check (the library says what it found): every failed check gets its next step. */
+static void doctor_hints(const tl_report *r, tl_store *s, const char *db)
+{
+  char shown[4200];
+  cli_tilde(shown, sizeof shown, db ? db : "LEDGER");
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *check = tl_report_get(r, i, "check"), *ok = tl_report_get(r, i, "ok");
     if (!check || !ok || strcmp(ok, "1") == 0)
@@ -712,32 +782,27 @@ static void doctor_hints(const tl_report *r, tl_store *s)
                       "the file's lock (until then the file is locked and adopted like any Hermes file)\n");
     else if (strcmp(check, "file_mode") == 0 || strcmp(check, "sqlite_files") == 0)
       fprintf(stderr, "hint: %s: 'tokenledger doctor --fix' repairs the modes of your own files\n", check);
-    else if (strcmp(check, "unknown_outcomes") == 0 || strcmp(check, "needs_reauth") == 0) {
-      tl_report *cr = NULL;
-      tl_error err = {0};
-      if (tl_credential_list(&cr, s, &err) != TL_OK)
-        continue;
-      int unknown = strcmp(check, "unknown_outcomes") == 0;
-      for (size_t k = 0; k < tl_report_rows(cr); k++) {
-        const char *st = tl_report_get(cr, k, "status"), *profiles = tl_report_get(cr, k, "profiles");
-        if (!st || strcmp(st, unknown ? "uncertain" : "needs_reauth") != 0 || (!unknown && !profiles))
-          continue;
-        cli_ctx ctx = {s, NULL, tl_report_get(cr, k, "provider"),
-                       strtoll(tl_report_get(cr, k, "credential"), NULL, 10)};
-        if (unknown)
-          fprintf(stderr,
-                  "hint: credential %lld: decide with 'tokenledger recover --credential %lld --assume-not-sent' or "
-                  "'--mark-dead' ('tokenledger recover --help')\n",
-                  (long long)ctx.credential, (long long)ctx.credential);
-        else
-          fprintf(stderr,
-                  "hint: credential %lld (%s, used by %s): log in again with 'tokenledger login %s --profile "
-                  "%.*s'\n",
-                  (long long)ctx.credential, ctx.provider, profiles, ctx.provider, (int)strcspn(profiles, ","),
-                  profiles);
-      }
-      tl_report_free(cr);
-    }
+    else if (strcmp(check, "directory") == 0)
+      fprintf(stderr, "hint: directory: keep the ledger in a directory of your own ('chmod 700 DIR', or move it and "
+                      "give --db)\n");
+    else if (strcmp(check, "write_lock") == 0)
+      fprintf(stderr, "hint: write_lock: see what the process the detail names is doing ('ps -p PID -o args'); "
+                      "writes resume when it ends\n");
+    else if (strcmp(check, "unknown_outcomes") == 0 || strcmp(check, "needs_reauth") == 0)
+      credential_hints(s, strcmp(check, "unknown_outcomes") == 0);
+    else if (strcmp(check, "hermes_files") == 0)
+      fprintf(stderr, "hint: hermes_files: 'tokenledger sync --all' names each file and why; moving one aside "
+                      "('mv FILE FILE.bad') and syncing again rewrites it from the ledger\n");
+    else if (strcmp(check, "new_profiles") == 0)
+      cli_new_homes_hints(s, stderr, "hint: new_profiles: ");
+    else if (damaged_check(check)) /* the ledger itself is damaged */
+      fprintf(stderr,
+              "hint: %s: the ledger itself is damaged: stop keep-fresh and serve and keep a copy as evidence "
+              "('cp %s %s.broken'); the detail says what is wrong, and nothing repairs it by guessing\n",
+              check, shown, shown);
+    else /* a check this version has no advice for: where its meaning is written */
+      fprintf(stderr, "hint: %s: the detail says what is wrong; 'man tokenledger' (doctor) says what the check means\n",
+              check);
   }
 }
 
@@ -781,7 +846,7 @@ static int run_doctor(const cli_cmd *c, cli_args *a)
   ctx.store = s;
   int code = rc == TL_OK ? cli_print(r, doctor_cols, &o, 0) : cli_fail(&ctx, &err, rc);
   if (code == EXIT_OK && problems) {
-    doctor_hints(r, s);
+    doctor_hints(r, s, path);
     fprintf(stderr, "tokenledger: doctor found %d problem(s)\n", problems);
     code = EXIT_FAILURE_;
   }

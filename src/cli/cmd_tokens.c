@@ -144,10 +144,62 @@ static void show_code(void *ud, const char *uri, const char *complete, const cha
     fprintf(stderr, "Waiting for approval...\n");
 }
 
+/* login --credential N: one login in place of a dead grant, for every profile and shared store that used it. */
+static int login_replace(cli_args *a, const char *provider)
+{
+  int64_t dead = 0, id = 0;
+  int prc = parse_int64(&dead, opt_str(a, "credential"), "--credential");
+  if (prc >= 0)
+    return prc;
+  tl_store *s = NULL;
+  int orc = cli_open(&s, 0, NULL);
+  if (orc >= 0)
+    return orc;
+  tl_report *r = NULL;
+  tl_error err = {0};
+  char label[512] = "", profiles[1024] = "", its[130] = "";
+  if (tl_credential_list(&r, s, &err) == TL_OK)
+    for (size_t i = 0; i < tl_report_rows(r); i++)
+      if (strtoll(tl_report_get(r, i, "credential"), NULL, 10) == dead) {
+        const char *l = tl_report_get(r, i, "label"), *f = tl_report_get(r, i, "profiles");
+        snprintf(its, sizeof its, "%s", tl_report_get(r, i, "provider"));
+        snprintf(label, sizeof label, "%s", l ? l : "");
+        snprintf(profiles, sizeof profiles, "%s", f ? f : "");
+      }
+  tl_report_free(r);
+  if (*its && strcmp(its, provider) != 0) {
+    tl_store_free(s);
+    return usage_error("credential %lld is a %s grant, not %s", (long long)dead, its, provider);
+  }
+  tl_store_set_actor(s, NULL, "login");
+  tl_status rc = tl_login_replace(&id, s, dead, show_code, NULL, &err);
+  progress_end();
+  cli_ctx ctx = {s, NULL, provider, dead};
+  int code;
+  if (rc != TL_OK) {
+    code = cli_fail(&ctx, &err, rc);
+  } else {
+    char idt[32], deadt[32];
+    snprintf(idt, sizeof idt, "%lld", (long long)id);
+    snprintf(deadt, sizeof deadt, "%lld", (long long)dead);
+    const char *keys[] = {"credential", "replaced", "provider", "label", "profiles"},
+               *vals[] = {idt, deadt, provider, *label ? label : NULL, profiles};
+    const int num[] = {1, 1, 0, 0, 0};
+    code = cli_result(a, 5, keys, vals, num,
+                      "logged in: credential %lld%s%s%s replaces credential %lld for %s and their Hermes files",
+                      (long long)id, *label ? " (" : "", label, *label ? ")" : "", (long long)dead,
+                      *profiles ? profiles : "its profiles");
+  }
+  tl_store_free(s);
+  return code;
+}
+
 static int run_login(const cli_cmd *c, cli_args *a)
 {
   (void)c;
   const char *provider = a->pos[0];
+  if (opt_str(a, "credential"))
+    return login_replace(a, provider);
   tl_store *s = NULL;
   int orc = cli_open(&s, 0, opt_str(a, "profile"));
   if (orc >= 0)
@@ -189,7 +241,10 @@ static int run_login(const cli_cmd *c, cli_args *a)
 }
 
 static const cli_opt login_opts[] = {
-    {"profile", "NAME", "the profile that gets the grant (default: 'default' when the ledger has it)", 0},
+    {"profile", "NAME", "the profile that gets the grant (default: 'default' when the ledger has it)", OPT_GROUP(1)},
+    {"credential", "ID",
+     "log in in place of this dead credential, for every profile and shared store that used it (one grant)",
+     OPT_GROUP(1)},
     CLI_OPT_JSON,
     {0}};
 const cli_cmd cli_cmd_login = {
@@ -201,7 +256,9 @@ const cli_cmd cli_cmd_login = {
     "log in with the device flow and store the new grant",
     "Logs in with the device authorization grant (RFC 8628): prints where to approve the login, waits (showing\n"
     "the time left on a terminal), and stores the new grant in the profile's pool, in place of a dead one, and\n"
-    "in the profile's Hermes files. Use it when a credential needs a new login.\n",
+    "in the profile's Hermes files. Use it when a credential needs a new login. With --credential ID, the one\n"
+    "new grant replaces the dead credential ID in every profile and shared store that used it, keeping its\n"
+    "label: a grant several profiles shared stays one grant.\n",
     login_opts,
     NULL};
 
@@ -232,7 +289,7 @@ static int run_recover(const cli_cmd *c, cli_args *a)
   if (rc != TL_OK) {
     code = cli_fail(&ctx, &err, rc);
   } else {
-    char idt[32], provider[130] = "", profile[80] = "";
+    char idt[32];
     snprintf(idt, sizeof idt, "%lld", (long long)id);
     const char *action = retry ? "retried" : rescue ? "rescued" : "marked_dead";
     const char *keys[] = {"credential", "action"}, *vals[] = {idt, action};
@@ -247,24 +304,9 @@ static int run_recover(const cli_cmd *c, cli_args *a)
                         "the file is removed",
                         (long long)id);
     else {
-      tl_report *r = NULL;
-      if (tl_credential_list(&r, s, &err) == TL_OK)
-        for (size_t i = 0; i < tl_report_rows(r); i++)
-          if (strtoll(tl_report_get(r, i, "credential"), NULL, 10) == id) {
-            const char *p = tl_report_get(r, i, "provider"), *f = tl_report_get(r, i, "profiles");
-            snprintf(provider, sizeof provider, "%s", p ? p : "");
-            snprintf(profile, sizeof profile, "%.*s", f ? (int)strcspn(f, ",") : 0, f ? f : "");
-          }
-      tl_report_free(r);
-      if (*profile)
-        code = cli_result(a, 2, keys, vals, num,
-                          "credential %lld marked dead: log in again with 'tokenledger login %s --profile %s'",
-                          (long long)id, provider, profile);
-      else
-        code = cli_result(a, 2, keys, vals, num,
-                          "credential %lld marked dead: log in again with 'tokenledger login %s --profile NAME' for "
-                          "the profile that needs it",
-                          (long long)id, provider);
+      char advice[900];
+      cli_login_advice(advice, sizeof advice, s, id, NULL, NULL);
+      code = cli_result(a, 2, keys, vals, num, "credential %lld marked dead: %s", (long long)id, advice);
     }
   }
   tl_store_free(s);

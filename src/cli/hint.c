@@ -57,6 +57,9 @@ static int has_profile(tl_store *s, const char *name)
   return listed(s, tl_profile_list, name);
 }
 
+/* The ledger the hint being given may look things up in (set by cli_fail for the situation hints). */
+static tl_store *cli_hint_store;
+
 int cli_has_provider(tl_store *s, const char *name)
 {
   return listed(s, tl_provider_list, name);
@@ -108,6 +111,57 @@ static void credential_of(tl_store *s, int64_t id, char *provider, size_t pn, ch
   tl_report_free(r);
 }
 
+void cli_login_advice(char *buf, size_t n, tl_store *s, int64_t cred, const char *provider, const char *profile)
+{
+  char profiles[512] = "", its[130] = "";
+  tl_report *r = NULL;
+  tl_error err = {0};
+  if (s && cred && tl_credential_list(&r, s, &err) == TL_OK)
+    for (size_t i = 0; i < tl_report_rows(r); i++)
+      if (strtoll(tl_report_get(r, i, "credential"), NULL, 10) == cred) {
+        const char *f = tl_report_get(r, i, "profiles");
+        size_t len = 0;
+        for (; f && *f && len + 3 < sizeof profiles; f++) /* "default, work" */
+          len += (size_t)snprintf(profiles + len, sizeof profiles - len, *f == ',' ? ", " : "%c", *f);
+        snprintf(its, sizeof its, "%s", tl_report_get(r, i, "provider"));
+      }
+  tl_report_free(r);
+  if (*its)
+    provider = its;
+  else if (!provider || !*provider)
+    provider = "PROVIDER";
+  const char *comma = strchr(profiles, ',');
+  if (comma) /* one grant shared: one login keeps it one grant */
+    snprintf(buf, n, "used by %s: one login replaces %s: 'tokenledger login %s --credential %lld'", profiles,
+             strchr(comma + 1, ',') ? "it in all of them" : "both", provider, (long long)cred);
+  else if (*profiles || (profile && *profile))
+    snprintf(buf, n, "log in again with 'tokenledger login %s --profile %s'", provider, *profiles ? profiles : profile);
+  else
+    snprintf(buf, n, "log in again with 'tokenledger login %s --profile NAME' for the profile that needs it", provider);
+}
+
+/* The profile's dead credential for the provider (0 if none): what a login would replace. */
+static int64_t dead_credential_of(tl_store *s, const char *provider, const char *profile)
+{
+  tl_report *r = NULL;
+  tl_error err = {0};
+  int64_t id = 0;
+  size_t pl = strlen(profile);
+  if (tl_credential_list(&r, s, &err) != TL_OK)
+    return 0;
+  for (size_t i = 0; i < tl_report_rows(r) && !id; i++) {
+    const char *p = tl_report_get(r, i, "provider"), *st = tl_report_get(r, i, "status");
+    const char *f = tl_report_get(r, i, "profiles");
+    if (!p || !st || !f || strcmp(p, provider) != 0 || strcmp(st, "needs_reauth") != 0)
+      continue;
+    for (const char *q = f; *q; q += strcspn(q, ","), q += *q == ',')
+      if (strncmp(q, profile, pl) == 0 && (q[pl] == ',' || q[pl] == '\0'))
+        id = strtoll(tl_report_get(r, i, "credential"), NULL, 10);
+  }
+  tl_report_free(r);
+  return id;
+}
+
 /* The text after the first `key` in a message, up to `end` (empty when absent). */
 static void text_after(char *buf, size_t n, const char *msg, const char *key, const char *end)
 {
@@ -126,6 +180,38 @@ static int64_t credential_in(const char *msg)
     if (p[11] >= '1' && p[11] <= '9')
       return strtoll(p + 11, NULL, 10);
   return 0;
+}
+
+/*
+ * A Hermes file that cannot be read (its path starts the message): moving it aside and syncing rewrites it
+ * from the ledger, which keeps every grant and every key it held; the profile is the one whose home holds it.
+ */
+static void file_hint(const tl_error *err, const char *m)
+{
+  char path[4096], shown[4200], home[4096], profile[80] = "";
+  snprintf(path, sizeof path, "%.*s", (int)strcspn(m, " "), m);
+  size_t l = strlen(path);
+  if (l && path[l - 1] == ':')
+    path[--l] = '\0';
+  const char *base = strrchr(path, '/');
+  if (!base || (strcmp(base, "/auth.json") != 0 && strcmp(base, "/nous_auth.json") != 0)) {
+    hint(err, "look at the file the message names; 'tokenledger doctor' checks every Hermes file the ledger keeps");
+    return;
+  }
+  snprintf(home, sizeof home, "%.*s", (int)(base - path), path);
+  tl_store *s = cli_hint_store;
+  tl_report *r = NULL;
+  tl_error ignore = {0};
+  if (s && strcmp(base, "/auth.json") == 0 && tl_profile_list(&r, s, &ignore) == TL_OK)
+    for (size_t i = 0; i < tl_report_rows(r) && !*profile; i++)
+      if (tl_report_get(r, i, "home") && strcmp(tl_report_get(r, i, "home"), home) == 0)
+        snprintf(profile, sizeof profile, "%s", tl_report_get(r, i, "name"));
+  tl_report_free(r);
+  cli_tilde(shown, sizeof shown, path);
+  hint(err,
+       "the other files were synced; this one is left as it is. Move it aside and let the ledger rewrite it: 'mv %s "
+       "%s.bad && tokenledger sync %s%s'",
+       shown, shown, *profile ? "--profile " : "--all", profile);
 }
 
 /*
@@ -174,6 +260,8 @@ static int situation_hint(const tl_error *err, tl_status rc, const char *provide
   } else if (rc == TL_EREUSE && strstr(m, "The file is stale")) {
     hint(err, "'tokenledger sync --profile %s' rewrites a profile's own auth.json with the ledger's current tokens", f);
     return 0; /* the reuse hint follows */
+  } else if (rc == TL_EFILE) {
+    file_hint(err, m);
   } else {
     return 0;
   }
@@ -209,6 +297,7 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
     if (!*profile)
       snprintf(profile, sizeof profile, "%s", f);
   }
+  cli_hint_store = s;
   if (rc == TL_ENOTFOUND && s &&
       (near_name(s, tl_profile_list, "profile", profile) || near_name(s, tl_provider_list, "provider", provider)))
     return code;
@@ -216,10 +305,13 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
     return code;
   switch (rc) {
   case TL_EREAUTH:
-    if (*provider && *profile)
-      hint(err, "log in again with 'tokenledger login %s --profile %s' (or log in with Hermes and import)", provider,
-           profile);
-    else
+    if (!cred && s && *provider && *profile)
+      cred = dead_credential_of(s, provider, profile);
+    if (*provider && *profile) {
+      char advice[900];
+      cli_login_advice(advice, sizeof advice, s, cred, provider, profile);
+      hint(err, "%s (or log in with Hermes and import)", advice);
+    } else
       hint(err, "'tokenledger status' shows which credentials need a new login");
     break;
   case TL_EUNKNOWN:
@@ -232,11 +324,26 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
       hint(err, "'tokenledger recover --help' explains how to resolve an unknown outcome");
     break;
   case TL_ENOTFOUND:
-    if (!s)
-      break;
-    if (*profile && tl_profile_name_valid(profile) && !has_profile(s, profile))
-      hint(err, "add it with 'tokenledger profile add %s' (or import its Hermes home)", profile);
-    else if (*provider && !cli_has_provider(s, provider))
+    if (!s || strstr(err ? err->message : "", "profile home"))
+      break; /* the directory is missing, not the profile: the command's own hint says what to add */
+    if (*profile && tl_profile_name_valid(profile) && !has_profile(s, profile)) {
+      /* Hermes made the profile after the import: its home is there to import, grants and all. */
+      tl_report *nh = NULL;
+      tl_error ignore = {0};
+      char shown[4200] = "";
+      if (tl_hermes_new_homes(&nh, s, &ignore) == TL_OK)
+        for (size_t i = 0; i < tl_report_rows(nh) && !*shown; i++)
+          if (strcmp(tl_report_get(nh, i, "profile"), profile) == 0)
+            cli_tilde(shown, sizeof shown, tl_report_get(nh, i, "home"));
+      tl_report_free(nh);
+      if (*shown)
+        hint(
+            err,
+            "Hermes has a profile %s the ledger does not keep yet: import it with 'tokenledger import %s --profile %s'",
+            profile, shown, profile);
+      else
+        hint(err, "add it with 'tokenledger profile add %s' (or import its Hermes home)", profile);
+    } else if (*provider && !cli_has_provider(s, provider))
       hint(err, "configure it with 'tokenledger provider set %s --token-url URL --client-id ID'", provider);
     break;
   case TL_EREUSE:

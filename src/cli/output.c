@@ -43,6 +43,7 @@ int tl_cli_exit_code(tl_status rc)
   case TL_ECORRUPT: return EXIT_CORRUPT;
   case TL_EEXISTS: return EXIT_EXISTS;
   case TL_EIO: return EXIT_IO;
+  case TL_EFILE: return EXIT_BADFILE;
   case TL_ENOMEM:
   case TL_ERROR: break;
   }

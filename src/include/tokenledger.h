@@ -97,20 +97,21 @@ TL_EXTERN int tl_version_number(void);
 /** Status codes. Append-only; the CLI maps each to one exit code. */
 typedef enum tl_status {
   TL_OK = 0,
-  TL_ERROR = -1,      /**< failure with no more specific code */
-  TL_EINVAL = -2,     /**< invalid argument or input */
-  TL_ENOTFOUND = -3,  /**< no such profile, provider, credential, file */
-  TL_EEXISTS = -4,    /**< the object already exists */
-  TL_EREUSE = -5,     /**< the RT is already spent: use blocked locally */
-  TL_EINSECURE = -6,  /**< file permissions/ownership/filesystem unsafe */
-  TL_ETOONEW = -7,    /**< database schema newer than this binary */
-  TL_EBUSY = -8,      /**< database or lock busy past the deadline */
-  TL_ENOMEM = -9,     /**< out of memory */
-  TL_EIO = -10,       /**< I/O error (disk full, unreadable file, ...) */
-  TL_ECORRUPT = -11,  /**< not a tokenledger database, or damaged */
-  TL_EREAUTH = -12,   /**< credential needs a new login */
-  TL_EUNKNOWN = -13,  /**< outcome of a presentation unknown; operator must recover */
-  TL_ETRANSIENT = -14 /**< server busy/unreachable; try later */
+  TL_ERROR = -1,       /**< failure with no more specific code */
+  TL_EINVAL = -2,      /**< invalid argument or input */
+  TL_ENOTFOUND = -3,   /**< no such profile, provider, credential, file */
+  TL_EEXISTS = -4,     /**< the object already exists */
+  TL_EREUSE = -5,      /**< the RT is already spent: use blocked locally */
+  TL_EINSECURE = -6,   /**< file permissions/ownership/filesystem unsafe */
+  TL_ETOONEW = -7,     /**< database schema newer than this binary */
+  TL_EBUSY = -8,       /**< database or lock busy past the deadline */
+  TL_ENOMEM = -9,      /**< out of memory */
+  TL_EIO = -10,        /**< I/O error (disk full, unreadable file, ...) */
+  TL_ECORRUPT = -11,   /**< not a tokenledger database, or damaged */
+  TL_EREAUTH = -12,    /**< credential needs a new login */
+  TL_EUNKNOWN = -13,   /**< outcome of a presentation unknown; operator must recover */
+  TL_ETRANSIENT = -14, /**< server busy/unreachable; try later */
+  TL_EFILE = -15       /**< a Hermes file cannot be read as one (malformed, wrong types); not transient */
 } tl_status;
 
 /** Error details, filled on failure when the caller passes one. */
@@ -543,6 +544,20 @@ typedef void (*tl_login_prompt)(void *ud, const char *verification_uri, const ch
 TL_EXTERN tl_status tl_login(int64_t *out_credential, tl_store *store, const char *profile, const char *provider,
                              tl_login_prompt prompt, void *ud, tl_error *err);
 
+/**
+ * Logs in (as tl_login) in place of a dead credential, for every profile and
+ * shared store that used it: one login, one new grant. The new credential
+ * keeps the dead one's label; each profile's pool entry keeps its id and
+ * priority and now names the new grant, every grant place (a singleton, a
+ * shared Nous store) follows, and their Hermes files get it at once. The dead
+ * credential stays for its lineage, used by no profile.
+ * Errors: TL_ENOTFOUND (no such credential, no endpoints), TL_EINVAL (the
+ * credential is live, or no profile uses it), TL_EUNKNOWN (its last refresh
+ * has an unknown outcome: decide with tl_recover first), and tl_login's.
+ */
+TL_EXTERN tl_status tl_login_replace(int64_t *out_credential, tl_store *store, int64_t credential,
+                                     tl_login_prompt prompt, void *ud, tl_error *err);
+
 /* ------------------------------------------------------------------------ */
 /* Hermes interoperability                                                  */
 /* ------------------------------------------------------------------------ */
@@ -591,9 +606,28 @@ TL_EXTERN tl_status tl_export(tl_report **out, tl_store *store, const char *prof
  * overwritten), then writes the ledger's state back in Hermes' shape. A
  * profile whose Nous grant died and was replaced by a new login gets the new
  * grant in place of the quarantined state. TL_EBUSY if the locks are not had
- * within TOKENLEDGER_LOCK_TIMEOUT_MS (15 s).
+ * within TOKENLEDGER_LOCK_TIMEOUT_MS (15 s). One bad file never stops the
+ * rest: a file that cannot be read as a Hermes file (malformed JSON, wrong
+ * types) is left exactly as it is, reported as a row with action
+ * "unreadable" and the reason in note, every other file is synced, and the
+ * call returns TL_EFILE (or the first such file's own status, e.g.
+ * TL_EINSECURE) with *out still set to the report. Moving the file aside and
+ * syncing again rewrites it from the ledger. tl_export of a profile's home
+ * does the same for the files it syncs.
  */
 TL_EXTERN tl_status tl_sync(tl_report **out, tl_store *store, const char *profile, tl_error *err);
+
+/**
+ * Hermes homes the ledger does not know that hold grants: under every Hermes
+ * root one of the ledger's homes is in (the root itself, Hermes' default
+ * profile, and each <root>/profiles/<name>), a home no profile has whose
+ * auth.json holds a refresh token. Hermes refreshes those alone; sync does
+ * not adopt them (importing is the user's decision: a new home may be a copy
+ * of another's). Reads only. Columns: profile (the name Hermes gives it),
+ * home, grants (refresh tokens in its auth.json), unknown (of them, how many
+ * the ledger has never seen).
+ */
+TL_EXTERN tl_status tl_hermes_new_homes(tl_report **out, tl_store *store, tl_error *err);
 
 /**
  * One round of keep-fresh: refreshes every active credential that a pool

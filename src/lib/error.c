@@ -43,6 +43,7 @@ const char *tl_status_name(tl_status code)
   case TL_EREAUTH: return "needs re-authentication";
   case TL_EUNKNOWN: return "outcome unknown";
   case TL_ETRANSIENT: return "transient failure";
+  case TL_EFILE: return "unreadable Hermes file";
   }
   return "unknown status";
 }

@@ -29,9 +29,18 @@
  *     from it).
  *   - A file is rewritten only when something other than the derived
  *     expires_in / agent_key_expires_in fields changes.
+ *   - One bad file never stops the rest: a file that cannot be read as a
+ *     Hermes file leaves the operation untouched (nothing adopted from it,
+ *     nothing written over it), is reported as "unreadable", and the others
+ *     are synced; the operation then returns TL_EFILE with its report.
+ *
+ * It also answers what a sync does not cover, for doctor and the CLI: the
+ * files it cannot read, and the Hermes homes under the ledger's roots that
+ * hold grants no profile keeps (tl_hermes_new_homes; reported, never adopted).
  */
 #include "hermes.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1250,6 +1259,71 @@ static tl_status adopt_locked(tl_store *s, tl__hfset *set, tl_report *report, tl
   return rc;
 }
 
+/*
+ * One bad file never stops the rest: a file of the set that cannot be read as a Hermes file (malformed JSON,
+ * wrong types, not a regular file) leaves the set and is reported as "unreadable" with why, and the others are
+ * synced. It is only looked at here, without its lock: nothing is adopted from it and nothing written over it
+ * (the locked read reads every remaining file again). *first gets the first such file's error, its status
+ * TL_EFILE for a file that is not Hermes' shape (never transient: it stays bad until someone moves it). Only
+ * running out of memory fails the call itself. With hermes_too (before a presentation), only a file Hermes
+ * could not read either leaves the set: not JSON, empty, not an object, not a regular file. One Hermes would
+ * still read (a duplicate key, a type it ignores, an oversized file) may hold a token Hermes rotated, so it
+ * stops the refresh as before: adopt before present.
+ */
+static tl_status drop_unreadable(tl__hfset *set, tl_report *r, tl_error *first, int hermes_too, tl_error *err)
+{
+  for (size_t i = set->n; i-- > 0;) {
+    tl__hf *f = &set->v[i];
+    json_t *doc = NULL;
+    tl__slots ss = {0};
+    char sha[65];
+    tl_error why = {0};
+    tl_status rc = tl__hf_load(&doc, sha, NULL, f->path, &why);
+    int hermes_reads = rc != TL_EINVAL || strstr(why.message, "duplicate") || strstr(why.message, "at most");
+    if (rc == TL_OK)
+      rc = tl__hf_walk(&ss, doc, f->path, f->shared ? TL_WALK_SHARED : 0, &why);
+    tl__hf_slots_free(&ss);
+    json_decref(doc);
+    if (rc == TL_OK || rc == TL_ENOTFOUND || (hermes_too && hermes_reads))
+      continue;
+    if (rc == TL_ENOMEM)
+      return tl__oom(err);
+    tl_status code = rc == TL_EINVAL ? TL_EFILE : rc;
+    if (first && first->code == TL_OK) {
+      *first = why;
+      first->code = code;
+    }
+    tl_status arc = report_file(r, f, "unreadable", why.message, err);
+    tl__hfset_remove(set, i);
+    if (arc != TL_OK)
+      return arc;
+  }
+  return TL_OK;
+}
+
+/* The error for the files drop_unreadable took out, once the others are done (TL_OK if none). */
+static tl_status unreadable_status(const tl_error *first, size_t bad, tl_error *err)
+{
+  if (first->code == TL_OK)
+    return TL_OK;
+  if (err) {
+    *err = *first;
+    if (bad > 1) {
+      size_t l = strlen(err->message);
+      snprintf(err->message + l, sizeof err->message - l, " (and %zu more unreadable file(s))", bad - 1);
+    }
+  }
+  return first->code;
+}
+
+static size_t count_action(const tl_report *r, const char *action)
+{
+  size_t n = 0;
+  for (size_t i = 0; r && i < tl_report_rows(r); i++)
+    n += tl_report_get(r, i, "action") && strcmp(tl_report_get(r, i, "action"), action) == 0;
+  return n;
+}
+
 static tl_status run_sync(tl_store *s, tl__hfset *set, tl_report *report, tl_error *err)
 {
   tl_status rc = tl__hfset_lock(set, tl__now_ms() + tl__lock_timeout(s), err);
@@ -1300,6 +1374,9 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
     else
       i++;
   }
+  /* A file that cannot be read holds nothing to adopt and takes nothing: the grant's other files go on. */
+  if (rc == TL_OK)
+    rc = drop_unreadable(&set, NULL, NULL, 1, err);
   if (rc != TL_OK || set.n == 0) {
     tl__hfset_free(&set);
     return rc != TL_OK ? rc : tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
@@ -1483,6 +1560,7 @@ tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const cha
   tl_status rc;
   tl_report *r = NULL;
   profinfo p;
+  tl_error bad = {0};
   if (!out || !s || !profile)
     return tl__err(err, TL_EINVAL, 0, "export: a profile is required");
   *out = NULL;
@@ -1515,6 +1593,8 @@ tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const cha
   } else {
     tl__hfset set = {0};
     rc = set_for_profile(&set, s, p.id, p.name, p.home, err);
+    if (rc == TL_OK)
+      rc = drop_unreadable(&set, r, &bad, 0, err);
     if (rc == TL_OK && set.n)
       rc = run_sync(s, &set, r, err);
     if (rc == TL_OK)
@@ -1523,8 +1603,10 @@ tl_status tl_export(tl_report **out, tl_store *s, const char *profile, const cha
   }
   if (rc == TL_OK && shared_dir)
     rc = export_shared(s, &p, shared_dir, r, err);
-done:
   if (rc == TL_OK)
+    rc = unreadable_status(&bad, count_action(r, "unreadable"), err);
+done:
+  if (rc == TL_OK || (bad.code != TL_OK && rc == bad.code))
     *out = r;
   else
     tl_report_free(r);
@@ -1590,12 +1672,16 @@ tl_status tl__sync_paths(tl_report *r, tl_store *s, char *const *paths, size_t n
       rc = add_home(&set, dir, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1), 1, err);
     sqlite3_reset(st);
   }
+  if (rc == TL_OK)
+    rc = drop_unreadable(&set, r, NULL, 0, err); /* reported in r; the others go on */
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
   if (rc == TL_OK)
     rc = grants_of(&creds, &nc, s, &set, err);
   for (size_t i = 0; i < nc && rc == TL_OK; i++)
     rc = tl__hfset_for_credential(&all, s, creds[i], err);
+  if (rc == TL_OK)
+    rc = drop_unreadable(&all, NULL, NULL, 0, err);
   if (rc == TL_OK && all.n)
     rc = run_sync(s, &all, r, err);
   if (rc == TL_OK && (rc = tl__hfset_refused(&set, "the other files were synced", err)) == TL_OK)
@@ -1612,6 +1698,7 @@ tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *e
   tl_status rc;
   tl_report *r = NULL;
   tl__hfset set = {0};
+  tl_error bad = {0};
   if (!out || !s)
     return tl__err(err, TL_EINVAL, 0, "sync: bad arguments");
   *out = NULL;
@@ -1629,12 +1716,153 @@ tl_status tl_sync(tl_report **out, tl_store *s, const char *profile, tl_error *e
   } else {
     rc = set_for_all(&set, s, err);
   }
+  if (rc == TL_OK)
+    rc = drop_unreadable(&set, r, &bad, 0, err);
   if (rc == TL_OK && set.n)
     rc = run_sync(s, &set, r, err);
+  if (rc == TL_OK)
+    rc = unreadable_status(&bad, count_action(r, "unreadable"), err);
   if (rc == TL_OK)
     rc = tl__hfset_refused(&set, "the other files were synced", err);
 done:
   tl__hfset_free(&set);
+  if (rc == TL_OK || (bad.code != TL_OK && rc == bad.code))
+    *out = r; /* with unreadable files: what was synced, and a row for each of them */
+  else
+    tl_report_free(r);
+  return rc;
+}
+
+/* ---- what a sync does not cover: files it cannot read, homes the ledger does not know ------------- */
+
+tl_status tl__hermes_files_doctor(int *ok, char *detail, size_t n, tl_store *s, tl_error *err)
+{
+  tl__hfset set = {0};
+  tl_error bad = {0};
+  tl_status rc = set_for_all(&set, s, err);
+  size_t total = set.n;
+  if (rc == TL_OK)
+    rc = drop_unreadable(&set, NULL, &bad, 0, err);
+  size_t nbad = total - set.n;
+  tl__hfset_free(&set);
+  if (rc != TL_OK)
+    return rc;
+  *ok = nbad == 0;
+  if (nbad)
+    snprintf(detail, n, "%zu of %zu Hermes file(s) cannot be read; sync leaves them alone: %.700s", nbad, total,
+             bad.message);
+  else
+    snprintf(detail, n, "%zu Hermes file(s) the ledger keeps: each reads as Hermes' shape", total);
+  return TL_OK;
+}
+
+/* A home's grants: refresh tokens in its auth.json (not surrogates); *unknown of them the ledger does not know. */
+static tl_status home_grants(int *grants, int *unknown, tl_store *s, const char *home, tl_error *err)
+{
+  char file[PATH_MAX + 16];
+  json_t *doc = NULL;
+  tl__slots ss = {0};
+  char sha[65];
+  tl_error ignore = {0};
+  *grants = *unknown = 0;
+  snprintf(file, sizeof file, "%s/auth.json", home);
+  /* A file that cannot be read is not looked at further: doctor's hermes_files check is about the ledger's. */
+  if (tl__hf_load(&doc, sha, NULL, file, &ignore) != TL_OK || tl__hf_walk(&ss, doc, file, 0, &ignore) != TL_OK) {
+    tl__hf_slots_free(&ss);
+    json_decref(doc);
+    return TL_OK;
+  }
+  tl_status rc = TL_OK;
+  for (size_t i = 0; i < ss.n && rc == TL_OK; i++) {
+    const char *rt = tl__hf_slot_rt(&ss.v[i]);
+    int known = 1, again = 0;
+    for (size_t k = 0; rt && k < i && !again; k++) /* one grant in the singleton and its pool row: one */
+      again = tl__hf_slot_rt(&ss.v[k]) && strcmp(tl__hf_slot_rt(&ss.v[k]), rt) == 0;
+    if (!rt || again || tl__strict_is_surrogate(rt))
+      continue;
+    (*grants)++;
+    if ((rc = known_token(&known, s, rt, err)) == TL_OK && !known)
+      (*unknown)++;
+  }
+  tl__hf_slots_free(&ss);
+  json_decref(doc);
+  return rc;
+}
+
+static tl_status new_home_row(tl_report *r, tl_store *s, const char *home, const char *name, tl_error *err)
+{
+  static const char sql[] = "SELECT count(*) FROM profile WHERE home = :h";
+  int64_t known = 0;
+  int grants = 0, unknown = 0;
+  tl_status rc = TL_Q_INT(&known, s, sql, err, TL_TEXT(":h", home));
+  if (rc != TL_OK || known || (rc = home_grants(&grants, &unknown, s, home, err)) != TL_OK || !grants)
+    return rc;
+  char g[16], u[16];
+  snprintf(g, sizeof g, "%d", grants);
+  snprintf(u, sizeof u, "%d", unknown);
+  const char *cells[4] = {name, home, g, u};
+  const int num[4] = {0, 0, 1, 1};
+  return tl__report_add_row(r, cells, num, err);
+}
+
+tl_status tl_hermes_new_homes(tl_report **out, tl_store *s, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char *const cols[] = {"profile", "home", "grants", "unknown"};
+  static const char sql[] = "SELECT DISTINCT home FROM profile WHERE home IS NOT NULL ORDER BY home";
+  tl_report *r = NULL;
+  char **roots = NULL;
+  size_t nroots = 0;
+  if (!out || !s)
+    return tl__err(err, TL_EINVAL, 0, "new homes: bad arguments");
+  *out = NULL;
+  tl_status rc = tl__report_kv(&r, cols, 4, err);
+  sqlite3_stmt *st;
+  int found = 0;
+  if (rc == TL_OK)
+    rc = tl__prepare(&st, s, sql, err);
+  /* The known roots: the Hermes root of every home the ledger keeps. */
+  while (rc == TL_OK && (rc = tl__step_row(&found, s, st, "homes", err)) == TL_OK && found) {
+    char root[PATH_MAX];
+    root_of(root, sizeof root, (const char *)sqlite3_column_text(st, 0));
+    int seen = 0;
+    for (size_t i = 0; i < nroots && !seen; i++)
+      seen = strcmp(roots[i], root) == 0;
+    if (seen)
+      continue;
+    char **nv = realloc(roots, (nroots + 1) * sizeof *nv);
+    if (!nv || !(nv[nroots] = strdup(root))) {
+      if (nv)
+        roots = nv;
+      rc = tl__oom(err);
+      break;
+    }
+    roots = nv;
+    nroots++;
+  }
+  if (found)
+    sqlite3_reset(st);
+  /* Under each: the root itself (Hermes' default profile) and every profiles/<name>. */
+  for (size_t i = 0; i < nroots && rc == TL_OK; i++) {
+    if ((rc = new_home_row(r, s, roots[i], "default", err)) != TL_OK)
+      break;
+    char dir[PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/profiles", roots[i]);
+    struct dirent **names = NULL;
+    int k = scandir(dir, &names, NULL, alphasort);
+    for (int j = 0; j < k; j++) {
+      char home[2 * PATH_MAX];
+      struct stat hs;
+      snprintf(home, sizeof home, "%s/%s", dir, names[j]->d_name);
+      if (rc == TL_OK && tl_profile_name_valid(names[j]->d_name) && lstat(home, &hs) == 0 && S_ISDIR(hs.st_mode))
+        rc = new_home_row(r, s, home, names[j]->d_name, err);
+      free(names[j]);
+    }
+    free(names);
+  }
+  for (size_t i = 0; i < nroots; i++)
+    free(roots[i]);
+  free(roots);
   if (rc == TL_OK)
     *out = r;
   else

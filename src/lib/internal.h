@@ -364,6 +364,8 @@ int tl__strict_profile(tl_store *s, int64_t profile);
 tl_status tl__strict_key_create(tl_store *s, tl_error *err);
 /* doctor's check: *ok 0 when strict profiles exist and nothing answers for them. */
 void tl__strict_doctor(int *ok, char *detail, size_t n, tl_store *s);
+/* doctor: every Hermes file the ledger keeps, read as sync reads it (no lock, nothing written). */
+tl_status tl__hermes_files_doctor(int *ok, char *detail, size_t n, tl_store *s, tl_error *err);
 
 /* The live state of serve, from the port file <ledger>-serve (strict.c). */
 typedef struct tl__serve_live {

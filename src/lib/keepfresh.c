@@ -7,7 +7,9 @@
  *
  * Invariants: a round never presents a credential with an unknown outcome or
  * one needing a login, and never one whose provider has no endpoint (those are
- * reported as needing attention, not as failures); every refresh is the
+ * reported as needing attention, not as failures); a Hermes file that cannot
+ * be read is a row of its own (sync:unreadable), not a failure to retry, and
+ * the other files are still synced; every refresh is the
  * cooperative one (adopt under Hermes' locks first), so keep-fresh never
  * presents a token Hermes already rotated.
  */
@@ -102,9 +104,13 @@ static tl_status add_sync_rows(tl_report *r, const tl_report *sr, tl_error *err)
       continue;
     char detail[PATH_MAX + 200], what[64];
     const char *cred = tl_report_get(sr, i, "credential");
-    snprintf(detail, sizeof detail, "%s %s%s%s", tl_report_get(sr, i, "profile"), tl_report_get(sr, i, "file"),
-             strcmp(tl_report_get(sr, i, "path"), "$") ? " " : "",
-             strcmp(tl_report_get(sr, i, "path"), "$") ? tl_report_get(sr, i, "path") : "");
+    const char *note = strcmp(action, "unreadable") == 0 ? tl_report_get(sr, i, "note") : NULL;
+    if (note) /* the note names the file and why */
+      snprintf(detail, sizeof detail, "%s %.900s", tl_report_get(sr, i, "profile"), note);
+    else
+      snprintf(detail, sizeof detail, "%s %s%s%s", tl_report_get(sr, i, "profile"), tl_report_get(sr, i, "file"),
+               strcmp(tl_report_get(sr, i, "path"), "$") ? " " : "",
+               strcmp(tl_report_get(sr, i, "path"), "$") ? tl_report_get(sr, i, "path") : "");
     snprintf(what, sizeof what, "sync:%s", action);
     const char *p = tl_report_get(sr, i, "provider");
     rc = add(r, cred ? strtoll(cred, NULL, 10) : 0, p, what, 0, detail, err);
@@ -139,11 +145,12 @@ tl_status tl_keep_fresh(tl_report **out, int *out_failures, tl_store *s, int64_t
   if (rc == TL_OK && sync) {
     tl_report *sr = NULL;
     tl_error serr = {0};
-    if (tl_sync(&sr, s, NULL, &serr) != TL_OK) {
+    tl_status src = tl_sync(&sr, s, NULL, &serr);
+    if (src != TL_OK && !sr) {
       failures++;
       rc = add(r, 0, NULL, "failed", 0, serr.message, err);
     } else {
-      rc = add_sync_rows(r, sr, err);
+      rc = add_sync_rows(r, sr, err); /* an unreadable file is a row "sync:unreadable": not transient */
     }
     tl_report_free(sr);
   }

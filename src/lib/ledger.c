@@ -86,11 +86,33 @@ tl_status tl__profile_id(int64_t *out, tl_store *s, const char *name, tl_error *
   return tl__err(err, TL_ENOTFOUND, 0, "profile '%s' does not exist", name);
 }
 
-/* A Hermes home: an existing directory of ours (created 0700 when asked), as an absolute path. */
+/* mkdir -p with 0700 for every directory it makes (Hermes' ~/.hermes/profiles/NAME may not exist yet). */
+static int make_dirs(const char *home)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  if (snprintf(path, sizeof path, "%s", home) >= (int)sizeof path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  for (char *p = path + 1;; p++) {
+    if (*p != '/' && *p != '\0')
+      continue;
+    char c = *p;
+    *p = '\0';
+    if (lstat(path, &st) != 0 && (errno != ENOENT || mkdir(path, 0700) != 0))
+      return -1;
+    *p = c;
+    if (!c)
+      return 0;
+  }
+}
+
+/* A Hermes home: an existing directory of ours (created 0700 with its parents when asked), as an absolute path. */
 static tl_status check_home(char abs[PATH_MAX], const char *home, int create, tl_error *err)
 {
   struct stat st;
-  if (create && lstat(home, &st) != 0 && errno == ENOENT && mkdir(home, 0700) != 0)
+  if (create && lstat(home, &st) != 0 && errno == ENOENT && make_dirs(home) != 0)
     return tl__err(err, errno == ENOENT ? TL_ENOTFOUND : TL_EIO, errno, "profile home %s: cannot create it: %s", home,
                    strerror(errno));
   if (!realpath(home, abs))

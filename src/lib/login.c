@@ -9,6 +9,9 @@
  * back off by Retry-After (at most 60 s), until the code expires. The answer's
  * refresh token becomes the root of a new lineage (origin `login`) through
  * tl_credential_add, so a token the ledger has seen spent is refused even here.
+ * A login in place of a dead grant keeps its label and its places; with
+ * tl_login_replace, one login takes the dead grant's place in every profile and
+ * shared store that used it (a shared grant stays one grant).
  * The wire format (form bodies, the POST, the answer parser) is oauth.c's; the
  * provider's device endpoints are read here for serve's forwarding of Hermes'
  * own logins too (tl__device_endpoints_load).
@@ -20,7 +23,7 @@
  * [1, 1800] s; what the prompt shows (URI, user code) holds no control
  * character.
  */
-#include "internal.h"
+#include "hermes.h" /* TL_Q_EXEC */
 
 #include <math.h>
 #include <stdio.h>
@@ -212,16 +215,18 @@ static tl_status wait_for_approval(tl__answer *a, tl_store *s, const endpoints *
 }
 
 /*
- * A new login replaces the profile's dead entries for the provider: the new
- * grant takes the first one's entry id and priority (so Hermes' pool row keeps
- * its id) and its places; the dead entries leave the pool (their lineage stays).
+ * A new login replaces the profile's dead entries for the provider (only: that
+ * credential's, or any dead one's when 0): the new grant takes the first one's
+ * entry id and priority (so Hermes' pool row keeps its id), its places and its
+ * label; the dead entries leave the pool (their lineage stays).
  */
-static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider, int64_t cred, tl_error *err)
+static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider, int64_t cred, int64_t only,
+                              tl_error *err)
 {
   static const char dead_sql[] =
       "SELECT e.id, e.entry_id, e.priority, e.credential_id FROM pool_entry e JOIN credential c ON c.id = "
       "e.credential_id WHERE e.profile_id = :p AND e.provider = :prov AND e.credential_id <> :new AND c.status = "
-      "'needs_reauth' ORDER BY e.entry_id LIKE 'providers.%', e.priority, e.id";
+      "'needs_reauth' AND (:only = 0 OR c.id = :only) ORDER BY e.entry_id LIKE 'providers.%', e.priority, e.id";
   static const char del_sql[] = "DELETE FROM pool_entry WHERE profile_id = :p AND provider = :prov AND "
                                 "credential_id = :old";
   static const char take_sql[] = "UPDATE pool_entry SET entry_id = :entry, priority = :prio WHERE profile_id = :p AND "
@@ -235,7 +240,8 @@ static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider
   sqlite3_stmt *st;
   int found = 0;
   if ((rc = tl__prepare(&st, s, dead_sql, err)) != TL_OK ||
-      (rc = TL_BIND(st, err, TL_INT(":p", profile), TL_TEXT(":prov", provider), TL_INT(":new", cred))) != TL_OK ||
+      (rc = TL_BIND(st, err, TL_INT(":p", profile), TL_TEXT(":prov", provider), TL_INT(":new", cred),
+                    TL_INT(":only", only))) != TL_OK ||
       (rc = tl__step_row(&found, s, st, "login replaces", err)) != TL_OK)
     goto fail;
   if (!found) {
@@ -258,6 +264,16 @@ static tl_status replace_dead(tl_store *s, int64_t profile, const char *provider
         (rc = tl__step_done(s, st, "login replaces", err)) != TL_OK)
       goto fail;
   }
+  /* The account is the same one logged in again: the new grant keeps the dead one's label. */
+  if ((rc = TL_Q_EXEC(s,
+                      "UPDATE credential SET label = coalesce(label, (SELECT label FROM credential WHERE id = :old)) "
+                      "WHERE id = :new",
+                      "login replaces", err, TL_INT(":old", old), TL_INT(":new", cred))) != TL_OK ||
+      (rc = TL_Q_EXEC(s,
+                      "UPDATE pool_entry SET label = coalesce(label, (SELECT label FROM credential WHERE id = :new)) "
+                      "WHERE credential_id = :new AND profile_id = :p",
+                      "login replaces", err, TL_INT(":new", cred), TL_INT(":p", profile))) != TL_OK)
+    goto fail;
   tl__ids ids = {.profile = profile, .credential = cred};
   if ((rc = tl__audit(s, "entry_replaced", &ids,
                       json_pack("{s:s, s:s, s:I, s:I}", "provider", provider, "entry", entry, "dead_credential",
@@ -295,24 +311,35 @@ static tl_status reach_files(tl_store *s, const char *profile, tl_error *err)
   return rc;
 }
 
+/* The device flow itself: code, prompt, approval; *a holds the answer's tokens (secrets) on TL_OK. */
+static tl_status device_login(tl__answer *a, tl_store *s, const char *provider, tl_login_prompt prompt, void *ud,
+                              tl_error *err)
+{
+  endpoints e = {0};
+  device_grant g = {0};
+  tl_status rc;
+  if ((rc = tl__device_endpoints_load(&e, s, provider, err)) == TL_OK && (rc = request_code(&g, s, &e, err)) == TL_OK) {
+    if (prompt)
+      prompt(ud, g.uri, g.uri_complete, g.user_code, (int)g.expires_in);
+    rc = wait_for_approval(a, s, &e, &g, err);
+  }
+  device_grant_clear(&g);
+  tl__device_endpoints_clear(&e);
+  return rc;
+}
+
 tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *provider, tl_login_prompt prompt,
                    void *ud, tl_error *err)
 {
   tl_error_clear(err);
   tl_status rc = TL_OK;
-  endpoints e = {0};
-  device_grant g = {0};
   tl__answer a;
   memset(&a, 0, sizeof a);
   int64_t pid;
   if (!s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "login: profile and provider are required");
   if ((rc = tl__profile_id(&pid, s, profile, err)) != TL_OK ||
-      (rc = tl__device_endpoints_load(&e, s, provider, err)) != TL_OK || (rc = request_code(&g, s, &e, err)) != TL_OK)
-    goto done;
-  if (prompt)
-    prompt(ud, g.uri, g.uri_complete, g.user_code, (int)g.expires_in);
-  if ((rc = wait_for_approval(&a, s, &e, &g, err)) != TL_OK)
+      (rc = device_login(&a, s, provider, prompt, ud, err)) != TL_OK)
     goto done;
   tl_credential_spec spec = {.provider = provider,
                              .profile = profile,
@@ -326,12 +353,123 @@ tl_status tl_login(int64_t *out, tl_store *s, const char *profile, const char *p
   if (rc == TL_OK && out)
     *out = cred;
   if (rc == TL_OK)
-    rc = replace_dead(s, pid, provider, cred, err);
+    rc = replace_dead(s, pid, provider, cred, 0, err);
   if (rc == TL_OK)
     rc = reach_files(s, profile, err);
 done:
   tl__answer_clear(&a);
-  device_grant_clear(&g);
-  tl__device_endpoints_clear(&e);
+  return rc;
+}
+
+/*
+ * login --credential: the dead grant's every use moves to the new one in one transaction: the first profile's
+ * entries as a profile's own login replaces them (replace_dead), every other profile's entries keep their id,
+ * priority and label and now name the new grant, and every place (a singleton, a shared store) follows.
+ */
+static tl_status replace_everywhere(tl_store *s, int64_t first, const char *provider, int64_t old, int64_t cred,
+                                    tl_error *err)
+{
+  static const char entries_sql[] = "UPDATE pool_entry SET credential_id = :new WHERE credential_id = :old";
+  static const char places_sql[] =
+      "UPDATE grant_place SET credential_id = :new, updated_at = :now WHERE credential_id = :old";
+  static const char who_sql[] =
+      "SELECT group_concat(name, ',') FROM (SELECT DISTINCT p.name AS name FROM pool_entry e JOIN profile p ON p.id "
+      "= e.profile_id WHERE e.credential_id = :old ORDER BY p.name)";
+  tl_status rc = replace_dead(s, first, provider, cred, old, err);
+  if (rc != TL_OK || (rc = tl__tx_begin(s, "login replaces", err)) != TL_OK)
+    return rc;
+  char *who = NULL;
+  sqlite3_stmt *st;
+  int found = 0;
+  if ((rc = tl__prepare(&st, s, who_sql, err)) == TL_OK && (rc = TL_BIND(st, err, TL_INT(":old", old))) == TL_OK &&
+      (rc = tl__step_row(&found, s, st, "login replaces", err)) == TL_OK && found) {
+    who = tl__col_dup(st, 0);
+    sqlite3_reset(st);
+  }
+  if (rc == TL_OK)
+    rc = TL_Q_EXEC(s, entries_sql, "login replaces", err, TL_INT(":new", cred), TL_INT(":old", old));
+  if (rc == TL_OK)
+    rc = TL_Q_EXEC(s, places_sql, "login replaces", err, TL_INT(":new", cred), TL_INT(":old", old),
+                   TL_INT(":now", tl__now_ms()));
+  tl__ids ids = {.credential = cred};
+  if (rc == TL_OK)
+    rc = tl__audit(s, "credential_replaced", &ids,
+                   json_pack("{s:s, s:I, s:I, s:s?}", "provider", provider, "dead_credential", (json_int_t)old,
+                             "credential", (json_int_t)cred, "other_profiles", who),
+                   err);
+  free(who);
+  if (rc == TL_OK)
+    return tl__tx_commit(s, err);
+  tl__tx_rollback(s);
+  return rc;
+}
+
+tl_status tl_login_replace(int64_t *out, tl_store *s, int64_t dead, tl_login_prompt prompt, void *ud, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char sql[] =
+      "SELECT c.provider, c.label, c.status, (SELECT p.name FROM profile p WHERE EXISTS (SELECT 1 FROM pool_entry e "
+      "WHERE e.profile_id = p.id AND e.credential_id = c.id) OR EXISTS (SELECT 1 FROM grant_place g WHERE "
+      "g.profile_id = p.id AND g.credential_id = c.id) ORDER BY p.name = 'default' DESC, p.name LIMIT 1) FROM "
+      "credential c WHERE c.id = :c";
+  char provider[130] = "", label[512] = "", status[16] = "", first[80] = "";
+  int has_label = 0, found = 0;
+  sqlite3_stmt *st;
+  tl_status rc;
+  if (!s || dead <= 0)
+    return tl__err(err, TL_EINVAL, 0, "login: a credential id is required");
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", dead))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "login", err)) != TL_OK)
+    return rc;
+  if (found) {
+    snprintf(provider, sizeof provider, "%s", (const char *)sqlite3_column_text(st, 0));
+    has_label = sqlite3_column_text(st, 1) != NULL;
+    if (has_label)
+      snprintf(label, sizeof label, "%s", (const char *)sqlite3_column_text(st, 1));
+    snprintf(status, sizeof status, "%s", (const char *)sqlite3_column_text(st, 2));
+    if (sqlite3_column_text(st, 3))
+      snprintf(first, sizeof first, "%s", (const char *)sqlite3_column_text(st, 3));
+    sqlite3_reset(st);
+  }
+  if (!found)
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)dead);
+  if (strcmp(status, "uncertain") == 0)
+    return tl__err(err, TL_EUNKNOWN, 0,
+                   "credential %lld: its last refresh has an unknown outcome, so the grant may still be live; not "
+                   "replaced",
+                   (long long)dead);
+  if (strcmp(status, "needs_reauth") != 0)
+    return tl__err(err, TL_EINVAL, 0,
+                   "credential %lld (%s%s%s) is live: a login replaces only a grant that needs one; not replaced",
+                   (long long)dead, provider, has_label ? ", " : "", label);
+  if (!*first)
+    return tl__err(err, TL_EINVAL, 0, "credential %lld (%s) is used by no profile any more; nothing to replace",
+                   (long long)dead, provider);
+  tl__answer a;
+  memset(&a, 0, sizeof a);
+  if ((rc = device_login(&a, s, provider, prompt, ud, err)) == TL_OK) {
+    tl_credential_spec spec = {.provider = provider,
+                               .profile = first,
+                               .refresh_token = a.refresh_token,
+                               .access_token = a.access_token,
+                               .expires_at_ms = a.expires_at,
+                               .label = has_label ? label : NULL,
+                               .origin = "login",
+                               .source = "device_code"};
+    int64_t cred = 0;
+    rc = tl_credential_add(&cred, s, &spec, err);
+    if (rc == TL_OK && out)
+      *out = cred;
+    int64_t pid = 0;
+    if (rc == TL_OK && (rc = tl__profile_id(&pid, s, first, err)) == TL_OK)
+      rc = replace_everywhere(s, pid, provider, dead, cred, err);
+    if (rc == TL_OK && (rc = tl__sync_credential(s, cred, err)) != TL_OK && err) {
+      size_t l = strlen(err->message);
+      snprintf(err->message + l, sizeof err->message - l,
+               " (the new grant is stored as credential %lld in place of %lld, but Hermes' files were not updated)",
+               (long long)cred, (long long)dead);
+    }
+  }
+  tl__answer_clear(&a);
   return rc;
 }

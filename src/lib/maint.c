@@ -9,7 +9,11 @@
  * followed and no lock of this process is dropped; compact removes only
  * settled attempts older than the cutoff and never a fingerprint: every RT
  * ever held stays in the ledger, so reuse is still caught. Details say what
- * was found, not which command to run (src/cli/hint.c adds that).
+ * was found, not which command to run (src/cli/hint.c adds that). A check
+ * fails only for what still needs someone: a dead or undecided credential
+ * that no profile uses any more (replaced by a new login, or removed) is an
+ * informational line, so doctor turns green again once every profile that
+ * used a dead grant has a live one.
  */
 #define _GNU_SOURCE /* O_PATH */
 #include "internal.h"
@@ -349,21 +353,64 @@ tl_status tl_doctor(tl_report **out, int *out_problems, tl_store *s, int fix, tl
       goto done;
   }
 
-  /* 6. Things an operator must decide. */
+  /*
+   * 6. Things an operator must decide: only grants a profile still uses (a pool entry or a place in Hermes'
+   * files). A dead or undecided grant no profile uses any more (replaced by a login, or removed) needs nobody:
+   * it stays for its lineage, so its tokens are still recognised, and is counted on an informational line.
+   */
   {
-    int64_t unknown = 0, reauth = 0;
-    if ((rc = count_of(&unknown, s, "SELECT count(*) FROM credential WHERE status = 'uncertain'", err)) != TL_OK ||
-        (rc = count_of(&reauth, s, "SELECT count(*) FROM credential WHERE status = 'needs_reauth'", err)) != TL_OK)
+#define TL_USED                                                                                                        \
+  "(EXISTS (SELECT 1 FROM pool_entry e WHERE e.credential_id = c.id) OR EXISTS (SELECT 1 FROM grant_place g WHERE "    \
+  "g.credential_id = c.id))"
+    int64_t unknown = 0, reauth = 0, unused = 0;
+    if ((rc = count_of(&unknown, s, "SELECT count(*) FROM credential c WHERE status = 'uncertain' AND " TL_USED,
+                       err)) != TL_OK ||
+        (rc = count_of(&reauth, s, "SELECT count(*) FROM credential c WHERE status = 'needs_reauth' AND " TL_USED,
+                       err)) != TL_OK ||
+        (rc = count_of(&unused, s, "SELECT count(*) FROM credential c WHERE status <> 'active' AND NOT " TL_USED,
+                       err)) != TL_OK)
       goto done;
-    snprintf(detail, sizeof detail, "%lld credential(s) with an unknown refresh outcome", (long long)unknown);
+#undef TL_USED
+    snprintf(detail, sizeof detail, "%lld credential(s) in use with an unknown refresh outcome", (long long)unknown);
     if ((rc = add_check(r, &problems, "unknown_outcomes", unknown == 0, detail, err)) != TL_OK)
       goto done;
-    snprintf(detail, sizeof detail, "%lld credential(s) need a new login", (long long)reauth);
+    snprintf(detail, sizeof detail, "%lld credential(s) in use need a new login", (long long)reauth);
     if ((rc = add_check(r, &problems, "needs_reauth", reauth == 0, detail, err)) != TL_OK)
+      goto done;
+    snprintf(detail, sizeof detail,
+             "%lld dead or undecided credential(s) no profile uses any more (kept for their lineage; nothing to do)",
+             (long long)unused);
+    if ((rc = add_check(r, &problems, "unused_credentials", 1, detail, err)) != TL_OK)
       goto done;
   }
 
-  /* 7. Strict profiles need a serve that answers on the port its port file names. */
+  /*
+   * 7. Hermes' files: every one the ledger keeps reads as Hermes' shape (sync leaves one that does not alone),
+   * and no Hermes home under a root the ledger knows holds grants the ledger does not (Hermes would refresh
+   * them alone, which is what the ledger exists to prevent).
+   */
+  {
+    int ok = 1;
+    if ((rc = tl__hermes_files_doctor(&ok, detail, sizeof detail, s, err)) != TL_OK ||
+        (rc = add_check(r, &problems, "hermes_files", ok, detail, err)) != TL_OK)
+      goto done;
+    tl_report *nh = NULL;
+    if ((rc = tl_hermes_new_homes(&nh, s, err)) != TL_OK)
+      goto done;
+    size_t n = tl_report_rows(nh), len = 0;
+    if (n == 0)
+      snprintf(detail, sizeof detail, "every Hermes home holding grants under the ledger's roots is a profile");
+    else
+      len = (size_t)snprintf(detail, sizeof detail, "%zu Hermes home(s) hold grants the ledger does not keep:", n);
+    for (size_t i = 0; i < n && len < sizeof detail; i++)
+      len += (size_t)snprintf(detail + len, sizeof detail - len, "%s %s (%s grant(s))", i ? "," : "",
+                              tl_report_get(nh, i, "home"), tl_report_get(nh, i, "grants"));
+    tl_report_free(nh);
+    if ((rc = add_check(r, &problems, "new_profiles", n == 0, detail, err)) != TL_OK)
+      goto done;
+  }
+
+  /* 8. Strict profiles need a serve that answers on the port its port file names. */
   {
     int ok = 1;
     tl__strict_doctor(&ok, detail, sizeof detail, s);

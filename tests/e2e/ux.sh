@@ -73,7 +73,8 @@ tl status --json
 check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | length >= 2 and all(.access_token_state == \"needs_login\")" "$OUT" > /dev/null' \
   "a grant that needs a login is never called valid"
 tl status
-contains "credential $W needs a new login: 'tokenledger login nous --profile default'" "status says what to run"
+contains "credential $W needs a new login: used by default, work: one login replaces both: 'tokenledger login nous --credential $W'" \
+  "status says what to run: one login for the grant the profiles share"
 q "UPDATE credential SET status = 'uncertain' WHERE id = $W"
 tl status --json
 check 'jq -e --argjson w "$W" "map(select(.credential == \$w)) | all(.access_token_state == \"unknown_outcome\")" "$OUT" > /dev/null' \

@@ -227,6 +227,23 @@ static tl_status s_login(fx *f, tl_error *e)
   tl_store_set_transport(f->s, NULL, NULL);
   return rc;
 }
+static tl_status f_login_replace(fx *f, tl_error *e)
+{
+  int64_t id;
+  return tl_login_replace(&id, f->s, 999999, NULL, NULL, e);
+}
+static tl_status f_new_homes(fx *f, tl_error *e)
+{
+  (void)f;
+  return tl_hermes_new_homes(NULL, NULL, e);
+}
+static tl_status s_new_homes(fx *f, tl_error *e)
+{
+  tl_report *r = NULL;
+  tl_status rc = tl_hermes_new_homes(&r, f->s, e);
+  tl_report_free(r);
+  return rc;
+}
 static tl_status f_store_open(fx *f, tl_error *e)
 {
   (void)f;
@@ -637,6 +654,7 @@ static const api_case cases[] = {
     {"tl_compact", "maint.c", 0, f_compact, s_compact},
     {"tl_store_fix_permissions", "maint.c", 0, f_fix_permissions, s_fix_permissions},
     {"tl_login", "login.c", 0, f_login, s_login},
+    {"tl_login_replace", "login.c", 0, f_login_replace, NULL},
     {"tl_store_open", "store_open.c", 0, f_store_open, s_store_open},
     {"tl_profile_add", "ledger.c", 0, f_profile_add, s_profile_add},
     {"tl_profile_remove", "ledger.c", 0, f_profile_remove, s_profile_remove},
@@ -661,6 +679,7 @@ static const api_case cases[] = {
     {"tl_import", "hermes_adopt.c", 0, f_import, s_import},
     {"tl_export", "hermes_sync.c", 0, f_export, s_export},
     {"tl_sync", "hermes_sync.c", 0, f_sync, NULL},
+    {"tl_hermes_new_homes", "hermes_sync.c", 0, f_new_homes, s_new_homes},
     {"tl_keep_fresh", "keepfresh.c", 0, f_keep_fresh, s_keep_fresh},
     {"tl_watch_open", "keepfresh.c", 0, f_watch_open, s_watch_open},
     {"tl_watch_wait", "keepfresh.c", 0, f_watch_wait, s_watch_wait},

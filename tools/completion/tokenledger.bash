@@ -106,7 +106,8 @@ _tokenledger()
             --source --origin --force --json --wide --columns"
       ((${#args[@]} == 0)) && words="add rm list"
       ((${#args[@]} == 1)) && [[ ${args[0]} == add ]] && words=$(_tokenledger_names "$bin" "$db" provider) ;;
-    login | token) opts="--profile --json" ;;&
+    login) opts="--profile --credential --json" ;;&
+    token) opts="--profile --json" ;;&
     refresh) opts="--profile --force --json" ;;&
     report) opts="--profile --entry --status --reset-at --json" ;;&
     login | token | refresh | report) ((${#args[@]} == 0)) && words=$(_tokenledger_names "$bin" "$db" provider) ;;
