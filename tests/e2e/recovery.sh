@@ -18,7 +18,7 @@ DB="$ROOT/tokenledger.db"
 q() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
 nous_cred() { q "SELECT e.credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = '$1' AND e.provider = 'nous' ORDER BY e.priority LIMIT 1"; }
 # the row of a doctor check in the last JSON output: ok (1/0) and detail
-check_ok() { jq -r --arg c "$1" '.[] | select(.check == $c) | .ok' "$OUT"; }
+check_ok() { jq -r --arg c "$1" '.[] | select(.check == $c) | if .ok == true then 1 elif .ok == false then 0 else .ok end' "$OUT"; }
 check_detail() { jq -r --arg c "$1" '.[] | select(.check == $c) | .detail' "$OUT"; }
 
 # --- a Hermes root: default, work and research share the portal's grant (as Hermes does after one login)
@@ -162,7 +162,7 @@ q "INSERT INTO grant_place (profile_id, place, credential_id, updated_at) VALUES
 mkdir -p "$ROOT/profiles/late"; hermes_doc "$(admin seed)" late@example.com 1a1a1a > "$ROOT/profiles/late/auth.json"
 cp "$RA" "$WORK/research.keep"; head -c 50 "$WORK/research.keep" > "$RA"
 tl doctor --json; expect 1 "doctor with three problems"
-jq -r '.[] | select(.ok == 0) | .check' "$OUT" > "$WORK/failed"
+jq -r '.[] | select(.ok == false) | .check' "$OUT" > "$WORK/failed"
 check '[ "$(sort "$WORK/failed" | tr "\n" " ")" = "foreign_keys hermes_files new_profiles " ]' "the three checks fail ($(tr "\n" " " < "$WORK/failed"))"
 tl doctor
 for c in $(cat "$WORK/failed"); do contains "^hint: $c: " "the failed check $c ends with a hint"; done

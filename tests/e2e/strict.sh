@@ -17,7 +17,7 @@ unset HERMES_SHARED_AUTH_DIR
 . "$(dirname "$0")/hermes_root.sh"
 DB="$WORK/ledger.db"; D="--db $DB"; PF="$DB-serve"
 q() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
-current() { q "SELECT secret FROM refresh_token WHERE state = 'current' AND credential_id = 1"; }
+current() { q "SELECT secret FROM refresh_token WHERE state IN ('current', 'presented') AND credential_id = 1"; } # presented: a refresh in flight
 hermes() { set +e; "$TL_HERMES" "$@" > "$WORK/h.out" 2>&1; HRC=$?; set -e; cat "$WORK/h.out" >> "$ALL"; }
 # serve's keep-fresh rotates about every second here (ahead 124 s of a 125 s
 # token), so the portal's count and the ledger's are compared when they agree
