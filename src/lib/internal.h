@@ -39,6 +39,7 @@ struct tl_store {
   struct {
     const char *sql;
     sqlite3_stmt *st;
+    int erases; /* a write that overwrites or deletes a secret (db.c, tl__prepare) */
   } cache[TL_STMT_CACHE];
   size_t ncache;
   const char *tx_where;     /* where the open write transaction began, or NULL */
@@ -46,6 +47,9 @@ struct tl_store {
   const char *readonly_why; /* why, when it was not asked for */
   int wal_pages;            /* WAL size after our last commit (wal hook), for checkpoints outside transactions */
   int checkpoint_next;      /* WAL size at which this connection tries its next checkpoint */
+  int scrub_due;            /* a commit erased a secret: the WAL still holds it until a TRUNCATE checkpoint */
+  int scrub_off;            /* TOKENLEDGER_TEST_KEEP_WAL: the old behaviour, for the test that proves the scan */
+  int closing;              /* tl_store_free runs: a scrub may wait for readers a moment */
   int sync_failed;          /* the SQLite error of the last failed WAL sync after a commit, else 0 */
   long wal_syncs;           /* commits this connection made durable (tests and benchmarks count them) */
   int rescue_fd;            /* space reserved for a rescue file (refresh.c), or -1 */
@@ -162,6 +166,9 @@ int tl__db_marker(tl_store *s, unsigned char out[TL_DB_MARKER_LEN]);
 tl_status tl__wal_sync(tl_store *s, tl_error *err);
 /* db.c: the WAL hook every connection gets (store_open.c): the checkpoint after a commit, when one is due. */
 int tl__on_wal(void *ud, sqlite3 *db, const char *name, int pages);
+/* db.c: empties the WAL by a TRUNCATE checkpoint when a commit erased a secret (always: whatever this connection
+ * did); 1 if it is empty now. Outside transactions only. */
+int tl__wal_scrub(tl_store *s, int always);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
 tl_status tl__tx_commit(tl_store *s, tl_error *err);
 void tl__tx_rollback(tl_store *s);
