@@ -9,6 +9,8 @@
  */
 #include "cli.h"
 
+#include <signal.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,6 +31,21 @@ const char *cli_db_path(char *buf, size_t n)
   return buf;
 }
 
+/* A stop signal while a refresh token is at the server: the library waits for the answer; say so at once. */
+static void stop_notice(void *ud, int signo, int64_t wait_ms)
+{
+  (void)ud;
+  progress_end();
+  fprintf(stderr,
+          "tokenledger: %s received while a refresh token is at the server: waiting up to %lld s for the answer so "
+          "that the new token is not lost; stopping then\n",
+          signo == SIGINT    ? "interrupt (SIGINT)"
+          : signo == SIGTERM ? "SIGTERM"
+          : signo == SIGHUP  ? "SIGHUP"
+                             : "SIGQUIT",
+          (long long)((wait_ms + 999) / 1000));
+}
+
 int cli_open(tl_store **out, unsigned flags, const char *profile)
 {
   char buf[4096];
@@ -45,6 +62,7 @@ int cli_open(tl_store **out, unsigned flags, const char *profile)
   }
   tl_store_set_actor(*out, profile, g_cmd);
   tl_store_set_progress(*out, progress_hook, NULL);
+  tl_store_set_stop_notice(*out, stop_notice, NULL);
   return -1;
 }
 
@@ -708,11 +726,10 @@ static void doctor_hints(const tl_report *r, tl_store *s)
           continue;
         cli_ctx ctx = {s, NULL, tl_report_get(cr, k, "provider"),
                        strtoll(tl_report_get(cr, k, "credential"), NULL, 10)};
+        char advice[700];
         if (unknown)
-          fprintf(stderr,
-                  "hint: credential %lld: decide with 'tokenledger recover --credential %lld --assume-not-sent' or "
-                  "'--mark-dead' ('tokenledger recover --help')\n",
-                  (long long)ctx.credential, (long long)ctx.credential);
+          fprintf(stderr, "hint: credential %lld: %s\n", (long long)ctx.credential,
+                  cli_unknown_advice(advice, sizeof advice, s, ctx.credential));
         else
           fprintf(stderr,
                   "hint: credential %lld (%s, used by %s): log in again with 'tokenledger login %s --profile "

@@ -42,7 +42,7 @@ static void serve_footer(tl_store *s)
 }
 
 /* What needs the user, under the table: one line per credential, with the command to run. */
-static void status_hints(const tl_report *r)
+static void status_hints(tl_store *s, const tl_report *r)
 {
   int64_t seen[64];
   size_t nseen = 0;
@@ -60,10 +60,11 @@ static void status_hints(const tl_report *r)
     if (strcmp(access, "needs_login") == 0)
       printf("credential %lld needs a new login: 'tokenledger login %s --profile %s'\n", (long long)id,
              tl_report_get(r, i, "provider"), tl_report_get(r, i, "profile"));
-    else
-      printf("credential %lld has a refresh with an unknown outcome: 'tokenledger recover --credential %lld "
-             "--assume-not-sent' or '--mark-dead' (see 'tokenledger recover --help')\n",
-             (long long)id, (long long)id);
+    else {
+      char advice[700];
+      printf("credential %lld has a refresh with an unknown outcome: %s\n", (long long)id,
+             cli_unknown_advice(advice, sizeof advice, s, id));
+    }
   }
 }
 
@@ -115,7 +116,7 @@ static int run_status(const cli_cmd *c, cli_args *a)
     code = cli_print(r, status_cols, &o, 0);
     if (code == EXIT_OK && !o.json) {
       serve_footer(s);
-      status_hints(r);
+      status_hints(s, r);
     }
   }
   tl_report_free(r);

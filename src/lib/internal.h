@@ -64,6 +64,8 @@ struct tl_store {
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
+  tl_stop_notice_fn stop_notice; /* tl_store_set_stop_notice; NULL: none */
+  void *stop_notice_ud;
   tl_progress_fn progress; /* tl_store_set_progress; NULL: none */
   void *progress_ud;
   int64_t progress_at; /* when it was last called (ms), to call it a few times a second at most */
@@ -307,6 +309,18 @@ tl_status tl__device_endpoints_load(tl__device_endpoints *e, tl_store *s, const 
 void tl__device_endpoints_clear(tl__device_endpoints *e);
 /* oauth.c: one POST over the store's transport (tl_store_set_transport, else libcurl); *resp is reset first. */
 void tl__oauth_post(tl_http_response *resp, tl_store *s, const tl_http_request *req);
+/*
+ * http.c: a presentation's watch for stop signals, set by refresh.c on the presenting thread around the
+ * transfer (NULL: none). A deferred stop signal before any request byte left ends the transfer (NOT_SENT);
+ * after, fn is told once that the process waits for the answer until deadline_ms.
+ */
+typedef struct tl__stop_watch {
+  tl_stop_notice_fn fn;
+  void *ud;
+  int64_t deadline_ms;
+  int noticed; /* fn was called, or a signal ended the transfer */
+} tl__stop_watch;
+void tl__http_stop_watch(tl__stop_watch *w);
 
 /* http.c: the libcurl transport (tl_http_fn), and the transfer itself after the URL rules; with
  * loopback set, no proxy is used and every peer that is not a loopback address is refused unsent. */

@@ -716,6 +716,14 @@ void tl_store_set_busy_timeout(tl_store *s, int ms)
   s->busy_ms = ms;
 }
 
+void tl_store_set_stop_notice(tl_store *s, tl_stop_notice_fn fn, void *ud)
+{
+  if (!s)
+    return;
+  s->stop_notice = fn;
+  s->stop_notice_ud = ud;
+}
+
 int tl_store_schema_version_found(const tl_store *s)
 {
   return s ? s->found_version : 0;
