@@ -130,7 +130,7 @@ tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_erro
   sqlite3_reset(st);
   if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
     sqlite3_clear_bindings(st);
-    if (s->scrub_due && !s->tx_where)
+    if (s->scrub_due && !s->tx_where && !sqlite3_stmt_readonly(st))
       tl__wal_scrub(s, 0); /* a write in autocommit mode: it committed just now */
     return TL_OK;
   }
@@ -182,6 +182,8 @@ tl_status tl__exec(tl_store *s, const char *sql, tl_error *err)
  */
 #define TL_CHECKPOINT_PAGES   8000
 #define TL_CHECKPOINT_WAIT_MS 200
+#define TL_SCRUB_GAP_MS       1000
+#define TL_SCRUB_RETRY_MS     250
 
 tl_status tl__wal_sync(tl_store *s, tl_error *err)
 {
@@ -223,7 +225,13 @@ int tl__on_wal(void *ud, sqlite3 *db, const char *name, int pages)
  * readers of the moment (after a commit, not at all); if one still needs the
  * WAL, the scrub stays due and runs after this connection's next commit, at
  * the end of a keep-fresh round (which also scrubs for processes that could
- * not) or when the store closes.
+ * not) or when the store closes. A scrub costs a sync of the file, holds the
+ * write lock while it copies, and under a stream of concurrent writers a
+ * failed one still degrades to a passive checkpoint that copies and syncs:
+ * after a commit, one runs at most every TL_SCRUB_GAP_MS (TL_SCRUB_RETRY_MS
+ * after a failure). The first rotation after a quiet second is scrubbed at
+ * once; the later ones of a burst by the first commit after the gap, the
+ * round's end or the close (docs/BENCHMARKS.md has what each costs).
  * 1 if the WAL was emptied (or scrubbing is switched off).
  */
 int tl__wal_scrub(tl_store *s, int always)
@@ -232,14 +240,20 @@ int tl__wal_scrub(tl_store *s, int always)
     return 1;
   if ((!s->scrub_due && !always) || s->readonly || s->tx_where || !sqlite3_get_autocommit(s->db))
     return 0;
+  int64_t now = tl__now_ms();
+  if (!always && !s->closing && now < s->scrub_next_at)
+    return 0; /* one ran or failed a moment ago: see TL_SCRUB_GAP_MS */
   int busy = s->busy_ms;
   /* After a commit, only if nobody is in the way: concurrent refreshers do not queue behind each other's
    * scrubs (the last one to commit finds the way clear). A round's end and a close wait a moment. */
   s->busy_ms = always || s->closing ? TL_CHECKPOINT_WAIT_MS : 0;
   int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
   s->busy_ms = busy;
-  if (rc != SQLITE_OK)
+  if (rc != SQLITE_OK) {
+    s->scrub_next_at = now + TL_SCRUB_RETRY_MS;
     return 0;
+  }
+  s->scrub_next_at = now + TL_SCRUB_GAP_MS;
   s->scrub_due = 0;
   s->wal_pages = 0;
   s->checkpoint_next = 0;

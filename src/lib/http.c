@@ -321,15 +321,17 @@ void tl__http_stop_watch(tl__stop_watch *w)
   stop_watch = w;
 }
 
-/* The stop signal pending for this thread (they are blocked across a presentation), 0 if none. */
+/* The stop signal pending for this thread (they are blocked across a presentation), 0 if none; one the
+ * process ignores (nohup's SIGHUP) is none: it will be discarded, not stop anything. */
 static int stop_pending(void)
 {
   static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
   sigset_t p;
+  struct sigaction sa;
   if (sigpending(&p) != 0)
     return 0;
   for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-    if (sigismember(&p, sigs[i]) == 1)
+    if (sigismember(&p, sigs[i]) == 1 && sigaction(sigs[i], NULL, &sa) == 0 && sa.sa_handler != SIG_IGN)
       return sigs[i];
   return 0;
 }

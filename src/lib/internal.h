@@ -50,6 +50,7 @@ struct tl_store {
   int scrub_due;            /* a commit erased a secret: the WAL still holds it until a TRUNCATE checkpoint */
   int scrub_off;            /* TOKENLEDGER_TEST_KEEP_WAL: the old behaviour, for the test that proves the scan */
   int closing;              /* tl_store_free runs: a scrub may wait for readers a moment */
+  int64_t scrub_next_at;    /* the next scrub after a commit not before this (ms; db.c, TL_SCRUB_GAP_MS) */
   int sync_failed;          /* the SQLite error of the last failed WAL sync after a commit, else 0 */
   long wal_syncs;           /* commits this connection made durable (tests and benchmarks count them) */
   int rescue_fd;            /* space reserved for a rescue file (refresh.c), or -1 */

@@ -19,7 +19,9 @@
  *     decision or inside a declared grace window, once from `unknown`).
  *   - No write lock is held across the network.
  *   - An outcome that cannot be known (lost response, crash, unreadable 200)
- *     is recorded as `unknown` and is never presented again automatically.
+ *     is recorded as `unknown` and is never presented again automatically;
+ *     how far its request got is recorded with it (tl_unknown_sent), so that
+ *     nobody is advised to present again a token the server may have seen.
  *   - A spent RT's plaintext is erased in the same transaction that spends it.
  *   - Exactly one process per credential presents at a time (partial unique
  *     index on in_flight attempts); others wait for its result.

@@ -106,7 +106,9 @@ E=$(q "SELECT e.credential_id FROM pool_entry e JOIN profile p ON p.id = e.profi
 admin fault "kind=hang&count=1" >/dev/null
 r=$(counter refreshes)
 set +e
-TOKENLEDGER_HTTP_TIMEOUT_MS=8000 "$TL_BIN" $D refresh nous --profile erin --force > "$WORK/int.out" 2> "$WORK/int.err" &
+# as at a terminal: SIGINT's default action (a background job of a script inherits it ignored)
+TOKENLEDGER_HTTP_TIMEOUT_MS=8000 env --default-signal=INT "$TL_BIN" $D refresh nous --profile erin --force \
+  > "$WORK/int.out" 2> "$WORK/int.err" &
 pid=$!
 set -e
 for _ in $(seq 200); do [ "$(counter refreshes)" -gt "$r" ] && break; sleep 0.05; done
@@ -115,8 +117,9 @@ kill -INT $pid
 said=0
 for _ in $(seq 50); do grep -q "waiting up to" "$WORK/int.err" && { kill -0 $pid 2>/dev/null && said=1; break; }; sleep 0.1; done
 check '[ $said = 1 ]' "on Ctrl-C it says at once (while it still waits) that it waits for the answer"
-set +e; wait $pid; set -e
+set +e; wait $pid; RC=$?; set -e
 cat "$WORK/int.out" "$WORK/int.err" >> "$ALL"
+expect 130 "then the interrupt ends the process"
 check 'grep -q "interrupt (SIGINT) received while a refresh token is at the server: waiting up to [1-8] s for the answer so that the new token is not lost" "$WORK/int.err"' \
   "the message names the signal and the wait ($(head -c 300 "$WORK/int.err"))"
 check '[ "$(q "SELECT outcome FROM refresh_attempt WHERE credential_id = $E ORDER BY id DESC LIMIT 1")" = unknown ]' \
