@@ -50,7 +50,8 @@ char *tl__col_dup(sqlite3_stmt *st, int col)
 /*
  * 1 if a statement can erase a secret: a DELETE, or an UPDATE (or an INSERT
  * that may overwrite: an upsert, OR REPLACE) that names a secret column (the
- * schema keeps secrets only in columns named `secret` and `access_token`).
+ * schema keeps secrets only in columns named `secret`, `access_token` and,
+ * since migration 0008, `id_token`: a new secret column must be named here).
  * Only such a write can leave a secret that is no longer the ledger's
  * current one in an earlier image of a page: a write that does not name them
  * copies the secret unchanged, still live, and a plain INSERT adds one.
@@ -63,7 +64,7 @@ static int erases_secret(sqlite3_stmt *st, const char *sql)
     return 1;
   if (strncmp(sql, "INSERT", 6) == 0 && !strstr(sql, "DO UPDATE") && !strstr(sql, "REPLACE"))
     return 0;
-  return strstr(sql, "secret") || strstr(sql, "access_token");
+  return strstr(sql, "secret") || strstr(sql, "access_token") || strstr(sql, "id_token");
 }
 
 tl_status tl__prepare(sqlite3_stmt **out, tl_store *s, const char *sql, tl_error *err)
