@@ -21,6 +21,8 @@
  *   POST /admin/approve          user_code=X approves a device code
  *   GET  /admin/counters         refreshes, reuse_detections, families_revoked, ...
  *   GET  /admin/issued           every RT issued, as sha256 + state
+ * --dump FILE appends every refresh and access token issued, in plain text ("rt TOKEN", "at TOKEN"):
+ * tests scan files for the ones that must be gone.
  * "lose" rotates and then drops the connection without an answer, like a
  * response lost on the way back. The server binds 127.0.0.1 (or, with --addr,
  * another address in 127.0.0.0/8) and nothing else.
@@ -152,6 +154,17 @@ static void random_hex(char *out, size_t bytes)
   out[2 * bytes] = '\0';
 }
 
+/* --dump FILE (tests only): every token issued, one per line, so a test can scan files for them all. */
+static FILE *dump;
+
+static void dump_token(const char *kind, const char *token)
+{
+  if (!dump)
+    return;
+  fprintf(dump, "%s %s\n", kind, token);
+  fflush(dump);
+}
+
 static rt_rec *issue_rt(int fam, int gen)
 {
   char rnd[33], buf[96];
@@ -169,6 +182,7 @@ static rt_rec *issue_rt(int fam, int gen)
     all_rts = realloc(all_rts, cap_rts * sizeof *all_rts);
   }
   all_rts[n_rts++] = r;
+  dump_token("rt", r->token);
   return r;
 }
 
@@ -206,6 +220,7 @@ static char *access_token_kind(int fam, long exp, int id_token)
   enc[n] = '\0';
   char *out = malloc((size_t)n + 64);
   snprintf(out, (size_t)n + 64, "eyJhbGciOiJub25lIn0.%s.sig%s", enc, rnd);
+  dump_token("at", out);
   return out;
 }
 
@@ -868,9 +883,14 @@ int main(int argc, char **argv)
       who = P_XAI;
     else if (strcmp(argv[i], "--provider") == 0 && i + 1 < argc && strcmp(argv[i + 1], "minimax") == 0 && ++i)
       who = P_MINIMAX;
-    else {
+    else if (strcmp(argv[i], "--dump") == 0 && i + 1 < argc) {
+      if (!(dump = fopen(argv[++i], "a"))) {
+        perror(argv[i]);
+        return 2;
+      }
+    } else {
       fprintf(stderr, "usage: tl-portal [--port N] [--port-file FILE] [--addr 127.X.Y.Z] [--at-lifetime SECONDS] "
-                      "[--latency-ms MS] [--provider nous|codex|anthropic|xai|minimax]\n"
+                      "[--latency-ms MS] [--provider nous|codex|anthropic|xai|minimax] [--dump FILE]\n"
                       "A loopback stand-in for Nous Portal's OAuth endpoints (binds 127.0.0.1, or another "
                       "127.0.0.0/8 address, only).\n");
       return strcmp(argv[i], "--help") == 0 ? 0 : 2;

@@ -209,6 +209,12 @@ typedef struct cli_ctx {
 } cli_ctx;
 /* Prints the failure and, when there is one, what to run next; returns the exit code. */
 int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc);
+/*
+ * The advice for a credential with an unknown outcome, one sentence naming the commands (hint.c): it leads
+ * with 'recover --mark-dead' and says why '--assume-not-sent' is unsafe unless the ledger shows that no byte of
+ * the request left (tl_unknown_sent), and only then offers '--assume-not-sent' first.
+ */
+const char *cli_unknown_advice(char *buf, size_t n, tl_store *s, int64_t credential);
 /* 1 if the ledger has a provider of that name (hint.c). */
 int cli_has_provider(tl_store *s, const char *name);
 

@@ -395,9 +395,11 @@ static void attention_hints(tl_store *s, const tl_report *r)
     if (!a || strcmp(a, "attention") != 0 || !d || !p || !cred)
       continue;
     cmd[0] = '\0';
-    if (strstr(d, "unknown outcome"))
-      snprintf(cmd, sizeof cmd, "tokenledger recover --credential %s --assume-not-sent' or '--mark-dead", cred);
-    else if (strstr(d, "login")) {
+    if (strstr(d, "unknown outcome")) {
+      char advice[700];
+      printf("    hint: %s\n", cli_unknown_advice(advice, sizeof advice, s, strtoll(cred, NULL, 10)));
+      continue;
+    } else if (strstr(d, "login")) {
       char advice[900];
       first_profile(profile, sizeof profile, s, cred);
       cli_login_advice(advice, sizeof advice, s, strtoll(cred, NULL, 10), p, profile);

@@ -9,6 +9,8 @@
  */
 #include "cli.h"
 
+#include <signal.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,6 +31,21 @@ const char *cli_db_path(char *buf, size_t n)
   return buf;
 }
 
+/* A stop signal while a refresh token is at the server: the library waits for the answer; say so at once. */
+static void stop_notice(void *ud, int signo, int64_t wait_ms)
+{
+  (void)ud;
+  progress_end();
+  fprintf(stderr,
+          "tokenledger: %s received while a refresh token is at the server: waiting up to %lld s for the answer so "
+          "that the new token is not lost; stopping then\n",
+          signo == SIGINT    ? "interrupt (SIGINT)"
+          : signo == SIGTERM ? "SIGTERM"
+          : signo == SIGHUP  ? "SIGHUP"
+                             : "SIGQUIT",
+          (long long)((wait_ms + 999) / 1000));
+}
+
 int cli_open(tl_store **out, unsigned flags, const char *profile)
 {
   char buf[4096];
@@ -45,6 +62,7 @@ int cli_open(tl_store **out, unsigned flags, const char *profile)
   }
   tl_store_set_actor(*out, profile, g_cmd);
   tl_store_set_progress(*out, progress_hook, NULL);
+  tl_store_set_stop_notice(*out, stop_notice, NULL);
   return -1;
 }
 
@@ -706,11 +724,10 @@ static void credential_hints(tl_store *s, int unknown)
     for (const char *f = profiles; *f && len + 3 < sizeof who; f++) /* "default, work" */
       len += (size_t)snprintf(who + len, sizeof who - len, *f == ',' ? ", " : "%c", *f);
     profiles = who;
+    char advice[700];
     if (unknown)
-      fprintf(stderr,
-              "hint: credential %lld (used by %s): decide with 'tokenledger recover --credential %lld "
-              "--assume-not-sent' or '--mark-dead' ('tokenledger recover --help')\n",
-              id, profiles, id);
+      fprintf(stderr, "hint: credential %lld (used by %s): %s\n", id, profiles,
+              cli_unknown_advice(advice, sizeof advice, s, id));
     else if (strchr(profiles, ','))
       fprintf(stderr,
               "hint: credential %lld (%s, used by %s): one login replaces it in all of them: 'tokenledger login %s "

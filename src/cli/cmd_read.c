@@ -74,10 +74,11 @@ static void status_hints(const tl_report *r, tl_store *s)
       char advice[900];
       cli_login_advice(advice, sizeof advice, s, id, tl_report_get(r, i, "provider"), tl_report_get(r, i, "profile"));
       printf("credential %lld needs a new login: %s\n", (long long)id, advice);
-    } else
-      printf("credential %lld has a refresh with an unknown outcome: 'tokenledger recover --credential %lld "
-             "--assume-not-sent' or '--mark-dead' (see 'tokenledger recover --help')\n",
-             (long long)id, (long long)id);
+    } else {
+      char advice[700];
+      printf("credential %lld has a refresh with an unknown outcome: %s\n", (long long)id,
+             cli_unknown_advice(advice, sizeof advice, s, id));
+    }
   }
 }
 

@@ -333,9 +333,13 @@ const cli_cmd cli_cmd_recover = {
     0,
     "resolve a refresh whose outcome is unknown",
     "Resolves a refresh whose outcome is unknown (the answer was lost: a timeout, a reset, a crash). Such a\n"
-    "refresh token is never presented again automatically. --rescue takes back an answer a refresh kept in a\n"
-    "rescue file beside the ledger (<ledger>-rescue-ID-N, 0600) because it could not record it (disk full,\n"
-    "read-only ledger).\n",
+    "refresh token is never presented again automatically. When the request may have reached the server (a\n"
+    "timeout or a reset after sending: the usual case), the server may have rotated the token, and presenting it\n"
+    "again is reuse, for which the server revokes the login: --mark-dead and a new login are the safe way out.\n"
+    "--assume-not-sent is for a request that cannot have reached the server; the hint after a failure, 'status'\n"
+    "and 'doctor' say which case the ledger shows. --rescue takes back an answer a refresh kept in a rescue file\n"
+    "beside the ledger (<ledger>-rescue-ID-N, 0600) because it could not record it (disk full, read-only\n"
+    "ledger).\n",
     recover_opts,
     NULL};
 

@@ -182,6 +182,30 @@ static int64_t credential_in(const char *msg)
   return 0;
 }
 
+const char *cli_unknown_advice(char *buf, size_t n, tl_store *s, int64_t cred)
+{
+  tl_sent sent = TL_SENT_MAYBE;
+  tl_error err = {0};
+  if (!s || tl_unknown_sent(&sent, s, cred, &err) != TL_OK)
+    sent = TL_SENT_MAYBE; /* nothing known: assume the worst */
+  if (sent == TL_SENT_NOTHING)
+    snprintf(buf, n,
+             "present it once more with 'tokenledger recover --credential %lld --assume-not-sent' (safe: no byte of "
+             "the request left this machine, so the token is unspent), or give the login up with 'tokenledger "
+             "recover --credential %lld --mark-dead'",
+             (long long)cred, (long long)cred);
+  else
+    snprintf(buf, n,
+             "give the login up with 'tokenledger recover --credential %lld --mark-dead', then log in again; do not "
+             "use --assume-not-sent: %s, so the server may have rotated the token, and presenting it again would be "
+             "reuse, for which the server revokes the login",
+             (long long)cred,
+             sent == TL_SENT_ANSWERED ? "the server answered, so it received the request"
+                                      : "the request may have reached the server (it timed out, the connection broke "
+                                        "after sending, or the process died mid-request)");
+  return buf;
+}
+
 /*
  * A Hermes file that cannot be read (its path starts the message): moving it aside and syncing rewrites it
  * from the ledger, which keeps every grant and every key it held; the profile is the one whose home holds it.
@@ -315,12 +339,10 @@ int cli_fail(const cli_ctx *ctx, const tl_error *err, tl_status rc)
       hint(err, "'tokenledger status' shows which credentials need a new login");
     break;
   case TL_EUNKNOWN:
-    if (cred)
-      hint(err,
-           "decide with 'tokenledger recover --credential %lld --assume-not-sent' (only if the request cannot have "
-           "reached the server) or 'tokenledger recover --credential %lld --mark-dead' (then log in again)",
-           (long long)cred, (long long)cred);
-    else
+    if (cred) {
+      char advice[700];
+      hint(err, "%s", cli_unknown_advice(advice, sizeof advice, s, cred));
+    } else
       hint(err, "'tokenledger recover --help' explains how to resolve an unknown outcome");
     break;
   case TL_ENOTFOUND:

@@ -217,6 +217,21 @@ typedef void (*tl_progress_fn)(void *ud, const char *stage, int64_t done, int64_
  */
 TL_EXTERN void tl_store_set_progress(tl_store *store, tl_progress_fn fn, void *ud);
 
+/**
+ * Told when a stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) arrives while a
+ * refresh token is at the server: the library defers the signal until the
+ * answer is recorded, so that the new token is not lost, and waits at most
+ * wait_ms more for it. signo is the signal. Called at most once per
+ * presentation, on the calling thread, within about a second of the signal;
+ * it must not use the store. A signal that arrives before any byte of the
+ * request left ends the transfer at once instead (the RT stays unspent).
+ * Only the libcurl transport (not one set by tl_store_set_transport) watches.
+ */
+typedef void (*tl_stop_notice_fn)(void *ud, int signo, int64_t wait_ms);
+
+/** Sets the store's stop notice (NULL: none). */
+TL_EXTERN void tl_store_set_stop_notice(tl_store *store, tl_stop_notice_fn fn, void *ud);
+
 /** The schema version found when the file was opened (before migrating). */
 TL_EXTERN int tl_store_schema_version_found(const tl_store *store);
 
@@ -525,6 +540,25 @@ typedef enum tl_recover_action {
  */
 TL_EXTERN tl_status tl_recover(tl_token **out, tl_store *store, int64_t credential, tl_recover_action action,
                                tl_error *err);
+
+/** How far the request behind an unknown outcome got (tl_unknown_sent). */
+typedef enum tl_sent {
+  TL_SENT_MAYBE = 0,    /**< bytes may have reached the server (a timeout, a reset after sending, a process that
+                             died mid-request): it may have rotated the RT, so presenting it again may be reuse */
+  TL_SENT_ANSWERED = 1, /**< the server answered (unusably): it certainly received the RT */
+  TL_SENT_NOTHING = 2   /**< provably no byte of the request left: the RT is unspent */
+} tl_sent;
+
+/**
+ * What is on record about the request of a credential's unknown outcome (its
+ * last attempt recorded `unknown`), so that a tool can advise: TL_RECOVER_RETRY
+ * is safe only for TL_SENT_NOTHING. A presentation that provably sent nothing
+ * is normally recorded `not_sent` (its RT stays current and needs no
+ * decision), so an unknown outcome is almost always TL_SENT_MAYBE or
+ * TL_SENT_ANSWERED. Errors: TL_ENOTFOUND (no such credential), TL_EINVAL (no
+ * unknown outcome to decide). Never writes.
+ */
+TL_EXTERN tl_status tl_unknown_sent(tl_sent *out, tl_store *store, int64_t credential, tl_error *err);
 
 /** Resolves (profile, provider) to the credential its strategy picks first. */
 TL_EXTERN tl_status tl_credential_find(int64_t *out, tl_store *store, const char *profile, const char *provider,

@@ -15,6 +15,11 @@
  *     writers share syncs (group commit); a failed sync is reported by
  *     tl__tx_commit although other connections may already see the commit.
  *   - Checkpoints run after a commit, outside the transaction.
+ *   - A secret a commit erased does not outlive it in the WAL: the commit
+ *     (or, if a reader blocks that, a later one, the end of a keep-fresh
+ *     round, or the store's close) runs a TRUNCATE checkpoint, which copies
+ *     the pages, whose freed space secure_delete zeroed, into the file and
+ *     empties the WAL, where every earlier image of those pages lay.
  */
 #define _GNU_SOURCE /* O_PATH, AT_EMPTY_PATH */
 #include "internal.h"
@@ -42,6 +47,26 @@ char *tl__col_dup(sqlite3_stmt *st, int col)
   return t ? strdup((const char *)t) : NULL;
 }
 
+/*
+ * 1 if a statement can erase a secret: a DELETE, or an UPDATE (or an INSERT
+ * that may overwrite: an upsert, OR REPLACE) that names a secret column (the
+ * schema keeps secrets only in columns named `secret`, `access_token` and,
+ * since migration 0008, `id_token`: a new secret column must be named here).
+ * Only such a write can leave a secret that is no longer the ledger's
+ * current one in an earlier image of a page: a write that does not name them
+ * copies the secret unchanged, still live, and a plain INSERT adds one.
+ */
+static int erases_secret(sqlite3_stmt *st, const char *sql)
+{
+  if (sqlite3_stmt_readonly(st))
+    return 0;
+  if (strncmp(sql, "DELETE", 6) == 0)
+    return 1;
+  if (strncmp(sql, "INSERT", 6) == 0 && !strstr(sql, "DO UPDATE") && !strstr(sql, "REPLACE"))
+    return 0;
+  return strstr(sql, "secret") || strstr(sql, "access_token") || strstr(sql, "id_token");
+}
+
 tl_status tl__prepare(sqlite3_stmt **out, tl_store *s, const char *sql, tl_error *err)
 {
   *out = NULL;
@@ -50,6 +75,7 @@ tl_status tl__prepare(sqlite3_stmt **out, tl_store *s, const char *sql, tl_error
       sqlite3_stmt *st = s->cache[i].st;
       sqlite3_reset(st);
       sqlite3_clear_bindings(st);
+      s->scrub_due |= s->cache[i].erases; /* handed out to run: its transaction's commit scrubs the WAL */
       *out = st;
       return TL_OK;
     }
@@ -61,6 +87,8 @@ tl_status tl__prepare(sqlite3_stmt **out, tl_store *s, const char *sql, tl_error
     return tl__err_db(err, s, "prepare"); /* busy, out of memory, I/O: the status says which */
   s->cache[s->ncache].sql = sql;
   s->cache[s->ncache].st = st;
+  s->cache[s->ncache].erases = erases_secret(st, sql);
+  s->scrub_due |= s->cache[s->ncache].erases;
   s->ncache++;
   *out = st;
   return TL_OK;
@@ -109,6 +137,8 @@ tl_status tl__step_done(tl_store *s, sqlite3_stmt *st, const char *what, tl_erro
   sqlite3_reset(st);
   if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
     sqlite3_clear_bindings(st);
+    if (s->scrub_due && !s->tx_where && !sqlite3_stmt_readonly(st))
+      tl__wal_scrub(s, 0); /* a write in autocommit mode: it committed just now */
     return TL_OK;
   }
   sqlite3_clear_bindings(st);
@@ -159,6 +189,8 @@ tl_status tl__exec(tl_store *s, const char *sql, tl_error *err)
  */
 #define TL_CHECKPOINT_PAGES   8000
 #define TL_CHECKPOINT_WAIT_MS 200
+#define TL_SCRUB_GAP_MS       1000
+#define TL_SCRUB_RETRY_MS     250
 
 tl_status tl__wal_sync(tl_store *s, tl_error *err)
 {
@@ -182,6 +214,57 @@ int tl__on_wal(void *ud, sqlite3 *db, const char *name, int pages)
   s->wal_pages = pages;
   s->wal_syncs++;
   return tl__wal_sync(s, NULL) == TL_OK ? SQLITE_OK : s->sync_failed;
+}
+
+/*
+ * Scrubbing the WAL. SQLite never rewrites a page in place: a commit appends
+ * the page's new image to the WAL, and the images before it stay there, in
+ * the WAL file, until the log is restarted and overwritten, or truncated. So
+ * an RT whose plaintext a rotation erased (secure_delete zeroes it in the
+ * page) still lies in every earlier image of its page: after hundreds of
+ * rotations by one long-lived process (keep-fresh, serve), whose connection
+ * keeps the WAL from being removed at close, the WAL held most of the spent
+ * RTs and old access tokens, and any copy of the directory carried them.
+ * After a commit that erased a secret (a statement erases_secret marks), a
+ * TRUNCATE checkpoint copies the WAL into the file and truncates it to zero
+ * bytes: the file then holds each page's last image (secure_delete zeroed the
+ * freed space and pages in it), and the WAL nothing. It waits briefly for the
+ * readers of the moment (after a commit, not at all); if one still needs the
+ * WAL, the scrub stays due and runs after this connection's next commit, at
+ * the end of a keep-fresh round (which also scrubs for processes that could
+ * not) or when the store closes. A scrub costs a sync of the file, holds the
+ * write lock while it copies, and under a stream of concurrent writers a
+ * failed one still degrades to a passive checkpoint that copies and syncs:
+ * after a commit, one runs at most every TL_SCRUB_GAP_MS (TL_SCRUB_RETRY_MS
+ * after a failure). The first rotation after a quiet second is scrubbed at
+ * once; the later ones of a burst by the first commit after the gap, the
+ * round's end or the close (docs/BENCHMARKS.md has what each costs).
+ * 1 if the WAL was emptied (or scrubbing is switched off).
+ */
+int tl__wal_scrub(tl_store *s, int always)
+{
+  if (s->scrub_off)
+    return 1;
+  if ((!s->scrub_due && !always) || s->readonly || s->tx_where || !sqlite3_get_autocommit(s->db))
+    return 0;
+  int64_t now = tl__now_ms();
+  if (!always && !s->closing && now < s->scrub_next_at)
+    return 0; /* one ran or failed a moment ago: see TL_SCRUB_GAP_MS */
+  int busy = s->busy_ms;
+  /* After a commit, only if nobody is in the way: concurrent refreshers do not queue behind each other's
+   * scrubs (the last one to commit finds the way clear). A round's end and a close wait a moment. */
+  s->busy_ms = always || s->closing ? TL_CHECKPOINT_WAIT_MS : 0;
+  int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+  s->busy_ms = busy;
+  if (rc != SQLITE_OK) {
+    s->scrub_next_at = now + TL_SCRUB_RETRY_MS;
+    return 0;
+  }
+  s->scrub_next_at = now + TL_SCRUB_GAP_MS;
+  s->scrub_due = 0;
+  s->wal_pages = 0;
+  s->checkpoint_next = 0;
+  return 1;
 }
 
 static void checkpoint_if_due(tl_store *s)
@@ -278,7 +361,8 @@ tl_status tl__tx_commit(tl_store *s, tl_error *err)
     return rc;
   }
   s->tx_where = NULL;
-  checkpoint_if_due(s);
+  if (!s->scrub_due || !tl__wal_scrub(s, 0))
+    checkpoint_if_due(s);
   return TL_OK;
 }
 

@@ -25,6 +25,10 @@
  *   - A failure is NOT_SENT only if curl reports that no request byte was
  *     written; anything else that fails is LOST (the RT may have arrived).
  *   - The header line that carries an RT is burned after the transfer.
+ *   - A stop signal deferred across a presentation (refresh.c) ends a
+ *     transfer that has not written a request byte yet (NOT_SENT); after the
+ *     first byte it is only reported (tl__stop_watch), never acted on: the
+ *     answer must be recorded first.
  */
 #include "internal.h"
 #include "lazy.h"
@@ -32,6 +36,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +312,60 @@ static int header_value_valid(const char *v)
   return v && tl__token_valid(v, strlen(v));
 }
 
+/* ---- stop signals during a transfer ------------------------------------- */
+
+static _Thread_local tl__stop_watch *stop_watch;
+
+void tl__http_stop_watch(tl__stop_watch *w)
+{
+  stop_watch = w;
+}
+
+/* The stop signal pending for this thread (they are blocked across a presentation), 0 if none; one the
+ * process ignores (nohup's SIGHUP) is none: it will be discarded, not stop anything. */
+static int stop_pending(void)
+{
+  static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+  sigset_t p;
+  struct sigaction sa;
+  if (sigpending(&p) != 0)
+    return 0;
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+    if (sigismember(&p, sigs[i]) == 1 && sigaction(sigs[i], NULL, &sa) == 0 && sa.sa_handler != SIG_IGN)
+      return sigs[i];
+  return 0;
+}
+
+typedef struct xfer {
+  CURL *h;
+  tl__stop_watch *w;
+  int stopped; /* ended by a stop signal before any byte left */
+} xfer;
+
+/* libcurl's progress callback: at least about once a second, also while waiting for the answer. */
+static int on_xfer(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+  xfer *x = ud;
+  (void)dltotal;
+  (void)dlnow;
+  (void)ultotal;
+  int sig;
+  if (x->w->noticed || !(sig = stop_pending()))
+    return 0;
+  x->w->noticed = 1;
+  long sent = 0;
+  tl__curl()->easy_getinfo(x->h, CURLINFO_REQUEST_SIZE, &sent);
+  if (sent == 0 && ulnow == 0) {
+    x->stopped = 1; /* nothing left: the RT stays unspent, and the process may stop now */
+    return 1;
+  }
+  if (x->w->fn) {
+    int64_t left = x->w->deadline_ms - tl__now_ms();
+    x->w->fn(x->w->ud, sig, left > 0 ? left : 0);
+  }
+  return 0;
+}
+
 void tl__http_response_clear(tl_http_response *resp)
 {
   if (!resp)
@@ -342,6 +401,7 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
   char *rtline = NULL;
   sink k = {0};
   peer_guard guard = {0};
+  xfer x = {0};
   const tl__curl_api *cu = tl__curl();
   resp->failure = TL_HTTP_NOT_SENT;
   resp->status = 0;
@@ -405,6 +465,13 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
   cu->easy_setopt(h, CURLOPT_WRITEDATA, &k);
   cu->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
   cu->easy_setopt(h, CURLOPT_HEADERDATA, resp);
+  if (stop_watch) {
+    x.h = h;
+    x.w = stop_watch;
+    cu->easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xfer);
+    cu->easy_setopt(h, CURLOPT_XFERINFODATA, &x);
+    cu->easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+  }
 
   CURLcode cc = cu->easy_perform(h);
   long sent = 0;
@@ -415,6 +482,9 @@ void tl__curl_transfer(const tl_http_request *req, tl_http_response *resp, int l
     resp->body = k.buf;
     resp->body_len = k.len;
     k.buf = NULL;
+  } else if (x.stopped && sent == 0) {
+    resp->failure = TL_HTTP_NOT_SENT;
+    snprintf(resp->detail, sizeof resp->detail, "stopped by a signal before any byte of the request left");
   } else if (guard.refused) {
     resp->failure = sent > 0 ? TL_HTTP_LOST : TL_HTTP_NOT_SENT;
     snprintf(resp->detail, sizeof resp->detail,

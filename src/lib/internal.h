@@ -39,6 +39,7 @@ struct tl_store {
   struct {
     const char *sql;
     sqlite3_stmt *st;
+    int erases; /* a write that overwrites or deletes a secret (db.c, tl__prepare) */
   } cache[TL_STMT_CACHE];
   size_t ncache;
   const char *tx_where;     /* where the open write transaction began, or NULL */
@@ -46,6 +47,10 @@ struct tl_store {
   const char *readonly_why; /* why, when it was not asked for */
   int wal_pages;            /* WAL size after our last commit (wal hook), for checkpoints outside transactions */
   int checkpoint_next;      /* WAL size at which this connection tries its next checkpoint */
+  int scrub_due;            /* a commit erased a secret: the WAL still holds it until a TRUNCATE checkpoint */
+  int scrub_off;            /* TOKENLEDGER_TEST_KEEP_WAL: the old behaviour, for the test that proves the scan */
+  int closing;              /* tl_store_free runs: a scrub may wait for readers a moment */
+  int64_t scrub_next_at;    /* the next scrub after a commit not before this (ms; db.c, TL_SCRUB_GAP_MS) */
   int sync_failed;          /* the SQLite error of the last failed WAL sync after a commit, else 0 */
   long wal_syncs;           /* commits this connection made durable (tests and benchmarks count them) */
   int rescue_fd;            /* space reserved for a rescue file (refresh.c), or -1 */
@@ -61,6 +66,8 @@ struct tl_store {
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
+  tl_stop_notice_fn stop_notice; /* tl_store_set_stop_notice; NULL: none */
+  void *stop_notice_ud;
   tl_progress_fn progress; /* tl_store_set_progress; NULL: none */
   void *progress_ud;
   int64_t progress_at; /* when it was last called (ms), to call it a few times a second at most */
@@ -163,6 +170,9 @@ int tl__db_marker(tl_store *s, unsigned char out[TL_DB_MARKER_LEN]);
 tl_status tl__wal_sync(tl_store *s, tl_error *err);
 /* db.c: the WAL hook every connection gets (store_open.c): the checkpoint after a commit, when one is due. */
 int tl__on_wal(void *ud, sqlite3 *db, const char *name, int pages);
+/* db.c: empties the WAL by a TRUNCATE checkpoint when a commit erased a secret (always: whatever this connection
+ * did); 1 if it is empty now. Outside transactions only. */
+int tl__wal_scrub(tl_store *s, int always);
 tl_status tl__tx_begin(tl_store *s, const char *where, tl_error *err);
 tl_status tl__tx_commit(tl_store *s, tl_error *err);
 void tl__tx_rollback(tl_store *s);
@@ -305,6 +315,18 @@ tl_status tl__device_endpoints_load(tl__device_endpoints *e, tl_store *s, const 
 void tl__device_endpoints_clear(tl__device_endpoints *e);
 /* oauth.c: one POST over the store's transport (tl_store_set_transport, else libcurl); *resp is reset first. */
 void tl__oauth_post(tl_http_response *resp, tl_store *s, const tl_http_request *req);
+/*
+ * http.c: a presentation's watch for stop signals, set by refresh.c on the presenting thread around the
+ * transfer (NULL: none). A deferred stop signal before any request byte left ends the transfer (NOT_SENT);
+ * after, fn is told once that the process waits for the answer until deadline_ms.
+ */
+typedef struct tl__stop_watch {
+  tl_stop_notice_fn fn;
+  void *ud;
+  int64_t deadline_ms;
+  int noticed; /* fn was called, or a signal ended the transfer */
+} tl__stop_watch;
+void tl__http_stop_watch(tl__stop_watch *w);
 
 /* http.c: the libcurl transport (tl_http_fn), and the transfer itself after the URL rules; with
  * loopback set, no proxy is used and every peer that is not a loopback address is refused unsent. */

@@ -11,7 +11,8 @@
  * be read is a row of its own (sync:unreadable), not a failure to retry, and
  * the other files are still synced; every refresh is the
  * cooperative one (adopt under Hermes' locks first), so keep-fresh never
- * presents a token Hermes already rotated.
+ * presents a token Hermes already rotated. A round ends with the WAL emptied
+ * (db.c, tl__wal_scrub) when no reader needs it, so no spent token waits there.
  */
 #include "hermes.h"
 
@@ -156,6 +157,9 @@ tl_status tl_keep_fresh(tl_report **out, int *out_failures, tl_store *s, int64_t
   }
 done:
   free(list);
+  /* Whatever this round or another process erased (a refresh whose scrub a reader blocked, a CLI that exited
+   * while this process kept the ledger open), the WAL does not keep it past the round. */
+  tl__wal_scrub(s, 1);
   if (rc == TL_OK) {
     *out = r;
     *out_failures = failures;

@@ -19,7 +19,9 @@
  *     decision or inside a declared grace window, once from `unknown`).
  *   - No write lock is held across the network.
  *   - An outcome that cannot be known (lost response, crash, unreadable 200)
- *     is recorded as `unknown` and is never presented again automatically.
+ *     is recorded as `unknown` and is never presented again automatically;
+ *     how far its request got is recorded with it (tl_unknown_sent), so that
+ *     nobody is advised to present again a token the server may have seen.
  *   - A spent RT's plaintext is erased in the same transaction that spends it.
  *   - Exactly one process per credential presents at a time (partial unique
  *     index on in_flight attempts); others wait for its result.
@@ -79,8 +81,13 @@ static int http_timeout(const tl_store *s)
   return s->coop && s->http_timeout_ms > TL_COOP_HTTP_TIMEOUT_MS ? TL_COOP_HTTP_TIMEOUT_MS : s->http_timeout_ms;
 }
 
-/* Marks an in-flight or lost attempt unknown: attempt, RT and credential. */
-static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, tl_error *err)
+/*
+ * Marks an in-flight or lost attempt unknown: attempt, RT and credential. request says how far the
+ * request got, for tl_unknown_sent: "answered" (the server answered: it has the token), "may_have_arrived"
+ * (bytes left and no usable answer came back, or the presenting process died), "not_sent" (provably no
+ * byte left). It goes in the attempt_unknown audit row.
+ */
+static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, const char *request, tl_error *err)
 {
   static const char att_sql[] =
       "UPDATE refresh_attempt SET outcome = 'unknown', finished_at = :now, error_description = :why "
@@ -112,8 +119,8 @@ static tl_status mark_unknown(tl_store *s, int64_t attempt, const char *why, tl_
       (rc = TL_BIND(st, err, TL_INT(":now", now), TL_TEXT(":why", why), TL_INT(":id", ids.credential))) != TL_OK ||
       (rc = tl__step_done(s, st, "mark unknown", err)) != TL_OK)
     return rc;
-  return tl__audit(s, "attempt_unknown", &ids, json_pack("{s:I, s:s}", "attempt", (json_int_t)attempt, "why", why),
-                   err);
+  return tl__audit(s, "attempt_unknown", &ids,
+                   json_pack("{s:I, s:s, s:s}", "attempt", (json_int_t)attempt, "why", why, "request", request), err);
 }
 
 /* Both use the partial index on in-flight attempts: never a scan of the history. */
@@ -161,7 +168,7 @@ tl_status tl__reap_dead_attempts(int64_t *out, tl_store *s, int fix, tl_error *e
     if ((rc = mark_unknown(s, ids[i],
                            "the presenting process died or its lease expired before it recorded an "
                            "outcome",
-                           err)) != TL_OK)
+                           "may_have_arrived", err)) != TL_OK)
       goto done;
 done:
   if (fix) {
@@ -294,7 +301,7 @@ static tl_status claim_check_in_flight(int64_t *wait_for, claim_view *v, tl_stor
     return TL_OK;
   }
   if ((rc = mark_unknown(s, att, "the presenting process died or its lease expired before it recorded an outcome",
-                         err)) != TL_OK)
+                         "may_have_arrived", err)) != TL_OK)
     return rc;
   snprintf(v->status, sizeof v->status, "uncertain");
   snprintf(v->reason, sizeof v->reason, "the process presenting its refresh token died mid-request");
@@ -758,7 +765,7 @@ static tl_status record_unknown(tl_store *s, const claim *cl, const tl__answer *
   char why[300];
   snprintf(why, sizeof why, "response to generation %lld lost or unusable: %.200s", (long long)cl->generation,
            a->desc ? a->desc : "no detail");
-  return mark_unknown(s, cl->attempt, why, err);
+  return mark_unknown(s, cl->attempt, why, a->status > 0 ? "answered" : "may_have_arrived", err);
 }
 
 /* A new RT the ledger already holds is not stored twice: the answer becomes unknown. */
@@ -1096,7 +1103,11 @@ static void present(tl_store *s, claim *cl, tl__answer *a)
                          .connect_timeout_ms = CONNECT_TIMEOUT_MS,
                          .timeout_ms = http_timeout(s),
                          .content_type = cl->json_body ? "application/json" : NULL};
+  /* A stop signal waits (tl__refresh_protocol defers it): say so at once, or end a transfer that sent nothing. */
+  tl__stop_watch watch = {s->stop_notice, s->stop_notice_ud, tl__now_ms() + req.timeout_ms, 0};
+  tl__http_stop_watch(&watch);
   tl__oauth_post(&resp, s, &req);
+  tl__http_stop_watch(NULL);
   tl_burn(body, strlen(body));
   free(body);
   tl__answer_parse(a, &resp, cl->secret);
@@ -1790,4 +1801,38 @@ tl_status tl_recover(tl_token **out, tl_store *s, int64_t cred, tl_recover_actio
 fail:
   tl__tx_rollback(s);
   return rc;
+}
+
+tl_status tl_unknown_sent(tl_sent *out, tl_store *s, int64_t cred, tl_error *err)
+{
+  tl_error_clear(err);
+  static const char sql[] =
+      "SELECT c.status, (SELECT json_extract(e.detail, '$.request') FROM refresh_attempt a JOIN audit_event e ON "
+      "e.credential_id = a.credential_id AND e.event = 'attempt_unknown' AND json_extract(e.detail, '$.attempt') = "
+      "a.id WHERE a.credential_id = c.id AND a.outcome = 'unknown' ORDER BY a.id DESC, e.id DESC LIMIT 1) "
+      "FROM credential c WHERE c.id = :id";
+  if (!out || !s || cred <= 0)
+    return tl__err(err, TL_EINVAL, 0, "unknown outcome: a credential is required");
+  *out = TL_SENT_MAYBE;
+  sqlite3_stmt *st;
+  int found = 0;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":id", cred))) != TL_OK ||
+      (rc = tl__step_row(&found, s, st, "unknown outcome", err)) != TL_OK)
+    return rc;
+  if (!found) {
+    sqlite3_reset(st);
+    return tl__err(err, TL_ENOTFOUND, 0, "credential %lld does not exist", (long long)cred);
+  }
+  int uncertain = strcmp((const char *)sqlite3_column_text(st, 0), "uncertain") == 0;
+  const char *req = (const char *)sqlite3_column_text(st, 1);
+  /* No word on record (a ledger from before this was recorded): assume the worst. */
+  *out = !req                           ? TL_SENT_MAYBE
+         : strcmp(req, "answered") == 0 ? TL_SENT_ANSWERED
+         : strcmp(req, "not_sent") == 0 ? TL_SENT_NOTHING
+                                        : TL_SENT_MAYBE;
+  sqlite3_reset(st);
+  if (!uncertain)
+    return tl__err(err, TL_EINVAL, 0, "credential %lld has no unknown outcome to decide", (long long)cred);
+  return TL_OK;
 }

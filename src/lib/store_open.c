@@ -21,8 +21,10 @@
  *     migrations made (tl__schema_rows): a trigger, view, index or table
  *     added or changed by someone else is refused before any statement runs.
  *     Connections run in SQLite's defensive mode.
- *   - Every connection runs WAL, foreign_keys=ON, secure_delete=ON, and a
- *     busy timeout that is the lock deadline. On a read-only filesystem the
+ *   - Every connection runs WAL, foreign_keys=ON, secure_delete=ON (freed
+ *     space and pages are zeroed, so the file keeps no erased secret; db.c
+ *     empties the WAL after such a commit), and a busy timeout that is the
+ *     lock deadline. On a read-only filesystem the
  *     ledger opens read-only, so a valid access token is still served.
  *   - Writers wait only on SQLite's own locks (fcntl locks the kernel releases
  *     when their holder dies; a copied file carries none), with a busy handler
@@ -568,6 +570,8 @@ static tl_status store_new(tl_store **out, const char *path, int readonly, tl_er
   if (to && atoi(to) >= 100 && atoi(to) <= 600000)
     s->http_timeout_ms = atoi(to);
   s->http = tl__curl_post;
+  /* Tests only: keep spent secrets in the WAL as before, so the test that scans for them proves it can fail. */
+  s->scrub_off = getenv("TOKENLEDGER_TEST_KEEP_WAL") != NULL;
   s->readonly = readonly;
   s->rescue_fd = -1;
   tl__actor_init(&s->actor);
@@ -683,6 +687,10 @@ void tl_store_free(tl_store *s)
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
   for (size_t i = 0; i < s->ncache; i++)
     sqlite3_finalize(s->cache[i].st);
+  s->ncache = 0;
+  s->closing = 1;
+  if (s->db && s->scrub_due)
+    tl__wal_scrub(s, 0); /* a scrub a reader blocked; the last connection's close also empties the WAL */
   sqlite3_close(s->db);
   tl__token_cache_clear(s);
   tl__rescue_unreserve(s);
@@ -706,6 +714,14 @@ void tl_store_set_busy_timeout(tl_store *s, int ms)
   if (!s || ms < 0)
     return;
   s->busy_ms = ms;
+}
+
+void tl_store_set_stop_notice(tl_store *s, tl_stop_notice_fn fn, void *ud)
+{
+  if (!s)
+    return;
+  s->stop_notice = fn;
+  s->stop_notice_ud = ud;
 }
 
 int tl_store_schema_version_found(const tl_store *s)

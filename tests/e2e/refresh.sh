@@ -75,18 +75,69 @@ tl $D token nous --profile bob; expect 6 "dropped connection is unknown"
 tl $D recover --credential 2 --assume-not-sent; expect 0 "assume-not-sent retries once and rotates"
 check '[ "$(counter reuse_detections)" = 0 ]' "the retry was safe because the server never saw the RT"
 
-# --- a hanging server: timeout -> unknown
+# --- a hanging server: timeout -> unknown. The request reached the server, which may have rotated the RT:
+# every hint leads with --mark-dead and says why --assume-not-sent would be reuse (it made the portal revoke
+# the login once), never offers --assume-not-sent first.
+# first_recover : the first 'recover' decision the last command's output names.
+first_recover() { grep -o -- "recover --credential [0-9]* --[a-z-]*" "$OUT" "$ERR" | head -n 1 | sed 's/.* --/--/'; }
 admin fault "kind=hang&count=1" >/dev/null
 tl $D refresh nous --profile bob --force; expect 6 "hang times out as unknown"
 check '[ "$(q "SELECT outcome FROM refresh_attempt ORDER BY id DESC LIMIT 1")" = unknown ]' "attempt recorded unknown"
+check '[ "$(first_recover)" = --mark-dead ]' "the hint leads with --mark-dead ($(first_recover))"
+contains "do not use --assume-not-sent" "says not to assume it was not sent"
+contains "may have reached the server" "and why"
+tl $D refresh nous --profile bob --force; expect 6 "a later refresh: still unknown"
+check '[ "$(first_recover)" = --mark-dead ]' "its hint leads with --mark-dead too"
+tl $D status
+check '[ "$(first_recover)" = --mark-dead ]' "status leads with --mark-dead"; contains "do not use --assume-not-sent" "status says why"
+tl $D doctor
+check '[ "$(first_recover)" = --mark-dead ]' "doctor leads with --mark-dead"
+tl $D keep-fresh --once --no-sync
+check '[ "$(first_recover)" = --mark-dead ]' "keep-fresh leads with --mark-dead"
 tl $D recover --credential 2 --mark-dead; expect 0 "give the hung RT up"
+check '[ "$(counter reuse_detections)" = 0 ]' "following the hint made no reuse"
+
+# --- Ctrl-C while the RT is at the server: the process says at once that it waits for the answer (up to the
+# HTTP timeout) so the new token is not lost, records the outcome, then stops
+tl $D profile add erin
+seed_rt "$WORK/rt-e"
+tl $D credential add nous --profile erin --refresh-token-file "$WORK/rt-e"
+E=$(q "SELECT e.credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = 'erin'")
+admin fault "kind=hang&count=1" >/dev/null
+r=$(counter refreshes)
+set +e
+# as at a terminal: SIGINT's default action (a background job of a script inherits it ignored)
+TOKENLEDGER_HTTP_TIMEOUT_MS=8000 env --default-signal=INT "$TL_BIN" $D refresh nous --profile erin --force \
+  > "$WORK/int.out" 2> "$WORK/int.err" &
+pid=$!
+set -e
+for _ in $(seq 200); do [ "$(counter refreshes)" -gt "$r" ] && break; sleep 0.05; done
+check '[ "$(counter refreshes)" -gt "$r" ]' "the RT reached the portal, which hangs"
+kill -INT $pid
+said=0
+for _ in $(seq 50); do grep -q "waiting up to" "$WORK/int.err" && { kill -0 $pid 2>/dev/null && said=1; break; }; sleep 0.1; done
+check '[ $said = 1 ]' "on Ctrl-C it says at once (while it still waits) that it waits for the answer"
+set +e; wait $pid; RC=$?; set -e
+cat "$WORK/int.out" "$WORK/int.err" >> "$ALL"
+expect 130 "then the interrupt ends the process"
+check 'grep -q "interrupt (SIGINT) received while a refresh token is at the server: waiting up to [1-8] s for the answer so that the new token is not lost" "$WORK/int.err"' \
+  "the message names the signal and the wait ($(head -c 300 "$WORK/int.err"))"
+check '[ "$(q "SELECT outcome FROM refresh_attempt WHERE credential_id = $E ORDER BY id DESC LIMIT 1")" = unknown ]' \
+  "the outcome was recorded before the process stopped"
+tl $D refresh nous --profile erin; expect 6 "then: an unknown outcome"
+check '[ "$(first_recover)" = --mark-dead ]' "whose hint leads with --mark-dead"
+tl $D recover --credential "$E" --mark-dead; expect 0 "following it"
+check '[ "$(counter reuse_detections)" = 0 ]' "revokes nothing at the portal"
 
 # --- unreachable endpoint: not sent
 tl $D profile add carol
 seed_rt "$WORK/rt-c"
 tl $D credential add nous --profile carol --refresh-token-file "$WORK/rt-c" --token-url http://127.0.0.1:9/api/oauth/token
 tl $D token nous --profile carol; expect 7 "connection refused is transient"; contains "not sent" "says the RT was not sent"
+lacks "mark-dead" "nothing was sent: the login is not to be given up"
 check '[ "$(q "SELECT outcome FROM refresh_attempt ORDER BY id DESC LIMIT 1")" = not_sent ]' "attempt not_sent"
+check '[ "$(q "SELECT status FROM credential WHERE id = (SELECT max(id) FROM credential)")" = active ]' \
+  "no unknown outcome to decide: the RT stays current"
 tlin "$WORK/rt-c" $D check-rt; expect 0 "the RT is still live"
 
 # --- the incident: an outside script spends the RT and drops the answer
@@ -134,5 +185,5 @@ tl $D credential rm "$A" --force; expect 4 "nothing gives the login up meanwhile
 rm "$DB-rescue-$A-77"
 tl $D refresh nous --profile dora --force; expect 0 "moved away, the grant refreshes again"
 
-no_secret_leak "$WORK/rt-a" "$WORK/rt-b" "$WORK/rt-c" "$WORK/rt-d" "$WORK/rt-d1"
+no_secret_leak "$WORK/rt-a" "$WORK/rt-b" "$WORK/rt-c" "$WORK/rt-e" "$WORK/rt-d" "$WORK/rt-d1"
 finish

@@ -480,6 +480,11 @@ static tl_status f_recover(fx *f, tl_error *e)
 {
   return tl_recover(NULL, f->s, 9999, TL_RECOVER_MARK_DEAD, e);
 }
+static tl_status f_unknown_sent(fx *f, tl_error *e)
+{
+  tl_sent sent;
+  return tl_unknown_sent(&sent, f->s, 9999, e);
+}
 static tl_status f_credential_find(fx *f, tl_error *e)
 {
   int64_t id;
@@ -675,6 +680,7 @@ static const api_case cases[] = {
     {"tl_refresh", "refresh.c", 0, f_refresh, s_refresh},
     {"tl_entry_report", "select.c", 0, f_entry_report, s_entry_report},
     {"tl_recover", "refresh.c", 0, f_recover, NULL},
+    {"tl_unknown_sent", "refresh.c", 0, f_unknown_sent, NULL},
     {"tl_credential_find", "select.c", 0, f_credential_find, s_credential_find},
     {"tl_import", "hermes_adopt.c", 0, f_import, s_import},
     {"tl_export", "hermes_sync.c", 0, f_export, s_export},

@@ -222,6 +222,10 @@ static void test_refresh__lost_answer_is_unknown_and_never_replayed(void **state
     assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
   }
   assert_int_equal(c.calls, 1);
+  /* bytes left and no answer came: the request may have arrived, so a retry may be reuse */
+  tl_sent sent = TL_SENT_NOTHING;
+  assert_int_equal(tl_unknown_sent(&sent, f->s, 1, &err), TL_OK);
+  assert_int_equal(sent, TL_SENT_MAYBE);
 }
 
 static void test_refresh__unknown_outcome_still_serves_a_valid_access_token(void **state)
@@ -261,6 +265,70 @@ static void test_refresh__recover_retry_presents_once_more(void **state)
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM audit_event WHERE event = 'rt_represented'"), 1);
   /* nothing left to recover */
   assert_int_equal(tl_recover(&t, f->s, 1, TL_RECOVER_RETRY, &err), TL_EINVAL);
+  tl_sent sent;
+  assert_int_equal(tl_unknown_sent(&sent, f->s, 1, &err), TL_EINVAL);
+}
+
+static long wal_size(const fx *f)
+{
+  char wal[320];
+  struct stat st;
+  snprintf(wal, sizeof wal, "%s-wal", f->path);
+  return stat(wal, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* 1 if the file holds the text anywhere, as raw bytes. */
+static int file_holds(const char *path, const char *text)
+{
+  size_t len = 0;
+  char *buf = fx_slurp(path, &len);
+  int found = 0;
+  for (size_t i = 0; buf && i + strlen(text) <= len && !found; i++)
+    found = memcmp(buf + i, text, strlen(text)) == 0;
+  free(buf);
+  return found;
+}
+
+static void test_refresh__a_rotation_leaves_its_spent_tokens_nowhere_on_disk(void **state)
+{
+  fx *f = *state;
+  canned c = {0};
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-w1"), 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-w2"), 0);
+  add(&c, TL_HTTP_DONE, 200, OK_ROTATE("rt-w3"), 0);
+  tl_store_set_transport(f->s, fake, &c);
+  fx_credential(f->s, "p", "rt-spent-w0");
+  tl_error err = {0};
+  tl_token *t = NULL;
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_OK);
+  tl_token_free(t);
+  /* the commit that erased rt-spent-w0 emptied the WAL; the file keeps no trace of it (secure_delete) */
+  assert_int_equal(wal_size(f), 0);
+  assert_false(file_holds(f->path, "rt-spent-w0"));
+  assert_true(file_holds(f->path, "rt-w1"));
+  /* a reader that keeps the WAL in use: the scrub waits (the spent token is still in the WAL) ... */
+  sqlite3 *r = NULL;
+  assert_int_equal(sqlite3_open_v2(f->path, &r, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(r, "BEGIN; SELECT count(*) FROM credential;", NULL, NULL, NULL), SQLITE_OK);
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_OK);
+  tl_token_free(t);
+  assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_OK);
+  tl_token_free(t);
+  char wal[320];
+  snprintf(wal, sizeof wal, "%s-wal", f->path);
+  assert_true(wal_size(f) > 0);
+  assert_true(file_holds(wal, "rt-w1") || file_holds(f->path, "rt-w1"));
+  /* ... and the end of a keep-fresh round, once the reader is gone, empties it */
+  sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+  sqlite3_close(r);
+  tl_report *rep = NULL;
+  int failures = 0;
+  assert_int_equal(tl_keep_fresh(&rep, &failures, f->s, 0, 0, &err), TL_OK);
+  tl_report_free(rep);
+  assert_int_equal(wal_size(f), 0);
+  assert_false(file_holds(f->path, "rt-w1"));
+  assert_false(file_holds(f->path, "rt-w2"));
+  assert_true(file_holds(f->path, "rt-w3"));
 }
 
 static void test_refresh__recover_mark_dead_requires_login(void **state)
@@ -314,6 +382,10 @@ static void test_refresh__unreadable_200_is_unknown(void **state)
   tl_token *t = NULL;
   assert_int_equal(tl_refresh(&t, f->s, 1, TL_REFRESH_FORCE, &err), TL_EUNKNOWN);
   assert_int_equal(fx_int(f->s, "SELECT count(*) FROM refresh_token WHERE state = 'unknown'"), 1);
+  /* the server answered: it certainly received the token */
+  tl_sent sent = TL_SENT_NOTHING;
+  assert_int_equal(tl_unknown_sent(&sent, f->s, 1, &err), TL_OK);
+  assert_int_equal(sent, TL_SENT_ANSWERED);
 }
 
 static void test_refresh__a_server_echoing_the_token_is_redacted(void **state)
@@ -877,6 +949,7 @@ int main(void)
       T(test_refresh__recover_retry_presents_once_more),
       T(test_refresh__recover_mark_dead_requires_login),
       T(test_refresh__grace_window_allows_one_automatic_retry),
+      T(test_refresh__a_rotation_leaves_its_spent_tokens_nowhere_on_disk),
       T(test_refresh__unreadable_200_is_unknown),
       T(test_refresh__a_server_echoing_the_token_is_redacted),
       T(test_refresh__client_error_is_not_terminal),
