@@ -81,8 +81,8 @@ admin fault "kind=lose&count=1" > /dev/null
 tl refresh nous --profile work --force; expect 6 "a lost answer: unknown outcome"
 tl doctor --json; expect 1 "doctor fails while a credential in use waits for a decision"
 check '[ "$(check_ok unknown_outcomes)" = 0 ]' "the unknown_outcomes check fails"
-tl doctor; contains "hint: credential $C (used by default, research, work): decide with 'tokenledger recover --credential $C" \
-  "with the decision to make as its hint"
+tl doctor; contains "hint: credential $C (used by default, research, work): give the login up with 'tokenledger recover --credential $C --mark-dead'" \
+  "with the decision to make as its hint (the safe one first)"
 tl recover --credential "$C" --mark-dead; expect 0 "give the grant up"
 contains "used by default, research, work: one login replaces it in all of them: 'tokenledger login nous --credential $C'" \
   "recover says one login replaces the shared grant"
