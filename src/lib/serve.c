@@ -7,8 +7,11 @@
  * endpoints for them:
  *   POST /api/oauth/token  grant_type=refresh_token, the surrogate in the
  *       header x-nous-refresh-token or the form field refresh_token. Not an
- *       authentic surrogate of a profile that still uses its credential:
- *       400 invalid_grant and nothing else. Otherwise the ledger's access
+ *       authentic surrogate of a strict profile that still uses its credential,
+ *       naming the credential's current generation (or the one before, within
+ *       a grace after the rotation: tl__strict_admit): 400 invalid_grant and
+ *       nothing else; an authentic but older one (or one of a profile switched
+ *       off) is audited as surrogate_replayed too. Otherwise the ledger's access
  *       token if it has more than the provider's skew left, at once; else one
  *       refresh through the normal protocol (tl_refresh), single-flight within
  *       this process (one thread uses the ledger at a time) and across
@@ -19,16 +22,25 @@
  *       normal transport, with a body built here (never the caller's headers,
  *       never a token the ledger holds). The login's profile is found from the
  *       calling process (its -p/--profile, HERMES_HOME or HOME); a grant
- *       obtained that way is stored in the ledger and Hermes gets a surrogate.
+ *       obtained that way is stored in the ledger and Hermes gets a surrogate;
+ *       only for a strict profile (another one's surrogate would be refused).
  *   Anything else: a JSON 404 (405 for another method).
  * Every answer is JSON, because Hermes quarantines a grant on a non-JSON
  * error: a transient upstream failure or an unknown outcome is 503
  * temporarily_unavailable with Retry-After; invalid_grant means the grant is
- * really dead (needs_reauth) or the surrogate is not one.
+ * really dead (needs_reauth) or the surrogate is not one (or no longer good).
+ * A head past HEAD_MAX is a JSON 431: libmicrohttpd's pool is raised so that
+ * it reaches the handler; only one past POOL_BYTES still gets libmicrohttpd's
+ * own HTML 431, which no Hermes sends.
  *
  * Threads and the store: libmicrohttpd runs one thread per connection; they
  * and the keep-fresh loop (on the caller's thread) share the caller's store,
  * one at a time, behind a mutex (see store_get for why not a store each).
+ *
+ * The caller: only this user's processes are answered, and who the caller is
+ * comes from the kernel's answer for its exact socket (peer_socket:
+ * NETLINK_SOCK_DIAG by the full 4-tuple, ESTABLISHED, a non-zero inode), in
+ * constant time on the accept thread; never a line of /proc/net/tcp.
  *
  * Audit: every request is audited (event serve_request) with the caller's
  * profile from its surrogate and, when /proc tells, the peer process. The
@@ -153,7 +165,8 @@ typedef struct request {
   char error[40];
   char why[1100]; /* no secret */
   char fp[13];    /* fingerprint prefix of a refused token */
-  int64_t profile, credential, gen_in, gen_out;
+  int64_t profile, credential, gen_in, gen_out, gen_now;
+  const char *replayed; /* an authentic surrogate refused as a copy presented again: why (tl__surrogate_check) */
   char profile_name[72];
 } request;
 
@@ -490,6 +503,17 @@ static enum MHD_Result answer_tokens(struct MHD_Connection *c, request *r, tl_st
   return reply(c, r, 200, j, -1);
 }
 
+static void profile_name(request *r, tl_store *s)
+{
+  static const char sql[] = "SELECT name FROM profile WHERE id = :id";
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, sql, NULL) == TL_OK && TL_BIND(st, NULL, TL_INT(":id", r->profile)) == TL_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW)
+      snprintf(r->profile_name, sizeof r->profile_name, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+  }
+}
+
 /* Refusal of a presented token that is not an authentic surrogate of a live pairing. */
 static enum MHD_Result refuse(struct MHD_Connection *c, request *r, const char *presented, const char *why)
 {
@@ -554,24 +578,29 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, request *r, tl_s
                                  : "not a surrogate issued by this ledger");
     goto done;
   }
-  if (tl__strict_verify(&r->credential, &r->profile, &r->gen_in, s, rt, &err) != TL_OK) {
+  /* ... of a profile that is strict now, naming the current generation (or the one before, briefly). */
+  tl__surrogate_check sc;
+  tl_status vr = tl__strict_admit(&sc, s, rt, &err);
+  if (vr == TL_EREUSE) {
+    r->credential = sc.credential;
+    r->profile = sc.profile;
+    r->gen_in = sc.generation;
+    r->gen_now = sc.current;
+    r->replayed = sc.refusal;
+    profile_name(r, s);
+    res = refuse(c, r, rt, err.message);
+    r->outcome = "replayed";
+    goto done;
+  }
+  if (vr != TL_OK) {
     r->credential = r->profile = 0;
     res = refuse(c, r, rt, err.message);
     goto done;
   }
-  if (!tl__strict_uses(s, r->profile, r->credential)) {
-    res = refuse(c, r, rt, "the surrogate's profile no longer uses its credential");
-    goto done;
-  }
-  {
-    static const char name_sql[] = "SELECT name FROM profile WHERE id = :id";
-    sqlite3_stmt *st;
-    if (tl__prepare(&st, s, name_sql, NULL) == TL_OK && TL_BIND(st, NULL, TL_INT(":id", r->profile)) == TL_OK) {
-      if (sqlite3_step(st) == SQLITE_ROW)
-        snprintf(r->profile_name, sizeof r->profile_name, "%s", (const char *)sqlite3_column_text(st, 0));
-      sqlite3_reset(st);
-    }
-  }
+  r->credential = sc.credential;
+  r->profile = sc.profile;
+  r->gen_in = sc.generation;
+  profile_name(r, s);
   /* 2. The ledger's token, fresh enough: answered at once. */
   if (cred_load(&cs, s, r->credential, &err) != TL_OK) {
     res = oauth_error(c, r, 503, "temporarily_unavailable", "the ledger is busy; try again", 2);
@@ -771,6 +800,15 @@ static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, 
                        "HERMES_HOME of a profile the ledger knows), or log in with 'tokenledger login nous "
                        "--profile NAME'",
                        -1);
+  }
+  if (!tl__strict_profile(s, r->profile)) { /* its surrogate would be refused: serve answers strict profiles only */
+    char why[600];
+    snprintf(why, sizeof why,
+             "profile %s is not in strict mode, and tokenledger serve answers only strict profiles (run "
+             "'tokenledger profile strict %s on', or log in with 'tokenledger login nous --profile %s')",
+             r->profile_name, r->profile_name, r->profile_name);
+    r->outcome = "refused";
+    return oauth_error(c, r, 400, "invalid_request", why, -1);
   }
   if (tl__device_endpoints_load(&pt, s, "nous", NULL) != TL_OK) {
     tl__device_endpoints_clear(&pt);
@@ -1042,6 +1080,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   return route(cls, c, r, url, method);
 }
 
+/*
+ * A surrogate replayed: an authentic one of a profile that is no longer strict, or of a generation
+ * the credential left behind. Whoever presents it holds a copy of an old auth.json (a backup, a
+ * copied home); seen here, locally, before any server could see it.
+ */
+static json_t *replay_detail(const request *r, const peer *p)
+{
+  json_t *d =
+      json_pack("{s:s, s:s, s:I, s:I, s:s}", "profile", r->profile_name, "reason", r->replayed, "surrogate_generation",
+                (json_int_t)r->gen_in, "current_generation", (json_int_t)r->gen_now, "presented", r->fp);
+  if (d && p && p->pid > 0)
+    json_object_set_new(d, "peer_pid", json_integer(p->pid));
+  if (d && p && p->uid >= 0)
+    json_object_set_new(d, "peer_uid", json_integer(p->uid));
+  if (d && p && p->comm[0])
+    json_object_set_new(d, "peer_command", json_string(p->comm));
+  return d;
+}
+
 /* After the answer went out: the audit row (and the peer, looked up once per connection). */
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
@@ -1073,16 +1130,24 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (d && p && p->comm[0])
       json_object_set_new(d, "peer_command", json_string(p->comm));
     tl__ids ids = {.profile = r->profile, .credential = r->credential};
+    json_t *replay = r->replayed ? replay_detail(r, p) : NULL;
     tl_store *s = store_get(sv);
     tl_store_set_actor(s, r->profile_name[0] ? r->profile_name : NULL, "serve");
     if (tl__tx_begin(s, "serve audit", &err) == TL_OK) {
-      if (tl__audit(s, "serve_request", &ids, d, &err) == TL_OK)
+      tl_status arc = tl__audit(s, "serve_request", &ids, d, &err); /* each tl__audit takes its detail */
+      if (replay && arc == TL_OK)
+        arc = tl__audit(s, "surrogate_replayed", &ids, replay, &err);
+      else
+        json_decref(replay);
+      replay = NULL;
+      if (arc == TL_OK)
         tl__tx_commit(s, &err);
       else
         tl__tx_rollback(s);
     } else {
       json_decref(d);
     }
+    json_decref(replay);
     tl_store_set_actor(s, NULL, "serve");
     store_put(sv);
     say(sv, "%s %s%s%s: %u %s%s%s (pid %ld%s%s)", r->what, r->profile_name[0] ? "profile " : "",

@@ -123,6 +123,7 @@ start_serve
 check '[ "$(jq -r .url "$PF")" = "$SURL" ]' "a restart without --listen binds the same address"
 
 # --- 3. a fresh token: answered at once, no upstream call
+for p in bob carol dave; do tl $D profile strict $p on; expect 0 "$p is strict (serve answers strict profiles only)"; done
 r0=$(counter requests)
 post "$WORK/s-alice"; check '[ "$CODE" = 200 ] && is_json' "a valid surrogate gets 200 JSON"
 check 'jq -e ".token_type == \"Bearer\" and .expires_in > 3000 and .scope == \"inference:invoke\" and (.inference_base_url | startswith(\"https://\"))" "$WORK/body" > /dev/null' "Nous Portal's answer shape"
@@ -364,6 +365,7 @@ expire "$A"
   for i in $(seq 30); do
     SURL=$(jq -r .url "$PF" 2>/dev/null || echo "$SURL")
     post "$WORK/s-loop" header loop || true
+    [ "$CODE" = 200 ] && jq -r .refresh_token "$WORK/bodyloop" > "$WORK/s-loop" # as Hermes writes it back
     sleep 0.05
   done
 ) &
@@ -391,6 +393,9 @@ tl $D profile add erin --home "$WORK/hermes/profiles/erin"
 admin config "approve_after=1" > /dev/null
 CODE=$(HOME=$WORK/nohome curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/device/code" -d client_id=hermes-cli -d scope=inference:invoke)
 check '[ "$CODE" = 400 ] && err_is invalid_request' "a login whose profile cannot be told is refused"
+CODE=$(HERMES_HOME="$WORK/hermes/profiles/erin" curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/device/code" -d client_id=hermes-cli -d scope=inference:invoke)
+check '[ "$CODE" = 400 ] && err_is invalid_request && jq -e ".error_description | test(\"not in strict mode\")" "$WORK/body" > /dev/null' "a login for a profile that is not strict is refused (its surrogate would be)"
+tl $D profile strict erin on; expect 0 "erin is strict"
 g0=$(counter device_grants)
 CODE=$(HERMES_HOME="$WORK/hermes/profiles/erin" curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/device/code" -d client_id=hermes-cli -d scope=inference:invoke)
 check '[ "$CODE" = 200 ] && jq -e ".device_code and .user_code and .verification_uri" "$WORK/body" > /dev/null' "device code forwarded from the real portal"
