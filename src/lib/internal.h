@@ -332,7 +332,7 @@ long tl__retry_after(const char *value, int64_t now_ms);
 #define TL_SURROGATE_PREFIX "tlsurr1."
 #define TL_SURROGATE_MAX    256
 /* A new surrogate for (credential, profile) naming the credential's current surrogate generation
- * (its RTs counted from 0; see tl__strict_admit):
+ * (its highest RT generation; see tl__strict_admit):
  * new secret string (free with tl_secret_free). TL_ENOTFOUND if the profile does not exist or
  * its pool does not hold the credential. Reads only (the key exists from migration 0004 on;
  * a ledger whose key row was deleted by hand gets a new one, inside the caller's open write
@@ -362,9 +362,7 @@ typedef struct tl__surrogate_check {
 /* Whether serve accepts a surrogate: tl__strict_verify, its profile's pool holds the credential
  * (else TL_ENOTFOUND), the profile is strict now, and it names the credential's current surrogate
  * generation, or the one before within TL_SURROGATE_GRACE_MS of the rotation. An authentic one
- * that fails the last two is TL_EREUSE (a replayed copy; out->refusal says which). A surrogate's
- * generation counts the credential's refresh tokens from 0 (its lineage generation while it has
- * one lineage). Never writes. */
+ * that fails the last two is TL_EREUSE (a replayed copy; out->refusal says which). Never writes. */
 tl_status tl__strict_admit(tl__surrogate_check *out, tl_store *s, const char *rt, tl_error *err);
 /* "http://127.0.0.1:PORT" of the running serve, from its port file (checked: ours, 0600, held
  * by a live serve). TL_ENOTFOUND if serve is not running; TL_EINSECURE for a port file that is

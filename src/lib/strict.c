@@ -19,9 +19,8 @@
  * revived for a profile that was removed and re-added. It means nothing to the
  * real server: it is not a refresh token and never enters the lineage.
  *
- * Its generation is the credential's refresh tokens counted from 0 when it was
- * issued (cred_generation: it only grows; with one lineage it is the current
- * RT's generation). Authentic is not enough for serve (tl__strict_admit): a
+ * Its generation is the credential's highest RT generation when it was issued
+ * (cred_generation). Authentic is not enough for serve (tl__strict_admit): a
  * surrogate is good only while its profile is strict, and only for the
  * credential's current generation, or the one before for TL_SURROGATE_GRACE_MS
  * after the rotation (a Hermes that died between serve's answer and its write).
@@ -239,16 +238,18 @@ static const char uses_sql[] = "SELECT 1 FROM pool_entry WHERE profile_id = :a A
 static const char cred_sql[] = "SELECT 1 FROM credential WHERE id = :a";
 
 /*
- * The credential's surrogate generation: its refresh tokens counted from 0, and when the newest
- * one arrived (*since, ms). Lineage rows are never deleted, so it only grows: each rotation, each
- * rotation adopted from Hermes and each new root adds one. With one lineage (the usual case) it is
- * the current RT's generation, what surrogates named before it was counted this way; a new root
- * (a login, an import) does not set it back to 0, where an old lineage's surrogates would revive.
+ * The credential's surrogate generation: its highest RT generation (what surrogates have always
+ * named), and when the newest RT of that generation arrived (*since, ms): the rotation that made
+ * it current. Two index lookups (refresh_token_credential), whatever the lineage's length: this is
+ * on serve's answer path. A lineage that restarted at a new root (adopted from a non-strict file)
+ * does not move it until the new lineage passes the old one's highest generation (README, Limits).
  */
 static tl_status cred_generation(int64_t *gen, int64_t *since, tl_store *s, int64_t cred, tl_error *err)
 {
-  static const char sql[] = "SELECT count(*) - 1, (SELECT issued_at FROM refresh_token WHERE credential_id = :c "
-                            "ORDER BY id DESC LIMIT 1) FROM refresh_token WHERE credential_id = :c";
+  static const char sql[] =
+      "SELECT m.g, (SELECT t.issued_at FROM refresh_token t WHERE t.credential_id = :c AND t.generation = m.g "
+      "ORDER BY t.id DESC LIMIT 1) FROM (SELECT coalesce(max(generation), 0) AS g FROM refresh_token WHERE "
+      "credential_id = :c) m";
   sqlite3_stmt *st;
   tl_status rc;
   if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK)
@@ -257,8 +258,6 @@ static tl_status cred_generation(int64_t *gen, int64_t *since, tl_store *s, int6
   if (step == SQLITE_ROW) {
     *gen = sqlite3_column_int64(st, 0);
     *since = sqlite3_column_int64(st, 1);
-    if (*gen < 0)
-      *gen = 0;
   }
   sqlite3_reset(st);
   return step == SQLITE_ROW ? TL_OK : tl__err_db(err, s, "surrogate generation");
