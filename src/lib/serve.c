@@ -252,7 +252,8 @@ static int peer_socket(sock_owner *out, const struct sockaddr *client, const str
   close(fd);
   if (n <= 0 || flen < sizeof from || from.nl_pid != 0) /* only the kernel's word counts */
     return 0;
-  for (struct nlmsghdr *h = &ans.h; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+  int len = (int)n; /* signed: NLMSG_NEXT may take it below 0, which ends the walk */
+  for (struct nlmsghdr *h = &ans.h; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
     if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_seq != 1 ||
         h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg)))
       continue; /* NLMSG_ERROR (ENOENT: no such socket) or something else: not found */
