@@ -184,29 +184,32 @@ post "$WORK/s-dave"; check '[ "$CODE" = 400 ] && err_is invalid_grant' "a profil
 check '[ "$(counter requests)" = "$r0" ]' "still no upstream call"
 
 # --- 4b. the caller is the exact socket, never a line that merely looks like it. Another user leaves
-# a TIME_WAIT entry (uid 0, inode 0 in /proc/net/tcp) from 127.0.0.1:X to 127.0.0.2:P, where it
+# a TIME_WAIT entry (uid 0, inode 0 in /proc/net/tcp) from 127.0.0.1:X to 127.a.b.c:P, where it
 # listens itself (serve holds only 127.0.0.1:P), then connects from the same 127.0.0.1:X to serve with
 # a captured surrogate. Then it floods serve with connections while the owner keeps refreshing.
 PY=/usr/bin/python3
 if [ "$(id -u)" = 0 ] && command -v runuser > /dev/null && [ -x "$PY" ] && { id tlother > /dev/null 2>&1 || useradd -m tlother > /dev/null 2>&1; }; then
   tn0=$(audits); tr0=$(counter requests); SPORT=${SURL##*:}
   cat > "$WORK/tw.py" <<'PYEOF'
-import socket, sys, time
+import random, socket, sys, time
 port, tries, sur = int(sys.argv[1]), int(sys.argv[2]), sys.stdin.read().strip()
 def tw_listed(x):  # a TIME_WAIT line (state 06) with local 127.0.0.1:x
     want = "0100007F:%04X" % x
     with open("/proc/net/tcp") as f:
         return any(l.split()[1] == want and l.split()[3] == "06" for l in list(f)[1:])
-lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-lst.bind(("127.0.0.2", port)); lst.listen(16)
 body = "grant_type=refresh_token&client_id=hermes-cli"
 req = ("POST /api/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nx-nous-refresh-token: %s\r\n"
        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
        % (sur, len(body), body)).encode()
-for _ in range(tries):
+for i in range(tries):
+    # where the kernel lists the TIME_WAIT line relative to the live one depends on the addresses'
+    # hash: a different far address each try (its own listener there, on serve's port number)
+    far = "127.%d.%d.%d" % (random.randrange(1, 255), random.randrange(256), random.randrange(1, 255))
+    lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind((far, port)); lst.listen(1)
     c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     c.bind(("127.0.0.1", 0)); x = c.getsockname()[1]
-    c.connect(("127.0.0.2", port)); a, _ = lst.accept()
+    c.connect((far, port)); a, _ = lst.accept(); lst.close()
     c.close(); a.recv(16); a.close()  # we close first: our side of 127.0.0.1:x -> 127.0.0.2:port waits in TIME_WAIT
     for _ in range(100):
         if tw_listed(x): break
@@ -227,11 +230,11 @@ for _ in range(tries):
     status = got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/") else "closed"
     print("tw=%d status=%s token=%d" % (tw, status, b'"access_token"' in got))
 PYEOF
-  runuser -u tlother -- "$PY" -c "$(cat "$WORK/tw.py")" "$SPORT" 12 < "$WORK/s-alice" > "$WORK/tw.out" 2>&1 || true
+  runuser -u tlother -- "$PY" -c "$(cat "$WORK/tw.py")" "$SPORT" 32 < "$WORK/s-alice" > "$WORK/tw.out" 2>&1 || true
   cat "$WORK/tw.out" >> "$ALL"
-  echo "  the TIME_WAIT trick, 12 tries: $(sort "$WORK/tw.out" | uniq -c | tr -s ' \n' ' ')"
-  check '[ "$(grep -c "^tw=1 " "$WORK/tw.out")" = 12 ]' "the other user left a TIME_WAIT entry on the same local port each time ($(tr '\n' ' ' < "$WORK/tw.out"))"
-  check '[ "$(grep -c " status=closed token=0$" "$WORK/tw.out")" = 12 ]' "taken for nobody: every connection closed unanswered, no token ($(tr '\n' ' ' < "$WORK/tw.out"))"
+  echo "  the TIME_WAIT trick, 32 tries: $(sort "$WORK/tw.out" | uniq -c | tr -s ' \n' ' ')"
+  check '[ "$(grep -c "^tw=1 " "$WORK/tw.out")" = 32 ]' "the other user left a TIME_WAIT entry on the same local port each time ($(tr '\n' ' ' < "$WORK/tw.out"))"
+  check '[ "$(grep -c " status=closed token=0$" "$WORK/tw.out")" = 32 ]' "taken for nobody: every connection closed unanswered, no token ($(tr '\n' ' ' < "$WORK/tw.out"))"
   sleep 0.3
   check '[ "$(audits)" = "$tn0" ] && [ "$(counter requests)" = "$tr0" ]' "nothing of theirs audited (no peer_uid 0), nothing upstream"
   # The flood: two processes of the other user connect as fast as they can for 8 s; meanwhile the
