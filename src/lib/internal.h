@@ -358,7 +358,8 @@ long tl__retry_after(const char *value, int64_t now_ms);
  * surrogate that comes back through import or sync is recognised with tl__strict_verify. */
 #define TL_SURROGATE_PREFIX "tlsurr1."
 #define TL_SURROGATE_MAX    256
-/* A new surrogate for (credential, profile) naming the credential's current RT generation:
+/* A new surrogate for (credential, profile) naming the credential's current surrogate generation
+ * (its highest RT generation; see tl__strict_admit):
  * new secret string (free with tl_secret_free). TL_ENOTFOUND if the profile does not exist or
  * its pool does not hold the credential. Reads only (the key exists from migration 0004 on;
  * a ledger whose key row was deleted by hand gets a new one, inside the caller's open write
@@ -376,6 +377,20 @@ tl_status tl__strict_verify(int64_t *out_cred, int64_t *out_profile, int64_t *ou
                             tl_error *err);
 /* 1 if the profile's pool holds the credential. */
 int tl__strict_uses(tl_store *s, int64_t profile, int64_t credential);
+/* How long after a rotation the surrogate of the generation before is still accepted (ms). */
+#define TL_SURROGATE_GRACE_MS 120000
+/* serve's verdict on a presented surrogate (tl__strict_admit). */
+typedef struct tl__surrogate_check {
+  int64_t credential, profile, generation; /* what it names (0 when it is not authentic) */
+  int64_t current;                         /* the credential's surrogate generation now */
+  int grace;                               /* accepted as the generation before, within the grace */
+  const char *refusal;                     /* TL_EREUSE's reason: "old_generation", "profile_not_strict" */
+} tl__surrogate_check;
+/* Whether serve accepts a surrogate: tl__strict_verify, its profile's pool holds the credential
+ * (else TL_ENOTFOUND), the profile is strict now, and it names the credential's current surrogate
+ * generation, or the one before within TL_SURROGATE_GRACE_MS of the rotation. An authentic one
+ * that fails the last two is TL_EREUSE (a replayed copy; out->refusal says which). Never writes. */
+tl_status tl__strict_admit(tl__surrogate_check *out, tl_store *s, const char *rt, tl_error *err);
 /* "http://127.0.0.1:PORT" of the running serve, from its port file (checked: ours, 0600, held
  * by a live serve). TL_ENOTFOUND if serve is not running; TL_EINSECURE for a port file that is
  * a symlink or not a 0600 file of ours. */

@@ -117,7 +117,8 @@ static void mhd_load(void)
       !SYM(h, so, "MHD_", a, create_response_from_buffer_with_free_callback) ||
       !SYM(h, so, "MHD_", a, destroy_response) || !SYM(h, so, "MHD_", a, add_response_header) ||
       !SYM(h, so, "MHD_", a, queue_response) || !SYM(h, so, "MHD_", a, lookup_connection_value) ||
-      !SYM(h, so, "MHD_", a, get_connection_info) || !SYM(h, so, "MHD_", a, http_unescape))
+      !SYM(h, so, "MHD_", a, get_connection_values) || !SYM(h, so, "MHD_", a, get_connection_info) ||
+      !SYM(h, so, "MHD_", a, http_unescape))
     return;
   mhd_api = a;
   mhd_ready = &mhd_api;

@@ -45,6 +45,7 @@ typedef struct tl__mhd_api {
   enum MHD_Result (*add_response_header)(struct MHD_Response *r, const char *header, const char *content);
   enum MHD_Result (*queue_response)(struct MHD_Connection *c, unsigned int status, struct MHD_Response *r);
   const char *(*lookup_connection_value)(struct MHD_Connection *c, enum MHD_ValueKind kind, const char *key);
+  int (*get_connection_values)(struct MHD_Connection *c, enum MHD_ValueKind kind, MHD_KeyValueIterator it, void *cls);
   const union MHD_ConnectionInfo *(*get_connection_info)(struct MHD_Connection *c, enum MHD_ConnectionInfoType t, ...);
   size_t (*http_unescape)(char *val);
 } tl__mhd_api;

@@ -7,8 +7,11 @@
  * endpoints for them:
  *   POST /api/oauth/token  grant_type=refresh_token, the surrogate in the
  *       header x-nous-refresh-token or the form field refresh_token. Not an
- *       authentic surrogate of a profile that still uses its credential:
- *       400 invalid_grant and nothing else. Otherwise the ledger's access
+ *       authentic surrogate of a strict profile that still uses its credential,
+ *       naming the credential's current generation (or the one before, within
+ *       a grace after the rotation: tl__strict_admit): 400 invalid_grant and
+ *       nothing else; an authentic but older one (or one of a profile switched
+ *       off) is audited as surrogate_replayed too. Otherwise the ledger's access
  *       token if it has more than the provider's skew left, at once; else one
  *       refresh through the normal protocol (tl_refresh), single-flight within
  *       this process (one thread uses the ledger at a time) and across
@@ -19,16 +22,25 @@
  *       normal transport, with a body built here (never the caller's headers,
  *       never a token the ledger holds). The login's profile is found from the
  *       calling process (its -p/--profile, HERMES_HOME or HOME); a grant
- *       obtained that way is stored in the ledger and Hermes gets a surrogate.
+ *       obtained that way is stored in the ledger and Hermes gets a surrogate;
+ *       only for a strict profile (another one's surrogate would be refused).
  *   Anything else: a JSON 404 (405 for another method).
  * Every answer is JSON, because Hermes quarantines a grant on a non-JSON
  * error: a transient upstream failure or an unknown outcome is 503
  * temporarily_unavailable with Retry-After; invalid_grant means the grant is
- * really dead (needs_reauth) or the surrogate is not one.
+ * really dead (needs_reauth) or the surrogate is not one (or no longer good).
+ * A head past HEAD_MAX is a JSON 431: libmicrohttpd's pool is raised so that
+ * it reaches the handler; only one past POOL_BYTES still gets libmicrohttpd's
+ * own HTML 431, which no Hermes sends.
  *
  * Threads and the store: libmicrohttpd runs one thread per connection; they
  * and the keep-fresh loop (on the caller's thread) share the caller's store,
  * one at a time, behind a mutex (see store_get for why not a store each).
+ *
+ * The caller: only this user's processes are answered, and who the caller is
+ * comes from the kernel's answer for its exact socket (peer_socket:
+ * NETLINK_SOCK_DIAG by the full 4-tuple, ESTABLISHED, a non-zero inode), in
+ * constant time on the accept thread; never a line of /proc/net/tcp.
  *
  * Audit: every request is audited (event serve_request) with the caller's
  * profile from its surrogate and, when /proc tells, the peer process. The
@@ -53,6 +65,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -67,6 +82,8 @@
 #include <unistd.h>
 
 #define BODY_MAX        16384
+#define HEAD_MAX        16384         /* the request line and headers serve reads (Hermes sends a few hundred bytes) */
+#define POOL_BYTES      (256u * 1024) /* libmicrohttpd's memory per connection: a head up to about this reaches us */
 #define DEVICE_MAX      64
 #define THREADS_DEFAULT 64
 #define THREADS_MAX     256
@@ -88,6 +105,7 @@ typedef struct server {
   pthread_mutex_t dev_mu;
   device_login dev[DEVICE_MAX];
   int port;
+  struct sockaddr_storage self; /* the bound address: the remote end of every caller's socket */
   _Atomic int64_t refused_said; /* when a refused peer was last logged (once a minute at most) */
 } server;
 
@@ -125,8 +143,9 @@ static void store_put(server *sv)
 /* ---- connections, requests and the peer ----------------------------------------- */
 
 typedef struct peer {
-  int looked_up;
-  long pid, uid; /* -1 when unknown */
+  int looked_up;       /* the pid and command looked for (once, after the answer) */
+  long pid, uid;       /* -1 when unknown; uid from the kernel's diag answer at connection time */
+  unsigned long inode; /* of the caller's socket; 0 when unknown */
   char comm[32];
 } peer;
 
@@ -139,13 +158,15 @@ typedef struct request {
   char *body; /* may hold a surrogate or a device code: burned */
   size_t len;
   int too_big, handled;
+  size_t head;         /* bytes of the request line and headers */
   const char *what;    /* refresh, device_code, device_token, other */
   const char *outcome; /* fresh, refreshed, refused, dead, unavailable, forwarded, login, ... */
   unsigned status;
   char error[40];
   char why[1100]; /* no secret */
   char fp[13];    /* fingerprint prefix of a refused token */
-  int64_t profile, credential, gen_in, gen_out;
+  int64_t profile, credential, gen_in, gen_out, gen_now;
+  const char *replayed; /* an authentic surrogate refused as a copy presented again: why (tl__surrogate_check) */
   char profile_name[72];
 } request;
 
@@ -160,53 +181,95 @@ static void request_free(request *r)
   free(r);
 }
 
-/* Hex of a u32 as /proc/net/tcp prints an address word (the raw value, host order). */
-static void hex_word(char out[9], uint32_t w)
+/*
+ * The kernel's own answer for one socket: the caller's end of a connection to serve, found by its
+ * exact 4-tuple (local = the client's address and port, remote = serve's) over NETLINK_SOCK_DIAG
+ * (inet_diag, an exact lookup, not a dump: constant time however many sockets the machine has).
+ * 1 and *out filled only for an ESTABLISHED socket with a non-zero inode whose answer names the
+ * very 4-tuple asked for; a TIME_WAIT entry (uid 0, inode 0), a listener, a closing socket or no
+ * answer at all is 0. Never reads /proc/net/tcp, whose lines are matched by hand and list every
+ * socket of the machine.
+ */
+typedef struct sock_owner {
+  long uid;
+  unsigned long inode;
+} sock_owner;
+
+#define DIAG_TCP_ESTABLISHED 1 /* the kernel's TCP_ESTABLISHED (linux/tcp.h clashes with netinet/tcp.h) */
+
+/* Fills a sockid end from a sockaddr: the port and the address, both in network order. */
+static int diag_end(__be16 *port, __be32 addr[4], const struct sockaddr *sa)
 {
-  snprintf(out, 9, "%08X", w);
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    *port = a->sin_port;
+    memcpy(addr, &a->sin_addr, sizeof a->sin_addr);
+    return 1;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    *port = a->sin6_port;
+    memcpy(addr, &a->sin6_addr, sizeof a->sin6_addr);
+    return 1;
+  }
+  return 0;
 }
 
-/* The inode and uid of the peer's socket, from /proc/net/tcp{,6}. 0 if not found. */
-static int peer_socket(unsigned long *inode, long *uid, const struct sockaddr *client, int server_port)
+static int peer_socket(sock_owner *out, const struct sockaddr *client, const struct sockaddr *self)
 {
-  char want[40] = "", line[512];
-  int cport;
-  const char *table;
-  if (client->sa_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)client;
-    hex_word(want, a->sin_addr.s_addr);
-    cport = ntohs(a->sin_port);
-    table = "/proc/net/tcp";
-  } else if (client->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)client;
-    uint32_t w[4];
-    memcpy(w, &a->sin6_addr, sizeof w);
-    for (int i = 0; i < 4; i++)
-      hex_word(want + 8 * i, w[i]);
-    cport = ntohs(a->sin6_port);
-    table = "/proc/net/tcp6";
-  } else {
+  struct {
+    struct nlmsghdr nlh;
+    struct inet_diag_req_v2 r;
+  } req;
+  memset(&req, 0, sizeof req);
+  if (client->sa_family != self->sa_family || !diag_end(&req.r.id.idiag_sport, req.r.id.idiag_src, client) ||
+      !diag_end(&req.r.id.idiag_dport, req.r.id.idiag_dst, self))
     return 0;
-  }
-  FILE *f = fopen(table, "re");
-  if (!f)
+  req.nlh.nlmsg_len = sizeof req;
+  req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.nlh.nlmsg_flags = NLM_F_REQUEST; /* no NLM_F_DUMP: the one socket of this 4-tuple */
+  req.nlh.nlmsg_seq = 1;
+  req.r.sdiag_family = (__u8)client->sa_family;
+  req.r.sdiag_protocol = IPPROTO_TCP;
+  req.r.idiag_states = 1u << DIAG_TCP_ESTABLISHED;
+  req.r.id.idiag_cookie[0] = req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (fd < 0)
     return 0;
+  struct timeval tv = {1, 0}; /* the kernel answers at once; never hang the accept thread */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  union {
+    struct nlmsghdr h;
+    char buf[8192];
+  } ans;
+  struct sockaddr_nl from;
+  socklen_t flen = sizeof from;
   int found = 0;
-  while (!found && fgets(line, sizeof line, f)) {
-    char local[40], remote[40];
-    unsigned lport, rport, st;
-    long u;
-    unsigned long ino;
-    if (sscanf(line, " %*d: %39[0-9A-Fa-f]:%x %39[0-9A-Fa-f]:%x %x %*x:%*x %*x:%*x %*x %ld %*d %lu", local, &lport,
-               remote, &rport, &st, &u, &ino) != 7)
+  ssize_t n = -1;
+  if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) == (ssize_t)sizeof req)
+    n = recvfrom(fd, ans.buf, sizeof ans.buf, 0, (struct sockaddr *)&from, &flen);
+  close(fd);
+  if (n <= 0 || flen < sizeof from || from.nl_pid != 0) /* only the kernel's word counts */
+    return 0;
+  int len = (int)n; /* signed: NLMSG_NEXT may take it below 0, which ends the walk */
+  for (struct nlmsghdr *h = &ans.h; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_seq != 1 ||
+        h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg)))
+      continue; /* NLMSG_ERROR (ENOENT: no such socket) or something else: not found */
+    const struct inet_diag_msg *m = NLMSG_DATA(h);
+    if (m->idiag_family != req.r.sdiag_family || m->id.idiag_sport != req.r.id.idiag_sport ||
+        m->id.idiag_dport != req.r.id.idiag_dport ||
+        memcmp(m->id.idiag_src, req.r.id.idiag_src, sizeof m->id.idiag_src) != 0 ||
+        memcmp(m->id.idiag_dst, req.r.id.idiag_dst, sizeof m->id.idiag_dst) != 0)
       continue;
-    if ((int)lport == cport && (int)rport == server_port && strcasecmp(local, want) == 0) {
-      *inode = ino;
-      *uid = u;
-      found = 1;
-    }
+    if (m->idiag_state != DIAG_TCP_ESTABLISHED || m->idiag_inode == 0)
+      return 0;
+    out->uid = (long)m->idiag_uid;
+    out->inode = m->idiag_inode;
+    found = 1;
+    break;
   }
-  fclose(f);
   return found;
 }
 
@@ -251,19 +314,19 @@ static long socket_owner(unsigned long inode)
   return pid;
 }
 
-/* Best effort: who is calling (loopback peers only, visible only for our own uid's processes). */
-static void peer_lookup(peer *p, struct MHD_Connection *c, int server_port)
+/*
+ * Best effort, for the audit and the device login: which process holds the caller's socket (its
+ * inode was taken from the kernel when the connection started). Looked for once, lazily, off the
+ * accept path, and only among our own uid's processes (serve answers no other uid anyway).
+ */
+static void peer_lookup(peer *p)
 {
   if (p->looked_up)
     return;
   p->looked_up = 1;
-  p->pid = p->uid = -1;
+  p->pid = -1;
   p->comm[0] = '\0';
-  const union MHD_ConnectionInfo *ci = tl__mhd()->get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  unsigned long inode = 0;
-  if (!ci || !ci->client_addr || !peer_socket(&inode, &p->uid, ci->client_addr, server_port))
-    return;
-  if ((p->pid = socket_owner(inode)) < 0)
+  if (!p->inode || p->uid != (long)geteuid() || (p->pid = socket_owner(p->inode)) < 0)
     return;
   char path[64];
   snprintf(path, sizeof path, "/proc/%ld/comm", p->pid);
@@ -441,6 +504,17 @@ static enum MHD_Result answer_tokens(struct MHD_Connection *c, request *r, tl_st
   return reply(c, r, 200, j, -1);
 }
 
+static void profile_name(request *r, tl_store *s)
+{
+  static const char sql[] = "SELECT name FROM profile WHERE id = :id";
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, sql, NULL) == TL_OK && TL_BIND(st, NULL, TL_INT(":id", r->profile)) == TL_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW)
+      snprintf(r->profile_name, sizeof r->profile_name, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+  }
+}
+
 /* Refusal of a presented token that is not an authentic surrogate of a live pairing. */
 static enum MHD_Result refuse(struct MHD_Connection *c, request *r, const char *presented, const char *why)
 {
@@ -505,24 +579,29 @@ static enum MHD_Result handle_refresh(struct MHD_Connection *c, request *r, tl_s
                                  : "not a surrogate issued by this ledger");
     goto done;
   }
-  if (tl__strict_verify(&r->credential, &r->profile, &r->gen_in, s, rt, &err) != TL_OK) {
+  /* ... of a profile that is strict now, naming the current generation (or the one before, briefly). */
+  tl__surrogate_check sc;
+  tl_status vr = tl__strict_admit(&sc, s, rt, &err);
+  if (vr == TL_EREUSE) {
+    r->credential = sc.credential;
+    r->profile = sc.profile;
+    r->gen_in = sc.generation;
+    r->gen_now = sc.current;
+    r->replayed = sc.refusal;
+    profile_name(r, s);
+    res = refuse(c, r, rt, err.message);
+    r->outcome = "replayed";
+    goto done;
+  }
+  if (vr != TL_OK) {
     r->credential = r->profile = 0;
     res = refuse(c, r, rt, err.message);
     goto done;
   }
-  if (!tl__strict_uses(s, r->profile, r->credential)) {
-    res = refuse(c, r, rt, "the surrogate's profile no longer uses its credential");
-    goto done;
-  }
-  {
-    static const char name_sql[] = "SELECT name FROM profile WHERE id = :id";
-    sqlite3_stmt *st;
-    if (tl__prepare(&st, s, name_sql, NULL) == TL_OK && TL_BIND(st, NULL, TL_INT(":id", r->profile)) == TL_OK) {
-      if (sqlite3_step(st) == SQLITE_ROW)
-        snprintf(r->profile_name, sizeof r->profile_name, "%s", (const char *)sqlite3_column_text(st, 0));
-      sqlite3_reset(st);
-    }
-  }
+  r->credential = sc.credential;
+  r->profile = sc.profile;
+  r->gen_in = sc.generation;
+  profile_name(r, s);
   /* 2. The ledger's token, fresh enough: answered at once. */
   if (cred_load(&cs, s, r->credential, &err) != TL_OK) {
     res = oauth_error(c, r, 503, "temporarily_unavailable", "the ledger is busy; try again", 2);
@@ -714,7 +793,7 @@ static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, 
   r->what = "device_code";
   peer *p = conn_peer(c);
   if (p)
-    peer_lookup(p, c, sv->port);
+    peer_lookup(p);
   if (!p || !(r->profile = login_profile(s, p, r->profile_name, sizeof r->profile_name))) {
     r->outcome = "refused";
     return oauth_error(c, r, 400, "invalid_request",
@@ -722,6 +801,15 @@ static enum MHD_Result handle_device_code(server *sv, struct MHD_Connection *c, 
                        "HERMES_HOME of a profile the ledger knows), or log in with 'tokenledger login nous "
                        "--profile NAME'",
                        -1);
+  }
+  if (!tl__strict_profile(s, r->profile)) { /* its surrogate would be refused: serve answers strict profiles only */
+    char why[600];
+    snprintf(why, sizeof why,
+             "profile %s is not in strict mode, and tokenledger serve answers only strict profiles (run "
+             "'tokenledger profile strict %s on', or log in with 'tokenledger login nous --profile %s')",
+             r->profile_name, r->profile_name, r->profile_name);
+    r->outcome = "refused";
+    return oauth_error(c, r, 400, "invalid_request", why, -1);
   }
   if (tl__device_endpoints_load(&pt, s, "nous", NULL) != TL_OK) {
     tl__device_endpoints_clear(&pt);
@@ -897,6 +985,13 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
 {
   int token = strcmp(url, "/api/oauth/token") == 0, device = strcmp(url, "/api/oauth/device/code") == 0;
   r->what = "other";
+  if (r->head > HEAD_MAX) {
+    char why[120];
+    snprintf(why, sizeof why, "request head too large (%zu bytes; tokenledger serve reads at most %d)", r->head,
+             HEAD_MAX);
+    r->outcome = "refused";
+    return oauth_error(c, r, 431, "invalid_request", why, -1);
+  }
   if (!token && !device) {
     r->outcome = "refused";
     return oauth_error(c, r, 404, "not_found",
@@ -940,15 +1035,24 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
   return res;
 }
 
+static enum MHD_Result add_header_len(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  (void)kind;
+  *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4; /* "key: value\r\n" */
+  return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *data, size_t *size, void **con_cls)
 {
-  (void)version;
   request *r = *con_cls;
   if (!r) {
     if (!(r = calloc(1, sizeof *r)))
       return MHD_NO;
     *con_cls = r;
+    /* libmicrohttpd's pool (POOL_BYTES) lets a big head reach us, to be refused in JSON (route). */
+    r->head = strlen(method) + strlen(url) + strlen(version) + 4;
+    tl__mhd()->get_connection_values(c, MHD_HEADER_KIND, add_header_len, &r->head);
     return MHD_YES;
   }
   if (*size) {
@@ -977,6 +1081,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   return route(cls, c, r, url, method);
 }
 
+/*
+ * A surrogate replayed: an authentic one of a profile that is no longer strict, or of a generation
+ * the credential left behind. Whoever presents it holds a copy of an old auth.json (a backup, a
+ * copied home); seen here, locally, before any server could see it.
+ */
+static json_t *replay_detail(const request *r, const peer *p)
+{
+  json_t *d =
+      json_pack("{s:s, s:s, s:I, s:I, s:s}", "profile", r->profile_name, "reason", r->replayed, "surrogate_generation",
+                (json_int_t)r->gen_in, "current_generation", (json_int_t)r->gen_now, "presented", r->fp);
+  if (d && p && p->pid > 0)
+    json_object_set_new(d, "peer_pid", json_integer(p->pid));
+  if (d && p && p->uid >= 0)
+    json_object_set_new(d, "peer_uid", json_integer(p->uid));
+  if (d && p && p->comm[0])
+    json_object_set_new(d, "peer_command", json_string(p->comm));
+  return d;
+}
+
 /* After the answer went out: the audit row (and the peer, looked up once per connection). */
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
@@ -988,7 +1111,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   if (r->handled) {
     peer *p = conn_peer(c);
     if (p)
-      peer_lookup(p, c, sv->port);
+      peer_lookup(p);
     tl_error err = {0};
     json_t *d = json_pack("{s:s, s:s, s:i, s:s?, s:s?}", "request", r->what, "outcome", r->outcome ? r->outcome : "-",
                           "http_status", (int)r->status, "error", r->error[0] ? r->error : NULL, "why",
@@ -1008,16 +1131,24 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (d && p && p->comm[0])
       json_object_set_new(d, "peer_command", json_string(p->comm));
     tl__ids ids = {.profile = r->profile, .credential = r->credential};
+    json_t *replay = r->replayed ? replay_detail(r, p) : NULL;
     tl_store *s = store_get(sv);
     tl_store_set_actor(s, r->profile_name[0] ? r->profile_name : NULL, "serve");
     if (tl__tx_begin(s, "serve audit", &err) == TL_OK) {
-      if (tl__audit(s, "serve_request", &ids, d, &err) == TL_OK)
+      tl_status arc = tl__audit(s, "serve_request", &ids, d, &err); /* each tl__audit takes its detail */
+      if (replay && arc == TL_OK)
+        arc = tl__audit(s, "surrogate_replayed", &ids, replay, &err);
+      else
+        json_decref(replay);
+      replay = NULL;
+      if (arc == TL_OK)
         tl__tx_commit(s, &err);
       else
         tl__tx_rollback(s);
     } else {
       json_decref(d);
     }
+    json_decref(replay);
     tl_store_set_actor(s, NULL, "serve");
     store_put(sv);
     say(sv, "%s %s%s%s: %u %s%s%s (pid %ld%s%s)", r->what, r->profile_name[0] ? "profile " : "",
@@ -1030,14 +1161,24 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   request_free(r);
 }
 
+/* A new connection (its caller already accepted by on_accept): the kernel's word on its socket, for the audit. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-  (void)cls;
-  (void)c;
-  if (toe == MHD_CONNECTION_NOTIFY_STARTED)
-    *socket_context = calloc(1, sizeof(conn));
-  else {
+  server *sv = cls;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+    conn *k = calloc(1, sizeof(conn));
+    const union MHD_ConnectionInfo *ci = tl__mhd()->get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    sock_owner so;
+    if (k) {
+      k->who.pid = k->who.uid = -1;
+      if (ci && ci->client_addr && peer_socket(&so, ci->client_addr, (const struct sockaddr *)&sv->self)) {
+        k->who.uid = so.uid;
+        k->who.inode = so.inode;
+      }
+    }
+    *socket_context = k;
+  } else {
     free(*socket_context);
     *socket_context = NULL;
   }
@@ -1047,9 +1188,11 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
  * Only loopback peers (the socket is bound to loopback, this says so twice), and only
  * this user's: a surrogate is worth the real access token, and any local user can reach
  * a loopback port, capture a surrogate by holding the port while serve is down, or fill
- * the connection slots and the audit log. A peer whose socket cannot be found in
- * /proc/net/tcp{,6} is refused too. Nothing is read from a refused connection and
- * nothing is written to the ledger for it.
+ * the connection slots and the audit log. Who the caller is comes from the kernel's answer
+ * for its exact socket (peer_socket: the full 4-tuple, ESTABLISHED, a non-zero inode), in
+ * constant time: another uid's connection flood costs one netlink round trip each, never a
+ * scan of every socket of the machine. A peer the kernel does not vouch for is refused.
+ * Nothing is read from a refused connection and nothing is written to the ledger for it.
  */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
 {
@@ -1062,17 +1205,17 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     loopback = IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)addr)->sin6_addr);
   if (!loopback)
     return MHD_NO;
-  unsigned long inode = 0;
-  long uid = -1;
-  if (peer_socket(&inode, &uid, addr, sv->port) && uid == (long)geteuid())
+  sock_owner so = {.uid = -1};
+  if (peer_socket(&so, addr, (const struct sockaddr *)&sv->self) && so.uid == (long)geteuid())
     return MHD_YES;
+  long uid = so.uid;
   int64_t now = tl__now_ms(), prev = atomic_load(&sv->refused_said);
   if (now - prev < 60000 || !atomic_compare_exchange_strong(&sv->refused_said, &prev, now))
     return MHD_NO;
   if (uid < 0)
     say(sv,
-        "refused a connection whose user cannot be known (no /proc/net/tcp entry): serve answers only its own "
-        "user (uid %ld); said once a minute at most",
+        "refused a connection whose user the kernel does not vouch for (no established socket of that "
+        "address): serve answers only its own user (uid %ld); said once a minute at most",
         (long)geteuid());
   else
     say(sv, "refused a connection from uid %ld: serve answers only its own user (uid %ld); said once a minute at most",
@@ -1334,6 +1477,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
     goto done;
   if ((rc = bind_listen(&lfd, &sv.port, host, port, err)) != TL_OK)
     goto done;
+  tl__serve_sockaddr(&sv.self, host, sv.port);
   if ((rc = port_file_write(pfd, path, host, sv.port, err)) != TL_OK ||
       (rc = remember_address(s, host, sv.port, stale_pid, err)) != TL_OK)
     goto done;
@@ -1342,7 +1486,8 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   d = tl__mhd()->start_daemon(flags, 0, on_accept, &sv, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, &sv, MHD_OPTION_NOTIFY_CONNECTION,
                               on_connection, &sv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)sv.max,
-                              MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+                              MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                              (size_t)POOL_BYTES, MHD_OPTION_END);
   if (!d) {
     rc = tl__err(err, TL_EIO, errno, "cannot start the HTTP server on %s port %d", host, sv.port);
     goto done;

@@ -19,6 +19,16 @@
  * revived for a profile that was removed and re-added. It means nothing to the
  * real server: it is not a refresh token and never enters the lineage.
  *
+ * Its generation is the credential's highest RT generation when it was issued
+ * (cred_generation). Authentic is not enough for serve (tl__strict_admit): a
+ * surrogate is good only while its profile is strict, and only for the
+ * credential's current generation, or the one before for TL_SURROGATE_GRACE_MS
+ * after the rotation (a Hermes that died between serve's answer and its write).
+ * An older one, or one of a profile switched off, is a copy of an old file
+ * presented again: refused, and serve audits it as surrogate_replayed. A file
+ * holding an older one is rewritten with the current one by the next sync
+ * (import and sync recognise any authentic surrogate with tl__strict_verify).
+ *
  * The port file <ledger>-serve names the loopback address of the running
  * serve. serve holds an exclusive flock on it for its whole life; a reader
  * that can take a shared lock has found a stale file of a dead serve.
@@ -227,12 +237,37 @@ static int row_exists(tl_store *s, const char *sql, int64_t a, int64_t b)
 static const char uses_sql[] = "SELECT 1 FROM pool_entry WHERE profile_id = :a AND credential_id = :b";
 static const char cred_sql[] = "SELECT 1 FROM credential WHERE id = :a";
 
+/*
+ * The credential's surrogate generation: its highest RT generation (what surrogates have always
+ * named), and when the newest RT of that generation arrived (*since, ms): the rotation that made
+ * it current. Two index lookups (refresh_token_credential), whatever the lineage's length: this is
+ * on serve's answer path. A lineage that restarted at a new root (adopted from a non-strict file)
+ * does not move it until the new lineage passes the old one's highest generation (README, Limits).
+ */
+static tl_status cred_generation(int64_t *gen, int64_t *since, tl_store *s, int64_t cred, tl_error *err)
+{
+  static const char sql[] =
+      "SELECT m.g, (SELECT t.issued_at FROM refresh_token t WHERE t.credential_id = :c AND t.generation = m.g "
+      "ORDER BY t.id DESC LIMIT 1) FROM (SELECT coalesce(max(generation), 0) AS g FROM refresh_token WHERE "
+      "credential_id = :c) m";
+  sqlite3_stmt *st;
+  tl_status rc;
+  if ((rc = tl__prepare(&st, s, sql, err)) != TL_OK || (rc = TL_BIND(st, err, TL_INT(":c", cred))) != TL_OK)
+    return rc;
+  int step = sqlite3_step(st);
+  if (step == SQLITE_ROW) {
+    *gen = sqlite3_column_int64(st, 0);
+    *since = sqlite3_column_int64(st, 1);
+  }
+  sqlite3_reset(st);
+  return step == SQLITE_ROW ? TL_OK : tl__err_db(err, s, "surrogate generation");
+}
+
 tl_status tl__strict_surrogate(char **out, tl_store *s, int64_t credential, int64_t profile, tl_error *err)
 {
-  static const char gen_sql[] = "SELECT coalesce(max(generation), 0) FROM refresh_token WHERE credential_id = :cred";
   unsigned char key[KEY_LEN], nonce[NONCE_LEN];
   char nonce64[NONCE_CHARS + 4], mac[MAC_CHARS + 2], body[128];
-  int64_t born = 0, gen = 0;
+  int64_t born = 0, gen = 0, since = 0;
   char *text = NULL;
   tl_status rc;
   if (!out || !s || credential <= 0 || profile <= 0)
@@ -245,13 +280,8 @@ tl_status tl__strict_surrogate(char **out, tl_store *s, int64_t credential, int6
     return uses < 0 ? tl__err_db(err, s, "surrogate")
                     : tl__err(err, TL_ENOTFOUND, 0, "profile %lld does not use credential %lld; no surrogate issued",
                               (long long)profile, (long long)credential);
-  sqlite3_stmt *st;
-  if ((rc = tl__prepare(&st, s, gen_sql, err)) != TL_OK ||
-      (rc = TL_BIND(st, err, TL_INT(":cred", credential))) != TL_OK)
+  if ((rc = cred_generation(&gen, &since, s, credential, err)) != TL_OK)
     return rc;
-  if (sqlite3_step(st) == SQLITE_ROW)
-    gen = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
   if ((rc = key_ensure(key, s, err)) != TL_OK)
     return rc;
   snprintf(body, sizeof body, "nonce|%lld|%lld|%lld", (long long)credential, (long long)profile, (long long)gen);
@@ -334,6 +364,53 @@ tl_status tl__strict_verify(int64_t *out_cred, int64_t *out_profile, int64_t *ou
 int tl__strict_uses(tl_store *s, int64_t profile, int64_t credential)
 {
   return row_exists(s, uses_sql, profile, credential) == 1;
+}
+
+/*
+ * What serve accepts: an authentic surrogate (tl__strict_verify) whose profile still uses its
+ * credential, is strict now, and which names the credential's current generation, or the one
+ * before within TL_SURROGATE_GRACE_MS of the rotation (a Hermes that died between serve's answer
+ * and writing it still holds that one). Anything older, or a strict profile's surrogate after the
+ * switch off, is a copy of a file presented again: refused as replayed (TL_EREUSE), never a bearer
+ * credential for life.
+ */
+tl_status tl__strict_admit(tl__surrogate_check *out, tl_store *s, const char *rt, tl_error *err)
+{
+  int64_t since = 0;
+  tl_status rc;
+  memset(out, 0, sizeof *out);
+  if ((rc = tl__strict_verify(&out->credential, &out->profile, &out->generation, s, rt, err)) != TL_OK) {
+    out->credential = out->profile = out->generation = 0;
+    return rc;
+  }
+  if (!tl__strict_uses(s, out->profile, out->credential))
+    return tl__err(err, TL_ENOTFOUND, 0, "the surrogate's profile no longer uses its credential");
+  if ((rc = cred_generation(&out->current, &since, s, out->credential, err)) != TL_OK)
+    return rc;
+  if (!tl__strict_profile(s, out->profile)) {
+    out->refusal = "profile_not_strict";
+    return tl__err(err, TL_EREUSE, 0,
+                   "a surrogate of profile %lld, which is not in strict mode (switched off): its files hold the "
+                   "real grant now, so this is a copy of an old file presented again",
+                   (long long)out->profile);
+  }
+  if (out->generation > out->current)
+    return tl__err(err, TL_EINVAL, 0, "surrogate names generation %lld; credential %lld never had it",
+                   (long long)out->generation, (long long)out->credential);
+  if (out->generation == out->current)
+    return TL_OK;
+  int64_t ago = tl__now_ms() - since;
+  if (out->generation == out->current - 1 && ago <= TL_SURROGATE_GRACE_MS) {
+    out->grace = 1;
+    return TL_OK;
+  }
+  out->refusal = "old_generation";
+  return tl__err(err, TL_EREUSE, 0,
+                 "a surrogate of generation %lld; credential %lld is at generation %lld since %lld s ago (only the "
+                 "current one, or the one before for %d s after a rotation, is accepted): a copy of an old file "
+                 "presented again",
+                 (long long)out->generation, (long long)out->credential, (long long)out->current,
+                 (long long)(ago > 0 ? ago / 1000 : 0), TL_SURROGATE_GRACE_MS / 1000);
 }
 
 /* ---- the strict flag -------------------------------------------------------- */

@@ -105,8 +105,10 @@ for u in $UNITS; do
   n=$(basename "$u")
   check 'grep -q "^ExecStart=$P/bin/tokenledger " "$u" && ! grep -q "@[A-Z_]*@" "$u"' "$n: ExecStart is the installed binary"
   check 'grep -qx "Type=exec" "$u"' "$n: Type=exec"
+  # serve asks the kernel (NETLINK_SOCK_DIAG) whose each caller's socket is: AF_NETLINK too, for it alone.
+  families="AF_UNIX AF_INET AF_INET6"; [ "$n" = tokenledger-serve.service ] && families="$families AF_NETLINK"
   for k in ProtectSystem=strict ProtectHome=read-only "ReadWritePaths=%h/.hermes" NoNewPrivileges=yes \
-    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" "SystemCallFilter=@system-service" MemoryDenyWriteExecute=yes \
+    "RestrictAddressFamilies=$families" "SystemCallFilter=@system-service" MemoryDenyWriteExecute=yes \
     UMask=0077 "CapabilityBoundingSet="; do
     check 'grep -qx -- "$k" "$u"' "$n has $k"
   done

@@ -123,6 +123,7 @@ start_serve
 check '[ "$(jq -r .url "$PF")" = "$SURL" ]' "a restart without --listen binds the same address"
 
 # --- 3. a fresh token: answered at once, no upstream call
+for p in bob carol dave; do tl $D profile strict $p on; expect 0 "$p is strict (serve answers strict profiles only)"; done
 r0=$(counter requests)
 post "$WORK/s-alice"; check '[ "$CODE" = 200 ] && is_json' "a valid surrogate gets 200 JSON"
 check 'jq -e ".token_type == \"Bearer\" and .expires_in > 3000 and .scope == \"inference:invoke\" and (.inference_base_url | startswith(\"https://\"))" "$WORK/body" > /dev/null' "Nous Portal's answer shape"
@@ -182,6 +183,99 @@ q "DELETE FROM pool_entry WHERE credential_id = $Dv"
 post "$WORK/s-dave"; check '[ "$CODE" = 400 ] && err_is invalid_grant' "a profile that no longer uses the credential is refused"
 check '[ "$(counter requests)" = "$r0" ]' "still no upstream call"
 
+# --- 4b. the caller is the exact socket, never a line that merely looks like it. Another user leaves
+# a TIME_WAIT entry (uid 0, inode 0 in /proc/net/tcp) from 127.0.0.1:X to 127.a.b.c:P, where it
+# listens itself (serve holds only 127.0.0.1:P), then connects from the same 127.0.0.1:X to serve with
+# a captured surrogate. Then it floods serve with connections while the owner keeps refreshing.
+PY=/usr/bin/python3
+if [ "$(id -u)" = 0 ] && command -v runuser > /dev/null && [ -x "$PY" ] && { id tlother > /dev/null 2>&1 || useradd -m tlother > /dev/null 2>&1; }; then
+  tn0=$(audits); tr0=$(counter requests); SPORT=${SURL##*:}
+  cat > "$WORK/tw.py" <<'PYEOF'
+import random, socket, sys, time
+port, tries, sur = int(sys.argv[1]), int(sys.argv[2]), sys.stdin.read().strip()
+def tw_listed(x):  # a TIME_WAIT line (state 06) with local 127.0.0.1:x
+    want = "0100007F:%04X" % x
+    with open("/proc/net/tcp") as f:
+        return any(l.split()[1] == want and l.split()[3] == "06" for l in list(f)[1:])
+body = "grant_type=refresh_token&client_id=hermes-cli"
+req = ("POST /api/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nx-nous-refresh-token: %s\r\n"
+       "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+       % (sur, len(body), body)).encode()
+for i in range(tries):
+    # where the kernel lists the TIME_WAIT line relative to the live one depends on the addresses'
+    # hash: a different far address each try (its own listener there, on serve's port number)
+    far = "127.%d.%d.%d" % (random.randrange(1, 255), random.randrange(256), random.randrange(1, 255))
+    lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind((far, port)); lst.listen(1)
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.1", 0)); x = c.getsockname()[1]
+    c.connect((far, port)); a, _ = lst.accept(); lst.close()
+    c.close(); a.recv(16); a.close()  # we close first: our side of 127.0.0.1:x -> 127.0.0.2:port waits in TIME_WAIT
+    for _ in range(100):
+        if tw_listed(x): break
+        time.sleep(0.01)
+    tw = tw_listed(x)
+    d = socket.socket(); d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    d.bind(("127.0.0.1", x)); d.connect(("127.0.0.1", port)); d.settimeout(5)
+    got = b""
+    try:
+        d.sendall(req)
+        while True:
+            k = d.recv(65536)
+            if not k: break
+            got += k
+    except OSError:
+        pass
+    d.close()
+    status = got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/") else "closed"
+    print("tw=%d status=%s token=%d" % (tw, status, b'"access_token"' in got))
+PYEOF
+  runuser -u tlother -- "$PY" -c "$(cat "$WORK/tw.py")" "$SPORT" 32 < "$WORK/s-alice" > "$WORK/tw.out" 2>&1 || true
+  cat "$WORK/tw.out" >> "$ALL"
+  echo "  the TIME_WAIT trick, 32 tries: $(sort "$WORK/tw.out" | uniq -c | tr -s ' \n' ' ')"
+  check '[ "$(grep -c "^tw=1 " "$WORK/tw.out")" = 32 ]' "the other user left a TIME_WAIT entry on the same local port each time ($(tr '\n' ' ' < "$WORK/tw.out"))"
+  check '[ "$(grep -c " status=closed token=0$" "$WORK/tw.out")" = 32 ]' "taken for nobody: every connection closed unanswered, no token ($(tr '\n' ' ' < "$WORK/tw.out"))"
+  sleep 0.3
+  check '[ "$(audits)" = "$tn0" ] && [ "$(counter requests)" = "$tr0" ]' "nothing of theirs audited (no peer_uid 0), nothing upstream"
+  # The flood: two processes of the other user connect as fast as they can for 8 s; meanwhile the
+  # owner's refreshes (bob's a real one, upstream) are answered, each well within Hermes' 15 s.
+  cat > "$WORK/flood.py" <<'PYEOF'
+import socket, sys, time
+port, end, n = int(sys.argv[1]), time.time() + float(sys.argv[2]), 0
+while time.time() < end:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port)); s.send(b"POST /api/oauth/token HTTP/1.1\r\nHost: x\r\n\r\n")
+    except OSError:
+        pass
+    s.close(); n += 1
+print(n)
+PYEOF
+  fn0=$(audits); ff0=$(counter refreshes)
+  floods=""
+  for i in 1 2; do runuser -u tlother -- "$PY" -c "$(cat "$WORK/flood.py")" "$SPORT" 8 > "$WORK/flood$i.out" 2>&1 & floods="$floods $!"; done
+  sleep 1
+  slow=""; codes=""; times=""
+  for i in $(seq 6); do
+    who=s-alice; [ "$i" = 3 ] && { who=s-bob; expire "$B"; }
+    t0=$(date +%s%N)
+    printf 'x-nous-refresh-token: %s\n' "$(cat "$WORK/$who")" > "$WORK/hdrf"
+    c=$(curl -s -m 30 -o "$WORK/bodyf" -w '%{http_code}' -X POST "$SURL/api/oauth/token" -H @"$WORK/hdrf" -d grant_type=refresh_token) || true
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    codes="$codes $c"; times="$times ${ms}ms"; [ "$ms" -le 5000 ] || slow="$slow ${ms}ms"
+    sleep 0.5
+  done
+  wait $floods || true
+  echo "  during the flood ($(cat "$WORK/flood1.out") + $(cat "$WORK/flood2.out") connections of another uid), the owner's answers took:$times"
+  check '[ "$(cat "$WORK/flood1.out")" -gt 100 ] && [ "$(cat "$WORK/flood2.out")" -gt 100 ]' "the other user flooded serve ($(cat "$WORK/flood1.out") + $(cat "$WORK/flood2.out") connections)"
+  check '[ "$codes" = " 200 200 200 200 200 200" ]' "the owner was answered during the flood (HTTP$codes)"
+  check '[ -z "$slow" ]' "each answer within 5 s during the flood (slow:${slow:- none})"
+  check '[ "$(counter refreshes)" = $((ff0 + 1)) ]' "one of them a real refresh at the portal"
+  sleep 0.3
+  check '[ "$(audits)" = $((fn0 + 6)) ]' "only the owner's six calls are on record"
+else
+  echo "skipped: the TIME_WAIT trick and the flood (need root, runuser, /usr/bin/python3 and useradd)"
+fi
 # --- 5. an expired token: 16 concurrent POSTs, exactly one refresh
 admin config "latency_ms=300" > /dev/null
 expire "$A"
@@ -230,6 +324,10 @@ check '[ "$CODE" = 400 ] && err_is invalid_request' "header and body disagree: 4
 head -c 20000 /dev/zero | tr '\0' a > "$WORK/big"
 CODE=$(curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/token" --data-binary @"$WORK/big")
 check '[ "$CODE" = 413 ] && is_json' "a huge body: 413 JSON"
+# A 100 kB header: libmicrohttpd answered its own HTML 431 before; now serve's JSON.
+{ printf 'X-Big: '; head -c 102400 /dev/zero | tr '\0' a; printf '\n'; } > "$WORK/bighdr"
+CODE=$(curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/token" -H @"$WORK/bighdr" -d grant_type=refresh_token)
+check '[ "$CODE" = 431 ] && err_is invalid_request' "a 100 kB header: 431 JSON (HTTP $CODE, $(head -c 120 "$WORK/body"))"
 
 # --- 7. the peer process is on record (a client that outlives its request)
 n0=$(audits)
@@ -270,6 +368,7 @@ expire "$A"
   for i in $(seq 30); do
     SURL=$(jq -r .url "$PF" 2>/dev/null || echo "$SURL")
     post "$WORK/s-loop" header loop || true
+    [ "$CODE" = 200 ] && jq -r .refresh_token "$WORK/bodyloop" > "$WORK/s-loop" # as Hermes writes it back
     sleep 0.05
   done
 ) &
@@ -297,6 +396,9 @@ tl $D profile add erin --home "$WORK/hermes/profiles/erin"
 admin config "approve_after=1" > /dev/null
 CODE=$(HOME=$WORK/nohome curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/device/code" -d client_id=hermes-cli -d scope=inference:invoke)
 check '[ "$CODE" = 400 ] && err_is invalid_request' "a login whose profile cannot be told is refused"
+CODE=$(HERMES_HOME="$WORK/hermes/profiles/erin" curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/device/code" -d client_id=hermes-cli -d scope=inference:invoke)
+check '[ "$CODE" = 400 ] && err_is invalid_request && jq -e ".error_description | test(\"not in strict mode\")" "$WORK/body" > /dev/null' "a login for a profile that is not strict is refused (its surrogate would be)"
+tl $D profile strict erin on; expect 0 "erin is strict"
 g0=$(counter device_grants)
 CODE=$(HERMES_HOME="$WORK/hermes/profiles/erin" curl -s -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -X POST "$SURL/api/oauth/device/code" -d client_id=hermes-cli -d scope=inference:invoke)
 check '[ "$CODE" = 200 ] && jq -e ".device_code and .user_code and .verification_uri" "$WORK/body" > /dev/null' "device code forwarded from the real portal"

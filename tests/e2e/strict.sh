@@ -7,7 +7,8 @@
 # strict file means nothing to the real portal), serve restarted, its port held
 # by another program while it was down (what Hermes stored from there is never
 # adopted), and strict switched off again (the real token and portal written
-# back).
+# back), and a captured surrogate's life: the current generation and the one
+# before (for a grace after the rotation) only, only while the profile is strict.
 . "$(dirname "$0")/lib.sh"
 set -e
 : "${TL_PORTAL:?}" "${TL_DRIVER:?}" "${TL_HERMES:?}"
@@ -159,5 +160,50 @@ tl $D profile strict alpha on; expect 0 "strict on right after"
 check '[ "$(current)" = "$new" ] && [ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'strict_foreign_token'"'")" = "$f0" ]' "Hermes' rotation is adopted, not refused as foreign"
 tl $D refresh nous --profile alpha --force; expect 0 "the grant refreshes from it"
 check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "no reuse"
+# --- 8. a surrogate is good only while its profile is strict, for the credential's current generation,
+# and for the one before during a grace of 120 s after the rotation (a Hermes that died between serve's
+# answer and its write); older: refused as the portal refuses, and on record as a surrogate replayed.
+"$TL_BIN" --db "$DB" serve --no-keep-fresh >> "$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 200); do [ "$(jq -r .pid "$PF" 2>/dev/null)" = "$SERVE_PID" ] && break; sleep 0.05; done
+SURL=$(jq -r .url "$PF")
+# spost FILE : Hermes' refresh POST to serve with the surrogate in FILE; CODE, the answer in $WORK/sp.json.
+spost() {
+  printf 'x-nous-refresh-token: %s\n' "$(cat "$1")" > "$WORK/sp.hdr"
+  CODE=$(curl -s -m 30 -o "$WORK/sp.json" -w '%{http_code}' -X POST "$SURL/api/oauth/token" -H @"$WORK/sp.hdr" \
+    -d grant_type=refresh_token -d client_id=hermes-cli)
+  cat "$WORK/sp.json" >> "$ALL"
+}
+replays() { q "SELECT count(*) FROM audit_event WHERE event = 'surrogate_replayed'"; }
+tl $D sync --profile alpha; expect 0 "alpha's files in step"
+A="$(auth "$R" alpha)"
+jq -r .providers.nous.refresh_token "$A" > "$WORK/cap"
+gN=$(cut -d. -f4 "$WORK/cap")
+check 'grep -q "^tlsurr1\." "$WORK/cap"' "a surrogate captured from alpha's auth.json (generation $gN)"
+spost "$WORK/cap"; check '[ "$CODE" = 200 ]' "generation N: accepted"
+tl $D refresh nous --profile alpha --force; expect 0 "one rotation"
+x0=$(replays)
+spost "$WORK/cap"; check '[ "$CODE" = 200 ] && jq -e ".access_token and (.refresh_token | startswith(\"tlsurr1.\"))" "$WORK/sp.json" > /dev/null' "generation N-1 within the grace after the rotation: accepted (HTTP $CODE)"
+jq -r .refresh_token "$WORK/sp.json" > "$WORK/cur"
+check '[ "$(cut -d. -f4 "$WORK/cur")" = $((gN + 1)) ] && [ "$(replays)" = "$x0" ]' "answered with the current generation's surrogate; no replay on record"
+tl $D refresh nous --profile alpha --force; expect 0 "a second rotation"
+r0=$(counter requests); L0=$(q "SELECT id, state, generation FROM refresh_token ORDER BY id" | sha256sum)
+spost "$WORK/cap"
+check '[ "$CODE" = 400 ] && jq -e "keys == [\"error\", \"error_description\"] and .error == \"invalid_grant\"" "$WORK/sp.json" > /dev/null' "generation N after two rotations: refused, the portal's invalid_grant shape (HTTP $CODE, $(jq -c "{error}" "$WORK/sp.json" 2> /dev/null))"
+check '[ "$(counter requests)" = "$r0" ] && [ "$(q "SELECT id, state, generation FROM refresh_token ORDER BY id" | sha256sum)" = "$L0" ]' "nothing upstream, the lineage unchanged"
+for _ in $(seq 100); do [ "$(replays)" -gt "$x0" ] && break; sleep 0.05; done
+check '[ "$(q "SELECT json_extract(detail, \"$.reason\") || \" \" || json_extract(detail, \"$.surrogate_generation\") || \" \" || json_extract(detail, \"$.current_generation\") || \" \" || json_extract(detail, \"$.profile\") FROM audit_event WHERE event = \"surrogate_replayed\" ORDER BY id DESC LIMIT 1")" = "old_generation $gN $((gN + 2)) alpha" ]' "on record as surrogate_replayed (old_generation, generation $gN of $((gN + 2)), profile alpha)"
+check '! q "SELECT detail FROM audit_event WHERE event = \"surrogate_replayed\"" | grep -q "tlsurr1\."' "the record holds no surrogate"
+tl $D sync --profile alpha; expect 0 "a sync writes the current surrogate"
+jq -r .providers.nous.refresh_token "$A" > "$WORK/cur"
+spost "$WORK/cur"; check '[ "$CODE" = 200 ]' "the current surrogate (from the file) is accepted"
+jq -r .refresh_token "$WORK/sp.json" > "$WORK/cur"
+tl $D profile strict alpha off; expect 0 "alpha strict off"
+x0=$(replays)
+spost "$WORK/cur"; check '[ "$CODE" = 400 ] && jq -e ".error == \"invalid_grant\"" "$WORK/sp.json" > /dev/null' "after strict off even the current generation's surrogate is refused (HTTP $CODE)"
+for _ in $(seq 100); do [ "$(replays)" -gt "$x0" ] && break; sleep 0.05; done
+check '[ "$(q "SELECT json_extract(detail, \"$.reason\") FROM audit_event WHERE event = \"surrogate_replayed\" ORDER BY id DESC LIMIT 1")" = profile_not_strict ]' "on record as surrogate_replayed (profile_not_strict)"
+stop_serve
+check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter families_revoked)" = 0 ]' "no reuse at the portal"
 no_secret_leak "$WORK/rt-real"
 finish

@@ -94,10 +94,83 @@ static void test_strict__a_surrogate_names_the_current_generation_and_is_stable_
   assert_int_equal(tl__strict_verify(NULL, NULL, &g, f->s, c, &err), TL_OK);
   assert_int_equal(g, 1);
   assert_string_not_equal(a, c); /* a rotation gives a new surrogate */
-  assert_int_equal(verify(f->s, a), TL_OK);
+  assert_int_equal(verify(f->s, a),
+                   TL_OK); /* still authentic (sync recognises it); serve admits less: tl__strict_admit */
   tl_secret_free(a);
   tl_secret_free(b);
   tl_secret_free(c);
+}
+
+/* Makes the credential's open RT spent and adds its child of generation gen, issued at `at` ms. */
+static void rotate_at(tl_store *s, int64_t cred, int64_t gen, int64_t at)
+{
+  char sql[600];
+  assert_int_equal(fx_sql(s, "UPDATE refresh_token SET state = 'rotated', secret = NULL, retired_at = 1 WHERE state = "
+                             "'current'"),
+                   SQLITE_OK);
+  snprintf(sql, sizeof sql,
+           "INSERT INTO refresh_token (credential_id, parent_id, family_id, generation, fingerprint, state, origin, "
+           "secret, issued_at) SELECT %lld, id, coalesce(family_id, id), %lld, printf('%%064x', %lld), 'current', "
+           "'refresh', 'rt-child-%lld', %lld FROM refresh_token WHERE credential_id = %lld AND generation = %lld - 1",
+           (long long)cred, (long long)gen, (long long)(1000 + gen), (long long)gen, (long long)at, (long long)cred,
+           (long long)gen);
+  assert_int_equal(fx_sql(s, sql), SQLITE_OK);
+}
+
+static tl_status admit(tl_store *s, const char *sur, tl__surrogate_check *sc)
+{
+  tl_error err = {0};
+  tl_status rc = tl__strict_admit(sc, s, sur, &err);
+  if (rc != TL_OK)
+    assert_true(err.message[0] != '\0' && strstr(err.message, sur) == NULL);
+  return rc;
+}
+
+static void test_strict__serve_admits_the_current_generation_and_the_one_before_briefly_while_strict(void **state)
+{
+  fx *f = *state;
+  int64_t cred = fx_credential(f->s, "p", "rt-one");
+  int64_t prof = profile_of(f->s, "p");
+  tl__surrogate_check sc;
+  tl_error err = {0};
+  char *s0 = mint(f->s, cred, prof);
+  assert_int_equal(admit(f->s, s0, &sc), TL_EREUSE); /* not strict (yet): nobody should hold one */
+  assert_string_equal(sc.refusal, "profile_not_strict");
+  assert_int_equal(tl_profile_strict(f->s, "p", 1, &err), TL_OK);
+  assert_int_equal(admit(f->s, s0, &sc), TL_OK);
+  assert_int_equal(sc.generation, 0);
+  assert_false(sc.grace);
+  /* A rotation just now: generation 0 is still good (a Hermes that died before writing), for a while. */
+  rotate_at(f->s, cred, 1, tl__now_ms());
+  char *s1 = mint(f->s, cred, prof);
+  assert_int_equal(admit(f->s, s0, &sc), TL_OK);
+  assert_true(sc.grace);
+  assert_int_equal(sc.current, 1);
+  assert_int_equal(admit(f->s, s1, &sc), TL_OK);
+  assert_false(sc.grace);
+  /* A second rotation, issued past the grace: neither older one is good any more. */
+  rotate_at(f->s, cred, 2, tl__now_ms() - TL_SURROGATE_GRACE_MS - 1000);
+  char *s2 = mint(f->s, cred, prof);
+  assert_int_equal(admit(f->s, s0, &sc), TL_EREUSE);
+  assert_string_equal(sc.refusal, "old_generation");
+  assert_int_equal(sc.generation, 0);
+  assert_int_equal(sc.current, 2);
+  assert_int_equal(sc.credential, cred);
+  assert_int_equal(sc.profile, prof);
+  assert_int_equal(admit(f->s, s1, &sc), TL_EREUSE); /* the one before, but its grace is over */
+  assert_int_equal(admit(f->s, s2, &sc), TL_OK);
+  /* Strict off: even the current one is refused. */
+  assert_int_equal(tl_profile_strict(f->s, "p", 0, &err), TL_OK);
+  assert_int_equal(admit(f->s, s2, &sc), TL_EREUSE);
+  assert_string_equal(sc.refusal, "profile_not_strict");
+  /* Not authentic: no verdict on a generation, nothing named. */
+  assert_int_equal(admit(f->s, "tlsurr1.1.1.0.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &sc),
+                   TL_EINVAL);
+  assert_int_equal(sc.credential, 0);
+  assert_null(sc.refusal);
+  tl_secret_free(s0);
+  tl_secret_free(s1);
+  tl_secret_free(s2);
 }
 
 static void test_strict__any_altered_character_is_refused(void **state)
@@ -373,6 +446,9 @@ int main(void)
                                       fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_strict__a_surrogate_names_the_current_generation_and_is_stable_within_it,
                                       fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(
+          test_strict__serve_admits_the_current_generation_and_the_one_before_briefly_while_strict, fx_setup,
+          fx_teardown),
       cmocka_unit_test_setup_teardown(test_strict__any_altered_character_is_refused, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_strict__every_truncation_and_extension_is_refused, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_strict__hostile_strings_are_refused_without_harm, fx_setup, fx_teardown),
