@@ -1348,6 +1348,30 @@ tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err)
   return rc;
 }
 
+/*
+ * After a refresh, the grant's strict files take the new generation's surrogate
+ * at once (serve admits only the current generation and, briefly, the one
+ * before): each file whose locks can be had without waiting is synced. One
+ * whose lock is held is skipped: its Hermes is most likely the caller of this
+ * refresh through serve, and stores the surrogate serve answers it with; the
+ * next sync covers the rest. Never waits, so never deadlocks with that Hermes.
+ */
+static void strict_follow(tl_store *s, tl__hfset *strict)
+{
+  for (size_t i = 0; i < strict->n; i++) {
+    tl__hfset one = {0};
+    tl_error ignore = {0};
+    const tl__hf *f = &strict->v[i];
+    if (tl__hfset_add(&one, f->path, f->profile, f->profile_name, f->shared, f->is_home, &ignore) == TL_OK &&
+        one.n == 1 && tl__hfset_lock(&one, tl__now_ms(), &ignore) == TL_OK) {
+      if (adopt_locked(s, &one, NULL, &ignore) == TL_OK)
+        tl__hfset_write_back(s, &one, NULL, &ignore);
+      tl__hfset_unlock(&one);
+    }
+    tl__hfset_free(&one);
+  }
+}
+
 tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
                            int64_t ahead_ms, tl_error *err)
 {
@@ -1367,11 +1391,15 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
    * other Hermes file, or Hermes' own rotation of it would make this
    * presentation a reuse.
    */
+  tl__hfset strict = {0};
   for (size_t i = 0; rc == TL_OK && i < set.n;) {
     int64_t owner = 0;
-    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner && !holds_real_rt(&set.v[i]))
+    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner && !holds_real_rt(&set.v[i])) {
+      const tl__hf *f = &set.v[i];
+      tl_error ignore = {0};
+      tl__hfset_add(&strict, f->path, f->profile, f->profile_name, f->shared, f->is_home, &ignore);
       tl__hfset_remove(&set, i);
-    else
+    } else
       i++;
   }
   /* A file that cannot be read holds nothing to adopt and takes nothing: the grant's other files go on. */
@@ -1379,9 +1407,13 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
     rc = drop_unreadable(&set, NULL, NULL, 1, err);
   if (rc != TL_OK || set.n == 0) {
     tl__hfset_free(&set);
-    return rc != TL_OK ? rc : tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err);
+    if (rc == TL_OK && (rc = tl__refresh_protocol(out, s, cred, flags, retry_unknown, ahead_ms, err)) == TL_OK)
+      strict_follow(s, &strict);
+    tl__hfset_free(&strict);
+    return rc;
   }
   if ((rc = tl__hfset_lock(&set, tl__now_ms() + tl__lock_timeout(s), err)) != TL_OK) {
+    tl__hfset_free(&strict);
     tl__hfset_free(&set);
     if (rc == TL_EBUSY && err) {
       size_t l = strlen(err->message);
@@ -1393,6 +1425,7 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
   }
   /* Adopt before present: what the files hold now is what the ledger presents. */
   if ((rc = adopt_locked(s, &set, NULL, err)) != TL_OK) {
+    tl__hfset_free(&strict);
     tl__hfset_free(&set);
     return rc;
   }
@@ -1405,6 +1438,9 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
   tl_status wrc = tl__hfset_write_back(s, &set, NULL, &werr);
   s->coop_spent_fp[0] = '\0';
   tl__hfset_free(&set);
+  if (rc == TL_OK)
+    strict_follow(s, &strict);
+  tl__hfset_free(&strict);
   if (rc == TL_OK && wrc != TL_OK) {
     if (err)
       *err = werr;

@@ -126,4 +126,14 @@ tl $D sync --all; tl $D export --profile alpha; tl $D keep-fresh --once --ahead 
 check 'no_real_rt "$A" "$R/profiles/alpha/"*.json' "nor after sync, export and keep-fresh"
 check '[ "$(counter reuse_detections)" = "$before" ]' "and the portal saw no reuse"
 
+# --- 4. rotations by tokenledger itself keep the strict files current (serve admits only the
+# current generation's surrogate, and the one before for a short grace)
+tl $D refresh nous --profile alpha --force; expect 0 "a forced refresh"
+tl $D refresh nous --profile alpha --force; expect 0 "and another at once"
+gen=$(q "SELECT max(generation) FROM refresh_token WHERE credential_id = (SELECT credential_id FROM pool_entry e JOIN profile p ON p.id = e.profile_id WHERE p.name = 'alpha' ORDER BY e.priority LIMIT 1)")
+check 'rt_of "$A" | grep -q "^tlsurr1\.[0-9]*\.[0-9]*\.$gen\."' "alpha's file holds the surrogate of the current generation ($gen) right after"
+hermes refresh "$R" alpha file --force-current
+check '[ "$HRC" = 0 ]' "so Hermes still refreshes through serve ($(cat "$WORK/h.out"))"
+check '[ "$(counter reuse_detections)" = "$before" ]' "and the portal saw no reuse"
+
 finish
