@@ -106,6 +106,7 @@ typedef struct server {
   device_login dev[DEVICE_MAX];
   int port;
   struct sockaddr_storage self; /* the bound address: the remote end of every caller's socket */
+  long rounds; /* keep-fresh rounds run (the main thread only) */
   _Atomic int64_t refused_said; /* when a refused peer was last logged (once a minute at most) */
 } server;
 
@@ -1436,14 +1437,20 @@ static void keep_fresh_round(server *sv, tl_store *s, const tl_serve_opts *o)
     say(sv, "keep-fresh: %s", err.message[0] ? err.message : tl_status_name(rc));
     return;
   }
-  int refreshed = 0;
+  /* One line per round, as `keep-fresh` logs as a service: a quiet log means serve's rounds stopped. */
+  int refreshed = 0, fresh = 0, synced = 0;
   for (size_t i = 0; i < tl_report_rows(r); i++) {
     const char *a = tl_report_get(r, i, "action");
     if (a && strcmp(a, "refreshed") == 0)
       refreshed++;
+    else if (a && strcmp(a, "fresh") == 0)
+      fresh++;
+    else if (a && strncmp(a, "sync:", 5) == 0 && strcmp(a, "sync:unchanged") != 0)
+      synced++;
   }
-  if (refreshed || failures)
-    say(sv, "keep-fresh: %d refreshed, %d failure(s)", refreshed, failures);
+  sv->rounds++;
+  say(sv, "keep-fresh round %ld: %d refreshed, %d fresh, %d file(s) written, %d failure(s)", sv->rounds, refreshed,
+      fresh, synced, failures);
   tl_report_free(r);
 }
 
