@@ -89,6 +89,7 @@ typedef struct server {
   device_login dev[DEVICE_MAX];
   int port;
   _Atomic int64_t refused_said; /* when a refused peer was last logged (once a minute at most) */
+  tl__agent *agent;             /* the local agent on <ledger>-agent (agent.c), NULL if it could not start */
 } server;
 
 static void say(server *sv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -897,6 +898,22 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
 {
   int token = strcmp(url, "/api/oauth/token") == 0, device = strcmp(url, "/api/oauth/device/code") == 0;
   r->what = "other";
+  if (strcmp(url, "/metrics") == 0 && strcmp(method, "GET") == 0) { /* the agent's counters, Prometheus text */
+    char *text = tl__agent_metrics(sv->agent);
+    struct MHD_Response *resp =
+        text ? tl__mhd()->create_response_from_buffer_with_free_callback(strlen(text), text, free) : NULL;
+    if (!resp) {
+      free(text);
+      return MHD_NO;
+    }
+    tl__mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4");
+    r->what = "metrics";
+    r->outcome = "answered";
+    r->status = 200;
+    enum MHD_Result rc = tl__mhd()->queue_response(c, 200, resp);
+    tl__mhd()->destroy_response(resp);
+    return rc;
+  }
   if (!token && !device) {
     r->outcome = "refused";
     return oauth_error(c, r, 404, "not_found",
@@ -1328,6 +1345,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   sv.max = (size_t)(o->threads ? o->threads : THREADS_DEFAULT);
   pthread_mutex_init(&sv.store_mu, NULL);
   pthread_mutex_init(&sv.dev_mu, NULL);
+  s->agent_off = 1; /* serve's own calls never ask its agent */
   if ((rc = choose_address(host, &port, s, o, err)) != TL_OK || (rc = tl__serve_port_path(path, sizeof path, s, err)))
     goto done;
   if ((rc = port_file_take(&pfd, &stale_pid, path, err)) != TL_OK)
@@ -1337,6 +1355,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   if ((rc = port_file_write(pfd, path, host, sv.port, err)) != TL_OK ||
       (rc = remember_address(s, host, sv.port, stale_pid, err)) != TL_OK)
     goto done;
+  sv.agent = tl__agent_start(s, o->on_log, o->ud); /* before any other thread: it sets the umask */
   unsigned flags =
       MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | (strchr(host, ':') ? MHD_USE_IPv6 : 0);
   d = tl__mhd()->start_daemon(flags, 0, on_accept, &sv, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
@@ -1365,7 +1384,9 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   }
   rc = TL_OK;
 done:
+  tl__agent_stop(sv.agent); /* its socket goes first: clients do without it from then on */
   s->lock_timeout_ms = lock_timeout;
+  s->agent_off = 0;
   if (d)
     tl__mhd()->stop_daemon(d); /* waits for every connection thread */
   if (lfd >= 0)
