@@ -722,6 +722,8 @@ static int agent_call(tl_status *rc, tl_token **out, json_t *req, tl_store *s, t
   for (int attempt = 0; attempt < 2 && !answered; attempt++) {
     int reused = s->agent_fd >= 0 && s->agent_pid == (long)getpid();
     if (!reused) {
+      if (s->agent_fd >= 0 && s->agent_pid != (long)getpid())
+        close(s->agent_fd); /* a forked child's copy of its parent's connection: the child makes its own */
       s->agent_fd = agent_connect(s);
       s->agent_pid = (long)getpid();
       if (s->agent_fd < 0)
