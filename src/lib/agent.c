@@ -205,7 +205,7 @@ struct tl__agent {
   atomic_int stop;
   void (*log)(void *ud, const char *line);
   void *ud;
-  _Atomic int64_t answers, refreshes, shared, unknown, reuse, errors, refused_peers, refused_said;
+  _Atomic int64_t answers, refreshes, shared, unknown, reuse, errors, refused_peers, refused_said, connections;
 };
 
 static void alog(tl__agent *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -319,7 +319,8 @@ static tl_status job_shared(tl__agent *a, tl_token **out, const job *j, int *fol
 
 static json_t *stats_json(tl__agent *a)
 {
-  return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "ok", 1, "answers", (json_int_t)atomic_load(&a->answers),
+  return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "ok", 1, "connections",
+                   (json_int_t)atomic_load(&a->connections), "answers", (json_int_t)atomic_load(&a->answers),
                    "refreshes", (json_int_t)atomic_load(&a->refreshes), "shared", (json_int_t)atomic_load(&a->shared),
                    "unknown", (json_int_t)atomic_load(&a->unknown), "reuse_refused", (json_int_t)atomic_load(&a->reuse),
                    "errors", (json_int_t)atomic_load(&a->errors), "refused_peers",
@@ -475,6 +476,7 @@ static void *accept_main(void *p)
              uid, (long)geteuid());
       continue;
     }
+    atomic_fetch_add(&a->connections, 1);
     conn_arg *c = malloc(sizeof *c);
     pthread_t th;
     pthread_attr_t at;
@@ -634,8 +636,9 @@ char *tl__agent_metrics(tl__agent *a)
                                      "Refreshes whose outcome is unknown",
                                      "Requests refused because a refresh token was spent",
                                      "Other failed requests",
-                                     "Connections refused because their uid is not the ledger owner's"};
-  int64_t v[7] = {0};
+                                     "Connections refused because their uid is not the ledger owner's",
+                                     "Connections accepted from the owner"};
+  int64_t v[8] = {0};
   if (a) {
     v[0] = atomic_load(&a->answers);
     v[1] = atomic_load(&a->refreshes);
@@ -644,6 +647,7 @@ char *tl__agent_metrics(tl__agent *a)
     v[4] = atomic_load(&a->reuse);
     v[5] = atomic_load(&a->errors);
     v[6] = atomic_load(&a->refused_peers);
+    v[7] = atomic_load(&a->connections);
   }
   size_t cap = 4096, len = 0;
   char *out = malloc(cap);
@@ -653,7 +657,7 @@ char *tl__agent_metrics(tl__agent *a)
                           "# HELP tokenledger_agent_up 1 if the local agent listens on its socket\n"
                           "# TYPE tokenledger_agent_up gauge\ntokenledger_agent_up %d\n",
                           a ? 1 : 0);
-  for (int i = 0; i < 7 && len < cap; i++)
+  for (int i = 0; i < 8 && len < cap; i++)
     len += (size_t)snprintf(out + len, cap - len,
                             "# HELP tokenledger_agent_%s_total %s\n# TYPE tokenledger_agent_%s_total counter\n"
                             "tokenledger_agent_%s_total %lld\n",

@@ -14,7 +14,7 @@
 # (closed unread, counted, logged); a ledger path too long for a socket.
 . "$(dirname "$0")/lib.sh"
 set -e
-: "${TL_PORTAL:?}"
+: "${TL_PORTAL:?}" "${TL_DRIVER:?}"
 start_portal --at-lifetime 3600 --latency-ms 1500
 export TOKENLEDGER_HTTP_TIMEOUT_MS=10000
 DB="$WORK/ledger.db"
@@ -128,6 +128,20 @@ check '[ "$(( $(stat_of agent_answers) - answers ))" = 16 ]' "all 16 answered by
 check '[ "$made" -ge 1 ] && [ "$made" -lt 16 ]' "fewer portal refreshes ($made) than requests: one flight served many"
 check '[ "$(stat_of agent_shared)" -ge 1 ]' "answers shared from a flight"
 check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse at the portal"
+
+# --- 3b. library callers: tl_token_get and tl_refresh mixed, one connection per store, reused
+for p in p0 p1 p2 p3; do
+  tl $D profile add $p; seed_rt "$WORK/rt-$p"
+  tl $D credential add nous --profile $p --refresh-token-file "$WORK/rt-$p"; expect 0 "$p's grant"
+done
+"$TL_BIN" $D serve --status --json > "$WORK/st0" # one connection of its own
+tl_hammer_rc=0; "$TL_DRIVER" hammer "$DB" 4 4 12 > "$WORK/hammer.out" 2>&1 || tl_hammer_rc=$?
+"$TL_BIN" $D serve --status --json > "$WORK/st1" # and this one
+check '[ $tl_hammer_rc = 0 ]' "4 library processes x 12 calls (tl_token_get and tl_refresh --force) succeed ($(tail -1 "$WORK/hammer.out"))"
+check '[ "$(( $(jq .agent_answers "$WORK/st1") - $(jq .agent_answers "$WORK/st0") ))" = 48 ]' "every call answered by the agent (tl_refresh too)"
+nc=$(( $(jq .agent_connections "$WORK/st1") - $(jq .agent_connections "$WORK/st0") - 1 ))
+check '[ "$nc" -le 4 ]' "over one connection per store ($nc connections for 4 stores and 48 calls)"
+check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse"
 
 # --- 4. kill -9 of serve: a stale socket; clients fall back
 stop_serve -KILL
