@@ -7,11 +7,13 @@
  * not answer in time, the caller does exactly what it does without an agent.
  *
  * The server (tl__agent_start/stop, called from serve.c's tl_serve_run): an
- * accept thread and one thread per connection. Every request is served with
- * the agent's own store opened on the same ledger, one request at a time
- * (agent->mu): its answer cache (select.c) answers a fresh access token from
- * memory while the ledger's change marker is unchanged, so it stays coherent
- * with every other writer; a refresh runs the normal protocol in this process.
+ * accept thread and one thread per connection. A fresh access token is
+ * answered from the agent's "hot" store (tl__token_hot: select.c's answer
+ * cache, valid while the ledger's change marker is unchanged, so coherent with
+ * every other writer, else one read), never behind a refresh; everything else
+ * goes to its other store, one request at a time (agent->mu), where a refresh
+ * runs the normal protocol in this process. Both are its own stores on serve's
+ * ledger.
  * Concurrent requests for the same thing (same op, profile, provider or
  * credential, flags) share one flight: one leader does the work, the others
  * wait for its result. Counters (answers, refreshes, shared answers, unknown
@@ -62,6 +64,7 @@
 #define AGENT_ACK_MS    2000                  /* the client falls back if no ack comes within this */
 #define AGENT_ANSWER_MS 120000                /* after the ack: a refresh's own timeouts bound it */
 #define AGENT_POLL_MS   200                   /* how often server threads look at the stop flag */
+#define AGENT_CONNS_MAX 512                   /* connections served at once; more are closed (clients fall back) */
 
 /* ---- a line reader over a socket, its buffer burned ------------------------------------------------ */
 
@@ -194,6 +197,8 @@ typedef struct flight {
 struct tl__agent {
   tl_store *store; /* the agent's own, on serve's ledger; used under mu */
   pthread_mutex_t mu;
+  tl_store *hot; /* another, for fresh answers only (tl__token_hot), under hot_mu: never behind a refresh */
+  pthread_mutex_t hot_mu;
   pthread_mutex_t fl_mu; /* flights, conns */
   pthread_cond_t fl_cv;
   flight *flights;
@@ -372,7 +377,15 @@ static int serve_request(tl__agent *a, int fd, const char *line, size_t len, lon
   char cmd[80];
   snprintf(cmd, sizeof cmd, "agent:%.60s", j.command ? j.command : "client");
   j.command = cmd;
-  rc = job_shared(a, &t, &j, &follower, &err);
+  /* A fresh access token from memory (or one read), whatever refresh runs meanwhile; else the full path. */
+  if (is_token && !(j.flags & TL_REFRESH_FORCE)) {
+    pthread_mutex_lock(&a->hot_mu);
+    int hot = tl__token_hot(&t, a->hot, j.profile, j.provider);
+    pthread_mutex_unlock(&a->hot_mu);
+    rc = hot ? TL_OK : job_shared(a, &t, &j, &follower, &err);
+  } else {
+    rc = job_shared(a, &t, &j, &follower, &err);
+  }
   if (rc == TL_OK && t && t->access_token) {
     atomic_fetch_add(&a->answers, 1);
     if (follower)
@@ -474,6 +487,13 @@ static void *accept_main(void *p)
              "agent: refused a connection from uid %ld: the agent answers only its own user (uid %ld); said once a "
              "minute at most",
              uid, (long)geteuid());
+      continue;
+    }
+    pthread_mutex_lock(&a->fl_mu);
+    int busy = a->conns >= AGENT_CONNS_MAX;
+    pthread_mutex_unlock(&a->fl_mu);
+    if (busy) { /* the owner's own processes, but threads are not free: the client falls back */
+      close(fd);
       continue;
     }
     atomic_fetch_add(&a->connections, 1);
@@ -579,22 +599,33 @@ tl__agent *tl__agent_start(tl_store *serve_store, void (*log)(void *ud, const ch
     free(a);
     return NULL;
   }
+  if (tl_store_open(&a->hot, serve_store->path, 0, &err) != TL_OK) {
+    alog(a, "agent: not started: cannot open the ledger: %s", err.message);
+    tl_store_free(a->store);
+    free(a);
+    return NULL;
+  }
   a->store->agent_off = 1;
+  a->hot->agent_off = 1;
   tl_store_set_actor(a->store, NULL, "agent");
   if ((a->lfd = make_socket(a, a->path)) < 0) {
+    tl_store_free(a->hot);
     tl_store_free(a->store);
     free(a);
     return NULL;
   }
   pthread_mutex_init(&a->mu, NULL);
+  pthread_mutex_init(&a->hot_mu, NULL);
   pthread_mutex_init(&a->fl_mu, NULL);
   pthread_cond_init(&a->fl_cv, NULL);
   if (pthread_create(&a->accept_thread, NULL, accept_main, a) != 0) {
     alog(a, "agent: not started: no thread");
     unlink(a->path);
     close(a->lfd);
+    tl_store_free(a->hot);
     tl_store_free(a->store);
     pthread_mutex_destroy(&a->mu);
+    pthread_mutex_destroy(&a->hot_mu);
     pthread_mutex_destroy(&a->fl_mu);
     pthread_cond_destroy(&a->fl_cv);
     free(a);
@@ -619,8 +650,10 @@ void tl__agent_stop(tl__agent *a)
   while (a->conns > 0)
     pthread_cond_wait(&a->fl_cv, &a->fl_mu);
   pthread_mutex_unlock(&a->fl_mu);
+  tl_store_free(a->hot);
   tl_store_free(a->store);
   pthread_mutex_destroy(&a->mu);
+  pthread_mutex_destroy(&a->hot_mu);
   pthread_mutex_destroy(&a->fl_mu);
   pthread_cond_destroy(&a->fl_cv);
   free(a);

@@ -235,6 +235,9 @@ tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err);
  * out of memory. */
 tl_token *tl__token_new(const char *access_token, int64_t expires_at_ms, int64_t credential, const char *entry_id,
                         const char *base_url, int refreshed);
+/* select.c: tl_token_get's answer without a write or a refresh (the store's cached answer, else the one-read fast
+ * path): 1 with *out set, 0 if the full path is needed. (agent.c answers from it without waiting for a refresh.) */
+int tl__token_hot(tl_token **out, tl_store *s, const char *profile, const char *provider);
 /* select.c: burns and frees the hot path's cached answers (tl_store_free). */
 void tl__token_cache_clear(tl_store *s);
 /* refresh.c: releases the store's rescue-file reservation (tl_store_free). */

@@ -507,6 +507,12 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
   return found;
 }
 
+int tl__token_hot(tl_token **out, tl_store *s, const char *profile, const char *provider)
+{
+  *out = NULL;
+  return cached_token(out, s, profile, provider) || fast_token(out, s, profile, provider);
+}
+
 tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const char *provider, unsigned flags,
                        tl_error *err)
 {
