@@ -661,8 +661,8 @@ void tl__agent_stop(tl__agent *a)
 
 char *tl__agent_metrics(tl__agent *a)
 {
-  static const char *const names[] = {"answers",       "refreshes", "shared",       "unknown_outcomes",
-                                      "reuse_refused", "errors",    "refused_peers"};
+  static const char *const names[] = {"answers",       "refreshes", "shared",        "unknown_outcomes",
+                                      "reuse_refused", "errors",    "refused_peers", "connections"};
   static const char *const help[] = {"Access tokens the local agent answered",
                                      "Refreshes the local agent performed",
                                      "Answers shared from another request's flight",

@@ -114,6 +114,7 @@ curl -sf "$SURL/metrics" > "$WORK/metrics"
 check 'grep -q "^tokenledger_agent_answers_total 2$" "$WORK/metrics"' "GET /metrics: Prometheus text with the answers"
 check 'grep -q "^tokenledger_agent_refreshes_total 1$" "$WORK/metrics"' "and the refreshes"
 check 'grep -q "^# TYPE tokenledger_agent_refused_peers_total counter$" "$WORK/metrics"' "typed counters"
+check '[ "$(grep -c "^tokenledger_agent_[a-z_]* [0-9]*$" "$WORK/metrics")" = 9 ] && [ "$(grep -c "^# HELP" "$WORK/metrics")" = 9 ]' "nine metrics, each with its help"
 
 # --- 3. 16 concurrent refresh --force: flights shared, no reuse
 before=$(portal_refreshes); answers=$(stat_of agent_answers)
@@ -231,5 +232,6 @@ check '[ ! -e "$DB2-agent" ]' "and makes no socket"
 kill "$S2"; wait "$S2" 2>/dev/null || true
 
 check '! grep -qF "$AT1" "$SLOG"' "no access token in serve's log"
+check '! grep -Eq "runtime error|Sanitizer" "$SLOG" "$WORK/serve2.log"' "serve's log has no sanitizer report (ASan/UBSan builds)"
 no_secret_leak "$WORK/rt-a"
 finish
