@@ -1254,6 +1254,52 @@ static void bench_agent(void)
     if (pa[i] < 0 || pl[i] < 0)
       die("tokenledger token failed", NULL);
   }
+  /* The same while 16 processes rotate 16 other credentials of the ledger (canned answers, each its own store). */
+  int64_t *qa = malloc(sizeof(int64_t) * (size_t)np), *ql = malloc(sizeof(int64_t) * (size_t)np), creds[16];
+  s = open_store("agent.db", 0);
+  for (int r = 0; r < 16; r++) {
+    char name[16], rt[32];
+    snprintf(name, sizeof name, "r%d", r);
+    snprintf(rt, sizeof rt, "rt-agent-load-%d", r);
+    tl_error err = {0};
+    tl_credential_spec spec = {.provider = "nous", .profile = name, .refresh_token = rt};
+    if (tl_profile_add(s, name, NULL, &err) != TL_OK || tl_credential_add(&creds[r], s, &spec, &err) != TL_OK)
+      die("agent load setup", &err);
+  }
+  tl_store_free(s);
+  int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  int64_t *rotated = (int64_t *)(void *)(stop + 16);
+  static char tags[16][8];
+  for (int r = 0; r < 16; r++) {
+    snprintf(tags[r], sizeof tags[r], "ag%d", r);
+    if (spawn() == 0) {
+      rotate_until("agent.db", creds[r], tags[r], stop, rotated);
+      _exit(0);
+    }
+  }
+  usleep(200000);
+  int64_t t0 = now_ns();
+  for (int i = 0; i < np; i++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
+    char *ta[] = {tl, "--db", db, "token", "nous", "--profile", prof, NULL};
+    unsetenv("TOKENLEDGER_AGENT");
+    qa[i] = run_ns(ta);
+    setenv("TOKENLEDGER_AGENT", "off", 1);
+    ql[i] = run_ns(ta);
+    unsetenv("TOKENLEDGER_AGENT");
+    if (qa[i] < 0 || ql[i] < 0)
+      die("tokenledger token failed under load", NULL);
+  }
+  double load_secs = (double)(now_ns() - t0) / 1e9;
+  __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+  wait_workers();
+  double load_rate = (double)*rotated / (load_secs + 0.2);
+  munmap(stop, 4096);
+  int64_t qa50 = pct(qa, (size_t)np, 0.5), qa99 = pct(qa, (size_t)np, 0.99), ql50 = pct(ql, (size_t)np, 0.5),
+          ql99 = pct(ql, (size_t)np, 0.99);
+  free(qa);
+  free(ql);
   kill(serve, SIGTERM);
   waitpid(serve, NULL, 0);
   long_child = 0;
@@ -1267,12 +1313,21 @@ static void bench_agent(void)
   printf("   library call, through the agent  p50 %7lld ns  p99 %7lld ns   (budget p50 <= 50 us: %s)\n", (long long)a50,
          (long long)a99, a50 <= 50000 ? "MET" : "MISSED");
   printf("   tokenledger token, agent         p50 %6.2f ms  p99 %6.2f ms\n", pa50 / 1e6, pa99 / 1e6);
-  printf("   tokenledger token, no agent      p50 %6.2f ms  p99 %6.2f ms\n\n", pl50 / 1e6, pl99 / 1e6);
+  printf("   tokenledger token, no agent      p50 %6.2f ms  p99 %6.2f ms\n", pl50 / 1e6, pl99 / 1e6);
+  printf("   while 16 processes rotate (%.0f rotations/s meanwhile):\n", load_rate);
+  printf("   tokenledger token, agent         p50 %6.2f ms  p99 %6.2f ms\n", qa50 / 1e6, qa99 / 1e6);
+  printf("   tokenledger token, no agent      p50 %6.2f ms  p99 %6.2f ms\n\n", ql50 / 1e6, ql99 / 1e6);
   record("agent", json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b}", "calls", n, "process_runs", np,
                             "local_p50_ns", (json_int_t)l50, "local_p99_ns", (json_int_t)l99, "agent_p50_ns",
                             (json_int_t)a50, "agent_p99_ns", (json_int_t)a99, "process_agent_p50_ms", pa50 / 1e6,
                             "process_agent_p99_ms", pa99 / 1e6, "process_local_p50_ms", pl50 / 1e6,
                             "process_local_p99_ms", pl99 / 1e6, "met", a50 <= 50000));
+  json_t *under_load =
+      json_pack("{s:f, s:f, s:f, s:f, s:f}", "rotations_per_s_meanwhile", load_rate,
+                "process_agent_p50_ms_while_16_rotate", qa50 / 1e6, "process_agent_p99_ms_while_16_rotate", qa99 / 1e6,
+                "process_local_p50_ms_while_16_rotate", ql50 / 1e6, "process_local_p99_ms_while_16_rotate", ql99 / 1e6);
+  json_object_update(json_object_get(results, "agent"), under_load);
+  json_decref(under_load);
   free(la);
   free(ag);
   free(pa);
