@@ -259,11 +259,16 @@ static tl_status job_run(tl__agent *a, tl_token **out, const job *j, tl_error *e
 /* One flight per key: the leader runs the job, the others wait and get a copy of its result. */
 static tl_status job_shared(tl__agent *a, tl_token **out, const job *j, int *follower, tl_error *err)
 {
-  char key[600];
-  if (strcmp(j->op, "token") == 0)
-    snprintf(key, sizeof key, "t\n%s\n%s\n%u", j->profile, j->provider, j->flags);
+  /* The whole key, never cut: two requests share a flight only if they ask for exactly the same thing. */
+  int tok = strcmp(j->op, "token") == 0;
+  size_t kn = (tok ? strlen(j->profile) + strlen(j->provider) : 0) + 64;
+  char *key = malloc(kn);
+  if (!key)
+    return tl__oom(err);
+  if (tok)
+    snprintf(key, kn, "t\n%s\n%s\n%u", j->profile, j->provider, j->flags);
   else
-    snprintf(key, sizeof key, "r\n%lld\n%u", (long long)j->credential, j->flags);
+    snprintf(key, kn, "r\n%lld\n%u", (long long)j->credential, j->flags);
   *follower = 0;
   pthread_mutex_lock(&a->fl_mu);
   flight *f = a->flights;
@@ -284,13 +289,14 @@ static tl_status job_shared(tl__agent *a, tl_token **out, const job *j, int *fol
     }
     flight_release(a, f);
     pthread_mutex_unlock(&a->fl_mu);
+    free(key);
     return rc;
   }
   f = calloc(1, sizeof *f);
-  if (f && !(f->key = strdup(key))) {
-    free(f);
-    f = NULL;
-  }
+  if (f)
+    f->key = key;
+  else
+    free(key);
   if (f) {
     f->refs = 1;
     f->next = a->flights;
