@@ -128,6 +128,7 @@ made=$(( $(portal_refreshes) - before ))
 check '[ "$(( $(stat_of agent_answers) - answers ))" = 16 ]' "all 16 answered by the agent"
 check '[ "$made" -ge 1 ] && [ "$made" -lt 16 ]' "fewer portal refreshes ($made) than requests: one flight served many"
 check '[ "$(stat_of agent_shared)" -ge 1 ]' "answers shared from a flight"
+check '[ "$(( $(stat_of agent_refreshes) - 1 ))" = "$made" ]' "every portal refresh was the agent's (no client refreshed on its own)"
 check '[ "$(counter reuse_detections)" = 0 ]' "zero reuse at the portal"
 
 # --- 3b. library callers: tl_token_get and tl_refresh mixed, one connection per store, reused
@@ -157,6 +158,18 @@ for _ in $(seq 100); do grep -q "agent: listening" <(tail -n 3 "$SLOG") && break
 check 'grep -q "removed the stale socket" "$SLOG"' "the next serve removes the stale socket"
 tl $D token nous --profile alice; expect 0 "and answers through its agent"
 check '[ "$(stat_of agent_answers)" = 1 ]' "(its counter)"
+# kill -9 of serve while its agent presents p0's refresh token: the client neither hangs nor replays
+( r=0; "$TL_BIN" $D refresh nous --profile p0 --force > "$WORK/mid.out" 2>&1 || r=$?; echo $r > "$WORK/mid.rc" ) &
+MID=$!
+for _ in $(seq 100); do [ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'in_flight'")" -ge 1 ] && break; sleep 0.02; done
+check '[ "$(q "SELECT owner_command FROM refresh_attempt WHERE outcome = '"'in_flight'"'")" = agent:refresh ]' "the agent is presenting"
+stop_serve -KILL
+wait $MID || true
+check '[ "$(cat "$WORK/mid.rc")" = 0 ] || [ "$(cat "$WORK/mid.rc")" = 6 ]' "the client finishes: a token or the unknown outcome (exit $(cat "$WORK/mid.rc"))"
+check '[ "$(counter reuse_detections)" = 0 ]' "and nothing is presented twice (zero reuse)"
+tl $D token nous --profile alice; expect 0 "other profiles still answer (locally)"
+start_serve
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 
 # --- 5. another user connecting to the real agent is refused unread (root: runuser)
 if [ "$(id -u)" = 0 ] && command -v runuser > /dev/null && { id tlother > /dev/null 2>&1 || useradd -m tlother 2>/dev/null; }; then
