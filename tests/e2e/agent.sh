@@ -6,8 +6,10 @@
 # agent proven by its answer counter (serve --status --json and GET /metrics),
 # and TOKENLEDGER_AGENT=off not using it; 16 concurrent `refresh --force`
 # sharing flights (fewer portal refreshes than requests, zero reuse); kill -9 of
-# serve (a stale socket: clients fall back and answer; the next serve removes
-# it); a regular file, a FIFO and a symlink at the socket's path (never
+# serve, at rest (a stale socket: clients fall back and answer; the next serve
+# removes it) and while its agent presents (the client finishes, zero reuse); a
+# SIGSTOPped serve (clients fall back after the 2 s bound); library callers
+# (tl_token_get and tl_refresh) over one reused connection per store; a regular file, a FIFO and a symlink at the socket's path (never
 # trusted, never written to, serve refuses to start its agent there); as root,
 # a socket owned by another user and a server whose SO_PEERCRED uid is another
 # user's (never sent a request), and another user connecting to the real agent
@@ -27,6 +29,7 @@ SLOG="$WORK/serve.log"
 q() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
 stop_serve() {
   if [ -n "$SERVE_PID" ]; then
+    kill -CONT "$SERVE_PID" 2>/dev/null || true # a stopped serve (the silent-agent check) would never exit
     kill "${1:--TERM}" "$SERVE_PID" 2>/dev/null || true
     set +e; wait "$SERVE_PID" 2>/dev/null; set -e
   fi
@@ -170,6 +173,13 @@ check '[ "$(counter reuse_detections)" = 0 ]' "and nothing is presented twice (z
 tl $D token nous --profile alice; expect 0 "other profiles still answer (locally)"
 start_serve
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+# a silent agent (serve stopped with SIGSTOP: the socket accepts, nobody answers): the bound, then the local path
+kill -STOP "$SERVE_PID"
+start=$(date +%s)
+set +e; timeout 120 "$TL_BIN" $D token nous --profile alice > "$OUT" 2> "$ERR"; RC=$?; set -e
+expect 0 "a silent agent: token falls back and answers"
+check '[ $(( $(date +%s) - start )) -lt 60 ]' "after the short bound, not the 120 s answer bound"
+kill -CONT "$SERVE_PID"
 
 # --- 5. another user connecting to the real agent is refused unread (root: runuser)
 if [ "$(id -u)" = 0 ] && command -v runuser > /dev/null && { id tlother > /dev/null 2>&1 || useradd -m tlother 2>/dev/null; }; then
