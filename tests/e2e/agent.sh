@@ -9,8 +9,9 @@
 # serve, at rest (a stale socket: clients fall back and answer; the next serve
 # removes it) and while its agent presents (the client finishes, zero reuse); a
 # SIGSTOPped serve (clients fall back after the 2 s bound); library callers
-# (tl_token_get and tl_refresh) over one reused connection per store; a regular file, a FIFO and a symlink at the socket's path (never
-# trusted, never written to, serve refuses to start its agent there); as root,
+# (tl_token_get and tl_refresh) over one reused connection per store; a
+# regular file, a FIFO and a symlink at the socket's path (never trusted, never
+# written to, serve refuses to start its agent there); as root,
 # a socket owned by another user and a server whose SO_PEERCRED uid is another
 # user's (never sent a request), and another user connecting to the real agent
 # (closed unread, counted, logged); a ledger path too long for a socket.
