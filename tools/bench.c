@@ -19,7 +19,10 @@
  *      the shared store
  *  10. import cost: a file of 1000 pool rows (import, and a sync adopting 1000
  *      rotations), a root of 10k profiles (time, peak RSS, 100k by a line)
- * TL_BENCH_ONLY picks sections by their digit ("0" for 10).
+ *  11. the local agent (serve's <ledger>-agent): tl_token_get through the socket
+ *      beside the local hot path, and `tokenledger token` as a process with and
+ *      without the agent (TOKENLEDGER_AGENT=off), all against one running serve
+ * TL_BENCH_ONLY picks sections by their digit ("0" for 10, "a" for 11).
  *
  * Usage: tl-bench [--quick] [--json FILE] [--dir DIR]
  * The portal (tl-portal) and the CLI (tokenledger) are found beside tl-bench.
@@ -1237,6 +1240,184 @@ static void bench_serve(void)
                                     "owner_p99_ms", f99 / 1e6, "owner_max_ms", fmax / 1e6, "met", fmet));
 }
 
+/* ---- 11. the local agent ------------------------------------------------------------------ */
+
+/* n calls of tl_token_get on profiles a1..a8 of the store, into v (ns each). */
+static void agent_calls(int64_t *v, int n, tl_store *s)
+{
+  for (int i = 0; i < n; i++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
+    tl_token *t = NULL;
+    tl_error err = {0};
+    int64_t a = now_ns();
+    if (tl_token_get(&t, s, prof, "nous", 0, &err) != TL_OK)
+      die("token through the agent", &err);
+    v[i] = now_ns() - a;
+    tl_token_free(t);
+  }
+}
+
+static void bench_agent(void)
+{
+  int n = quick ? 300 : 20000, np = quick ? 30 : 300;
+  char url[200], db[PATH_MAX + 16], pf[PATH_MAX + 32], sock[PATH_MAX + 32], tl[PATH_MAX + 32];
+  snprintf(url, sizeof url, "%s/api/oauth/token", portal_url);
+  snprintf(db, sizeof db, "%s/agent.db", dir);
+  snprintf(pf, sizeof pf, "%s-serve", db);
+  snprintf(sock, sizeof sock, "%s-agent", db);
+  snprintf(tl, sizeof tl, "%s/tokenledger", bindir);
+  tl_store *s = open_store("agent.db", TL_OPEN_CREATE);
+  for (int i = 1; i <= 8; i++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "a%d", i);
+    char *rt = seed_rt();
+    add_credential(s, prof, rt, url);
+    tl_secret_free(rt);
+    tl_token *t = NULL;
+    tl_error err = {0};
+    if (tl_token_get(&t, s, prof, "nous", 0, &err) != TL_OK)
+      die("agent setup", &err);
+    tl_token_free(t);
+  }
+  tl_store_free(s);
+  pid_t serve = fork();
+  if (serve == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execl(tl, tl, "--db", db, "serve", "--quiet", "--no-keep-fresh", (char *)NULL);
+    _exit(127);
+  }
+  long_child = serve;
+  struct stat st;
+  for (int i = 0; i < 400 && lstat(sock, &st) != 0; i++)
+    usleep(10000);
+  if (lstat(sock, &st) != 0)
+    die("tokenledger serve did not start its agent", NULL);
+  int64_t *la = malloc(sizeof(int64_t) * (size_t)n), *ag = malloc(sizeof(int64_t) * (size_t)n),
+          *pa = malloc(sizeof(int64_t) * (size_t)np), *pl = malloc(sizeof(int64_t) * (size_t)np);
+  /* The library call: one store each way, warmed, alternating in blocks so both see the same machine. */
+  setenv("TOKENLEDGER_AGENT", "off", 1);
+  tl_store *local = open_store("agent.db", 0);
+  unsetenv("TOKENLEDGER_AGENT");
+  tl_store *via = open_store("agent.db", 0);
+  json_t *before = tl__agent_stats(via);
+  int64_t answered0 = json_integer_value(json_object_get(before, "answers"));
+  json_decref(before);
+  int64_t warm[16];
+  setenv("TOKENLEDGER_AGENT", "off", 1);
+  agent_calls(warm, 16, local);
+  unsetenv("TOKENLEDGER_AGENT");
+  agent_calls(warm, 16, via);
+  for (int k = 0; k < 10; k++) {
+    int from = n / 10 * k, cnt = k == 9 ? n - from : n / 10;
+    setenv("TOKENLEDGER_AGENT", "off", 1);
+    agent_calls(la + from, cnt, local);
+    unsetenv("TOKENLEDGER_AGENT");
+    agent_calls(ag + from, cnt, via);
+  }
+  json_t *after = tl__agent_stats(via);
+  int64_t answered = json_integer_value(json_object_get(after, "answers")) - answered0;
+  json_decref(after);
+  tl_store_free(local);
+  tl_store_free(via);
+  if (answered < n)
+    die("the agent did not answer every call (a silent fallback?)", NULL);
+  /* The whole process, with and without the agent, interleaved. */
+  for (int i = 0; i < np; i++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
+    char *ta[] = {tl, "--db", db, "token", "nous", "--profile", prof, NULL};
+    unsetenv("TOKENLEDGER_AGENT");
+    pa[i] = run_ns(ta);
+    setenv("TOKENLEDGER_AGENT", "off", 1);
+    pl[i] = run_ns(ta);
+    unsetenv("TOKENLEDGER_AGENT");
+    if (pa[i] < 0 || pl[i] < 0)
+      die("tokenledger token failed", NULL);
+  }
+  /* The same while 16 processes rotate 16 other credentials of the ledger (canned answers, each its own store). */
+  int64_t *qa = malloc(sizeof(int64_t) * (size_t)np), *ql = malloc(sizeof(int64_t) * (size_t)np), creds[16];
+  s = open_store("agent.db", 0);
+  for (int r = 0; r < 16; r++) {
+    char name[16], rt[32];
+    snprintf(name, sizeof name, "r%d", r);
+    snprintf(rt, sizeof rt, "rt-agent-load-%d", r);
+    tl_error err = {0};
+    tl_credential_spec spec = {.provider = "nous", .profile = name, .refresh_token = rt};
+    if (tl_profile_add(s, name, NULL, &err) != TL_OK || tl_credential_add(&creds[r], s, &spec, &err) != TL_OK)
+      die("agent load setup", &err);
+  }
+  tl_store_free(s);
+  int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  int64_t *rotated = (int64_t *)(void *)(stop + 16);
+  static char tags[16][8];
+  for (int r = 0; r < 16; r++) {
+    snprintf(tags[r], sizeof tags[r], "ag%d", r);
+    if (spawn() == 0) {
+      rotate_until("agent.db", creds[r], tags[r], stop, rotated);
+      _exit(0);
+    }
+  }
+  usleep(200000);
+  int64_t t0 = now_ns();
+  for (int i = 0; i < np; i++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
+    char *ta[] = {tl, "--db", db, "token", "nous", "--profile", prof, NULL};
+    unsetenv("TOKENLEDGER_AGENT");
+    qa[i] = run_ns(ta);
+    setenv("TOKENLEDGER_AGENT", "off", 1);
+    ql[i] = run_ns(ta);
+    unsetenv("TOKENLEDGER_AGENT");
+    if (qa[i] < 0 || ql[i] < 0)
+      die("tokenledger token failed under load", NULL);
+  }
+  double load_secs = (double)(now_ns() - t0) / 1e9;
+  __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+  wait_workers();
+  double load_rate = (double)*rotated / (load_secs + 0.2);
+  munmap(stop, 4096);
+  int64_t qa50 = pct(qa, (size_t)np, 0.5), qa99 = pct(qa, (size_t)np, 0.99), ql50 = pct(ql, (size_t)np, 0.5),
+          ql99 = pct(ql, (size_t)np, 0.99);
+  free(qa);
+  free(ql);
+  kill(serve, SIGTERM);
+  waitpid(serve, NULL, 0);
+  long_child = 0;
+  int64_t l50 = pct(la, (size_t)n, 0.5), l99 = pct(la, (size_t)n, 0.99), a50 = pct(ag, (size_t)n, 0.5),
+          a99 = pct(ag, (size_t)n, 0.99), pa50 = pct(pa, (size_t)np, 0.5), pa99 = pct(pa, (size_t)np, 0.99),
+          pl50 = pct(pl, (size_t)np, 0.5), pl99 = pct(pl, (size_t)np, 0.99);
+  printf("11. the local agent: tl_token_get on 8 profiles with fresh tokens, %d calls each way; `tokenledger token` "
+         "%d runs each way\n",
+         n, np);
+  printf("   library call, local hot path     p50 %7lld ns  p99 %7lld ns\n", (long long)l50, (long long)l99);
+  printf("   library call, through the agent  p50 %7lld ns  p99 %7lld ns   (budget p50 <= 50 us: %s)\n", (long long)a50,
+         (long long)a99, a50 <= 50000 ? "MET" : "MISSED");
+  printf("   tokenledger token, agent         p50 %6.2f ms  p99 %6.2f ms\n", pa50 / 1e6, pa99 / 1e6);
+  printf("   tokenledger token, no agent      p50 %6.2f ms  p99 %6.2f ms\n", pl50 / 1e6, pl99 / 1e6);
+  printf("   while 16 processes rotate (%.0f rotations/s meanwhile):\n", load_rate);
+  printf("   tokenledger token, agent         p50 %6.2f ms  p99 %6.2f ms\n", qa50 / 1e6, qa99 / 1e6);
+  printf("   tokenledger token, no agent      p50 %6.2f ms  p99 %6.2f ms\n\n", ql50 / 1e6, ql99 / 1e6);
+  record("agent", json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b}", "calls", n, "process_runs", np,
+                            "local_p50_ns", (json_int_t)l50, "local_p99_ns", (json_int_t)l99, "agent_p50_ns",
+                            (json_int_t)a50, "agent_p99_ns", (json_int_t)a99, "process_agent_p50_ms", pa50 / 1e6,
+                            "process_agent_p99_ms", pa99 / 1e6, "process_local_p50_ms", pl50 / 1e6,
+                            "process_local_p99_ms", pl99 / 1e6, "met", a50 <= 50000));
+  json_t *under_load =
+      json_pack("{s:f, s:f, s:f, s:f, s:f}", "rotations_per_s_meanwhile", load_rate,
+                "process_agent_p50_ms_while_16_rotate", qa50 / 1e6, "process_agent_p99_ms_while_16_rotate", qa99 / 1e6,
+                "process_local_p50_ms_while_16_rotate", ql50 / 1e6, "process_local_p99_ms_while_16_rotate", ql99 / 1e6);
+  json_object_update(json_object_get(results, "agent"), under_load);
+  json_decref(under_load);
+  free(la);
+  free(ag);
+  free(pa);
+  free(pl);
+}
+
 /* ---- helpers for Hermes' files (sections 9 and 10) ------------------------------------------- */
 
 /* A time as Hermes writes it: 2026-11-30T10:00:00.123456+00:00 */
@@ -1666,6 +1847,7 @@ int main(int argc, char **argv)
   RUN('8', bench_serve);
   RUN('9', bench_hermes);
   RUN('0', bench_import); /* section 10 */
+  RUN('a', bench_agent);  /* section 11 */
 #undef RUN
   kill(portal_pid, SIGTERM);
   waitpid(portal_pid, NULL, 0);

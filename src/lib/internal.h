@@ -70,7 +70,11 @@ struct tl_store {
   void *stop_notice_ud;
   tl_progress_fn progress; /* tl_store_set_progress; NULL: none */
   void *progress_ud;
-  int64_t progress_at; /* when it was last called (ms), to call it a few times a second at most */
+  int64_t progress_at;    /* when it was last called (ms), to call it a few times a second at most */
+  int agent_fd;           /* the connection to the local agent (agent.c), reused; -1 if none */
+  long agent_pid;         /* the process that made it (a forked child makes its own) */
+  int agent_off;          /* never ask an agent: serve's store and the agent's own */
+  int64_t agent_retry_at; /* an agent that failed to answer is not asked again before this (ms) */
 };
 
 /* error.c */
@@ -241,6 +245,9 @@ tl_status tl__sync_credential(tl_store *s, int64_t cred, tl_error *err);
  * out of memory. */
 tl_token *tl__token_new(const char *access_token, int64_t expires_at_ms, int64_t credential, const char *entry_id,
                         const char *base_url, int refreshed);
+/* select.c: tl_token_get's answer without a write or a refresh (the store's cached answer, else the one-read fast
+ * path): 1 with *out set, 0 if the full path is needed. (agent.c answers from it without waiting for a refresh.) */
+int tl__token_hot(tl_token **out, tl_store *s, const char *profile, const char *provider);
 /* select.c: burns and frees the hot path's cached answers (tl_store_free). */
 void tl__token_cache_clear(tl_store *s);
 /* refresh.c: releases the store's rescue-file reservation (tl_store_free). */
@@ -403,6 +410,27 @@ tl_status tl__strict_key_create(tl_store *s, tl_error *err);
 void tl__strict_doctor(int *ok, char *detail, size_t n, tl_store *s);
 /* doctor: every Hermes file the ledger keeps, read as sync reads it (no lock, nothing written). */
 tl_status tl__hermes_files_doctor(int *ok, char *detail, size_t n, tl_store *s, tl_error *err);
+
+/* agent.c: serve's local agent on the Unix socket "<ledger>-agent" (issue 21). */
+typedef struct tl__agent tl__agent;
+/* Starts the agent for serve's store (its own store on the same ledger, an accept thread). NULL if it cannot
+ * (said through log); serve runs without it. Call before any other thread of serve exists (umask). */
+tl__agent *tl__agent_start(tl_store *serve_store, void (*log)(void *ud, const char *line), void *ud);
+/* Removes the socket (only the one it made), stops every thread, closes its store. Accepts NULL. */
+void tl__agent_stop(tl__agent *a);
+/* Prometheus text of the agent's counters (new string; a NULL agent says it is down). NULL if out of memory. */
+char *tl__agent_metrics(tl__agent *a);
+/* The agent's counters as JSON ({"ok":true,"answers":..}), asked through the socket; NULL if no trustworthy agent
+ * answers. */
+json_t *tl__agent_stats(tl_store *s);
+/* The client, for tl_token_get and tl_refresh: 1 if a trustworthy agent answered (*rc, *out, err as the call
+ * would have set them), 0 if the caller must do the work itself (no agent, TOKENLEDGER_AGENT=off, an untrusted
+ * or silent socket). */
+int tl__agent_token(tl_status *rc, tl_token **out, tl_store *s, const char *profile, const char *provider,
+                    unsigned flags, tl_error *err);
+int tl__agent_refresh(tl_status *rc, tl_token **out, tl_store *s, int64_t cred, unsigned flags, tl_error *err);
+/* Closes the store's connection to the agent (tl_store_free). */
+void tl__agent_disconnect(tl_store *s);
 
 /* The live state of serve, from the port file <ledger>-serve (strict.c). */
 typedef struct tl__serve_live {

@@ -1240,7 +1240,9 @@ tl_status tl_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, 
   tl_token *t = NULL;
   if (!s || cred <= 0)
     return tl__err(err, TL_EINVAL, 0, "refresh: no credential");
-  tl_status rc = tl__coop_refresh(&t, s, cred, flags, 0, 0, err);
+  tl_status rc;
+  if (!tl__agent_refresh(&rc, &t, s, cred, flags, err)) /* serve's agent, when one runs; else the work here */
+    rc = tl__coop_refresh(&t, s, cred, flags, 0, 0, err);
   if (out)
     *out = t;
   else

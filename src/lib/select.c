@@ -513,6 +513,12 @@ static int fast_token(tl_token **out, tl_store *s, const char *profile, const ch
   return found;
 }
 
+int tl__token_hot(tl_token **out, tl_store *s, const char *profile, const char *provider)
+{
+  *out = NULL;
+  return cached_token(out, s, profile, provider) || fast_token(out, s, profile, provider);
+}
+
 tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const char *provider, unsigned flags,
                        tl_error *err)
 {
@@ -524,6 +530,8 @@ tl_status tl_token_get(tl_token **out, tl_store *s, const char *profile, const c
   if (!out || !s || !profile || !provider)
     return tl__err(err, TL_EINVAL, 0, "token: profile and provider are required");
   *out = NULL;
+  if (tl__agent_token(&rc, out, s, profile, provider, flags, err)) /* serve's agent, when one runs */
+    return rc;
   if (!(flags & TL_REFRESH_FORCE) && (cached_token(out, s, profile, provider) || fast_token(out, s, profile, provider)))
     return TL_OK;
   if ((rc = load_candidates(c, &n, strategy, s, profile, provider, err)) != TL_OK)

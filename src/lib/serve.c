@@ -108,6 +108,7 @@ typedef struct server {
   struct sockaddr_storage self; /* the bound address: the remote end of every caller's socket */
   long rounds; /* keep-fresh rounds run (the main thread only) */
   _Atomic int64_t refused_said; /* when a refused peer was last logged (once a minute at most) */
+  tl__agent *agent;             /* the local agent on <ledger>-agent (agent.c), NULL if it could not start */
 } server;
 
 static void say(server *sv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -993,6 +994,22 @@ static enum MHD_Result route(server *sv, struct MHD_Connection *c, request *r, c
     r->outcome = "refused";
     return oauth_error(c, r, 431, "invalid_request", why, -1);
   }
+  if (strcmp(url, "/metrics") == 0 && strcmp(method, "GET") == 0) { /* the agent's counters, Prometheus text */
+    char *text = tl__agent_metrics(sv->agent);
+    struct MHD_Response *resp =
+        text ? tl__mhd()->create_response_from_buffer_with_free_callback(strlen(text), text, free) : NULL;
+    if (!resp) {
+      free(text);
+      return MHD_NO;
+    }
+    tl__mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4");
+    r->what = "metrics";
+    r->outcome = "answered";
+    r->status = 200;
+    enum MHD_Result rc = tl__mhd()->queue_response(c, 200, resp);
+    tl__mhd()->destroy_response(resp);
+    return rc;
+  }
   if (!token && !device) {
     r->outcome = "refused";
     return oauth_error(c, r, 404, "not_found",
@@ -1109,7 +1126,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   *con_cls = NULL;
   if (!r)
     return;
-  if (r->handled) {
+  /* A Prometheus scrape of the counters holds no credential: not audited (it would fill the log). */
+  if (r->handled && strcmp(r->what, "metrics") != 0) {
     peer *p = conn_peer(c);
     if (p)
       peer_lookup(p);
@@ -1478,6 +1496,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   sv.max = (size_t)(o->threads ? o->threads : THREADS_DEFAULT);
   pthread_mutex_init(&sv.store_mu, NULL);
   pthread_mutex_init(&sv.dev_mu, NULL);
+  s->agent_off = 1; /* serve's own calls never ask its agent */
   if ((rc = choose_address(host, &port, s, o, err)) != TL_OK || (rc = tl__serve_port_path(path, sizeof path, s, err)))
     goto done;
   if ((rc = port_file_take(&pfd, &stale_pid, path, err)) != TL_OK)
@@ -1488,6 +1507,7 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   if ((rc = port_file_write(pfd, path, host, sv.port, err)) != TL_OK ||
       (rc = remember_address(s, host, sv.port, stale_pid, err)) != TL_OK)
     goto done;
+  sv.agent = tl__agent_start(s, o->on_log, o->ud); /* before any other thread: it sets the umask */
   unsigned flags =
       MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | (strchr(host, ':') ? MHD_USE_IPv6 : 0);
   d = tl__mhd()->start_daemon(flags, 0, on_accept, &sv, on_request, &sv, MHD_OPTION_LISTEN_SOCKET, lfd,
@@ -1517,7 +1537,9 @@ tl_status tl_serve_run(tl_store *s, const tl_serve_opts *o, tl_error *err)
   }
   rc = TL_OK;
 done:
+  tl__agent_stop(sv.agent); /* its socket goes first: clients do without it from then on */
   s->lock_timeout_ms = lock_timeout;
+  s->agent_off = 0;
   if (d)
     tl__mhd()->stop_daemon(d); /* waits for every connection thread */
   if (lfd >= 0)

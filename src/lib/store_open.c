@@ -574,6 +574,7 @@ static tl_status store_new(tl_store **out, const char *path, int readonly, tl_er
   s->scrub_off = getenv("TOKENLEDGER_TEST_KEEP_WAL") != NULL;
   s->readonly = readonly;
   s->rescue_fd = -1;
+  s->agent_fd = -1;
   tl__actor_init(&s->actor);
   *out = s;
   return TL_OK;
@@ -694,6 +695,7 @@ void tl_store_free(tl_store *s)
   sqlite3_close(s->db);
   tl__token_cache_clear(s);
   tl__rescue_unreserve(s);
+  tl__agent_disconnect(s);
   tl__actor_clear(&s->actor);
   free(s->path);
   free(s);

@@ -678,9 +678,25 @@ static void strict_names(int64_t *count, char *names, size_t n, tl_store *s)
 tl_status tl_serve_status(tl_report **out, tl_store *s, tl_error *err)
 {
   tl_error_clear(err);
-  static const char *const cols[] = {"running", "url", "pid", "port_file", "strict_profiles", "strict", "last_url"};
+  static const char *const cols[] = {"running",
+                                     "url",
+                                     "pid",
+                                     "port_file",
+                                     "strict_profiles",
+                                     "strict",
+                                     "last_url",
+                                     "agent",
+                                     "agent_answers",
+                                     "agent_refreshes",
+                                     "agent_shared",
+                                     "agent_unknown",
+                                     "agent_reuse_refused",
+                                     "agent_refused_peers",
+                                     "agent_connections"};
+  static const char *const counters[] = {"answers",       "refreshes",     "shared",     "unknown",
+                                         "reuse_refused", "refused_peers", "connections"};
   static const char last_sql[] = "SELECT host, port FROM serve_state WHERE id = 1";
-  const int num[] = {1, 0, 1, 0, 1, 0, 0};
+  const int num[] = {1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1};
   tl__serve_live live;
   tl_report *r = NULL;
   char path[4096], url[128] = "", last[128] = "", pid[32] = "", count[32], names[2048];
@@ -703,8 +719,29 @@ tl_status tl_serve_status(tl_report **out, tl_store *s, tl_error *err)
   sqlite3_reset(st);
   strict_names(&nstrict, names, sizeof names, s);
   snprintf(count, sizeof count, "%lld", (long long)nstrict);
-  const char *cells[] = {live.running ? "1" : "0", *url ? url : NULL,  *pid ? pid : NULL, path, count,
-                         *names ? names : NULL,    *last ? last : NULL};
+  /* The local agent (agent.c): its socket when a trustworthy one answers, and its counters. */
+  char agent[4200] = "", cnt[7][24];
+  json_t *stats = live.running ? tl__agent_stats(s) : NULL;
+  if (stats)
+    snprintf(agent, sizeof agent, "%s-agent", s->path);
+  for (int i = 0; i < 7; i++)
+    snprintf(cnt[i], sizeof cnt[i], "%lld", (long long)json_integer_value(json_object_get(stats, counters[i])));
+  json_decref(stats);
+  const char *cells[] = {live.running ? "1" : "0",
+                         *url ? url : NULL,
+                         *pid ? pid : NULL,
+                         path,
+                         count,
+                         *names ? names : NULL,
+                         *last ? last : NULL,
+                         *agent ? agent : NULL,
+                         *agent ? cnt[0] : NULL,
+                         *agent ? cnt[1] : NULL,
+                         *agent ? cnt[2] : NULL,
+                         *agent ? cnt[3] : NULL,
+                         *agent ? cnt[4] : NULL,
+                         *agent ? cnt[5] : NULL,
+                         *agent ? cnt[6] : NULL};
   if ((rc = tl__report_kv(&r, cols, sizeof cols / sizeof *cols, err)) != TL_OK)
     return rc;
   if ((rc = tl__report_add_row(r, cells, num, err)) != TL_OK) {
