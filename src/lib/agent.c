@@ -581,6 +581,20 @@ static int make_socket(tl__agent *a, const char *path)
   return fd;
 }
 
+/* Everything the agent holds once its socket and threads exist: the listening socket, stores, locks. */
+static void agent_free(tl__agent *a)
+{
+  if (a->lfd >= 0)
+    close(a->lfd);
+  tl_store_free(a->hot);
+  tl_store_free(a->store);
+  pthread_mutex_destroy(&a->mu);
+  pthread_mutex_destroy(&a->hot_mu);
+  pthread_mutex_destroy(&a->fl_mu);
+  pthread_cond_destroy(&a->fl_cv);
+  free(a);
+}
+
 tl__agent *tl__agent_start(tl_store *serve_store, void (*log)(void *ud, const char *line), void *ud)
 {
   tl__agent *a = calloc(1, sizeof *a);
@@ -627,14 +641,7 @@ tl__agent *tl__agent_start(tl_store *serve_store, void (*log)(void *ud, const ch
   if (pthread_create(&a->accept_thread, NULL, accept_main, a) != 0) {
     alog(a, "agent: not started: no thread");
     unlink(a->path);
-    close(a->lfd);
-    tl_store_free(a->hot);
-    tl_store_free(a->store);
-    pthread_mutex_destroy(&a->mu);
-    pthread_mutex_destroy(&a->hot_mu);
-    pthread_mutex_destroy(&a->fl_mu);
-    pthread_cond_destroy(&a->fl_cv);
-    free(a);
+    agent_free(a);
     return NULL;
   }
   alog(a, "agent: listening on %s", a->path);
@@ -651,18 +658,13 @@ void tl__agent_stop(tl__agent *a)
     unlink(a->path);
   atomic_store(&a->stop, 1);
   pthread_join(a->accept_thread, NULL);
-  close(a->lfd);
+  close(a->lfd); /* no new connection; the ones open finish below */
+  a->lfd = -1;
   pthread_mutex_lock(&a->fl_mu);
   while (a->conns > 0)
     pthread_cond_wait(&a->fl_cv, &a->fl_mu);
   pthread_mutex_unlock(&a->fl_mu);
-  tl_store_free(a->hot);
-  tl_store_free(a->store);
-  pthread_mutex_destroy(&a->mu);
-  pthread_mutex_destroy(&a->hot_mu);
-  pthread_mutex_destroy(&a->fl_mu);
-  pthread_cond_destroy(&a->fl_cv);
-  free(a);
+  agent_free(a);
 }
 
 char *tl__agent_metrics(tl__agent *a)

@@ -106,7 +106,7 @@ typedef struct server {
   device_login dev[DEVICE_MAX];
   int port;
   struct sockaddr_storage self; /* the bound address: the remote end of every caller's socket */
-  long rounds; /* keep-fresh rounds run (the main thread only) */
+  long rounds;                  /* keep-fresh rounds run (the main thread only) */
   _Atomic int64_t refused_said; /* when a refused peer was last logged (once a minute at most) */
   tl__agent *agent;             /* the local agent on <ledger>-agent (agent.c), NULL if it could not start */
 } server;
@@ -1104,17 +1104,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
  * the credential left behind. Whoever presents it holds a copy of an old auth.json (a backup, a
  * copied home); seen here, locally, before any server could see it.
  */
-static json_t *replay_detail(const request *r, const peer *p)
+/* The calling process in an audit detail, when /proc told it. */
+static void peer_detail(json_t *d, const peer *p)
 {
-  json_t *d =
-      json_pack("{s:s, s:s, s:I, s:I, s:s}", "profile", r->profile_name, "reason", r->replayed, "surrogate_generation",
-                (json_int_t)r->gen_in, "current_generation", (json_int_t)r->gen_now, "presented", r->fp);
   if (d && p && p->pid > 0)
     json_object_set_new(d, "peer_pid", json_integer(p->pid));
   if (d && p && p->uid >= 0)
     json_object_set_new(d, "peer_uid", json_integer(p->uid));
   if (d && p && p->comm[0])
     json_object_set_new(d, "peer_command", json_string(p->comm));
+}
+
+static json_t *replay_detail(const request *r, const peer *p)
+{
+  json_t *d =
+      json_pack("{s:s, s:s, s:I, s:I, s:s}", "profile", r->profile_name, "reason", r->replayed, "surrogate_generation",
+                (json_int_t)r->gen_in, "current_generation", (json_int_t)r->gen_now, "presented", r->fp);
+  peer_detail(d, p);
   return d;
 }
 
@@ -1143,12 +1149,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
       json_object_set_new(d, "issued_generation", json_integer(r->gen_out));
     if (d && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
       json_object_set_new(d, "delivered", json_false());
-    if (d && p && p->pid > 0)
-      json_object_set_new(d, "peer_pid", json_integer(p->pid));
-    if (d && p && p->uid >= 0)
-      json_object_set_new(d, "peer_uid", json_integer(p->uid));
-    if (d && p && p->comm[0])
-      json_object_set_new(d, "peer_command", json_string(p->comm));
+    peer_detail(d, p);
     tl__ids ids = {.profile = r->profile, .credential = r->credential};
     json_t *replay = r->replayed ? replay_detail(r, p) : NULL;
     tl_store *s = store_get(sv);
