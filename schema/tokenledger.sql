@@ -1,4 +1,4 @@
--- tokenledger canonical schema (user_version 8).
+-- tokenledger canonical schema (user_version 9).
 --
 -- This file is the documentation of record for the database layout. The binary
 -- never executes it: it builds databases by replaying migrations/NNNN_*.sql in
@@ -24,7 +24,7 @@
 --   5. Audit rows are never updated or deleted       -> audit_event_no_update/no_delete
 
 PRAGMA application_id = 1414284359; -- 0x544C4447, 'TLDG'
-PRAGMA user_version = 8;
+PRAGMA user_version = 9;
 
 -- Rules on a column's values are written `x = 'a' OR x = 'b' OR ...`, not
 -- `x IN ('a', 'b', ...)`: SQLite builds a temporary b-tree for an IN list of three
@@ -325,7 +325,8 @@ CREATE TABLE strict_key (
 CREATE TABLE strict_profile (
   profile_id  INTEGER PRIMARY KEY REFERENCES profile(id) ON DELETE CASCADE,
   since       INTEGER NOT NULL                    -- when the profile was switched to strict
-) STRICT;
+  -- set while `profile strict NAME off` writes the profile's files in plain form (migration 0009)
+, leaving_since INTEGER) STRICT;
 
 -- Where `tokenledger serve` last listened, so that a restart (without
 -- --listen) binds the same loopback port that strict profiles' files name.

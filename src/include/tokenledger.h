@@ -177,7 +177,7 @@ enum {
 };
 
 /** Schema version this library reads and writes. */
-#define TL_SCHEMA_VERSION 8
+#define TL_SCHEMA_VERSION 9
 
 /**
  * Opens (or creates) the ledger at path.

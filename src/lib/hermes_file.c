@@ -14,8 +14,9 @@
  *     the way is owned by you or root and writable by nobody else (sticky
  *     ones aside); a symbolic link is followed only if you or root own it
  *     and it lives in a directory nobody else can write (sticky or not); the
- *     file's own directory and the file are yours, with no second name in a
- *     directory others can write. So a home another user owns or can write,
+ *     file's own directory and the file are yours, and that directory is
+ *     writable by nobody else, sticky or not (its lock file lives there too,
+ *     and the lock file must be yours with one name). So a home another user owns or can write,
  *     a link they put in one, a file of theirs or a hard link to one is never
  *     read, locked, written, defused or removed; the file is opened, replaced
  *     (renameat) or unlinked relative to the descriptor of the directory
@@ -92,17 +93,23 @@ static tl_status not_yours(const char *path, const char *what, const char *shown
                  path, what, shown, owner, me);
 }
 
-/* A directory on the way: yours or root's, and nobody else can rename what is in it. */
+/*
+ * A directory on the way: yours or root's, and nobody else can rename what is
+ * in it. The file's own directory (last) is writable by nobody else at all,
+ * sticky or not: there another user could create the lock file (auth.lock)
+ * first, or remove theirs and create it anew while Hermes holds the old one,
+ * and two refreshes would no longer take turns.
+ */
 static tl_status check_dir(const char *path, const char *shown, const struct stat *st, int last, tl_error *err)
 {
   if (!S_ISDIR(st->st_mode))
     return tl__err(err, TL_EIO, ENOTDIR, "%s: %s is not a directory", path, shown);
   if (st->st_uid != geteuid() && (last || st->st_uid != 0))
     return not_yours(path, "the directory", shown, st->st_uid, err);
-  if ((st->st_mode & 022) && !(st->st_mode & S_ISVTX))
+  if ((st->st_mode & 022) && (last || !(st->st_mode & S_ISVTX)))
     return tl__err(err, TL_EINSECURE, 0,
-                   "%s: the directory %s is writable by group or others, who could swap what it holds; refusing to "
-                   "read or write tokens there",
+                   "%s: the directory %s is writable by group or others, who could swap what it holds (or its "
+                   "lock); refusing to read or write tokens there",
                    path, shown);
   return TL_OK;
 }
@@ -1157,6 +1164,12 @@ tl_status tl__hf_lock(int *out, const char *lock, int64_t deadline, int64_t poll
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
     return tl__err(err, TL_EINVAL, 0, "%s: the lock is not a regular file", lock);
+  }
+  if (st.st_uid != geteuid() || st.st_nlink != 1) { /* another user's lock could be swapped or held for ever */
+    close(fd);
+    return st.st_uid != geteuid() ? not_yours(lock, "the lock", lock, st.st_uid, err)
+                                  : tl__err(err, TL_EINSECURE, 0, "%s: the lock has %ld names (hard links)", lock,
+                                            (long)st.st_nlink);
   }
   int64_t until = poll_limit > 0 && tl__now_ms() + poll_limit < deadline ? tl__now_ms() + poll_limit : deadline;
   long delay = 2;

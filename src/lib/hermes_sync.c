@@ -496,8 +496,9 @@ static int nous_device_row(const tl__slot *sl)
 static tl_status strict_grant(wb *w, const credinfo *c, tl__grant *g, char **surrogate, tl_error *err)
 {
   /* One surrogate per grant and generation, whatever file it goes to: its first strict profile's. */
-  static const char owner_sql[] = "SELECT min(sp.profile_id) FROM strict_profile sp JOIN pool_entry e ON "
-                                  "e.profile_id = sp.profile_id WHERE e.credential_id = :c";
+  static const char owner_sql[] =
+      "SELECT min(sp.profile_id) FROM strict_profile sp JOIN pool_entry e ON "
+      "e.profile_id = sp.profile_id WHERE e.credential_id = :c AND sp.leaving_since IS NULL";
   int64_t owner = 0;
   tl_status rc = TL_Q_INT(&owner, w->s, owner_sql, err, TL_INT(":c", c->id));
   if (rc != TL_OK)
@@ -790,16 +791,16 @@ tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_err
 {
   static const char shared_sql[] =
       "SELECT sp.profile_id FROM strict_profile sp JOIN pool_entry e ON e.profile_id = sp.profile_id JOIN grant_place "
-      "g ON g.credential_id = e.credential_id WHERE g.profile_id IS NULL AND g.place = :place AND sp.profile_id <> "
-      ":leaving ORDER BY sp.profile_id LIMIT 1";
+      "g ON g.credential_id = e.credential_id WHERE g.profile_id IS NULL AND g.place = :place AND sp.leaving_since "
+      "IS NULL ORDER BY sp.profile_id LIMIT 1";
   *out = 0;
   if (!f->shared) {
-    *out = f->profile && f->profile != s->strict_leaving && tl__strict_profile(s, f->profile) ? f->profile : 0;
+    *out = f->profile && tl__strict_active(s, f->profile) ? f->profile : 0;
     return TL_OK;
   }
   char place[PATH_MAX + 16];
   snprintf(place, sizeof place, "shared:%s", f->path);
-  return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place), TL_INT(":leaving", s->strict_leaving));
+  return TL_Q_INT(out, s, shared_sql, err, TL_TEXT(":place", place));
 }
 
 /*
@@ -864,7 +865,7 @@ tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int
     json_decref(doc);
     return TL_OK;
   }
-  int strict = tl__strict_profile(s, profile);
+  int strict = tl__strict_active(s, profile); /* a profile being switched off: its files go plain */
   for (size_t k = 0; k < ss.n && *out; k++) {
     const char *rt = tl__hf_slot_rt(&ss.v[k]);
     if (!rt || strcmp(ss.v[k].provider, "nous") != 0 || tl__hf_is_defused(rt))
@@ -1372,7 +1373,36 @@ static void strict_follow(tl_store *s, tl__hfset *strict)
   }
 }
 
+static tl_status coop_once(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                           int64_t ahead_ms, tl_error *err);
+
+/*
+ * The cooperative refresh. The files left unlocked (strict files in strict
+ * form) are remembered in s->coop_skip: if one of their profiles starts a
+ * switch off before the claim, the claim gives up (nothing presented) and the
+ * files are chosen and locked again, now with that profile's.
+ */
 tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
+                           int64_t ahead_ms, tl_error *err)
+{
+  tl_status rc;
+  for (int round = 0;; round++) {
+    s->coop_nskip = 0;
+    s->coop_restart = 0;
+    tl_error sub = {0};
+    rc = coop_once(out, s, cred, flags, retry_unknown, ahead_ms, &sub);
+    int again = rc == TL_EBUSY && s->coop_restart && round < 8;
+    s->coop_nskip = 0;
+    s->coop_restart = 0;
+    if (!again) {
+      if (err && rc != TL_OK)
+        *err = sub;
+      return rc;
+    }
+  }
+}
+
+static tl_status coop_once(tl_token **out, tl_store *s, int64_t cred, unsigned flags, int retry_unknown,
                            int64_t ahead_ms, tl_error *err)
 {
   tl__hfset set = {0};
@@ -1398,6 +1428,9 @@ tl_status tl__coop_refresh(tl_token **out, tl_store *s, int64_t cred, unsigned f
       const tl__hf *f = &set.v[i];
       tl_error ignore = {0};
       tl__hfset_add(&strict, f->path, f->profile, f->profile_name, f->shared, f->is_home, &ignore);
+      if (s->coop_nskip < (int)(sizeof s->coop_skip / sizeof *s->coop_skip))
+        s->coop_skip[s->coop_nskip] = owner;
+      s->coop_nskip++;
       tl__hfset_remove(&set, i);
     } else
       i++;

@@ -62,7 +62,9 @@ struct tl_store {
   int coop; /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
   char coop_spent_fp[65];  /* set by it: an RT the server rotated that the ledger could not record */
   int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
-  int64_t strict_leaving;  /* `profile strict NAME off` writes this profile's files in plain form first (strict.c) */
+  int64_t coop_skip[16];   /* a cooperative refresh: strict profiles whose files it left unlocked (strict form) */
+  int coop_nskip;          /* how many (more than 16: any leaving profile restarts) */
+  int coop_restart;        /* set by the claim: a strict switch off began meanwhile, choose the files again */
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
@@ -404,6 +406,11 @@ tl_status tl__strict_admit(tl__surrogate_check *out, tl_store *s, const char *rt
 tl_status tl__strict_portal_url(char *out, size_t n, tl_store *s, tl_error *err);
 /* 1 if the profile (id) is in strict mode. */
 int tl__strict_profile(tl_store *s, int64_t profile);
+/* Strict and not being switched off (strict_profile.leaving_since): its files are written in strict form. */
+int tl__strict_active(tl_store *s, int64_t profile);
+/* refresh.c's claim: TL_EBUSY (and s->coop_restart) if a profile whose files the cooperative refresh left
+ * unlocked is no longer strict, or is being switched off: its file may hold the real token from now on. */
+tl_status tl__strict_skips_check(tl_store *s, tl_error *err);
 /* Migration 0004's code: the ledger's surrogate key, inside the open write transaction. */
 tl_status tl__strict_key_create(tl_store *s, tl_error *err);
 /* doctor's check: *ok 0 when strict profiles exist and nothing answers for them. */

@@ -452,6 +452,7 @@ static tl_status claim_once(claim_result *res, claim *cl, tl_token **out, int64_
     return TL_OK;
   }
   if ((rc = claim_check_credential(cl, &v, retry_unknown, now, err)) != TL_OK ||
+      (s->coop_nskip && (rc = tl__strict_skips_check(s, err)) != TL_OK) ||
       (rc = claim_check_in_flight(&att, &v, s, cred, now, err)) != TL_OK)
     goto fail;
   if (att) {

@@ -421,6 +421,29 @@ int tl__strict_profile(tl_store *s, int64_t profile)
   return s && row_exists(s, sql, profile, 0) == 1;
 }
 
+int tl__strict_active(tl_store *s, int64_t profile)
+{
+  static const char sql[] = "SELECT 1 FROM strict_profile WHERE profile_id = :a AND leaving_since IS NULL";
+  return s && row_exists(s, sql, profile, 0) == 1;
+}
+
+tl_status tl__strict_skips_check(tl_store *s, tl_error *err)
+{
+  static const char all_sql[] = "SELECT 1 FROM strict_profile WHERE leaving_since IS NOT NULL";
+  int changed = 0, n = s->coop_nskip, max = (int)(sizeof s->coop_skip / sizeof *s->coop_skip);
+  if (n > max) /* too many to name: any switch off in progress counts */
+    changed = row_exists(s, all_sql, 0, 0) == 1;
+  /* Each profile whose files were left unlocked must still be strict and not leaving. */
+  for (int i = 0; !changed && i < n && i < max; i++)
+    changed = !tl__strict_active(s, s->coop_skip[i]);
+  if (!changed)
+    return TL_OK;
+  s->coop_restart = 1;
+  return tl__err(err, TL_EBUSY, 0,
+                 "a strict profile sharing this grant is being switched off: its Hermes file may now hold the real "
+                 "refresh token, so the files are chosen and locked again before anything is presented");
+}
+
 static int profile_has_home(tl_store *s, const char *name)
 {
   static const char sql[] = "SELECT home IS NOT NULL FROM profile WHERE name = :n";
@@ -432,19 +455,13 @@ static int profile_has_home(tl_store *s, const char *name)
   return home;
 }
 
-/*
- * The profile's files (and every file holding its grants) take the switch at
- * once, under Hermes' locks. With leaving set, they are written in plain form
- * although the flag is still on (strict off writes the files first).
- */
-static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, int leaving, tl_error *err)
+/* The profile's files (and every file holding its grants) take the switch at once, under Hermes' locks. */
+static tl_status strict_reach_files(tl_store *s, const char *name, tl_error *err)
 {
   if (!profile_has_home(s, name))
     return TL_OK;
   tl_report *r = NULL;
-  s->strict_leaving = leaving ? id : 0;
   tl_status rc = tl_sync(&r, s, name, err);
-  s->strict_leaving = 0;
   tl_report_free(r);
   return rc;
 }
@@ -452,7 +469,8 @@ static tl_status strict_reach_files(tl_store *s, int64_t id, const char *name, i
 static tl_status flag_set(tl_store *s, int64_t *id, const char *name, int on, tl_error *err)
 {
   static const char on_sql[] =
-      "INSERT INTO strict_profile (profile_id, since) VALUES (:id, :now) ON CONFLICT (profile_id) DO NOTHING";
+      "INSERT INTO strict_profile (profile_id, since) VALUES (:id, :now) ON CONFLICT (profile_id) DO UPDATE SET "
+      "leaving_since = NULL WHERE leaving_since IS NOT NULL";
   static const char off_sql[] = "DELETE FROM strict_profile WHERE profile_id = :id";
   tl_status rc;
   if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
@@ -479,6 +497,22 @@ fail:
   return rc;
 }
 
+/* The mark of a switch off in progress (leaving_since), set or cleared in its own transaction. */
+static tl_status leaving_mark(tl_store *s, int64_t id, int on, tl_error *err)
+{
+  static const char sql[] = "UPDATE strict_profile SET leaving_since = CASE WHEN :on THEN :now END WHERE "
+                            "profile_id = :id";
+  tl_status rc;
+  if ((rc = tl__tx_begin(s, "profile strict off", err)) != TL_OK)
+    return rc;
+  if ((rc = TL_RUN(s, sql, "profile strict off", err, TL_INT(":on", on), TL_INT(":now", tl__now_ms()),
+                   TL_INT(":id", id))) != TL_OK) {
+    tl__tx_rollback(s);
+    return rc;
+  }
+  return tl__tx_commit(s, err);
+}
+
 static void append(tl_error *err, const char *text)
 {
   if (!err)
@@ -496,9 +530,15 @@ static void append(tl_error *err, const char *text)
  *       token: the cooperative refresh decides by what a file holds, so they
  *       are locked and adopted like any Hermes file until the next sync writes
  *       the strict form (doctor and status name them meanwhile).
- *  off  the files first, in plain form under their locks, the flag only once
- *       they are written: a switch off that fails leaves the profile strict
- *       and its surrogates honoured, never surrogates without strict mode.
+ *  off  the mark first (leaving_since: from then on every process writes the
+ *       profile's files in plain form, locks and adopts them before presenting,
+ *       and a refresh that chose its files before the mark gives up its claim
+ *       and chooses again), then the files in plain form under their locks,
+ *       then a check that the home file holds no surrogate any more (a refresh
+ *       in flight keeps its token out of files until it is recorded), and the
+ *       flag only then. A switch off that fails clears the mark: the profile
+ *       stays strict and its surrogates honoured, never surrogates without
+ *       strict mode.
  */
 tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err)
 {
@@ -515,7 +555,7 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
   if (on) {
     if ((rc = flag_set(s, &id, name, 1, err)) != TL_OK)
       return rc;
-    if ((rc = strict_reach_files(s, id, name, 0, err)) != TL_OK)
+    if ((rc = strict_reach_files(s, name, err)) != TL_OK)
       append(err, " (the profile is strict, but its Hermes files still hold the real token: until the next sync "
                   "writes the strict form they are locked and adopted before every presentation like any Hermes file)");
     return rc;
@@ -523,8 +563,20 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
   if ((rc = tl__profile_id(&id, s, name, err)) != TL_OK)
     return rc;
   if (!tl__strict_profile(s, id))
-    return strict_reach_files(s, id, name, 0, err); /* already off: a sync finishes a half-done switch */
-  if ((rc = strict_reach_files(s, id, name, 1, err)) != TL_OK) {
+    return strict_reach_files(s, name, err); /* already off: a sync finishes a half-done switch */
+  if ((rc = leaving_mark(s, id, 1, err)) != TL_OK)
+    return rc;
+  int agree = 1;
+  char why[600] = "";
+  if ((rc = strict_reach_files(s, name, err)) == TL_OK &&
+      (rc = tl__strict_files_agree(&agree, why, sizeof why, s, id, err)) == TL_OK && !agree)
+    rc = tl__err(err, TL_EBUSY, 0,
+                 "profile strict %s off: %s: a refresh of its grant is in flight and its token reaches the files "
+                 "only once it is recorded; try again",
+                 name, why);
+  if (rc != TL_OK) {
+    tl_error ignore = {0};
+    leaving_mark(s, id, 0, &ignore);
     append(err, " (strict mode stays on for this profile: the flag goes only once its files are written in plain "
                 "form; its surrogates are still honoured)");
     return rc;

@@ -123,8 +123,25 @@ check '[ "$(mode_bytes "$TLH/.hermes/auth.json")" = "$T0" ]' "(d) tlother's file
 V2="$WORK/victim/.hermes/backup.json"; put_doc "$REAL_URL" v2@example.com "$V2"
 mkdir "$PUB/sticky"; chmod 1777 "$PUB/sticky"; ln "$V2" "$PUB/sticky/auth.json"
 tl $D import "$PUB/sticky" --profile sticky; expect 9 "(d) a second name of our file where others can add names"
-contains "hard links" "(d) says why"
+contains "writable by group or others" "(d) says why: a home others can write, sticky or not"
 check '[ "$(att requests)" = 0 ]' "(d) still nothing reached the attacker's portal"
+
+# --- (g) the lock: a home of ours that others can write (sticky) lets them create or swap auth.lock
+# while Hermes holds it, so two refreshes no longer take turns; and a lock file of another user's
+G="$PUB/gsticky"; mkdir -m 0700 "$G"; put_doc "$REAL_URL" g@example.com "$G/auth.json"
+tl $D import "$G" --profile gsticky; expect 0 "(g) import a private home"
+chmod 1777 "$G"
+runuser -u tlother -- touch "$G/auth.lock"
+G0=$(mode_bytes "$G/auth.json")
+tl $D sync --profile gsticky; expect 9 "(g) once others can write the home (sticky), it is refused"
+contains "writable by group or others" "(g) says why"
+tl $D refresh nous --profile gsticky --force; check '[ "$RC" != 0 ] && [ "$(att requests)" = 0 ]' "(g) a refresh presents nothing"
+chmod 0700 "$G"
+tl $D sync --profile gsticky; expect 9 "(g) a lock file of another user's is not taken"
+contains "the lock" "(g) names the lock"
+check '[ "$(mode_bytes "$G/auth.json")" = "$G0" ]' "(g) the file is unchanged"
+rm -f "$G/auth.lock"
+tl $D sync --profile gsticky; expect 0 "(g) with our own lock again, the home syncs"
 
 # --- (f) a file of our own whose new token names another endpoint than its credential's: not adopted
 HF="$PUB/hf"; mkdir -m 0700 "$HF"; put_doc "$ATT_URL" f@example.com "$HF/auth.json"

@@ -137,4 +137,68 @@ hermes refresh "$R" alpha file --force-current
 check '[ "$HRC" = 0 ]' "so Hermes still refreshes through serve ($(cat "$WORK/h.out"))"
 check '[ "$(counter reuse_detections)" = "$before" ]' "and the portal saw no reuse"
 
+# --- 5. `strict off` while a refresh waits for another file's lock (found by the third review):
+# the refresh chose its files when alpha's held only a surrogate; strict off then writes the real
+# token into alpha's file. The claim sees the switch and chooses the files again, with alpha's:
+# the token leaves once.
+R2="$WORK/root2"; make_root "$R2" default alpha; A2=$(auth "$R2" alpha)
+DB="$WORK/ledger2.db"; D="--db $DB"; PF="$DB-serve"
+stop_serve
+tl $D init; tl $D import "$R2" --all-profiles; expect 0 "a second root"
+start_serve
+tl $D profile strict alpha on; expect 0 "alpha strict"
+before=$(counter reuse_detections); fam=$(counter families_revoked)
+hold "$R2/auth.json"
+admin config "latency_ms=2000" > /dev/null
+"$TL_BIN" $D refresh nous --profile default --force > "$WORK/r5.out" 2>&1 &
+RP=$!
+sleep 0.5
+kill -STOP $RP # it chose its files and waits for default's lock: let strict off take that lock first
+release
+tl $D profile strict alpha off; expect 0 "strict off while the refresh waits"
+kill -CONT $RP
+sleep 1 # the refresh claims (again) and presents; the portal takes 2 s to answer
+hermes refresh "$R2" alpha file --force
+wait $RP; RRC=$?
+cat "$WORK/r5.out" >> "$ALL"
+admin config "latency_ms=0" > /dev/null
+check '[ "$RRC" = 0 ]' "the refresh finished ($(head -c 300 "$WORK/r5.out"))"
+check '[ "$(counter reuse_detections)" = "$before" ] && [ "$(counter families_revoked)" = "$fam" ]' "no token left twice: the portal saw no reuse, revoked nothing"
+check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'reuse_blocked'"'")" -ge 0 ]' "(the ledger is readable)"
+
+# --- 6. `strict off` while a refresh that holds no file lock (every file of the grant strict) is in
+# flight: refused, nothing switched (its token reaches the files only once it is recorded), never
+# surrogates in a profile that is no longer strict
+tl $D profile strict --all on; expect 0 "both strict: a refresh of the grant locks no file"
+admin config "latency_ms=2500" > /dev/null
+"$TL_BIN" $D refresh nous --profile alpha --force > "$WORK/r6.out" 2>&1 &
+RP=$!
+for _ in $(seq 100); do [ "$(q "SELECT count(*) FROM refresh_token WHERE state = 'presented'")" = 1 ] && break; sleep 0.05; done
+tl $D profile strict alpha off
+check '[ "$RC" = 8 ]' "strict off during a refresh in flight is busy (exit $RC)"
+contains "in flight" "and says why"
+wait $RP
+admin config "latency_ms=0" > /dev/null
+check '[ "$(q "SELECT count(*) FROM strict_profile sp JOIN profile p ON p.id = sp.profile_id WHERE p.name = '"'alpha'"' AND sp.leaving_since IS NULL")" = 1 ]' "alpha stays strict, its mark cleared"
+hermes refresh "$R2" alpha file --force-current
+check '[ "$HRC" = 0 ]' "Hermes still refreshes through serve ($(cat "$WORK/h.out"))"
+tl $D profile strict alpha off; expect 0 "strict off once nothing is in flight"
+check '! rt_of "$A2" | grep -q "^tlsurr1\."' "and alpha's file is plain"
+
+# --- 7. two strict profiles share a grant; one goes off: the other's file and the shared store
+# take a surrogate that names a profile still strict (serve would refuse one naming the leaver)
+R3="$WORK/root3"; make_root "$R3" alpha beta; B3=$(auth "$R3" beta)
+DB="$WORK/ledger3.db"; D="--db $DB"; PF="$DB-serve"
+stop_serve
+tl $D init; tl $D import "$R3" --all-profiles; expect 0 "a third root"
+start_serve
+tl $D profile strict --all on; expect 0 "alpha and beta strict"
+tl $D profile strict alpha off; expect 0 "alpha off"
+bid=$(q "SELECT id FROM profile WHERE name = 'beta'")
+check 'rt_of "$B3" | grep -q "^tlsurr1\.[0-9]*\.$bid\."' "beta's file holds a surrogate naming beta"
+check 'jq -r .refresh_token "$R3/shared/nous_auth.json" | grep -q "^tlsurr1\.[0-9]*\.$bid\."' "so does the shared store"
+hermes refresh "$R3" beta file --force-current
+check '[ "$HRC" = 0 ]' "beta's Hermes still refreshes through serve ($(cat "$WORK/h.out"))"
+check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'surrogate_replayed'"'")" = 0 ]' "no false alarm of a copied file"
+
 finish

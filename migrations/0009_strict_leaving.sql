@@ -1,0 +1,12 @@
+-- Migration 0009: a strict switch off in progress is on record. Forward-only;
+-- applied in one transaction by src/lib/migrate.c, which sets user_version 9.
+--
+-- `profile strict NAME off` first records leaving_since, then writes the
+-- profile's Hermes files in plain form (the real refresh token and portal)
+-- under their locks, and removes the strict_profile row only once they are
+-- written. While the mark is there, every process writes those files in plain
+-- form and locks and adopts them before presenting, and a refresh that chose
+-- its files before the mark appeared gives up its claim and chooses again
+-- (src/lib/refresh.c claim_check_strict_skips): the real token never sits in
+-- a file that an in-flight refresh does not hold.
+ALTER TABLE strict_profile ADD COLUMN leaving_since INTEGER;
