@@ -612,7 +612,7 @@ tl__agent *tl__agent_start(tl_store *serve_store, void (*log)(void *ud, const ch
     free(a);
     return NULL;
   }
-  snprintf(a->path, sizeof a->path, "%s", path);
+  memcpy(a->path, path, strlen(path) + 1); /* fits: checked above */
   tl_error err = {0};
   if (tl_store_open(&a->store, serve_store->path, 0, &err) != TL_OK) {
     alog(a, "agent: not started: cannot open the ledger: %s", err.message);
