@@ -332,6 +332,30 @@ static tl_status walk_gone_ok(hfpath *hp, const char *path, tl_error *err)
   return rc;
 }
 
+/* A lock file that exists must be a regular file of ours with one name: anything else (a FIFO, another
+ * user's file) could block every refresh of the grant, or be swapped while Hermes holds it. */
+static tl_status check_lock(const char *path, tl_error *err)
+{
+  char lock[PATH_MAX + 16];
+  hfpath hp;
+  struct stat st;
+  tl__hf_lock_path(lock, sizeof lock, path);
+  tl_status rc = walk_to(&hp, lock, err);
+  if (rc == TL_OK && fstatat(hp.dir, hp.base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (!S_ISREG(st.st_mode))
+      rc = tl__err(err, TL_EINSECURE, 0, "%s: its lock %s is not a regular file (%s); it is never taken", path, lock,
+                   S_ISFIFO(st.st_mode)  ? "a FIFO"
+                   : S_ISLNK(st.st_mode) ? "a symbolic link"
+                                         : "not a file");
+    else if (st.st_uid != geteuid())
+      rc = not_yours(path, "the lock", lock, st.st_uid, err);
+    else if (st.st_nlink != 1)
+      rc = tl__err(err, TL_EINSECURE, 0, "%s: its lock %s has %ld names (hard links)", path, lock, (long)st.st_nlink);
+  }
+  hfpath_close(&hp);
+  return rc;
+}
+
 tl_status tl__hf_check(const char *path, tl_error *err)
 {
   hfpath hp;
@@ -341,6 +365,8 @@ tl_status tl__hf_check(const char *path, tl_error *err)
   if (rc == TL_OK && fstatat(hp.dir, hp.base, &st, AT_SYMLINK_NOFOLLOW) == 0)
     rc = check_file(path, &hp, &st, &sub);
   hfpath_close(&hp);
+  if (rc == TL_OK)
+    rc = check_lock(path, &sub);
   if (rc != TL_EINSECURE)
     return TL_OK; /* anything else is for the operation itself to report */
   if (err && err->code == TL_OK)
@@ -1167,9 +1193,9 @@ tl_status tl__hf_lock(int *out, const char *lock, int64_t deadline, int64_t poll
   }
   if (st.st_uid != geteuid() || st.st_nlink != 1) { /* another user's lock could be swapped or held for ever */
     close(fd);
-    return st.st_uid != geteuid() ? not_yours(lock, "the lock", lock, st.st_uid, err)
-                                  : tl__err(err, TL_EINSECURE, 0, "%s: the lock has %ld names (hard links)", lock,
-                                            (long)st.st_nlink);
+    return st.st_uid != geteuid()
+               ? not_yours(lock, "the lock", lock, st.st_uid, err)
+               : tl__err(err, TL_EINSECURE, 0, "%s: the lock has %ld names (hard links)", lock, (long)st.st_nlink);
   }
   int64_t until = poll_limit > 0 && tl__now_ms() + poll_limit < deadline ? tl__now_ms() + poll_limit : deadline;
   long delay = 2;

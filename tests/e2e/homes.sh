@@ -142,6 +142,13 @@ contains "the lock" "(g) names the lock"
 check '[ "$(mode_bytes "$G/auth.json")" = "$G0" ]' "(g) the file is unchanged"
 rm -f "$G/auth.lock"
 tl $D sync --profile gsticky; expect 0 "(g) with our own lock again, the home syncs"
+rm -f "$G/auth.lock"; mkfifo "$G/auth.lock"
+tl $D sync --profile gsticky; expect 9 "(g) a FIFO as the lock is never taken: the home is refused"
+contains "not a regular file" "(g) says why"
+tl $D sync --all; expect 9 "(g) sync --all: refused homes named, not a failure of every home"
+contains "the other files were synced" "(g) the other homes were synced"
+check '[ "$(mode_bytes "$G/auth.json")" = "$G0" ]' "(g) the file is unchanged"
+rm -f "$G/auth.lock"
 
 # --- (f) a file of our own whose new token names another endpoint than its credential's: not adopted
 HF="$PUB/hf"; mkdir -m 0700 "$HF"; put_doc "$ATT_URL" f@example.com "$HF/auth.json"
