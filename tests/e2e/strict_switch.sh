@@ -93,7 +93,9 @@ rot=$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'")
 stop_serve; start_serve 1
 for _ in $(seq 100); do [ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = 'rotated'")" -gt "$rot" ] && break; sleep 0.1; done
 check '[ "$(q "SELECT count(*) FROM refresh_attempt WHERE outcome = '"'rotated'"'")" -gt "$rot" ]' "serve's own round refreshed"
-check 'grep -qE "keep-fresh round [0-9]+: [1-9][0-9]* refreshed, [0-9]+ fresh, [0-9]+ file\(s\) written, 0 failure\(s\)" "$WORK/serve.log"' "serve's log has a line for the round"
+round_line() { grep -qE "keep-fresh round [0-9]+: [1-9][0-9]* refreshed, [0-9]+ fresh, [0-9]+ file\(s\) written, 0 failure\(s\)" "$WORK/serve.log"; }
+for _ in $(seq 100); do round_line && break; sleep 0.1; done # the line comes when the round ends
+check 'round_line' "serve's log has a line for the round"
 stop_serve; start_serve
 check '[ "$(counter reuse_detections)" = "$before" ] && [ "$(counter families_revoked)" = 0 ]' "serve's round: the portal saw no reuse, no family revoked"
 half_done sync
