@@ -837,13 +837,21 @@ static int holds_real_rt(const tl__hf *f)
  * next sync finishes the switch. A missing or unreadable file agrees (other
  * checks report it).
  */
-tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int64_t profile, tl_error *err)
+tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int64_t profile, int expect, tl_error *err)
 {
   static const char sql[] = "SELECT home FROM profile WHERE id = :p";
   char *home = NULL, file[PATH_MAX + 16];
   *out = 1;
   if (why && n)
     why[0] = '\0';
+  if (expect < 0 && tl__strict_profile(s, profile) && !tl__strict_active(s, profile)) {
+    *out = 0; /* a switch off marked the profile and has not finished (it runs, or it was killed) */
+    if (why && n)
+      snprintf(why, n,
+               "a switch off of this profile is running or was interrupted (its Hermes files are written in "
+               "plain form while the profile still counts as strict)");
+    return TL_OK;
+  }
   sqlite3_stmt *st;
   int found = 0;
   tl_status rc;
@@ -865,7 +873,7 @@ tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int
     json_decref(doc);
     return TL_OK;
   }
-  int strict = tl__strict_active(s, profile); /* a profile being switched off: its files go plain */
+  int strict = expect >= 0 ? expect : tl__strict_active(s, profile);
   for (size_t k = 0; k < ss.n && *out; k++) {
     const char *rt = tl__hf_slot_rt(&ss.v[k]);
     if (!rt || strcmp(ss.v[k].provider, "nous") != 0 || tl__hf_is_defused(rt))
@@ -1377,6 +1385,26 @@ static tl_status coop_once(tl_token **out, tl_store *s, int64_t cred, unsigned f
                            int64_t ahead_ms, tl_error *err);
 
 /*
+ * Notes that a strict profile's files are left unlocked, with the profile's
+ * strict epoch now, for the claim to compare (tl__strict_skips_check). 0 when
+ * there is no room to note it: then the file is locked like any other.
+ */
+static int skip_note(tl_store *s, int64_t owner)
+{
+  int64_t epoch = tl__strict_epoch(s, owner);
+  if (!epoch)
+    return 0;
+  for (int i = 0; i < s->coop_nskip; i++)
+    if (s->coop_skip[i].profile == owner)
+      return s->coop_skip[i].epoch == epoch;
+  if (s->coop_nskip == (int)(sizeof s->coop_skip / sizeof *s->coop_skip))
+    return 0;
+  s->coop_skip[s->coop_nskip].profile = owner;
+  s->coop_skip[s->coop_nskip++].epoch = epoch;
+  return 1;
+}
+
+/*
  * The cooperative refresh. The files left unlocked (strict files in strict
  * form) are remembered in s->coop_skip: if one of their profiles starts a
  * switch off before the claim, the claim gives up (nothing presented) and the
@@ -1424,13 +1452,11 @@ static tl_status coop_once(tl_token **out, tl_store *s, int64_t cred, unsigned f
   tl__hfset strict = {0};
   for (size_t i = 0; rc == TL_OK && i < set.n;) {
     int64_t owner = 0;
-    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner && !holds_real_rt(&set.v[i])) {
+    if ((rc = tl__hf_strict_owner(&owner, s, &set.v[i], err)) == TL_OK && owner && !holds_real_rt(&set.v[i]) &&
+        skip_note(s, owner)) {
       const tl__hf *f = &set.v[i];
       tl_error ignore = {0};
       tl__hfset_add(&strict, f->path, f->profile, f->profile_name, f->shared, f->is_home, &ignore);
-      if (s->coop_nskip < (int)(sizeof s->coop_skip / sizeof *s->coop_skip))
-        s->coop_skip[s->coop_nskip] = owner;
-      s->coop_nskip++;
       tl__hfset_remove(&set, i);
     } else
       i++;

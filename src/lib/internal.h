@@ -62,9 +62,11 @@ struct tl_store {
   int coop; /* a cooperative refresh holds Hermes' locks: shorter HTTP timeout */
   char coop_spent_fp[65];  /* set by it: an RT the server rotated that the ledger could not record */
   int64_t lock_timeout_ms; /* waits for Hermes' locks; 0: TOKENLEDGER_LOCK_TIMEOUT_MS (15 s) */
-  int64_t coop_skip[16];   /* a cooperative refresh: strict profiles whose files it left unlocked (strict form) */
-  int coop_nskip;          /* how many (more than 16: any leaving profile restarts) */
-  int coop_restart;        /* set by the claim: a strict switch off began meanwhile, choose the files again */
+  struct {
+    int64_t profile, epoch;
+  } coop_skip[16];  /* a cooperative refresh: strict profiles whose files it left unlocked, and their epochs */
+  int coop_nskip;   /* how many (a 17th strict profile's files are locked like any other) */
+  int coop_restart; /* set by the claim: a strict switch off began meanwhile, choose the files again */
   tl__actor actor;
   tl_http_fn http;
   void *http_ud;
@@ -408,6 +410,9 @@ tl_status tl__strict_portal_url(char *out, size_t n, tl_store *s, tl_error *err)
 int tl__strict_profile(tl_store *s, int64_t profile);
 /* Strict and not being switched off (strict_profile.leaving_since): its files are written in strict form. */
 int tl__strict_active(tl_store *s, int64_t profile);
+/* The profile's strict epoch (strict_profile.since, renewed by every switch on) while it is strict and not
+ * leaving; 0 otherwise. Equal epochs at two moments: no switch happened in between. */
+int64_t tl__strict_epoch(tl_store *s, int64_t profile);
 /* refresh.c's claim: TL_EBUSY (and s->coop_restart) if a profile whose files the cooperative refresh left
  * unlocked is no longer strict, or is being switched off: its file may hold the real token from now on. */
 tl_status tl__strict_skips_check(tl_store *s, tl_error *err);
@@ -459,7 +464,9 @@ unsigned tl__serve_sockaddr(struct sockaddr_storage *ss, const char *host, int p
 /* hermes_sync.c: serve's URL for strict files: the running serve's, else where it last listened. 0 if none. */
 int tl__strict_url(char *out, size_t n, tl_store *s);
 /* hermes_sync.c: does the profile's home file agree with its strict flag (no real Nous RT in a strict
- * profile's file, no surrogate in a plain one's)? why (may be NULL) names the place that disagrees. */
-tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int64_t profile, tl_error *err);
+ * profile's file, no surrogate in a plain one's)? why (may be NULL) names the place that disagrees.
+ * expect: 1 strict form, 0 plain form, -1 as the ledger says (a switch off left marked disagrees). */
+tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int64_t profile, int expect,
+                                 tl_error *err);
 
 #endif

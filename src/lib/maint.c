@@ -203,7 +203,7 @@ static tl_status strict_files_check(tl_report *r, int *problems, tl_store *s, tl
     int agree = 1;
     char name[80];
     snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(st, 1));
-    if ((rc = tl__strict_files_agree(&agree, why, sizeof why, s, sqlite3_column_int64(st, 0), err)) != TL_OK)
+    if ((rc = tl__strict_files_agree(&agree, why, sizeof why, s, sqlite3_column_int64(st, 0), -1, err)) != TL_OK)
       break;
     if (!agree && bad++ == 0)
       snprintf(detail, sizeof detail, "a strict switch of profile %s is unfinished: %s", name, why);

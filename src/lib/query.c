@@ -39,7 +39,7 @@ static tl_status unfinished_switches(char *out, size_t n, tl_store *s, tl_error 
   while ((rc = tl__step_row(&found, s, st, "profiles", err)) == TL_OK && found) {
     int agree = 1;
     int64_t id = sqlite3_column_int64(st, 0);
-    if ((rc = tl__strict_files_agree(&agree, NULL, 0, s, id, err)) != TL_OK)
+    if ((rc = tl__strict_files_agree(&agree, NULL, 0, s, id, -1, err)) != TL_OK)
       break;
     size_t l = strlen(out);
     if (!agree && l + 24 < n)

@@ -427,20 +427,29 @@ int tl__strict_active(tl_store *s, int64_t profile)
   return s && row_exists(s, sql, profile, 0) == 1;
 }
 
+int64_t tl__strict_epoch(tl_store *s, int64_t profile)
+{
+  static const char sql[] = "SELECT since FROM strict_profile WHERE profile_id = :p AND leaving_since IS NULL";
+  sqlite3_stmt *st;
+  if (tl__prepare(&st, s, sql, NULL) != TL_OK || TL_BIND(st, NULL, TL_INT(":p", profile)) != TL_OK)
+    return 0;
+  int64_t epoch = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  return epoch;
+}
+
 tl_status tl__strict_skips_check(tl_store *s, tl_error *err)
 {
-  static const char all_sql[] = "SELECT 1 FROM strict_profile WHERE leaving_since IS NOT NULL";
-  int changed = 0, n = s->coop_nskip, max = (int)(sizeof s->coop_skip / sizeof *s->coop_skip);
-  if (n > max) /* too many to name: any switch off in progress counts */
-    changed = row_exists(s, all_sql, 0, 0) == 1;
-  /* Each profile whose files were left unlocked must still be strict and not leaving. */
-  for (int i = 0; !changed && i < n && i < max; i++)
-    changed = !tl__strict_active(s, s->coop_skip[i]);
+  /* Each profile whose files were left unlocked must still be strict, not leaving, and in the same epoch
+   * (a switch off and on again in between would have written the real token into its files). */
+  int changed = 0;
+  for (int i = 0; !changed && i < s->coop_nskip; i++)
+    changed = tl__strict_epoch(s, s->coop_skip[i].profile) != s->coop_skip[i].epoch;
   if (!changed)
     return TL_OK;
   s->coop_restart = 1;
   return tl__err(err, TL_EBUSY, 0,
-                 "a strict profile sharing this grant is being switched off: its Hermes file may now hold the real "
+                 "a strict profile sharing this grant was switched meanwhile: its Hermes file may now hold the real "
                  "refresh token, so the files are chosen and locked again before anything is presented");
 }
 
@@ -466,12 +475,18 @@ static tl_status strict_reach_files(tl_store *s, const char *name, tl_error *err
   return rc;
 }
 
-static tl_status flag_set(tl_store *s, int64_t *id, const char *name, int on, tl_error *err)
+/*
+ * on: the flag, or a new epoch for a profile a switch off had marked (that
+ * switch then finds its mark gone and stops). off: the flag goes only if the
+ * mark is still the one this switch set (mine); otherwise another switch ran
+ * meanwhile and nothing is switched by this one (TL_EBUSY).
+ */
+static tl_status flag_set(tl_store *s, int64_t *id, const char *name, int on, int64_t mine, tl_error *err)
 {
   static const char on_sql[] =
       "INSERT INTO strict_profile (profile_id, since) VALUES (:id, :now) ON CONFLICT (profile_id) DO UPDATE SET "
-      "leaving_since = NULL WHERE leaving_since IS NOT NULL";
-  static const char off_sql[] = "DELETE FROM strict_profile WHERE profile_id = :id";
+      "leaving_since = NULL, since = max(:now, strict_profile.since + 1) WHERE leaving_since IS NOT NULL";
+  static const char off_sql[] = "DELETE FROM strict_profile WHERE profile_id = :id AND leaving_since = :mine";
   tl_status rc;
   if ((rc = tl__tx_begin(s, "profile strict", err)) != TL_OK)
     return rc;
@@ -480,11 +495,16 @@ static tl_status flag_set(tl_store *s, int64_t *id, const char *name, int on, tl
   sqlite3_stmt *st;
   if ((rc = tl__prepare(&st, s, on ? on_sql : off_sql, err)) != TL_OK ||
       (rc = TL_BIND(st, err, TL_INT(":id", *id))) != TL_OK ||
-      (on && (rc = TL_BIND(st, err, TL_INT(":now", tl__now_ms()))) != TL_OK) ||
+      (rc = on ? TL_BIND(st, err, TL_INT(":now", tl__now_ms())) : TL_BIND(st, err, TL_INT(":mine", mine))) != TL_OK ||
       (rc = tl__step_done(s, st, "profile strict", err)) != TL_OK)
     goto fail;
   if (sqlite3_changes(s->db) == 0) {
-    tl__tx_rollback(s); /* already so: nothing to record */
+    tl__tx_rollback(s); /* on: already so, nothing to record */
+    if (!on)
+      return tl__err(err, TL_EBUSY, 0,
+                     "profile strict %s off: another strict switch of this profile ran meanwhile, so this one switched "
+                     "nothing; run it again",
+                     name);
     return TL_OK;
   }
   tl__ids ids = {.profile = *id};
@@ -497,16 +517,33 @@ fail:
   return rc;
 }
 
-/* The mark of a switch off in progress (leaving_since), set or cleared in its own transaction. */
-static tl_status leaving_mark(tl_store *s, int64_t id, int on, tl_error *err)
+/*
+ * The mark of a switch off in progress (leaving_since), owned by the switch
+ * that set it: set to a value no earlier mark had (*mine), or cleared only if
+ * it is still *mine (a later switch's mark is never cleared by this one).
+ */
+static tl_status leaving_mark(tl_store *s, int64_t id, int on, int64_t *mine, tl_error *err)
 {
-  static const char sql[] = "UPDATE strict_profile SET leaving_since = CASE WHEN :on THEN :now END WHERE "
-                            "profile_id = :id";
+  static const char get_sql[] = "SELECT coalesce(leaving_since, 0) FROM strict_profile WHERE profile_id = :id";
+  static const char set_sql[] = "UPDATE strict_profile SET leaving_since = :mark WHERE profile_id = :id";
+  static const char clear_sql[] =
+      "UPDATE strict_profile SET leaving_since = NULL WHERE profile_id = :id AND leaving_since = :mark";
+  int64_t prev = 0;
   tl_status rc;
   if ((rc = tl__tx_begin(s, "profile strict off", err)) != TL_OK)
     return rc;
-  if ((rc = TL_RUN(s, sql, "profile strict off", err, TL_INT(":on", on), TL_INT(":now", tl__now_ms()),
-                   TL_INT(":id", id))) != TL_OK) {
+  if (on) {
+    sqlite3_stmt *st;
+    if ((rc = tl__prepare(&st, s, get_sql, err)) == TL_OK && (rc = TL_BIND(st, err, TL_INT(":id", id))) == TL_OK) {
+      prev = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+      sqlite3_reset(st);
+    }
+    int64_t now = tl__now_ms();
+    *mine = now > prev ? now : prev + 1;
+  }
+  if (rc == TL_OK)
+    rc = TL_RUN(s, on ? set_sql : clear_sql, "profile strict off", err, TL_INT(":mark", *mine), TL_INT(":id", id));
+  if (rc != TL_OK) {
     tl__tx_rollback(s);
     return rc;
   }
@@ -553,7 +590,7 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
                    "profile strict: tokenledger serve has never run for this ledger, so there is no loopback portal "
                    "to point the profile's Hermes files at yet");
   if (on) {
-    if ((rc = flag_set(s, &id, name, 1, err)) != TL_OK)
+    if ((rc = flag_set(s, &id, name, 1, 0, err)) != TL_OK)
       return rc;
     if ((rc = strict_reach_files(s, name, err)) != TL_OK)
       append(err, " (the profile is strict, but its Hermes files still hold the real token: until the next sync "
@@ -564,24 +601,27 @@ tl_status tl_profile_strict(tl_store *s, const char *name, int on, tl_error *err
     return rc;
   if (!tl__strict_profile(s, id))
     return strict_reach_files(s, name, err); /* already off: a sync finishes a half-done switch */
-  if ((rc = leaving_mark(s, id, 1, err)) != TL_OK)
+  int64_t mine = 0;
+  if ((rc = leaving_mark(s, id, 1, &mine, err)) != TL_OK)
     return rc;
   int agree = 1;
   char why[600] = "";
   if ((rc = strict_reach_files(s, name, err)) == TL_OK &&
-      (rc = tl__strict_files_agree(&agree, why, sizeof why, s, id, err)) == TL_OK && !agree)
+      (rc = tl__strict_files_agree(&agree, why, sizeof why, s, id, 0, err)) == TL_OK && !agree)
     rc = tl__err(err, TL_EBUSY, 0,
                  "profile strict %s off: %s: a refresh of its grant is in flight and its token reaches the files "
                  "only once it is recorded; try again",
                  name, why);
+  if (rc == TL_OK)
+    rc = flag_set(s, &id, name, 0, mine, err);
   if (rc != TL_OK) {
     tl_error ignore = {0};
-    leaving_mark(s, id, 0, &ignore);
+    leaving_mark(s, id, 0, &mine, &ignore);
     append(err, " (strict mode stays on for this profile: the flag goes only once its files are written in plain "
                 "form; its surrogates are still honoured)");
     return rc;
   }
-  return flag_set(s, &id, name, 0, err);
+  return TL_OK;
 }
 
 /* ---- serve's port file --------------------------------------------------------- */

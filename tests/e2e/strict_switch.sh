@@ -152,7 +152,7 @@ tl $D profile strict alpha on; expect 0 "alpha strict"
 before=$(counter reuse_detections); fam=$(counter families_revoked)
 hold "$R2/auth.json"
 admin config "latency_ms=2000" > /dev/null
-"$TL_BIN" $D refresh nous --profile default --force > "$WORK/r5.out" 2>&1 &
+TOKENLEDGER_AGENT=off "$TL_BIN" $D refresh nous --profile default --force > "$WORK/r5.out" 2>&1 & # itself, not serve's agent
 RP=$!
 sleep 0.5
 kill -STOP $RP # it chose its files and waits for default's lock: let strict off take that lock first
@@ -161,7 +161,7 @@ tl $D profile strict alpha off; expect 0 "strict off while the refresh waits"
 kill -CONT $RP
 sleep 1 # the refresh claims (again) and presents; the portal takes 2 s to answer
 hermes refresh "$R2" alpha file --force
-wait $RP; RRC=$?
+RRC=0; wait $RP || RRC=$?
 cat "$WORK/r5.out" >> "$ALL"
 admin config "latency_ms=0" > /dev/null
 check '[ "$RRC" = 0 ]' "the refresh finished ($(head -c 300 "$WORK/r5.out"))"
@@ -173,13 +173,13 @@ check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'reuse_blocked'"
 # surrogates in a profile that is no longer strict
 tl $D profile strict --all on; expect 0 "both strict: a refresh of the grant locks no file"
 admin config "latency_ms=2500" > /dev/null
-"$TL_BIN" $D refresh nous --profile alpha --force > "$WORK/r6.out" 2>&1 &
+TOKENLEDGER_AGENT=off "$TL_BIN" $D refresh nous --profile alpha --force > "$WORK/r6.out" 2>&1 &
 RP=$!
 for _ in $(seq 100); do [ "$(q "SELECT count(*) FROM refresh_token WHERE state = 'presented'")" = 1 ] && break; sleep 0.05; done
 tl $D profile strict alpha off
 check '[ "$RC" = 8 ]' "strict off during a refresh in flight is busy (exit $RC)"
 contains "in flight" "and says why"
-wait $RP
+wait $RP || true
 admin config "latency_ms=0" > /dev/null
 check '[ "$(q "SELECT count(*) FROM strict_profile sp JOIN profile p ON p.id = sp.profile_id WHERE p.name = '"'alpha'"' AND sp.leaving_since IS NULL")" = 1 ]' "alpha stays strict, its mark cleared"
 hermes refresh "$R2" alpha file --force-current
@@ -202,5 +202,63 @@ check 'jq -r .refresh_token "$R3/shared/nous_auth.json" | grep -q "^tlsurr1\.[0-
 hermes refresh "$R3" beta file --force-current
 check '[ "$HRC" = 0 ]' "beta's Hermes still refreshes through serve ($(cat "$WORK/h.out"))"
 check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'surrogate_replayed'"'")" = 0 ]' "no false alarm of a copied file"
+
+# --- 8. off, then on again, while a refresh that chose its files before both waits (the claim compares
+# the profile's strict epoch, not just "strict now": the real token was in alpha's file in between)
+R4="$WORK/root4"; make_root "$R4" default alpha; A4=$(auth "$R4" alpha)
+DB="$WORK/ledger4.db"; D="--db $DB"; PF="$DB-serve"
+stop_serve
+tl $D init; tl $D import "$R4" --all-profiles; expect 0 "a fourth root"
+start_serve
+tl $D profile strict alpha on; expect 0 "alpha strict"
+before=$(counter reuse_detections); fam=$(counter families_revoked)
+hold "$R4/auth.json"
+admin config "latency_ms=2000" > /dev/null
+TOKENLEDGER_AGENT=off "$TL_BIN" $D refresh nous --profile default --force > "$WORK/r8.out" 2>&1 &
+RP=$!
+sleep 0.5
+kill -STOP $RP
+release
+tl $D profile strict alpha off; expect 0 "strict off while the refresh waits"
+hold "$A4" # alpha's Hermes holds its lock: `strict on` sets the flag but cannot rewrite the file
+TOKENLEDGER_LOCK_TIMEOUT_MS=300 tl $D profile strict alpha on
+release
+kill -CONT $RP
+sleep 1
+hermes refresh "$R4" alpha file --force-current
+wait $RP || true
+cat "$WORK/r8.out" >> "$ALL"
+admin config "latency_ms=0" > /dev/null
+check '[ "$(counter reuse_detections)" = "$before" ] && [ "$(counter families_revoked)" = "$fam" ]' "off then on during a refresh: no token left twice"
+
+# --- 9. two switches off at once: the one that gives up never clears the other's mark, and no
+# switch removes the flag over surrogates
+tl $D sync --all > /dev/null 2>&1 || true
+tl $D profile strict alpha on
+hold "$R4/auth.json"
+TOKENLEDGER_LOCK_TIMEOUT_MS=5000 "$TL_BIN" $D profile strict alpha off > "$WORK/off2.out" 2>&1 &
+P2=$!
+sleep 0.3
+R1=0; R2=0
+TOKENLEDGER_LOCK_TIMEOUT_MS=300 "$TL_BIN" $D profile strict alpha off > "$WORK/off1.out" 2>&1 || R1=$?
+release
+wait $P2 || R2=$?
+cat "$WORK/off1.out" "$WORK/off2.out" >> "$ALL"
+check '[ "$R1" != 0 ]' "the switch that could not have the lock failed (exit $R1)"
+strict_now=$(q "SELECT count(*) FROM strict_profile sp JOIN profile p ON p.id = sp.profile_id WHERE p.name = 'alpha'")
+check '{ [ "$strict_now" = 0 ] && ! rt_of "$A4" | grep -q "^tlsurr1\."; } || { [ "$strict_now" = 1 ] && [ "$R2" != 0 ]; }' "never surrogates without strict mode (strict: $strict_now, second switch exit $R2)"
+hermes refresh "$R4" alpha file --force-current
+check '[ "$HRC" = 0 ]' "alpha's Hermes keeps refreshing ($(cat "$WORK/h.out"))"
+
+# --- 10. a switch off killed after its mark: status and doctor say so, and running it again finishes
+tl $D profile strict alpha on
+aid=$(q "SELECT id FROM profile WHERE name = 'alpha'")
+q "UPDATE strict_profile SET leaving_since = 1 WHERE profile_id = $aid" # what a kill -9 after the mark leaves
+tl $D doctor
+check '[ "$RC" = 1 ] && grep -q "interrupted" "$OUT"' "doctor names the interrupted switch"
+tl $D status --json
+check 'jq -e "[.[] | select(.profile == \"alpha\") | .strict_unfinished] | all(. == true)" "$OUT" > /dev/null' "status marks it unfinished"
+tl $D profile strict alpha off; expect 0 "running the switch again finishes it"
+tl $D doctor; expect 0 "doctor is green again"
 
 finish
