@@ -26,6 +26,8 @@
  *                                            attempt recorded `unknown`; no reuse;
  *                                            integrity ok
  * Each prints one summary line and exits non-zero if an expectation fails.
+ * TL_DRIVER_PROVIDER names the provider of the profiles' credentials (default nous), so the
+ * same hammer, crowd and crash runs prove the promise for openai-codex and anthropic.
  */
 #include "internal.h"
 #include "portal_client.h"
@@ -40,6 +42,13 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The provider whose credentials the runs use (TL_DRIVER_PROVIDER, default nous). */
+static const char *provider(void)
+{
+  const char *p = getenv("TL_DRIVER_PROVIDER");
+  return p && *p ? p : "nous";
+}
 
 static tl_store *open_or_die(const char *db, const char *cmd)
 {
@@ -62,7 +71,7 @@ static int64_t credential_of(tl_store *s, const char *profile)
 {
   int64_t id = 0;
   tl_error err = {0};
-  if (tl_credential_find(&id, s, profile, "nous", &err) != TL_OK)
+  if (tl_credential_find(&id, s, profile, provider(), &err) != TL_OK)
     return 0;
   return id;
 }
@@ -83,7 +92,7 @@ static int hammer(const char *db, int nproc, int nprof, int calls)
         if (i % 3 == 2)
           rc = tl_refresh(&t, s, credential_of(s, prof), TL_REFRESH_FORCE, &err);
         else
-          rc = tl_token_get(&t, s, prof, "nous", 0, &err);
+          rc = tl_token_get(&t, s, prof, provider(), 0, &err);
         tl_token_free(t);
         if (rc != TL_OK) {
           fprintf(stderr, "hammer[%d] call %d on %s: %s: %s\n", c, i, prof, tl_status_name(rc), err.message);
@@ -117,7 +126,7 @@ static int crowd(const char *db, int nproc, const char *profile)
         _exit(3);
       tl_error err = {0};
       tl_token *t = NULL;
-      tl_status rc = tl_token_get(&t, s, profile, "nous", 0, &err);
+      tl_status rc = tl_token_get(&t, s, profile, provider(), 0, &err);
       int refreshed = t ? t->refreshed : 0;
       tl_token_free(t);
       tl_store_free(s);
@@ -183,7 +192,7 @@ static int replace_uncertain(tl_store *s, const char *url, int nprof, int *unkno
       json_decref(seed);
       return -1;
     }
-    tl_credential_spec spec = {.provider = "nous", .profile = prof, .refresh_token = rt, .origin = "login"};
+    tl_credential_spec spec = {.provider = provider(), .profile = prof, .refresh_token = rt, .origin = "login"};
     tl_status rc = tl_credential_add(NULL, s, &spec, &err);
     json_decref(seed);
     if (rc != TL_OK) {

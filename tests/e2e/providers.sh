@@ -241,4 +241,33 @@ tl $D refresh minimax-oauth --profile mm --force; expect 5 "MiniMax's 200 {\"sta
 check '[ "$(q "SELECT status FROM credential WHERE provider = \"minimax-oauth\"")" = needs_reauth ]' "the grant needs a login"
 no_secret_leak "$WORK/mm-rt0"
 
+# --- 10. the concurrency and kill -9 promises per provider: the hammer (processes x profiles x
+# token/refresh calls on 2 s tokens) and kill -9 at random moments of refreshes (TL_CRASH_ROUNDS_PROVIDERS
+# rounds of two kills, 20 by default), each followed by tl-driver verify: no reuse, every token the
+# portal issued is in the ledger or answers an `unknown` attempt, integrity ok
+: "${TL_DRIVER:?}"
+if [ -n "$PORTAL_PID" ]; then kill "$PORTAL_PID"; wait "$PORTAL_PID" 2>/dev/null || true; PORTAL_PID=""; fi
+rm -f "$WORK/port"
+for spec in "openai-codex codex /oauth/token" "anthropic anthropic /v1/oauth/token"; do
+  set -- $spec
+  prov=$1 who=$2 path=$3
+  start_portal --provider "$who" --at-lifetime 2
+  DB="$WORK/torture-$who.db"; D="--db $DB"
+  tl $D init
+  tl $D provider set "$prov" --token-url "$URL$path" --skew 0; expect 0 "$prov: at the loopback portal"
+  for p in 0 1 2 3; do
+    tl $D profile add p$p
+    admin seed | jq -r .refresh_token > "$WORK/trt$p"
+    tl $D credential add "$prov" --profile p$p --refresh-token-file "$WORK/trt$p"; expect 0 "$prov: a credential for p$p"
+  done
+  set +e; TL_DRIVER_PROVIDER=$prov "$TL_DRIVER" hammer "$DB" 6 4 "${TL_HAMMER_CALLS_PROVIDERS:-60}" > "$OUT" 2> "$ERR"; RC=$?; set -e
+  expect 0 "$prov: 6 processes x 4 profiles of token/refresh calls all succeed"
+  set +e; TL_DRIVER_PROVIDER=$prov "$TL_DRIVER" crash "$DB" "$URL" "${TL_CRASH_ROUNDS_PROVIDERS:-20}" 4 > "$OUT" 2> "$ERR"; RC=$?; set -e
+  expect 0 "$prov: rounds of kill -9 during refreshes"
+  set +e; TL_DRIVER_PROVIDER=$prov "$TL_DRIVER" verify "$DB" "$URL" > "$OUT" 2> "$ERR"; RC=$?; set -e
+  expect 0 "$prov: after the hammer and the kills: no reuse, nothing issued lost without an unknown record, integrity ok"
+  check '[ "$(counter reuse_detections)" = 0 ] && [ "$(counter refreshes)" -gt 20 ]' "$prov: the portal rotated ($(counter refreshes)) and never saw a spent token"
+  kill "$PORTAL_PID"; wait "$PORTAL_PID" 2>/dev/null || true; PORTAL_PID=""; rm -f "$WORK/port"
+done
+
 finish
