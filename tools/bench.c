@@ -831,6 +831,51 @@ static void rotate_until(const char *db_name, int64_t cred, const char *tag, vol
   tl_store_free(cs);
 }
 
+/* 16 processes rotating 16 credentials of their own in db_name until stop_rotators: the load of sections 6 and 11. */
+typedef struct rotators {
+  int *stop;
+  int64_t *rotated;
+} rotators;
+
+static rotators start_rotators(const char *db_name, const char *tag_prefix)
+{
+  tl_store *s = open_store(db_name, 0);
+  int64_t creds[16];
+  for (int r = 0; r < 16; r++) {
+    char name[16], rt[48];
+    snprintf(name, sizeof name, "r%d", r);
+    snprintf(rt, sizeof rt, "rt-%s-load-%d", tag_prefix, r);
+    tl_error err = {0};
+    tl_credential_spec spec = {.provider = "nous", .profile = name, .refresh_token = rt};
+    if (tl_profile_add(s, name, NULL, &err) != TL_OK || tl_credential_add(&creds[r], s, &spec, &err) != TL_OK)
+      die("rotators' setup", &err);
+  }
+  tl_store_free(s);
+  rotators rt;
+  rt.stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  rt.rotated = (int64_t *)(void *)(rt.stop + 16);
+  static char tags[16][16];
+  for (int r = 0; r < 16; r++) {
+    snprintf(tags[r], sizeof tags[r], "%s%d", tag_prefix, r);
+    if (spawn() == 0) {
+      rotate_until(db_name, creds[r], tags[r], rt.stop, rt.rotated);
+      _exit(0);
+    }
+  }
+  usleep(200000);
+  return rt;
+}
+
+/* Stops them; rotations per second over secs (plus the start-up pause). */
+static double stop_rotators(rotators *rt, double secs)
+{
+  __atomic_store_n(rt->stop, 1, __ATOMIC_RELAXED);
+  wait_workers();
+  double rate = (double)*rt->rotated / (secs + 0.2);
+  munmap(rt->stop, 4096);
+  return rate;
+}
+
 /* n runs of `tokenledger token` on profiles p1..p100 of hot.db, into v. */
 static void token_runs(int64_t *v, int n, const char *tl, const char *db)
 {
@@ -864,38 +909,10 @@ static void bench_process(void)
       have_sqlite = 0;
   }
   /* The same runs while 16 processes rotate 16 other credentials of the same ledger. */
-  tl_store *s = open_store("hot.db", 0);
-  int64_t creds[16];
-  for (int r = 0; r < 16; r++) {
-    char name[16], rt[32];
-    snprintf(name, sizeof name, "r%d", r);
-    snprintf(rt, sizeof rt, "rt-load-root-%d", r);
-    tl_error err = {0};
-    if (tl_profile_add(s, name, NULL, &err) != TL_OK)
-      die("profile", &err);
-    tl_credential_spec spec = {.provider = "nous", .profile = name, .refresh_token = rt};
-    if (tl_credential_add(&creds[r], s, &spec, &err) != TL_OK)
-      die("credential", &err);
-  }
-  tl_store_free(s);
-  int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  int64_t *rotated = (int64_t *)(void *)(stop + 16);
-  static char tags[16][8];
-  for (int r = 0; r < 16; r++) {
-    snprintf(tags[r], sizeof tags[r], "ld%d", r);
-    if (spawn() == 0) {
-      rotate_until("hot.db", creds[r], tags[r], stop, rotated);
-      _exit(0);
-    }
-  }
-  usleep(200000);
+  rotators rt = start_rotators("hot.db", "ld");
   int64_t t0 = now_ns();
   token_runs(c, n, tl, db);
-  double load_secs = (double)(now_ns() - t0) / 1e9;
-  __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
-  wait_workers();
-  double load_rate = (double)*rotated / (load_secs + 0.2);
-  munmap(stop, 4096);
+  double load_rate = stop_rotators(&rt, (double)(now_ns() - t0) / 1e9);
   int64_t a50 = pct(a, (size_t)n, 0.5), a99 = pct(a, (size_t)n, 0.99);
   int64_t b50 = have_sqlite ? pct(b, (size_t)n, 0.5) : 0, b99 = have_sqlite ? pct(b, (size_t)n, 0.99) : 0;
   int64_t c50 = pct(c, (size_t)n, 0.5), c99 = pct(c, (size_t)n, 0.99);
@@ -1243,6 +1260,23 @@ static void bench_serve(void)
 /* ---- 11. the local agent ------------------------------------------------------------------ */
 
 /* n calls of tl_token_get on profiles a1..a8 of the store, into v (ns each). */
+/* `tokenledger token` as a whole process, np runs with the agent (via) and without (local), interleaved. */
+static void process_runs(int64_t *via, int64_t *local, int np, const char *tl, const char *db, const char *what)
+{
+  for (int i = 0; i < np; i++) {
+    char prof[16];
+    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
+    char *ta[] = {(char *)tl, "--db", (char *)db, "token", "nous", "--profile", prof, NULL};
+    unsetenv("TOKENLEDGER_AGENT");
+    via[i] = run_ns(ta);
+    setenv("TOKENLEDGER_AGENT", "off", 1);
+    local[i] = run_ns(ta);
+    unsetenv("TOKENLEDGER_AGENT");
+    if (via[i] < 0 || local[i] < 0)
+      die(what, NULL);
+  }
+}
+
 static void agent_calls(int64_t *v, int n, tl_store *s)
 {
   for (int i = 0; i < n; i++) {
@@ -1325,61 +1359,14 @@ static void bench_agent(void)
   tl_store_free(via);
   if (answered < n)
     die("the agent did not answer every call (a silent fallback?)", NULL);
-  /* The whole process, with and without the agent, interleaved. */
-  for (int i = 0; i < np; i++) {
-    char prof[16];
-    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
-    char *ta[] = {tl, "--db", db, "token", "nous", "--profile", prof, NULL};
-    unsetenv("TOKENLEDGER_AGENT");
-    pa[i] = run_ns(ta);
-    setenv("TOKENLEDGER_AGENT", "off", 1);
-    pl[i] = run_ns(ta);
-    unsetenv("TOKENLEDGER_AGENT");
-    if (pa[i] < 0 || pl[i] < 0)
-      die("tokenledger token failed", NULL);
-  }
-  /* The same while 16 processes rotate 16 other credentials of the ledger (canned answers, each its own store). */
-  int64_t *qa = malloc(sizeof(int64_t) * (size_t)np), *ql = malloc(sizeof(int64_t) * (size_t)np), creds[16];
-  s = open_store("agent.db", 0);
-  for (int r = 0; r < 16; r++) {
-    char name[16], rt[32];
-    snprintf(name, sizeof name, "r%d", r);
-    snprintf(rt, sizeof rt, "rt-agent-load-%d", r);
-    tl_error err = {0};
-    tl_credential_spec spec = {.provider = "nous", .profile = name, .refresh_token = rt};
-    if (tl_profile_add(s, name, NULL, &err) != TL_OK || tl_credential_add(&creds[r], s, &spec, &err) != TL_OK)
-      die("agent load setup", &err);
-  }
-  tl_store_free(s);
-  int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  int64_t *rotated = (int64_t *)(void *)(stop + 16);
-  static char tags[16][8];
-  for (int r = 0; r < 16; r++) {
-    snprintf(tags[r], sizeof tags[r], "ag%d", r);
-    if (spawn() == 0) {
-      rotate_until("agent.db", creds[r], tags[r], stop, rotated);
-      _exit(0);
-    }
-  }
-  usleep(200000);
+  /* The whole process, with and without the agent, interleaved; then the same while 16 processes rotate
+   * 16 other credentials of the ledger (canned answers, each its own store). */
+  int64_t *qa = malloc(sizeof(int64_t) * (size_t)np), *ql = malloc(sizeof(int64_t) * (size_t)np);
+  process_runs(pa, pl, np, tl, db, "tokenledger token failed");
+  rotators rt = start_rotators("agent.db", "ag");
   int64_t t0 = now_ns();
-  for (int i = 0; i < np; i++) {
-    char prof[16];
-    snprintf(prof, sizeof prof, "a%d", i % 8 + 1);
-    char *ta[] = {tl, "--db", db, "token", "nous", "--profile", prof, NULL};
-    unsetenv("TOKENLEDGER_AGENT");
-    qa[i] = run_ns(ta);
-    setenv("TOKENLEDGER_AGENT", "off", 1);
-    ql[i] = run_ns(ta);
-    unsetenv("TOKENLEDGER_AGENT");
-    if (qa[i] < 0 || ql[i] < 0)
-      die("tokenledger token failed under load", NULL);
-  }
-  double load_secs = (double)(now_ns() - t0) / 1e9;
-  __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
-  wait_workers();
-  double load_rate = (double)*rotated / (load_secs + 0.2);
-  munmap(stop, 4096);
+  process_runs(qa, ql, np, tl, db, "tokenledger token failed under load");
+  double load_rate = stop_rotators(&rt, (double)(now_ns() - t0) / 1e9);
   int64_t qa50 = pct(qa, (size_t)np, 0.5), qa99 = pct(qa, (size_t)np, 0.99), ql50 = pct(ql, (size_t)np, 0.5),
           ql99 = pct(ql, (size_t)np, 0.99);
   free(qa);

@@ -774,6 +774,23 @@ static int damaged_check(const char *check)
 }
 
 /* What to run for each failed check (the library says what it found): every failed check gets its next step. */
+/* The next step for each check whose advice is a fixed sentence. */
+static const struct {
+  const char *check, *hint;
+} doctor_advice[] = {
+    {"stale_in_flight", "'tokenledger doctor --fix' records them as unknown"},
+    {"strict_serve", "start or restart 'tokenledger serve' (or 'systemctl --user restart tokenledger-serve')"},
+    {"strict_files", "'tokenledger sync --all' finishes the switch once Hermes no longer holds the file's lock "
+                     "(until then the file is locked and adopted like any Hermes file); a switch that was "
+                     "interrupted is finished by running 'tokenledger profile strict NAME on' or 'off' again"},
+    {"file_mode", "'tokenledger doctor --fix' repairs the modes of your own files"},
+    {"sqlite_files", "'tokenledger doctor --fix' repairs the modes of your own files"},
+    {"directory", "keep the ledger in a directory of your own ('chmod 700 DIR', or move it and give --db)"},
+    {"write_lock", "see what the process the detail names is doing ('ps -p PID -o args'); writes resume when it ends"},
+    {"hermes_files", "'tokenledger sync --all' names each file and why; moving one aside ('mv FILE FILE.bad') and "
+                     "syncing again rewrites it from the ledger"},
+};
+
 static void doctor_hints(const tl_report *r, tl_store *s, const char *db)
 {
   char shown[4200];
@@ -782,34 +799,20 @@ static void doctor_hints(const tl_report *r, tl_store *s, const char *db)
     const char *check = tl_report_get(r, i, "check"), *ok = tl_report_get(r, i, "ok");
     if (!check || !ok || strcmp(ok, "1") == 0)
       continue;
-    const char *detail = tl_report_get(r, i, "detail");
-    if (strcmp(check, "rescue_files") == 0 && detail && strstr(detail, "cannot be read"))
+    const char *detail = tl_report_get(r, i, "detail"), *fixed = NULL;
+    for (size_t k = 0; k < sizeof doctor_advice / sizeof *doctor_advice && !fixed; k++)
+      if (strcmp(check, doctor_advice[k].check) == 0)
+        fixed = doctor_advice[k].hint;
+    if (fixed)
+      fprintf(stderr, "hint: %s: %s\n", check, fixed);
+    else if (strcmp(check, "rescue_files") == 0 && detail && strstr(detail, "cannot be read"))
       fprintf(stderr, "hint: rescue_files: look at the file the detail names: if tokenledger did not write it, move "
                       "it out of the ledger's directory; 'tokenledger recover --help' explains rescue files\n");
     else if (strcmp(check, "rescue_files") == 0)
       fprintf(stderr, "hint: rescue_files: take the answer back with 'tokenledger recover --credential ID --rescue' "
                       "(ID as the detail names it)\n");
-    else if (strcmp(check, "stale_in_flight") == 0)
-      fprintf(stderr, "hint: stale_in_flight: 'tokenledger doctor --fix' records them as unknown\n");
-    else if (strcmp(check, "strict_serve") == 0)
-      fprintf(stderr, "hint: strict_serve: start or restart 'tokenledger serve' (or 'systemctl --user restart "
-                      "tokenledger-serve')\n");
-    else if (strcmp(check, "strict_files") == 0)
-      fprintf(stderr, "hint: strict_files: 'tokenledger sync --all' finishes the switch once Hermes no longer holds "
-                      "the file's lock (until then the file is locked and adopted like any Hermes file)\n");
-    else if (strcmp(check, "file_mode") == 0 || strcmp(check, "sqlite_files") == 0)
-      fprintf(stderr, "hint: %s: 'tokenledger doctor --fix' repairs the modes of your own files\n", check);
-    else if (strcmp(check, "directory") == 0)
-      fprintf(stderr, "hint: directory: keep the ledger in a directory of your own ('chmod 700 DIR', or move it and "
-                      "give --db)\n");
-    else if (strcmp(check, "write_lock") == 0)
-      fprintf(stderr, "hint: write_lock: see what the process the detail names is doing ('ps -p PID -o args'); "
-                      "writes resume when it ends\n");
     else if (strcmp(check, "unknown_outcomes") == 0 || strcmp(check, "needs_reauth") == 0)
       credential_hints(s, strcmp(check, "unknown_outcomes") == 0);
-    else if (strcmp(check, "hermes_files") == 0)
-      fprintf(stderr, "hint: hermes_files: 'tokenledger sync --all' names each file and why; moving one aside "
-                      "('mv FILE FILE.bad') and syncing again rewrites it from the ledger\n");
     else if (strcmp(check, "new_profiles") == 0)
       cli_new_homes_hints(s, stderr, "hint: new_profiles: ");
     else if (damaged_check(check)) /* the ledger itself is damaged */

@@ -16,6 +16,13 @@
  *     files presents its RT only after adopting, under the locks, what those
  *     files hold now, and keeps the locks until every file holding the grant
  *     has the result. Locks not had in time: nothing is presented (TL_EBUSY).
+ *   - Whether a file is locked and adopted is decided by what it holds: only a
+ *     strict file in strict form (surrogates) is left unlocked, its profile's
+ *     strict epoch noted for the claim to compare (a switch meanwhile makes
+ *     the refresh choose its files again), and it takes the new surrogate
+ *     after the refresh when its lock is free (never waited for: its Hermes
+ *     may be the caller, through serve). Every write into a strict profile's
+ *     file is in strict form.
  *   - No file lock is ever waited for while the ledger's write lock is held.
  *   - Nothing ever writes over a refresh token the ledger does not know: such
  *     a slot is adopted first, or left exactly as it is (a deferred adoption),
@@ -804,6 +811,24 @@ tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_err
 }
 
 /*
+ * A Hermes file's document and slots as they are on disk now, read without
+ * its lock (a snapshot). On failure nothing is left to free.
+ */
+static tl_status load_slots(json_t **doc, tl__slots *ss, const char *path, int shared, tl_error *err)
+{
+  char sha[65];
+  *doc = NULL;
+  memset(ss, 0, sizeof *ss);
+  tl_status rc = tl__hf_load(doc, sha, NULL, path, err);
+  if (rc == TL_OK && (rc = tl__hf_walk(ss, *doc, path, shared ? TL_WALK_SHARED : 0, err)) != TL_OK) {
+    tl__hf_slots_free(ss);
+    json_decref(*doc);
+    *doc = NULL;
+  }
+  return rc;
+}
+
+/*
  * Does the file, as it is on disk now, hold a real refresh token (one that is
  * neither a surrogate nor defused)? Read without its lock: a snapshot is
  * enough to decide whether the file must be locked and adopted. A file that
@@ -812,14 +837,13 @@ tl_status tl__hf_strict_owner(int64_t *out, tl_store *s, const tl__hf *f, tl_err
  */
 static int holds_real_rt(const tl__hf *f)
 {
-  json_t *doc = NULL;
-  char sha[65];
+  json_t *doc;
   tl_error ignore = {0};
-  tl__slots ss = {0};
-  tl_status rc = tl__hf_load(&doc, sha, NULL, f->path, &ignore);
+  tl__slots ss;
+  tl_status rc = load_slots(&doc, &ss, f->path, f->shared, &ignore);
   if (rc == TL_ENOTFOUND)
     return 0;
-  int real = rc != TL_OK || tl__hf_walk(&ss, doc, f->path, f->shared ? TL_WALK_SHARED : 0, &ignore) != TL_OK;
+  int real = rc != TL_OK;
   for (size_t k = 0; !real && k < ss.n; k++) {
     const char *rt = tl__hf_slot_rt(&ss.v[k]);
     real = rt && !tl__strict_is_surrogate(rt) && !tl__hf_is_defused(rt);
@@ -864,15 +888,11 @@ tl_status tl__strict_files_agree(int *out, char *why, size_t n, tl_store *s, int
     return TL_OK;
   int fit = snprintf(file, sizeof file, "%s/auth.json", home) < (int)sizeof file;
   free(home);
-  json_t *doc = NULL;
-  char sha[65];
+  json_t *doc;
   tl_error ignore = {0};
-  tl__slots ss = {0};
-  if (!fit || tl__hf_load(&doc, sha, NULL, file, &ignore) != TL_OK ||
-      tl__hf_walk(&ss, doc, file, 0, &ignore) != TL_OK) {
-    json_decref(doc);
+  tl__slots ss;
+  if (!fit || load_slots(&doc, &ss, file, 0, &ignore) != TL_OK)
     return TL_OK;
-  }
   int strict = expect >= 0 ? expect : tl__strict_active(s, profile);
   for (size_t k = 0; k < ss.n && *out; k++) {
     const char *rt = tl__hf_slot_rt(&ss.v[k]);
@@ -1102,16 +1122,13 @@ static tl_status write_one(tl_store *s, tl__hf *f, tl_report *report, tl_error *
 static void defuse_spent(tl_store *s, const tl__hf *f, const char *spent_fp, tl_report *report)
 {
   static const char sql[] = "SELECT 1 FROM refresh_token WHERE fingerprint = :fp AND state = 'rotated'";
-  json_t *doc = NULL;
-  char sha[65];
+  json_t *doc;
   tl_error e = {0};
-  tl__slots ss = {0};
+  tl__slots ss;
   const char **rts = NULL;
   size_t n = 0;
   int done = 0;
-  if (tl__hf_load(&doc, sha, NULL, f->path, &e) != TL_OK ||
-      tl__hf_walk(&ss, doc, f->path, f->shared ? TL_WALK_SHARED : 0, &e) != TL_OK ||
-      !(rts = calloc(ss.n ? ss.n : 1, sizeof *rts)))
+  if (load_slots(&doc, &ss, f->path, f->shared, &e) != TL_OK || !(rts = calloc(ss.n ? ss.n : 1, sizeof *rts)))
     goto out;
   for (size_t k = 0; k < ss.n; k++) {
     const char *rt = tl__hf_slot_rt(&ss.v[k]);
@@ -1855,18 +1872,14 @@ tl_status tl__hermes_files_doctor(int *ok, char *detail, size_t n, tl_store *s, 
 static tl_status home_grants(int *grants, int *unknown, tl_store *s, const char *home, tl_error *err)
 {
   char file[PATH_MAX + 16];
-  json_t *doc = NULL;
-  tl__slots ss = {0};
-  char sha[65];
+  json_t *doc;
+  tl__slots ss;
   tl_error ignore = {0};
   *grants = *unknown = 0;
   snprintf(file, sizeof file, "%s/auth.json", home);
   /* A file that cannot be read is not looked at further: doctor's hermes_files check is about the ledger's. */
-  if (tl__hf_load(&doc, sha, NULL, file, &ignore) != TL_OK || tl__hf_walk(&ss, doc, file, 0, &ignore) != TL_OK) {
-    tl__hf_slots_free(&ss);
-    json_decref(doc);
+  if (load_slots(&doc, &ss, file, 0, &ignore) != TL_OK)
     return TL_OK;
-  }
   tl_status rc = TL_OK;
   for (size_t i = 0; i < ss.n && rc == TL_OK; i++) {
     const char *rt = tl__hf_slot_rt(&ss.v[i]);

@@ -36,7 +36,12 @@
  * Invariants: the key and every surrogate are burned after use and never
  * reach a message, an audit row or a log (fingerprint prefixes only); MACs
  * are compared in constant time; nothing here writes except the key (created
- * once, at migration time) and the strict flag.
+ * once, at migration time), the strict flag and its epoch, and the mark of a
+ * switch off in progress (owned by the switch that set it). A switch on
+ * writes the flag, then the files; a switch off writes its mark, then the
+ * files in plain form, then removes the flag only if its mark is still its
+ * own: at every step in between a refresh either holds the files' locks or
+ * finds the epoch changed at its claim (tl__strict_skips_check).
  */
 #include "internal.h"
 

@@ -49,6 +49,16 @@ no_real_rt() {
   return 0
 }
 
+# fresh_root N PROFILE...: root N with its own ledger (DB, D, PF set) and serve on it.
+fresh_root() {
+  local n=$1; shift
+  R_N="$WORK/root$n"; make_root "$R_N" "$@"
+  DB="$WORK/ledger$n.db"; D="--db $DB"; PF="$DB-serve"
+  stop_serve
+  tl $D init; tl $D import "$R_N" --all-profiles; expect 0 "root $n imported"
+  start_serve
+}
+
 R="$WORK/root"
 make_root "$R" default alpha
 A=$(auth "$R" alpha); S="$R/shared/nous_auth.json"
@@ -143,11 +153,7 @@ check '[ "$(counter reuse_detections)" = "$before" ]' "and the portal saw no reu
 # the refresh chose its files when alpha's held only a surrogate; strict off then writes the real
 # token into alpha's file. The claim sees the switch and chooses the files again, with alpha's:
 # the token leaves once.
-R2="$WORK/root2"; make_root "$R2" default alpha; A2=$(auth "$R2" alpha)
-DB="$WORK/ledger2.db"; D="--db $DB"; PF="$DB-serve"
-stop_serve
-tl $D init; tl $D import "$R2" --all-profiles; expect 0 "a second root"
-start_serve
+fresh_root 2 default alpha; R2=$R_N; A2=$(auth "$R2" alpha)
 tl $D profile strict alpha on; expect 0 "alpha strict"
 before=$(counter reuse_detections); fam=$(counter families_revoked)
 hold "$R2/auth.json"
@@ -189,11 +195,7 @@ check '! rt_of "$A2" | grep -q "^tlsurr1\."' "and alpha's file is plain"
 
 # --- 7. two strict profiles share a grant; one goes off: the other's file and the shared store
 # take a surrogate that names a profile still strict (serve would refuse one naming the leaver)
-R3="$WORK/root3"; make_root "$R3" alpha beta; B3=$(auth "$R3" beta)
-DB="$WORK/ledger3.db"; D="--db $DB"; PF="$DB-serve"
-stop_serve
-tl $D init; tl $D import "$R3" --all-profiles; expect 0 "a third root"
-start_serve
+fresh_root 3 alpha beta; R3=$R_N; B3=$(auth "$R3" beta)
 tl $D profile strict --all on; expect 0 "alpha and beta strict"
 tl $D profile strict alpha off; expect 0 "alpha off"
 bid=$(q "SELECT id FROM profile WHERE name = 'beta'")
@@ -205,11 +207,7 @@ check '[ "$(q "SELECT count(*) FROM audit_event WHERE event = '"'surrogate_repla
 
 # --- 8. off, then on again, while a refresh that chose its files before both waits (the claim compares
 # the profile's strict epoch, not just "strict now": the real token was in alpha's file in between)
-R4="$WORK/root4"; make_root "$R4" default alpha; A4=$(auth "$R4" alpha)
-DB="$WORK/ledger4.db"; D="--db $DB"; PF="$DB-serve"
-stop_serve
-tl $D init; tl $D import "$R4" --all-profiles; expect 0 "a fourth root"
-start_serve
+fresh_root 4 default alpha; R4=$R_N; A4=$(auth "$R4" alpha)
 tl $D profile strict alpha on; expect 0 "alpha strict"
 before=$(counter reuse_detections); fam=$(counter families_revoked)
 hold "$R4/auth.json"
